@@ -1,0 +1,127 @@
+// The seam between the addon's device thread and a compute backend (CPU or CUDA).
+//
+// Every method here runs on the device's own thread (see device.h), never on the
+// JS thread, so an implementation may block (a CPU kernel, a CUDA synchronize).
+// Methods validate nothing about shapes: the binding checks every shape before it
+// enqueues an op, so a backend only sees well-formed views. A backend reports
+// runtime failures (an I/O error, a CUDA error) by throwing BackendError.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace medcluster {
+
+enum class DType : int32_t { F16 = 0, F32 = 1, I32 = 2 };
+
+inline size_t dtypeSize(DType t) { return t == DType::F16 ? 2 : 4; }
+inline const char* dtypeName(DType t) {
+  return t == DType::F16 ? "f16" : t == DType::F32 ? "f32" : "i32";
+}
+
+struct BackendError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Memory owned by a backend (host memory for CPU, device memory for CUDA).
+// Freed by the backend when the last reference (a JS tensor or a queued op) drops.
+struct Buffer {
+  virtual ~Buffer() = default;
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+
+// A typed, row-major, contiguous view of a buffer. Shapes are at most 4-D.
+struct View {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  int64_t dim(int i) const { return shape[i < 0 ? shape.size() + i : i]; }
+  template <typename T> T* as() const { return static_cast<T*>(data); }
+};
+
+// One AWQ GEMM linear layer (AutoAWQ packing, see MODEL.md), K inputs, N outputs.
+struct AwqWeights {
+  View qweight;  // i32 [K, N/8]
+  View qzeros;   // i32 [K/G, N/8]
+  View scales;   // f16 [K/G, N]
+  int64_t groupSize = 128;
+};
+
+// Attention geometry for one op call.
+struct AttentionShape {
+  int64_t numHeads = 0;    // query heads held by this rank
+  int64_t numKvHeads = 0;  // KV heads held by this rank
+  int64_t headDim = 0;
+  float scale = 0.f;       // usually 1/sqrt(headDim)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Memory. alloc returns zero-filled memory.
+  virtual std::shared_ptr<Buffer> alloc(size_t bytes) = 0;
+  virtual void upload(Buffer& dst, const void* host, size_t bytes) = 0;
+  virtual void download(const Buffer& src, void* host, size_t bytes) = 0;
+  // Reads rows [r0, r1) x cols [c0, c1) of a row-major [rows, cols] matrix of
+  // elemSize-byte elements stored at fileOffset of path, into dst (contiguous).
+  virtual void readFileRegion(Buffer& dst, const std::string& path, uint64_t fileOffset,
+                              int64_t cols, int64_t elemSize, int64_t r0, int64_t r1,
+                              int64_t c0, int64_t c1) = 0;
+
+  // out f32 [T, H] = table f16 [V, H] rows at ids i32 [T] (ids checked < V by the binding).
+  virtual void embedding(const View& table, const View& ids, const View& out) = 0;
+  // out f16 [T, H] = rmsnorm(x f32 [T, H]) * w f16 [H]
+  virtual void rmsNorm(const View& x, const View& w, float eps, const View& out) = 0;
+  // residual f32 [T, H] += delta f32 [T, H]; out f16 [T, H] = rmsnorm(residual) * w
+  virtual void addRmsNorm(const View& residual, const View& delta, const View& w, float eps,
+                          const View& out) = 0;
+  // residual f32 [T, H] += delta f32 [T, H]
+  virtual void addInPlace(const View& residual, const View& delta) = 0;
+  // out [T, N] (f16 or f32) = x f16 [T, K] @ dequant(w) [K, N], fp32 accumulation.
+  virtual void awqLinear(const View& x, const AwqWeights& w, const View& out) = 0;
+  // out [T, N] (f16 or f32) = x f16 [T, K] @ w f16 [N, K]^T (nn.Linear layout), fp32 accumulation.
+  virtual void linear(const View& x, const View& w, const View& out) = 0;
+  // In place, HF rotate-half RoPE on q f16 [T, nq*hd] and k f16 [T, nk*hd] at positions i32 [T].
+  virtual void rope(const View& q, const View& k, const View& positions, int64_t headDim,
+                    float theta) = 0;
+  // Paged KV cache: cache f16 [numBlocks, blockSize, numKvHeads, headDim].
+  // Writes k, v f16 [T, numKvHeads*headDim] into flat slots i32 [T] (block*blockSize + offset).
+  virtual void writeKv(const View& kCache, const View& vCache, const View& k, const View& v,
+                       const View& slots) = 0;
+  // Causal attention over the paged cache. Token t belongs to sequence tokenSeq[t]
+  // (a row of blockTables i32 [S, maxBlocks]) and sits at positions[t]; it attends to
+  // that sequence's cached positions 0..positions[t]. q f16 [T, nh*hd] -> out f16 [T, nh*hd].
+  virtual void attention(const View& q, const View& kCache, const View& vCache,
+                         const View& blockTables, const View& tokenSeq, const View& positions,
+                         const AttentionShape& shape, const View& out) = 0;
+  // out f16 [T, I] = silu(gate f16 [T, I]) * up f16 [T, I]
+  virtual void siluMul(const View& gate, const View& up, const View& out) = 0;
+  // out [R, C] = x [T, C] rows at rows i32 [R] (any dtype)
+  virtual void gatherRows(const View& x, const View& rows, const View& out) = 0;
+  // out i32 [T] = argmax over the last dim of x f32 [T, V] (first index on ties)
+  virtual void argmax(const View& x, const View& out) = 0;
+  // Fills buf with deterministic pseudo-random bits from seed (synthetic weights).
+  virtual void randomBits(Buffer& buf, uint64_t seed) = 0;
+  // Blocks until all work issued so far has finished (no-op for synchronous backends).
+  virtual void synchronize() = 0;
+};
+
+std::unique_ptr<Backend> createCpuBackend(int threads);
+// Defined by the CUDA backend when the addon is built with nvcc; otherwise by a
+// fallback that throws BackendError explaining that CUDA support was not compiled in.
+std::unique_ptr<Backend> createCudaBackend(int ordinal);
+bool cudaCompiledIn();
+
+}  // namespace medcluster

@@ -1,0 +1,128 @@
+// The kernels package's whole public surface, declared once.
+//
+// A Device owns one native thread. Every op call validates shapes on the JS thread
+// (throwing KernelError naming the op and the shapes), allocates its output, and
+// enqueues the work; it returns at once. Work runs in issue order on the device's
+// thread. `read()` and `sync()` return promises that settle when the queued work up
+// to that point is done. The event loop never waits for native work.
+
+export type DType = 'f16' | 'f32' | 'i32';
+export type DeviceKind = 'cpu' | 'cuda';
+
+export type HostArray = Float32Array | Int32Array | Uint16Array;
+
+export interface Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: Device;
+  /** Copies the tensor to the host once all queued work before this call is done.
+   * f16 tensors come back as Float32Array (converted), f32 as Float32Array, i32 as Int32Array. */
+  read(): Promise<Float32Array | Int32Array>;
+  /** Drops this handle's reference; memory is freed once queued ops using it have run. */
+  dispose(): void;
+}
+
+/** One AWQ GEMM linear layer as stored by AutoAWQ (see shared MODEL.md). */
+export interface AwqLinear {
+  qweight: Tensor; // i32 [K, N/8]
+  qzeros: Tensor; // i32 [K/G, N/8]
+  scales: Tensor; // f16 [K/G, N]
+  groupSize: number;
+}
+
+export interface AttentionShape {
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  /** Defaults to 1/sqrt(headDim). */
+  scale?: number;
+}
+
+/** A 2-D region of a row-major matrix stored in a file (a safetensors tensor). */
+export interface FileRegion {
+  path: string;
+  /** Absolute byte offset of element [0, 0] in the file. */
+  offset: number;
+  dtype: DType;
+  /** Full matrix shape as stored ([n] for 1-D tensors is [1, n]). */
+  rows: number;
+  cols: number;
+  /** Region to read; defaults to the whole matrix. */
+  rowStart?: number;
+  rowEnd?: number;
+  colStart?: number;
+  colEnd?: number;
+  /** Shape of the resulting tensor; defaults to [rowEnd-rowStart, colEnd-colStart]. */
+  shape?: readonly number[];
+}
+
+export interface Device {
+  readonly kind: DeviceKind;
+  /** Human-readable device name, e.g. "cpu (8 threads)" or "NVIDIA H100 80GB HBM3". */
+  readonly name: string;
+
+  /** A zero-filled tensor. */
+  zeros(shape: readonly number[], dtype: DType): Tensor;
+  /** Copies host data into a new tensor. f16 accepts Float32Array (rounded to nearest even)
+   * or Uint16Array (raw half bits). */
+  fromArray(data: HostArray, shape: readonly number[], dtype: DType): Tensor;
+  /** Reads a region of a file straight into device memory on the device's thread
+   * (the bytes never pass through the JS heap). Rejects on the next sync/read if I/O fails. */
+  readFile(region: FileRegion): Tensor;
+  /** A tensor of deterministic pseudo-random bits (synthetic weights, benchmarks). */
+  randomBits(shape: readonly number[], dtype: DType, seed: number): Tensor;
+
+  /** f32 [T, H] = table f16 [V, H] [ids i32 [T]]. Ids must be < V (checked when given as host data). */
+  embedding(table: Tensor, ids: Tensor): Tensor;
+  /** f16 [T, H] = rmsnorm(x f32 [T, H]) * w f16 [H] */
+  rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor;
+  /** residual f32 += delta f32, then f16 rmsnorm(residual) * w. Fused residual add. */
+  addRmsNorm(residual: Tensor, delta: Tensor, weight: Tensor, eps: number): Tensor;
+  /** residual f32 [T, H] += delta f32 [T, H] */
+  addInPlace(residual: Tensor, delta: Tensor): void;
+  /** x f16 [T, K] @ dequant(awq) -> [T, N] in outDtype (f16 or f32); never materializes fp16 weights. */
+  awqLinear(x: Tensor, weights: AwqLinear, outDtype: DType): Tensor;
+  /** x f16 [T, K] @ w f16 [N, K]^T -> [T, N] in outDtype. */
+  linear(x: Tensor, weight: Tensor, outDtype: DType): Tensor;
+  /** In place rotate-half RoPE on q f16 [T, nq*hd] and k f16 [T, nk*hd]. */
+  rope(q: Tensor, k: Tensor, positions: Tensor, headDim: number, theta: number): void;
+  /** Writes k, v f16 [T, nkv*hd] into paged caches f16 [blocks, blockSize, nkv, hd] at slots i32 [T]. */
+  writeKv(kCache: Tensor, vCache: Tensor, k: Tensor, v: Tensor, slots: Tensor): void;
+  /** Causal paged attention: q f16 [T, nh*hd] -> f16 [T, nh*hd]. */
+  attention(
+    q: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+    blockTables: Tensor,
+    tokenSeq: Tensor,
+    positions: Tensor,
+    shape: AttentionShape,
+  ): Tensor;
+  /** f16 silu(gate) * up */
+  siluMul(gate: Tensor, up: Tensor): Tensor;
+  /** Selects rows of a 2-D tensor: out [R, C] = x[rows i32 [R]]. */
+  gatherRows(x: Tensor, rows: Tensor): Tensor;
+  /** i32 [T] argmax over the last dim of f32 [T, V]; first index on ties. */
+  argmax(x: Tensor): Tensor;
+
+  /** Resolves when all work queued so far has run; rejects with the first error it raised. */
+  sync(): Promise<void>;
+  /** Stops the device thread after queued work; the device is unusable afterwards. */
+  close(): Promise<void>;
+}
+
+export interface DeviceOptions {
+  kind: DeviceKind;
+  /** CPU: worker threads for kernels (default: available parallelism). */
+  threads?: number;
+  /** CUDA: device ordinal (default 0). */
+  ordinal?: number;
+}
+
+/** Raised for bad arguments (shapes, dtypes) and for failures of native work. */
+export class KernelError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'KernelError';
+  }
+}
