@@ -1,0 +1,3 @@
+export * from './api.js';
+export * from './awq.js';
+export * from './half.js';

@@ -1,0 +1,37 @@
+// The contract between whoever schedules steps (the coordinator, or the single-process
+// generate command) and the code that runs one shard of the model.
+
+/** Which part of the model a worker holds. Layers [layerStart, layerEnd). */
+export interface ShardSpec {
+  layerStart: number;
+  layerEnd: number;
+  tpRank: number;
+  tpSize: number;
+  /** First pipeline stage: embeds token ids. */
+  embeds: boolean;
+  /** Last pipeline stage: applies the final norm and lm_head. */
+  computesLogits: boolean;
+}
+
+/** One sequence's part of a step. Positions startPos .. startPos+numTokens-1 are computed. */
+export interface SeqStep {
+  seqId: string;
+  startPos: number;
+  numTokens: number;
+  /** Token ids of the new positions (needed by the first stage only). */
+  tokens?: number[];
+  /** KV cache block ids holding positions 0 .. startPos+numTokens-1, in order. */
+  blockTable: number[];
+  /** Whether the last computed position's logits are wanted (end of prompt, or decode). */
+  wantLogits: boolean;
+}
+
+/** Tensor-parallel collective among the ranks of one pipeline stage. */
+export interface Collective {
+  readonly rank: number;
+  readonly size: number;
+  /** Element-wise fp32 sum across ranks, summed in rank order so every rank gets identical bits. */
+  allReduceSum(data: Float32Array): Promise<Float32Array>;
+  /** Every rank's buffer, indexed by rank. */
+  allGather(data: Float32Array): Promise<Float32Array[]>;
+}
