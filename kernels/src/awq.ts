@@ -10,14 +10,18 @@ export const AWQ_NIBBLE_OF_COLUMN = [0, 4, 1, 5, 2, 6, 3, 7] as const;
 /** Packs unsigned 4-bit values [rows, cols] (row-major, 0..15) into int32 [rows, cols/8]. */
 export function packAwqInt4(values: Uint8Array, rows: number, cols: number): Int32Array {
   if (cols % 8 !== 0) throw new RangeError(`packAwqInt4: cols ${cols} is not a multiple of 8`);
-  if (values.length !== rows * cols) throw new RangeError(`packAwqInt4: ${values.length} values for [${rows}, ${cols}]`);
+  if (values.length !== rows * cols)
+    throw new RangeError(`packAwqInt4: ${values.length} values for [${rows}, ${cols}]`);
   const packed = new Int32Array((rows * cols) / 8);
   for (let r = 0; r < rows; r++) {
     for (let c = 0; c < cols / 8; c++) {
       let word = 0;
       for (let i = 0; i < 8; i++) {
         const v = values[r * cols + 8 * c + AWQ_PACK_ORDER[i]];
-        if (v > 15) throw new RangeError(`packAwqInt4: value ${v} at [${r}, ${8 * c + AWQ_PACK_ORDER[i]}] exceeds 4 bits`);
+        if (v > 15)
+          throw new RangeError(
+            `packAwqInt4: value ${v} at [${r}, ${8 * c + AWQ_PACK_ORDER[i]}] exceeds 4 bits`,
+          );
         word |= v << (4 * i);
       }
       packed[r * (cols / 8) + c] = word;

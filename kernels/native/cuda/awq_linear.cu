@@ -1,0 +1,467 @@
+// AWQ int4 linear, out [M, N] = x f16 [M, K] @ dequant(qweight, qzeros, scales) [K, N].
+//
+// Reads the raw AutoAWQ GEMM layout (MODEL.md): qweight i32 [K, N/8], nibble i of a word
+// holds column 8c + [0,2,4,6,1,3,5,7][i]. That order makes nibbles (i, i+4) adjacent
+// columns (2j, 2j+1), so one lop3 turns a word shifted by 4j into a half2 pair of columns.
+//
+// Two kernels:
+//  - awqGemv<MT>: M <= 8, CUDA cores. Memory-bound: 16-byte loads, 16 rows of loads in
+//    flight per thread, warps split each group's rows, blocks split K (fp32 atomics into
+//    a workspace, then one conversion pass).
+//  - awqMma<BM>:  M > 8, tensor cores (mma.sync m16n8k16, f16 x f16 -> f32). A 4-stage
+//    cp.async pipeline brings raw int4 tiles and x tiles to shared memory; each stage
+//    is dequantized to an f16 [BK, BN] tile and fed to the MMAs through ldmatrix.trans.
+//    Split-K over blocks when the M x N tiles alone cannot fill the GPU.
+#include "common.cuh"
+
+namespace medcluster {
+namespace cuda {
+namespace {
+
+constexpr int kGroup = 128;
+
+// Nibble pair j of a word (columns 2j, 2j+1) as half2 {1024 + q0, 1024 + q1}: the
+// exponent 0x6400 makes the mantissa's low bits an exact integer offset by 1024.
+__device__ __forceinline__ __half2 nibblePair(uint32_t w, int j) {
+  uint32_t r;
+  uint32_t v = w >> (4 * j);
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(v), "n"(0x000F000F), "n"(0x64006400));  // (a & b) | c
+  return *reinterpret_cast<__half2*>(&r);
+}
+
+// Dequantized columns (2j, 2j+1) of one word: ((1024 + q) - (1024 + z)) * s, exact until the multiply.
+__device__ __forceinline__ __half2 dequantPair(uint32_t q, __half2 z1024, __half2 s, int j) {
+  return __hmul2(__hsub2(nibblePair(q, j), z1024), s);
+}
+
+// ---------------------------------------------------------------------------------
+// GEMV for M <= 8. Block = 8 warps; a block covers 32 * VEC words (256 * VEC columns)
+// and a range of whole groups; in each group warp w takes rows [16w, 16w + 16).
+template <int MT, int VEC>
+__global__ void __launch_bounds__(256) awqGemv(
+    const __half* __restrict__ x,        // [M, K]
+    const uint32_t* __restrict__ qw,     // [K, N/8]
+    const uint32_t* __restrict__ qz,     // [K/G, N/8]
+    const __half* __restrict__ sc,       // [K/G, N]
+    float* __restrict__ ws,              // [M, N] fp32 (split-K) or nullptr
+    void* __restrict__ out, bool outF16, // [M, N] when ws == nullptr
+    int M, int K, int N, int groupsPerBlock) {
+  const int W = N / 8;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int word0 = (blockIdx.x * 32 + lane) * VEC;
+  const bool active = word0 < W;
+  const int g0 = blockIdx.y * groupsPerBlock;
+  const int g1 = min(K / kGroup, g0 + groupsPerBlock);
+
+  float acc[MT][VEC * 8];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < VEC * 8; ++i) acc[m][i] = 0.f;
+
+  if (active) {
+    for (int g = g0; g < g1; ++g) {
+      const int kRow = g * kGroup + warp * 16;
+      // 16 rows of loads in flight before the first use.
+      uint32_t q[16][VEC];
+#pragma unroll
+      for (int r = 0; r < 16; ++r) {
+        const uint32_t* p = qw + (int64_t)(kRow + r) * W + word0;
+        if constexpr (VEC == 4) {
+          uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+          q[r][0] = v.x; q[r][1] = v.y; q[r][2] = v.z; q[r][3] = v.w;
+        } else if constexpr (VEC == 2) {
+          uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+          q[r][0] = v.x; q[r][1] = v.y;
+        } else {
+          q[r][0] = __ldg(p);
+        }
+      }
+      __half2 z2[VEC][4], s2[VEC][4];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        uint32_t zw = __ldg(qz + (int64_t)g * W + word0 + v);
+        const __half2* sp = reinterpret_cast<const __half2*>(sc + (int64_t)g * N + (int64_t)(word0 + v) * 8);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) { z2[v][j] = nibblePair(zw, j); s2[v][j] = sp[j]; }
+      }
+      float xv[MT][16];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (m < M) {
+          const uint4* xp = reinterpret_cast<const uint4*>(x + (int64_t)m * K + kRow);
+          uint4 a = __ldg(xp), b = __ldg(xp + 1);
+          const __half* ha = reinterpret_cast<const __half*>(&a);
+          const __half* hb = reinterpret_cast<const __half*>(&b);
+#pragma unroll
+          for (int r = 0; r < 8; ++r) { xv[m][r] = __half2float(ha[r]); xv[m][r + 8] = __half2float(hb[r]); }
+        } else {
+#pragma unroll
+          for (int r = 0; r < 16; ++r) xv[m][r] = 0.f;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 16; ++r)
+#pragma unroll
+        for (int v = 0; v < VEC; ++v)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            float2 wf = __half22float2(dequantPair(q[r][v], z2[v][j], s2[v][j], j));
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+              acc[m][v * 8 + 2 * j] = fmaf(xv[m][r], wf.x, acc[m][v * 8 + 2 * j]);
+              acc[m][v * 8 + 2 * j + 1] = fmaf(xv[m][r], wf.y, acc[m][v * 8 + 2 * j + 1]);
+            }
+          }
+    }
+  }
+
+  // Reduce the 8 warps' partial sums in shared memory (one output row at a time;
+  // element i of lane l sits at i*32 + l, so the stores hit 32 distinct banks), then
+  // one write (or one fp32 atomic into the split-K workspace) per output.
+  constexpr int COLS = 32 * VEC * 8;
+  __shared__ float red[8][COLS];
+  const int col0 = blockIdx.x * COLS;
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m >= M) break;
+#pragma unroll
+    for (int i = 0; i < VEC * 8; ++i) red[warp][i * 32 + lane] = acc[m][i];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < COLS; idx += blockDim.x) {
+      float v = 0.f;
+#pragma unroll
+      for (int w = 0; w < 8; ++w) v += red[w][idx];
+      const int l = idx % 32, i = idx / 32;
+      const int n = col0 + l * VEC * 8 + i;
+      if (n < N) {
+        if (ws) atomicAdd(ws + (int64_t)m * N + n, v);
+        else if (outF16) static_cast<__half*>(out)[(int64_t)m * N + n] = __float2half(v);
+        else static_cast<float*>(out)[(int64_t)m * N + n] = v;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+__global__ void convertOut(const float* ws, void* out, bool outF16, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    if (outF16) static_cast<__half*>(out)[i] = __float2half(ws[i]);
+    else static_cast<float*>(out)[i] = ws[i];
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Tensor-core kernel. Tile BM x 128 x 64 (BK = 64 lies inside one 128-row group).
+
+__device__ __forceinline__ void cpAsync16(void* smem, const void* gmem, bool valid) {
+  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  int n = valid ? 16 : 0;  // src-size 0 fills the 16 bytes with zeros
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cpAsyncWait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// Four 8x8 b16 matrices from shared memory, one row address per lane.
+__device__ __forceinline__ void ldmatrixX4(uint32_t (&r)[4], const void* p) {
+  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+// The same, transposed: B stored [k][n] becomes the mma's column-major fragment.
+__device__ __forceinline__ void ldmatrixX4T(uint32_t (&r)[4], const void* p) {
+  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+// D = A (16x16 f16, row) * B (16x8 f16, col) + D (f32).
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+constexpr int BN = 128, BK = 64, STAGES = 4;
+constexpr int A_LD = BK + 8;   // halves per x row in shared memory (+16 B: no ldmatrix bank conflicts)
+constexpr int B_LD = BN + 8;   // halves per dequantized row
+constexpr int Q_WORDS = BK * BN / 8;  // raw int32 words per stage (1024 = one uint4 per thread)
+// Per stage, the group's scales (BN halves = 256 B) and zeros (BN/8 words = 64 B) travel
+// with the tile, so dequantization never waits on a global load.
+constexpr int SZ_BYTES = BN * 2 + BN / 2;
+
+template <int BM> struct MmaCfg {
+  static constexpr int WARPS_M = BM == 16 ? 1 : BM == 32 ? 2 : BM == 64 ? 2 : 4;
+  static constexpr int WARPS_N = 8 / WARPS_M;
+  static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
+  static constexpr int MI = WM / 16, NI = WN / 8;
+  static constexpr size_t smemBytes =
+      (size_t)STAGES * (BM * A_LD * 2 + Q_WORDS * 4 + SZ_BYTES) + (size_t)BK * B_LD * 2;
+};
+
+template <int BM>
+__global__ void __launch_bounds__(256) awqMma(
+    const __half* __restrict__ x,     // [M, K]
+    const uint32_t* __restrict__ qw,  // [K, N/8]
+    const uint32_t* __restrict__ qz,  // [K/G, N/8]
+    const __half* __restrict__ sc,    // [K/G, N]
+    float* __restrict__ ws, void* __restrict__ out, bool outF16,
+    int M, int K, int N, int kTilesPerBlock) {
+  using C = MmaCfg<BM>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __half* As = reinterpret_cast<__half*>(smem);                                         // [STAGES][BM][A_LD]
+  uint32_t* Qs = reinterpret_cast<uint32_t*>(smem + (size_t)STAGES * BM * A_LD * 2);    // [STAGES][BK][BN/8]
+  unsigned char* SZs = smem + (size_t)STAGES * (BM * A_LD * 2 + Q_WORDS * 4);                 // [STAGES][SZ_BYTES]
+  __half* Bs = reinterpret_cast<__half*>(smem + (size_t)STAGES * (BM * A_LD * 2 + Q_WORDS * 4 + SZ_BYTES));  // [BK][B_LD]
+
+  const int W = N / 8;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int kt0 = blockIdx.z * kTilesPerBlock;
+  const int kt1 = min(K / BK, kt0 + kTilesPerBlock);
+  const int nTiles = kt1 - kt0;
+
+  // This thread's raw word chunk in a stage: row tid/4, words (tid%4)*4 .. +3.
+  const int qRow = tid >> 2, qWord = (tid & 3) * 4;
+  const bool qValid = n0 / 8 + qWord < W;
+
+  auto fetch = [&](int stage, int kt) {
+    const int k0 = kt * BK;
+    for (int i = tid; i < BM * (BK / 8); i += 256) {
+      int r = i / (BK / 8), c = i % (BK / 8);
+      bool ok = m0 + r < M;
+      const __half* src = x + (int64_t)(ok ? m0 + r : 0) * K + k0 + c * 8;
+      cpAsync16(As + ((size_t)stage * BM + r) * A_LD + c * 8, src, ok);
+    }
+    const uint32_t* src = qw + (int64_t)(k0 + qRow) * W + (qValid ? n0 / 8 + qWord : 0);
+    cpAsync16(Qs + (size_t)stage * Q_WORDS + qRow * (BN / 8) + qWord, src, qValid);
+    // Threads 0..15: scales (16 x 16 B); threads 16..19: zeros (4 x 16 B).
+    const int g = k0 / kGroup;
+    if (tid < 16) {
+      bool ok = n0 / 8 + tid < W;  // 16 B of scales = 8 columns = one word
+      cpAsync16(SZs + (size_t)stage * SZ_BYTES + tid * 16, sc + (int64_t)g * N + (ok ? n0 + tid * 8 : 0), ok);
+    } else if (tid < 20) {
+      int wd = (tid - 16) * 4;
+      bool ok = n0 / 8 + wd < W;
+      cpAsync16(SZs + (size_t)stage * SZ_BYTES + BN * 2 + wd * 4, qz + (int64_t)g * W + (ok ? n0 / 8 + wd : 0), ok);
+    }
+  };
+
+  float acc[C::MI][C::NI][4];
+#pragma unroll
+  for (int i = 0; i < C::MI; ++i)
+#pragma unroll
+    for (int j = 0; j < C::NI; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < nTiles) fetch(s, kt0 + s);
+    cpAsyncCommit();
+  }
+
+  for (int t = 0; t < nTiles; ++t) {
+    const int stage = t % STAGES;
+    cpAsyncWait<STAGES - 2>();
+    __syncthreads();  // stage t has landed for every thread; Bs is free again
+    // Refill the stage consumed STAGES-1 tiles ago.
+    if (t + STAGES - 1 < nTiles) fetch((t + STAGES - 1) % STAGES, kt0 + t + STAGES - 1);
+    cpAsyncCommit();
+
+    // Dequantize this thread's 32 columns of row qRow into Bs.
+    {
+      const unsigned char* sz = SZs + (size_t)stage * SZ_BYTES;
+      uint4 q = *reinterpret_cast<const uint4*>(Qs + (size_t)stage * Q_WORDS + qRow * (BN / 8) + qWord);
+      uint4 z = *reinterpret_cast<const uint4*>(sz + BN * 2 + qWord * 4);
+      uint32_t qv[4] = {q.x, q.y, q.z, q.w}, zv[4] = {z.x, z.y, z.z, z.w};
+      __half2 res[16];
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        uint4 sv = *reinterpret_cast<const uint4*>(sz + (qWord + v) * 16);
+        const __half2* s2 = reinterpret_cast<const __half2*>(&sv);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) res[v * 4 + j] = dequantPair(qv[v], nibblePair(zv[v], j), s2[j], j);
+      }
+      uint4* dst = reinterpret_cast<uint4*>(Bs + qRow * B_LD + qWord * 8);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) dst[i] = *reinterpret_cast<uint4*>(&res[i * 4]);
+    }
+    __syncthreads();
+
+    const __half* A = As + (size_t)stage * BM * A_LD;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      uint32_t af[C::MI][4];
+#pragma unroll
+      for (int i = 0; i < C::MI; ++i)
+        ldmatrixX4(af[i], A + (wm * C::WM + i * 16 + (lane & 15)) * A_LD + kk + (lane >> 4) * 8);
+#pragma unroll
+      for (int j = 0; j < C::NI; j += 2) {
+        uint32_t bf[4];
+        ldmatrixX4T(bf, Bs + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * B_LD + wn * C::WN + j * 8 + (lane >> 4) * 8);
+#pragma unroll
+        for (int i = 0; i < C::MI; ++i) {
+          mma16816(acc[i][j], af[i], bf[0], bf[1]);
+          mma16816(acc[i][j + 1], af[i], bf[2], bf[3]);
+        }
+      }
+    }
+  }
+  cpAsyncWait<0>();
+
+  // Epilogue: c0,c1 at (row lane/4, cols 2*(lane%4) + {0,1}); c2,c3 eight rows below.
+#pragma unroll
+  for (int i = 0; i < C::MI; ++i)
+#pragma unroll
+    for (int j = 0; j < C::NI; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        int m = m0 + wm * C::WM + i * 16 + (lane >> 2) + h * 8;
+        int n = n0 + wn * C::WN + j * 8 + (lane & 3) * 2;
+        if (m >= M || n >= N) continue;
+        float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+        int64_t o = (int64_t)m * N + n;
+        if (ws) {
+          atomicAdd(ws + o, v0);
+          atomicAdd(ws + o + 1, v1);
+        } else if (outF16) {
+          *reinterpret_cast<__half2*>(static_cast<__half*>(out) + o) = __floats2half2_rn(v0, v1);
+        } else {
+          *reinterpret_cast<float2*>(static_cast<float*>(out) + o) = make_float2(v0, v1);
+        }
+      }
+}
+
+template <int MT, int VEC>
+void runGemv(const Ctx& c, const __half* x, const AwqWeights& w, float* ws, void* out, bool f16,
+             int M, int K, int N, int splits, int gpb) {
+  int W = N / 8;
+  dim3 grid((unsigned)ceilDiv(W, 32 * VEC), (unsigned)splits);
+  awqGemv<MT, VEC><<<grid, 256, 0, c.stream>>>(x, w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(),
+                                               w.scales.as<__half>(), ws, out, f16, M, K, N, gpb);
+  MC_LAUNCHED("awqGemv");
+}
+
+template <int MT>
+void gemvDispatchVec(const Ctx& c, const __half* x, const AwqWeights& w, float* ws, void* out, bool f16,
+                     int M, int K, int N, int splits, int gpb, int vec) {
+  if constexpr (MT <= 2) {
+    if (vec == 4) return runGemv<MT, 4>(c, x, w, ws, out, f16, M, K, N, splits, gpb);
+  }
+  if constexpr (MT <= 4) {
+    if (vec >= 2) return runGemv<MT, 2>(c, x, w, ws, out, f16, M, K, N, splits, gpb);
+  }
+  runGemv<MT, 1>(c, x, w, ws, out, f16, M, K, N, splits, gpb);
+}
+
+template <int MT, int VEC> int occ() {
+  int n = 0;
+  MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, awqGemv<MT, VEC>, 256, 0));
+  return n < 1 ? 1 : n;
+}
+int gemvBlocksPerSM(int M, int vec) {
+  static int cache[9][5] = {};
+  int& v = cache[M][vec];
+  if (!v) {
+    if (M == 1) v = vec == 4 ? occ<1, 4>() : vec == 2 ? occ<1, 2>() : occ<1, 1>();
+    else if (M == 2) v = vec == 4 ? occ<2, 4>() : vec == 2 ? occ<2, 2>() : occ<2, 1>();
+    else if (M <= 4) v = vec == 2 ? occ<4, 2>() : occ<4, 1>();
+    else v = occ<8, 1>();
+  }
+  return v;
+}
+
+// Rows [0, M) of x with M <= 8.
+void gemv(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
+  const int W = N / 8, groups = K / kGroup;
+  int vec = M <= 2 ? 4 : M <= 4 ? 2 : 1;
+  while (vec > 1 && W % vec) vec /= 2;
+  int tilesN = (int)ceilDiv(W, 32 * vec);
+  // One full wave: as many K splits as keep every block resident at once, so no
+  // second, partial wave leaves most SMs idle at the end (the grid is bandwidth-bound).
+  int perSM = gemvBlocksPerSM(M, vec);
+  int splits = (int)std::max<int64_t>(1, std::min<int64_t>(groups, (int64_t)perSM * c.numSMs / tilesN));
+  int gpb = (int)ceilDiv(groups, splits);
+  splits = (int)ceilDiv(groups, gpb);
+  float* ws = nullptr;
+  if (splits > 1) {
+    ws = static_cast<float*>(c.scratch->get((size_t)M * N * 4, c.stream));
+    MC_CUDA(cudaMemsetAsync(ws, 0, (size_t)M * N * 4, c.stream));
+  }
+  switch (M) {
+    case 1: gemvDispatchVec<1>(c, x, w, ws, out, f16, M, K, N, splits, gpb, vec); break;
+    case 2: gemvDispatchVec<2>(c, x, w, ws, out, f16, M, K, N, splits, gpb, vec); break;
+    case 3: case 4: gemvDispatchVec<4>(c, x, w, ws, out, f16, M, K, N, splits, gpb, vec); break;
+    default: gemvDispatchVec<8>(c, x, w, ws, out, f16, M, K, N, splits, gpb, vec); break;
+  }
+  if (ws) {
+    int64_t n = (int64_t)M * N;
+    convertOut<<<(unsigned)std::min<int64_t>(ceilDiv(n, 256), 4 * c.numSMs), 256, 0, c.stream>>>(ws, out, f16, n);
+    MC_LAUNCHED("convertOut");
+  }
+}
+
+template <int BM>
+void mma(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
+  using Cfg = MmaCfg<BM>;
+  static bool attrSet = false;  // per process; the attribute is per device function
+  if (!attrSet) {
+    MC_CUDA(cudaFuncSetAttribute(awqMma<BM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Cfg::smemBytes));
+    attrSet = true;
+  }
+  int tilesM = (int)ceilDiv(M, BM), tilesN = (int)ceilDiv(N, BN), kTiles = K / BK;
+  int64_t tiles = (int64_t)tilesM * tilesN;
+  // Split K until the grid covers the GPU about four times (at least 4 k-tiles per split).
+  int splits = (int)std::max<int64_t>(1, std::min<int64_t>(kTiles / 4, ceilDiv(4 * c.numSMs, tiles)));
+  int tpb = (int)ceilDiv(kTiles, splits);
+  splits = (int)ceilDiv(kTiles, tpb);
+  float* ws = nullptr;
+  if (splits > 1) {
+    ws = static_cast<float*>(c.scratch->get((size_t)M * N * 4, c.stream));
+    MC_CUDA(cudaMemsetAsync(ws, 0, (size_t)M * N * 4, c.stream));
+  }
+  dim3 grid(tilesN, tilesM, splits);
+  awqMma<BM><<<grid, 256, Cfg::smemBytes, c.stream>>>(x, w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(),
+                                                      w.scales.as<__half>(), ws, out, f16, M, K, N, tpb);
+  MC_LAUNCHED("awqMma");
+  if (ws) {
+    int64_t n = (int64_t)M * N;
+    convertOut<<<(unsigned)std::min<int64_t>(ceilDiv(n, 256), 4 * c.numSMs), 256, 0, c.stream>>>(ws, out, f16, n);
+    MC_LAUNCHED("convertOut");
+  }
+}
+
+}  // namespace
+
+// Largest M served by the CUDA-core GEMV; above it the tensor-core kernel runs.
+int awqGemvMaxM = 8;
+
+void launchAwqLinear(const Ctx& c, const View& x, const AwqWeights& w, const View& out) {
+  const int K = (int)w.qweight.dim(0), N = (int)w.qweight.dim(1) * 8;
+  const int M = (int)(x.numel() / K);
+  if (M == 0) return;
+  if (w.groupSize != kGroup)
+    throw BackendError("awqLinear (CUDA): group size " + std::to_string(w.groupSize) +
+                       " is not supported (compiled for 128); M=" + std::to_string(M) +
+                       " N=" + std::to_string(N) + " K=" + std::to_string(K));
+  const bool f16 = out.dtype == DType::F16;
+  const __half* xp = x.as<__half>();
+  char* op = static_cast<char*>(out.data);
+  const size_t rowOut = (size_t)N * dtypeSize(out.dtype);
+  // The tensor-core kernel loads 4 words (32 columns) at a time: N/8 must divide by 4.
+  const bool mmaOk = (N / 8) % 4 == 0;
+  if (M <= awqGemvMaxM || !mmaOk) {
+    for (int m0 = 0; m0 < M; m0 += 8)
+      gemv(c, xp + (size_t)m0 * K, w, op + m0 * rowOut, f16, std::min(8, M - m0), K, N);
+    return;
+  }
+  if (M <= 16) mma<16>(c, xp, w, op, f16, M, K, N);
+  else if (M <= 32) mma<32>(c, xp, w, op, f16, M, K, N);
+  else if (M <= 64) mma<64>(c, xp, w, op, f16, M, K, N);
+  else mma<128>(c, xp, w, op, f16, M, K, N);
+}
+
+}  // namespace cuda
+}  // namespace medcluster

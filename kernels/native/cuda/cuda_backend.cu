@@ -1,0 +1,452 @@
+// CudaBackend: the Backend contract (backend.h) on one CUDA device.
+//
+// Threading: the addon calls every method from one device thread. The constructor
+// selects the device (cudaSetDevice) on that thread, and every later call assumes it
+// runs there. Work goes onto one non-blocking stream per backend; synchronize() and
+// download() wait for it. Buffers return their memory to the stream-ordered pool
+// (cudaFreeAsync) from whichever thread drops the last reference.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+#include "common.cuh"
+
+namespace medcluster {
+namespace cuda {
+
+[[noreturn]] void throwCudaError(cudaError_t err, const char* call, const char* file, int line) {
+  const char* base = std::strrchr(file, '/');
+  throw BackendError(std::string("CUDA error ") + cudaGetErrorName(err) + " (" +
+                     cudaGetErrorString(err) + ") in " + call + " at " + (base ? base + 1 : file) +
+                     ":" + std::to_string(line));
+}
+
+void* Scratch::get(size_t bytes, cudaStream_t s) {
+  if (bytes <= bytes_) return ptr_;
+  if (ptr_) MC_CUDA(cudaFreeAsync(ptr_, s));
+  size_t grown = bytes < 2 * bytes_ ? 2 * bytes_ : bytes;
+  MC_CUDA(cudaMallocAsync(&ptr_, grown, s));
+  bytes_ = grown;
+  return ptr_;
+}
+void Scratch::release(cudaStream_t s) {
+  if (ptr_) cudaFreeAsync(ptr_, s);
+  ptr_ = nullptr;
+  bytes_ = 0;
+}
+
+namespace {
+
+// ---- element-wise and row kernels ----------------------------------------------
+
+__global__ void embeddingKernel(const __half* table, const int32_t* ids, float* out, int64_t H) {
+  int64_t t = blockIdx.x;
+  const __half* row = table + (int64_t)ids[t] * H;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) out[t * H + h] = __half2float(row[h]);
+}
+
+// Sum of a value over the block (blockDim.x a multiple of 32, at most 1024).
+__device__ float blockSum(float v) {
+  __shared__ float part[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  int nw = blockDim.x >> 5;
+  v = threadIdx.x < nw ? part[threadIdx.x] : 0.f;
+  if (threadIdx.x < 32)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x == 0) part[0] = v;
+  __syncthreads();
+  v = part[0];
+  __syncthreads();
+  return v;
+}
+
+// One block per row. With delta != nullptr the residual is updated first (fused addRmsNorm).
+__global__ void rmsNormKernel(float* x, const float* delta, const __half* w, float eps,
+                              __half* out, int64_t H) {
+  int64_t t = blockIdx.x;
+  float* row = x + t * H;
+  float ss = 0.f;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    float v = row[h];
+    if (delta) {
+      v += delta[t * H + h];
+      row[h] = v;
+    }
+    ss += v * v;
+  }
+  float inv = rsqrtf(blockSum(ss) / (float)H + eps);
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x)
+    out[t * H + h] = __float2half(row[h] * inv * __half2float(w[h]));
+}
+
+__global__ void addKernel(float* r, const float* d, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    r[i] += d[i];
+}
+
+__global__ void siluMulKernel(const __half2* g, const __half2* u, __half2* out, int64_t n2) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n2; i += (int64_t)gridDim.x * blockDim.x) {
+    float2 a = __half22float2(g[i]), b = __half22float2(u[i]);
+    out[i] = __floats2half2_rn(a.x / (1.f + expf(-a.x)) * b.x, a.y / (1.f + expf(-a.y)) * b.y);
+  }
+}
+
+// grid (T, heads of q + heads of k); HF rotate-half on pairs (i, i + hd/2), fp32 math.
+__global__ void ropeKernel(__half* q, __half* k, const int32_t* pos, int nq, int nk, int hd, float theta) {
+  int t = blockIdx.x, h = blockIdx.y;
+  __half* base = h < nq ? q + ((int64_t)t * nq + h) * hd : k + ((int64_t)t * nk + (h - nq)) * hd;
+  int half = hd / 2;
+  float p = (float)pos[t];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float invFreq = 1.f / powf(theta, (float)(2 * i) / (float)hd);
+    float s, c;
+    sincosf(p * invFreq, &s, &c);
+    float x1 = __half2float(base[i]), x2 = __half2float(base[i + half]);
+    base[i] = __float2half(x1 * c - x2 * s);
+    base[i + half] = __float2half(x2 * c + x1 * s);
+  }
+}
+
+// grid T; copies one token's K and V rows (rowElems halves each) into its slot.
+__global__ void writeKvKernel(__half* kc, __half* vc, const __half* k, const __half* v,
+                              const int32_t* slots, int64_t rowElems) {
+  int64_t t = blockIdx.x;
+  int64_t s = slots[t];
+  if (s < 0) return;  // padding token: nothing to cache
+  const uint4* ks = reinterpret_cast<const uint4*>(k + t * rowElems);
+  const uint4* vs = reinterpret_cast<const uint4*>(v + t * rowElems);
+  uint4* kd = reinterpret_cast<uint4*>(kc + s * rowElems);
+  uint4* vd = reinterpret_cast<uint4*>(vc + s * rowElems);
+  for (int64_t i = threadIdx.x; i < rowElems / 8; i += blockDim.x) {
+    kd[i] = ks[i];
+    vd[i] = vs[i];
+  }
+}
+__global__ void writeKvKernelScalar(__half* kc, __half* vc, const __half* k, const __half* v,
+                                    const int32_t* slots, int64_t rowElems) {
+  int64_t t = blockIdx.x;
+  int64_t s = slots[t];
+  if (s < 0) return;
+  for (int64_t i = threadIdx.x; i < rowElems; i += blockDim.x) {
+    kc[s * rowElems + i] = k[t * rowElems + i];
+    vc[s * rowElems + i] = v[t * rowElems + i];
+  }
+}
+
+__global__ void gatherRowsKernel(const char* x, const int32_t* rows, char* out, int64_t rowBytes) {
+  int64_t r = blockIdx.x;
+  const char* src = x + (int64_t)rows[r] * rowBytes;
+  char* dst = out + r * rowBytes;
+  if ((rowBytes & 15) == 0 && (((uintptr_t)x | (uintptr_t)out) & 15) == 0) {
+    for (int64_t i = threadIdx.x; i < rowBytes / 16; i += blockDim.x)
+      reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+  } else {
+    for (int64_t i = threadIdx.x; i < rowBytes; i += blockDim.x) dst[i] = src[i];
+  }
+}
+
+// One block per row; ties resolve to the first index.
+__global__ void argmaxKernel(const float* x, int32_t* out, int64_t V) {
+  int64_t t = blockIdx.x;
+  const float* row = x + t * V;
+  float best = -INFINITY;
+  int64_t bi = V;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    float v = row[i];
+    if (v > best || (bi == V && v == v && v >= best)) { best = v; bi = i; }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+  }
+  __shared__ float sv[32];
+  __shared__ int64_t si[32];
+  if ((threadIdx.x & 31) == 0) { sv[threadIdx.x >> 5] = best; si[threadIdx.x >> 5] = bi; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
+      if (sv[w] > best || (sv[w] == best && si[w] < bi)) { best = sv[w]; bi = si[w]; }
+    out[t] = (int32_t)(bi == V ? 0 : bi);
+  }
+}
+
+__device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+// Word i of the buffer is splitmix64(seed ^ i): deterministic by seed and index.
+__global__ void randomBitsKernel(uint64_t* w, int64_t nWords, unsigned char* tail, int tailBytes, uint64_t seed) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < nWords; i += (int64_t)gridDim.x * blockDim.x)
+    w[i] = splitmix64(seed ^ (uint64_t)i);
+  if (blockIdx.x == 0 && threadIdx.x == 0 && tailBytes) {
+    uint64_t r = splitmix64(seed ^ (uint64_t)nWords);
+    for (int b = 0; b < tailBytes; ++b) tail[b] = (unsigned char)(r >> (8 * b));
+  }
+}
+
+int gridFor(int64_t n, int threads, int numSMs) {
+  int64_t g = ceilDiv(n, threads);
+  int64_t cap = (int64_t)numSMs * 16;
+  return (int)(g < 1 ? 1 : g > cap ? cap : g);
+}
+
+// ---- memory ----------------------------------------------------------------------
+
+struct StreamHandle {  // shared by the backend and its live buffers
+  int ordinal;
+  cudaStream_t stream;
+};
+
+struct CudaBuffer : Buffer {
+  std::shared_ptr<StreamHandle> sh;
+  ~CudaBuffer() override {
+    if (!data) return;
+    int prev = -1;
+    cudaGetDevice(&prev);
+    if (prev != sh->ordinal) cudaSetDevice(sh->ordinal);
+    cudaFreeAsync(data, sh->stream);  // errors here cannot be reported (destructor)
+    if (prev != sh->ordinal && prev >= 0) cudaSetDevice(prev);
+  }
+};
+
+constexpr size_t kStagingBytes = 8u << 20;  // per pinned staging buffer of readFileRegion
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int ordinal) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice || (e == cudaSuccess && count == 0)) {
+      cudaGetLastError();
+      throw BackendError(std::string("no CUDA device: ") +
+                         (e == cudaSuccess ? "the driver reports 0 devices" : cudaGetErrorString(e)));
+    }
+    MC_CUDA(e);
+    if (ordinal < 0 || ordinal >= count)
+      throw BackendError("no CUDA device: ordinal " + std::to_string(ordinal) + " requested, " +
+                         std::to_string(count) + " present");
+    MC_CUDA(cudaSetDevice(ordinal));
+    cudaDeviceProp prop;
+    MC_CUDA(cudaGetDeviceProperties(&prop, ordinal));
+    name_ = std::string("cuda:") + std::to_string(ordinal) + " (" + prop.name + ")";
+    numSMs_ = prop.multiProcessorCount;
+    sh_ = std::make_shared<StreamHandle>();
+    sh_->ordinal = ordinal;
+    MC_CUDA(cudaStreamCreateWithFlags(&sh_->stream, cudaStreamNonBlocking));
+    // Keep freed memory in the pool instead of returning it to the driver at each sync.
+    cudaMemPool_t pool;
+    MC_CUDA(cudaDeviceGetDefaultMemPool(&pool, ordinal));
+    uint64_t threshold = UINT64_MAX;
+    MC_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(sh_->stream);
+    scratch_.release(sh_->stream);
+    scratch2_.release(sh_->stream);
+    cudaStreamSynchronize(sh_->stream);
+    for (int i = 0; i < 2; ++i) {
+      if (staging_[i]) cudaFreeHost(staging_[i]);
+      if (stagingDone_[i]) cudaEventDestroy(stagingDone_[i]);
+    }
+    // The stream stays alive while buffers still reference it (StreamHandle); it is
+    // deliberately not destroyed here, since a buffer may be freed after the backend.
+  }
+
+  std::string name() const override { return name_; }
+
+  std::shared_ptr<Buffer> alloc(size_t bytes) override {
+    auto b = std::make_shared<CudaBuffer>();
+    b->sh = sh_;
+    b->bytes = bytes;
+    if (bytes) {
+      MC_CUDA(cudaMallocAsync(&b->data, bytes, s()));
+      MC_CUDA(cudaMemsetAsync(b->data, 0, bytes, s()));
+    }
+    return b;
+  }
+  void upload(Buffer& dst, const void* host, size_t bytes) override {
+    MC_CUDA(cudaMemcpyAsync(dst.data, host, bytes, cudaMemcpyHostToDevice, s()));
+    MC_CUDA(cudaStreamSynchronize(s()));  // host memory may be reused as soon as we return
+  }
+  void download(const Buffer& src, void* host, size_t bytes) override {
+    MC_CUDA(cudaMemcpyAsync(host, src.data, bytes, cudaMemcpyDeviceToHost, s()));
+    MC_CUDA(cudaStreamSynchronize(s()));
+  }
+
+  // pread into two pinned staging buffers in turn; each chunk goes to the device with
+  // cudaMemcpyAsync while the next one is read from the file.
+  void readFileRegion(Buffer& dst, const std::string& path, uint64_t fileOffset, int64_t cols,
+                      int64_t elemSize, int64_t r0, int64_t r1, int64_t c0, int64_t c1) override {
+    int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw BackendError("readFileRegion: cannot open " + path + ": " + std::strerror(errno));
+    struct Closer { int fd; ~Closer() { ::close(fd); } } closer{fd};
+    for (int i = 0; i < 2; ++i) {
+      if (!staging_[i]) {
+        MC_CUDA(cudaHostAlloc(&staging_[i], kStagingBytes, cudaHostAllocDefault));
+        MC_CUDA(cudaEventCreateWithFlags(&stagingDone_[i], cudaEventDisableTiming));
+      }
+    }
+    const uint64_t rowBytes = (uint64_t)(c1 - c0) * elemSize;
+    const bool contiguous = c0 == 0 && c1 == cols;
+    // Segments: one for a contiguous region, else one per row.
+    const int64_t nSeg = contiguous ? 1 : (r1 - r0);
+    const uint64_t segBytes = contiguous ? rowBytes * (r1 - r0) : rowBytes;
+    char* dev = static_cast<char*>(dst.data);
+    int buf = 0;
+    size_t fill = 0;
+    uint64_t devOff = 0;
+    auto flush = [&]() {
+      if (!fill) return;
+      MC_CUDA(cudaMemcpyAsync(dev + devOff, staging_[buf], fill, cudaMemcpyHostToDevice, s()));
+      MC_CUDA(cudaEventRecord(stagingDone_[buf], s()));
+      devOff += fill;
+      fill = 0;
+      buf ^= 1;
+      MC_CUDA(cudaEventSynchronize(stagingDone_[buf]));  // the other buffer is free again
+    };
+    MC_CUDA(cudaEventSynchronize(stagingDone_[buf]));
+    for (int64_t sgi = 0; sgi < nSeg; ++sgi) {
+      uint64_t off = fileOffset + (contiguous ? (uint64_t)r0 * cols * elemSize
+                                              : ((uint64_t)(r0 + sgi) * cols + c0) * elemSize);
+      uint64_t left = segBytes;
+      while (left) {
+        size_t room = kStagingBytes - fill;
+        size_t n = left < room ? left : room;
+        ssize_t got = ::pread(fd, static_cast<char*>(staging_[buf]) + fill, n, (off_t)off);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0)
+          throw BackendError("readFileRegion: read of " + path + " at offset " + std::to_string(off) +
+                             (got == 0 ? " hit the end of the file" : std::string(": ") + std::strerror(errno)));
+        fill += got;
+        off += got;
+        left -= got;
+        if (fill == kStagingBytes) flush();
+      }
+    }
+    flush();
+    MC_CUDA(cudaStreamSynchronize(s()));
+  }
+
+  void embedding(const View& table, const View& ids, const View& out) override {
+    int64_t T = ids.numel(), H = table.dim(1);
+    if (!T) return;
+    embeddingKernel<<<T, 256, 0, s()>>>(table.as<__half>(), ids.as<int32_t>(), out.as<float>(), H);
+    MC_LAUNCHED("embedding");
+  }
+  void rmsNorm(const View& x, const View& w, float eps, const View& out) override {
+    int64_t H = x.dim(-1), T = x.numel() / H;
+    if (!T) return;
+    rmsNormKernel<<<T, 1024, 0, s()>>>(x.as<float>(), nullptr, w.as<__half>(), eps, out.as<__half>(), H);
+    MC_LAUNCHED("rmsNorm");
+  }
+  void addRmsNorm(const View& residual, const View& delta, const View& w, float eps,
+                  const View& out) override {
+    int64_t H = residual.dim(-1), T = residual.numel() / H;
+    if (!T) return;
+    rmsNormKernel<<<T, 1024, 0, s()>>>(residual.as<float>(), delta.as<float>(), w.as<__half>(), eps,
+                                       out.as<__half>(), H);
+    MC_LAUNCHED("addRmsNorm");
+  }
+  void addInPlace(const View& residual, const View& delta) override {
+    int64_t n = residual.numel();
+    if (!n) return;
+    addKernel<<<gridFor(n, 256, numSMs_), 256, 0, s()>>>(residual.as<float>(), delta.as<float>(), n);
+    MC_LAUNCHED("addInPlace");
+  }
+  void awqLinear(const View& x, const AwqWeights& w, const View& out) override {
+    launchAwqLinear(ctx(), x, w, out);
+  }
+  void linear(const View& x, const View& w, const View& out) override { launchLinear(ctx(), x, w, out); }
+  void rope(const View& q, const View& k, const View& positions, int64_t headDim, float theta) override {
+    int64_t T = positions.numel();
+    if (!T) return;
+    int nq = (int)(q.numel() / T / headDim), nk = (int)(k.numel() / T / headDim);
+    dim3 grid((unsigned)T, nq + nk);
+    ropeKernel<<<grid, 64, 0, s()>>>(q.as<__half>(), k.as<__half>(), positions.as<int32_t>(), nq, nk,
+                                      (int)headDim, theta);
+    MC_LAUNCHED("rope");
+  }
+  void writeKv(const View& kCache, const View& vCache, const View& k, const View& v,
+               const View& slots) override {
+    int64_t T = slots.numel();
+    if (!T) return;
+    int64_t rowElems = k.numel() / T;
+    if (rowElems % 8 == 0)
+      writeKvKernel<<<T, 128, 0, s()>>>(kCache.as<__half>(), vCache.as<__half>(), k.as<__half>(),
+                                        v.as<__half>(), slots.as<int32_t>(), rowElems);
+    else
+      writeKvKernelScalar<<<T, 128, 0, s()>>>(kCache.as<__half>(), vCache.as<__half>(), k.as<__half>(),
+                                              v.as<__half>(), slots.as<int32_t>(), rowElems);
+    MC_LAUNCHED("writeKv");
+  }
+  void attention(const View& q, const View& kCache, const View& vCache, const View& blockTables,
+                 const View& tokenSeq, const View& positions, const AttentionShape& shape,
+                 const View& out) override {
+    launchAttention(ctx(), q, kCache, vCache, blockTables, tokenSeq, positions, shape, out);
+  }
+  void siluMul(const View& gate, const View& up, const View& out) override {
+    int64_t n = gate.numel();
+    if (!n) return;
+    if (n % 2) throw BackendError("siluMul: odd element count " + std::to_string(n) + " is not supported on CUDA");
+    siluMulKernel<<<gridFor(n / 2, 256, numSMs_), 256, 0, s()>>>(gate.as<__half2>(), up.as<__half2>(),
+                                                                 out.as<__half2>(), n / 2);
+    MC_LAUNCHED("siluMul");
+  }
+  void gatherRows(const View& x, const View& rows, const View& out) override {
+    int64_t R = rows.numel();
+    if (!R) return;
+    int64_t rowBytes = (x.numel() / x.dim(0)) * (int64_t)dtypeSize(x.dtype);
+    gatherRowsKernel<<<R, 128, 0, s()>>>(static_cast<const char*>(x.data), rows.as<int32_t>(),
+                                         static_cast<char*>(out.data), rowBytes);
+    MC_LAUNCHED("gatherRows");
+  }
+  void argmax(const View& x, const View& out) override {
+    int64_t V = x.dim(-1), T = x.numel() / V;
+    if (!T) return;
+    argmaxKernel<<<T, 1024, 0, s()>>>(x.as<float>(), out.as<int32_t>(), V);
+    MC_LAUNCHED("argmax");
+  }
+  void randomBits(Buffer& buf, uint64_t seed) override {
+    int64_t nWords = buf.bytes / 8;
+    int tail = (int)(buf.bytes % 8);
+    if (!buf.bytes) return;
+    randomBitsKernel<<<gridFor(nWords ? nWords : 1, 256, numSMs_), 256, 0, s()>>>(
+        static_cast<uint64_t*>(buf.data), nWords, static_cast<unsigned char*>(buf.data) + nWords * 8, tail, seed);
+    MC_LAUNCHED("randomBits");
+  }
+  void synchronize() override { MC_CUDA(cudaStreamSynchronize(s())); }
+
+  cudaStream_t s() const { return sh_->stream; }
+
+ private:
+  Ctx ctx() { return Ctx{s(), numSMs_, &scratch_, &scratch2_}; }
+
+  std::string name_;
+  int numSMs_ = 0;
+  std::shared_ptr<StreamHandle> sh_;
+  Scratch scratch_, scratch2_;
+  void* staging_[2] = {nullptr, nullptr};
+  cudaEvent_t stagingDone_[2] = {nullptr, nullptr};
+};
+
+}  // namespace
+
+// The stream a CUDA backend issues its work on (for benchmarks and CUDA graph capture).
+cudaStream_t backendStream(Backend& b) { return static_cast<CudaBackend&>(b).s(); }
+
+}  // namespace cuda
+
+std::unique_ptr<Backend> createCudaBackend(int ordinal) {
+  return std::make_unique<cuda::CudaBackend>(ordinal);
+}
+bool cudaCompiledIn() { return true; }
+
+}  // namespace medcluster

@@ -1,0 +1,77 @@
+// fp16 linear (lm_head), out [M, N] = x f16 [M, K] @ w f16 [N, K]^T, fp32 accumulation.
+// A memory-bound GEMV: one warp per output column, 16-byte loads of the weight row,
+// up to 8 rows of x per pass (larger M loops in passes of 8; lm_head usually runs on
+// the few rows gathered for sampling).
+#include "common.cuh"
+
+namespace medcluster {
+namespace cuda {
+namespace {
+
+template <int MT>
+__global__ void __launch_bounds__(256) linearGemv(const __half* __restrict__ x,  // [M, K]
+                                                  const __half* __restrict__ w,  // [N, K]
+                                                  void* __restrict__ out, bool outF16, int M, int K, int N) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (n >= N) return;
+  float acc[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) acc[m] = 0.f;
+  const __half* wr = w + (int64_t)n * K;
+  if (K % 8 == 0) {
+    for (int k = lane * 8; k < K; k += 32 * 8) {
+      uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + k));
+      const __half2* w2 = reinterpret_cast<const __half2*>(&wv);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (m >= M) break;
+        uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (int64_t)m * K + k));
+        const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float2 a = __half22float2(w2[j]), b = __half22float2(x2[j]);
+          acc[m] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[m]));
+        }
+      }
+    }
+  } else {
+    for (int k = lane; k < K; k += 32) {
+      float a = __half2float(wr[k]);
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (m < M) acc[m] = fmaf(a, __half2float(x[(int64_t)m * K + k]), acc[m]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    float v = acc[m];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0 && m < M) {
+      if (outF16) static_cast<__half*>(out)[(int64_t)m * N + n] = __float2half(v);
+      else static_cast<float*>(out)[(int64_t)m * N + n] = v;
+    }
+  }
+}
+
+}  // namespace
+
+void launchLinear(const Ctx& c, const View& x, const View& w, const View& out) {
+  const int N = (int)w.dim(0), K = (int)w.dim(1);
+  const int M = (int)(x.numel() / K);
+  const bool f16 = out.dtype == DType::F16;
+  const size_t rowOut = (size_t)N * dtypeSize(out.dtype);
+  for (int m0 = 0; m0 < M; m0 += 8) {
+    int mm = std::min(8, M - m0);
+    const __half* xp = x.as<__half>() + (size_t)m0 * K;
+    void* op = static_cast<char*>(out.data) + m0 * rowOut;
+    unsigned grid = (unsigned)ceilDiv(N, 8);
+    if (mm == 1) linearGemv<1><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
+    else if (mm <= 4) linearGemv<4><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
+    else linearGemv<8><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
+    MC_LAUNCHED("linear");
+  }
+}
+
+}  // namespace cuda
+}  // namespace medcluster

@@ -1,0 +1,107 @@
+// One Device = one native thread that owns a Backend and runs queued work in FIFO
+// order. The JS thread only enqueues; everything that touches backend memory
+// (allocation included) runs on the device thread, because a CUDA backend's context
+// is selected per thread. This file knows nothing about N-API: completions are
+// handed to a `post` callback that the binding routes to the JS thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backend.h"
+
+namespace medcluster {
+
+// A tensor's storage. Shape and dtype are fixed at creation on the JS thread; the
+// buffer is allocated lazily by the first queued work that touches it, on the device
+// thread. Queued work holds shared_ptrs, so memory outlives the JS handle until
+// that work has run.
+struct Slot {
+  Slot(DType t, std::vector<int64_t> s);
+  DType dtype;
+  std::vector<int64_t> shape;
+  size_t bytes;
+
+  // Device thread only.
+  Buffer& buffer(const std::shared_ptr<Backend>& backend);
+  View view(const std::shared_ptr<Backend>& backend);
+
+ private:
+  std::shared_ptr<Backend> owner_;  // declared first: buffers are freed before their backend
+  std::shared_ptr<Buffer> buffer_;
+};
+using SlotPtr = std::shared_ptr<Slot>;
+
+// Something the JS thread waits for (a sync, a read, a close). `error` is set on the
+// device thread before the completion is posted.
+struct Completion {
+  virtual ~Completion() = default;
+  std::string error;
+};
+
+using Work = std::function<void(const std::shared_ptr<Backend>&)>;
+
+class Device {
+ public:
+  // Called on the device thread with a finished completion; takes ownership.
+  using Post = std::function<void(Completion*)>;
+  using Factory = std::function<std::unique_ptr<Backend>()>;
+
+  // Starts the thread and builds the backend on it; throws BackendError with the
+  // factory's message if that fails.
+  Device(const Factory& factory, Post post);
+  ~Device();  // abandons queued work
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+
+  const std::string& name() const { return name_; }
+
+  // Queues work. A failure is recorded (the first one wins) and reported by the
+  // next completion; later work still runs, so an op whose inputs came from a
+  // failed op computes on whatever those inputs hold.
+  void enqueue(const char* op, Work work);
+  // Queues `work` (may be empty) followed by a backend synchronize, then posts `c`,
+  // carrying the first failure recorded since the last completion, if any (which
+  // also skips `work`). With `stop`, the thread exits after posting.
+  void complete(const char* op, Work work, Completion* c, bool stop = false);
+  // Drops a slot reference on the device thread, where its memory was allocated.
+  void release(SlotPtr slot);
+  // Joins the thread once a stopping completion was posted.
+  void join();
+  // Drops queued work (and its completions, unposted) and joins. For process exit.
+  void abandon();
+
+ private:
+  struct Item {
+    const char* op;
+    Work work;
+    Completion* completion;
+    bool stop;
+  };
+  void loop(const Factory& factory, std::promise<std::string>* ready);
+  void push(Item item);
+
+  Post post_;
+  std::shared_ptr<Backend> backend_;
+  std::string name_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Item> queue_;
+  bool abandoned_ = false;
+  bool stopped_ = false;  // no more work will run: later pushes are dropped
+  std::thread thread_;
+
+  // Device thread only.
+  std::string firstError_;
+  int laterFailures_ = 0;
+};
+
+}  // namespace medcluster

@@ -1,0 +1,402 @@
+// The Device and Tensor implementations over the native addon (src/native.ts).
+// Validation happens here, on the JS thread; the addon queues the work.
+
+import { availableParallelism } from 'node:os';
+import type {
+  AttentionShape,
+  AwqLinear,
+  Device,
+  DeviceKind,
+  DeviceOptions,
+  DType,
+  FileRegion,
+  HostArray,
+  Tensor,
+} from './api.js';
+import { KernelError } from './api.js';
+import { DTYPE_CODE, loadAddon, type NativeDevice, type NativeHandle } from './native.js';
+import { checkDtype, checkShape, describe, expect, fail, numel, positiveInt, sameShape } from './validate.js';
+
+class NativeTensor implements Tensor {
+  #handle: NativeHandle | undefined;
+  constructor(
+    readonly device: KernelDevice,
+    handle: NativeHandle,
+    readonly shape: readonly number[],
+    readonly dtype: DType,
+  ) {
+    this.#handle = handle;
+    Object.freeze(this.shape);
+  }
+
+  /** The native handle; throws if the tensor was disposed. */
+  handle(op: string): NativeHandle {
+    if (!this.#handle) fail(op, `tensor ${describe(this)} was disposed`);
+    return this.#handle;
+  }
+
+  read(): Promise<Float32Array | Int32Array> {
+    return this.device.readTensor(this);
+  }
+
+  dispose(): void {
+    if (this.#handle) this.device.release(this.#handle);
+    this.#handle = undefined;
+  }
+}
+
+/** Wraps a native rejection in KernelError; the native message already names the failing op. */
+async function settle<T>(promise: Promise<T>): Promise<T> {
+  try {
+    return await promise;
+  } catch (err) {
+    throw new KernelError(err instanceof Error ? err.message : String(err), { cause: err });
+  }
+}
+
+class KernelDevice implements Device {
+  readonly name: string;
+  #native: NativeDevice;
+  #closed = false;
+
+  constructor(
+    readonly kind: DeviceKind,
+    native: NativeDevice,
+  ) {
+    this.#native = native;
+    this.name = native.name();
+  }
+
+  #open(op: string): NativeDevice {
+    if (this.#closed) fail(op, 'device is closed');
+    return this.#native;
+  }
+
+  #arg(op: string, name: string, t: Tensor): NativeHandle {
+    if (!(t instanceof NativeTensor) || t.device !== this) fail(op, `${name} belongs to another device`);
+    return t.handle(op);
+  }
+
+  #wrap(handle: NativeHandle, shape: readonly number[], dtype: DType): Tensor {
+    return new NativeTensor(this, handle, [...shape], dtype);
+  }
+
+  readTensor(t: NativeTensor): Promise<Float32Array | Int32Array> {
+    const native = this.#open('read');
+    return settle(native.read(t.handle('read')));
+  }
+
+  release(handle: NativeHandle): void {
+    this.#native.release(handle);
+  }
+
+  zeros(shape: readonly number[], dtype: DType): Tensor {
+    checkShape('zeros', shape);
+    checkDtype('zeros', dtype);
+    return this.#wrap(this.#open('zeros').zeros([...shape], DTYPE_CODE[dtype]), shape, dtype);
+  }
+
+  fromArray(data: HostArray, shape: readonly number[], dtype: DType): Tensor {
+    const op = 'fromArray';
+    checkShape(op, shape);
+    checkDtype(op, dtype);
+    const ok =
+      dtype === 'f16'
+        ? data instanceof Float32Array || data instanceof Uint16Array
+        : dtype === 'f32'
+          ? data instanceof Float32Array
+          : data instanceof Int32Array;
+    if (!ok) fail(op, `${data?.constructor?.name} cannot fill a ${dtype} tensor`);
+    if (data.length !== numel(shape))
+      fail(op, `${data.length} values do not fill shape [${shape.join(', ')}]`);
+    return this.#wrap(this.#open(op).fromArray(data, [...shape], DTYPE_CODE[dtype]), shape, dtype);
+  }
+
+  readFile(region: FileRegion): Tensor {
+    const op = 'readFile';
+    const { path, offset, dtype, rows, cols } = region;
+    const r0 = region.rowStart ?? 0;
+    const r1 = region.rowEnd ?? rows;
+    const c0 = region.colStart ?? 0;
+    const c1 = region.colEnd ?? cols;
+    checkDtype(op, dtype);
+    if (typeof path !== 'string' || path.length === 0) fail(op, 'path must be a non-empty string');
+    if (!Number.isSafeInteger(offset) || offset < 0)
+      fail(op, `offset ${offset} must be a non-negative integer`);
+    for (const [name, v] of Object.entries({ rows, cols, r0, r1, c0, c1 })) {
+      if (!Number.isSafeInteger(v) || v < 0) fail(op, `${name} ${v} must be a non-negative integer`);
+    }
+    if (r0 > r1 || r1 > rows || c0 > c1 || c1 > cols) {
+      fail(
+        op,
+        `region rows [${r0}, ${r1}) x cols [${c0}, ${c1}) is outside the [${rows}, ${cols}] matrix in ${path}`,
+      );
+    }
+    const shape = region.shape ?? [r1 - r0, c1 - c0];
+    checkShape(op, shape);
+    if (numel(shape) !== (r1 - r0) * (c1 - c0)) {
+      fail(op, `shape [${shape.join(', ')}] does not hold a ${r1 - r0} x ${c1 - c0} region`);
+    }
+    const handle = this.#open(op).readFile(path, offset, cols, r0, r1, c0, c1, [...shape], DTYPE_CODE[dtype]);
+    return this.#wrap(handle, shape, dtype);
+  }
+
+  randomBits(shape: readonly number[], dtype: DType, seed: number): Tensor {
+    checkShape('randomBits', shape);
+    checkDtype('randomBits', dtype);
+    if (!Number.isSafeInteger(seed) || seed < 0)
+      fail('randomBits', `seed ${seed} must be a non-negative integer`);
+    return this.#wrap(this.#open('randomBits').randomBits([...shape], DTYPE_CODE[dtype], seed), shape, dtype);
+  }
+
+  embedding(table: Tensor, ids: Tensor): Tensor {
+    const op = 'embedding';
+    const [, H] = expect(op, 'table', table, 2, ['f16']);
+    const [T] = expect(op, 'ids', ids, 1, ['i32']);
+    const h = this.#open(op).embedding(this.#arg(op, 'table', table), this.#arg(op, 'ids', ids));
+    return this.#wrap(h, [T, H], 'f32');
+  }
+
+  rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+    const op = 'rmsNorm';
+    const [T, H] = expect(op, 'x', x, 2, ['f32']);
+    this.#checkNormWeight(op, x, weight, H, eps);
+    const h = this.#open(op).rmsNorm(this.#arg(op, 'x', x), this.#arg(op, 'weight', weight), eps);
+    return this.#wrap(h, [T, H], 'f16');
+  }
+
+  addRmsNorm(residual: Tensor, delta: Tensor, weight: Tensor, eps: number): Tensor {
+    const op = 'addRmsNorm';
+    const [T, H] = expect(op, 'residual', residual, 2, ['f32']);
+    expect(op, 'delta', delta, 2, ['f32']);
+    sameShape(op, 'residual', residual, 'delta', delta);
+    this.#checkNormWeight(op, residual, weight, H, eps);
+    const native = this.#open(op);
+    const h = native.addRmsNorm(
+      this.#arg(op, 'residual', residual),
+      this.#arg(op, 'delta', delta),
+      this.#arg(op, 'weight', weight),
+      eps,
+    );
+    return this.#wrap(h, [T, H], 'f16');
+  }
+
+  #checkNormWeight(op: string, x: Tensor, weight: Tensor, H: number, eps: number): void {
+    const [wH] = expect(op, 'weight', weight, 1, ['f16']);
+    if (wH !== H) fail(op, `weight ${describe(weight)} does not match x ${describe(x)} (H=${H})`);
+    if (!(eps >= 0) || !Number.isFinite(eps)) fail(op, `eps ${eps} must be a finite non-negative number`);
+  }
+
+  addInPlace(residual: Tensor, delta: Tensor): void {
+    const op = 'addInPlace';
+    expect(op, 'residual', residual, 2, ['f32']);
+    expect(op, 'delta', delta, 2, ['f32']);
+    sameShape(op, 'residual', residual, 'delta', delta);
+    this.#open(op).addInPlace(this.#arg(op, 'residual', residual), this.#arg(op, 'delta', delta));
+  }
+
+  awqLinear(x: Tensor, weights: AwqLinear, outDtype: DType): Tensor {
+    const op = 'awqLinear';
+    const { qweight, qzeros, scales, groupSize: G } = weights;
+    const [T, K] = expect(op, 'x', x, 2, ['f16']);
+    const [qK, N8] = expect(op, 'qweight', qweight, 2, ['i32']);
+    const [zG, zN8] = expect(op, 'qzeros', qzeros, 2, ['i32']);
+    const [sG, N] = expect(op, 'scales', scales, 2, ['f16']);
+    checkDtype(op, outDtype, ['f16', 'f32']);
+    positiveInt(op, 'groupSize', G);
+    if (qK !== K) fail(op, `x ${describe(x)} does not match qweight ${describe(qweight)} (K=${qK})`);
+    if (K % G !== 0) fail(op, `K=${K} is not a multiple of groupSize ${G}`);
+    if (N !== N8 * 8)
+      fail(op, `scales ${describe(scales)} does not match qweight ${describe(qweight)} (N=${N8 * 8})`);
+    if (zG !== K / G || zN8 !== N8) {
+      fail(op, `qzeros ${describe(qzeros)} must be [${K / G}, ${N8}] for K=${K}, N=${N}, groupSize ${G}`);
+    }
+    if (sG !== K / G)
+      fail(op, `scales ${describe(scales)} must be [${K / G}, ${N}] for K=${K}, groupSize ${G}`);
+    const h = this.#open(op).awqLinear(
+      this.#arg(op, 'x', x),
+      this.#arg(op, 'qweight', qweight),
+      this.#arg(op, 'qzeros', qzeros),
+      this.#arg(op, 'scales', scales),
+      G,
+      DTYPE_CODE[outDtype],
+    );
+    return this.#wrap(h, [T, N], outDtype);
+  }
+
+  linear(x: Tensor, weight: Tensor, outDtype: DType): Tensor {
+    const op = 'linear';
+    const [T, K] = expect(op, 'x', x, 2, ['f16']);
+    const [N, wK] = expect(op, 'weight', weight, 2, ['f16']);
+    checkDtype(op, outDtype, ['f16', 'f32']);
+    if (wK !== K) fail(op, `x ${describe(x)} does not match weight ${describe(weight)} (K=${wK})`);
+    const h = this.#open(op).linear(
+      this.#arg(op, 'x', x),
+      this.#arg(op, 'weight', weight),
+      DTYPE_CODE[outDtype],
+    );
+    return this.#wrap(h, [T, N], outDtype);
+  }
+
+  rope(q: Tensor, k: Tensor, positions: Tensor, headDim: number, theta: number): void {
+    const op = 'rope';
+    const [T, qw] = expect(op, 'q', q, 2, ['f16']);
+    const [kT, kw] = expect(op, 'k', k, 2, ['f16']);
+    const [pT] = expect(op, 'positions', positions, 1, ['i32']);
+    positiveInt(op, 'headDim', headDim);
+    if (headDim % 2 !== 0) fail(op, `headDim ${headDim} must be even`);
+    if (!(theta > 0) || !Number.isFinite(theta)) fail(op, `theta ${theta} must be a positive number`);
+    if (kT !== T || pT !== T) {
+      fail(
+        op,
+        `q ${describe(q)}, k ${describe(k)} and positions ${describe(positions)} must have the same T`,
+      );
+    }
+    if (qw % headDim !== 0 || kw % headDim !== 0) {
+      fail(op, `q ${describe(q)} and k ${describe(k)} widths must be multiples of headDim ${headDim}`);
+    }
+    this.#open(op).rope(
+      this.#arg(op, 'q', q),
+      this.#arg(op, 'k', k),
+      this.#arg(op, 'positions', positions),
+      headDim,
+      theta,
+    );
+  }
+
+  #checkCaches(op: string, kCache: Tensor, vCache: Tensor): number[] {
+    const dims = expect(op, 'kCache', kCache, 4, ['f16']);
+    expect(op, 'vCache', vCache, 4, ['f16']);
+    sameShape(op, 'kCache', kCache, 'vCache', vCache);
+    return dims;
+  }
+
+  writeKv(kCache: Tensor, vCache: Tensor, k: Tensor, v: Tensor, slots: Tensor): void {
+    const op = 'writeKv';
+    const [, , nkv, hd] = this.#checkCaches(op, kCache, vCache);
+    const [T, width] = expect(op, 'k', k, 2, ['f16']);
+    expect(op, 'v', v, 2, ['f16']);
+    sameShape(op, 'k', k, 'v', v);
+    const [sT] = expect(op, 'slots', slots, 1, ['i32']);
+    if (width !== nkv * hd)
+      fail(op, `k ${describe(k)} does not match kCache ${describe(kCache)} (${nkv}*${hd})`);
+    if (sT !== T) fail(op, `slots ${describe(slots)} does not match k ${describe(k)} (T=${T})`);
+    this.#open(op).writeKv(
+      this.#arg(op, 'kCache', kCache),
+      this.#arg(op, 'vCache', vCache),
+      this.#arg(op, 'k', k),
+      this.#arg(op, 'v', v),
+      this.#arg(op, 'slots', slots),
+    );
+  }
+
+  attention(
+    q: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+    blockTables: Tensor,
+    tokenSeq: Tensor,
+    positions: Tensor,
+    shape: AttentionShape,
+  ): Tensor {
+    const op = 'attention';
+    const { numHeads: nh, numKvHeads: nkv, headDim: hd } = shape;
+    const scale = shape.scale ?? 1 / Math.sqrt(hd);
+    positiveInt(op, 'numHeads', nh);
+    positiveInt(op, 'numKvHeads', nkv);
+    positiveInt(op, 'headDim', hd);
+    if (nh % nkv !== 0) fail(op, `numHeads ${nh} is not a multiple of numKvHeads ${nkv}`);
+    if (!Number.isFinite(scale)) fail(op, `scale ${scale} must be finite`);
+    const [, , cKv, cHd] = this.#checkCaches(op, kCache, vCache);
+    const [T, width] = expect(op, 'q', q, 2, ['f16']);
+    expect(op, 'blockTables', blockTables, 2, ['i32']);
+    const [sT] = expect(op, 'tokenSeq', tokenSeq, 1, ['i32']);
+    const [pT] = expect(op, 'positions', positions, 1, ['i32']);
+    if (width !== nh * hd) fail(op, `q ${describe(q)} must be [T, ${nh}*${hd}]`);
+    if (cKv !== nkv || cHd !== hd)
+      fail(op, `kCache ${describe(kCache)} must be [blocks, blockSize, ${nkv}, ${hd}]`);
+    if (sT !== T || pT !== T) {
+      fail(
+        op,
+        `tokenSeq ${describe(tokenSeq)} and positions ${describe(positions)} must have T=${T} entries`,
+      );
+    }
+    const h = this.#open(op).attention(
+      this.#arg(op, 'q', q),
+      this.#arg(op, 'kCache', kCache),
+      this.#arg(op, 'vCache', vCache),
+      this.#arg(op, 'blockTables', blockTables),
+      this.#arg(op, 'tokenSeq', tokenSeq),
+      this.#arg(op, 'positions', positions),
+      nh,
+      nkv,
+      hd,
+      scale,
+    );
+    return this.#wrap(h, [T, width], 'f16');
+  }
+
+  siluMul(gate: Tensor, up: Tensor): Tensor {
+    const op = 'siluMul';
+    const dims = expect(op, 'gate', gate, 2, ['f16']);
+    expect(op, 'up', up, 2, ['f16']);
+    sameShape(op, 'gate', gate, 'up', up);
+    return this.#wrap(
+      this.#open(op).siluMul(this.#arg(op, 'gate', gate), this.#arg(op, 'up', up)),
+      dims,
+      'f16',
+    );
+  }
+
+  gatherRows(x: Tensor, rows: Tensor): Tensor {
+    const op = 'gatherRows';
+    const [, C] = expect(op, 'x', x, 2, ['f16', 'f32', 'i32']);
+    const [R] = expect(op, 'rows', rows, 1, ['i32']);
+    const h = this.#open(op).gatherRows(this.#arg(op, 'x', x), this.#arg(op, 'rows', rows));
+    return this.#wrap(h, [R, C], x.dtype);
+  }
+
+  argmax(x: Tensor): Tensor {
+    const op = 'argmax';
+    const [T, V] = expect(op, 'x', x, 2, ['f32']);
+    if (V === 0) fail(op, `x ${describe(x)} has no columns`);
+    return this.#wrap(this.#open(op).argmax(this.#arg(op, 'x', x)), [T], 'i32');
+  }
+
+  sync(): Promise<void> {
+    return settle(this.#open('sync').sync());
+  }
+
+  close(): Promise<void> {
+    const native = this.#open('close');
+    this.#closed = true;
+    return settle(native.close());
+  }
+}
+
+/** Whether this build of the addon contains the CUDA backend. */
+export function cudaCompiledIn(): boolean {
+  return loadAddon().cudaCompiledIn();
+}
+
+/** Starts a device thread with the requested backend. */
+export function createDevice(options: DeviceOptions): Device {
+  const { kind } = options;
+  if (kind !== 'cpu' && kind !== 'cuda') throw new KernelError(`createDevice: unknown kind '${kind}'`);
+  const threads = options.threads ?? availableParallelism();
+  const ordinal = options.ordinal ?? 0;
+  if (!Number.isSafeInteger(threads) || threads < 1 || threads > 1024) {
+    throw new KernelError(`createDevice: threads ${threads} must be an integer in 1..1024`);
+  }
+  if (!Number.isSafeInteger(ordinal) || ordinal < 0) {
+    throw new KernelError(`createDevice: ordinal ${ordinal} must be a non-negative integer`);
+  }
+  const addon = loadAddon();
+  let native: NativeDevice;
+  try {
+    native = new addon.Device(kind, threads, ordinal);
+  } catch (err) {
+    throw new KernelError(`createDevice: ${(err as Error).message}`, { cause: err });
+  }
+  return new KernelDevice(kind, native);
+}
