@@ -1,0 +1,22 @@
+export {
+  type PlacementModelConfig,
+  PROJ_NAMES,
+  type ProjName,
+  type ProjShape,
+  projShape,
+  type SplitKind,
+} from './model-shape.js';
+export { PlacementError } from './placement-error.js';
+export {
+  type PlacedStage,
+  type PlacementPlan,
+  type PlacementRequest,
+  type PlacementWorker,
+  planPlacement,
+  type StageRank,
+  shardSpecFor,
+  type WorkerShard,
+} from './plan-placement.js';
+export { type IndexRange, type TensorRange, type TpSlice, tpSlice, vocabShard } from './tp-slice.js';
+export { SUPPORTED_TP, validateTensorParallel } from './validate-tp.js';
+export { awqLinearBytes, embedBytesForRank, layerBytesPerRank, lmHeadBytesForRank } from './weight-bytes.js';

@@ -1,0 +1,19 @@
+export { type ControlCodec, controlCodecs } from './codec.js';
+export {
+  type Assignment,
+  type AssignmentReply,
+  CONTROL_PROTOCOL_VERSION,
+  type DeviceInfo,
+  type DiscoverRequest,
+  ID_PATTERN,
+  type KvCacheMessage,
+  type LoadEvent,
+  type LoadPhase,
+  type ShardSpecMessage,
+  type WorkerAnnounce,
+  type WorkerHeartbeat,
+  type WorkerLeave,
+  type WorkerLifecycleState,
+} from './messages.js';
+export { ControlMessageError } from './schema.js';
+export { type ControlSubjects, controlSubjects } from './subjects.js';

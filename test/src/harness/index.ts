@@ -1,0 +1,10 @@
+// Shared test harness: real processes and real sockets, never stubs.
+export { freePort } from './free-port.js';
+export {
+  defaultSearchDirs,
+  findNatsServer,
+  NatsServerError,
+  type NatsServerHandle,
+  type NatsServerOptions,
+  startNatsServer,
+} from './nats-server.js';

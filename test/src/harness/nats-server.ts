@@ -1,0 +1,169 @@
+// Starts a real nats-server binary on a free port for tests, and stops it.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { connect as connectTcp } from 'node:net';
+import { tmpdir } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { freePort } from './free-port.js';
+
+/** nats-server is missing, failed to start, or did not accept connections in time. */
+export class NatsServerError extends Error {
+  override name = 'NatsServerError';
+}
+
+export interface NatsServerOptions {
+  /** Enable JetStream (with a temporary store directory removed on stop). */
+  jetstream?: boolean;
+  /** Path of the nats-server binary; default: $NATS_SERVER_BIN, then PATH, /usr/sbin, /usr/bin, /usr/local/bin. */
+  binary?: string;
+  /** How long to wait for the server to accept connections, in ms (default 10000). */
+  startTimeoutMs?: number;
+  /** Extra command-line arguments. */
+  args?: string[];
+}
+
+export interface NatsServerHandle {
+  /** nats://127.0.0.1:PORT */
+  url: string;
+  port: number;
+  /** Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its temporary files. */
+  stop(): Promise<void>;
+}
+
+const CANDIDATE_DIRS = ['/usr/sbin', '/usr/bin', '/usr/local/bin', '/usr/local/sbin'];
+const MAX_ATTEMPTS = 5;
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Directories searched for nats-server: PATH, then the usual system locations. */
+export function defaultSearchDirs(): string[] {
+  return [...(process.env.PATH ?? '').split(delimiter).filter((d) => d !== ''), ...CANDIDATE_DIRS];
+}
+
+/**
+ * The nats-server binary to run: explicit, else $NATS_SERVER_BIN, else the first in searchDirs.
+ * Throws NatsServerError saying how to install it when missing.
+ */
+export function findNatsServer(explicit?: string, searchDirs: string[] = defaultSearchDirs()): string {
+  const fromEnv = process.env.NATS_SERVER_BIN;
+  const candidates = [
+    ...(explicit !== undefined ? [explicit] : []),
+    ...(fromEnv !== undefined && fromEnv !== '' ? [fromEnv] : []),
+    ...searchDirs.map((d) => join(d, 'nats-server')),
+  ];
+  const found = candidates.find(isExecutable);
+  if (found === undefined) {
+    throw new NatsServerError(
+      `nats-server not found (looked at ${candidates.join(', ')}). ` +
+        'Install it: `apt-get install -y nats-server` (Debian/Ubuntu) or download it from ' +
+        'https://github.com/nats-io/nats-server/releases, or set NATS_SERVER_BIN.',
+    );
+  }
+  return found;
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connectTcp({ host: '127.0.0.1', port });
+    let buffered = '';
+    const finish = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(1000, () => finish(false));
+    socket.on('error', () => finish(false));
+    // A NATS server greets every client with an INFO line.
+    socket.on('data', (chunk) => {
+      buffered += chunk.toString('utf8');
+      if (buffered.includes('\r\n')) finish(buffered.startsWith('INFO '));
+    });
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Attempt {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+function launch(binary: string, args: string[]): Attempt {
+  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  const keep = (chunk: Buffer) => {
+    output = (output + chunk.toString('utf8')).slice(-4000);
+  };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  const exited = new Promise<number | null>((resolve) => {
+    child.once('exit', (code) => resolve(code));
+    child.once('error', (err) => {
+      keep(Buffer.from(String(err)));
+      resolve(-1);
+    });
+  });
+  return { child, output: () => output, exited };
+}
+
+async function stopChild(attempt: Attempt): Promise<void> {
+  if (attempt.child.exitCode !== null || attempt.child.signalCode !== null) return;
+  attempt.child.kill('SIGTERM');
+  const killed = await Promise.race([attempt.exited.then(() => true), sleep(5000).then(() => false)]);
+  if (!killed) {
+    attempt.child.kill('SIGKILL');
+    await attempt.exited;
+  }
+}
+
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+/** Starts nats-server on a free 127.0.0.1 port; retries with another port on a collision. */
+export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServerHandle> {
+  const binary = findNatsServer(options.binary);
+  const timeoutMs = options.startTimeoutMs ?? 10_000;
+  let lastOutput = '';
+  for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+    const port = await freePort();
+    const storeDir = options.jetstream === true ? mkdtempSync(join(tmpdir(), 'nats-js-')) : undefined;
+    const args = ['-a', '127.0.0.1', '-p', String(port), ...(storeDir ? ['-js', '-sd', storeDir] : [])];
+    const run = launch(binary, [...args, ...(options.args ?? [])]);
+    running.add(run.child);
+    const cleanup = async () => {
+      await stopChild(run);
+      running.delete(run.child);
+      if (storeDir !== undefined) rmSync(storeDir, { recursive: true, force: true });
+    };
+    const deadline = Date.now() + timeoutMs;
+    let exited = false;
+    void run.exited.then(() => {
+      exited = true;
+    });
+    while (!exited && Date.now() < deadline) {
+      if (await canConnect(port)) {
+        // Make sure the server answering is ours, not another process that took the port.
+        if (!exited) return { url: `nats://127.0.0.1:${port}`, port, stop: cleanup };
+      }
+      await sleep(25);
+    }
+    lastOutput = run.output();
+    await cleanup();
+    if (!exited) {
+      throw new NatsServerError(
+        `nats-server (${binary}) did not accept connections on port ${port} within ${timeoutMs} ms:\n${lastOutput}`,
+      );
+    }
+    if (!/address already in use|bind/i.test(lastOutput)) break;
+  }
+  throw new NatsServerError(`nats-server (${binary}) failed to start:\n${lastOutput}`);
+}
