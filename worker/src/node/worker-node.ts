@@ -1,0 +1,127 @@
+// The transport-independent core of a worker process: it holds one device, loads the shard
+// it is assigned, and runs steps one at a time in arrival order (every rank of a stage sees
+// the same order, so their collectives line up). gRPC services and the NATS agent sit on top.
+
+import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
+import type { Assignment } from '@medcluster/proto';
+import { openCheckpoint } from '../checkpoint/index.js';
+import { ShardRunner, type StepResult } from '../engine/shard-runner.js';
+import type { Collective, SeqStep, ShardSpec } from '../engine/types.js';
+import { StageLink } from './stage-link.js';
+
+export type WorkerState = 'idle' | 'loading' | 'ready' | 'failed' | 'leaving';
+
+export interface WorkerNodeOptions {
+  workerId: string;
+  device: DeviceKind;
+  threads?: number;
+  ordinal?: number;
+}
+
+export class WorkerStateError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WorkerStateError';
+  }
+}
+
+export class WorkerNode {
+  state: WorkerState = 'idle';
+  assignment?: Assignment;
+  error?: string;
+  stepsCompleted = 0;
+  /** Link to the same rank of the next stage (absent on the last stage). */
+  downstream?: StageLink;
+  private device?: Device;
+  private runner?: ShardRunner;
+  private collective?: Collective & { close?: () => Promise<void> | void };
+  /** Tail of the step queue: steps run strictly one after another. */
+  private tail: Promise<unknown> = Promise.resolve();
+
+  constructor(readonly options: WorkerNodeOptions) {}
+
+  get spec(): ShardSpec | undefined {
+    return this.assignment?.shard;
+  }
+
+  get vocabRows(): number | undefined {
+    return this.runner?.config.vocabRows;
+  }
+
+  /**
+   * Loads an assignment. `collective` joins the stage's ranks (required when tp > 1).
+   * Resolves when the shard is on the device; on failure the worker is 'failed' and idle memory is freed.
+   */
+  async load(
+    assignment: Assignment,
+    collective: (Collective & { close?: () => Promise<void> | void }) | undefined,
+    onProgress?: (loaded: number, total: number) => void,
+  ): Promise<void> {
+    if (this.state === 'loading' || this.state === 'ready') {
+      throw new WorkerStateError(
+        `worker ${this.options.workerId} already holds assignment ${this.assignment?.assignmentId}`,
+      );
+    }
+    this.state = 'loading';
+    this.assignment = assignment;
+    this.error = undefined;
+    try {
+      this.device ??= createDevice({
+        kind: this.options.device,
+        threads: this.options.threads,
+        ordinal: this.options.ordinal,
+      });
+      const checkpoint = await openCheckpoint(assignment.modelDir);
+      this.collective = collective;
+      this.runner = await ShardRunner.load({
+        device: this.device,
+        checkpoint,
+        spec: assignment.shard,
+        numBlocks: assignment.kvCache.numBlocks,
+        blockSize: assignment.kvCache.blockSize,
+        collective,
+        onProgress,
+      });
+      if (assignment.downstream) this.downstream = await StageLink.connect(assignment.downstream);
+      this.state = 'ready';
+    } catch (err) {
+      this.state = 'failed';
+      this.error = err instanceof Error ? err.message : String(err);
+      await this.unload();
+      throw err;
+    }
+  }
+
+  /** Queues one step; steps run in the order they were queued. */
+  runStep(seqs: SeqStep[], hidden?: Float32Array): Promise<StepResult> {
+    const run = async () => {
+      const runner = this.runner;
+      if (this.state !== 'ready' || !runner) {
+        throw new WorkerStateError(`worker ${this.options.workerId} is ${this.state}, not ready for steps`);
+      }
+      const result = await runner.step(seqs, hidden);
+      this.stepsCompleted++;
+      return result;
+    };
+    const result = this.tail.then(run, run);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+
+  private async unload(): Promise<void> {
+    this.downstream?.close();
+    this.downstream = undefined;
+    this.runner?.dispose();
+    this.runner = undefined;
+    await this.collective?.close?.();
+    this.collective = undefined;
+  }
+
+  async close(): Promise<void> {
+    this.state = 'leaving';
+    await this.tail;
+    await this.unload();
+    await this.device?.close();
+    this.device = undefined;
+  }
+}

@@ -1,0 +1,123 @@
+// A worker process: one device, one gRPC server (Worker and Collective services), and either
+// a NATS agent that waits for an assignment (cluster mode) or an assignment given at start
+// (single-machine mode, where the parent reads progress as JSON lines on stdout).
+
+import { freemem, hostname } from 'node:os';
+import * as grpc from '@grpc/grpc-js';
+import type { DeviceKind } from '@medcluster/kernels';
+import type { Assignment } from '@medcluster/proto';
+import { connect, type NatsConnection } from 'nats';
+import { addCollectiveService, type CollectiveHost, GrpcCollective } from '../collective/index.js';
+import { WorkerAgent } from '../control/index.js';
+import { INTERNAL_GRPC_OPTIONS } from './grpc-options.js';
+import { addWorkerService } from './stage-service.js';
+import { WorkerNode } from './worker-node.js';
+
+export interface WorkerProcessOptions {
+  workerId: string;
+  /** host:port to serve on (port 0 picks a free port). */
+  listen: string;
+  /** Address peers use to reach this worker (default: the bound listen address). */
+  advertise?: string;
+  device: DeviceKind;
+  threads?: number;
+  ordinal?: number;
+  /** Memory offered for the shard, in bytes (default: this machine's free memory for CPU). */
+  memoryBytes?: number;
+  /** Cluster mode: announce over NATS and wait for an assignment. */
+  nats?: { url: string; cluster: string };
+  /** Single-machine mode: load this at start. */
+  assignment?: Assignment;
+  /** Receives lifecycle events (single-machine mode prints them as JSON lines). */
+  onEvent?: (event: WorkerEvent) => void;
+}
+
+export type WorkerEvent =
+  | { event: 'listening'; workerId: string; address: string }
+  | { event: 'progress'; workerId: string; loaded: number; total: number }
+  | { event: 'ready'; workerId: string }
+  | { event: 'failed'; workerId: string; error: string };
+
+export interface RunningWorker {
+  address: string;
+  node: WorkerNode;
+  stop(reason?: string): Promise<void>;
+}
+
+async function loadAssignment(
+  node: WorkerNode,
+  host: CollectiveHost,
+  assignment: Assignment,
+  onProgress: (loaded: number, total: number) => void,
+): Promise<void> {
+  const { shard } = assignment;
+  const collective =
+    shard.tpSize > 1
+      ? await GrpcCollective.create({
+          group: assignment.collectiveGroup,
+          rank: shard.tpRank,
+          size: shard.tpSize,
+          peers: assignment.peers,
+          host,
+        })
+      : undefined;
+  await node.load(assignment, collective, onProgress);
+}
+
+export async function startWorker(options: WorkerProcessOptions): Promise<RunningWorker> {
+  const emit = options.onEvent ?? (() => undefined);
+  const { workerId } = options;
+  const node = new WorkerNode({
+    workerId,
+    device: options.device,
+    threads: options.threads,
+    ordinal: options.ordinal,
+  });
+  const server = new grpc.Server(INTERNAL_GRPC_OPTIONS);
+  addWorkerService(server, node);
+  const host = addCollectiveService(server);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(options.listen, grpc.ServerCredentials.createInsecure(), (err, p) =>
+      err ? reject(err) : resolve(p),
+    ),
+  );
+  const bindHost = options.listen.slice(0, options.listen.lastIndexOf(':'));
+  const address = options.advertise ?? `${bindHost === '0.0.0.0' ? hostname() : bindHost}:${port}`;
+  emit({ event: 'listening', workerId, address });
+
+  let nc: NatsConnection | undefined;
+  let agent: WorkerAgent | undefined;
+  if (options.nats) {
+    nc = await connect({ servers: options.nats.url, name: `medcluster-worker-${workerId}` });
+    const memoryBytes = options.memoryBytes ?? freemem();
+    agent = await WorkerAgent.start({
+      nc,
+      cluster: options.nats.cluster,
+      workerId,
+      grpcAddress: address,
+      devices: [{ kind: options.device, index: options.ordinal ?? 0, name: options.device, memoryBytes }],
+      memoryBytes,
+      onAssignment: async (assignment, reporter) => {
+        await loadAssignment(node, host, assignment, (loaded, total) => reporter.progress(loaded, total));
+        emit({ event: 'ready', workerId });
+      },
+    });
+  } else if (options.assignment) {
+    loadAssignment(node, host, options.assignment, (loaded, total) =>
+      emit({ event: 'progress', workerId, loaded, total }),
+    )
+      .then(() => emit({ event: 'ready', workerId }))
+      .catch((err: Error) => emit({ event: 'failed', workerId, error: err.message }));
+  }
+
+  return {
+    address,
+    node,
+    async stop(reason = 'shutting down') {
+      await agent?.leave(reason).catch(() => undefined);
+      await nc?.drain().catch(() => undefined);
+      await node.close().catch(() => undefined);
+      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+    },
+  };
+}
