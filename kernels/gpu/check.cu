@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <numeric>
@@ -22,7 +23,7 @@
 #include "cublas_loader.h"
 
 using namespace medcluster;
-namespace medcluster { namespace cuda { extern int awqGemvMaxM; } }
+namespace medcluster { namespace cuda { extern int awqGemvMaxM, awqSkinnyMaxM, awqSkinnyMinBlocks, awqSkinnyPipeOn; } }
 
 static std::mt19937_64 rng(12345);
 static int g_fail = 0;
@@ -395,6 +396,9 @@ static void bench(Backend& b) {
       {{"qkv", 8192, 10240}, {"o", 8192, 8192}, {"gate_up", 8192, 57344}, {"down", 28672, 8192}},
       {{"qkv/2", 8192, 5120}, {"o/2", 4096, 8192}, {"gate_up/2", 8192, 28672}, {"down/2", 14336, 8192}}};
   std::vector<int> Ms = {1, 4, 16, 64, 256, 1024};
+  if (getenv("MC_SKINNY_PIPE")) cuda::awqSkinnyPipeOn = atoi(getenv("MC_SKINNY_PIPE"));
+  if (getenv("MC_SKINNY_MINB")) cuda::awqSkinnyMinBlocks = atoi(getenv("MC_SKINNY_MINB"));
+  bool quick = getenv("MC_BENCH_QUICK") != nullptr;  // tp=1 shapes only, M <= 64, no cuBLAS
   const double targets[] = {0.175, -1, 0.185, 0.24, -1, 2.8};
   printf("\n| shape | M | awq ms | GB/s | %% copy | TFLOP/s | cuBLAS fp16 ms | cuBLAS GB/s |\n|---|---|---|---|---|---|---|---|\n");
   std::vector<std::vector<double>> blockSum(2, std::vector<double>(Ms.size(), 0)), blockCublas(2, std::vector<double>(Ms.size(), 0));
@@ -406,7 +410,8 @@ static void bench(Backend& b) {
     b.upload(*x, hx.data(), hx.size() * 2);
   }
   auto outb = b.alloc((size_t)1024 * 57344 * 4);
-  for (int si = 0; si < 2; ++si)
+  if (quick) haveCublas = false;
+  for (int si = 0; si < (quick ? 1 : 2); ++si)
     for (auto& sh : sets[si]) {
       size_t qb = (size_t)sh.K * sh.N / 2, zb = (size_t)sh.K / 128 * sh.N / 2, sb = (size_t)sh.K / 128 * sh.N * 2;
       size_t per = qb + zb + sb;
@@ -435,6 +440,7 @@ static void bench(Backend& b) {
         }
       for (size_t mi = 0; mi < Ms.size(); ++mi) {
         int M = Ms[mi];
+        if (quick && M > 64) continue;
         View xv{x->data, DType::F16, {M, sh.K}}, ov{outb->data, DType::F16, {M, sh.N}};
         float ms = timeIt(s, 20, [&](int i) { b.awqLinear(xv, ws[i % R], ov); });
         double bytes = per + (double)M * sh.K * 2 + (double)M * sh.N * 2;
@@ -489,8 +495,25 @@ int main(int argc, char** argv) {
       for (auto& s : shapes) { checkAwq(*b, s[0], s[1], s[2], DType::F16); }
       checkAwq(*b, 1, 1024, 2048, DType::F32);
       checkAwq(*b, 64, 1024, 2048, DType::F32);
-      // Force the GEMV path for an M > 8 run (batched passes of 8 rows).
-      cuda::awqGemvMaxM = 64; checkAwq(*b, 17, 512, 1024, DType::F16); cuda::awqGemvMaxM = 8;
+      // Legacy CUDA-core GEMV (off by default): force it, M > 8 runs in passes of 8 rows.
+      cuda::awqGemvMaxM = 64; checkAwq(*b, 17, 512, 1024, DType::F16); checkAwq(*b, 1, 1024, 2048, DType::F16); cuda::awqGemvMaxM = 0;
+      // Skinny tensor-core GEMV (M <= 64): every m16-tile count and the switch points
+      // (16/17, 32/33, 48/49, 64/65), K of 1..many groups (split-K tickets, a group count
+      // that no split divides), N/8 not a multiple of the 32-word column tile; each shape
+      // twice (the per-tile ticket counters must reset themselves).
+      for (int variant = 0; variant < 3; ++variant) {
+        cuda::awqSkinnyMinBlocks = variant == 1 ? 2 : 1;
+        cuda::awqSkinnyPipeOn = variant == 2;
+        printf("-- skinny variant: %s\n", variant == 2 ? "pipelined (default)" : variant == 1 ? "registers, 2 blocks/SM" : "registers, 1 block/SM");
+        int sk[][3] = {{1, 128, 64}, {1, 384, 296}, {2, 8192, 1032}, {8, 1280, 2056}, {9, 640, 520}, {16, 1152, 776},
+                       {17, 512, 264}, {32, 2048, 1024}, {33, 384, 296}, {48, 768, 520}, {49, 1152, 1024}, {64, 4096, 264},
+                       {65, 1024, 2048}, {1, 28672, 512}, {4, 8192, 10240}, {1, 384, 288}, {9, 640, 544},
+                       {16, 1152, 800}, {33, 384, 1056}, {48, 768, 544}, {64, 4096, 288}, {24, 256, 1056}};
+        for (auto& s : sk) for (int rep = 0; rep < 2; ++rep) checkAwq(*b, s[0], s[1], s[2], DType::F16);
+        checkAwq(*b, 7, 2048, 1536, DType::F32);
+        checkAwq(*b, 40, 1024, 2056, DType::F32);
+      }
+      cuda::awqSkinnyMinBlocks = 1; cuda::awqSkinnyPipeOn = 1;
       checkLinear(*b, 1, 512, 1000, DType::F32);
       checkLinear(*b, 5, 520, 777, DType::F16);
       checkLinear(*b, 17, 512, 1000, DType::F32);

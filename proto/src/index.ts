@@ -13,4 +13,4 @@ export {
   PROTO_LOADER_OPTIONS,
   type WorkerProtoGrpcType,
 } from './loader.js';
-export { PROTO_PATHS, PROTO_ROOT } from './paths.js';
+export { protoPaths, protoRoot } from './paths.js';

@@ -9,7 +9,7 @@ import type { InferenceHandlers } from '../generated/medcluster/v1/Inference.js'
 import type { StageMessage__Output } from '../generated/medcluster/worker/v1/StageMessage.js';
 import type { StageResult, StageResult__Output } from '../generated/medcluster/worker/v1/StageResult.js';
 import { loadHealthProto, loadInferenceProto, loadWorkerProto } from './loader.js';
-import { PROTO_PATHS } from './paths.js';
+import { protoPaths } from './paths.js';
 
 const servers: grpc.Server[] = [];
 const clients: grpc.Client[] = [];
@@ -31,7 +31,7 @@ async function listen(server: grpc.Server): Promise<string> {
 
 describe('proto loaders', () => {
   it('resolves the .proto files independently of the cwd', () => {
-    for (const path of Object.values(PROTO_PATHS)) expect(existsSync(path)).toBe(true);
+    for (const path of Object.values(protoPaths())) expect(existsSync(path)).toBe(true);
   });
 
   it('round-trips a health Check and a Watch over a real socket', async () => {
@@ -182,12 +182,7 @@ describe('proto loaders', () => {
 
   it('exposes the Collective service and every Worker RPC', () => {
     const { medcluster } = loadWorkerProto();
-    expect(Object.keys(medcluster.worker.v1.Worker.service).sort()).toEqual([
-      'GetStatus',
-      'LoadShard',
-      'ReleaseSequences',
-      'Stage',
-    ]);
+    expect(Object.keys(medcluster.worker.v1.Worker.service).sort()).toEqual(['GetStatus', 'Stage']);
     expect(medcluster.worker.v1.Collective.service.Exchange.requestStream).toBe(true);
     expect(medcluster.worker.v1.Collective.service.Exchange.responseStream).toBe(true);
   });

@@ -6,7 +6,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import type { ProtoGrpcType as HealthProtoGrpcType } from '../generated/health.js';
 import type { ProtoGrpcType as InferenceProtoGrpcType } from '../generated/inference.js';
 import type { ProtoGrpcType as WorkerProtoGrpcType } from '../generated/worker.js';
-import { PROTO_PATHS, PROTO_ROOT } from './paths.js';
+import { protoPaths, protoRoot } from './paths.js';
 
 /** The proto-loader options the generated types were made for. Do not change one without the other. */
 export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
@@ -15,11 +15,10 @@ export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
   enums: String,
   defaults: true,
   oneofs: true,
-  includeDirs: [PROTO_ROOT],
 };
 
 function load<T>(file: string): T {
-  const definition = protoLoader.loadSync(file, PROTO_LOADER_OPTIONS);
+  const definition = protoLoader.loadSync(file, { ...PROTO_LOADER_OPTIONS, includeDirs: [protoRoot()] });
   return grpc.loadPackageDefinition(definition) as unknown as T;
 }
 
@@ -29,19 +28,19 @@ let health: HealthProtoGrpcType | undefined;
 
 /** The public API package (`medcluster.v1`); loaded once, then cached. */
 export function loadInferenceProto(): InferenceProtoGrpcType {
-  inference ??= load<InferenceProtoGrpcType>(PROTO_PATHS.inference);
+  inference ??= load<InferenceProtoGrpcType>(protoPaths().inference);
   return inference;
 }
 
 /** The internal worker package (`medcluster.worker.v1`); loaded once, then cached. */
 export function loadWorkerProto(): WorkerProtoGrpcType {
-  worker ??= load<WorkerProtoGrpcType>(PROTO_PATHS.worker);
+  worker ??= load<WorkerProtoGrpcType>(protoPaths().worker);
   return worker;
 }
 
 /** The standard health package (`grpc.health.v1`); loaded once, then cached. */
 export function loadHealthProto(): HealthProtoGrpcType {
-  health ??= load<HealthProtoGrpcType>(PROTO_PATHS.health);
+  health ??= load<HealthProtoGrpcType>(protoPaths().health);
   return health;
 }
 

@@ -22,12 +22,24 @@ function findPackageRoot(start: string): string {
   }
 }
 
-/** Root of the @medcluster/proto package: the include directory of every .proto import. */
-export const PROTO_ROOT: string = findPackageRoot(dirname(fileURLToPath(import.meta.url)));
+let root: string | undefined;
+
+/**
+ * Root of the @medcluster/proto package: the include directory of every .proto import.
+ * MEDCLUSTER_PROTO_ROOT overrides it for bundled builds that carry the .proto files elsewhere.
+ * Resolved on first use, so importing this package never touches the file system.
+ */
+export function protoRoot(): string {
+  root ??= process.env.MEDCLUSTER_PROTO_ROOT ?? findPackageRoot(dirname(fileURLToPath(import.meta.url)));
+  return root;
+}
 
 /** Absolute paths of the bundled .proto files. */
-export const PROTO_PATHS = {
-  inference: join(PROTO_ROOT, 'medcluster/v1/inference.proto'),
-  worker: join(PROTO_ROOT, 'medcluster/worker/v1/worker.proto'),
-  health: join(PROTO_ROOT, 'grpc/health/v1/health.proto'),
-} as const;
+export function protoPaths() {
+  const base = protoRoot();
+  return {
+    inference: join(base, 'medcluster/v1/inference.proto'),
+    worker: join(base, 'medcluster/worker/v1/worker.proto'),
+    health: join(base, 'grpc/health/v1/health.proto'),
+  } as const;
+}

@@ -4,11 +4,13 @@
 // holds column 8c + [0,2,4,6,1,3,5,7][i]. That order makes nibbles (i, i+4) adjacent
 // columns (2j, 2j+1), so one lop3 turns a word shifted by 4j into a half2 pair of columns.
 //
-// Two kernels:
-//  - awqGemv<MT>: M <= 8, CUDA cores. Memory-bound: 16-byte loads, 16 rows of loads in
+// Kernels:
+//  - awqSkinnyPipe<MI> / awqSkinny<MI>: M <= 64 (default path), tensor cores with B fragments
+//    dequantized in registers from the raw layout, one launch (split-K reduced by the last block).
+//  - awqGemv<MT>: legacy (off by default, awqGemvMaxM = 0), CUDA cores. Memory-bound: 16-byte loads, 16 rows of loads in
 //    flight per thread, warps split each group's rows, blocks split K (fp32 atomics into
 //    a workspace, then one conversion pass).
-//  - awqMma<BM>:  M > 8, tensor cores (mma.sync m16n8k16, f16 x f16 -> f32). A 4-stage
+//  - awqMma<BM>:  M > 64 (and N/8 % 4 == 0), tensor cores (mma.sync m16n8k16, f16 x f16 -> f32). A 4-stage
 //    cp.async pipeline brings raw int4 tiles and x tiles to shared memory; each stage
 //    is dequantized to an f16 [BK, BN] tile and fed to the MMAs through ldmatrix.trans.
 //    Split-K over blocks when the M x N tiles alone cannot fill the GPU.
@@ -334,6 +336,420 @@ __global__ void __launch_bounds__(256) awqMma(
       }
 }
 
+// ---------------------------------------------------------------------------------
+// Small-M tensor-core GEMV ("awqSkinny"), M <= 64 (MI = ceil(M/16) m16 tiles).
+//
+// No shared-memory B tile: each lane loads raw AutoAWQ words straight into registers and
+// dequantizes them into m16n8k16 B fragments. The trick: the mma sums over k, so any
+// permutation of k applied to both A and B gives the same result. Lane (g = lane/4,
+// t = lane%4) plays logical k rows {2t, 2t+1, 2t+8, 2t+9} of a 16-row k-step; we map them
+// to physical rows {4t, 4t+1, 4t+2, 4t+3}, so a lane needs 4 consecutive rows of ONE word
+// column (word w0+g): 4 x 4-byte loads, 8 lanes of a row reading 32 contiguous bytes.
+// One word holds 8 columns, so each lane feeds 8 n8-tiles; n-tile i's column g is the
+// physical column 8*(w0+g) + order[i] (nibble i). A prmt pairs rows (4t, 4t+1) into one
+// register (low 16 bits of each), and (v >> 4i) & 0x000F000F | 0x64006400 is the half2
+// {1024+q(4t), 1024+q(4t+1)} of nibble i: a B register, after (. - (1024+z)) * s.
+// The A fragment under the same permutation is x[row][k0+4t .. k0+4t+3]: one 8-byte load.
+//
+// Block = 8 warps = WN (4) column sub-tiles of 8 words x WK (2) k-interleaved warps; a
+// block covers 256 columns and a range of whole groups (split-K over blockIdx.y). Warps
+// reduce through shared memory; with split-K each block stores fp32 partials (plain,
+// coalesced stores), takes a ticket from a per-column-tile counter, and the last block
+// to arrive sums the partials and writes the final f16/f32 output, then resets the
+// counter to 0 for the next call. One launch, no memset, no conversion pass.
+constexpr int SK_WN = 4, SK_WK = 2, SK_COLS = SK_WN * 64;
+constexpr int kTicketSlots = 1 << 14;
+__device__ unsigned int gSkinnyTickets[kTicketSlots];  // zero at module load; self-resetting
+
+__device__ __forceinline__ uint32_t ldStream(const uint32_t* p) {
+  uint32_t v;
+  asm("ld.global.nc.L1::no_allocate.b32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint32_t nib2(uint32_t v, int i) {  // i in 0..3: half2 {1024+lo_i, 1024+hi_i}
+  uint32_t r, s = v >> (4 * i);
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(s), "n"(0x000F000F), "n"(0x64006400));
+  return r;
+}
+__device__ __forceinline__ uint32_t h2u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+__device__ __forceinline__ __half2 u2h(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+
+template <int MI, int MINB>
+__global__ void __launch_bounds__(256, MINB) awqSkinny(
+    const __half* __restrict__ x,     // [M, K]
+    const uint32_t* __restrict__ qw,  // [K, N/8]
+    const uint32_t* __restrict__ qz,  // [K/G, N/8]
+    const __half* __restrict__ sc,    // [K/G, N]
+    float* __restrict__ ws,           // [splits, M, N] fp32 partials (splits > 1)
+    void* __restrict__ out, bool outF16, int M, int K, int N, int groupsPerBlock) {
+  constexpr int ROWS = MI * 16;
+  __shared__ float red[SK_WK][16][SK_COLS];  // one m16 tile at a time (32 KB)
+  __shared__ unsigned int isLastSh;
+  const int W = N / 8, G = K / kGroup;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wn = warp % SK_WN, wk = warp / SK_WN;
+  const int g = lane >> 2, t = lane & 3;
+  const int tileW0 = blockIdx.x * (SK_COLS / 8);
+  const int myWord = tileW0 + wn * 8 + g;
+  const bool wordOk = myWord < W;
+  const int gBeg = blockIdx.y * groupsPerBlock;
+  const int gEnd = min(G, gBeg + groupsPerBlock);
+
+  float acc[MI][8][4];
+#pragma unroll
+  for (int a = 0; a < MI; ++a)
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[a][i][e] = 0.f;
+
+  // x row pointers for this lane's A rows (g and g+8 of each m16 tile); rows >= M give zeros.
+  const __half* xr[MI][2];
+  bool xok[MI][2];
+#pragma unroll
+  for (int a = 0; a < MI; ++a)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      int m = a * 16 + g + h * 8;
+      xok[a][h] = m < M;
+      xr[a][h] = x + (int64_t)(xok[a][h] ? m : 0) * K + 4 * t;
+    }
+
+  const uint32_t* qcol = qw + (wordOk ? myWord : 0) + (int64_t)(4 * t) * W;
+  auto loadGroup = [&](uint32_t (&dst)[8][4], int grp) {
+#pragma unroll
+    for (int s = 0; s < 8; ++s)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        dst[s][r] = wordOk ? ldStream(qcol + (int64_t)(grp * kGroup + s * 16 + r) * W) : 0u;
+  };
+
+  auto compute = [&](const uint32_t (&qg)[8][4], int grp) {
+    // Zeros and scales of this group for this lane's word.
+    uint32_t zw = wordOk ? __ldg(qz + (int64_t)grp * W + myWord) : 0u;
+    uint4 sv = wordOk ? __ldg(reinterpret_cast<const uint4*>(sc + (int64_t)grp * N + (int64_t)myWord * 8)) : make_uint4(0, 0, 0, 0);
+    const __half* sh = reinterpret_cast<const __half*>(&sv);
+    uint32_t zlo = __byte_perm(zw, 0, 0x1010), zhi = __byte_perm(zw, 0, 0x3232);
+    __half2 z2[8], s2[8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      z2[i] = u2h(nib2(zlo, i));
+      z2[i + 4] = u2h(nib2(zhi, i));
+    }
+    // nibble i holds column order[i] = {0,2,4,6,1,3,5,7}[i]
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s2[i] = __half2half2(sh[(i & 3) * 2 + (i >> 2)]);
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+      const int k0 = grp * kGroup + s * 16;
+      uint32_t af[MI][4];
+#pragma unroll
+      for (int a = 0; a < MI; ++a) {
+        uint2 v0 = xok[a][0] ? __ldg(reinterpret_cast<const uint2*>(xr[a][0] + k0)) : make_uint2(0, 0);
+        uint2 v1 = xok[a][1] ? __ldg(reinterpret_cast<const uint2*>(xr[a][1] + k0)) : make_uint2(0, 0);
+        af[a][0] = v0.x; af[a][1] = v1.x; af[a][2] = v0.y; af[a][3] = v1.y;
+      }
+      uint32_t lo01 = __byte_perm(qg[s][0], qg[s][1], 0x5410), hi01 = __byte_perm(qg[s][0], qg[s][1], 0x7632);
+      uint32_t lo23 = __byte_perm(qg[s][2], qg[s][3], 0x5410), hi23 = __byte_perm(qg[s][2], qg[s][3], 0x7632);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        uint32_t r01 = i < 4 ? nib2(lo01, i & 3) : nib2(hi01, i & 3);
+        uint32_t r23 = i < 4 ? nib2(lo23, i & 3) : nib2(hi23, i & 3);
+        uint32_t b0 = h2u(__hmul2(__hsub2(u2h(r01), z2[i]), s2[i]));
+        uint32_t b1 = h2u(__hmul2(__hsub2(u2h(r23), z2[i]), s2[i]));
+#pragma unroll
+        for (int a = 0; a < MI; ++a) mma16816(acc[a][i], af[a], b0, b1);
+      }
+    }
+  };
+  // Register double buffer: the next group of this warp is in flight while one is computed.
+  uint32_t q0[8][4], q1[8][4];
+  int grp = gBeg + wk;
+  if (grp < gEnd) loadGroup(q0, grp);
+  while (grp < gEnd) {
+    int n1 = grp + SK_WK;
+    if (n1 < gEnd) loadGroup(q1, n1);
+    compute(q0, grp);
+    grp = n1;
+    if (grp >= gEnd) break;
+    int n2 = grp + SK_WK;
+    if (n2 < gEnd) loadGroup(q0, n2);
+    compute(q1, grp);
+    grp = n2;
+  }
+
+  // Block reduction, one m16 tile at a time: C element (row g [+8], col 2t+e of n-tile i)
+  // is physical column 8*(word of lane 4*(2t+e)) + order[i] -> local column wn*64 + (2t+e)*8 + order[i].
+  const int split = blockIdx.y, splits = gridDim.y;
+  const int col0 = tileW0 * 8;
+#pragma unroll
+  for (int a = 0; a < MI; ++a) {
+    if (a * 16 >= M) break;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int row = g + (e >> 1) * 8;
+        int col = wn * 64 + (2 * t + (e & 1)) * 8 + ((i & 3) * 2 + (i >> 2));
+        red[wk][row][col] = acc[a][i][e];
+      }
+    __syncthreads();
+    for (int idx = tid; idx < 16 * SK_COLS; idx += 256) {
+      int row = idx / SK_COLS, col = idx % SK_COLS;
+      int m = a * 16 + row, n = col0 + col;
+      if (m < M && n < N) {
+        float v = red[0][row][col] + red[1][row][col];
+        int64_t o = (int64_t)m * N + n;
+        if (splits > 1) ws[(int64_t)split * M * N + o] = v;
+        else if (outF16) static_cast<__half*>(out)[o] = __float2half(v);
+        else static_cast<float*>(out)[o] = v;
+      }
+    }
+    __syncthreads();
+  }
+  if (splits == 1) return;
+  // Split-K: the last block to arrive for this column tile sums the partials.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    unsigned int ticket = atomicAdd(&gSkinnyTickets[blockIdx.x], 1u);
+    isLastSh = ticket == (unsigned)splits - 1;
+  }
+  __syncthreads();
+  if (!isLastSh) return;
+  __threadfence();
+  const int rows = min(M, ROWS);
+  for (int idx = tid; idx < rows * SK_COLS; idx += 256) {
+    int m = idx / SK_COLS, n = col0 + idx % SK_COLS;
+    if (n >= N) continue;
+    int64_t o = (int64_t)m * N + n;
+    float v = 0.f;
+    for (int s = 0; s < splits; ++s) v += __ldcg(ws + (int64_t)s * M * N + o);
+    if (outF16) static_cast<__half*>(out)[o] = __float2half(v);
+    else static_cast<float*>(out)[o] = v;
+  }
+  if (tid == 0) gSkinnyTickets[blockIdx.x] = 0;  // ready for the next call on this stream
+}
+
+template <int MI, int MINB = 1>
+void skinny(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
+  static int perSM = 0;
+  if (!perSM) {
+    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, awqSkinny<MI, MINB>, 256, 0));
+    if (perSM < 1) perSM = 1;
+  }
+  const int W = N / 8, G = K / kGroup;
+  const int tiles = (int)ceilDiv(W, SK_COLS / 8);
+  // Split K so that the grid is about one full wave (every block resident at once);
+  // each warp keeps at least 2 groups so its double buffer has something to overlap.
+  int slots = perSM * c.numSMs;
+  int splits = std::max(1, std::min(slots / std::max(1, tiles), G / (2 * SK_WK)));
+  if (tiles > kTicketSlots) splits = 1;
+  int gpb = (int)ceilDiv(G, splits);
+  splits = (int)ceilDiv(G, gpb);
+  float* ws = nullptr;
+  if (splits > 1) ws = static_cast<float*>(c.scratch->get((size_t)splits * M * N * 4, c.stream));
+  dim3 grid((unsigned)tiles, (unsigned)splits);
+  awqSkinny<MI, MINB><<<grid, 256, 0, c.stream>>>(x, w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(),
+                                            w.scales.as<__half>(), ws, out, f16, M, K, N, gpb);
+  MC_LAUNCHED("awqSkinny");
+}
+
+// ---------------------------------------------------------------------------------
+// awqSkinnyPipe: the same fragment mapping as awqSkinny, but the raw int4 words, the
+// group's scales/zeros and the x rows travel through a STAGES-deep cp.async ring in
+// shared memory (one 128-row group of a 256-column tile per stage: 16 KB of weights), so
+// bytes in flight do not cost registers. Both k-halves of a stage are computed by the two
+// warp rows (wk: k-steps 4wk..4wk+3). Words are stored with their 16-byte chunk index
+// XOR (2 * ((row >> 2) & 3)) so a lane's 4-row reads hit 32 distinct banks; x rows are
+// padded to 144 halves so LDS.64 A-fragment reads are conflict-free per half-warp.
+// Needs N/8 % 4 == 0 (16-byte aligned rows); awqSkinny serves the rest.
+constexpr int SP_STAGES = 4, SP_XLD = 144;
+template <int MI> struct SpCfg {
+  static constexpr int Q_BYTES = 128 * 32 * 4, S_BYTES = 512, Z_BYTES = 128, X_BYTES = MI * 16 * SP_XLD * 2;
+  static constexpr int STAGE = Q_BYTES + S_BYTES + Z_BYTES + X_BYTES;
+  static constexpr int RED = SK_WK * 16 * SK_COLS * 4;
+  static constexpr size_t SMEM = (size_t)SP_STAGES * STAGE > (size_t)RED ? (size_t)SP_STAGES * STAGE : (size_t)RED;
+};
+
+template <int MI>
+__global__ void __launch_bounds__(256) awqSkinnyPipe(
+    const __half* __restrict__ x, const uint32_t* __restrict__ qw, const uint32_t* __restrict__ qz,
+    const __half* __restrict__ sc, float* __restrict__ ws, void* __restrict__ out, bool outF16,
+    int M, int K, int N, int groupsPerBlock) {
+  using C = SpCfg<MI>;
+  constexpr int ROWS = MI * 16;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ unsigned int isLastSh;
+  const int W = N / 8, G = K / kGroup;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wn = warp % SK_WN, wk = warp / SK_WN;
+  const int g = lane >> 2, t = lane & 3;
+  const int tileW0 = blockIdx.x * (SK_COLS / 8);
+  const int gBeg = blockIdx.y * groupsPerBlock;
+  const int gEnd = min(G, gBeg + groupsPerBlock);
+  const int nG = gEnd - gBeg;
+
+  auto fetch = [&](int stage, int grp) {
+    unsigned char* base = smem + (size_t)stage * C::STAGE;
+    uint32_t* Qs = reinterpret_cast<uint32_t*>(base);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      int i = tid + 256 * j, row = i >> 3, c = i & 7;
+      bool ok = tileW0 + c * 4 < W;
+      const uint32_t* src = qw + (int64_t)(grp * kGroup + row) * W + (ok ? tileW0 + c * 4 : 0);
+      cpAsync16(Qs + row * 32 + ((c ^ (((row >> 2) & 3) << 1)) << 2), src, ok);
+    }
+    if (tid < 32) {
+      bool ok = tileW0 + tid < W;
+      cpAsync16(base + C::Q_BYTES + tid * 16, sc + (int64_t)grp * N + (int64_t)(ok ? tileW0 + tid : 0) * 8, ok);
+    } else if (tid < 40) {
+      int c = tid - 32;
+      bool ok = tileW0 + c * 4 < W;
+      cpAsync16(base + C::Q_BYTES + C::S_BYTES + c * 16, qz + (int64_t)grp * W + (ok ? tileW0 + c * 4 : 0), ok);
+    }
+    __half* Xs = reinterpret_cast<__half*>(base + C::Q_BYTES + C::S_BYTES + C::Z_BYTES);
+    for (int i = tid; i < ROWS * 16; i += 256) {
+      int row = i >> 4, c = i & 15;
+      bool ok = row < M;
+      cpAsync16(Xs + row * SP_XLD + c * 8, x + (int64_t)(ok ? row : 0) * K + grp * kGroup + c * 8, ok);
+    }
+  };
+
+  float acc[MI][8][4];
+#pragma unroll
+  for (int a = 0; a < MI; ++a)
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[a][i][e] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < SP_STAGES - 1; ++s) {
+    if (s < nG) fetch(s, gBeg + s);
+    cpAsyncCommit();
+  }
+  const int myW = wn * 8 + g;  // word within the tile
+  for (int it = 0; it < nG; ++it) {
+    cpAsyncWait<SP_STAGES - 2>();
+    __syncthreads();
+    if (it + SP_STAGES - 1 < nG) fetch((it + SP_STAGES - 1) % SP_STAGES, gBeg + it + SP_STAGES - 1);
+    cpAsyncCommit();
+    const unsigned char* base = smem + (size_t)(it % SP_STAGES) * C::STAGE;
+    const uint32_t* Qs = reinterpret_cast<const uint32_t*>(base);
+    const __half* Xs = reinterpret_cast<const __half*>(base + C::Q_BYTES + C::S_BYTES + C::Z_BYTES);
+    uint32_t zw = reinterpret_cast<const uint32_t*>(base + C::Q_BYTES + C::S_BYTES)[myW];
+    uint4 sv = reinterpret_cast<const uint4*>(base + C::Q_BYTES)[myW];
+    const __half* sh = reinterpret_cast<const __half*>(&sv);
+    uint32_t zlo = __byte_perm(zw, 0, 0x1010), zhi = __byte_perm(zw, 0, 0x3232);
+    __half2 z2[8], s2[8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) { z2[i] = u2h(nib2(zlo, i)); z2[i + 4] = u2h(nib2(zhi, i)); }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s2[i] = __half2half2(sh[(i & 3) * 2 + (i >> 2)]);
+    const int qoff = (((myW >> 2) ^ (t << 1)) << 2) + (myW & 3);
+#pragma unroll
+    for (int ss = 0; ss < 4; ++ss) {
+      const int s = wk * 4 + ss;
+      uint32_t qq[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) qq[r] = Qs[(s * 16 + 4 * t + r) * 32 + qoff];
+      uint32_t af[MI][4];
+#pragma unroll
+      for (int a = 0; a < MI; ++a) {
+        uint2 v0 = *reinterpret_cast<const uint2*>(Xs + (a * 16 + g) * SP_XLD + s * 16 + 4 * t);
+        uint2 v1 = make_uint2(0, 0);
+        if (a * 16 + 8 < M) v1 = *reinterpret_cast<const uint2*>(Xs + (a * 16 + g + 8) * SP_XLD + s * 16 + 4 * t);
+        af[a][0] = v0.x; af[a][1] = v1.x; af[a][2] = v0.y; af[a][3] = v1.y;
+      }
+      uint32_t lo01 = __byte_perm(qq[0], qq[1], 0x5410), hi01 = __byte_perm(qq[0], qq[1], 0x7632);
+      uint32_t lo23 = __byte_perm(qq[2], qq[3], 0x5410), hi23 = __byte_perm(qq[2], qq[3], 0x7632);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        uint32_t r01 = i < 4 ? nib2(lo01, i & 3) : nib2(hi01, i & 3);
+        uint32_t r23 = i < 4 ? nib2(lo23, i & 3) : nib2(hi23, i & 3);
+        uint32_t b0 = h2u(__hmul2(__hsub2(u2h(r01), z2[i]), s2[i]));
+        uint32_t b1 = h2u(__hmul2(__hsub2(u2h(r23), z2[i]), s2[i]));
+#pragma unroll
+        for (int a = 0; a < MI; ++a) mma16816(acc[a][i], af[a], b0, b1);
+      }
+    }
+  }
+  cpAsyncWait<0>();
+  __syncthreads();  // the ring is free: reuse it for the block reduction
+
+  float (*red)[16][SK_COLS] = reinterpret_cast<float (*)[16][SK_COLS]>(smem);
+  const int split = blockIdx.y, splits = gridDim.y;
+  const int col0 = tileW0 * 8;
+#pragma unroll
+  for (int a = 0; a < MI; ++a) {
+    if (a * 16 >= M) break;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int row = g + (e >> 1) * 8;
+        int col = wn * 64 + (2 * t + (e & 1)) * 8 + ((i & 3) * 2 + (i >> 2));
+        red[wk][row][col] = acc[a][i][e];
+      }
+    __syncthreads();
+    for (int idx = tid; idx < 16 * SK_COLS; idx += 256) {
+      int row = idx / SK_COLS, col = idx % SK_COLS;
+      int m = a * 16 + row, n = col0 + col;
+      if (m < M && n < N) {
+        float v = red[0][row][col] + red[1][row][col];
+        int64_t o = (int64_t)m * N + n;
+        if (splits > 1) ws[(int64_t)split * M * N + o] = v;
+        else if (outF16) static_cast<__half*>(out)[o] = __float2half(v);
+        else static_cast<float*>(out)[o] = v;
+      }
+    }
+    __syncthreads();
+  }
+  if (splits == 1) return;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) isLastSh = atomicAdd(&gSkinnyTickets[blockIdx.x], 1u) == (unsigned)splits - 1;
+  __syncthreads();
+  if (!isLastSh) return;
+  __threadfence();
+  const int rows = min(M, ROWS);
+  for (int idx = tid; idx < rows * SK_COLS; idx += 256) {
+    int m = idx / SK_COLS, n = col0 + idx % SK_COLS;
+    if (n >= N) continue;
+    int64_t o = (int64_t)m * N + n;
+    float v = 0.f;
+    for (int s = 0; s < splits; ++s) v += __ldcg(ws + (int64_t)s * M * N + o);
+    if (outF16) static_cast<__half*>(out)[o] = __float2half(v);
+    else static_cast<float*>(out)[o] = v;
+  }
+  if (tid == 0) gSkinnyTickets[blockIdx.x] = 0;
+}
+
+template <int MI>
+void skinnyPipe(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
+  using Cfg = SpCfg<MI>;
+  static int perSM = 0;
+  if (!perSM) {
+    MC_CUDA(cudaFuncSetAttribute(awqSkinnyPipe<MI>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Cfg::SMEM));
+    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, awqSkinnyPipe<MI>, 256, Cfg::SMEM));
+    if (perSM < 1) perSM = 1;
+  }
+  const int W = N / 8, G = K / kGroup;
+  const int tiles = (int)ceilDiv(W, SK_COLS / 8);
+  int slots = perSM * c.numSMs;
+  int splits = std::max(1, std::min(slots / std::max(1, tiles), G / 2));
+  if (tiles > kTicketSlots) splits = 1;
+  int gpb = (int)ceilDiv(G, splits);
+  splits = (int)ceilDiv(G, gpb);
+  float* ws = nullptr;
+  if (splits > 1) ws = static_cast<float*>(c.scratch->get((size_t)splits * M * N * 4, c.stream));
+  dim3 grid((unsigned)tiles, (unsigned)splits);
+  awqSkinnyPipe<MI><<<grid, 256, Cfg::SMEM, c.stream>>>(x, w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(),
+                                                        w.scales.as<__half>(), ws, out, f16, M, K, N, gpb);
+  MC_LAUNCHED("awqSkinnyPipe");
+}
+
 template <int MT, int VEC>
 void runGemv(const Ctx& c, const __half* x, const AwqWeights& w, float* ws, void* out, bool f16,
              int M, int K, int N, int splits, int gpb) {
@@ -435,8 +851,14 @@ void mma(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16
 
 }  // namespace
 
-// Largest M served by the CUDA-core GEMV; above it the tensor-core kernel runs.
-int awqGemvMaxM = 8;
+// Path switch points (check.cu moves them to test every path):
+//  M <= awqGemvMaxM: legacy CUDA-core GEMV (v1; off by default);
+//  M <= awqSkinnyMaxM: the register-fragment tensor-core GEMV (awqSkinny, one launch);
+//  above: the shared-memory tiled tensor-core kernel (awqMma).
+int awqGemvMaxM = 0;
+int awqSkinnyMaxM = 64;
+int awqSkinnyPipeOn = 1;  // 0: register-fragment kernel without the shared-memory ring (v1 of this path)
+int awqSkinnyMinBlocks = 1;  // blocks per SM the M <= 16 variant is compiled for (1: 181 regs, 2: 128 regs)
 
 void launchAwqLinear(const Ctx& c, const View& x, const AwqWeights& w, const View& out) {
   const int K = (int)w.qweight.dim(0), N = (int)w.qweight.dim(1) * 8;
@@ -452,6 +874,20 @@ void launchAwqLinear(const Ctx& c, const View& x, const AwqWeights& w, const Vie
   const size_t rowOut = (size_t)N * dtypeSize(out.dtype);
   // The tensor-core kernel loads 4 words (32 columns) at a time: N/8 must divide by 4.
   const bool mmaOk = (N / 8) % 4 == 0;
+  if (M > awqGemvMaxM && M <= awqSkinnyMaxM && awqSkinnyPipeOn && (N / 8) % 4 == 0) {
+    if (M <= 16) skinnyPipe<1>(c, xp, w, op, f16, M, K, N);
+    else if (M <= 32) skinnyPipe<2>(c, xp, w, op, f16, M, K, N);
+    else if (M <= 48) skinnyPipe<3>(c, xp, w, op, f16, M, K, N);
+    else skinnyPipe<4>(c, xp, w, op, f16, M, K, N);
+    return;
+  }
+  if (M > awqGemvMaxM && M <= awqSkinnyMaxM) {
+    if (M <= 16) { if (awqSkinnyMinBlocks == 2) skinny<1, 2>(c, xp, w, op, f16, M, K, N); else skinny<1, 1>(c, xp, w, op, f16, M, K, N); }
+    else if (M <= 32) skinny<2>(c, xp, w, op, f16, M, K, N);
+    else if (M <= 48) skinny<3>(c, xp, w, op, f16, M, K, N);
+    else skinny<4>(c, xp, w, op, f16, M, K, N);
+    return;
+  }
   if (M <= awqGemvMaxM || !mmaOk) {
     for (int m0 = 0; m0 < M; m0 += 8)
       gemv(c, xp + (size_t)m0 * K, w, op + m0 * rowOut, f16, std::min(8, M - m0), K, N);

@@ -95,6 +95,9 @@ export interface Assignment {
   collectiveGroup: string;
   /** gRPC addresses of the stage's ranks, indexed by tp rank (this worker's own included). */
   peers: string[];
+  /** gRPC address of the same tp rank in the next stage, where this stage streams its hidden
+   * states; absent on the last stage. */
+  downstream?: string;
 }
 
 /** The worker's reply to an Assignment: accepted means loading has started. */
@@ -180,8 +183,14 @@ export const assignmentSchema: Validator<Assignment> = (value, path) => {
     kvCache: object<KvCacheMessage>({ numBlocks: count, blockSize: num({ integer: true, min: 1 }) }),
     collectiveGroup: str(),
     peers: arrayOf(str({ nonEmpty: true })),
+    downstream: optional(str({ nonEmpty: true })),
   })(value, path);
   const { shard, peers } = parsed;
+  if (shard.computesLogits === (parsed.downstream !== undefined)) {
+    throw new ControlMessageError(
+      `${path}: a stage ${shard.computesLogits ? 'that computes logits has no downstream' : 'before the last needs a downstream address'}`,
+    );
+  }
   if (shard.layerEnd <= shard.layerStart) {
     throw new ControlMessageError(
       `${path}: shard layer range [${shard.layerStart}, ${shard.layerEnd}) is empty`,

@@ -1,5 +1,5 @@
 // Shared test harness: real processes and real sockets, never stubs.
-export { freePort } from './free-port.js';
+export { freePort } from '@medcluster/coordinator';
 export {
   defaultSearchDirs,
   findNatsServer,

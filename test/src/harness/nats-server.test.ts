@@ -1,6 +1,6 @@
+import { freePort } from '@medcluster/coordinator';
 import { connect } from 'nats';
 import { describe, expect, it } from 'vitest';
-import { freePort } from './free-port.js';
 import { findNatsServer, NatsServerError, startNatsServer } from './nats-server.js';
 
 describe('startNatsServer', () => {

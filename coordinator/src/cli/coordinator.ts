@@ -1,0 +1,70 @@
+// `medcluster coordinator`: cluster mode. Waits for workers over NATS, assigns shards, serves.
+
+import { openCheckpoint } from '@medcluster/worker';
+import { connect } from 'nats';
+import { startNatsCluster } from '../cluster/nats-cluster.js';
+import { intFlag, parseFlags, requiredString } from './args.js';
+import { serveUntilSignal } from './serve.js';
+
+const USAGE = `usage: medcluster coordinator --nats URL --model DIR [--cluster NAME] [--tp N] [--pp N]
+         [--grpc-port 50051] [--host 0.0.0.0] [--kv-blocks N] [--block-size 16] [--worker-timeout-s 300]`;
+
+export async function coordinatorCommand(argv: string[]): Promise<void> {
+  const flags = parseFlags(
+    argv,
+    {
+      nats: { type: 'string' },
+      cluster: { type: 'string', default: 'medcluster' },
+      model: { type: 'string' },
+      tp: { type: 'string', default: '1' },
+      pp: { type: 'string', default: '1' },
+      'grpc-port': { type: 'string', default: '50051' },
+      host: { type: 'string', default: '0.0.0.0' },
+      'kv-blocks': { type: 'string', default: '1024' },
+      'block-size': { type: 'string', default: '16' },
+      'worker-timeout-s': { type: 'string', default: '300' },
+      help: { type: 'boolean' },
+    },
+    USAGE,
+  );
+  if (flags.help) {
+    console.log(USAGE);
+    return;
+  }
+  const modelDir = requiredString(flags.model, 'model');
+  const tp = intFlag(flags.tp, 'tp');
+  const pp = intFlag(flags.pp, 'pp');
+  const { config } = await openCheckpoint(modelDir);
+  const kvCache = {
+    numBlocks: intFlag(flags['kv-blocks'], 'kv-blocks'),
+    blockSize: intFlag(flags['block-size'], 'block-size'),
+  };
+  const nc = await connect({ servers: requiredString(flags.nats, 'nats'), name: 'medcluster-coordinator' });
+  try {
+    const cluster = await startNatsCluster({
+      nc,
+      cluster: flags.cluster ?? 'medcluster',
+      modelDir,
+      config,
+      tp,
+      pp,
+      kvCache,
+      workerTimeoutMs: intFlag(flags['worker-timeout-s'], 'worker-timeout-s') * 1000,
+      log: (line) => console.error(line),
+    });
+    await serveUntilSignal({
+      modelDir,
+      config,
+      executor: cluster.executor,
+      kvCache,
+      tp,
+      pp,
+      grpcAddress: `${flags.host}:${flags['grpc-port']}`,
+      workers: cluster.workers,
+      healthy: cluster.healthy,
+      stopCluster: cluster.close,
+    });
+  } finally {
+    await nc.drain();
+  }
+}

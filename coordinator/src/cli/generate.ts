@@ -1,0 +1,91 @@
+// `medcluster generate`: prints a prompt's continuation to stdout as it is produced, and
+// nothing else on stdout. In this process with --model, or from a cluster with --server.
+
+import type { DeviceKind } from '@medcluster/kernels';
+import { openCheckpoint } from '@medcluster/worker';
+import type { SamplingParams } from '../generation/sampler.js';
+import { TextGenerator } from '../generation/text-generation.js';
+import { BlockAllocator } from '../scheduler/block-allocator.js';
+import { LocalExecutor } from '../scheduler/local-executor.js';
+import { Scheduler } from '../scheduler/scheduler.js';
+import { loadTokenizer } from '../tokenizer/index.js';
+import { floatFlag, intFlag, parseFlags, requiredString, UsageError } from './args.js';
+
+const USAGE = `usage: medcluster generate (--model DIR [--device cpu|cuda] | --server HOST:PORT) --prompt TEXT
+         [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed N] [--stop TEXT]`;
+
+export async function generateCommand(argv: string[]): Promise<void> {
+  const flags = parseFlags(
+    argv,
+    {
+      model: { type: 'string' },
+      server: { type: 'string' },
+      device: { type: 'string', default: 'cpu' },
+      prompt: { type: 'string' },
+      'max-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-k': { type: 'string' },
+      'top-p': { type: 'string' },
+      seed: { type: 'string' },
+      stop: { type: 'string' },
+      threads: { type: 'string' },
+      help: { type: 'boolean' },
+    },
+    USAGE,
+  );
+  if (flags.help) {
+    console.log(USAGE);
+    return;
+  }
+  const prompt = requiredString(flags.prompt, 'prompt');
+  const maxTokens = intFlag(flags['max-tokens'], 'max-tokens', 64);
+  const sampling: SamplingParams = {
+    temperature: floatFlag(flags.temperature, 'temperature', 0),
+    topK: intFlag(flags['top-k'], 'top-k', 0),
+    topP: floatFlag(flags['top-p'], 'top-p', 1),
+    seed: intFlag(flags.seed, 'seed', 0),
+  };
+  const stop = flags.stop ? [flags.stop] : [];
+  if (flags.model && flags.server) throw new UsageError('give either --model or --server, not both');
+  if (flags.server) {
+    const { generateRemote } = await import('../client/generate-remote.js');
+    await generateRemote(flags.server, { prompt, maxTokens, sampling, stop }, (delta) =>
+      process.stdout.write(delta),
+    );
+    process.stdout.write('\n');
+    return;
+  }
+  const modelDir = requiredString(flags.model, 'model');
+  const device = flags.device;
+  if (device !== 'cpu' && device !== 'cuda')
+    throw new UsageError(`--device must be cpu or cuda, got ${device}`);
+
+  const checkpoint = await openCheckpoint(modelDir);
+  const tokenizer = await loadTokenizer(modelDir);
+  const blockSize = 16;
+  const maxContext = checkpoint.config.maxPositions;
+  const blocks = new BlockAllocator(Math.ceil(maxContext / blockSize), blockSize);
+  const executor = await LocalExecutor.create({
+    checkpoint,
+    device: device as DeviceKind,
+    numBlocks: blocks.numBlocks,
+    blockSize,
+    threads: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
+  });
+  try {
+    const scheduler = new Scheduler(executor, blocks, { maxBatchTokens: 512, maxRunning: 1, maxContext });
+    const generator = new TextGenerator(tokenizer, scheduler);
+    const result = await generator.generate({ prompt, maxTokens, sampling, stop }, (delta) =>
+      process.stdout.write(delta),
+    );
+    process.stdout.write('\n');
+    const decodeMs = result.totalMs - result.timeToFirstTokenMs;
+    console.error(
+      `generate: ${result.promptTokens} prompt tokens, ${result.completionTokens} generated (${result.finishReason}); ` +
+        `first token ${result.timeToFirstTokenMs.toFixed(0)} ms, ` +
+        `${result.completionTokens > 1 ? (((result.completionTokens - 1) * 1000) / decodeMs).toFixed(1) : '-'} tokens/s decode`,
+    );
+  } finally {
+    await executor.close();
+  }
+}

@@ -1,0 +1,66 @@
+// `medcluster worker`: one worker process for one device. With --nats it announces itself
+// and waits for the coordinator's assignment; with --assignment (how `medcluster up` starts
+// workers) it loads that at once. Lifecycle events go to stdout as JSON lines.
+
+import { hostname } from 'node:os';
+import { controlCodecs } from '@medcluster/proto';
+import { startWorker } from '@medcluster/worker';
+import { intFlag, parseFlags, UsageError } from './args.js';
+
+const USAGE = `usage: medcluster worker (--nats URL [--cluster NAME] | --assignment JSON) [--id ID]
+         [--listen HOST:PORT] [--advertise HOST:PORT] [--device cpu|cuda] [--ordinal N] [--threads N]
+         [--memory-gb N]`;
+
+export async function workerCommand(argv: string[]): Promise<void> {
+  const flags = parseFlags(
+    argv,
+    {
+      id: { type: 'string' },
+      listen: { type: 'string', default: '0.0.0.0:0' },
+      advertise: { type: 'string' },
+      device: { type: 'string', default: 'cpu' },
+      ordinal: { type: 'string' },
+      threads: { type: 'string' },
+      'memory-gb': { type: 'string' },
+      nats: { type: 'string' },
+      cluster: { type: 'string', default: 'medcluster' },
+      assignment: { type: 'string' },
+      help: { type: 'boolean' },
+    },
+    USAGE,
+  );
+  if (flags.help) {
+    console.log(USAGE);
+    return;
+  }
+  const device = flags.device;
+  if (device !== 'cpu' && device !== 'cuda')
+    throw new UsageError(`--device must be cpu or cuda, got ${device}`);
+  if (!flags.nats === !flags.assignment)
+    throw new UsageError(`give exactly one of --nats and --assignment\n\n${USAGE}`);
+  const assignment = flags.assignment
+    ? controlCodecs.assignment.decode(new TextEncoder().encode(flags.assignment))
+    : undefined;
+  const workerId = flags.id ?? `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}`;
+  const worker = await startWorker({
+    workerId,
+    listen: flags.listen ?? '0.0.0.0:0',
+    advertise: flags.advertise,
+    device,
+    ordinal: flags.ordinal === undefined ? undefined : intFlag(flags.ordinal, 'ordinal'),
+    threads: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
+    memoryBytes: flags['memory-gb'] === undefined ? undefined : Number(flags['memory-gb']) * 2 ** 30,
+    nats: flags.nats ? { url: flags.nats, cluster: flags.cluster ?? 'medcluster' } : undefined,
+    assignment,
+    onEvent: (event) => process.stdout.write(`${JSON.stringify(event)}\n`),
+  });
+  console.error(`medcluster worker ${workerId}: serving on ${worker.address}`);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      console.error(`medcluster worker ${workerId}: ${signal}, leaving`);
+      worker.stop(signal).finally(resolve);
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}

@@ -1,0 +1,166 @@
+// Single-machine mode: the coordinator starts tp x pp worker processes itself, gives each its
+// assignment on the command line, and follows their progress as JSON lines on stdout.
+// No NATS: the parent knows every worker's address because it chose their ports.
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { freemem } from 'node:os';
+import { createInterface } from 'node:readline';
+import type { DeviceKind } from '@medcluster/kernels';
+import type { Assignment } from '@medcluster/proto';
+import type { LlamaConfig, WorkerEvent } from '@medcluster/worker';
+import { planPlacement } from '../placement/index.js';
+import { assignmentsFor, firstStageAddresses, type KvGeometry } from './assignments.js';
+import { freePort } from './free-port.js';
+import { PipelineExecutor } from './pipeline-executor.js';
+
+export interface LocalClusterOptions {
+  modelDir: string;
+  config: LlamaConfig;
+  tp: number;
+  pp: number;
+  device: DeviceKind;
+  kvCache: KvGeometry;
+  /** Kernel threads per worker (default: this machine's cores shared among the workers). */
+  threadsPerWorker?: number;
+  /** Command that starts a worker: [executable, ...args] (default: this CLI). */
+  workerCommand?: string[];
+  readyTimeoutMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface LocalWorker {
+  id: string;
+  address: string;
+  process: ChildProcess;
+  stageIndex: number;
+  tpRank: number;
+  layerStart: number;
+  layerEnd: number;
+}
+
+export interface LocalCluster {
+  executor: PipelineExecutor;
+  workers: LocalWorker[];
+  /** Stops the worker processes (the executor is closed by its user). */
+  stop(): Promise<void>;
+}
+
+function defaultWorkerCommand(): string[] {
+  // This process runs the CLI (bin shim or bundle): start workers the same way.
+  return [process.execPath, ...process.execArgv, process.argv[1]];
+}
+
+export async function startLocalCluster(options: LocalClusterOptions): Promise<LocalCluster> {
+  const { tp, pp, config } = options;
+  const log = options.log ?? (() => undefined);
+  const count = tp * pp;
+  const ids = Array.from({ length: count }, (_, i) => `w${i}`);
+  const plan = planPlacement({
+    config,
+    workers: ids.map((id) => ({ id, device: options.device, memoryBytes: Math.floor(freemem() / count) })),
+    tp,
+    pp,
+  });
+  const addresses = new Map<string, string>();
+  for (const id of ids) addresses.set(id, `127.0.0.1:${await freePort()}`);
+  const assignments = assignmentsFor(
+    plan,
+    addresses,
+    options.modelDir,
+    options.kvCache,
+    `local-${randomUUID().slice(0, 8)}`,
+  );
+  const [exe, ...baseArgs] = options.workerCommand ?? defaultWorkerCommand();
+  const threads = options.threadsPerWorker;
+
+  const workers: LocalCluster['workers'] = [];
+  const ready: Promise<void>[] = [];
+  for (const id of ids) {
+    const args = [
+      ...baseArgs,
+      'worker',
+      '--id',
+      id,
+      '--listen',
+      addresses.get(id) as string,
+      '--device',
+      options.device,
+      '--assignment',
+      JSON.stringify(assignments.get(id)),
+      ...(threads ? ['--threads', String(threads)] : []),
+    ];
+    const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    const { shard, stageIndex } = assignments.get(id) as Assignment;
+    workers.push({
+      id,
+      address: addresses.get(id) as string,
+      process: child,
+      stageIndex,
+      tpRank: shard.tpRank,
+      layerStart: shard.layerStart,
+      layerEnd: shard.layerEnd,
+    });
+    ready.push(
+      new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(
+          () => reject(new Error(`worker ${id} was not ready after ${options.readyTimeoutMs ?? 120_000} ms`)),
+          options.readyTimeoutMs ?? 120_000,
+        );
+        const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+        lines.on('line', (line) => {
+          let event: WorkerEvent;
+          try {
+            event = JSON.parse(line) as WorkerEvent;
+          } catch {
+            log(`[${id}] ${line}`);
+            return;
+          }
+          if (event.event === 'ready') {
+            clearTimeout(timer);
+            resolve();
+          } else if (event.event === 'failed') {
+            clearTimeout(timer);
+            reject(new Error(`worker ${id} failed to load: ${event.error}`));
+          }
+        });
+        child.on('exit', (code, signal) => {
+          clearTimeout(timer);
+          reject(new Error(`worker ${id} exited (${signal ?? `code ${code}`}) before it was ready`));
+        });
+      }),
+    );
+  }
+
+  const stopWorkers = async () => {
+    await Promise.all(
+      workers.map(
+        ({ process: child }) =>
+          new Promise<void>((resolve) => {
+            if (child.exitCode !== null || child.signalCode !== null) return resolve();
+            child.once('exit', () => resolve());
+            child.kill('SIGTERM');
+            setTimeout(() => child.kill('SIGKILL'), 5000).unref();
+          }),
+      ),
+    );
+  };
+
+  try {
+    await Promise.all(ready);
+    log(`local cluster: ${count} workers ready (tp=${tp}, pp=${pp})`);
+    const executor = await PipelineExecutor.connect(
+      firstStageAddresses(plan, addresses),
+      config.vocabRows,
+      pp,
+    );
+    return {
+      executor,
+      workers,
+      stop: stopWorkers,
+    };
+  } catch (err) {
+    await stopWorkers();
+    throw err;
+  }
+}

@@ -1,0 +1,81 @@
+// Runs steps on the cluster: each step goes to every tensor-parallel rank of the first stage
+// over its Stage stream; stages pass hidden states down and results come back up the same
+// path. Rank 0's result carries the logits; every rank's result is checked for errors.
+// Up to `pp` steps are in flight at once, so every stage has work.
+
+import type { workerV1 } from '@medcluster/proto';
+import { decodeLogits, type SeqStep, StageLink } from '@medcluster/worker';
+import type { StepExecutor } from '../scheduler/executor.js';
+
+export class StepFailedError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StepFailedError';
+  }
+}
+
+export class PipelineExecutor implements StepExecutor {
+  private nextStepId = 1;
+
+  private constructor(
+    private readonly links: StageLink[],
+    readonly vocabRows: number,
+    readonly maxInFlight: number,
+  ) {}
+
+  /** Connects to the first stage's ranks (addresses by tp rank). */
+  static async connect(
+    firstStage: readonly string[],
+    vocabRows: number,
+    pipelineDepth: number,
+  ): Promise<PipelineExecutor> {
+    const links = await Promise.all(firstStage.map((address) => StageLink.connect(address)));
+    return new PipelineExecutor(links, vocabRows, Math.max(1, pipelineDepth));
+  }
+
+  async execute(seqs: SeqStep[]): Promise<Float32Array> {
+    const stepId = this.nextStepId++;
+    const message: workerV1.StageMessage = {
+      step: {
+        stepId,
+        seqs: seqs.map((s) => ({
+          seqId: s.seqId,
+          startPos: s.startPos,
+          numTokens: s.numTokens,
+          tokenIds: s.tokens ?? [],
+          blockTable: s.blockTable,
+          wantLogits: s.wantLogits,
+        })),
+      },
+    };
+    const results = await Promise.all(this.links.map((link) => link.send(message)));
+    for (const [rank, result] of results.entries()) {
+      if (result.error) {
+        throw new StepFailedError(
+          `step ${stepId} failed on the pipeline of rank ${rank}: ${result.error.message}`,
+        );
+      }
+    }
+    const wanted = seqs.filter((s) => s.wantLogits);
+    const outputs = results[0].output?.seqs ?? [];
+    if (outputs.length !== wanted.length) {
+      throw new StepFailedError(
+        `step ${stepId}: ${outputs.length} logit rows for ${wanted.length} sequences`,
+      );
+    }
+    const logits = new Float32Array(wanted.length * this.vocabRows);
+    outputs.forEach((out, i) => {
+      if (out.seqId !== wanted[i].seqId)
+        throw new StepFailedError(`step ${stepId}: logits for ${out.seqId}, expected ${wanted[i].seqId}`);
+      const row = decodeLogits(out.logits);
+      if (row.length !== this.vocabRows)
+        throw new StepFailedError(`step ${stepId}: ${row.length} logits, expected ${this.vocabRows}`);
+      logits.set(row, i * this.vocabRows);
+    });
+    return logits;
+  }
+
+  async close(): Promise<void> {
+    for (const link of this.links) link.close();
+  }
+}

@@ -1,0 +1,18 @@
+// What the scheduler needs from whatever runs the model: one step at a time, several
+// in flight when the model is pipelined. Implementations: in-process (one shard holding
+// the whole model) and the cluster's pipeline of remote stages.
+
+import type { SeqStep } from '@medcluster/worker';
+
+export interface StepExecutor {
+  /** Columns of a logits row. */
+  readonly vocabRows: number;
+  /** Steps the executor can overlap (pipeline depth); 1 for a single stage. */
+  readonly maxInFlight: number;
+  /**
+   * Runs one step. Resolves with the logits of the sequences whose `wantLogits` is set,
+   * one row of `vocabRows` floats each, in the order of `seqs`.
+   */
+  execute(seqs: SeqStep[]): Promise<Float32Array>;
+  close(): Promise<void>;
+}

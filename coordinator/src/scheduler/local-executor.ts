@@ -1,0 +1,61 @@
+// Runs the whole model in this process on one device: a single shard holding every layer.
+// Used by `medcluster generate --model` and by tests as the one-worker reference.
+
+import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
+import { type Checkpoint, type SeqStep, ShardRunner } from '@medcluster/worker';
+import type { StepExecutor } from './executor.js';
+
+export interface LocalExecutorOptions {
+  checkpoint: Checkpoint;
+  device: DeviceKind;
+  numBlocks: number;
+  blockSize: number;
+  threads?: number;
+}
+
+export class LocalExecutor implements StepExecutor {
+  readonly maxInFlight = 1;
+  readonly vocabRows: number;
+
+  private constructor(
+    private readonly device: Device,
+    private readonly runner: ShardRunner,
+  ) {
+    this.vocabRows = runner.config.vocabRows;
+  }
+
+  static async create(options: LocalExecutorOptions): Promise<LocalExecutor> {
+    const device = createDevice({ kind: options.device, threads: options.threads });
+    try {
+      const { config } = options.checkpoint;
+      const runner = await ShardRunner.load({
+        device,
+        checkpoint: options.checkpoint,
+        spec: {
+          layerStart: 0,
+          layerEnd: config.numLayers,
+          tpRank: 0,
+          tpSize: 1,
+          embeds: true,
+          computesLogits: true,
+        },
+        numBlocks: options.numBlocks,
+        blockSize: options.blockSize,
+      });
+      return new LocalExecutor(device, runner);
+    } catch (err) {
+      await device.close();
+      throw err;
+    }
+  }
+
+  async execute(seqs: SeqStep[]): Promise<Float32Array> {
+    const { logits } = await this.runner.step(seqs);
+    return logits as Float32Array;
+  }
+
+  async close(): Promise<void> {
+    this.runner.dispose();
+    await this.device.close();
+  }
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env node
+// Packs what a GPU test machine needs into .device/ (gitignored, well under the 64 MiB a
+// device run may carry): Node itself (xz), the CLI bundled into one file, the kernels addon,
+// and the GPU check program if built.
+// node_modules never travels. On the device: `bash .device/setup.sh` then `/tmp/node ...`.
+
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const out = join(root, '.device');
+const require = createRequire(import.meta.url);
+
+mkdirSync(out, { recursive: true });
+
+// 1. The CLI as one ESM file. The addon is loaded from MEDCLUSTER_KERNELS_ADDON at run time.
+const esbuild = require('esbuild');
+esbuild.buildSync({
+  entryPoints: [join(root, 'coordinator/src/cli/entry.ts')],
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  outfile: join(out, 'medcluster.mjs'),
+  banner: {
+    js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+  },
+  external: ['*.node'],
+  logLevel: 'warning',
+});
+
+// 2. The addon (CUDA-enabled when built where nvcc exists).
+const addon = join(root, 'kernels/build/Release/medcluster_kernels.node');
+if (existsSync(addon)) copyFileSync(addon, join(out, 'medcluster_kernels.node'));
+else console.warn('device-bundle: no kernels addon built; run `npm run build` first');
+
+// 3. Node itself.
+const nodeXz = join(out, 'node.xz');
+if (!existsSync(nodeXz)) execFileSync('sh', ['-c', `xz -T2 -c "${process.execPath}" > "${nodeXz}"`]);
+
+writeFileSync(
+  join(out, 'setup.sh'),
+  `# Unpacks the carried Node and points the CLI at the carried addon.
+set -e
+[ -x /tmp/node ] || { xz -d -c .device/node.xz > /tmp/node && chmod +x /tmp/node; }
+export MEDCLUSTER_KERNELS_ADDON="$PWD/.device/medcluster_kernels.node"
+export MEDCLUSTER_PROTO_ROOT="$PWD/proto"
+export NCCL_NVLS_ENABLE=0
+`,
+);
+const size = (p) => (existsSync(p) ? `${(statSync(p).size / 1048576).toFixed(1)} MiB` : 'missing');
+console.log(
+  `device-bundle: .device/medcluster.mjs ${size(join(out, 'medcluster.mjs'))}, node.xz ${size(nodeXz)}, addon ${size(join(out, 'medcluster_kernels.node'))}`,
+);
