@@ -116,6 +116,18 @@ class Backend {
   virtual void randomBits(Buffer& buf, uint64_t seed) = 0;
   // Blocks until all work issued so far has finished (no-op for synchronous backends).
   virtual void synchronize() = 0;
+
+  // Optional graph capture (CUDA graphs; added later, backward compatible: the defaults
+  // say "unsupported"). Between beginCapture() and endCapture() the ops issued are
+  // recorded, not run; replayGraph(handle) then reruns them on the same buffers (update
+  // inputs in place with upload() between replays). While capturing, issue only compute
+  // ops: no alloc/upload/download/readFileRegion/synchronize, and drop no buffer. Run the
+  // same sequence once uncaptured first (it sizes the backend's internal workspaces).
+  // endCapture() must follow every beginCapture() that returned true, also on error paths.
+  virtual bool beginCapture() { return false; }
+  virtual int64_t endCapture() { return 0; }  // > 0: a graph handle
+  virtual void replayGraph(int64_t handle) { (void)handle; }
+  virtual void releaseGraph(int64_t handle) { (void)handle; }
 };
 
 std::unique_ptr<Backend> createCpuBackend(int threads);

@@ -6,7 +6,7 @@ import { describe, expect, test } from 'vitest';
 import { GREEDY } from '../generation/sampler.js';
 import { BlockAllocator } from './block-allocator.js';
 import type { StepExecutor } from './executor.js';
-import { RequestError, Scheduler } from './scheduler.js';
+import { RequestFailedError, Scheduler } from './scheduler.js';
 
 class ScriptedExecutor implements StepExecutor {
   readonly steps: SeqStep[][] = [];
@@ -95,7 +95,7 @@ describe('Scheduler', () => {
     const blocks = new BlockAllocator(16, 4);
     const s = new Scheduler(ex, blocks, limits);
     ex.failNext = true;
-    await expect(s.submit(req([5], 3))).rejects.toBeInstanceOf(RequestError);
+    await expect(s.submit(req([5], 3))).rejects.toBeInstanceOf(RequestFailedError);
     expect(blocks.freeBlocks).toBe(16);
     await expect(s.submit(req([5], 3))).resolves.toMatchObject({ tokenIds: [6, 7, 8] });
   });

@@ -41,10 +41,19 @@ export interface SchedulerLimits {
   maxContext: number;
 }
 
+/** The request itself is invalid (the client must change it). */
 export class RequestError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = 'RequestError';
+  }
+}
+
+/** A valid request that could not be completed (a failed step, a shutdown). */
+export class RequestFailedError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'RequestFailedError';
   }
 }
 
@@ -90,7 +99,7 @@ export class Scheduler {
 
   /** Queues a request; resolves when it finishes. Rejects with RequestError for bad input. */
   submit(request: GenerationRequest): Promise<GenerationResult> {
-    if (this.closed) return Promise.reject(new RequestError('the scheduler is shut down'));
+    if (this.closed) return Promise.reject(new RequestFailedError('the scheduler is shut down'));
     const { promptIds, maxTokens } = request;
     if (promptIds.length === 0) return Promise.reject(new RequestError('the prompt is empty'));
     if (!Number.isInteger(maxTokens) || maxTokens < 1) {
@@ -148,7 +157,7 @@ export class Scheduler {
   /** Fails every queued and running request and refuses new ones. */
   shutdown(reason = 'the server is shutting down'): void {
     this.closed = true;
-    for (const seq of [...this.waiting, ...this.running]) this.fail(seq, new RequestError(reason));
+    for (const seq of [...this.waiting, ...this.running]) this.fail(seq, new RequestFailedError(reason));
   }
 
   private cancel(seq: Sequence): void {
@@ -217,7 +226,7 @@ export class Scheduler {
       .then((logits) => this.complete(batch, logits))
       .catch((err: Error) => {
         for (const { seq } of batch)
-          this.fail(seq, new RequestError(`step failed: ${err.message}`, { cause: err }));
+          this.fail(seq, new RequestFailedError(`step failed: ${err.message}`, { cause: err }));
       })
       .finally(() => {
         this.inFlight--;

@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { type inferenceV1, loadInferenceProto } from '@medcluster/proto';
 import type { SamplingParams } from '../generation/sampler.js';
 import type { TextRequest, TextResult } from '../generation/text-generation.js';
-import { RequestError } from '../scheduler/scheduler.js';
+import { RequestError, RequestFailedError } from '../scheduler/scheduler.js';
 import type { ServingContext } from './serving-context.js';
 
 const FINISH: Record<TextResult['finishReason'], inferenceV1.FinishReason> = {
@@ -19,12 +19,13 @@ const FINISH: Record<TextResult['finishReason'], inferenceV1.FinishReason> = {
 
 function statusOf(err: unknown): grpc.StatusObject {
   const details = err instanceof Error ? err.message : String(err);
-  if (err instanceof RequestError && !(err.cause instanceof Error)) {
-    return { code: grpc.status.INVALID_ARGUMENT, details, metadata: new grpc.Metadata() };
-  }
-  if (err instanceof RequestError)
-    return { code: grpc.status.UNAVAILABLE, details, metadata: new grpc.Metadata() };
-  return { code: grpc.status.INTERNAL, details, metadata: new grpc.Metadata() };
+  const code =
+    err instanceof RequestError
+      ? grpc.status.INVALID_ARGUMENT
+      : err instanceof RequestFailedError
+        ? grpc.status.UNAVAILABLE
+        : grpc.status.INTERNAL;
+  return { code, details, metadata: new grpc.Metadata() };
 }
 
 function toTextRequest(

@@ -26,6 +26,10 @@ namespace cuda {
 
 void* Scratch::get(size_t bytes, cudaStream_t s) {
   if (bytes <= bytes_) return ptr_;
+  cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(s, &cs) == cudaSuccess && cs != cudaStreamCaptureStatusNone)
+    throw BackendError("CUDA workspace must grow (" + std::to_string(bytes) +
+                       " bytes) during graph capture: run the captured sequence once uncaptured first");
   if (ptr_) MC_CUDA(cudaFreeAsync(ptr_, s));
   size_t grown = bytes < 2 * bytes_ ? 2 * bytes_ : bytes;
   MC_CUDA(cudaMallocAsync(&ptr_, grown, s));
@@ -249,6 +253,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(sh_->stream);
+    for (auto g : graphs_) if (g) cudaGraphExecDestroy(g);
     scratch_.release(sh_->stream);
     scratch2_.release(sh_->stream);
     cudaStreamSynchronize(sh_->stream);
@@ -424,6 +429,37 @@ class CudaBackend final : public Backend {
   }
   void synchronize() override { MC_CUDA(cudaStreamSynchronize(s())); }
 
+  bool beginCapture() override {
+    MC_CUDA(cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal));
+    return true;
+  }
+  int64_t endCapture() override {
+    cudaGraph_t g = nullptr;
+    cudaError_t e = cudaStreamEndCapture(s(), &g);
+    if (e != cudaSuccess) {
+      if (g) cudaGraphDestroy(g);
+      cudaGetLastError();
+      throwCudaError(e, "cudaStreamEndCapture", __FILE__, __LINE__);
+    }
+    cudaGraphExec_t ex = nullptr;
+    e = cudaGraphInstantiate(&ex, g, 0);
+    cudaGraphDestroy(g);
+    MC_CUDA(e);
+    graphs_.push_back(ex);
+    return (int64_t)graphs_.size();
+  }
+  void replayGraph(int64_t handle) override {
+    if (handle < 1 || handle > (int64_t)graphs_.size() || !graphs_[handle - 1])
+      throw BackendError("replayGraph: unknown graph handle " + std::to_string(handle));
+    MC_CUDA(cudaGraphLaunch(graphs_[handle - 1], s()));
+  }
+  void releaseGraph(int64_t handle) override {
+    if (handle < 1 || handle > (int64_t)graphs_.size() || !graphs_[handle - 1]) return;
+    cudaStreamSynchronize(s());
+    cudaGraphExecDestroy(graphs_[handle - 1]);
+    graphs_[handle - 1] = nullptr;
+  }
+
   cudaStream_t s() const { return sh_->stream; }
 
  private:
@@ -433,6 +469,7 @@ class CudaBackend final : public Backend {
   int numSMs_ = 0;
   std::shared_ptr<StreamHandle> sh_;
   Scratch scratch_, scratch2_;
+  std::vector<cudaGraphExec_t> graphs_;  // handle h is graphs_[h - 1]
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t stagingDone_[2] = {nullptr, nullptr};
 };

@@ -8,3 +8,4 @@ export {
   type NatsServerOptions,
   startNatsServer,
 } from './nats-server.js';
+export { CLI, type CliResult, REPO, runCli, startCli, stopAll, waitForStderr } from './processes.js';

@@ -1,0 +1,95 @@
+// Real processes of the medcluster CLI for integration tests: workers, a local cluster, and
+// one-shot commands. Every process started here is killed by stopAll().
+
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+export const CLI = resolve(dirname(fileURLToPath(import.meta.url)), '../../../coordinator/bin/medcluster.js');
+export const REPO = resolve(dirname(CLI), '../..');
+
+const started = new Set<ChildProcess>();
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `medcluster ...args` to completion. */
+export function runCli(args: string[], timeoutMs = 120_000): Promise<CliResult> {
+  return new Promise((resolvePromise) => {
+    execFile(
+      process.execPath,
+      [CLI, ...args],
+      { timeout: timeoutMs, maxBuffer: 64 << 20 },
+      (err, stdout, stderr) => {
+        const code =
+          err && typeof (err as NodeJS.ErrnoException).code === 'number'
+            ? (err as unknown as { code: number }).code
+            : err
+              ? 1
+              : 0;
+        resolvePromise({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+/** Starts a long-running `medcluster ...args`; its stderr is kept for error messages. */
+export function startCli(args: string[]): { child: ChildProcess; stderr: () => string } {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: join(REPO),
+  });
+  started.add(child);
+  child.on('exit', () => started.delete(child));
+  let err = '';
+  child.stderr?.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
+  child.stdout?.resume();
+  return { child, stderr: () => err };
+}
+
+/** Resolves when a line of the child's stderr matches; rejects if it exits first or times out. */
+export function waitForStderr(
+  child: ChildProcess,
+  pattern: RegExp,
+  timeoutMs = 60_000,
+): Promise<RegExpMatchArray> {
+  return new Promise((resolvePromise, reject) => {
+    const lines = createInterface({ input: child.stderr as NodeJS.ReadableStream });
+    const timer = setTimeout(
+      () => reject(new Error(`no stderr line matched ${pattern} in ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    lines.on('line', (line) => {
+      const m = pattern.exec(line);
+      if (m) {
+        clearTimeout(timer);
+        resolvePromise(m);
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`process exited with ${code} before printing ${pattern}`));
+    });
+  });
+}
+
+/** Sends SIGTERM to every process started here and waits for them. */
+export async function stopAll(): Promise<void> {
+  await Promise.all(
+    [...started].map(
+      (child) =>
+        new Promise<void>((r) => {
+          if (child.exitCode !== null || child.signalCode !== null) return r();
+          child.once('exit', () => r());
+          child.kill('SIGTERM');
+          setTimeout(() => child.kill('SIGKILL'), 5000).unref();
+        }),
+    ),
+  );
+}
