@@ -8,7 +8,7 @@ out="${1:-$root/.device}"
 mkdir -p "$out"
 NVCC="${NVCC:-nvcc}"
 ARCH="-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=compute_90"
-srcs=("$here/check.cu" "$root"/kernels/native/cuda/*.cu)
+srcs=("$here/check.cu" "$here/e2e.cu" "$root"/kernels/native/cuda/*.cu)
 ccs=("$root"/kernels/native/cuda/*.cc)
 "$NVCC" -std=c++17 -O3 $ARCH -cudart static -lineinfo -Xptxas -warn-spills \
   "${srcs[@]}" -x cu "${ccs[@]}" -o "$out/medcluster-gpu-check" -ldl -lpthread -lrt

@@ -25,6 +25,8 @@
 using namespace medcluster;
 namespace medcluster { namespace cuda { extern int awqGemvMaxM, awqSkinnyMaxM, awqSkinnyMinBlocks, awqSkinnyPipeOn; } }
 
+int runE2E(Backend& b);      // e2e.cu
+int runReadPat(Backend& b);  // e2e.cu
 static std::mt19937_64 rng(12345);
 static int g_fail = 0;
 
@@ -471,10 +473,12 @@ static void bench(Backend& b) {
 }
 
 int main(int argc, char** argv) {
-  bool doBench = false, onlyBench = false;
+  bool doBench = false, onlyBench = false, doE2E = false, doPat = false;
   for (int i = 1; i < argc; ++i) {
     if (!strcmp(argv[i], "--bench")) doBench = true;
     if (!strcmp(argv[i], "--bench-only")) doBench = onlyBench = true;
+    if (!strcmp(argv[i], "--e2e")) doE2E = true;
+    if (!strcmp(argv[i], "--readpat")) doPat = true;
   }
   std::unique_ptr<Backend> b;
   try { b = createCudaBackend(0); } catch (std::exception& e) {
@@ -487,6 +491,16 @@ int main(int argc, char** argv) {
     nccl::check(nccl::api().getVersion(&v), "ncclGetVersion");
     printf("NCCL version: %d\n", v);
   } catch (std::exception& e) { printf("NCCL: %s\n", e.what()); }
+  if (doE2E || doPat) {
+    try {
+      if (doPat) runReadPat(*b);
+      if (doE2E) runE2E(*b);
+    } catch (std::exception& e) {
+      fprintf(stderr, "error: %s\n", e.what());
+      return 1;
+    }
+    return 0;
+  }
   try {
     if (!onlyBench) {
       // AWQ: GEMV path (M <= 8), tensor-core path (M > 8), odd N (GEMV fallback), both out dtypes.

@@ -372,7 +372,7 @@ int runE2E(Backend& b) {
       size_t per = (size_t)H * NH * HD + 2ull * H * NKV * HD + (size_t)NH * HD * H + 2ull * H * I + (size_t)I * H;
       size_t freeNow;
       cudaMemGetInfo(&freeNow, &tot);
-      M.L16 = (int)std::min<size_t>(8, (freeNow - (4ull << 30)) / (per * 2));
+      M.L16 = freeNow < (6ull << 30) ? 0 : (int)std::min<size_t>(8, (freeNow - (4ull << 30)) / (per * 2));
       if (M.L16 < 1) { M.fp16 = false; printf("fp16 baseline skipped: not enough memory\n"); }
       else {
         try { M.cb = cublasdl::load(); M.cb.create(&M.hnd); M.cb.setStream(M.hnd, s); }
@@ -484,9 +484,9 @@ static void runPat(Backend& b, cudaStream_t s, const char* name, int K, int W, s
   int tiles = W / CW;
   int rowsGran = (256 / (CW / 4)) * 8;
   int splits = std::max(1, std::min(K / rowsGran, blocksPerSM * numSMs / tiles));
-  int rpb = (int)ceilDiv(K, splits);
-  rpb = (int)ceilDiv(rpb, rowsGran) * rowsGran;
-  splits = (int)ceilDiv(K, rpb);
+  int rpb = (int)cuda::ceilDiv(K, splits);
+  rpb = (int)cuda::ceilDiv(rpb, rowsGran) * rowsGran;
+  splits = (int)cuda::ceilDiv(K, rpb);
   std::vector<float> t;
   for (int i = 0; i < 23; ++i) {
     const uint4* p = static_cast<const uint4*>(bufs[i % bufs.size()]->data);
