@@ -1,23 +1,39 @@
 // `medcluster bench`: benchmarks that print numbers (speed goals live here, not in tests).
 //   bench kernels  AWQ linear effective GB/s next to this machine's memcpy GB/s
 //   bench decode   decode tokens/s of a model in this process (the tiny model by default)
+//   bench cluster  decode tokens/s and latency: 1 worker vs tp=2 vs pp=2 vs tp=2 x pp=2
 
 import { writeFile } from 'node:fs/promises';
 import type { DeviceKind } from '@medcluster/kernels';
 import { openCheckpoint } from '@medcluster/worker';
+import { blocksNeeded, type DecodeRow, formatDecodeTable, measureDecode } from '../bench/measure-decode.js';
+import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
 import { LocalExecutor } from '../scheduler/local-executor.js';
 import { intFlag, parseFlags, UsageError } from './args.js';
 
-const USAGE = `usage: medcluster bench kernels [--device cpu|cuda] [--json PATH]
-       medcluster bench decode [--model DIR] [--device cpu|cuda] [--batch N,...] [--prompt-tokens N]
-                               [--decode-tokens N] [--json PATH]`;
+const USAGE = `usage: medcluster bench kernels [--json PATH]
+       medcluster bench decode [--model DIR] [--device cpu|cuda] [--batch 1,4,16] [--prompt-tokens N]
+                               [--decode-tokens N] [--json PATH]
+       medcluster bench cluster [--model DIR] [--batch 1,4] [--prompt-tokens N] [--decode-tokens N]
+                                [--setups 1x1,2x1,1x2,2x2] [--json PATH]`;
+
+const BLOCK_SIZE = 16;
+
+const SHAPE_FLAGS = {
+  model: { type: 'string' },
+  batch: { type: 'string', default: '1,4' },
+  'prompt-tokens': { type: 'string' },
+  'decode-tokens': { type: 'string' },
+  json: { type: 'string' },
+} as const;
 
 export async function benchCommand(argv: string[]): Promise<void> {
   const [what, ...rest] = argv;
   if (what === 'kernels') return benchKernels(rest);
   if (what === 'decode') return benchDecode(rest);
+  if (what === 'cluster') return benchCluster(rest);
   if (what === '--help' || what === undefined) {
     console.log(USAGE);
     return;
@@ -26,118 +42,88 @@ export async function benchCommand(argv: string[]): Promise<void> {
 }
 
 async function benchKernels(argv: string[]): Promise<void> {
-  const flags = parseFlags(
-    argv,
-    { device: { type: 'string', default: 'cpu' }, json: { type: 'string' } },
-    USAGE,
-  );
-  if (flags.device !== 'cpu')
-    throw new UsageError(
-      'bench kernels --device cuda runs the GPU harness: npm run test:gpu -w @medcluster/kernels',
-    );
+  const flags = parseFlags(argv, { json: { type: 'string' } }, USAGE);
   const { runCpuKernelBench } = await import('@medcluster/kernels/bench');
   await runCpuKernelBench({ json: flags.json });
 }
 
-interface DecodeRow {
-  batch: number;
-  promptTokens: number;
-  decodeTokens: number;
-  prefillTokensPerS: number;
-  decodeTokensPerS: number;
-  msPerStep: number;
+function shapes(flags: { batch?: string; 'prompt-tokens'?: string; 'decode-tokens'?: string }) {
+  const promptTokens = intFlag(flags['prompt-tokens'], 'prompt-tokens', 128);
+  const decodeTokens = intFlag(flags['decode-tokens'], 'decode-tokens', 32);
+  return (flags.batch ?? '1')
+    .split(',')
+    .map((b) => ({ batch: intFlag(b, 'batch'), promptTokens, decodeTokens }));
+}
+
+async function report(
+  title: string,
+  rows: (DecodeRow & { label: string })[],
+  json: string | undefined,
+  extra: object,
+) {
+  console.log(title);
+  console.log(formatDecodeTable(rows));
+  if (json) await writeFile(json, `${JSON.stringify({ ...extra, rows }, null, 2)}\n`);
 }
 
 async function benchDecode(argv: string[]): Promise<void> {
-  const flags = parseFlags(
-    argv,
-    {
-      model: { type: 'string' },
-      device: { type: 'string', default: 'cpu' },
-      batch: { type: 'string', default: '1,4,16' },
-      'prompt-tokens': { type: 'string' },
-      'decode-tokens': { type: 'string' },
-      json: { type: 'string' },
-    },
-    USAGE,
-  );
+  const flags = parseFlags(argv, { ...SHAPE_FLAGS, device: { type: 'string', default: 'cpu' } }, USAGE);
+  const device = flags.device as DeviceKind;
   const modelDir = flags.model ?? (await ensureGeneratedModel());
-  const checkpoint = await openCheckpoint(modelDir);
-  const promptTokens = intFlag(flags['prompt-tokens'], 'prompt-tokens', 128);
-  const decodeTokens = intFlag(flags['decode-tokens'], 'decode-tokens', 32);
-  const batches = (flags.batch ?? '1').split(',').map((b) => intFlag(b, 'batch'));
-  const blockSize = 16;
-  const perSeq = Math.ceil((promptTokens + decodeTokens) / blockSize);
-  const blocks = new BlockAllocator(perSeq * Math.max(...batches), blockSize);
+  const list = shapes(flags);
+  const blocks = new BlockAllocator(Math.max(...list.map((s) => blocksNeeded(s, BLOCK_SIZE))), BLOCK_SIZE);
   const executor = await LocalExecutor.create({
-    checkpoint,
-    device: flags.device as DeviceKind,
+    checkpoint: await openCheckpoint(modelDir),
+    device,
     numBlocks: blocks.numBlocks,
-    blockSize,
+    blockSize: BLOCK_SIZE,
   });
-  const rows: DecodeRow[] = [];
+  const rows: (DecodeRow & { label: string })[] = [];
   try {
-    const vocab = checkpoint.config.vocabRows;
-    for (const batch of batches) {
-      const tables = Array.from({ length: batch }, () => {
-        const t: number[] = [];
-        blocks.ensure(t, promptTokens + decodeTokens);
-        return t;
-      });
-      // Deterministic, non-degenerate prompts: different token ids per sequence.
-      const prompt = (s: number) =>
-        Array.from({ length: promptTokens }, (_, i) => 1 + ((i * 7919 + s * 104729) % (vocab - 1)));
-      let t0 = performance.now();
-      for (let s = 0; s < batch; s++) {
-        await executor.execute([
-          {
-            seqId: `b${s}`,
-            startPos: 0,
-            numTokens: promptTokens,
-            tokens: prompt(s),
-            blockTable: tables[s],
-            wantLogits: true,
-          },
-        ]);
-      }
-      const prefillMs = performance.now() - t0;
-      t0 = performance.now();
-      for (let step = 0; step < decodeTokens; step++) {
-        await executor.execute(
-          tables.map((blockTable, s) => ({
-            seqId: `b${s}`,
-            startPos: promptTokens + step,
-            numTokens: 1,
-            tokens: [1 + ((step * 31 + s) % (vocab - 1))],
-            blockTable,
-            wantLogits: true,
-          })),
-        );
-      }
-      const decodeMs = performance.now() - t0;
-      for (const t of tables) blocks.release(t);
-      rows.push({
-        batch,
-        promptTokens,
-        decodeTokens,
-        prefillTokensPerS: (batch * promptTokens * 1000) / prefillMs,
-        decodeTokensPerS: (batch * decodeTokens * 1000) / decodeMs,
-        msPerStep: decodeMs / decodeTokens,
-      });
-    }
+    for (const shape of list)
+      rows.push({ label: `1 process, ${device}`, ...(await measureDecode(executor, blocks, shape)) });
   } finally {
     await executor.close();
   }
-  console.log(`decode benchmark: ${modelDir} on ${flags.device}`);
-  console.log('batch  prompt  prefill tok/s  decode tok/s  ms/step');
-  for (const r of rows) {
-    console.log(
-      `${String(r.batch).padStart(5)}  ${String(r.promptTokens).padStart(6)}  ${r.prefillTokensPerS.toFixed(0).padStart(13)}  ${r.decodeTokensPerS.toFixed(1).padStart(12)}  ${r.msPerStep.toFixed(2).padStart(7)}`,
-    );
+  await report(`decode benchmark: ${modelDir}`, rows, flags.json, { model: modelDir, device });
+}
+
+async function benchCluster(argv: string[]): Promise<void> {
+  const flags = parseFlags(
+    argv,
+    { ...SHAPE_FLAGS, setups: { type: 'string', default: '1x1,2x1,1x2,2x2' } },
+    USAGE,
+  );
+  const modelDir = flags.model ?? (await ensureGeneratedModel());
+  const { config } = await openCheckpoint(modelDir);
+  const list = shapes(flags);
+  const numBlocks = Math.max(...list.map((s) => blocksNeeded(s, BLOCK_SIZE)));
+  const rows: (DecodeRow & { label: string })[] = [];
+  for (const setup of (flags.setups ?? '1x1').split(',')) {
+    const [tp, pp] = setup.split('x').map((n) => intFlag(n, 'setups'));
+    const cluster = await startLocalCluster({
+      modelDir,
+      config,
+      tp,
+      pp,
+      device: 'cpu',
+      kvCache: { numBlocks, blockSize: BLOCK_SIZE },
+      threadsPerWorker: 1,
+    });
+    try {
+      const blocks = new BlockAllocator(numBlocks, BLOCK_SIZE);
+      for (const shape of list) {
+        rows.push({
+          label: `tp=${tp} x pp=${pp} (${tp * pp} proc)`,
+          ...(await measureDecode(cluster.executor, blocks, shape)),
+        });
+      }
+    } finally {
+      await cluster.executor.close();
+      await cluster.stop();
+    }
   }
-  if (flags.json)
-    await writeFile(
-      flags.json,
-      `${JSON.stringify({ model: modelDir, device: flags.device, rows }, null, 2)}\n`,
-    );
+  await report(`cluster benchmark (CPU workers, 1 kernel thread each): ${modelDir}`, rows, flags.json, {
+    model: modelDir,
+  });
 }

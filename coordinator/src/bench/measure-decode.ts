@@ -1,0 +1,100 @@
+// Prefill and decode throughput of a StepExecutor on synthetic prompts. Sequences are split
+// into as many groups as the executor overlaps steps (pipeline depth), and the groups decode
+// concurrently, as the scheduler would run them.
+
+import type { BlockAllocator } from '../scheduler/block-allocator.js';
+import type { StepExecutor } from '../scheduler/executor.js';
+
+export interface DecodeShape {
+  batch: number;
+  promptTokens: number;
+  decodeTokens: number;
+}
+
+export interface DecodeRow extends DecodeShape {
+  prefillTokensPerS: number;
+  decodeTokensPerS: number;
+  /** Mean time between two tokens of one sequence. */
+  msPerToken: number;
+}
+
+export function blocksNeeded(shape: DecodeShape, blockSize: number): number {
+  return shape.batch * Math.ceil((shape.promptTokens + shape.decodeTokens) / blockSize);
+}
+
+export async function measureDecode(
+  executor: StepExecutor,
+  blocks: BlockAllocator,
+  shape: DecodeShape,
+): Promise<DecodeRow> {
+  const { batch, promptTokens, decodeTokens } = shape;
+  const vocab = executor.vocabRows;
+  const tables = Array.from({ length: batch }, () => {
+    const t: number[] = [];
+    blocks.ensure(t, promptTokens + decodeTokens);
+    return t;
+  });
+  // Deterministic, non-degenerate prompts: different token ids per sequence.
+  const prompt = (s: number) =>
+    Array.from({ length: promptTokens }, (_, i) => 1 + ((i * 7919 + s * 104729) % (vocab - 1)));
+  const groups = Array.from({ length: Math.min(executor.maxInFlight, batch) }, (_, g) =>
+    tables.map((_, s) => s).filter((s) => s % Math.min(executor.maxInFlight, batch) === g),
+  );
+  try {
+    let t0 = performance.now();
+    await Promise.all(
+      groups.map(async (group) => {
+        for (const s of group) {
+          await executor.execute([
+            {
+              seqId: `b${s}`,
+              startPos: 0,
+              numTokens: promptTokens,
+              tokens: prompt(s),
+              blockTable: tables[s],
+              wantLogits: true,
+            },
+          ]);
+        }
+      }),
+    );
+    const prefillMs = performance.now() - t0;
+    t0 = performance.now();
+    await Promise.all(
+      groups.map(async (group) => {
+        for (let step = 0; step < decodeTokens; step++) {
+          await executor.execute(
+            group.map((s) => ({
+              seqId: `b${s}`,
+              startPos: promptTokens + step,
+              numTokens: 1,
+              tokens: [1 + ((step * 31 + s) % (vocab - 1))],
+              blockTable: tables[s],
+              wantLogits: true,
+            })),
+          );
+        }
+      }),
+    );
+    const decodeMs = performance.now() - t0;
+    return {
+      ...shape,
+      prefillTokensPerS: (batch * promptTokens * 1000) / prefillMs,
+      decodeTokensPerS: (batch * decodeTokens * 1000) / decodeMs,
+      msPerToken: decodeMs / decodeTokens,
+    };
+  } finally {
+    for (const t of tables) blocks.release(t);
+  }
+}
+
+export function formatDecodeTable(rows: (DecodeRow & { label: string })[]): string {
+  const lines = ['setup                 batch  prompt  prefill tok/s  decode tok/s  ms/token'];
+  for (const r of rows) {
+    lines.push(
+      `${r.label.padEnd(20)}  ${String(r.batch).padStart(5)}  ${String(r.promptTokens).padStart(6)}  ` +
+        `${r.prefillTokensPerS.toFixed(0).padStart(13)}  ${r.decodeTokensPerS.toFixed(1).padStart(12)}  ${r.msPerToken.toFixed(2).padStart(8)}`,
+    );
+  }
+  return lines.join('\n');
+}
