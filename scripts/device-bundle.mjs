@@ -16,21 +16,24 @@ const require = createRequire(import.meta.url);
 
 mkdirSync(out, { recursive: true });
 
-// 1. The CLI as one ESM file. The addon is loaded from MEDCLUSTER_KERNELS_ADDON at run time.
+// 1. The CLI and the GPU tests, each as one ESM file. The addon is loaded from MEDCLUSTER_KERNELS_ADDON at run time.
 const esbuild = require('esbuild');
-esbuild.buildSync({
-  entryPoints: [join(root, 'coordinator/src/cli/entry.ts')],
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  target: 'node20',
-  outfile: join(out, 'medcluster.mjs'),
-  banner: {
-    js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
-  },
-  external: ['*.node'],
-  logLevel: 'warning',
-});
+const bundle = (entry, outfile) =>
+  esbuild.buildSync({
+    entryPoints: [join(root, entry)],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    outfile: join(out, outfile),
+    banner: {
+      js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+    },
+    external: ['*.node'],
+    logLevel: 'warning',
+  });
+bundle('coordinator/src/cli/entry.ts', 'medcluster.mjs');
+bundle('test/gpu/gpu-parity.ts', 'gpu-parity.mjs');
 
 // 2. The addon (CUDA-enabled when built where nvcc exists).
 const addon = join(root, 'kernels/build/Release/medcluster_kernels.node');

@@ -1,6 +1,5 @@
 export * from './client/generate-remote.js';
 export * from './cluster/assignments.js';
-export * from './cluster/free-port.js';
 export * from './cluster/local-cluster.js';
 export * from './cluster/nats-cluster.js';
 export * from './cluster/pipeline-executor.js';

@@ -23,7 +23,7 @@
 #include "cublas_loader.h"
 
 using namespace medcluster;
-namespace medcluster { namespace cuda { extern int awqGemvMaxM, awqSkinnyMaxM, awqSkinnyMinBlocks, awqSkinnyPipeOn; } }
+namespace medcluster { namespace cuda { extern int awqGemvMaxM, awqSkinnyMaxM, awqSkinnyMinBlocks, awqSkinnyPipeOn, awqSkinnyStages1, awqSkinnySplitCap; } }
 
 int runE2E(Backend& b);      // e2e.cu
 int runReadPat(Backend& b);  // e2e.cu
@@ -400,6 +400,9 @@ static void bench(Backend& b) {
   std::vector<int> Ms = {1, 4, 16, 64, 256, 1024};
   if (getenv("MC_SKINNY_PIPE")) cuda::awqSkinnyPipeOn = atoi(getenv("MC_SKINNY_PIPE"));
   if (getenv("MC_SKINNY_MINB")) cuda::awqSkinnyMinBlocks = atoi(getenv("MC_SKINNY_MINB"));
+  if (getenv("MC_STAGES1")) cuda::awqSkinnyStages1 = atoi(getenv("MC_STAGES1"));
+  if (getenv("MC_SPLITCAP")) cuda::awqSkinnySplitCap = atoi(getenv("MC_SPLITCAP"));
+  printf("skinny: stages(M<=16)=%d splitCap=%d\n", cuda::awqSkinnyStages1, cuda::awqSkinnySplitCap);
   bool quick = getenv("MC_BENCH_QUICK") != nullptr;  // tp=1 shapes only, M <= 64, no cuBLAS
   const double targets[] = {0.175, -1, 0.185, 0.24, -1, 2.8};
   printf("\n| shape | M | awq ms | GB/s | %% copy | TFLOP/s | cuBLAS fp16 ms | cuBLAS GB/s |\n|---|---|---|---|---|---|---|---|\n");
@@ -528,6 +531,27 @@ int main(int argc, char** argv) {
         checkAwq(*b, 40, 1024, 2056, DType::F32);
       }
       cuda::awqSkinnyMinBlocks = 1; cuda::awqSkinnyPipeOn = 1;
+      // Session 3: the split-K cap (splits x M <= 256) at the worker's k/v shape (N = 1024) and M = 16/64,
+      // the vectorized last-block reduction (f16 and f32 out), and the 4- and 5-stage rings of M <= 16.
+      printf("-- skinny session 3: split cap, vector reduction, ring depth 4/5\n");
+      for (int st = 4; st <= 5; ++st) {
+        cuda::awqSkinnyStages1 = st;
+        checkAwq(*b, 1, 8192, 1024, DType::F16);
+        checkAwq(*b, 16, 8192, 1024, DType::F32);
+        checkAwq(*b, 9, 1152, 800, DType::F16);
+        checkAwq(*b, 3, 28672, 512, DType::F32);
+      }
+      checkAwq(*b, 64, 8192, 1024, DType::F16);
+      checkAwq(*b, 64, 8192, 1024, DType::F32);
+      checkAwq(*b, 40, 2048, 1056, DType::F16);
+      checkAwq(*b, 64, 4096, 264, DType::F32);  // register (non-ring) kernel with the cap
+      cuda::awqSkinnySplitCap = 0;
+      checkAwq(*b, 64, 2048, 1024, DType::F16);  // uncapped (session-2 split rule)
+      cuda::awqSkinnySplitCap = 256;
+      checkLinear(*b, 64, 1024, 1000, DType::F32);
+      checkLinear(*b, 13, 520, 777, DType::F16);
+      checkLinear(*b, 70, 2048, 300, DType::F32);
+      checkLinear(*b, 8, 3000, 64, DType::F32);
       checkLinear(*b, 1, 512, 1000, DType::F32);
       checkLinear(*b, 5, 520, 777, DType::F16);
       checkLinear(*b, 17, 512, 1000, DType::F32);

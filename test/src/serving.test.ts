@@ -2,8 +2,9 @@
 // queried through the public gRPC API by the CLI client and by a grpc-js client.
 
 import * as grpc from '@grpc/grpc-js';
-import { freePort, inferenceClient } from '@medcluster/coordinator';
+import { inferenceClient } from '@medcluster/coordinator';
 import { loadHealthProto } from '@medcluster/proto';
+import { freePort } from '@medcluster/worker';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { runCli, startCli, stopAll, waitForStderr } from './harness/index.js';
 import { testModel } from './models.js';

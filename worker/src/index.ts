@@ -9,6 +9,7 @@ export * from './engine/step-inputs.js';
 export * from './engine/tp-slices.js';
 export * from './engine/types.js';
 export * from './node/activation.js';
+export * from './node/free-port.js';
 export * from './node/stage-link.js';
 export * from './node/worker-node.js';
 export * from './node/worker-process.js';

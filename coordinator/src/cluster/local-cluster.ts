@@ -9,9 +9,9 @@ import { createInterface } from 'node:readline';
 import type { DeviceKind } from '@medcluster/kernels';
 import type { Assignment } from '@medcluster/proto';
 import type { LlamaConfig, WorkerEvent } from '@medcluster/worker';
+import { freePort } from '@medcluster/worker';
 import { planPlacement } from '../placement/index.js';
 import { assignmentsFor, firstStageAddresses, type KvGeometry } from './assignments.js';
-import { freePort } from './free-port.js';
 import { PipelineExecutor } from './pipeline-executor.js';
 
 export interface LocalClusterOptions {

@@ -18,7 +18,18 @@
 
 namespace medcluster {
 namespace cuda {
+
+int awqSkinnyStages1 = 5;  // cp.async ring depth of the M <= 16 skinny variant (5 or 4; 2 blocks/SM either way)
+// Split-K cap: the last block of a column tile reads splits x M x 256 partials, so
+// splits x M is bounded (0: no cap, the session-2 behaviour; M = 64 k/v then took ~0.1 ms each).
+int awqSkinnySplitCap = 256;
+
 namespace {
+
+int capSplits(int splits, int M) {
+  if (awqSkinnySplitCap > 0) splits = std::min(splits, std::max(1, awqSkinnySplitCap / M));
+  return std::max(1, splits);
+}
 
 constexpr int kGroup = 128;
 
@@ -361,6 +372,41 @@ constexpr int SK_WN = 4, SK_WK = 2, SK_COLS = SK_WN * 64;
 constexpr int kTicketSlots = 1 << 14;
 __device__ unsigned int gSkinnyTickets[kTicketSlots];  // zero at module load; self-resetting
 
+
+// Split-K final reduction by the last-arriving block of a column tile: sums the fp32
+// partials of `splits` blocks, 4 columns per thread with 16-byte loads (N % 8 == 0 always).
+__device__ __forceinline__ void skinnyFinalReduce(const float* __restrict__ ws, void* __restrict__ out, bool outF16,
+                                                  int M, int N, int rows, int col0, int splits) {
+  constexpr int C4 = SK_COLS / 4;
+  const bool vec = (reinterpret_cast<uintptr_t>(out) & 15) == 0;
+  const int64_t MN = (int64_t)M * N;
+  for (int idx = threadIdx.x; idx < rows * C4; idx += blockDim.x) {
+    const int m = idx / C4, n = col0 + (idx % C4) * 4;
+    if (n >= N) continue;
+    const int64_t o = (int64_t)m * N + n;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+    for (int s = 0; s < splits; ++s) {
+      float4 p = __ldcg(reinterpret_cast<const float4*>(ws + s * MN + o));
+      v.x += p.x; v.y += p.y; v.z += p.z; v.w += p.w;
+    }
+    if (outF16) {
+      __half2 a = __floats2half2_rn(v.x, v.y), b = __floats2half2_rn(v.z, v.w);
+      __half* op = static_cast<__half*>(out) + o;
+      if (vec) {
+        uint2 u = make_uint2(*reinterpret_cast<uint32_t*>(&a), *reinterpret_cast<uint32_t*>(&b));
+        *reinterpret_cast<uint2*>(op) = u;
+      } else {
+        reinterpret_cast<__half2*>(op)[0] = a; reinterpret_cast<__half2*>(op)[1] = b;  // 4-byte aligned (N % 8 == 0)
+      }
+    } else {
+      float* op = static_cast<float*>(out) + o;
+      if (vec) *reinterpret_cast<float4*>(op) = v;
+      else { op[0] = v.x; op[1] = v.y; op[2] = v.z; op[3] = v.w; }
+    }
+  }
+}
+
 __device__ __forceinline__ uint32_t ldStream(const uint32_t* p) {
   uint32_t v;
   asm("ld.global.nc.L1::no_allocate.b32 %0, [%1];" : "=r"(v) : "l"(p));
@@ -518,16 +564,7 @@ __global__ void __launch_bounds__(256, MINB) awqSkinny(
   __syncthreads();
   if (!isLastSh) return;
   __threadfence();
-  const int rows = min(M, ROWS);
-  for (int idx = tid; idx < rows * SK_COLS; idx += 256) {
-    int m = idx / SK_COLS, n = col0 + idx % SK_COLS;
-    if (n >= N) continue;
-    int64_t o = (int64_t)m * N + n;
-    float v = 0.f;
-    for (int s = 0; s < splits; ++s) v += __ldcg(ws + (int64_t)s * M * N + o);
-    if (outF16) static_cast<__half*>(out)[o] = __float2half(v);
-    else static_cast<float*>(out)[o] = v;
-  }
+  skinnyFinalReduce(ws, out, outF16, M, N, min(M, ROWS), col0, splits);
   if (tid == 0) gSkinnyTickets[blockIdx.x] = 0;  // ready for the next call on this stream
 }
 
@@ -543,7 +580,7 @@ void skinny(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool 
   // Split K so that the grid is about one full wave (every block resident at once);
   // each warp keeps at least 2 groups so its double buffer has something to overlap.
   int slots = perSM * c.numSMs;
-  int splits = std::max(1, std::min(slots / std::max(1, tiles), G / (2 * SK_WK)));
+  int splits = capSplits(std::min(slots / std::max(1, tiles), G / (2 * SK_WK)), M);
   if (tiles > kTicketSlots) splits = 1;
   int gpb = (int)ceilDiv(G, splits);
   splits = (int)ceilDiv(G, gpb);
@@ -564,20 +601,22 @@ void skinny(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool 
 // XOR (2 * ((row >> 2) & 3)) so a lane's 4-row reads hit 32 distinct banks; x rows are
 // padded to 144 halves so LDS.64 A-fragment reads are conflict-free per half-warp.
 // Needs N/8 % 4 == 0 (16-byte aligned rows); awqSkinny serves the rest.
-constexpr int SP_STAGES = 4, SP_XLD = 144;
-template <int MI> struct SpCfg {
+constexpr int SP_XLD = 144;
+template <int MI, int ST = 4> struct SpCfg {
+  static constexpr int STAGES = ST;
   static constexpr int Q_BYTES = 128 * 32 * 4, S_BYTES = 512, Z_BYTES = 128, X_BYTES = MI * 16 * SP_XLD * 2;
   static constexpr int STAGE = Q_BYTES + S_BYTES + Z_BYTES + X_BYTES;
   static constexpr int RED = SK_WK * 16 * SK_COLS * 4;
-  static constexpr size_t SMEM = (size_t)SP_STAGES * STAGE > (size_t)RED ? (size_t)SP_STAGES * STAGE : (size_t)RED;
+  static constexpr size_t SMEM = (size_t)STAGES * STAGE > (size_t)RED ? (size_t)STAGES * STAGE : (size_t)RED;
 };
 
-template <int MI>
+template <int MI, int ST>
 __global__ void __launch_bounds__(256) awqSkinnyPipe(
     const __half* __restrict__ x, const uint32_t* __restrict__ qw, const uint32_t* __restrict__ qz,
     const __half* __restrict__ sc, float* __restrict__ ws, void* __restrict__ out, bool outF16,
     int M, int K, int N, int groupsPerBlock) {
-  using C = SpCfg<MI>;
+  using C = SpCfg<MI, ST>;
+  constexpr int SP_STAGES = ST;
   constexpr int ROWS = MI * 16;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ unsigned int isLastSh;
@@ -713,41 +752,38 @@ __global__ void __launch_bounds__(256) awqSkinnyPipe(
   __syncthreads();
   if (!isLastSh) return;
   __threadfence();
-  const int rows = min(M, ROWS);
-  for (int idx = tid; idx < rows * SK_COLS; idx += 256) {
-    int m = idx / SK_COLS, n = col0 + idx % SK_COLS;
-    if (n >= N) continue;
-    int64_t o = (int64_t)m * N + n;
-    float v = 0.f;
-    for (int s = 0; s < splits; ++s) v += __ldcg(ws + (int64_t)s * M * N + o);
-    if (outF16) static_cast<__half*>(out)[o] = __float2half(v);
-    else static_cast<float*>(out)[o] = v;
-  }
+  skinnyFinalReduce(ws, out, outF16, M, N, min(M, ROWS), col0, splits);
   if (tid == 0) gSkinnyTickets[blockIdx.x] = 0;
 }
 
-template <int MI>
-void skinnyPipe(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
-  using Cfg = SpCfg<MI>;
+
+template <int MI, int ST>
+void skinnyPipeT(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
+  using Cfg = SpCfg<MI, ST>;
   static int perSM = 0;
   if (!perSM) {
-    MC_CUDA(cudaFuncSetAttribute(awqSkinnyPipe<MI>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Cfg::SMEM));
-    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, awqSkinnyPipe<MI>, 256, Cfg::SMEM));
+    MC_CUDA(cudaFuncSetAttribute(awqSkinnyPipe<MI, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Cfg::SMEM));
+    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, awqSkinnyPipe<MI, ST>, 256, Cfg::SMEM));
     if (perSM < 1) perSM = 1;
   }
   const int W = N / 8, G = K / kGroup;
   const int tiles = (int)ceilDiv(W, SK_COLS / 8);
   int slots = perSM * c.numSMs;
-  int splits = std::max(1, std::min(slots / std::max(1, tiles), G / 2));
+  int splits = capSplits(std::min(slots / std::max(1, tiles), G / 2), M);
   if (tiles > kTicketSlots) splits = 1;
   int gpb = (int)ceilDiv(G, splits);
   splits = (int)ceilDiv(G, gpb);
   float* ws = nullptr;
   if (splits > 1) ws = static_cast<float*>(c.scratch->get((size_t)splits * M * N * 4, c.stream));
   dim3 grid((unsigned)tiles, (unsigned)splits);
-  awqSkinnyPipe<MI><<<grid, 256, Cfg::SMEM, c.stream>>>(x, w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(),
-                                                        w.scales.as<__half>(), ws, out, f16, M, K, N, gpb);
+  awqSkinnyPipe<MI, ST><<<grid, 256, Cfg::SMEM, c.stream>>>(x, w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(),
+                                                            w.scales.as<__half>(), ws, out, f16, M, K, N, gpb);
   MC_LAUNCHED("awqSkinnyPipe");
+}
+template <int MI>
+void skinnyPipe(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
+  if (MI == 1 && awqSkinnyStages1 == 5) skinnyPipeT<1, 5>(c, x, w, out, f16, M, K, N);
+  else skinnyPipeT<MI, 4>(c, x, w, out, f16, M, K, N);
 }
 
 template <int MT, int VEC>

@@ -1,37 +1,48 @@
 // fp16 linear (lm_head), out [M, N] = x f16 [M, K] @ w f16 [N, K]^T, fp32 accumulation.
 // A memory-bound GEMV: one warp per output column, 16-byte loads of the weight row,
-// up to 8 rows of x per pass (larger M loops in passes of 8; lm_head usually runs on
-// the few rows gathered for sampling).
+// up to 8 rows of x per pass (larger M loops over passes of 8 inside the kernel, so the
+// weights come from DRAM once; lm_head usually runs on the few rows gathered for sampling).
 #include "common.cuh"
 
 namespace medcluster {
 namespace cuda {
 namespace {
 
-template <int MT>
+template <int MT, int P>  // P passes of MT rows (M <= MT * P)
 __global__ void __launch_bounds__(256) linearGemv(const __half* __restrict__ x,  // [M, K]
                                                   const __half* __restrict__ w,  // [N, K]
                                                   void* __restrict__ out, bool outF16, int M, int K, int N) {
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * 8 + (threadIdx.x >> 5);
   if (n >= N) return;
-  float acc[MT];
-#pragma unroll
-  for (int m = 0; m < MT; ++m) acc[m] = 0.f;
   const __half* wr = w + (int64_t)n * K;
+  float acc[P][MT];
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[p][m] = 0.f;
   if (K % 8 == 0) {
-    for (int k = lane * 8; k < K; k += 32 * 8) {
-      uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + k));
-      const __half2* w2 = reinterpret_cast<const __half2*>(&wv);
+    // K in chunks of 1024: the passes over a chunk re-read its 2 KB of the weight row from
+    // L1, so the weights come from DRAM once whatever M is (session 2 re-launched per 8 rows).
+    for (int kc = 0; kc < K; kc += 1024) {
+      const int kEnd = min(K, kc + 1024);
 #pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        if (m >= M) break;
-        uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (int64_t)m * K + k));
-        const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
+      for (int p = 0; p < P; ++p) {
+        if (p * MT >= M) break;
+        for (int k = kc + lane * 8; k < kEnd; k += 32 * 8) {
+          uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + k));
+          const __half2* w2 = reinterpret_cast<const __half2*>(&wv);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          float2 a = __half22float2(w2[j]), b = __half22float2(x2[j]);
-          acc[m] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[m]));
+          for (int m = 0; m < MT; ++m) {
+            if (p * MT + m >= M) break;
+            uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (int64_t)(p * MT + m) * K + k));
+            const __half2* x2 = reinterpret_cast<const __half2*>(&xv);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              float2 a = __half22float2(w2[j]), b = __half22float2(x2[j]);
+              acc[p][m] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[p][m]));
+            }
+          }
         }
       }
     }
@@ -39,19 +50,24 @@ __global__ void __launch_bounds__(256) linearGemv(const __half* __restrict__ x, 
     for (int k = lane; k < K; k += 32) {
       float a = __half2float(wr[k]);
 #pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (m < M) acc[m] = fmaf(a, __half2float(x[(int64_t)m * K + k]), acc[m]);
+      for (int p = 0; p < P; ++p)
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+          if (p * MT + m < M) acc[p][m] = fmaf(a, __half2float(x[(int64_t)(p * MT + m) * K + k]), acc[p][m]);
     }
   }
 #pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    float v = acc[m];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0 && m < M) {
-      if (outF16) static_cast<__half*>(out)[(int64_t)m * N + n] = __float2half(v);
-      else static_cast<float*>(out)[(int64_t)m * N + n] = v;
+  for (int p = 0; p < P; ++p)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      float v = acc[p][m];
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0 && p * MT + m < M) {
+        const int64_t oi = (int64_t)(p * MT + m) * N + n;
+        if (outF16) static_cast<__half*>(out)[oi] = __float2half(v);
+        else static_cast<float*>(out)[oi] = v;
+      }
     }
-  }
 }
 
 }  // namespace
@@ -61,14 +77,16 @@ void launchLinear(const Ctx& c, const View& x, const View& w, const View& out) {
   const int M = (int)(x.numel() / K);
   const bool f16 = out.dtype == DType::F16;
   const size_t rowOut = (size_t)N * dtypeSize(out.dtype);
-  for (int m0 = 0; m0 < M; m0 += 8) {
-    int mm = std::min(8, M - m0);
+  unsigned grid = (unsigned)ceilDiv(N, 8);
+  for (int m0 = 0; m0 < M; m0 += 64) {  // up to 64 rows per launch
+    const int mm = std::min(64, M - m0);
     const __half* xp = x.as<__half>() + (size_t)m0 * K;
     void* op = static_cast<char*>(out.data) + m0 * rowOut;
-    unsigned grid = (unsigned)ceilDiv(N, 8);
-    if (mm == 1) linearGemv<1><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
-    else if (mm <= 4) linearGemv<4><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
-    else linearGemv<8><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
+    if (mm == 1) linearGemv<1, 1><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
+    else if (mm <= 4) linearGemv<4, 1><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
+    else if (mm <= 8) linearGemv<8, 1><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
+    else if (mm <= 16) linearGemv<8, 2><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
+    else linearGemv<8, 8><<<grid, 256, 0, c.stream>>>(xp, w.as<__half>(), op, f16, mm, K, N);
     MC_LAUNCHED("linear");
   }
 }

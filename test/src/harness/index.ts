@@ -1,5 +1,5 @@
 // Shared test harness: real processes and real sockets, never stubs.
-export { freePort } from '@medcluster/coordinator';
+export { freePort } from '@medcluster/worker';
 export {
   defaultSearchDirs,
   findNatsServer,

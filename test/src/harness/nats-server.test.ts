@@ -1,4 +1,4 @@
-import { freePort } from '@medcluster/coordinator';
+import { freePort } from '@medcluster/worker';
 import { connect } from 'nats';
 import { describe, expect, it } from 'vitest';
 import { findNatsServer, NatsServerError, startNatsServer } from './nats-server.js';

@@ -4,7 +4,7 @@ import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import { connect as connectTcp } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
-import { freePort } from '@medcluster/coordinator';
+import { freePort } from '@medcluster/worker';
 
 /** nats-server is missing, failed to start, or did not accept connections in time. */
 export class NatsServerError extends Error {

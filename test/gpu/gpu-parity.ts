@@ -1,0 +1,282 @@
+// GPU tests, run on demand (`npm run test:gpu`, or bundled onto the GPU machine): every kernel
+// of the CUDA backend against the CPU backend on fresh random inputs (odd shapes included),
+// then the tiny model's greedy tokens and logits on CUDA against CPU. Where there is no CUDA
+// device it says so and exits 0.
+
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BlockAllocator, LocalExecutor, loadTokenizer } from '@medcluster/coordinator';
+import { createDevice, type Device, type DType, packAwqInt4, type Tensor } from '@medcluster/kernels';
+import { randomNibbles, relativeError, rng, uniform } from '@medcluster/kernels/testing';
+import { makeModel, openCheckpoint } from '@medcluster/worker';
+
+let passed = 0;
+let failed = 0;
+
+function check(name: string, err: number, tol: number): void {
+  const ok = Number.isFinite(err) && err <= tol;
+  if (ok) passed++;
+  else failed++;
+  console.log(
+    `${ok ? 'ok  ' : 'FAIL'} ${name}: rel err ${err.toExponential(2)} (tol ${tol.toExponential(0)})`,
+  );
+}
+
+function checkEqual(name: string, a: ArrayLike<number>, b: ArrayLike<number>): void {
+  let same = a.length === b.length;
+  for (let i = 0; same && i < a.length; i++) same = a[i] === b[i];
+  if (same) passed++;
+  else failed++;
+  console.log(`${same ? 'ok  ' : 'FAIL'} ${name}: ${same ? 'identical' : 'differs'}`);
+}
+
+/** The same host data on both devices. */
+function both(
+  cpu: Device,
+  gpu: Device,
+  data: Float32Array | Int32Array,
+  shape: number[],
+  dtype: DType,
+): [Tensor, Tensor] {
+  return [cpu.fromArray(data, shape, dtype), gpu.fromArray(data, shape, dtype)];
+}
+
+async function compareOps(cpu: Device, gpu: Device): Promise<void> {
+  const rand = rng(Date.now() & 0x7fffffff); // fresh inputs every run
+  const read = async (t: Tensor) => (await t.read()) as Float32Array;
+
+  for (const [m, k, n] of [
+    [1, 512, 1536],
+    [3, 1536, 512],
+    [17, 1024, 776],
+    [64, 2048, 1024],
+    [300, 512, 640],
+  ]) {
+    const g = 128;
+    const x = uniform(rand, m * k);
+    const qweight = packAwqInt4(randomNibbles(rand, k * n), k, n);
+    const qzeros = packAwqInt4(randomNibbles(rand, (k / g) * n), k / g, n);
+    const scales = uniform(rand, (k / g) * n, 0.001, 0.02);
+    const [xc, xg] = both(cpu, gpu, x, [m, k], 'f16');
+    const [qc, qg] = both(cpu, gpu, qweight, [k, n / 8], 'i32');
+    const [zc, zg] = both(cpu, gpu, qzeros, [k / g, n / 8], 'i32');
+    const [sc, sg] = both(cpu, gpu, scales, [k / g, n], 'f16');
+    for (const out of ['f16', 'f32'] as const) {
+      const a = await read(cpu.awqLinear(xc, { qweight: qc, qzeros: zc, scales: sc, groupSize: g }, out));
+      const b = await read(gpu.awqLinear(xg, { qweight: qg, qzeros: zg, scales: sg, groupSize: g }, out));
+      check(`awqLinear M=${m} K=${k} N=${n} -> ${out}`, relativeError(b, a), out === 'f16' ? 3e-3 : 2e-3);
+    }
+  }
+
+  {
+    const [m, k, n] = [5, 512, 3001];
+    const [xc, xg] = both(cpu, gpu, uniform(rand, m * k), [m, k], 'f16');
+    const [wc, wg] = both(cpu, gpu, uniform(rand, n * k, -0.05, 0.05), [n, k], 'f16');
+    check(
+      `linear M=${m} K=${k} N=${n}`,
+      relativeError(await read(gpu.linear(xg, wg, 'f32')), await read(cpu.linear(xc, wc, 'f32'))),
+      1e-4,
+    );
+  }
+
+  {
+    const [t, h] = [7, 512];
+    const [xc, xg] = both(cpu, gpu, uniform(rand, t * h, -3, 3), [t, h], 'f32');
+    const [wc, wg] = both(cpu, gpu, uniform(rand, h, 0.5, 1.5), [h], 'f16');
+    check(
+      'rmsNorm',
+      relativeError(await read(gpu.rmsNorm(xg, wg, 1e-5)), await read(cpu.rmsNorm(xc, wc, 1e-5))),
+      2e-3,
+    );
+    const [dc, dg] = both(cpu, gpu, uniform(rand, t * h), [t, h], 'f32');
+    const a = await read(cpu.addRmsNorm(xc, dc, wc, 1e-5));
+    const b = await read(gpu.addRmsNorm(xg, dg, wg, 1e-5));
+    check('addRmsNorm (normed)', relativeError(b, a), 2e-3);
+    check('addRmsNorm (residual)', relativeError(await read(xg), await read(xc)), 1e-6);
+  }
+
+  {
+    const [t, nq, nk, hd] = [9, 8, 4, 64];
+    const [qc, qg] = both(cpu, gpu, uniform(rand, t * nq * hd), [t, nq * hd], 'f16');
+    const [kc, kg] = both(cpu, gpu, uniform(rand, t * nk * hd), [t, nk * hd], 'f16');
+    const pos = Int32Array.from({ length: t }, (_, i) => 3 + i * 37);
+    const [pc, pg] = both(cpu, gpu, pos, [t], 'i32');
+    cpu.rope(qc, kc, pc, hd, 10000);
+    gpu.rope(qg, kg, pg, hd, 10000);
+    check('rope q', relativeError(await read(qg), await read(qc)), 2e-3);
+    check('rope k', relativeError(await read(kg), await read(kc)), 2e-3);
+  }
+
+  {
+    const [t, i] = [6, 1536];
+    const [gc, gg] = both(cpu, gpu, uniform(rand, t * i, -4, 4), [t, i], 'f16');
+    const [uc, ug] = both(cpu, gpu, uniform(rand, t * i), [t, i], 'f16');
+    check('siluMul', relativeError(await read(gpu.siluMul(gg, ug)), await read(cpu.siluMul(gc, uc))), 2e-3);
+  }
+
+  {
+    const [v, h] = [1000, 256];
+    const [tc, tg] = both(cpu, gpu, uniform(rand, v * h), [v, h], 'f16');
+    const ids = Int32Array.from([0, 999, 17, 17, 512]);
+    const [ic, ig] = both(cpu, gpu, ids, [ids.length], 'i32');
+    const ec = cpu.embedding(tc, ic);
+    const eg = gpu.embedding(tg, ig);
+    checkEqual('embedding', await read(eg), await read(ec));
+    const rows = Int32Array.from([4, 0, 2]);
+    const [rc, rg] = both(cpu, gpu, rows, [3], 'i32');
+    checkEqual('gatherRows', await read(gpu.gatherRows(eg, rg)), await read(cpu.gatherRows(ec, rc)));
+    const [lc, lg] = both(cpu, gpu, uniform(rand, 4 * 32019, -5, 5), [4, 32019], 'f32');
+    checkEqual('argmax', await gpu.argmax(lg).read(), await cpu.argmax(lc).read());
+  }
+
+  // Paged attention: three sequences (prefill, decode, long context with a partial last block), GQA 8:1 and 2:1.
+  for (const [nh, nkv, hd] of [
+    [8, 1, 128],
+    [8, 4, 64],
+  ]) {
+    const blockSize = 16;
+    const lens = [37, 1, 2100];
+    const starts = [0, 200, 0];
+    const numBlocks = 200;
+    const cacheShape = [numBlocks, blockSize, nkv, hd];
+    const kcC = cpu.zeros(cacheShape, 'f16');
+    const vcC = cpu.zeros(cacheShape, 'f16');
+    const kcG = gpu.zeros(cacheShape, 'f16');
+    const vcG = gpu.zeros(cacheShape, 'f16');
+    const perSeq = 140;
+    const tables = new Int32Array(3 * perSeq);
+    for (let s = 0; s < 3; s++)
+      for (let b = 0; b < perSeq; b++) tables[s * perSeq + b] = (s * 61 + b * 7) % numBlocks;
+    // Fill each sequence's history (positions before its step) and the step itself.
+    const positions: number[] = [];
+    const tokenSeq: number[] = [];
+    for (let s = 0; s < 3; s++) {
+      const total = starts[s] + lens[s];
+      for (let p = 0; p < total; p++) {
+        positions.push(p);
+        tokenSeq.push(s);
+      }
+    }
+    const t = positions.length;
+    const slots = Int32Array.from(
+      positions,
+      (p, i) => tables[tokenSeq[i] * perSeq + Math.floor(p / blockSize)] * blockSize + (p % blockSize),
+    );
+    const [kc, kg] = both(cpu, gpu, uniform(rand, t * nkv * hd), [t, nkv * hd], 'f16');
+    const [vc, vg] = both(cpu, gpu, uniform(rand, t * nkv * hd), [t, nkv * hd], 'f16');
+    const [sc, sg] = both(cpu, gpu, slots, [t], 'i32');
+    cpu.writeKv(kcC, vcC, kc, vc, sc);
+    gpu.writeKv(kcG, vcG, kg, vg, sg);
+    // Queries: the step's tokens only (the last lens[s] positions of each sequence).
+    const qPos: number[] = [];
+    const qSeq: number[] = [];
+    for (let s = 0; s < 3; s++) {
+      for (let p = starts[s]; p < starts[s] + lens[s]; p++) {
+        qPos.push(p);
+        qSeq.push(s);
+      }
+    }
+    const tq = qPos.length;
+    const [qc, qg] = both(cpu, gpu, uniform(rand, tq * nh * hd, -2, 2), [tq, nh * hd], 'f16');
+    const [btc, btg] = both(cpu, gpu, tables, [3, perSeq], 'i32');
+    const [tsc, tsg] = both(cpu, gpu, Int32Array.from(qSeq), [tq], 'i32');
+    const [pc, pg] = both(cpu, gpu, Int32Array.from(qPos), [tq], 'i32');
+    const shape = { numHeads: nh, numKvHeads: nkv, headDim: hd };
+    const a = await read(cpu.attention(qc, kcC, vcC, btc, tsc, pc, shape));
+    const b = await read(gpu.attention(qg, kcG, vcG, btg, tsg, pg, shape));
+    check(
+      `attention GQA ${nh}:${nkv} hd=${hd} (prefill 37, decode at 200, prefill 2100)`,
+      relativeError(b, a),
+      3e-3,
+    );
+  }
+}
+
+async function compareTinyModel(): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'medcluster-gpu-'));
+  try {
+    await makeModel({ out: dir, preset: 'tiny', seed: 0 });
+    const checkpoint = await openCheckpoint(dir);
+    const tokenizer = await loadTokenizer(dir);
+    const runs: { logits: Float32Array; tokens: number[]; margins: number[] }[][] = [];
+    for (const device of ['cpu', 'cuda'] as const) {
+      const executor = await LocalExecutor.create({ checkpoint, device, numBlocks: 128, blockSize: 16 });
+      const blocks = new BlockAllocator(128, 16);
+      const perPrompt = [];
+      for (const prompt of ['The patient presented with', 'Question: What causes anemia?\nAnswer:']) {
+        const ids = tokenizer.encode(prompt);
+        const table: number[] = [];
+        blocks.ensure(table, ids.length + 32);
+        let logits = await executor.execute([
+          {
+            seqId: 'p',
+            startPos: 0,
+            numTokens: ids.length,
+            tokens: ids,
+            blockTable: table,
+            wantLogits: true,
+          },
+        ]);
+        const first = logits;
+        const tokens: number[] = [];
+        const margins: number[] = [];
+        for (let s = 0; s < 32; s++) {
+          const order = Array.from(logits.keys()).sort((x, y) => logits[y] - logits[x]);
+          tokens.push(order[0]);
+          margins.push(logits[order[0]] - logits[order[1]]);
+          logits = await executor.execute([
+            {
+              seqId: 'p',
+              startPos: ids.length + s,
+              numTokens: 1,
+              tokens: [order[0]],
+              blockTable: table,
+              wantLogits: true,
+            },
+          ]);
+        }
+        blocks.release(table);
+        perPrompt.push({ logits: first, tokens, margins });
+      }
+      await executor.close();
+      runs.push(perPrompt);
+    }
+    for (let p = 0; p < runs[0].length; p++) {
+      const [c, g] = [runs[0][p], runs[1][p]];
+      check(`tiny model prompt ${p}: prompt logits cuda vs cpu`, relativeError(g.logits, c.logits), 2e-3);
+      const tie = c.margins.findIndex((m) => m < 0.05);
+      const n = tie < 0 ? 32 : tie;
+      checkEqual(
+        `tiny model prompt ${p}: ${n} greedy tokens before the first near-tie`,
+        g.tokens.slice(0, n),
+        c.tokens.slice(0, n),
+      );
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  let gpu: Device;
+  try {
+    gpu = createDevice({ kind: 'cuda' });
+  } catch (err) {
+    console.log(`GPU tests skipped: ${(err as Error).message}`);
+    return;
+  }
+  console.log(`GPU tests on ${gpu.name}`);
+  const cpu = createDevice({ kind: 'cpu' });
+  await compareOps(cpu, gpu);
+  await cpu.close();
+  await gpu.close();
+  await compareTinyModel();
+  console.log(`${passed} passed, ${failed} failed`);
+  if (failed > 0) process.exitCode = 1;
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,80 @@
+// The whole model on the CPU backend is batch-invariant: a token's logits are bit-identical
+// whether its sequence runs alone or beside others, wherever the prefill chunks end, and
+// whether its position was computed in a prefill or a decode step. Serving relies on this:
+// a request gets the same tokens however the scheduler batches it.
+
+import { BlockAllocator, LocalExecutor } from '@medcluster/coordinator';
+import { openCheckpoint, type SeqStep } from '@medcluster/worker';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { testModel } from './models.js';
+
+const PROMPT = Array.from({ length: 40 }, (_, i) => 1 + ((i * 7919) % 32000));
+const OTHER = Array.from({ length: 23 }, (_, i) => 1 + ((i * 104729 + 5) % 32000));
+
+describe('batch invariance of the full model (CPU)', () => {
+  let executor: LocalExecutor;
+  const blocks = new BlockAllocator(64, 16);
+
+  beforeAll(async () => {
+    const dir = await testModel();
+    executor = await LocalExecutor.create({
+      checkpoint: await openCheckpoint(dir),
+      device: 'cpu',
+      numBlocks: 64,
+      blockSize: 16,
+    });
+  });
+  afterAll(async () => executor?.close());
+
+  /** Runs `chunks` (token counts) of PROMPT for one sequence; returns the last step's logits. */
+  async function prefillInChunks(chunks: number[], others: SeqStep[] = []): Promise<Float32Array> {
+    const table: number[] = [];
+    blocks.ensure(table, PROMPT.length);
+    try {
+      let start = 0;
+      let logits: Float32Array = new Float32Array();
+      for (const [i, n] of chunks.entries()) {
+        const last = i === chunks.length - 1;
+        const step: SeqStep = {
+          seqId: 'x',
+          startPos: start,
+          numTokens: n,
+          tokens: PROMPT.slice(start, start + n),
+          blockTable: table,
+          wantLogits: last,
+        };
+        const out = await executor.execute(last ? [...others, step] : [step]);
+        logits = out.subarray(out.length - executor.vocabRows);
+        start += n;
+      }
+      return logits;
+    } finally {
+      blocks.release(table);
+    }
+  }
+
+  test('one prefill, uneven prefill chunks, and token-by-token decode give identical logits', async () => {
+    const whole = await prefillInChunks([PROMPT.length]);
+    expect(await prefillInChunks([7, 16, 17])).toEqual(whole);
+    expect(await prefillInChunks(PROMPT.map(() => 1))).toEqual(whole);
+  });
+
+  test('a sequence batched beside another gives the logits it gets alone', async () => {
+    const alone = await prefillInChunks([PROMPT.length]);
+    const table: number[] = [];
+    blocks.ensure(table, OTHER.length);
+    try {
+      const other: SeqStep = {
+        seqId: 'y',
+        startPos: 0,
+        numTokens: OTHER.length,
+        tokens: OTHER,
+        blockTable: table,
+        wantLogits: true,
+      };
+      expect(await prefillInChunks([PROMPT.length], [other])).toEqual(alone);
+    } finally {
+      blocks.release(table);
+    }
+  });
+});
