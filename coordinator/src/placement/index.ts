@@ -1,11 +1,3 @@
-export {
-  type PlacementModelConfig,
-  PROJ_NAMES,
-  type ProjName,
-  type ProjShape,
-  projShape,
-  type SplitKind,
-} from './model-shape.js';
 export { PlacementError } from './placement-error.js';
 export {
   type PlacedStage,
@@ -17,6 +9,5 @@ export {
   shardSpecFor,
   type WorkerShard,
 } from './plan-placement.js';
-export { type IndexRange, type TensorRange, type TpSlice, tpSlice, vocabShard } from './tp-slice.js';
 export { SUPPORTED_TP, validateTensorParallel } from './validate-tp.js';
 export { awqLinearBytes, embedBytesForRank, layerBytesPerRank, lmHeadBytesForRank } from './weight-bytes.js';

@@ -1,5 +1,5 @@
+import type { TpModelConfig } from '@medcluster/worker';
 import { describe, expect, it } from 'vitest';
-import type { PlacementModelConfig } from './model-shape.js';
 import { PlacementError } from './placement-error.js';
 import { type PlacementPlan, type PlacementWorker, planPlacement, shardSpecFor } from './plan-placement.js';
 import { layerBytesPerRank } from './weight-bytes.js';
@@ -7,7 +7,7 @@ import { layerBytesPerRank } from './weight-bytes.js';
 const GB = 1e9;
 const GIB = 1024 ** 3;
 
-const MEDITRON_70B: PlacementModelConfig = {
+const MEDITRON_70B: TpModelConfig = {
   numLayers: 80,
   hiddenSize: 8192,
   intermediateSize: 28672,
@@ -18,7 +18,7 @@ const MEDITRON_70B: PlacementModelConfig = {
   quant: { groupSize: 128 },
 };
 
-const TINY: PlacementModelConfig = {
+const TINY: TpModelConfig = {
   numLayers: 4,
   hiddenSize: 512,
   intermediateSize: 1536,

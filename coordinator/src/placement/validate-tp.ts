@@ -1,12 +1,11 @@
 // Whether a model can be split over tp ranks at all (independent of workers).
-import { type PlacementModelConfig, PROJ_NAMES, projShape } from './model-shape.js';
+import { PROJ_NAMES, projShape, TensorParallelError, type TpModelConfig, tpSlice } from '@medcluster/worker';
 import { PlacementError } from './placement-error.js';
-import { tpSlice } from './tp-slice.js';
 
 export const SUPPORTED_TP: readonly number[] = [1, 2, 4, 8];
 
 /** Throws PlacementError saying why config cannot be split over tp ranks. */
-export function validateTensorParallel(config: PlacementModelConfig, tp: number): void {
+export function validateTensorParallel(config: TpModelConfig, tp: number): void {
   if (!SUPPORTED_TP.includes(tp)) {
     throw new PlacementError(`tp ${tp} is not supported: tp must be one of ${SUPPORTED_TP.join(', ')}`);
   }
@@ -28,7 +27,12 @@ export function validateTensorParallel(config: PlacementModelConfig, tp: number)
         `${proj}: ${inFeatures} input features are not a multiple of the AWQ group size ${g}`,
       );
     }
-    tpSlice(config, proj, tp, 0); // throws on a split off group boundaries or int32 packing
+    try {
+      tpSlice(config, proj, tp, 0); // throws on a split off group boundaries or int32 packing
+    } catch (err) {
+      if (err instanceof TensorParallelError) throw new PlacementError(err.message);
+      throw err;
+    }
   }
   if (config.vocabRows < tp) {
     throw new PlacementError(`vocabulary of ${config.vocabRows} rows cannot be split over tp ${tp}`);

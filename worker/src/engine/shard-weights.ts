@@ -3,7 +3,8 @@
 
 import type { AwqLinear, Device, DType, Tensor } from '@medcluster/kernels';
 import type { Checkpoint, LlamaConfig, TensorEntry } from '../checkpoint/types.js';
-import { evenSplit, type Range, vocabShard } from './tp-slices.js';
+import type { ProjName } from './model-shape.js';
+import { type IndexRange, type TensorRange, tpSlice, vocabShard } from './tp-slice.js';
 import type { ShardSpec } from './types.js';
 
 export interface LayerWeights {
@@ -24,7 +25,7 @@ export interface ShardWeights {
   finalNorm?: Tensor;
   lmHead?: Tensor;
   /** Vocabulary rows of lm_head held by this rank. */
-  vocabRange?: Range;
+  vocabRange?: IndexRange;
 }
 
 /** Called after each tensor is queued for reading. */
@@ -39,8 +40,14 @@ function dtypeOf(entry: TensorEntry): DType {
 }
 
 interface Region {
-  rows?: Range;
-  cols?: Range;
+  rows?: IndexRange;
+  cols?: IndexRange;
+}
+
+/** A TensorRange (one dimension sliced) as rows/cols of a 2-D read. */
+function region(range: TensorRange): Region {
+  const r = { start: range.start, end: range.end };
+  return range.dim === 0 ? { rows: r } : { cols: r };
 }
 
 class ShardReader {
@@ -77,25 +84,14 @@ class ShardReader {
     return tensor;
   }
 
-  /** A column-parallel AWQ layer: output columns `cols` (multiples of 8). */
-  awqColumns(prefix: string, cols: Range, groupSize: number): AwqLinear {
-    const packed = { start: cols.start / 8, end: cols.end / 8 };
+  /** This rank's part of one AWQ linear, as MODEL.md's tensor-parallel split rules say. */
+  awq(prefix: string, proj: ProjName, config: LlamaConfig, spec: ShardSpec): AwqLinear {
+    const slice = tpSlice(config, proj, spec.tpSize, spec.tpRank);
     return {
-      qweight: this.read(`${prefix}.qweight`, { cols: packed }),
-      qzeros: this.read(`${prefix}.qzeros`, { cols: packed }),
-      scales: this.read(`${prefix}.scales`, { cols }),
-      groupSize,
-    };
-  }
-
-  /** A row-parallel AWQ layer: input rows `rows` (on group boundaries). */
-  awqRows(prefix: string, rows: Range, groupSize: number): AwqLinear {
-    const groups = { start: rows.start / groupSize, end: rows.end / groupSize };
-    return {
-      qweight: this.read(`${prefix}.qweight`, { rows }),
-      qzeros: this.read(`${prefix}.qzeros`, { rows: groups }),
-      scales: this.read(`${prefix}.scales`, { rows: groups }),
-      groupSize,
+      qweight: this.read(`${prefix}.qweight`, region(slice.qweight)),
+      qzeros: this.read(`${prefix}.qzeros`, region(slice.qzeros)),
+      scales: this.read(`${prefix}.scales`, region(slice.scales)),
+      groupSize: config.quant.groupSize,
     };
   }
 }
@@ -134,34 +130,29 @@ export function loadShardWeights(
   onProgress?: LoadProgress,
 ): ShardWeights {
   const { config } = checkpoint;
-  const { tpRank: rank, tpSize: tp } = spec;
-  const g = config.quant.groupSize;
   const reader = new ShardReader(device, checkpoint, shardBytes(checkpoint, spec), onProgress);
-  const qCols = evenSplit(config.numHeads * config.headDim, tp, rank, config.headDim, 'query heads');
-  const kvCols = evenSplit(config.numKvHeads * config.headDim, tp, rank, config.headDim, 'KV heads');
-  const mlpCols = evenSplit(config.intermediateSize, tp, rank, g, 'intermediate size');
-  const oRows = evenSplit(config.numHeads * config.headDim, tp, rank, g, 'o_proj input');
-
   const layers: LayerWeights[] = [];
   for (let i = spec.layerStart; i < spec.layerEnd; i++) {
     const p = `model.layers.${i}`;
+    const awq = (proj: ProjName, module: 'self_attn' | 'mlp') =>
+      reader.awq(`${p}.${module}.${proj}`, proj, config, spec);
     layers.push({
       inputNorm: reader.read(`${p}.input_layernorm.weight`),
-      q: reader.awqColumns(`${p}.self_attn.q_proj`, qCols, g),
-      k: reader.awqColumns(`${p}.self_attn.k_proj`, kvCols, g),
-      v: reader.awqColumns(`${p}.self_attn.v_proj`, kvCols, g),
-      o: reader.awqRows(`${p}.self_attn.o_proj`, oRows, g),
+      q: awq('q_proj', 'self_attn'),
+      k: awq('k_proj', 'self_attn'),
+      v: awq('v_proj', 'self_attn'),
+      o: awq('o_proj', 'self_attn'),
       postAttentionNorm: reader.read(`${p}.post_attention_layernorm.weight`),
-      gate: reader.awqColumns(`${p}.mlp.gate_proj`, mlpCols, g),
-      up: reader.awqColumns(`${p}.mlp.up_proj`, mlpCols, g),
-      down: reader.awqRows(`${p}.mlp.down_proj`, mlpCols, g),
+      gate: awq('gate_proj', 'mlp'),
+      up: awq('up_proj', 'mlp'),
+      down: awq('down_proj', 'mlp'),
     });
   }
   const weights: ShardWeights = { layers };
   if (spec.embeds) weights.embed = reader.read('model.embed_tokens.weight');
   if (spec.computesLogits) {
     weights.finalNorm = reader.read('model.norm.weight');
-    weights.vocabRange = vocabShard(config.vocabRows, tp, rank);
+    weights.vocabRange = vocabShard(config.vocabRows, spec.tpSize, spec.tpRank);
     weights.lmHead = reader.read('lm_head.weight', { rows: weights.vocabRange });
   }
   return weights;

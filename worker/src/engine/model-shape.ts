@@ -1,5 +1,6 @@
-// The model fields placement needs (a subset of the checkpoint's LlamaConfig).
-export interface PlacementModelConfig {
+// The model fields that decide how tensor parallelism splits the block linears (a subset of
+// the checkpoint's LlamaConfig, so the placement planner can use them without a checkpoint).
+export interface TpModelConfig {
   numLayers: number;
   hiddenSize: number;
   intermediateSize: number;
@@ -39,7 +40,7 @@ export interface ProjShape {
 }
 
 /** Full (unsplit) shape of a block linear and how tensor parallelism splits it. */
-export function projShape(config: PlacementModelConfig, proj: ProjName): ProjShape {
+export function projShape(config: TpModelConfig, proj: ProjName): ProjShape {
   const h = config.hiddenSize;
   const q = config.numHeads * config.headDim;
   const kv = config.numKvHeads * config.headDim;

@@ -1,9 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import type { PlacementModelConfig } from './model-shape.js';
-import { PlacementError } from './placement-error.js';
-import { tpSlice, vocabShard } from './tp-slice.js';
+import type { TpModelConfig } from './model-shape.js';
+import { TensorParallelError, tpSlice, vocabShard } from './tp-slice.js';
 
-const MEDITRON_70B: PlacementModelConfig = {
+const MEDITRON_70B: TpModelConfig = {
   numLayers: 80,
   hiddenSize: 8192,
   intermediateSize: 28672,
@@ -43,7 +42,7 @@ describe('vocabShard', () => {
   });
 
   it('rejects a rank out of range', () => {
-    expect(() => vocabShard(32019, 2, 2)).toThrow(PlacementError);
+    expect(() => vocabShard(32019, 2, 2)).toThrow(TensorParallelError);
   });
 });
 

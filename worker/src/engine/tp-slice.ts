@@ -1,14 +1,14 @@
 // Which part of each tensor a tensor-parallel rank reads (MODEL.md, "Tensor parallel split
 // rules"). Column-parallel q/k/v/gate/up: whole heads / columns of the output dim. Row-parallel
 // o/down: input rows on AWQ group boundaries. Embedding and lm_head: rows of the vocabulary.
-import {
-  PACK_FACTOR,
-  type PlacementModelConfig,
-  type ProjName,
-  projShape,
-  type SplitKind,
-} from './model-shape.js';
-import { PlacementError } from './placement-error.js';
+import { PACK_FACTOR, type ProjName, projShape, type SplitKind, type TpModelConfig } from './model-shape.js';
+/** A tensor-parallel split that the model's shapes do not allow. */
+export class TensorParallelError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TensorParallelError';
+  }
+}
 
 /** Half-open index range [start, end). */
 export interface IndexRange {
@@ -42,9 +42,10 @@ export interface TpSlice {
 }
 
 function checkRank(tp: number, rank: number): void {
-  if (!Number.isInteger(tp) || tp < 1) throw new PlacementError(`tp must be a positive integer, got ${tp}`);
+  if (!Number.isInteger(tp) || tp < 1)
+    throw new TensorParallelError(`tp must be a positive integer, got ${tp}`);
   if (!Number.isInteger(rank) || rank < 0 || rank >= tp) {
-    throw new PlacementError(`tp rank ${rank} is not in 0..${tp - 1}`);
+    throw new TensorParallelError(`tp rank ${rank} is not in 0..${tp - 1}`);
   }
 }
 
@@ -55,7 +56,7 @@ function checkRank(tp: number, rank: number): void {
 export function vocabShard(vocabRows: number, tp: number, rank: number): IndexRange {
   checkRank(tp, rank);
   if (!Number.isInteger(vocabRows) || vocabRows < tp) {
-    throw new PlacementError(`vocabulary of ${vocabRows} rows cannot be split over tp ${tp}`);
+    throw new TensorParallelError(`vocabulary of ${vocabRows} rows cannot be split over tp ${tp}`);
   }
   const base = Math.floor(vocabRows / tp);
   const extra = vocabRows % tp;
@@ -64,14 +65,14 @@ export function vocabShard(vocabRows: number, tp: number, rank: number): IndexRa
 }
 
 /** The part of proj's qweight, qzeros and scales that rank reads. Throws if the split is invalid. */
-export function tpSlice(config: PlacementModelConfig, proj: ProjName, tp: number, rank: number): TpSlice {
+export function tpSlice(config: TpModelConfig, proj: ProjName, tp: number, rank: number): TpSlice {
   checkRank(tp, rank);
   const { inFeatures, outFeatures, split } = projShape(config, proj);
   const g = config.quant.groupSize;
   if (split === 'column') {
     const cols = outFeatures / tp;
     if (!Number.isInteger(cols) || cols % PACK_FACTOR !== 0) {
-      throw new PlacementError(
+      throw new TensorParallelError(
         `${proj}: ${outFeatures} output columns over tp ${tp} is not a whole multiple of ${PACK_FACTOR} columns per rank (one int32 packs ${PACK_FACTOR})`,
       );
     }
@@ -83,7 +84,7 @@ export function tpSlice(config: PlacementModelConfig, proj: ProjName, tp: number
         ? { start: (rank * headCount) / tp, end: ((rank + 1) * headCount) / tp }
         : undefined;
     if (heads !== undefined && !Number.isInteger(heads.start)) {
-      throw new PlacementError(`${proj}: ${headCount} heads do not split evenly over tp ${tp}`);
+      throw new TensorParallelError(`${proj}: ${headCount} heads do not split evenly over tp ${tp}`);
     }
     return {
       proj,
@@ -100,7 +101,7 @@ export function tpSlice(config: PlacementModelConfig, proj: ProjName, tp: number
   }
   const rows = inFeatures / tp;
   if (!Number.isInteger(rows) || rows % g !== 0) {
-    throw new PlacementError(
+    throw new TensorParallelError(
       `${proj}: ${inFeatures} input rows over tp ${tp} gives ${rows} rows per rank, not a multiple of the AWQ group size ${g}`,
     );
   }
