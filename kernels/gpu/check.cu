@@ -470,7 +470,7 @@ static void bench(Backend& b) {
   for (int si = 0; si < 2; ++si)
     for (size_t mi = 0; mi < Ms.size(); ++mi) {
       char tgt[32] = "-";
-      if (si == 0 && targets[mi] > 0) snprintf(tgt, sizeof tgt, "%.3f %s", targets[mi], blockSum[si][mi] <= targets[mi] ? "met" : "MISSED");
+      if (si == 0 && targets[mi] > 0 && blockSum[si][mi] > 0) snprintf(tgt, sizeof tgt, "%.3f %s", targets[mi], blockSum[si][mi] <= targets[mi] ? "met" : "MISSED");
       printf("| %s | %d | %.4f | %s | %.4f |\n", si ? "tp=2" : "tp=1", Ms[mi], blockSum[si][mi], tgt, blockCublas[si][mi]);
     }
 }

@@ -19,7 +19,7 @@
 namespace medcluster {
 namespace cuda {
 
-int awqSkinnyStages1 = 5;  // cp.async ring depth of the M <= 16 skinny variant (5 or 4; 2 blocks/SM either way)
+int awqSkinnyStages1 = 4;  // cp.async ring depth of the M <= 16 skinny variant (4 or 5; 5 measured no faster, session 3)
 // Split-K cap: the last block of a column tile reads splits x M x 256 partials, so
 // splits x M is bounded (0: no cap, the session-2 behaviour; M = 64 k/v then took ~0.1 ms each).
 int awqSkinnySplitCap = 256;
