@@ -55,9 +55,11 @@ export async function upCommand(argv: string[]): Promise<void> {
     log: (line) => console.error(line),
   });
   let healthy = true;
+  let stopping = false;
   for (const w of cluster.workers) {
     w.process.on('exit', (code, signal) => {
       healthy = false;
+      if (stopping) return;
       console.error(
         `medcluster up: worker ${w.id} exited (${signal ?? `code ${code}`}); the cluster is degraded`,
       );
@@ -84,6 +86,7 @@ export async function upCommand(argv: string[]): Promise<void> {
       })),
     healthy: () => healthy,
     stopCluster: async () => {
+      stopping = true;
       healthy = false;
       await cluster.stop();
     },
