@@ -138,16 +138,18 @@ async function compareOps(cpu: Device, gpu: Device): Promise<void> {
     const blockSize = 16;
     const lens = [37, 1, 2100];
     const starts = [0, 200, 0];
-    const numBlocks = 200;
+    const perSeq = 140;
+    const numBlocks = 3 * perSeq;
     const cacheShape = [numBlocks, blockSize, nkv, hd];
     const kcC = cpu.zeros(cacheShape, 'f16');
     const vcC = cpu.zeros(cacheShape, 'f16');
     const kcG = gpu.zeros(cacheShape, 'f16');
     const vcG = gpu.zeros(cacheShape, 'f16');
-    const perSeq = 140;
+    // Each sequence owns its own blocks (sequences never share KV), scattered within its range.
     const tables = new Int32Array(3 * perSeq);
-    for (let s = 0; s < 3; s++)
-      for (let b = 0; b < perSeq; b++) tables[s * perSeq + b] = (s * 61 + b * 7) % numBlocks;
+    for (let s = 0; s < 3; s++) {
+      for (let b = 0; b < perSeq; b++) tables[s * perSeq + b] = s * perSeq + ((b * 11) % perSeq);
+    }
     // Fill each sequence's history (positions before its step) and the step itself.
     const positions: number[] = [];
     const tokenSeq: number[] = [];
