@@ -7,6 +7,7 @@ export * from './engine/model-shape.js';
 export * from './engine/shard-runner.js';
 export * from './engine/shard-weights.js';
 export * from './engine/step-inputs.js';
+export * from './engine/synthetic-weights.js';
 export * from './engine/tp-slice.js';
 export * from './engine/types.js';
 export * from './node/activation.js';

@@ -5,7 +5,7 @@
 
 import { writeFile } from 'node:fs/promises';
 import type { DeviceKind } from '@medcluster/kernels';
-import { openCheckpoint } from '@medcluster/worker';
+import { openCheckpoint, presetConfig } from '@medcluster/worker';
 import { blocksNeeded, type DecodeRow, formatDecodeTable, measureDecode } from '../bench/measure-decode.js';
 import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
@@ -14,8 +14,8 @@ import { LocalExecutor } from '../scheduler/local-executor.js';
 import { intFlag, parseFlags, UsageError } from './args.js';
 
 const USAGE = `usage: medcluster bench kernels [--json PATH]
-       medcluster bench decode [--model DIR] [--device cpu|cuda] [--batch 1,4,16] [--prompt-tokens N]
-                               [--decode-tokens N] [--json PATH]
+       medcluster bench decode [--model DIR | --synthetic tiny|llama-2-70b [--layers N]] [--device cpu|cuda]
+                               [--batch 1,4,16] [--prompt-tokens N] [--decode-tokens N] [--json PATH]
        medcluster bench cluster [--model DIR] [--batch 1,4] [--prompt-tokens N] [--decode-tokens N]
                                 [--setups 1x1,2x1,1x2,2x2] [--json PATH]`;
 
@@ -67,13 +67,36 @@ async function report(
 }
 
 async function benchDecode(argv: string[]): Promise<void> {
-  const flags = parseFlags(argv, { ...SHAPE_FLAGS, device: { type: 'string', default: 'cpu' } }, USAGE);
+  const flags = parseFlags(
+    argv,
+    {
+      ...SHAPE_FLAGS,
+      device: { type: 'string', default: 'cpu' },
+      synthetic: { type: 'string' },
+      layers: { type: 'string' },
+    },
+    USAGE,
+  );
   const device = flags.device as DeviceKind;
-  const modelDir = flags.model ?? (await ensureGeneratedModel());
+  if (flags.synthetic && flags.model) throw new UsageError('give either --model or --synthetic, not both');
+  // Synthetic weights: random values of a preset's exact shapes, generated on the device (no file).
+  const source = flags.synthetic
+    ? {
+        synthetic: {
+          config: presetConfig(flags.synthetic, {
+            layers: flags.layers ? intFlag(flags.layers, 'layers') : undefined,
+          }),
+          seed: 1,
+        },
+      }
+    : { checkpoint: await openCheckpoint(flags.model ?? (await ensureGeneratedModel())) };
+  const modelDir = flags.synthetic
+    ? `synthetic ${flags.synthetic}`
+    : (source as { checkpoint: { dir: string } }).checkpoint.dir;
   const list = shapes(flags);
   const blocks = new BlockAllocator(Math.max(...list.map((s) => blocksNeeded(s, BLOCK_SIZE))), BLOCK_SIZE);
   const executor = await LocalExecutor.create({
-    checkpoint: await openCheckpoint(modelDir),
+    ...source,
     device,
     numBlocks: blocks.numBlocks,
     blockSize: BLOCK_SIZE,

@@ -2,16 +2,15 @@
 // Used by `medcluster generate --model` and by tests as the one-worker reference.
 
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
-import { type Checkpoint, type SeqStep, ShardRunner } from '@medcluster/worker';
+import { type SeqStep, ShardRunner, type WeightSource } from '@medcluster/worker';
 import type { StepExecutor } from './executor.js';
 
-export interface LocalExecutorOptions {
-  checkpoint: Checkpoint;
+export type LocalExecutorOptions = WeightSource & {
   device: DeviceKind;
   numBlocks: number;
   blockSize: number;
   threads?: number;
-}
+};
 
 export class LocalExecutor implements StepExecutor {
   readonly maxInFlight = 1;
@@ -27,10 +26,10 @@ export class LocalExecutor implements StepExecutor {
   static async create(options: LocalExecutorOptions): Promise<LocalExecutor> {
     const device = createDevice({ kind: options.device, threads: options.threads });
     try {
-      const { config } = options.checkpoint;
+      const config = 'checkpoint' in options ? options.checkpoint.config : options.synthetic.config;
       const runner = await ShardRunner.load({
+        ...options,
         device,
-        checkpoint: options.checkpoint,
         spec: {
           layerStart: 0,
           layerEnd: config.numLayers,
@@ -39,8 +38,6 @@ export class LocalExecutor implements StepExecutor {
           embeds: true,
           computesLogits: true,
         },
-        numBlocks: options.numBlocks,
-        blockSize: options.blockSize,
       });
       return new LocalExecutor(device, runner);
     } catch (err) {

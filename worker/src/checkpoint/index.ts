@@ -21,7 +21,13 @@ export {
   makeModel,
 } from './make-model.js';
 export { INDEX_FILE, openCheckpoint, SINGLE_FILE } from './open.js';
-export { type ModelSpec, type PresetName, resolveModelSpec, type ShapeOverrides } from './presets.js';
+export {
+  type ModelSpec,
+  type PresetName,
+  presetConfig,
+  resolveModelSpec,
+  type ShapeOverrides,
+} from './presets.js';
 export { encodeSafetensorsHeader, readSafetensorsHeader } from './safetensors.js';
 export { generateFp16Weight, LM_HEAD_LOGIT_STD } from './tiny-weights.js';
 export { CHATML_TEMPLATE, MEDITRON_ADDED_TOKENS, writeTokenizerFiles } from './tokenizer-files.js';

@@ -1,7 +1,10 @@
 // Generator presets and the command-line overrides on top of them.
 
+import { parseConfig } from './config.js';
 import { CheckpointError } from './errors.js';
 import { type CheckpointShape, shapeProblems } from './layout.js';
+import { configJson } from './model-files.js';
+import type { LlamaConfig } from './types.js';
 
 export type PresetName = 'tiny' | 'llama-2-70b';
 
@@ -107,4 +110,10 @@ export function resolveModelSpec(preset: string, overrides: ShapeOverrides = {})
   if (problems.length > 0)
     throw new CheckpointError(`invalid model shape for preset ${preset}: ${problems.join('; ')}`);
   return spec;
+}
+
+/** The LlamaConfig a checkpoint of this preset would have, without writing one (synthetic weights). */
+export function presetConfig(preset: string, overrides: ShapeOverrides = {}): LlamaConfig {
+  const spec = resolveModelSpec(preset, overrides);
+  return { ...parseConfig(configJson(spec), undefined), vocabRows: spec.vocabRows };
 }

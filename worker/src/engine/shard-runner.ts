@@ -17,11 +17,14 @@ import {
   type ShardWeights,
 } from './shard-weights.js';
 import { buildStepInputs } from './step-inputs.js';
+import { syntheticShardWeights } from './synthetic-weights.js';
 import type { Collective, SeqStep, ShardSpec } from './types.js';
 
-export interface ShardRunnerOptions {
+/** Where a shard's weights come from: a checkpoint, or random values of a config's shapes. */
+export type WeightSource = { checkpoint: Checkpoint } | { synthetic: { config: LlamaConfig; seed: number } };
+
+export type ShardRunnerOptions = WeightSource & {
   device: Device;
-  checkpoint: Checkpoint;
   spec: ShardSpec;
   /** KV cache geometry: blocks of blockSize tokens. */
   numBlocks: number;
@@ -29,7 +32,7 @@ export interface ShardRunnerOptions {
   /** Required when spec.tpSize > 1. */
   collective?: Collective;
   onProgress?: LoadProgress;
-}
+};
 
 export interface StepResult {
   /** Hidden states [T, hidden] f32, for the next stage (non-last stages). */
@@ -51,7 +54,7 @@ export class ShardRunner {
 
   private constructor(options: ShardRunnerOptions, weights: ShardWeights) {
     this.device = options.device;
-    this.config = options.checkpoint.config;
+    this.config = 'checkpoint' in options ? options.checkpoint.config : options.synthetic.config;
     this.spec = options.spec;
     this.blockSize = options.blockSize;
     this.numBlocks = options.numBlocks;
@@ -76,7 +79,10 @@ export class ShardRunner {
     if (options.collective && options.collective.size !== spec.tpSize) {
       throw new Error(`collective has ${options.collective.size} ranks but the shard has tp=${spec.tpSize}`);
     }
-    const weights = loadShardWeights(options.device, options.checkpoint, spec, options.onProgress);
+    const weights =
+      'checkpoint' in options
+        ? loadShardWeights(options.device, options.checkpoint, spec, options.onProgress)
+        : syntheticShardWeights(options.device, options.synthetic.config, spec, options.synthetic.seed);
     const runner = new ShardRunner(options, weights);
     try {
       await options.device.sync();
