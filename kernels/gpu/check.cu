@@ -23,7 +23,7 @@
 #include "cublas_loader.h"
 
 using namespace medcluster;
-namespace medcluster { namespace cuda { extern int awqGemvMaxM, awqSkinnyMaxM, awqSkinnyMinBlocks, awqSkinnyPipeOn, awqSkinnyStages1, awqSkinnySplitCap; } }
+namespace medcluster { namespace cuda { extern int awqGemvMaxM, awqSkinnyMaxM, awqSkinnyMinBlocks, awqSkinnyPipeOn, awqSkinnyStages1, awqSkinnySplitCap, awqCoreMaxM, awqCoreVariant, awqCoreMaxSplits; } }
 
 int runE2E(Backend& b);      // e2e.cu
 int runReadPat(Backend& b);  // e2e.cu
@@ -402,9 +402,18 @@ static void bench(Backend& b) {
   if (getenv("MC_SKINNY_MINB")) cuda::awqSkinnyMinBlocks = atoi(getenv("MC_SKINNY_MINB"));
   if (getenv("MC_STAGES1")) cuda::awqSkinnyStages1 = atoi(getenv("MC_STAGES1"));
   if (getenv("MC_SPLITCAP")) cuda::awqSkinnySplitCap = atoi(getenv("MC_SPLITCAP"));
-  printf("skinny: stages(M<=16)=%d splitCap=%d\n", cuda::awqSkinnyStages1, cuda::awqSkinnySplitCap);
+  if (getenv("MC_CORE_MAXM")) cuda::awqCoreMaxM = atoi(getenv("MC_CORE_MAXM"));
+  if (getenv("MC_CORE_VAR")) cuda::awqCoreVariant = atoi(getenv("MC_CORE_VAR"));
+  if (getenv("MC_CORE_MAXSPLITS")) cuda::awqCoreMaxSplits = atoi(getenv("MC_CORE_MAXSPLITS"));
+  printf("skinny: stages(M<=16)=%d splitCap=%d; core GEMV: M<=%d variant %d maxSplits %d\n", cuda::awqSkinnyStages1,
+         cuda::awqSkinnySplitCap, cuda::awqCoreMaxM, cuda::awqCoreVariant, cuda::awqCoreMaxSplits);
   bool quick = getenv("MC_BENCH_QUICK") != nullptr;  // tp=1 shapes only, M <= 64, no cuBLAS
-  const double targets[] = {0.175, -1, 0.185, 0.24, -1, 2.8};
+  if (quick) {  // session 4: decode sizes, plus the worker's separate k/v and gate calls (not in the block sums)
+    Ms = {1, 2, 4, 16, 64};
+    sets[0].push_back({"k/v (extra)", 8192, 1024});
+    sets[0].push_back({"gate (extra)", 8192, 28672});
+  }
+  auto target = [](int M) { return M == 1 ? 0.175 : M == 16 ? 0.185 : M == 64 ? 0.24 : M == 1024 ? 2.8 : -1.0; };
   printf("\n| shape | M | awq ms | GB/s | %% copy | TFLOP/s | cuBLAS fp16 ms | cuBLAS GB/s |\n|---|---|---|---|---|---|---|---|\n");
   std::vector<std::vector<double>> blockSum(2, std::vector<double>(Ms.size(), 0)), blockCublas(2, std::vector<double>(Ms.size(), 0));
   auto x = b.alloc((size_t)1024 * 28672 * 2);
@@ -460,7 +469,7 @@ static void bench(Backend& b) {
           });
           blockCublas[si][mi] += cms2;
         }
-        blockSum[si][mi] += ms;
+        if (!strstr(sh.name, "(extra)")) blockSum[si][mi] += ms;
         printf("| %s %dx%d | %d | %.4f | %.0f | %.0f%% | %.1f | %.4f | %.0f |\n", sh.name, sh.K, sh.N, M, ms, gbs,
                100 * gbs / copyBw, tf, cms2, haveCublas ? (wb16 + (double)M * (sh.K + sh.N) * 2) / (cms2 * 1e-3) / 1e9 : 0.0);
         fflush(stdout);
@@ -470,7 +479,7 @@ static void bench(Backend& b) {
   for (int si = 0; si < 2; ++si)
     for (size_t mi = 0; mi < Ms.size(); ++mi) {
       char tgt[32] = "-";
-      if (si == 0 && targets[mi] > 0 && blockSum[si][mi] > 0) snprintf(tgt, sizeof tgt, "%.3f %s", targets[mi], blockSum[si][mi] <= targets[mi] ? "met" : "MISSED");
+      if (si == 0 && target(Ms[mi]) > 0 && blockSum[si][mi] > 0) snprintf(tgt, sizeof tgt, "%.3f %s", target(Ms[mi]), blockSum[si][mi] <= target(Ms[mi]) ? "met" : "MISSED");
       printf("| %s | %d | %.4f | %s | %.4f |\n", si ? "tp=2" : "tp=1", Ms[mi], blockSum[si][mi], tgt, blockCublas[si][mi]);
     }
 }
@@ -494,7 +503,11 @@ int main(int argc, char** argv) {
     nccl::check(nccl::api().getVersion(&v), "ncclGetVersion");
     printf("NCCL version: %d\n", v);
   } catch (std::exception& e) { printf("NCCL: %s\n", e.what()); }
+  // Core-GEMV knobs apply to every mode (--e2e too), so a baseline runs from the same binary.
+  if (getenv("MC_CORE_MAXM")) cuda::awqCoreMaxM = atoi(getenv("MC_CORE_MAXM"));
+  if (getenv("MC_CORE_VAR")) cuda::awqCoreVariant = atoi(getenv("MC_CORE_VAR"));
   if (doE2E || doPat) {
+    printf("core GEMV: M<=%d variant %d\n", cuda::awqCoreMaxM, cuda::awqCoreVariant);
     try {
       if (doPat) runReadPat(*b);
       if (doE2E) runE2E(*b);
@@ -548,6 +561,32 @@ int main(int argc, char** argv) {
       cuda::awqSkinnySplitCap = 0;
       checkAwq(*b, 64, 2048, 1024, DType::F16);  // uncapped (session-2 split rule)
       cuda::awqSkinnySplitCap = 256;
+      // Session 4: CUDA-core GEMV (awqCore, M <= awqCoreMaxM <= 4, default 1): every compiled variant (column tile 16/32
+      // chunks, 1/2 row chunks in flight, L2 hint), M at the switch points (2/3 with the default, 4/5 with
+      // M <= 4), K from 1 group (16 row chunks) to 224 groups (split-K tickets; row-chunk counts no split
+      // divides), N/8 not a multiple of the 64/128-word tile (36, 132, 260 words), both output dtypes,
+      // each shape twice (self-resetting tickets), and the split cap.
+      printf("-- core GEMV (session 4)\n");
+      for (int var = 0; var < 8; ++var) {
+        cuda::awqCoreMaxM = 4; cuda::awqCoreVariant = var;
+        printf("-- core variant %d\n", var);
+        int cs[][3] = {{1, 128, 256}, {1, 384, 288}, {2, 8192, 1024}, {3, 1152, 1056}, {4, 2048, 2080},
+                       {5, 640, 544}, {1, 28672, 512}, {4, 1280, 288}, {2, 256, 10240}};
+        for (auto& s : cs) for (int rep = 0; rep < 2; ++rep) checkAwq(*b, s[0], s[1], s[2], rep ? DType::F32 : DType::F16);
+      }
+      cuda::awqCoreVariant = 0;
+      cuda::awqCoreMaxM = 1;  // default switch point (1/2)
+      checkAwq(*b, 1, 8192, 1024, DType::F16);
+      checkAwq(*b, 1, 8192, 1024, DType::F32);
+      checkAwq(*b, 2, 8192, 1024, DType::F16);  // -> skinny tensor-core path
+      cuda::awqCoreMaxM = 2;
+      checkAwq(*b, 2, 8192, 1024, DType::F32);
+      checkAwq(*b, 3, 8192, 1024, DType::F16);  // -> skinny tensor-core path
+      cuda::awqCoreMaxM = 1;
+      checkAwq(*b, 1, 1024, 296, DType::F16);   // N/8 % 4 != 0 -> skinny register kernel
+      cuda::awqCoreMaxSplits = 3;
+      checkAwq(*b, 1, 4096, 1024, DType::F32);
+      cuda::awqCoreMaxSplits = 0;
       checkLinear(*b, 64, 1024, 1000, DType::F32);
       checkLinear(*b, 13, 520, 777, DType::F16);
       checkLinear(*b, 70, 2048, 300, DType::F32);

@@ -5,6 +5,8 @@
 // columns (2j, 2j+1), so one lop3 turns a word shifted by 4j into a half2 pair of columns.
 //
 // Kernels:
+//  - awqCore<MT, ...>: M <= awqCoreMaxM (default 1; session 4), CUDA cores, no shared memory in the main
+//    loop: 8-16 independent 16-byte streaming loads per thread, fp32 FMAs, in-kernel split-K reduction.
 //  - awqSkinnyPipe<MI> / awqSkinny<MI>: M <= 64 (default path), tensor cores with B fragments
 //    dequantized in registers from the raw layout, one launch (split-K reduced by the last block).
 //  - awqGemv<MT>: legacy (off by default, awqGemvMaxM = 0), CUDA cores. Memory-bound: 16-byte loads, 16 rows of loads in
@@ -23,6 +25,10 @@ int awqSkinnyStages1 = 4;  // cp.async ring depth of the M <= 16 skinny variant 
 // Split-K cap: the last block of a column tile reads splits x M x 256 partials, so
 // splits x M is bounded (0: no cap, the session-2 behaviour; M = 64 k/v then took ~0.1 ms each).
 int awqSkinnySplitCap = 256;
+// Session 4: CUDA-core GEMV (awqCore) for M <= awqCoreMaxM (1..4 compiled; default 1); variant and split cap are bench knobs.
+int awqCoreMaxM = 1;  // M = 2 measured slower than the tensor-core path (MT = 2 needs 254 registers: 1 block/SM)
+int awqCoreVariant = 0;
+int awqCoreMaxSplits = 0;  // 0: no cap beyond one wave
 
 namespace {
 
@@ -786,6 +792,225 @@ void skinnyPipe(const Ctx& c, const __half* x, const AwqWeights& w, void* out, b
   else skinnyPipeT<MI, 4>(c, x, w, out, f16, M, K, N);
 }
 
+// ---------------------------------------------------------------------------------
+// awqCore<MT, CL, U, L2P>: CUDA-core GEMV for M <= 4 (session 4). No shared memory and no
+// barrier in the main loop: each thread owns one 16-byte chunk (4 words = 32 columns) of a
+// CL-chunk (CL x 16 B contiguous per row) column tile and streams "row chunks" of 8
+// consecutive K rows: 8 independent 16-byte ld.global.nc.L1::no_allocate loads per row
+// chunk (x U row chunks issued before the first use). Block = 256 threads = CL chunk lanes
+// x S = 256/CL row slots; slot s takes row chunks rcBeg + s, + S, ... of the block's K range
+// (split-K over blockIdx.y at row-chunk granularity, so small matrices still fill the GPU).
+// Dequant: lop3 -> half2 {1024+q}, hsub2 (1024+z) (exact), hmul2 s (the same rounding as
+// the tensor-core path), then fp32 FMAs with x (fp32 accumulation). Epilogue: shuffle +
+// one shared-memory pass over the slots, then plain stores (one split) or fp32 partials,
+// a per-tile ticket and the last block's reduction (no memset, no extra launch).
+constexpr int kCoreTicketSlots = 1 << 14;
+__device__ unsigned int gCoreTickets[kCoreTicketSlots];  // zero at module load; self-resetting
+
+__device__ __forceinline__ uint4 ldStream16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint4 ldStream16L2(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+template <int MT, int CL, int U, bool L2P, int MINB>
+__global__ void __launch_bounds__(256, MINB) awqCore(
+    const __half* __restrict__ x, const uint32_t* __restrict__ qw, const uint32_t* __restrict__ qz,
+    const __half* __restrict__ sc, float* __restrict__ ws, void* __restrict__ out, bool outF16,
+    int M, int K, int N, int rcPerBlock) {
+  constexpr int S = 256 / CL;          // row slots per block
+  constexpr int TILE_W = 4 * CL;       // words per column tile
+  constexpr int TILE_C = 8 * TILE_W;   // columns per column tile
+  constexpr int RP = CL + 1;           // padded stride of the reduction buffer
+  __shared__ float red[8][32][RP];
+  __shared__ unsigned int isLastSh;
+  const int W = N / 8;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int chunk = tid % CL, slot = tid / CL;
+  const int w0 = blockIdx.x * TILE_W + 4 * chunk;
+  const bool ok = w0 < W;
+  const int RC = K / 8;
+  const int rcBeg = blockIdx.y * rcPerBlock;
+  const int rcEnd = min(RC, rcBeg + rcPerBlock);
+
+  float acc[MT][32];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[m][i] = 0.f;
+
+  if (ok) {
+    const uint32_t* qbase = qw + w0;
+    for (int rc0 = rcBeg + slot; rc0 < rcEnd; rc0 += S * U) {
+      uint4 q[U][8];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int rc = rc0 + u * S;
+        if (u == 0 || rc < rcEnd) {
+#pragma unroll
+          for (int r = 0; r < 8; ++r) {
+            const uint32_t* p = qbase + (int64_t)(rc * 8 + r) * W;
+            q[u][r] = L2P ? ldStream16L2(p) : ldStream16(p);
+          }
+        } else {
+#pragma unroll
+          for (int r = 0; r < 8; ++r) q[u][r] = make_uint4(0x64006400u, 0x64006400u, 0x64006400u, 0x64006400u);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int rc = rc0 + u * S;
+        if (u > 0 && rc >= rcEnd) break;
+        const int grp = rc >> 4;  // 16 row chunks per 128-row group
+        const uint4 zw = __ldg(reinterpret_cast<const uint4*>(qz + (int64_t)grp * W + w0));
+        const uint4* sp = reinterpret_cast<const uint4*>(sc + (int64_t)grp * N + (int64_t)w0 * 8);
+        float xf[MT][8];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          if (m < M) {
+            uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (int64_t)m * K + rc * 8));
+            const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+#pragma unroll
+            for (int p = 0; p < 4; ++p) { float2 f = __half22float2(xh[p]); xf[m][2 * p] = f.x; xf[m][2 * p + 1] = f.y; }
+          } else {
+#pragma unroll
+            for (int r = 0; r < 8; ++r) xf[m][r] = 0.f;
+          }
+        }
+        const uint32_t zv[4] = {zw.x, zw.y, zw.z, zw.w};
+#pragma unroll
+        for (int v = 0; v < 4; ++v) {
+          const uint4 sv = __ldg(sp + v);
+          const __half2* s2 = reinterpret_cast<const __half2*>(&sv);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const __half2 z2 = nibblePair(zv[v], j);
+#pragma unroll
+            for (int r = 0; r < 8; ++r) {
+              const uint32_t qv = v == 0 ? q[u][r].x : v == 1 ? q[u][r].y : v == 2 ? q[u][r].z : q[u][r].w;
+              const float2 wf = __half22float2(__hmul2(__hsub2(nibblePair(qv, j), z2), s2[j]));
+#pragma unroll
+              for (int m = 0; m < MT; ++m) {
+                acc[m][v * 8 + 2 * j] = fmaf(xf[m][r], wf.x, acc[m][v * 8 + 2 * j]);
+                acc[m][v * 8 + 2 * j + 1] = fmaf(xf[m][r], wf.y, acc[m][v * 8 + 2 * j + 1]);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // Reduce over the S slots: lanes of one warp first (CL = 16: two slots per warp), then
+  // across the 8 warps through shared memory, one output row at a time.
+  const int split = blockIdx.y, splits = gridDim.y;
+  const int col0 = blockIdx.x * TILE_C;
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m >= M) break;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      float v = acc[m][i];
+      if constexpr (CL == 16) v += __shfl_xor_sync(0xffffffffu, v, 16);
+      if (CL == 32 || lane < 16) red[warp][i][chunk] = v;
+    }
+    __syncthreads();
+    for (int c2 = tid; c2 < TILE_C / 2; c2 += 256) {
+      const int cl = 2 * c2, ch = cl >> 5, i = cl & 31;
+      float v0 = 0.f, v1 = 0.f;
+#pragma unroll
+      for (int w = 0; w < 8; ++w) { v0 += red[w][i][ch]; v1 += red[w][i + 1][ch]; }
+      const int n = col0 + cl;
+      if (n < N) {
+        const int64_t o = (int64_t)m * N + n;
+        if (splits > 1) *reinterpret_cast<float2*>(ws + (int64_t)split * M * N + o) = make_float2(v0, v1);
+        else if (outF16) *reinterpret_cast<__half2*>(static_cast<__half*>(out) + o) = __floats2half2_rn(v0, v1);
+        else *reinterpret_cast<float2*>(static_cast<float*>(out) + o) = make_float2(v0, v1);
+      }
+    }
+    __syncthreads();
+  }
+  if (splits == 1) return;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) isLastSh = atomicAdd(&gCoreTickets[blockIdx.x], 1u) == (unsigned)splits - 1;
+  __syncthreads();
+  if (!isLastSh) return;
+  __threadfence();
+  // Last block of this column tile: sum the splits' partials, 4 columns per thread, 8 loads in flight.
+  constexpr int C4 = TILE_C / 4;
+  const int64_t MN = (int64_t)M * N;
+  for (int idx = tid; idx < M * C4; idx += 256) {
+    const int m = idx / C4, n = col0 + (idx % C4) * 4;
+    if (n >= N) continue;
+    const int64_t o = (int64_t)m * N + n;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) {
+      float4 p = __ldcg(reinterpret_cast<const float4*>(ws + s * MN + o));
+      v.x += p.x; v.y += p.y; v.z += p.z; v.w += p.w;
+    }
+    if (outF16) {
+      __half2 a = __floats2half2_rn(v.x, v.y), b = __floats2half2_rn(v.z, v.w);
+      __half2* op = reinterpret_cast<__half2*>(static_cast<__half*>(out) + o);
+      op[0] = a; op[1] = b;
+    } else {
+      float* op = static_cast<float*>(out) + o;
+      *reinterpret_cast<float2*>(op) = make_float2(v.x, v.y);
+      *reinterpret_cast<float2*>(op + 2) = make_float2(v.z, v.w);
+    }
+  }
+  if (tid == 0) gCoreTickets[blockIdx.x] = 0;
+}
+
+template <int MT, int CL, int U, bool L2P, int MINB>
+void coreT(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
+  static int perSM = 0;
+  if (!perSM) {
+    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSM, awqCore<MT, CL, U, L2P, MINB>, 256, 0));
+    if (perSM < 1) perSM = 1;
+  }
+  constexpr int S = 256 / CL;
+  const int W = N / 8, RC = K / 8;
+  const int tiles = (int)ceilDiv(W, 4 * CL);
+  // One full wave of resident blocks; every slot keeps at least one row chunk.
+  int splits = std::max(1, std::min(perSM * c.numSMs / std::max(1, tiles), RC / S));
+  if (awqCoreMaxSplits > 0) splits = std::min(splits, awqCoreMaxSplits);
+  if (tiles > kCoreTicketSlots) splits = 1;
+  int rpb = (int)ceilDiv(RC, splits);
+  rpb = (int)ceilDiv(rpb, S) * S;  // whole passes of the S slots
+  splits = (int)ceilDiv(RC, rpb);
+  float* ws = nullptr;
+  if (splits > 1) ws = static_cast<float*>(c.scratch->get((size_t)splits * M * N * 4, c.stream));
+  dim3 grid((unsigned)tiles, (unsigned)splits);
+  awqCore<MT, CL, U, L2P, MINB><<<grid, 256, 0, c.stream>>>(x, w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(),
+                                                           w.scales.as<__half>(), ws, out, f16, M, K, N, rpb);
+  MC_LAUNCHED("awqCore");
+}
+
+template <int MT>
+void coreM(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
+  // awqCoreVariant: 0 = CL 16, U 1; 1 = CL 32, U 1; 2 = CL 16, U 2; 3 = CL 32, U 2; +4: L2::256B hint.
+  constexpr int MB = MT == 1 ? 2 : 1;  // blocks per SM the U = 1 build is register-capped for (MT = 2 spills at 128)
+  switch (awqCoreVariant) {
+    case 1: return coreT<MT, 32, 1, false, MB>(c, x, w, out, f16, M, K, N);
+    case 2: return coreT<MT, 16, 2, false, 1>(c, x, w, out, f16, M, K, N);
+    case 3: return coreT<MT, 32, 2, false, 1>(c, x, w, out, f16, M, K, N);
+    case 4: return coreT<MT, 16, 1, true, MB>(c, x, w, out, f16, M, K, N);
+    case 5: return coreT<MT, 32, 1, true, MB>(c, x, w, out, f16, M, K, N);
+    case 6: return coreT<MT, 16, 2, true, 1>(c, x, w, out, f16, M, K, N);
+    case 7: return coreT<MT, 32, 2, true, 1>(c, x, w, out, f16, M, K, N);
+    default: return coreT<MT, 16, 1, false, MB>(c, x, w, out, f16, M, K, N);
+  }
+}
+
 template <int MT, int VEC>
 void runGemv(const Ctx& c, const __half* x, const AwqWeights& w, float* ws, void* out, bool f16,
              int M, int K, int N, int splits, int gpb) {
@@ -910,6 +1135,13 @@ void launchAwqLinear(const Ctx& c, const View& x, const AwqWeights& w, const Vie
   const size_t rowOut = (size_t)N * dtypeSize(out.dtype);
   // The tensor-core kernel loads 4 words (32 columns) at a time: N/8 must divide by 4.
   const bool mmaOk = (N / 8) % 4 == 0;
+  const bool coreAligned = (reinterpret_cast<uintptr_t>(xp) & 15) == 0 && (reinterpret_cast<uintptr_t>(op) & 7) == 0;
+  if (M <= std::min(awqCoreMaxM, 4) && (N / 8) % 4 == 0 && coreAligned) {
+    if (M == 1) coreM<1>(c, xp, w, op, f16, M, K, N);
+    else if (M == 2) coreM<2>(c, xp, w, op, f16, M, K, N);
+    else coreM<4>(c, xp, w, op, f16, M, K, N);
+    return;
+  }
   if (M > awqGemvMaxM && M <= awqSkinnyMaxM && awqSkinnyPipeOn && (N / 8) % 4 == 0) {
     if (M <= 16) skinnyPipe<1>(c, xp, w, op, f16, M, K, N);
     else if (M <= 32) skinnyPipe<2>(c, xp, w, op, f16, M, K, N);
