@@ -11,10 +11,10 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { safetensorsDigests, testModel } from './models.js';
 
 /** Relative L2 error allowed on the prompt's last-position logits. Our activations are fp16
- * between kernels (fp32 accumulation); the reference is fp32 throughout. Measured: 6.6e-4. */
+ * between kernels (fp32 accumulation); the reference is fp32 throughout. Measured: 6.0-6.8e-4. */
 const LOGITS_REL_TOL = 2e-3;
 /** Greedy tokens must match wherever the reference's top-2 margin is at least this (logit units).
- * Our largest absolute logit error is 0.018, so a margin can move by at most ~0.036. */
+ * Our largest absolute logit error is 0.017, so a margin can move by at most ~0.034. */
 const NEAR_TIE_MARGIN = 0.05;
 
 interface ReferenceCase {
