@@ -413,6 +413,57 @@ __device__ __forceinline__ void skinnyFinalReduce(const float* __restrict__ ws, 
   }
 }
 
+// The common end of the skinny kernels: reduces the warps' accumulators through shared
+// memory one m16 tile at a time, then either writes the output (one split) or stores fp32
+// partials, and the last-arriving split of this column tile sums them (self-resetting ticket).
+// `red` is SK_WK x 16 x SK_COLS floats of shared memory; every thread of the block calls this.
+template <int MI>
+__device__ __forceinline__ void skinnyEpilogue(const float (&acc)[MI][8][4], float (*red)[16][SK_COLS],
+                                               unsigned int& isLastSh, float* __restrict__ ws,
+                                               void* __restrict__ out, bool outF16, int M, int N, int col0) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wn = warp % SK_WN, wk = warp / SK_WN;
+  const int g = lane >> 2, t = lane & 3;
+  const int split = blockIdx.y, splits = gridDim.y;
+  // C element (row g [+8], col 2t+e of n-tile i) is physical column 8*(word of lane 4*(2t+e)) + order[i]
+  // -> local column wn*64 + (2t+e)*8 + order[i].
+#pragma unroll
+  for (int a = 0; a < MI; ++a) {
+    if (a * 16 >= M) break;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int row = g + (e >> 1) * 8;
+        int col = wn * 64 + (2 * t + (e & 1)) * 8 + ((i & 3) * 2 + (i >> 2));
+        red[wk][row][col] = acc[a][i][e];
+      }
+    __syncthreads();
+    for (int idx = tid; idx < 16 * SK_COLS; idx += 256) {
+      int row = idx / SK_COLS, col = idx % SK_COLS;
+      int m = a * 16 + row, n = col0 + col;
+      if (m < M && n < N) {
+        float v = red[0][row][col] + red[1][row][col];
+        int64_t o = (int64_t)m * N + n;
+        if (splits > 1) ws[(int64_t)split * M * N + o] = v;
+        else if (outF16) static_cast<__half*>(out)[o] = __float2half(v);
+        else static_cast<float*>(out)[o] = v;
+      }
+    }
+    __syncthreads();
+  }
+  if (splits == 1) return;
+  // Split-K: the last block to arrive for this column tile sums the partials.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) isLastSh = atomicAdd(&gSkinnyTickets[blockIdx.x], 1u) == (unsigned)splits - 1;
+  __syncthreads();
+  if (!isLastSh) return;
+  __threadfence();
+  skinnyFinalReduce(ws, out, outF16, M, N, min(M, MI * 16), col0, splits);
+  if (tid == 0) gSkinnyTickets[blockIdx.x] = 0;  // ready for the next call on this stream
+}
+
 __device__ __forceinline__ uint32_t ldStream(const uint32_t* p) {
   uint32_t v;
   asm("ld.global.nc.L1::no_allocate.b32 %0, [%1];" : "=r"(v) : "l"(p));
@@ -434,7 +485,6 @@ __global__ void __launch_bounds__(256, MINB) awqSkinny(
     const __half* __restrict__ sc,    // [K/G, N]
     float* __restrict__ ws,           // [splits, M, N] fp32 partials (splits > 1)
     void* __restrict__ out, bool outF16, int M, int K, int N, int groupsPerBlock) {
-  constexpr int ROWS = MI * 16;
   __shared__ float red[SK_WK][16][SK_COLS];  // one m16 tile at a time (32 KB)
   __shared__ unsigned int isLastSh;
   const int W = N / 8, G = K / kGroup;
@@ -530,48 +580,7 @@ __global__ void __launch_bounds__(256, MINB) awqSkinny(
     grp = n2;
   }
 
-  // Block reduction, one m16 tile at a time: C element (row g [+8], col 2t+e of n-tile i)
-  // is physical column 8*(word of lane 4*(2t+e)) + order[i] -> local column wn*64 + (2t+e)*8 + order[i].
-  const int split = blockIdx.y, splits = gridDim.y;
-  const int col0 = tileW0 * 8;
-#pragma unroll
-  for (int a = 0; a < MI; ++a) {
-    if (a * 16 >= M) break;
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int row = g + (e >> 1) * 8;
-        int col = wn * 64 + (2 * t + (e & 1)) * 8 + ((i & 3) * 2 + (i >> 2));
-        red[wk][row][col] = acc[a][i][e];
-      }
-    __syncthreads();
-    for (int idx = tid; idx < 16 * SK_COLS; idx += 256) {
-      int row = idx / SK_COLS, col = idx % SK_COLS;
-      int m = a * 16 + row, n = col0 + col;
-      if (m < M && n < N) {
-        float v = red[0][row][col] + red[1][row][col];
-        int64_t o = (int64_t)m * N + n;
-        if (splits > 1) ws[(int64_t)split * M * N + o] = v;
-        else if (outF16) static_cast<__half*>(out)[o] = __float2half(v);
-        else static_cast<float*>(out)[o] = v;
-      }
-    }
-    __syncthreads();
-  }
-  if (splits == 1) return;
-  // Split-K: the last block to arrive for this column tile sums the partials.
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    unsigned int ticket = atomicAdd(&gSkinnyTickets[blockIdx.x], 1u);
-    isLastSh = ticket == (unsigned)splits - 1;
-  }
-  __syncthreads();
-  if (!isLastSh) return;
-  __threadfence();
-  skinnyFinalReduce(ws, out, outF16, M, N, min(M, ROWS), col0, splits);
-  if (tid == 0) gSkinnyTickets[blockIdx.x] = 0;  // ready for the next call on this stream
+  skinnyEpilogue<MI>(acc, red, isLastSh, ws, out, outF16, M, N, tileW0 * 8);
 }
 
 template <int MI, int MINB = 1>
@@ -723,43 +732,8 @@ __global__ void __launch_bounds__(256) awqSkinnyPipe(
   cpAsyncWait<0>();
   __syncthreads();  // the ring is free: reuse it for the block reduction
 
-  float (*red)[16][SK_COLS] = reinterpret_cast<float (*)[16][SK_COLS]>(smem);
-  const int split = blockIdx.y, splits = gridDim.y;
-  const int col0 = tileW0 * 8;
-#pragma unroll
-  for (int a = 0; a < MI; ++a) {
-    if (a * 16 >= M) break;
-#pragma unroll
-    for (int i = 0; i < 8; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int row = g + (e >> 1) * 8;
-        int col = wn * 64 + (2 * t + (e & 1)) * 8 + ((i & 3) * 2 + (i >> 2));
-        red[wk][row][col] = acc[a][i][e];
-      }
-    __syncthreads();
-    for (int idx = tid; idx < 16 * SK_COLS; idx += 256) {
-      int row = idx / SK_COLS, col = idx % SK_COLS;
-      int m = a * 16 + row, n = col0 + col;
-      if (m < M && n < N) {
-        float v = red[0][row][col] + red[1][row][col];
-        int64_t o = (int64_t)m * N + n;
-        if (splits > 1) ws[(int64_t)split * M * N + o] = v;
-        else if (outF16) static_cast<__half*>(out)[o] = __float2half(v);
-        else static_cast<float*>(out)[o] = v;
-      }
-    }
-    __syncthreads();
-  }
-  if (splits == 1) return;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) isLastSh = atomicAdd(&gSkinnyTickets[blockIdx.x], 1u) == (unsigned)splits - 1;
-  __syncthreads();
-  if (!isLastSh) return;
-  __threadfence();
-  skinnyFinalReduce(ws, out, outF16, M, N, min(M, ROWS), col0, splits);
-  if (tid == 0) gSkinnyTickets[blockIdx.x] = 0;
+  skinnyEpilogue<MI>(acc, reinterpret_cast<float (*)[16][SK_COLS]>(smem), isLastSh, ws, out, outF16, M, N,
+                    tileW0 * 8);
 }
 
 
