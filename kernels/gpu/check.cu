@@ -20,10 +20,10 @@
 #include "../native/backend.h"
 #include "../native/cuda/common.cuh"
 #include "../native/cuda/nccl_loader.h"
-#include "cublas_loader.h"
+#include "../native/cuda/cublas_loader.h"
 
 using namespace medcluster;
-namespace medcluster { namespace cuda { extern int awqGemvMaxM, awqSkinnyMaxM, awqSkinnyMinBlocks, awqSkinnyPipeOn, awqSkinnyStages1, awqSkinnySplitCap, awqCoreMaxM, awqCoreVariant, awqCoreMaxSplits; } }
+namespace medcluster { namespace cuda { extern int awqGemvMaxM, awqSkinnyMaxM, awqSkinnyMinBlocks, awqSkinnyPipeOn, awqSkinnyStages1, awqSkinnySplitCap, awqCoreMaxM, awqCoreVariant, awqCoreMaxSplits, awqDequantMinM, linearBlasMinM; } }
 
 int runE2E(Backend& b);      // e2e.cu
 int runReadPat(Backend& b);  // e2e.cu
@@ -378,7 +378,37 @@ static float timeIt(cudaStream_t s, int iters, const std::function<void(int)>& f
   return ts[ts.size() / 2];
 }
 
-static void bench(Backend& b) {
+// Rows of the benchmark, also written as JSON with --json PATH (for `medcluster bench kernels --device cuda`).
+struct BenchRow { std::string shape; int K, N, M; double awqMs, gbs, pctCopy, tflops, cublasMs; };
+struct BlockRow { std::string tp; int M; double awqMs, targetMs, cublasMs; };
+
+static void writeBenchJson(const char* path, const std::string& device, double copyBw,
+                           const std::vector<BenchRow>& rows, const std::vector<BlockRow>& blocks) {
+  FILE* f = fopen(path, "w");
+  if (!f) { fprintf(stderr, "cannot write %s\n", path); return; }
+  fprintf(f, "{\n  \"device\": \"%s\",\n  \"copyGBs\": %.1f,\n  \"shapes\": [\n", device.c_str(), copyBw);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const BenchRow& r = rows[i];
+    fprintf(f, "    {\"shape\": \"%s\", \"K\": %d, \"N\": %d, \"M\": %d, \"awqMs\": %.5f, \"GBs\": %.1f, "
+               "\"pctOfCopy\": %.1f, \"TFLOPs\": %.2f, \"cublasFp16Ms\": %s}%s\n",
+            r.shape.c_str(), r.K, r.N, r.M, r.awqMs, r.gbs, r.pctCopy, r.tflops,
+            r.cublasMs < 0 ? "null" : std::to_string(r.cublasMs).c_str(), i + 1 < rows.size() ? "," : "");
+  }
+  fprintf(f, "  ],\n  \"perBlock\": [\n");
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const BlockRow& r = blocks[i];
+    fprintf(f, "    {\"tp\": \"%s\", \"M\": %d, \"awqMs\": %.5f, \"targetMs\": %s, \"cublasFp16Ms\": %s}%s\n",
+            r.tp.c_str(), r.M, r.awqMs, r.targetMs < 0 ? "null" : std::to_string(r.targetMs).c_str(),
+            r.cublasMs <= 0 ? "null" : std::to_string(r.cublasMs).c_str(), i + 1 < blocks.size() ? "," : "");
+  }
+  fprintf(f, "  ]\n}\n");
+  fclose(f);
+  printf("wrote %s\n", path);
+}
+
+static void bench(Backend& b, const char* jsonPath) {
+  std::vector<BenchRow> rows;
+  std::vector<BlockRow> blockRows;
   cudaStream_t s = cuda::backendStream(b);
   // Device-to-device copy bandwidth (bytes read + written).
   size_t cb = 1ull << 30;
@@ -405,6 +435,7 @@ static void bench(Backend& b) {
   if (getenv("MC_CORE_MAXM")) cuda::awqCoreMaxM = atoi(getenv("MC_CORE_MAXM"));
   if (getenv("MC_CORE_VAR")) cuda::awqCoreVariant = atoi(getenv("MC_CORE_VAR"));
   if (getenv("MC_CORE_MAXSPLITS")) cuda::awqCoreMaxSplits = atoi(getenv("MC_CORE_MAXSPLITS"));
+  if (getenv("MC_DEQUANT_MINM")) cuda::awqDequantMinM = atoi(getenv("MC_DEQUANT_MINM"));
   printf("skinny: stages(M<=16)=%d splitCap=%d; core GEMV: M<=%d variant %d maxSplits %d\n", cuda::awqSkinnyStages1,
          cuda::awqSkinnySplitCap, cuda::awqCoreMaxM, cuda::awqCoreVariant, cuda::awqCoreMaxSplits);
   bool quick = getenv("MC_BENCH_QUICK") != nullptr;  // tp=1 shapes only, M <= 64, no cuBLAS
@@ -470,6 +501,7 @@ static void bench(Backend& b) {
           blockCublas[si][mi] += cms2;
         }
         if (!strstr(sh.name, "(extra)")) blockSum[si][mi] += ms;
+        rows.push_back({sh.name, sh.K, sh.N, M, ms, gbs, 100 * gbs / copyBw, tf, cms2});
         printf("| %s %dx%d | %d | %.4f | %.0f | %.0f%% | %.1f | %.4f | %.0f |\n", sh.name, sh.K, sh.N, M, ms, gbs,
                100 * gbs / copyBw, tf, cms2, haveCublas ? (wb16 + (double)M * (sh.K + sh.N) * 2) / (cms2 * 1e-3) / 1e9 : 0.0);
         fflush(stdout);
@@ -481,12 +513,18 @@ static void bench(Backend& b) {
       char tgt[32] = "-";
       if (si == 0 && target(Ms[mi]) > 0 && blockSum[si][mi] > 0) snprintf(tgt, sizeof tgt, "%.3f %s", target(Ms[mi]), blockSum[si][mi] <= target(Ms[mi]) ? "met" : "MISSED");
       printf("| %s | %d | %.4f | %s | %.4f |\n", si ? "tp=2" : "tp=1", Ms[mi], blockSum[si][mi], tgt, blockCublas[si][mi]);
+      if (blockSum[si][mi] > 0)
+        blockRows.push_back({si ? "tp=2" : "tp=1", Ms[mi], blockSum[si][mi], si == 0 ? target(Ms[mi]) : -1.0,
+                             blockCublas[si][mi]});
     }
+  if (jsonPath) writeBenchJson(jsonPath, b.name(), copyBw, rows, blockRows);
 }
 
 int main(int argc, char** argv) {
   bool doBench = false, onlyBench = false, doE2E = false, doPat = false;
+  const char* jsonPath = nullptr;
   for (int i = 1; i < argc; ++i) {
+    if (!strcmp(argv[i], "--json") && i + 1 < argc) jsonPath = argv[++i];
     if (!strcmp(argv[i], "--bench")) doBench = true;
     if (!strcmp(argv[i], "--bench-only")) doBench = onlyBench = true;
     if (!strcmp(argv[i], "--e2e")) doE2E = true;
@@ -525,6 +563,17 @@ int main(int argc, char** argv) {
       for (auto& s : shapes) { checkAwq(*b, s[0], s[1], s[2], DType::F16); }
       checkAwq(*b, 1, 1024, 2048, DType::F32);
       checkAwq(*b, 64, 1024, 2048, DType::F32);
+      // Session 5: large M through dequantization + cuBLAS (the default from M = 256 where cuBLAS
+      // loads), and the same shapes on the tensor-core awqMma with that path off.
+      printf("-- session 5: dequant + cuBLAS GEMM (M >= %d), and awqMma with it off\n", cuda::awqDequantMinM);
+      for (int off = 0; off < 2; ++off) {
+        const int keep = cuda::awqDequantMinM;
+        if (off) cuda::awqDequantMinM = 0;
+        checkAwq(*b, 256, 1024, 2048, DType::F16);
+        checkAwq(*b, 300, 768, 1544, DType::F32);
+        checkAwq(*b, 1024, 8192, 1024, DType::F16);
+        cuda::awqDequantMinM = keep;
+      }
       // Legacy CUDA-core GEMV (off by default): force it, M > 8 runs in passes of 8 rows.
       cuda::awqGemvMaxM = 64; checkAwq(*b, 17, 512, 1024, DType::F16); checkAwq(*b, 1, 1024, 2048, DType::F16); cuda::awqGemvMaxM = 0;
       // Skinny tensor-core GEMV (M <= 64): every m16-tile count and the switch points
@@ -587,6 +636,14 @@ int main(int argc, char** argv) {
       cuda::awqCoreMaxSplits = 3;
       checkAwq(*b, 1, 4096, 1024, DType::F32);
       cuda::awqCoreMaxSplits = 0;
+      // M >= 9 runs through cuBLAS where it loads; the same shapes once more on the GEMV.
+      for (int gemvOnly = 0; gemvOnly < 2; ++gemvOnly) {
+        const int keep = cuda::linearBlasMinM;
+        if (gemvOnly) cuda::linearBlasMinM = 1 << 30;
+        checkLinear(*b, 64, 1024, 1000, DType::F32);
+        checkLinear(*b, 13, 520, 776, DType::F16);
+        cuda::linearBlasMinM = keep;
+      }
       checkLinear(*b, 64, 1024, 1000, DType::F32);
       checkLinear(*b, 13, 520, 777, DType::F16);
       checkLinear(*b, 70, 2048, 300, DType::F32);
@@ -606,7 +663,7 @@ int main(int argc, char** argv) {
       b->synchronize();
       printf("\n%s: %d failure(s)\n", g_fail ? "FAILED" : "PASSED", g_fail);
     }
-    if (doBench) bench(*b);
+    if (doBench) bench(*b, jsonPath);
     b->synchronize();
   } catch (std::exception& e) {
     fprintf(stderr, "error: %s\n", e.what());

@@ -19,7 +19,7 @@
 
 #include "../native/backend.h"
 #include "../native/cuda/common.cuh"
-#include "cublas_loader.h"
+#include "../native/cuda/cublas_loader.h"
 
 using namespace medcluster;
 

@@ -110,20 +110,29 @@ class Backend {
   virtual void siluMul(const View& gate, const View& up, const View& out) = 0;
   // out [R, C] = x [T, C] rows at rows i32 [R] (any dtype)
   virtual void gatherRows(const View& x, const View& rows, const View& out) = 0;
+  // Copies columns [srcCol0, srcCol0+cols) of every row of src [R, Cs] into columns
+  // [dstCol0, dstCol0+cols) of dst [R, Cd] (both row-major 2-D, same dtype and R).
+  // Builds concatCols/splitCols (fused q/k/v weights at load, split outputs at run time).
+  virtual void copyCols(const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0,
+                        int64_t cols) = 0;
   // out i32 [T] = argmax over the last dim of x f32 [T, V] (first index on ties)
   virtual void argmax(const View& x, const View& out) = 0;
   // Fills buf with deterministic pseudo-random bits from seed (synthetic weights).
   virtual void randomBits(Buffer& buf, uint64_t seed) = 0;
   // Blocks until all work issued so far has finished (no-op for synchronous backends).
   virtual void synchronize() = 0;
+  // Memory the backend can still allocate, and its total (device memory for CUDA;
+  // available and total RAM for the CPU backend). Sizes the KV cache.
+  virtual void memoryInfo(size_t* freeBytes, size_t* totalBytes) = 0;
 
-  // Optional graph capture (CUDA graphs; added later, backward compatible: the defaults
-  // say "unsupported"). Between beginCapture() and endCapture() the ops issued are
-  // recorded, not run; replayGraph(handle) then reruns them on the same buffers (update
-  // inputs in place with upload() between replays). While capturing, issue only compute
-  // ops: no alloc/upload/download/readFileRegion/synchronize, and drop no buffer. Run the
-  // same sequence once uncaptured first (it sizes the backend's internal workspaces).
-  // endCapture() must follow every beginCapture() that returned true, also on error paths.
+  // Optional graph capture (CUDA graphs; the defaults say "unsupported"). Between
+  // beginCapture() and endCapture() the ops issued are recorded, not run; replayGraph(handle)
+  // then reruns them on the same buffers (update inputs in place with upload() between
+  // replays). While capturing, issue only compute ops: no alloc/upload/download/
+  // readFileRegion/synchronize, and free no buffer (the addon's graph pools, device.h, hand
+  // out memory allocated beforehand). Run the same sequence once uncaptured first (it sizes
+  // the backend's internal workspaces). endCapture() must follow every beginCapture() that
+  // returned true, also on error paths.
   virtual bool beginCapture() { return false; }
   virtual int64_t endCapture() { return 0; }  // > 0: a graph handle
   virtual void replayGraph(int64_t handle) { (void)handle; }

@@ -64,6 +64,17 @@ struct ReadCompletion : PromiseCompletion {
   }
 };
 
+struct MemoryCompletion : PromiseCompletion {
+  using PromiseCompletion::PromiseCompletion;
+  size_t freeBytes = 0, totalBytes = 0;
+  Napi::Value result(Napi::Env env) override {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("freeBytes", Napi::Number::New(env, static_cast<double>(freeBytes)));
+    o.Set("totalBytes", Napi::Number::New(env, static_cast<double>(totalBytes)));
+    return o;
+  }
+};
+
 struct CloseCompletion : PromiseCompletion {
   using PromiseCompletion::PromiseCompletion;
   std::shared_ptr<Device> device;
@@ -96,6 +107,30 @@ struct TensorRef {
       d->release(std::move(slot));
     }
     slot.reset();
+  }
+};
+
+// A captured graph and the pool that holds its memory. `handle` is set on the device
+// thread by endCapture (0 if capture failed).
+struct GraphState {
+  std::shared_ptr<GraphPool> pool = std::make_shared<GraphPool>();
+  int64_t handle = 0;
+  bool released = false;
+};
+struct GraphRef {
+  std::shared_ptr<GraphState> graph;
+  std::weak_ptr<Device> device;
+  // Frees the graph (and, once no tensor holds its buffers, its pool) on the device thread.
+  void drop() {
+    if (!graph || graph->released) return;
+    graph->released = true;
+    if (auto d = device.lock()) {
+      d->enqueue("releaseGraph", [g = graph](const std::shared_ptr<Backend>& b) {
+        if (g->handle) b->releaseGraph(g->handle);
+        g->handle = 0;
+        g->pool.reset();
+      });
+    }
   }
 };
 
@@ -144,6 +179,7 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
             InstanceMethod<&DeviceWrap::Name>("name"),
             InstanceMethod<&DeviceWrap::Zeros>("zeros"),
             InstanceMethod<&DeviceWrap::FromArray>("fromArray"),
+            InstanceMethod<&DeviceWrap::Write>("write"),
             InstanceMethod<&DeviceWrap::ReadFile>("readFile"),
             InstanceMethod<&DeviceWrap::RandomBits>("randomBits"),
             InstanceMethod<&DeviceWrap::Embedding>("embedding"),
@@ -157,9 +193,18 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
             InstanceMethod<&DeviceWrap::Attention>("attention"),
             InstanceMethod<&DeviceWrap::SiluMul>("siluMul"),
             InstanceMethod<&DeviceWrap::GatherRows>("gatherRows"),
+            InstanceMethod<&DeviceWrap::ConcatCols>("concatCols"),
+            InstanceMethod<&DeviceWrap::SplitCols>("splitCols"),
             InstanceMethod<&DeviceWrap::Argmax>("argmax"),
             InstanceMethod<&DeviceWrap::Release>("release"),
             InstanceMethod<&DeviceWrap::Sync>("sync"),
+            InstanceMethod<&DeviceWrap::MemoryInfo>("memoryInfo"),
+            InstanceMethod<&DeviceWrap::NewGraph>("newGraph"),
+            InstanceMethod<&DeviceWrap::Warmup>("warmup"),
+            InstanceMethod<&DeviceWrap::BeginCapture>("beginCapture"),
+            InstanceMethod<&DeviceWrap::EndCapture>("endCapture"),
+            InstanceMethod<&DeviceWrap::Replay>("replay"),
+            InstanceMethod<&DeviceWrap::ReleaseGraph>("releaseGraph"),
             InstanceMethod<&DeviceWrap::Read>("read"),
             InstanceMethod<&DeviceWrap::Close>("close"),
         });
@@ -234,32 +279,54 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
 
   // zeros(shape, dtype): backend memory is zero-filled, so the lazy allocation is all it takes.
   Napi::Value Zeros(const Napi::CallbackInfo& info) {
+    // A pool hands out reused, not zeroed, memory.
+    if (poolSelected_) throw Napi::Error::New(info.Env(), "zeros: not allowed while a graph is being built");
     auto out = std::make_shared<Slot>(dtypeArg(info[1]), shapeArg(info[0]));
     return NewTensor(info, out, "zeros", [out](const std::shared_ptr<Backend>& b) { out->buffer(b); });
   }
 
-  // fromArray(data: Float32Array | Int32Array | Uint16Array, shape, dtype)
-  Napi::Value FromArray(const Napi::CallbackInfo& info) {
-    auto out = std::make_shared<Slot>(dtypeArg(info[2]), shapeArg(info[1]));
-    Napi::TypedArray arr = info[0].As<Napi::TypedArray>();
+  // Host bytes of `arr` in `slot`'s dtype (f32 values are rounded to f16 for f16 slots).
+  static std::shared_ptr<std::vector<uint8_t>> HostBytes(Napi::Env env, const Napi::TypedArray& arr, const Slot& slot,
+                                                         const char* op) {
     const uint8_t* src = static_cast<const uint8_t*>(arr.ArrayBuffer().Data()) + arr.ByteOffset();
-    auto host = std::make_shared<std::vector<uint8_t>>(out->bytes);
-    if (out->dtype == DType::F16 && arr.TypedArrayType() == napi_float32_array) {
-      if (arr.ElementLength() * 2 != out->bytes) throw Napi::RangeError::New(info.Env(), "fromArray: length mismatch");
+    auto host = std::make_shared<std::vector<uint8_t>>(slot.bytes);
+    if (slot.dtype == DType::F16 && arr.TypedArrayType() == napi_float32_array) {
+      if (arr.ElementLength() * 2 != slot.bytes) throw Napi::RangeError::New(env, std::string(op) + ": length mismatch");
       auto* dst = reinterpret_cast<uint16_t*>(host->data());
       const float* f = reinterpret_cast<const float*>(src);
       for (size_t i = 0; i < arr.ElementLength(); i++) dst[i] = floatToHalf(f[i]);
     } else {
-      if (arr.ByteLength() != out->bytes) throw Napi::RangeError::New(info.Env(), "fromArray: length mismatch");
-      if (!host->empty()) std::memcpy(host->data(), src, out->bytes);
+      if (arr.ByteLength() != slot.bytes) throw Napi::RangeError::New(env, std::string(op) + ": length mismatch");
+      if (!host->empty()) std::memcpy(host->data(), src, slot.bytes);
     }
+    return host;
+  }
+
+  // fromArray(data: Float32Array | Int32Array | Uint16Array, shape, dtype)
+  Napi::Value FromArray(const Napi::CallbackInfo& info) {
+    NotCapturing(info.Env(), "fromArray");
+    auto out = std::make_shared<Slot>(dtypeArg(info[2]), shapeArg(info[1]));
+    auto host = HostBytes(info.Env(), info[0].As<Napi::TypedArray>(), *out, "fromArray");
     return NewTensor(info, out, "fromArray", [out, host](const std::shared_ptr<Backend>& b) {
       b->upload(out->buffer(b), host->data(), out->bytes);
     });
   }
 
+  // write(tensor, data): overwrites a tensor's contents in issue order (a graph's inputs).
+  Napi::Value Write(const Napi::CallbackInfo& info) {
+    NotCapturing(info.Env(), "write");
+    CheckOpen(info.Env());
+    SlotPtr dst = slotArg(info[0]);
+    auto host = HostBytes(info.Env(), info[1].As<Napi::TypedArray>(), *dst, "write");
+    device_->enqueue("write", [dst, host](const std::shared_ptr<Backend>& b) {
+      b->upload(dst->buffer(b), host->data(), dst->bytes);
+    });
+    return info.Env().Undefined();
+  }
+
   // readFile(path, offset, cols, r0, r1, c0, c1, shape, dtype)
   Napi::Value ReadFile(const Napi::CallbackInfo& info) {
+    NotCapturing(info.Env(), "readFile");
     const std::string path = info[0].As<Napi::String>();
     const uint64_t offset = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
     const int64_t cols = info[2].As<Napi::Number>().Int64Value();
@@ -274,6 +341,7 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
 
   // randomBits(shape, dtype, seed)
   Napi::Value RandomBits(const Napi::CallbackInfo& info) {
+    NotCapturing(info.Env(), "randomBits");
     auto out = std::make_shared<Slot>(dtypeArg(info[1]), shapeArg(info[0]));
     const uint64_t seed = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
     return NewTensor(info, out, "randomBits",
@@ -283,8 +351,10 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
   Napi::Value Embedding(const Napi::CallbackInfo& info) {
     SlotPtr table = slotArg(info[0]), ids = slotArg(info[1]);
     auto out = std::make_shared<Slot>(DType::F32, std::vector<int64_t>{ids->shape[0], table->shape[1]});
+    // A captured graph cannot read ids back; whoever writes a graph's ids checks them.
+    const bool check = !capturing_;
     return NewTensor(info, out, "embedding", [=](const std::shared_ptr<Backend>& b) {
-      checkRange(hostInts(*ids, b), table->shape[0], "token id", "the embedding table's rows");
+      if (check) checkRange(hostInts(*ids, b), table->shape[0], "token id", "the embedding table's rows");
       b->embedding(table->view(b), ids->view(b), out->view(b));
     });
   }
@@ -411,6 +481,67 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     });
   }
 
+  // A 2-D operand of concatCols/splitCols. TS validated the shapes; this re-checks the
+  // few facts the strided copies rely on, so a bad direct call throws instead of overrunning.
+  static void Check2D(Napi::Env env, const char* op, const Slot& s, const Slot& like) {
+    if (s.shape.size() != 2 || s.dtype != like.dtype || s.shape[0] != like.shape[0]) {
+      throw Napi::Error::New(env, std::string(op) + ": operands must be 2-D with the same dtype and row count");
+    }
+  }
+
+  // concatCols(parts[]): [R, sum C_i], part i's columns at its offset; one copyCols per part.
+  Napi::Value ConcatCols(const Napi::CallbackInfo& info) {
+    Napi::Array arr = info[0].As<Napi::Array>();
+    if (arr.Length() == 0) throw Napi::Error::New(info.Env(), "concatCols: no parts");
+    std::vector<SlotPtr> parts;
+    int64_t width = 0;
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      parts.push_back(slotArg(arr.Get(i)));
+      Check2D(info.Env(), "concatCols", *parts.back(), *parts[0]);
+      width += parts.back()->shape[1];
+    }
+    auto out = std::make_shared<Slot>(parts[0]->dtype, std::vector<int64_t>{parts[0]->shape[0], width});
+    return NewTensor(info, out, "concatCols", [parts, out](const std::shared_ptr<Backend>& b) {
+      const View o = out->view(b);
+      int64_t col = 0;
+      for (const SlotPtr& p : parts) {
+        b->copyCols(p->view(b), 0, o, col, p->shape[1]);
+        col += p->shape[1];
+      }
+    });
+  }
+
+  // splitCols(x, widths[]): tensors [R, widths[i]] holding consecutive column ranges of x.
+  Napi::Value SplitCols(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    SlotPtr x = slotArg(info[0]);
+    Napi::Array ws = info[1].As<Napi::Array>();
+    std::vector<int64_t> widths(ws.Length());
+    int64_t total = 0;
+    for (uint32_t i = 0; i < ws.Length(); i++) {
+      widths[i] = ws.Get(i).As<Napi::Number>().Int64Value();
+      if (widths[i] <= 0) throw Napi::Error::New(env, "splitCols: widths must be positive");
+      total += widths[i];
+    }
+    Check2D(env, "splitCols", *x, *x);
+    if (widths.empty() || total != x->shape[1]) {
+      throw Napi::Error::New(env, "splitCols: widths must sum to x's column count");
+    }
+    CheckOpen(env);
+    Napi::Array result = Napi::Array::New(env, widths.size());
+    int64_t col = 0;
+    for (uint32_t i = 0; i < widths.size(); i++) {
+      auto out = std::make_shared<Slot>(x->dtype, std::vector<int64_t>{x->shape[0], widths[i]});
+      const int64_t c0 = col, n = widths[i];
+      Napi::Value h = NewTensor(info, out, "splitCols", [x, out, c0, n](const std::shared_ptr<Backend>& b) {
+        b->copyCols(x->view(b), c0, out->view(b), 0, n);
+      });
+      result.Set(i, h);
+      col += n;
+    }
+    return result;
+  }
+
   Napi::Value Argmax(const Napi::CallbackInfo& info) {
     SlotPtr x = slotArg(info[0]);
     auto out = std::make_shared<Slot>(DType::I32, std::vector<int64_t>{x->shape[0]});
@@ -424,6 +555,7 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
   }
 
   Napi::Value Sync(const Napi::CallbackInfo& info) {
+    NotCapturing(info.Env(), "sync");
     CheckOpen(info.Env());
     auto* c = new PromiseCompletion(info.Env(), state_);
     Napi::Promise promise = c->deferred.Promise();
@@ -433,6 +565,7 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
   }
 
   Napi::Value Read(const Napi::CallbackInfo& info) {
+    NotCapturing(info.Env(), "read");
     CheckOpen(info.Env());
     SlotPtr s = slotArg(info[0]);
     auto* c = new ReadCompletion(info.Env(), state_);
@@ -456,6 +589,103 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     return promise;
   }
 
+  Napi::Value MemoryInfo(const Napi::CallbackInfo& info) {
+    NotCapturing(info.Env(), "memoryInfo");
+    CheckOpen(info.Env());
+    auto* c = new MemoryCompletion(info.Env(), state_);
+    Napi::Promise promise = c->deferred.Promise();
+    state_->began(info.Env());
+    device_->complete("memoryInfo", [c](const std::shared_ptr<Backend>& b) {
+      b->memoryInfo(&c->freeBytes, &c->totalBytes);
+    }, c);
+    return promise;
+  }
+
+  // ---- graphs: newGraph, then warmup(g, true) ... warmup(g, false), then
+  // beginCapture(g) ... endCapture(g), then replay(g) any number of times.
+
+  static GraphRef* GraphArg(const Napi::Value& v) {
+    if (!v.IsExternal()) throw Napi::TypeError::New(v.Env(), "expected a graph handle");
+    GraphRef* ref = v.As<Napi::External<GraphRef>>().Data();
+    if (!ref->graph || ref->graph->released) throw Napi::Error::New(v.Env(), "graph was released");
+    return ref;
+  }
+
+  void NotCapturing(Napi::Env env, const char* op) {
+    if (capturing_) throw Napi::Error::New(env, std::string(op) + ": not allowed during graph capture");
+  }
+
+  // newGraph(shareWith?): a graph with its own pool, or sharing another graph's pool (graphs
+  // that never run at the same time, as on one stream, may reuse each other's intermediates).
+  Napi::Value NewGraph(const Napi::CallbackInfo& info) {
+    CheckOpen(info.Env());
+    auto state = std::make_shared<GraphState>();
+    if (info.Length() > 0 && !info[0].IsUndefined()) state->pool = GraphArg(info[0])->graph->pool;
+    auto* ref = new GraphRef{state, device_};
+    return Napi::External<GraphRef>::New(info.Env(), ref, [](Napi::Env, GraphRef* r) {
+      r->drop();
+      delete r;
+    });
+  }
+
+  // warmup(graph, on): selects (on) or deselects the graph's pool for the ops issued between.
+  Napi::Value Warmup(const Napi::CallbackInfo& info) {
+    CheckOpen(info.Env());
+    NotCapturing(info.Env(), "warmup");
+    GraphRef* ref = GraphArg(info[0]);
+    const bool on = info[1].As<Napi::Boolean>().Value();
+    if (on == poolSelected_) throw Napi::Error::New(info.Env(), on ? "warmup already began" : "no warmup to end");
+    poolSelected_ = on;
+    std::shared_ptr<GraphPool> pool = on ? ref->graph->pool : nullptr;
+    device_->enqueue("warmup", [pool](const std::shared_ptr<Backend>&) { GraphPool::select(pool, false); });
+    return info.Env().Undefined();
+  }
+
+  Napi::Value BeginCapture(const Napi::CallbackInfo& info) {
+    CheckOpen(info.Env());
+    if (poolSelected_) throw Napi::Error::New(info.Env(), "beginCapture: a warmup or capture is in progress");
+    GraphRef* ref = GraphArg(info[0]);
+    poolSelected_ = capturing_ = true;
+    std::shared_ptr<GraphPool> pool = ref->graph->pool;
+    device_->enqueue("beginCapture", [pool](const std::shared_ptr<Backend>& b) {
+      GraphPool::select(pool, true);
+      if (!b->beginCapture()) throw BackendError("this backend cannot capture graphs");
+    });
+    return info.Env().Undefined();
+  }
+
+  // Ends the capture begun on `graph`; runs even after a failed op so the stream never
+  // stays in capture mode. A failure leaves the graph without a handle.
+  Napi::Value EndCapture(const Napi::CallbackInfo& info) {
+    CheckOpen(info.Env());
+    if (!capturing_) throw Napi::Error::New(info.Env(), "endCapture: no capture in progress");
+    GraphRef* ref = GraphArg(info[0]);
+    poolSelected_ = capturing_ = false;
+    std::shared_ptr<GraphState> g = ref->graph;
+    device_->enqueue("endCapture", [g](const std::shared_ptr<Backend>& b) {
+      GraphPool::select(nullptr, false);
+      g->handle = b->endCapture();
+    });
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Replay(const Napi::CallbackInfo& info) {
+    CheckOpen(info.Env());
+    NotCapturing(info.Env(), "replay");
+    std::shared_ptr<GraphState> g = GraphArg(info[0])->graph;
+    device_->enqueue("replay", [g](const std::shared_ptr<Backend>& b) {
+      if (!g->handle) throw BackendError("replay: the graph's capture failed");
+      b->replayGraph(g->handle);
+    });
+    return info.Env().Undefined();
+  }
+
+  Napi::Value ReleaseGraph(const Napi::CallbackInfo& info) {
+    NotCapturing(info.Env(), "releaseGraph");
+    if (info[0].IsExternal()) info[0].As<Napi::External<GraphRef>>().Data()->drop();
+    return info.Env().Undefined();
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     CheckOpen(info.Env());
     closed_ = true;
@@ -472,6 +702,8 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
   napi_env hookEnv_ = nullptr;
   bool hostMemory_ = false;
   bool closed_ = false;
+  bool poolSelected_ = false;  // a graph's warmup or capture is being issued
+  bool capturing_ = false;
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -479,7 +711,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaCompiledIn", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 return Napi::Boolean::New(info.Env(), cudaCompiledIn());
               }));
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }
 

@@ -11,10 +11,53 @@ Slot::Slot(DType t, std::vector<int64_t> s) : dtype(t), shape(std::move(s)) {
   bytes = static_cast<size_t>(n) * dtypeSize(dtype);
 }
 
+namespace {
+// The device thread's selected pool (each device has its own thread).
+thread_local std::shared_ptr<GraphPool> tPool;
+thread_local bool tCapturing = false;
+}  // namespace
+
+void GraphPool::select(std::shared_ptr<GraphPool> pool, bool capturing) {
+  tPool = std::move(pool);
+  tCapturing = tPool && capturing;
+}
+GraphPool* GraphPool::selected() { return tPool.get(); }
+
+std::shared_ptr<Buffer> GraphPool::take(size_t bytes, Backend& backend) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(bytes);
+    if (it != free_.end() && !it->second.empty()) {
+      std::shared_ptr<Buffer> b = std::move(it->second.back());
+      it->second.pop_back();
+      return b;
+    }
+  }
+  if (tCapturing) {
+    throw BackendError("graph capture needs a " + std::to_string(bytes) +
+                       "-byte buffer its warm-up did not use: capture exactly the sequence that was warmed up");
+  }
+  return backend.alloc(bytes);
+}
+
+void GraphPool::give(std::shared_ptr<Buffer> buffer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  free_[buffer->bytes].push_back(std::move(buffer));
+}
+
+Slot::~Slot() {
+  if (pool_ && buffer_) pool_->give(std::move(buffer_));
+}
+
 Buffer& Slot::buffer(const std::shared_ptr<Backend>& backend) {
   if (!buffer_) {
-    buffer_ = backend->alloc(bytes);
     owner_ = backend;
+    if (tPool && bytes > 0) {
+      pool_ = tPool;
+      buffer_ = pool_->take(bytes, *backend);
+    } else {
+      buffer_ = backend->alloc(bytes);
+    }
   }
   return *buffer_;
 }

@@ -14,11 +14,35 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "backend.h"
 
 namespace medcluster {
+
+// The memory of one graph (CUDA graphs, see Backend::beginCapture). While a pool is
+// selected on a device thread, every slot that thread allocates takes a buffer of its
+// size from the pool and gives it back when the slot is freed. A graph is built by
+// running its op sequence once eagerly with the pool selected (the pool grows to the
+// sequence's peak, reusing buffers in stream order like any caching allocator), then
+// capturing the same sequence, which replays the same sizes from the pool: capture
+// never allocates (it could not), and a pool short of a size then fails loudly. The
+// buffers stay with the pool, and the pool with the graph, until both are released.
+class GraphPool {
+ public:
+  // Selects `pool` (null: plain allocation) for this thread's allocations; `capturing`
+  // forbids growing it.
+  static void select(std::shared_ptr<GraphPool> pool, bool capturing);
+  static GraphPool* selected();
+
+  std::shared_ptr<Buffer> take(size_t bytes, Backend& backend);
+  void give(std::shared_ptr<Buffer> buffer);
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<size_t, std::vector<std::shared_ptr<Buffer>>> free_;
+};
 
 // A tensor's storage. Shape and dtype are fixed at creation on the JS thread; the
 // buffer is allocated lazily by the first queued work that touches it, on the device
@@ -26,6 +50,7 @@ namespace medcluster {
 // that work has run.
 struct Slot {
   Slot(DType t, std::vector<int64_t> s);
+  ~Slot();
   DType dtype;
   std::vector<int64_t> shape;
   size_t bytes;
@@ -36,6 +61,7 @@ struct Slot {
 
  private:
   std::shared_ptr<Backend> owner_;  // declared first: buffers are freed before their backend
+  std::shared_ptr<GraphPool> pool_;  // where buffer_ returns, if it came from a pool
   std::shared_ptr<Buffer> buffer_;
 };
 using SlotPtr = std::shared_ptr<Slot>;

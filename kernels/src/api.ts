@@ -56,16 +56,49 @@ export interface FileRegion {
   shape?: readonly number[];
 }
 
+/** Memory the backend can still allocate, and its total, in bytes. */
+export interface MemoryInfo {
+  /** CUDA: free device memory (plus what the allocator's pool holds free). CPU: MemAvailable. */
+  freeBytes: number;
+  totalBytes: number;
+}
+
+/** A recorded op sequence that replays on the same buffers (a CUDA graph). */
+export interface Graph<T> {
+  /** What the captured issue function returned: tensors that every replay overwrites. */
+  readonly outputs: T;
+  /** Queues one replay; write the inputs (Device.write) before it, read the outputs after. */
+  replay(): void;
+  /** Frees the graph and its private memory once queued replays have run. */
+  dispose(): void;
+}
+
+/**
+ * Builds a Graph from an issue function that queues the same compute ops on the same
+ * input tensors every time it is called (no zeros/fromArray/write/read/sync inside).
+ * First `warmup()` runs it eagerly: a real run whose results are returned, and which
+ * sizes the graph's private memory and the backend's workspaces. Read and dispose what
+ * it returned, then `capture()` records the sequence (nothing runs) into a Graph.
+ */
+export interface GraphBuilder<T> {
+  warmup(): T;
+  capture(): Graph<T>;
+}
+
 export interface Device {
   readonly kind: DeviceKind;
   /** Human-readable device name, e.g. "cpu (8 threads)" or "NVIDIA H100 80GB HBM3". */
   readonly name: string;
+  /** Whether buildGraph is available (CUDA). */
+  readonly supportsGraphs: boolean;
 
   /** A zero-filled tensor. */
   zeros(shape: readonly number[], dtype: DType): Tensor;
   /** Copies host data into a new tensor. f16 accepts Float32Array (rounded to nearest even)
    * or Uint16Array (raw half bits). */
   fromArray(data: HostArray, shape: readonly number[], dtype: DType): Tensor;
+  /** Overwrites a tensor with host data, in issue order (a graph's inputs). Same data rules as fromArray. */
+  write(t: Tensor, data: HostArray): void;
   /** Reads a region of a file straight into device memory on the device's thread
    * (the bytes never pass through the JS heap). Rejects on the next sync/read if I/O fails. */
   readFile(region: FileRegion): Tensor;
@@ -102,11 +135,23 @@ export interface Device {
   siluMul(gate: Tensor, up: Tensor): Tensor;
   /** Selects rows of a 2-D tensor: out [R, C] = x[rows i32 [R]]. */
   gatherRows(x: Tensor, rows: Tensor): Tensor;
+  /** Concatenates 2-D tensors of one dtype and row count R along columns: parts [R, C_i] ->
+   * [R, sum C_i], part i's columns at its offset (any dtype; fuses q/k/v weights at load time). */
+  concatCols(parts: readonly Tensor[]): Tensor;
+  /** The inverse of concatCols: x [R, C] -> tensors [R, widths[i]] of consecutive column
+   * ranges (any dtype). Widths are positive integers summing to C. */
+  splitCols(x: Tensor, widths: readonly number[]): Tensor[];
   /** i32 [T] argmax over the last dim of f32 [T, V]; first index on ties. */
   argmax(x: Tensor): Tensor;
 
   /** Resolves when all work queued so far has run; rejects with the first error it raised. */
   sync(): Promise<void>;
+  /** Free and total memory once the work queued so far has run. */
+  memoryInfo(): Promise<MemoryInfo>;
+  /** See GraphBuilder. Throws KernelError where supportsGraphs is false. `sharePoolWith`:
+   * draw intermediates from another graph's memory (graphs that never run concurrently,
+   * as graphs of one device never do, need only the largest one's). */
+  buildGraph<T>(issue: () => T, options?: { sharePoolWith?: Graph<unknown> }): GraphBuilder<T>;
   /** Stops the device thread after queued work; the device is unusable afterwards. */
   close(): Promise<void>;
 }

@@ -10,11 +10,14 @@ import type {
   DeviceOptions,
   DType,
   FileRegion,
+  Graph,
+  GraphBuilder,
   HostArray,
+  MemoryInfo,
   Tensor,
 } from './api.js';
 import { KernelError } from './api.js';
-import { DTYPE_CODE, loadAddon, type NativeDevice, type NativeHandle } from './native.js';
+import { DTYPE_CODE, loadAddon, type NativeDevice, type NativeGraph, type NativeHandle } from './native.js';
 import { checkDtype, checkShape, describe, expect, fail, numel, positiveInt, sameShape } from './validate.js';
 
 class NativeTensor implements Tensor {
@@ -45,6 +48,83 @@ class NativeTensor implements Tensor {
   }
 }
 
+class NativeGraphHandle<T> implements Graph<T> {
+  #graph: NativeGraph | undefined;
+  constructor(
+    private readonly native: NativeDevice,
+    graph: NativeGraph,
+    readonly outputs: T,
+  ) {
+    this.#graph = graph;
+  }
+
+  replay(): void {
+    this.native.replay(this.handle('replay'));
+  }
+
+  handle(op: string): NativeGraph {
+    if (!this.#graph) fail(op, 'graph was disposed');
+    return this.#graph;
+  }
+
+  dispose(): void {
+    if (this.#graph) this.native.releaseGraph(this.#graph);
+    this.#graph = undefined;
+  }
+}
+
+/** Runs a native call, turning the addon's plain errors (which name the op) into KernelError. */
+function nativeCall<T>(op: string, call: () => T): T {
+  try {
+    return call();
+  } catch (err) {
+    if (err instanceof KernelError) throw err;
+    const message = err instanceof Error ? err.message : String(err);
+    throw new KernelError(message.startsWith(`${op}:`) ? message : `${op}: ${message}`, { cause: err });
+  }
+}
+
+class NativeGraphBuilder<T> implements GraphBuilder<T> {
+  #graph: NativeGraph;
+  #warmed = false;
+  #captured = false;
+  constructor(
+    private readonly native: NativeDevice,
+    private readonly issue: () => T,
+    shareWith?: NativeGraph,
+  ) {
+    this.#graph = nativeCall('buildGraph', () => native.newGraph(shareWith));
+  }
+
+  warmup(): T {
+    if (this.#warmed) fail('warmup', 'a graph is warmed up once');
+    this.#warmed = true;
+    nativeCall('warmup', () => this.native.warmup(this.#graph, true));
+    try {
+      return this.issue();
+    } finally {
+      this.native.warmup(this.#graph, false);
+    }
+  }
+
+  capture(): Graph<T> {
+    if (!this.#warmed) fail('capture', 'warm the graph up first (warmup())');
+    if (this.#captured) fail('capture', 'a graph is captured once');
+    this.#captured = true;
+    nativeCall('capture', () => this.native.beginCapture(this.#graph));
+    let outputs: T;
+    try {
+      outputs = this.issue();
+    } catch (err) {
+      this.native.endCapture(this.#graph);
+      this.native.releaseGraph(this.#graph);
+      throw err;
+    }
+    this.native.endCapture(this.#graph);
+    return new NativeGraphHandle(this.native, this.#graph, outputs);
+  }
+}
+
 /** Wraps a native rejection in KernelError; the native message already names the failing op. */
 async function settle<T>(promise: Promise<T>): Promise<T> {
   try {
@@ -56,6 +136,7 @@ async function settle<T>(promise: Promise<T>): Promise<T> {
 
 class KernelDevice implements Device {
   readonly name: string;
+  readonly supportsGraphs: boolean;
   #native: NativeDevice;
   #closed = false;
 
@@ -65,6 +146,7 @@ class KernelDevice implements Device {
   ) {
     this.#native = native;
     this.name = native.name();
+    this.supportsGraphs = kind === 'cuda';
   }
 
   #open(op: string): NativeDevice {
@@ -83,7 +165,7 @@ class KernelDevice implements Device {
 
   readTensor(t: NativeTensor): Promise<Float32Array | Int32Array> {
     const native = this.#open('read');
-    return settle(native.read(t.handle('read')));
+    return settle(nativeCall('read', () => native.read(t.handle('read'))));
   }
 
   release(handle: NativeHandle): void {
@@ -93,13 +175,33 @@ class KernelDevice implements Device {
   zeros(shape: readonly number[], dtype: DType): Tensor {
     checkShape('zeros', shape);
     checkDtype('zeros', dtype);
-    return this.#wrap(this.#open('zeros').zeros([...shape], DTYPE_CODE[dtype]), shape, dtype);
+    return this.#wrap(
+      nativeCall('zeros', () => this.#open('zeros').zeros([...shape], DTYPE_CODE[dtype])),
+      shape,
+      dtype,
+    );
   }
 
   fromArray(data: HostArray, shape: readonly number[], dtype: DType): Tensor {
     const op = 'fromArray';
     checkShape(op, shape);
     checkDtype(op, dtype);
+    this.#checkHostData(op, data, shape, dtype);
+    return this.#wrap(
+      nativeCall(op, () => this.#open(op).fromArray(data, [...shape], DTYPE_CODE[dtype])),
+      shape,
+      dtype,
+    );
+  }
+
+  write(t: Tensor, data: HostArray): void {
+    const op = 'write';
+    const handle = this.#arg(op, 't', t);
+    this.#checkHostData(op, data, t.shape, t.dtype);
+    nativeCall(op, () => this.#open(op).write(handle, data));
+  }
+
+  #checkHostData(op: string, data: HostArray, shape: readonly number[], dtype: DType): void {
     const ok =
       dtype === 'f16'
         ? data instanceof Float32Array || data instanceof Uint16Array
@@ -109,7 +211,6 @@ class KernelDevice implements Device {
     if (!ok) fail(op, `${data?.constructor?.name} cannot fill a ${dtype} tensor`);
     if (data.length !== numel(shape))
       fail(op, `${data.length} values do not fill shape [${shape.join(', ')}]`);
-    return this.#wrap(this.#open(op).fromArray(data, [...shape], DTYPE_CODE[dtype]), shape, dtype);
   }
 
   readFile(region: FileRegion): Tensor {
@@ -137,7 +238,9 @@ class KernelDevice implements Device {
     if (numel(shape) !== (r1 - r0) * (c1 - c0)) {
       fail(op, `shape [${shape.join(', ')}] does not hold a ${r1 - r0} x ${c1 - c0} region`);
     }
-    const handle = this.#open(op).readFile(path, offset, cols, r0, r1, c0, c1, [...shape], DTYPE_CODE[dtype]);
+    const handle = nativeCall(op, () =>
+      this.#open(op).readFile(path, offset, cols, r0, r1, c0, c1, [...shape], DTYPE_CODE[dtype]),
+    );
     return this.#wrap(handle, shape, dtype);
   }
 
@@ -146,7 +249,13 @@ class KernelDevice implements Device {
     checkDtype('randomBits', dtype);
     if (!Number.isSafeInteger(seed) || seed < 0)
       fail('randomBits', `seed ${seed} must be a non-negative integer`);
-    return this.#wrap(this.#open('randomBits').randomBits([...shape], DTYPE_CODE[dtype], seed), shape, dtype);
+    return this.#wrap(
+      nativeCall('randomBits', () =>
+        this.#open('randomBits').randomBits([...shape], DTYPE_CODE[dtype], seed),
+      ),
+      shape,
+      dtype,
+    );
   }
 
   embedding(table: Tensor, ids: Tensor): Tensor {
@@ -356,6 +465,41 @@ class KernelDevice implements Device {
     return this.#wrap(h, [R, C], x.dtype);
   }
 
+  concatCols(parts: readonly Tensor[]): Tensor {
+    const op = 'concatCols';
+    if (!Array.isArray(parts) || parts.length === 0) fail(op, 'parts must be a non-empty array of tensors');
+    const first = parts[0];
+    const [R] = expect(op, 'parts[0]', first, 2, ['f16', 'f32', 'i32']);
+    let width = 0;
+    parts.forEach((p, i) => {
+      const [r, c] = expect(op, `parts[${i}]`, p, 2, ['f16', 'f32', 'i32']);
+      if (p.dtype !== first.dtype)
+        fail(
+          op,
+          `parts[${i}] ${describe(p)} does not match parts[0] ${describe(first)} (dtype ${first.dtype})`,
+        );
+      if (r !== R) fail(op, `parts[${i}] ${describe(p)} does not match parts[0] ${describe(first)} (R=${R})`);
+      width += c;
+    });
+    const handles = parts.map((p, i) => this.#arg(op, `parts[${i}]`, p));
+    return this.#wrap(
+      nativeCall(op, () => this.#open(op).concatCols(handles)),
+      [R, width],
+      first.dtype,
+    );
+  }
+
+  splitCols(x: Tensor, widths: readonly number[]): Tensor[] {
+    const op = 'splitCols';
+    const [R, C] = expect(op, 'x', x, 2, ['f16', 'f32', 'i32']);
+    if (!Array.isArray(widths) || widths.length === 0) fail(op, 'widths must be a non-empty array');
+    for (const [i, w] of widths.entries()) positiveInt(op, `widths[${i}]`, w);
+    const total = widths.reduce((a, b) => a + b, 0);
+    if (total !== C) fail(op, `widths [${widths.join(', ')}] sum to ${total}, not x ${describe(x)}'s C=${C}`);
+    const handles = nativeCall(op, () => this.#open(op).splitCols(this.#arg(op, 'x', x), [...widths]));
+    return handles.map((h, i) => this.#wrap(h, [R, widths[i]], x.dtype));
+  }
+
   argmax(x: Tensor): Tensor {
     const op = 'argmax';
     const [T, V] = expect(op, 'x', x, 2, ['f32']);
@@ -364,7 +508,21 @@ class KernelDevice implements Device {
   }
 
   sync(): Promise<void> {
-    return settle(this.#open('sync').sync());
+    return settle(nativeCall('sync', () => this.#open('sync').sync()));
+  }
+
+  memoryInfo(): Promise<MemoryInfo> {
+    return settle(nativeCall('memoryInfo', () => this.#open('memoryInfo').memoryInfo()));
+  }
+
+  buildGraph<T>(issue: () => T, options?: { sharePoolWith?: Graph<unknown> }): GraphBuilder<T> {
+    const op = 'buildGraph';
+    const native = this.#open(op);
+    if (!this.supportsGraphs) fail(op, `the ${this.kind} backend cannot capture graphs`);
+    const other = options?.sharePoolWith;
+    if (other !== undefined && !(other instanceof NativeGraphHandle))
+      fail(op, 'sharePoolWith is not a graph');
+    return new NativeGraphBuilder(native, issue, other?.handle(op));
   }
 
   close(): Promise<void> {

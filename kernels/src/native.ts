@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 
 /** An opaque tensor handle owned by the addon. */
 export type NativeHandle = { readonly __nativeTensor: unique symbol };
+/** An opaque captured-graph handle owned by the addon. */
+export type NativeGraph = { readonly __nativeGraph: unique symbol };
 
 /** dtype codes shared with backend.h's DType. */
 export const DTYPE_CODE = { f16: 0, f32: 1, i32: 2 } as const;
@@ -66,8 +68,18 @@ export interface NativeDevice {
   ): NativeHandle;
   siluMul(gate: NativeHandle, up: NativeHandle): NativeHandle;
   gatherRows(x: NativeHandle, rows: NativeHandle): NativeHandle;
+  concatCols(parts: NativeHandle[]): NativeHandle;
+  splitCols(x: NativeHandle, widths: number[]): NativeHandle[];
   argmax(x: NativeHandle): NativeHandle;
   release(handle: NativeHandle): void;
+  write(handle: NativeHandle, data: Float32Array | Int32Array | Uint16Array): void;
+  memoryInfo(): Promise<{ freeBytes: number; totalBytes: number }>;
+  newGraph(shareWith?: NativeGraph): NativeGraph;
+  warmup(graph: NativeGraph, on: boolean): void;
+  beginCapture(graph: NativeGraph): void;
+  endCapture(graph: NativeGraph): void;
+  replay(graph: NativeGraph): void;
+  releaseGraph(graph: NativeGraph): void;
   sync(): Promise<void>;
   read(handle: NativeHandle): Promise<Float32Array | Int32Array>;
   close(): Promise<void>;
@@ -79,7 +91,7 @@ export interface NativeAddon {
   abiVersion: number;
 }
 
-const ABI_VERSION = 1;
+const ABI_VERSION = 2;
 const BUILD_HINT = 'build it with `npm run build -w @medcluster/kernels` (needs cmake and a C++17 compiler)';
 
 let cached: NativeAddon | undefined;

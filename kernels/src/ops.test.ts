@@ -1,5 +1,6 @@
 // Every op against a float64 reference on fresh seeded inputs.
 import { afterAll, describe, expect, it } from 'vitest';
+import type { DType } from './api.js';
 import { dequantizeAwq, packAwqInt4 } from './awq.js';
 import { buildCache } from './cache-fixture.js';
 import { createDevice } from './device.js';
@@ -32,6 +33,35 @@ describe('memory', () => {
     const ints = Int32Array.from([0, -1, 2 ** 31 - 1, -(2 ** 31), 7]);
     expect(await dev.fromArray(ints, [5], 'i32').read()).toEqual(ints);
     expect(await dev.zeros([3, 5], 'f16').read()).toEqual(new Float32Array(15));
+  });
+
+  it('write overwrites a tensor in issue order, with the data rules of fromArray', async () => {
+    const t = dev.fromArray(Float32Array.from([1, 2, 3]), [3], 'f32');
+    const before = t.read();
+    dev.write(t, Float32Array.from([4, 5, 6]));
+    expect(await before).toEqual(Float32Array.from([1, 2, 3]));
+    expect(await t.read()).toEqual(Float32Array.from([4, 5, 6]));
+    const h = dev.zeros([2], 'f16');
+    dev.write(h, Float32Array.from([0.1, -3]));
+    expect(await h.read()).toEqual(roundToF16(Float32Array.from([0.1, -3])));
+    expect(() => dev.write(t, Int32Array.from([1, 2, 3]))).toThrow(
+      /write: Int32Array cannot fill a f32 tensor/,
+    );
+    expect(() => dev.write(t, Float32Array.from([1]))).toThrow(/write: 1 values do not fill shape \[3\]/);
+  });
+
+  it('reports free and total memory', async () => {
+    const { freeBytes, totalBytes } = await dev.memoryInfo();
+    expect(totalBytes).toBeGreaterThan(2 ** 28);
+    expect(freeBytes).toBeGreaterThan(0);
+    expect(freeBytes).toBeLessThanOrEqual(totalBytes);
+  });
+
+  it('has no graphs on the CPU backend', () => {
+    expect(dev.supportsGraphs).toBe(false);
+    expect(() => dev.buildGraph(() => undefined)).toThrow(
+      /buildGraph: the cpu backend cannot capture graphs/,
+    );
   });
 
   it('converts f16 edge values exactly like half.ts', async () => {
@@ -193,6 +223,118 @@ describe('norms and element-wise ops', () => {
     expect(relativeError(await kt.read(), ropeRef(k, positions, t, nk * hd, hd, theta))).toBeLessThan(
       F16_TOL,
     );
+  });
+});
+
+describe('column concat and split', () => {
+  type Host = Float32Array | Int32Array;
+  const hostData = (dtype: DType, n: number, seed: number): Host => {
+    const rand = rng(seed);
+    if (dtype === 'i32') return Int32Array.from({ length: n }, () => Math.floor((rand() - 0.5) * 2 ** 32));
+    const v = uniform(rand, n, -10, 10);
+    return dtype === 'f16' ? roundToF16(v) : v;
+  };
+  // Host references (typed like what read() returns): columns [c0, c0 + w) of a row-major
+  // [rows, cols] matrix, and parts [rows, widths[i]] side by side.
+  const hostCols = (x: Host, rows: number, cols: number, c0: number, w: number): Host => {
+    const out = x instanceof Int32Array ? new Int32Array(rows * w) : new Float32Array(rows * w);
+    for (let r = 0; r < rows; r++) out.set(x.subarray(r * cols + c0, r * cols + c0 + w), r * w);
+    return out;
+  };
+  const hostConcat = (parts: Host[], rows: number, widths: readonly number[]): Host => {
+    const cols = widths.reduce((a, b) => a + b, 0);
+    const out = parts[0] instanceof Int32Array ? new Int32Array(rows * cols) : new Float32Array(rows * cols);
+    for (let r = 0; r < rows; r++) {
+      let c0 = 0;
+      parts.forEach((p, i) => {
+        out.set(p.subarray(r * widths[i], (r + 1) * widths[i]), r * cols + c0);
+        c0 += widths[i];
+      });
+    }
+    return out;
+  };
+
+  // Exact comparison, fast on large arrays (toEqual walks them slowly); describes the first difference.
+  const diff = (a: Host, b: Host): string | undefined => {
+    if (a.constructor !== b.constructor || a.length !== b.length)
+      return `${a.constructor.name}(${a.length}) vs ${b.constructor.name}(${b.length})`;
+    for (let i = 0; i < a.length; i++) {
+      if (!Object.is(a[i], b[i])) return `index ${i}: ${a[i]} vs ${b[i]}`;
+    }
+    return undefined;
+  };
+
+  for (const dtype of ['f16', 'f32', 'i32'] as const) {
+    for (const [rows, widths] of [
+      [4, [3, 5, 2]],
+      [300, [1024, 128, 128]], // q, k, v of a GQA layer in miniature; rows span several tasks
+      [1, [1, 1, 1]],
+    ] as const) {
+      const cols = widths.reduce((a, b) => a + b, 0);
+      it(`concatCols of ${widths.length} ${dtype} parts [${rows}, ${widths}] matches the host concatenation`, async () => {
+        const host = widths.map((w, i) => hostData(dtype, rows * w, 100 + i));
+        const parts = host.map((h, i) => dev.fromArray(h, [rows, widths[i]], dtype));
+        const out = dev.concatCols(parts);
+        expect(out.shape).toEqual([rows, cols]);
+        expect(out.dtype).toBe(dtype);
+        expect(diff(await out.read(), hostConcat(host, rows, widths))).toBeUndefined();
+      });
+
+      it(`splitCols of ${dtype} [${rows}, ${cols}] into [${widths}] matches host slices`, async () => {
+        const host = hostData(dtype, rows * cols, 200);
+        const x = dev.fromArray(host, [rows, cols], dtype);
+        const outs = dev.splitCols(x, widths);
+        expect(outs).toHaveLength(widths.length);
+        let c0 = 0;
+        for (let i = 0; i < widths.length; i++) {
+          expect(outs[i].shape).toEqual([rows, widths[i]]);
+          expect(outs[i].dtype).toBe(dtype);
+          expect(diff(await outs[i].read(), hostCols(host, rows, cols, c0, widths[i]))).toBeUndefined();
+          c0 += widths[i];
+        }
+      });
+    }
+  }
+
+  it('concatCols and splitCols are inverses', async () => {
+    const [rows, widths] = [7, [8, 1, 16, 3]];
+    const cols = widths.reduce((a, b) => a + b, 0);
+    const host = hostData('i32', rows * cols, 300);
+    const x = dev.fromArray(host, [rows, cols], 'i32');
+    expect(await dev.concatCols(dev.splitCols(x, widths)).read()).toEqual(host);
+    const partsHost = widths.map((w, i) => hostData('f16', rows * w, 310 + i));
+    const parts = partsHost.map((h, i) => dev.fromArray(h, [rows, widths[i]], 'f16'));
+    const back = dev.splitCols(dev.concatCols(parts), widths);
+    for (let i = 0; i < widths.length; i++) expect(await back[i].read()).toEqual(partsHost[i]);
+    // A single part / a single width is a plain copy.
+    expect(await dev.concatCols([x]).read()).toEqual(host);
+    expect(await dev.splitCols(x, [cols])[0].read()).toEqual(host);
+  });
+
+  it('rejects bad parts and widths with the op and the shapes', () => {
+    const a = dev.zeros([4, 3], 'f16');
+    expect(() => dev.concatCols([])).toThrow(/^concatCols: parts must be a non-empty array of tensors$/);
+    expect(() => dev.concatCols([a, dev.zeros([4, 2], 'f32')])).toThrow(
+      /^concatCols: parts\[1\] \[4, 2\] f32 does not match parts\[0\] \[4, 3\] f16 \(dtype f16\)$/,
+    );
+    expect(() => dev.concatCols([a, dev.zeros([5, 2], 'f16')])).toThrow(
+      /^concatCols: parts\[1\] \[5, 2\] f16 does not match parts\[0\] \[4, 3\] f16 \(R=4\)$/,
+    );
+    expect(() => dev.concatCols([a, dev.zeros([4], 'f16')])).toThrow(
+      /^concatCols: parts\[1\] \[4\] f16 must be 2-D f16 or f32 or i32$/,
+    );
+    expect(() => dev.splitCols(dev.zeros([2, 3, 4], 'f32'), [4])).toThrow(
+      /^splitCols: x \[2, 3, 4\] f32 must be 2-D/,
+    );
+    expect(() => dev.splitCols(a, [])).toThrow(/^splitCols: widths must be a non-empty array$/);
+    expect(() => dev.splitCols(a, [3, 0])).toThrow(/^splitCols: widths\[1\] 0 must be a positive integer$/);
+    expect(() => dev.splitCols(a, [1.5, 1.5])).toThrow(
+      /^splitCols: widths\[0\] 1.5 must be a positive integer$/,
+    );
+    expect(() => dev.splitCols(a, [1, 1])).toThrow(
+      /^splitCols: widths \[1, 1\] sum to 2, not x \[4, 3\] f16's C=3$/,
+    );
+    expect(() => dev.splitCols(a, [2, 2])).toThrow(/sum to 4, not x \[4, 3\] f16's C=3/);
   });
 });
 

@@ -69,9 +69,13 @@ class CpuBackend final : public Backend {
   void gatherRows(const View& x, const View& rows, const View& out) override {
     cpu::gatherRows(x, rows, out);
   }
+  void copyCols(const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0, int64_t cols) override {
+    cpu::copyCols(pool_, src, srcCol0, dst, dstCol0, cols);
+  }
   void argmax(const View& x, const View& out) override { cpu::argmax(pool_, x, out); }
   void randomBits(Buffer& buf, uint64_t seed) override { cpu::randomBits(pool_, buf.data, buf.bytes, seed); }
   void synchronize() override {}
+  void memoryInfo(size_t* freeBytes, size_t* totalBytes) override { cpu::hostMemoryInfo(freeBytes, totalBytes); }
 
  private:
   ThreadPool pool_;

@@ -1,6 +1,8 @@
 // Row-wise and element-wise ops: RMSNorm (with the fused residual add), residual
-// add, SwiGLU's silu(gate) * up, RoPE, embedding, row gather, argmax, KV writes.
+// add, SwiGLU's silu(gate) * up, RoPE, embedding, row gather, column copy, argmax,
+// KV writes.
 // All split over rows; reductions within a row run in one fixed order.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -117,6 +119,23 @@ void gatherRows(const View& x, const View& rows, const View& out) {
     std::memcpy(static_cast<char*>(out.data) + i * rowBytes,
                 static_cast<const char*>(x.data) + static_cast<int64_t>(r[i]) * rowBytes, rowBytes);
   }
+}
+
+void copyCols(ThreadPool& pool, const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0,
+              int64_t cols) {
+  const int64_t R = src.dim(0);
+  const size_t es = dtypeSize(src.dtype);
+  const size_t srcPitch = static_cast<size_t>(src.dim(1)) * es;
+  const size_t dstPitch = static_cast<size_t>(dst.dim(1)) * es;
+  const size_t rowBytes = static_cast<size_t>(cols) * es;
+  if (R == 0 || rowBytes == 0) return;
+  const char* s = static_cast<const char*>(src.data) + static_cast<size_t>(srcCol0) * es;
+  char* d = static_cast<char*>(dst.data) + static_cast<size_t>(dstCol0) * es;
+  // Rows of at least ~64 KiB per task.
+  const int64_t grain = std::max<int64_t>(1, static_cast<int64_t>((size_t{1} << 16) / rowBytes));
+  pool.parallelFor(R, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) std::memcpy(d + r * dstPitch, s + r * srcPitch, rowBytes);
+  });
 }
 
 void argmax(ThreadPool& pool, const View& x, const View& out) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <string>
 
 #include "kernels.h"
@@ -75,6 +76,24 @@ void randomBits(ThreadPool& pool, void* data, size_t bytes, uint64_t seed) {
       std::memcpy(out + at, &v, std::min<size_t>(8, bytes - at));
     }
   });
+}
+
+void hostMemoryInfo(size_t* freeBytes, size_t* totalBytes) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  *totalBytes = static_cast<size_t>(::sysconf(_SC_PHYS_PAGES)) * page;
+  *freeBytes = static_cast<size_t>(::sysconf(_SC_AVPHYS_PAGES)) * page;
+  // Free pages alone undercount: the page cache (checkpoint reads fill it) is reclaimable.
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  size_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib) {
+    std::getline(meminfo, unit);
+    if (key == "MemAvailable:") {
+      *freeBytes = kib * 1024;
+      break;
+    }
+  }
 }
 
 }  // namespace medcluster::cpu

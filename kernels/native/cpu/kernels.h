@@ -20,9 +20,13 @@ void addInPlace(ThreadPool& pool, const View& residual, const View& delta);
 void siluMul(ThreadPool& pool, const View& gate, const View& up, const View& out);
 void embedding(ThreadPool& pool, const View& table, const View& ids, const View& out);
 void gatherRows(const View& x, const View& rows, const View& out);
+void copyCols(ThreadPool& pool, const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0,
+              int64_t cols);
 void argmax(ThreadPool& pool, const View& x, const View& out);
 void writeKv(const View& kCache, const View& vCache, const View& k, const View& v, const View& slots);
 void randomBits(ThreadPool& pool, void* data, size_t bytes, uint64_t seed);
+// Available (MemAvailable: free plus reclaimable cache) and total RAM.
+void hostMemoryInfo(size_t* freeBytes, size_t* totalBytes);
 void readFileRegion(void* dst, const std::string& path, uint64_t fileOffset, int64_t cols,
                     int64_t elemSize, int64_t r0, int64_t r1, int64_t c0, int64_t c1);
 

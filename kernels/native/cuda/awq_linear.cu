@@ -29,6 +29,10 @@ int awqSkinnySplitCap = 256;
 int awqCoreMaxM = 1;  // M = 2 measured slower than the tensor-core path (MT = 2 needs 254 registers: 1 block/SM)
 int awqCoreVariant = 0;
 int awqCoreMaxSplits = 0;  // 0: no cap beyond one wave
+// Session 5: from this M up, dequantize the weights to an f16 [K, N] scratch and run a
+// cuBLAS GEMM (when cuBLAS loads): the dequantization (read K*N/2 bytes, write K*N*2) is
+// paid once per call and cuBLAS's GEMM beats awqMma at large M (0 = never).
+int awqDequantMinM = 256;
 
 namespace {
 
@@ -1054,6 +1058,34 @@ void gemv(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f1
   }
 }
 
+// grid-stride over the words of qweight [K, W]: word (k, w) -> f16 columns 8w .. 8w+7 of
+// row k, in natural column order (the same fp16 rounding as the in-register paths).
+__global__ void awqDequantKernel(const uint32_t* __restrict__ qw, const uint32_t* __restrict__ qz,
+                                 const __half* __restrict__ sc, __half* __restrict__ out, int K, int W) {
+  const int64_t n = (int64_t)K * W;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t k = i / W, w = i - k * W, g = k / kGroup;
+    const uint32_t q = __ldg(qw + i), z = __ldg(qz + g * W + w);
+    const uint4 s4 = __ldg(reinterpret_cast<const uint4*>(sc + g * (int64_t)W * 8 + w * 8));
+    const __half2* s2 = reinterpret_cast<const __half2*>(&s4);
+    uint4 r;
+    __half2* r2 = reinterpret_cast<__half2*>(&r);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) r2[j] = dequantPair(q, nibblePair(z, j), s2[j], j);
+    reinterpret_cast<uint4*>(out)[i] = r;
+  }
+}
+
+void dequantGemm(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
+  const int W = N / 8;
+  __half* deq = static_cast<__half*>(c.scratch3->get((size_t)K * N * 2, c.stream));
+  const int64_t words = (int64_t)K * W;
+  awqDequantKernel<<<(unsigned)std::min<int64_t>(ceilDiv(words, 256), 16 * c.numSMs), 256, 0, c.stream>>>(
+      w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(), w.scales.as<__half>(), deq, K, W);
+  MC_LAUNCHED("awqDequant");
+  blasGemm(*c.blas, x, deq, true, out, f16, M, K, N);
+}
+
 template <int BM>
 void mma(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f16, int M, int K, int N) {
   using Cfg = MmaCfg<BM>;
@@ -1110,6 +1142,10 @@ void launchAwqLinear(const Ctx& c, const View& x, const AwqWeights& w, const Vie
   // The tensor-core kernel loads 4 words (32 columns) at a time: N/8 must divide by 4.
   const bool mmaOk = (N / 8) % 4 == 0;
   const bool coreAligned = (reinterpret_cast<uintptr_t>(xp) & 15) == 0 && (reinterpret_cast<uintptr_t>(op) & 7) == 0;
+  if (c.blas && awqDequantMinM > 0 && M >= awqDequantMinM) {
+    dequantGemm(c, xp, w, op, f16, M, K, N);
+    return;
+  }
   if (M <= std::min(awqCoreMaxM, 4) && (N / 8) % 4 == 0 && coreAligned) {
     if (M == 1) coreM<1>(c, xp, w, op, f16, M, K, N);
     else if (M == 2) coreM<2>(c, xp, w, op, f16, M, K, N);

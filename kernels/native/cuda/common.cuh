@@ -5,8 +5,10 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <vector>
 
 #include "../backend.h"
+#include "cublas_loader.h"
 
 namespace medcluster {
 namespace cuda {
@@ -24,14 +26,26 @@ namespace cuda {
 #define MC_LAUNCHED(name) MC_CUDA(cudaGetLastError())
 
 // Stream-ordered scratch memory that only grows (split-K workspaces, attention partials).
-// Grow it outside CUDA graph capture (a warm-up call does that).
+// Grow it outside CUDA graph capture (a warm-up call does that). A graph keeps the address
+// it was captured with, so once a capture has used the current buffer, growing keeps the
+// old one alive (until release) instead of freeing it under the graph.
 class Scratch {
  public:
   void* get(size_t bytes, cudaStream_t s);
   void release(cudaStream_t s);
+  // Called when a capture begins: the current buffer may be baked into a graph.
+  void pin() { pinned_ = ptr_ != nullptr; }
  private:
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+  bool pinned_ = false;
+  std::vector<void*> retired_;
+};
+
+// cuBLAS bound to the backend's stream, when the library could be loaded.
+struct Blas {
+  cublasdl::Api api;
+  cublasdl::cublasHandle_t handle = nullptr;
 };
 
 struct Ctx {
@@ -39,7 +53,13 @@ struct Ctx {
   int numSMs;
   Scratch* scratch;   // fp32 workspace for split-K reductions
   Scratch* scratch2;  // attention partials
+  Scratch* scratch3;  // f16 weights dequantized for a cuBLAS GEMM
+  const Blas* blas;   // null: cuBLAS unavailable (or not loadable now: during graph capture)
 };
+
+// out [M, N] (f16 or f32) = x f16 [M, K] @ w f16, where w is [K, N] row-major (wKN) or
+// [N, K] row-major (nn.Linear layout); fp32 accumulation. Throws on a cuBLAS error.
+void blasGemm(const Blas& b, const __half* x, const __half* w, bool wKN, void* out, bool outF16, int M, int K, int N);
 
 inline int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

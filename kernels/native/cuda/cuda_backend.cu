@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -30,7 +31,9 @@ void* Scratch::get(size_t bytes, cudaStream_t s) {
   if (cudaStreamIsCapturing(s, &cs) == cudaSuccess && cs != cudaStreamCaptureStatusNone)
     throw BackendError("CUDA workspace must grow (" + std::to_string(bytes) +
                        " bytes) during graph capture: run the captured sequence once uncaptured first");
-  if (ptr_) MC_CUDA(cudaFreeAsync(ptr_, s));
+  if (ptr_ && pinned_) retired_.push_back(ptr_);
+  else if (ptr_) MC_CUDA(cudaFreeAsync(ptr_, s));
+  pinned_ = false;
   size_t grown = bytes < 2 * bytes_ ? 2 * bytes_ : bytes;
   MC_CUDA(cudaMallocAsync(&ptr_, grown, s));
   bytes_ = grown;
@@ -38,8 +41,11 @@ void* Scratch::get(size_t bytes, cudaStream_t s) {
 }
 void Scratch::release(cudaStream_t s) {
   if (ptr_) cudaFreeAsync(ptr_, s);
+  for (void* p : retired_) cudaFreeAsync(p, s);
+  retired_.clear();
   ptr_ = nullptr;
   bytes_ = 0;
+  pinned_ = false;
 }
 
 namespace {
@@ -207,12 +213,24 @@ int gridFor(int64_t n, int threads, int numSMs) {
 struct StreamHandle {  // shared by the backend and its live buffers
   int ordinal;
   cudaStream_t stream;
+  // While the stream captures a graph, a free would be recorded into the graph (and
+  // invalidate it, as the memory was not allocated there): frees wait until endCapture.
+  std::mutex mu;
+  bool capturing = false;
+  std::vector<void*> deferredFrees;
 };
 
 struct CudaBuffer : Buffer {
   std::shared_ptr<StreamHandle> sh;
   ~CudaBuffer() override {
     if (!data) return;
+    {
+      std::lock_guard<std::mutex> lock(sh->mu);
+      if (sh->capturing) {
+        sh->deferredFrees.push_back(data);
+        return;
+      }
+    }
     int prev = -1;
     cudaGetDevice(&prev);
     if (prev != sh->ordinal) cudaSetDevice(sh->ordinal);
@@ -250,12 +268,15 @@ class CudaBackend final : public Backend {
     MC_CUDA(cudaDeviceGetDefaultMemPool(&pool, ordinal));
     uint64_t threshold = UINT64_MAX;
     MC_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+    loadBlas();
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(sh_->stream);
     for (auto g : graphs_) if (g) cudaGraphExecDestroy(g);
     scratch_.release(sh_->stream);
     scratch2_.release(sh_->stream);
+    scratch3_.release(sh_->stream);
+    if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
     cudaStreamSynchronize(sh_->stream);
     for (int i = 0; i < 2; ++i) {
       if (staging_[i]) cudaFreeHost(staging_[i]);
@@ -413,6 +434,15 @@ class CudaBackend final : public Backend {
                                          static_cast<char*>(out.data), rowBytes);
     MC_LAUNCHED("gatherRows");
   }
+  // One strided 2-D copy: device-to-device, on the stream, so it is graph-capturable.
+  void copyCols(const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0, int64_t cols) override {
+    const size_t es = dtypeSize(src.dtype);
+    const int64_t R = src.dim(0);
+    if (!R || !cols) return;
+    MC_CUDA(cudaMemcpy2DAsync(static_cast<char*>(dst.data) + dstCol0 * es, dst.dim(1) * es,
+                              static_cast<const char*>(src.data) + srcCol0 * es, src.dim(1) * es, cols * es, R,
+                              cudaMemcpyDeviceToDevice, s()));
+  }
   void argmax(const View& x, const View& out) override {
     int64_t V = x.dim(-1), T = x.numel() / V;
     if (!T) return;
@@ -428,14 +458,38 @@ class CudaBackend final : public Backend {
     MC_LAUNCHED("randomBits");
   }
   void synchronize() override { MC_CUDA(cudaStreamSynchronize(s())); }
+  void memoryInfo(size_t* freeBytes, size_t* totalBytes) override {
+    MC_CUDA(cudaStreamSynchronize(s()));  // memory freed by queued work counts as free
+    MC_CUDA(cudaMemGetInfo(freeBytes, totalBytes));
+    // Memory the stream-ordered pool keeps after frees (release threshold: never) is
+    // free for this process even though the driver counts it as used.
+    cudaMemPool_t pool;
+    MC_CUDA(cudaDeviceGetDefaultMemPool(&pool, sh_->ordinal));
+    uint64_t reserved = 0, used = 0;
+    MC_CUDA(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved));
+    MC_CUDA(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used));
+    if (reserved > used) *freeBytes += reserved - used;
+  }
 
   bool beginCapture() override {
+    scratch_.pin();
+    scratch2_.pin();
+    scratch3_.pin();
     MC_CUDA(cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal));
+    std::lock_guard<std::mutex> lock(sh_->mu);
+    sh_->capturing = true;
     return true;
   }
   int64_t endCapture() override {
     cudaGraph_t g = nullptr;
     cudaError_t e = cudaStreamEndCapture(s(), &g);
+    std::vector<void*> deferred;
+    {
+      std::lock_guard<std::mutex> lock(sh_->mu);
+      sh_->capturing = false;
+      deferred.swap(sh_->deferredFrees);
+    }
+    for (void* p : deferred) cudaFreeAsync(p, s());
     if (e != cudaSuccess) {
       if (g) cudaGraphDestroy(g);
       cudaGetLastError();
@@ -463,12 +517,35 @@ class CudaBackend final : public Backend {
   cudaStream_t s() const { return sh_->stream; }
 
  private:
-  Ctx ctx() { return Ctx{s(), numSMs_, &scratch_, &scratch2_}; }
+  Ctx ctx() { return Ctx{s(), numSMs_, &scratch_, &scratch2_, &scratch3_, blas_.handle ? &blas_ : nullptr}; }
+
+  // cuBLAS runs the large-M matmuls where the library is present (MEDCLUSTER_CUBLAS=0 turns
+  // it off, for baselines); without it every matmul uses the backend's own kernels.
+  void loadBlas() {
+    const char* env = std::getenv("MEDCLUSTER_CUBLAS");
+    if (env && std::strcmp(env, "0") == 0) return;
+    try {
+      blas_.api = cublasdl::load();
+    } catch (const std::exception&) {
+      return;  // not installed: the own kernels cover every shape
+    }
+    if (blas_.api.create(&blas_.handle) != 0 || blas_.api.setStream(blas_.handle, s()) != 0) {
+      blas_.handle = nullptr;
+      return;
+    }
+    // A fixed workspace, so that cuBLAS calls captured into a graph never allocate.
+    constexpr size_t kBlasWorkspace = 32u << 20;
+    if (blas_.api.setWorkspace && cudaMallocAsync(&blasWorkspace_, kBlasWorkspace, s()) == cudaSuccess &&
+        cudaStreamSynchronize(s()) == cudaSuccess)
+      blas_.api.setWorkspace(blas_.handle, blasWorkspace_, kBlasWorkspace);
+  }
 
   std::string name_;
   int numSMs_ = 0;
   std::shared_ptr<StreamHandle> sh_;
-  Scratch scratch_, scratch2_;
+  Scratch scratch_, scratch2_, scratch3_;
+  Blas blas_;
+  void* blasWorkspace_ = nullptr;
   std::vector<cudaGraphExec_t> graphs_;  // handle h is graphs_[h - 1]
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t stagingDone_[2] = {nullptr, nullptr};

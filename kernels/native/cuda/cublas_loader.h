@@ -1,4 +1,6 @@
-// cuBLAS loaded at run time (dlopen), for the benchmark's fp16 baselines only.
+// cuBLAS loaded at run time (dlopen): the backend's large-M matmuls (fp16 GEMM after an
+// AWQ dequantization, lm_head over many rows) and the benchmarks' fp16 baselines. The addon
+// never links it: where it is missing, the backend's own kernels run instead.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -21,6 +23,9 @@ struct Api {
   cublasStatus_t (*gemmEx)(cublasHandle_t, int transa, int transb, int m, int n, int k, const void* alpha,
                            const void* A, int Atype, int lda, const void* B, int Btype, int ldb,
                            const void* beta, void* C, int Ctype, int ldc, int computeType, int algo);
+  // Optional (older libraries lack it): a caller-owned workspace, so that calls captured
+  // into a CUDA graph never allocate.
+  cublasStatus_t (*setWorkspace)(cublasHandle_t, void*, size_t) = nullptr;
 };
 
 inline Api load() {
@@ -32,6 +37,7 @@ inline Api load() {
   a.create = reinterpret_cast<decltype(a.create)>(dlsym(h, "cublasCreate_v2"));
   a.setStream = reinterpret_cast<decltype(a.setStream)>(dlsym(h, "cublasSetStream_v2"));
   a.gemmEx = reinterpret_cast<decltype(a.gemmEx)>(dlsym(h, "cublasGemmEx"));
+  a.setWorkspace = reinterpret_cast<decltype(a.setWorkspace)>(dlsym(h, "cublasSetWorkspace_v2"));
   if (!a.create || !a.setStream || !a.gemmEx) throw std::runtime_error("cuBLAS lacks a needed symbol");
   return a;
 }
