@@ -1,5 +1,6 @@
 export * from './client/generate-remote.js';
 export * from './cluster/assignments.js';
+export * from './cluster/kv-cache.js';
 export * from './cluster/local-cluster.js';
 export * from './cluster/nats-cluster.js';
 export * from './cluster/pipeline-executor.js';

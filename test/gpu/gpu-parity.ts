@@ -9,7 +9,14 @@ import { join } from 'node:path';
 import { BlockAllocator, LocalExecutor, loadTokenizer } from '@medcluster/coordinator';
 import { createDevice, type Device, type DType, packAwqInt4, type Tensor } from '@medcluster/kernels';
 import { randomNibbles, relativeError, rng, uniform } from '@medcluster/kernels/testing';
-import { makeModel, openCheckpoint } from '@medcluster/worker';
+import {
+  type Checkpoint,
+  makeModel,
+  openCheckpoint,
+  type SeqStep,
+  ShardRunner,
+  type ShardSpec,
+} from '@medcluster/worker';
 
 let passed = 0;
 let failed = 0;
@@ -130,6 +137,34 @@ async function compareOps(cpu: Device, gpu: Device): Promise<void> {
     checkEqual('argmax', await gpu.argmax(lg).read(), await cpu.argmax(lc).read());
   }
 
+  // Column concat/split (fused q/k/v weights at load, split outputs at run time): pure copies,
+  // so identical. Odd widths and rows exercise unaligned pitches.
+  for (const [dtype, rows, widths] of [
+    ['f16', 37, [1024, 128, 128]],
+    ['f32', 5, [3, 7, 1]],
+    ['i32', 64, [128, 16, 16]],
+  ] as const) {
+    const cols = widths.reduce((a, b) => a + b, 0);
+    const host = (n: number) =>
+      dtype === 'i32'
+        ? Int32Array.from({ length: n }, () => Math.floor((rand() - 0.5) * 2 ** 32))
+        : uniform(rand, n, -4, 4);
+    const parts = widths.map((w) => both(cpu, gpu, host(rows * w), [rows, w], dtype));
+    const cc = cpu.concatCols(parts.map(([c]) => c));
+    const cg = gpu.concatCols(parts.map(([, g]) => g));
+    checkEqual(`concatCols ${dtype} [${rows}, ${widths}]`, await cg.read(), await cc.read());
+    const [xc, xg] = both(cpu, gpu, host(rows * cols), [rows, cols], dtype);
+    const sc = cpu.splitCols(xc, widths);
+    const sg = gpu.splitCols(xg, widths);
+    for (let i = 0; i < widths.length; i++) {
+      checkEqual(`splitCols ${dtype} [${rows}, ${cols}] part ${i}`, await sg[i].read(), await sc[i].read());
+    }
+    const back = gpu.splitCols(cg, widths);
+    for (let i = 0; i < widths.length; i++) {
+      checkEqual(`splitCols(concatCols) ${dtype} part ${i}`, await back[i].read(), await parts[i][1].read());
+    }
+  }
+
   // Paged attention: three sequences (prefill, decode, long context with a partial last block), GQA 8:1 and 2:1.
   for (const [nh, nkv, hd] of [
     [8, 1, 128],
@@ -201,9 +236,19 @@ async function compareTinyModel(): Promise<void> {
     await makeModel({ out: dir, preset: 'tiny', seed: 0 });
     const checkpoint = await openCheckpoint(dir);
     const tokenizer = await loadTokenizer(dir);
+    await compareGraphs(
+      checkpoint,
+      ['The patient presented with', 'Question: What causes anemia?\nAnswer:', 'Hello'].map((p) =>
+        tokenizer.encode(p),
+      ),
+    );
     const runs: { logits: Float32Array; tokens: number[]; margins: number[] }[][] = [];
     for (const device of ['cpu', 'cuda'] as const) {
-      const executor = await LocalExecutor.create({ checkpoint, device, numBlocks: 128, blockSize: 16 });
+      const executor = await LocalExecutor.create({
+        checkpoint,
+        device,
+        kvCache: { numBlocks: 128, blockSize: 16 },
+      });
       const blocks = new BlockAllocator(128, 16);
       const perPrompt = [];
       for (const prompt of ['The patient presented with', 'Question: What causes anemia?\nAnswer:']) {
@@ -258,6 +303,142 @@ async function compareTinyModel(): Promise<void> {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Decode steps replayed as CUDA graphs against the same steps issued op by op, on CUDA:
+ * one shard, and a two-stage pipeline (the second stage's graph takes hidden states).
+ * Three sequences decode together (bucket 4: one padded row), then two (bucket 2).
+ */
+async function compareGraphs(checkpoint: Checkpoint, prompts: number[][]): Promise<void> {
+  const device = createDevice({ kind: 'cuda' });
+  const L = checkpoint.config.numLayers;
+  const spec = (layerStart: number, layerEnd: number): ShardSpec => ({
+    layerStart,
+    layerEnd,
+    tpRank: 0,
+    tpSize: 1,
+    embeds: layerStart === 0,
+    computesLogits: layerEnd === L,
+  });
+  const setups = [
+    { name: 'eager', stages: [spec(0, L)], graphs: false },
+    { name: 'graphs', stages: [spec(0, L)], graphs: true },
+    { name: 'graphs, 2 stages', stages: [spec(0, L / 2), spec(L / 2, L)], graphs: true },
+  ];
+  const results: { tokens: number[][]; logits: Float32Array[]; picks: number[] }[] = [];
+  try {
+    for (const setup of setups) {
+      const runners: ShardRunner[] = [];
+      for (const s of setup.stages) {
+        runners.push(
+          await ShardRunner.load({
+            checkpoint,
+            device,
+            spec: s,
+            kvCache: { numBlocks: 64, blockSize: 16 },
+            decodeGraphs: setup.graphs,
+          }),
+        );
+      }
+      const run = async (seqs: SeqStep[]): Promise<Float32Array> => {
+        let hidden: Float32Array | undefined;
+        for (const r of runners) {
+          const out = await r.step(seqs, hidden);
+          hidden = out.hidden;
+          if (out.logits) return out.logits;
+        }
+        throw new Error('no stage computed logits');
+      };
+      const blocks = new BlockAllocator(64, 16);
+      const tables = prompts.map((ids) => {
+        const t: number[] = [];
+        blocks.ensure(t, ids.length + 48);
+        return t;
+      });
+      const vocab = checkpoint.config.vocabRows;
+      const last = new Map<number, number>();
+      for (const [i, ids] of prompts.entries()) {
+        const logits = await run([
+          {
+            seqId: `s${i}`,
+            startPos: 0,
+            numTokens: ids.length,
+            tokens: ids,
+            blockTable: tables[i],
+            wantLogits: true,
+          },
+        ]);
+        last.set(i, argmaxOf(logits));
+      }
+      const record = {
+        tokens: prompts.map(() => [] as number[]),
+        logits: [] as Float32Array[],
+        picks: [] as number[],
+      };
+      // The eager run (first) picks greedily; the others are fed its tokens.
+      const forced = results[0];
+      for (let step = 0; step < 24; step++) {
+        const active = step < 12 ? [0, 1, 2] : [0, 2];
+        for (const i of active) {
+          const n = record.tokens[i].length;
+          record.tokens[i].push(forced ? forced.tokens[i][n] : (last.get(i) as number));
+        }
+        const seqs = active.map((i) => ({
+          seqId: `s${i}`,
+          startPos: prompts[i].length + record.tokens[i].length - 1,
+          numTokens: 1,
+          tokens: [record.tokens[i][record.tokens[i].length - 1]],
+          blockTable: tables[i],
+          wantLogits: true,
+        }));
+        const logits = await run(seqs);
+        record.logits.push(logits);
+        for (const [row, i] of active.entries()) {
+          const rowLogits = logits.subarray(row * vocab, (row + 1) * vocab);
+          last.set(i, argmaxOf(rowLogits));
+          // Where the top two are not nearly tied, the pick must agree between runs.
+          record.picks.push(topMargin(rowLogits) >= 0.05 ? argmaxOf(rowLogits) : -1);
+        }
+      }
+      for (const r of runners) r.dispose();
+      results.push(record);
+    }
+  } finally {
+    await device.close();
+  }
+  const [eager] = results;
+  for (const [k, setup] of setups.entries()) {
+    if (k === 0) continue;
+    const got = results[k];
+    let worst = 0;
+    for (let s = 0; s < 24; s++) worst = Math.max(worst, relativeError(got.logits[s], eager.logits[s]));
+    check(`decode ${setup.name} vs eager (cuda): logits of 24 batched steps (teacher-forced)`, worst, 1e-3);
+    const clear = eager.picks.map((p, j) => (p >= 0 ? got.picks[j] === -1 || got.picks[j] === p : true));
+    checkEqual(
+      `decode ${setup.name} vs eager (cuda): greedy picks wherever the top-2 margin >= 0.05`,
+      clear.map(Number),
+      eager.picks.map(() => 1),
+    );
+  }
+}
+
+function argmaxOf(v: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < v.length; i++) if (v[i] > v[best]) best = i;
+  return best;
+}
+
+function topMargin(v: Float32Array): number {
+  let a = -Infinity;
+  let b = -Infinity;
+  for (const x of v) {
+    if (x > a) {
+      b = a;
+      a = x;
+    } else if (x > b) b = x;
+  }
+  return a - b;
 }
 
 async function main(): Promise<void> {

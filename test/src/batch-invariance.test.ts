@@ -20,8 +20,7 @@ describe('batch invariance of the full model (CPU)', () => {
     executor = await LocalExecutor.create({
       checkpoint: await openCheckpoint(dir),
       device: 'cpu',
-      numBlocks: 64,
-      blockSize: 16,
+      kvCache: { numBlocks: 64, blockSize: 16 },
     });
   });
   afterAll(async () => executor?.close());

@@ -45,7 +45,7 @@ async function oneWorker(modelDir: string, promptIds: number[][]): Promise<Greed
   const executor = await LocalExecutor.create({
     checkpoint: await openCheckpoint(modelDir),
     device: 'cpu',
-    ...KV,
+    kvCache: KV,
   });
   try {
     const blocks = new BlockAllocator(KV.numBlocks, KV.blockSize);

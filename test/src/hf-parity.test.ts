@@ -67,8 +67,7 @@ describe(`transformers ${fixture.transformers} parity, ${fixture.model.preset} p
     executor = await LocalExecutor.create({
       checkpoint: await openCheckpoint(dir),
       device: 'cpu',
-      numBlocks: blocks.numBlocks,
-      blockSize: blocks.blockSize,
+      kvCache: { numBlocks: blocks.numBlocks, blockSize: blocks.blockSize },
     });
   });
   afterAll(async () => executor?.close());

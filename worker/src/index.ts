@@ -3,6 +3,7 @@ export * from './checkpoint/types.js';
 export * from './collective/index.js';
 export * from './control/index.js';
 export * from './engine/kv-cache.js';
+export * from './engine/kv-sizing.js';
 export * from './engine/model-shape.js';
 export * from './engine/shard-runner.js';
 export * from './engine/shard-weights.js';

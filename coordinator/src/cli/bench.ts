@@ -1,5 +1,6 @@
 // `medcluster bench`: benchmarks that print numbers (speed goals live here, not in tests).
-//   bench kernels  AWQ linear effective GB/s next to this machine's memcpy GB/s
+//   bench kernels  AWQ linear effective GB/s next to this machine's memcpy GB/s (cpu), or at
+//                  the 70B shapes next to fp16 cuBLAS and the copy bandwidth (cuda)
 //   bench decode   decode tokens/s of a model in this process (the tiny model by default)
 //   bench cluster  decode tokens/s and latency: 1 worker vs tp=2 vs pp=2 vs tp=2 x pp=2
 
@@ -13,9 +14,10 @@ import { BlockAllocator } from '../scheduler/block-allocator.js';
 import { LocalExecutor } from '../scheduler/local-executor.js';
 import { intFlag, parseFlags, UsageError } from './args.js';
 
-const USAGE = `usage: medcluster bench kernels [--json PATH]
+const USAGE = `usage: medcluster bench kernels [--device cpu|cuda] [--quick] [--json PATH]
        medcluster bench decode [--model DIR | --synthetic tiny|llama-2-70b [--layers N]] [--device cpu|cuda]
-                               [--batch 1,4,16] [--prompt-tokens N] [--decode-tokens N] [--json PATH]
+                               [--batch 1,4,16] [--prompt-tokens N] [--decode-tokens N] [--graphs on|off]
+                               [--json PATH]
        medcluster bench cluster [--model DIR] [--batch 1,4] [--prompt-tokens N] [--decode-tokens N]
                                 [--setups 1x1,2x1,1x2,2x2] [--json PATH]`;
 
@@ -42,7 +44,18 @@ export async function benchCommand(argv: string[]): Promise<void> {
 }
 
 async function benchKernels(argv: string[]): Promise<void> {
-  const flags = parseFlags(argv, { json: { type: 'string' } }, USAGE);
+  const flags = parseFlags(
+    argv,
+    { json: { type: 'string' }, device: { type: 'string', default: 'cpu' }, quick: { type: 'boolean' } },
+    USAGE,
+  );
+  if (flags.device === 'cuda') {
+    const { runGpuKernelBench } = await import('../bench/gpu-kernel-bench.js');
+    await runGpuKernelBench({ json: flags.json, quick: flags.quick });
+    return;
+  }
+  if (flags.device !== 'cpu') throw new UsageError(`--device must be cpu or cuda, got ${flags.device}`);
+  if (flags.quick) throw new UsageError('--quick applies to --device cuda');
   const { runCpuKernelBench } = await import('@medcluster/kernels/bench');
   await runCpuKernelBench({ json: flags.json });
 }
@@ -74,10 +87,13 @@ async function benchDecode(argv: string[]): Promise<void> {
       device: { type: 'string', default: 'cpu' },
       synthetic: { type: 'string' },
       layers: { type: 'string' },
+      graphs: { type: 'string', default: 'on' },
     },
     USAGE,
   );
   const device = flags.device as DeviceKind;
+  if (flags.graphs !== 'on' && flags.graphs !== 'off')
+    throw new UsageError(`--graphs must be on or off, got ${flags.graphs}`);
   if (flags.synthetic && flags.model) throw new UsageError('give either --model or --synthetic, not both');
   // Synthetic weights: random values of a preset's exact shapes, generated on the device (no file).
   const source = flags.synthetic
@@ -98,13 +114,16 @@ async function benchDecode(argv: string[]): Promise<void> {
   const executor = await LocalExecutor.create({
     ...source,
     device,
-    numBlocks: blocks.numBlocks,
-    blockSize: BLOCK_SIZE,
+    kvCache: { numBlocks: blocks.numBlocks, blockSize: BLOCK_SIZE },
+    decodeGraphs: flags.graphs !== 'off',
   });
   const rows: (DecodeRow & { label: string })[] = [];
   try {
     for (const shape of list)
-      rows.push({ label: `1 process, ${device}`, ...(await measureDecode(executor, blocks, shape)) });
+      rows.push({
+        label: `1 process, ${device}${device === 'cuda' && flags.graphs === 'off' ? ', no graphs' : ''}`,
+        ...(await measureDecode(executor, blocks, shape)),
+      });
   } finally {
     await executor.close();
   }

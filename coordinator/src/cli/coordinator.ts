@@ -4,10 +4,14 @@ import { openCheckpoint } from '@medcluster/worker';
 import { connect } from 'nats';
 import { startNatsCluster } from '../cluster/nats-cluster.js';
 import { intFlag, parseFlags, requiredString } from './args.js';
+import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { serveUntilSignal } from './serve.js';
 
 const USAGE = `usage: medcluster coordinator --nats URL --model DIR [--cluster NAME] [--tp N] [--pp N]
-         [--grpc-port 50051] [--host 0.0.0.0] [--kv-blocks N] [--block-size 16] [--worker-timeout-s 300]`;
+         [--grpc-port 50051] [--host 0.0.0.0] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
+         [--worker-timeout-s 300]
+
+${KV_USAGE}`;
 
 export async function coordinatorCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -20,7 +24,8 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       pp: { type: 'string', default: '1' },
       'grpc-port': { type: 'string', default: '50051' },
       host: { type: 'string', default: '0.0.0.0' },
-      'kv-blocks': { type: 'string', default: '1024' },
+      'kv-blocks': { type: 'string' },
+      'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
       'worker-timeout-s': { type: 'string', default: '300' },
       help: { type: 'boolean' },
@@ -34,11 +39,9 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   const modelDir = requiredString(flags.model, 'model');
   const tp = intFlag(flags.tp, 'tp');
   const pp = intFlag(flags.pp, 'pp');
+  // Without --kv-blocks or --kv-memory-fraction each worker's device picks (known once it announces).
+  const kvCache = kvCacheFromFlags(flags);
   const { config } = await openCheckpoint(modelDir);
-  const kvCache = {
-    numBlocks: intFlag(flags['kv-blocks'], 'kv-blocks'),
-    blockSize: intFlag(flags['block-size'], 'block-size'),
-  };
   const nc = await connect({ servers: requiredString(flags.nats, 'nats'), name: 'medcluster-coordinator' });
   try {
     const cluster = await startNatsCluster({
@@ -56,7 +59,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       modelDir,
       config,
       executor: cluster.executor,
-      kvCache,
+      kvCache: cluster.kvCache,
       tp,
       pp,
       grpcAddress: `${flags.host}:${flags['grpc-port']}`,

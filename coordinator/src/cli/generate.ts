@@ -12,7 +12,9 @@ import { loadTokenizer } from '../tokenizer/index.js';
 import { floatFlag, intFlag, parseFlags, requiredString, UsageError } from './args.js';
 
 const USAGE = `usage: medcluster generate (--model DIR [--device cpu|cuda] | --server HOST:PORT) --prompt TEXT
-         [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed N] [--stop TEXT]`;
+         [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed N] [--stop TEXT]
+         [--kv-memory-fraction F]   (cuda: share of the memory left after the weights for the
+                                     KV cache, default 0.9; cpu: one full-length sequence's blocks)`;
 
 export async function generateCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -29,6 +31,7 @@ export async function generateCommand(argv: string[]): Promise<void> {
       seed: { type: 'string' },
       stop: { type: 'string' },
       threads: { type: 'string' },
+      'kv-memory-fraction': { type: 'string' },
       help: { type: 'boolean' },
     },
     USAGE,
@@ -64,14 +67,17 @@ export async function generateCommand(argv: string[]): Promise<void> {
   const tokenizer = await loadTokenizer(modelDir);
   const blockSize = 16;
   const maxContext = checkpoint.config.maxPositions;
-  const blocks = new BlockAllocator(Math.ceil(maxContext / blockSize), blockSize);
+  const fraction = flags['kv-memory-fraction'];
   const executor = await LocalExecutor.create({
     checkpoint,
     device: device as DeviceKind,
-    numBlocks: blocks.numBlocks,
-    blockSize,
+    kvCache:
+      device === 'cuda' || fraction !== undefined
+        ? { blockSize, memoryFraction: floatFlag(fraction, 'kv-memory-fraction', 0.9) }
+        : { blockSize, numBlocks: Math.ceil(maxContext / blockSize) },
     threads: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
   });
+  const blocks = new BlockAllocator(executor.numBlocks, blockSize);
   try {
     const scheduler = new Scheduler(executor, blocks, { maxBatchTokens: 512, maxRunning: 1, maxContext });
     const generator = new TextGenerator(tokenizer, scheduler);

@@ -2,6 +2,7 @@
 // server, and an orderly shutdown on SIGINT/SIGTERM.
 
 import type { LlamaConfig } from '@medcluster/worker';
+import type { KvGeometry } from '../cluster/kv-cache.js';
 import { TextGenerator } from '../generation/text-generation.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
 import type { StepExecutor } from '../scheduler/executor.js';
@@ -14,7 +15,8 @@ export interface ServeOptions {
   modelDir: string;
   config: LlamaConfig;
   executor: StepExecutor;
-  kvCache: { numBlocks: number; blockSize: number };
+  /** The cache every worker holds (the least count they allocated). */
+  kvCache: KvGeometry;
   tp: number;
   pp: number;
   grpcAddress: string;

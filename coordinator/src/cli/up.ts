@@ -6,10 +6,13 @@ import { openCheckpoint } from '@medcluster/worker';
 import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
 import { intFlag, parseFlags, UsageError } from './args.js';
+import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { serveUntilSignal } from './serve.js';
 
 const USAGE = `usage: medcluster up [--model DIR] [--tp N] [--pp N] [--grpc-port 50051] [--host 127.0.0.1]
-         [--device cpu|cuda] [--kv-blocks N] [--block-size 16] [--threads N]`;
+         [--device cpu|cuda] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16] [--threads N]
+
+${KV_USAGE}`;
 
 export async function upCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -21,7 +24,8 @@ export async function upCommand(argv: string[]): Promise<void> {
       'grpc-port': { type: 'string', default: '50051' },
       host: { type: 'string', default: '127.0.0.1' },
       device: { type: 'string', default: 'cpu' },
-      'kv-blocks': { type: 'string', default: '1024' },
+      'kv-blocks': { type: 'string' },
+      'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
       threads: { type: 'string' },
       help: { type: 'boolean' },
@@ -37,12 +41,9 @@ export async function upCommand(argv: string[]): Promise<void> {
     throw new UsageError(`--device must be cpu or cuda, got ${device}`);
   const tp = intFlag(flags.tp, 'tp');
   const pp = intFlag(flags.pp, 'pp');
+  const kvCache = kvCacheFromFlags(flags);
   const modelDir = flags.model ?? (await ensureGeneratedModel());
   const { config } = await openCheckpoint(modelDir);
-  const kvCache = {
-    numBlocks: intFlag(flags['kv-blocks'], 'kv-blocks'),
-    blockSize: intFlag(flags['block-size'], 'block-size'),
-  };
   console.error(`medcluster up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${modelDir}`);
   const cluster = await startLocalCluster({
     modelDir,
@@ -69,7 +70,7 @@ export async function upCommand(argv: string[]): Promise<void> {
     modelDir,
     config,
     executor: cluster.executor,
-    kvCache,
+    kvCache: cluster.kvCache,
     tp,
     pp,
     grpcAddress: `${flags.host}:${flags['grpc-port']}`,

@@ -1,19 +1,18 @@
 // Turns a placement plan into each worker's assignment: its shard, the stage's collective
 // peers, and the address of the same rank in the next stage.
 
-import type { Assignment } from '@medcluster/proto';
+import type { Assignment, KvCacheMessage } from '@medcluster/proto';
 import { type PlacementPlan, shardSpecFor } from '../placement/index.js';
 
-export interface KvGeometry {
-  numBlocks: number;
-  blockSize: number;
-}
-
+/**
+ * `kvCacheFor` gives each worker its KV cache sizing (per worker, since the default depends on
+ * the worker's device).
+ */
 export function assignmentsFor(
   plan: PlacementPlan,
   addresses: ReadonlyMap<string, string>,
   modelDir: string,
-  kvCache: KvGeometry,
+  kvCacheFor: (workerId: string) => KvCacheMessage,
   clusterRun: string,
 ): Map<string, Assignment> {
   const address = (id: string) => {
@@ -32,7 +31,7 @@ export function assignmentsFor(
         modelDir,
         stageIndex: stage.index,
         shard,
-        kvCache,
+        kvCache: kvCacheFor(rank.workerId),
         collectiveGroup: `${clusterRun}-stage-${stage.index}`,
         peers: plan.tp > 1 ? stage.ranks.map((r) => address(r.workerId)) : [],
         downstream: next ? address(next.ranks[rank.tpRank].workerId) : undefined,

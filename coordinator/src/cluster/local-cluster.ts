@@ -1,6 +1,7 @@
 // Single-machine mode: the coordinator starts tp x pp worker processes itself, gives each its
 // assignment on the command line, and follows their progress as JSON lines on stdout.
-// No NATS: the parent knows every worker's address because it chose their ports.
+// No NATS: the parent knows every worker's address because it chose their ports. Each worker's
+// ready line carries its KV cache block count; the cluster's cache is the least of them.
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -11,7 +12,15 @@ import type { Assignment } from '@medcluster/proto';
 import type { LlamaConfig, WorkerEvent } from '@medcluster/worker';
 import { freePort } from '@medcluster/worker';
 import { planPlacement } from '../placement/index.js';
-import { assignmentsFor, firstStageAddresses, type KvGeometry } from './assignments.js';
+import { assignmentsFor, firstStageAddresses } from './assignments.js';
+import {
+  describeKvGeometry,
+  type KvCacheRequest,
+  type KvGeometry,
+  type KvReport,
+  kvCacheForDevice,
+  kvGeometryFromReports,
+} from './kv-cache.js';
 import { PipelineExecutor } from './pipeline-executor.js';
 
 export interface LocalClusterOptions {
@@ -20,7 +29,8 @@ export interface LocalClusterOptions {
   tp: number;
   pp: number;
   device: DeviceKind;
-  kvCache: KvGeometry;
+  /** A block count or a memory share for every worker; with neither, the device's default. */
+  kvCache: KvCacheRequest;
   /** Kernel threads per worker (default: this machine's cores shared among the workers). */
   threadsPerWorker?: number;
   /** Command that starts a worker: [executable, ...args] (default: this CLI). */
@@ -42,6 +52,8 @@ export interface LocalWorker {
 export interface LocalCluster {
   executor: PipelineExecutor;
   workers: LocalWorker[];
+  /** The KV cache every worker holds: the scheduler's BlockAllocator must not exceed it. */
+  kvCache: KvGeometry;
   /** Stops the worker processes (the executor is closed by its user). */
   stop(): Promise<void>;
 }
@@ -64,18 +76,19 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   });
   const addresses = new Map<string, string>();
   for (const id of ids) addresses.set(id, `127.0.0.1:${await freePort()}`);
+  const kvCache = kvCacheForDevice(options.kvCache, options.device);
   const assignments = assignmentsFor(
     plan,
     addresses,
     options.modelDir,
-    options.kvCache,
+    () => kvCache,
     `local-${randomUUID().slice(0, 8)}`,
   );
   const [exe, ...baseArgs] = options.workerCommand ?? defaultWorkerCommand();
   const threads = options.threadsPerWorker;
 
   const workers: LocalCluster['workers'] = [];
-  const ready: Promise<void>[] = [];
+  const ready: Promise<KvReport>[] = [];
   for (const id of ids) {
     const args = [
       ...baseArgs,
@@ -102,7 +115,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
       layerEnd: shard.layerEnd,
     });
     ready.push(
-      new Promise<void>((resolve, reject) => {
+      new Promise<KvReport>((resolve, reject) => {
         const timer = setTimeout(
           () => reject(new Error(`worker ${id} was not ready after ${options.readyTimeoutMs ?? 120_000} ms`)),
           options.readyTimeoutMs ?? 120_000,
@@ -118,7 +131,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
           }
           if (event.event === 'ready') {
             clearTimeout(timer);
-            resolve();
+            resolve({ workerId: id, assigned: kvCache, kvBlocks: event.kvBlocks });
           } else if (event.event === 'failed') {
             clearTimeout(timer);
             reject(new Error(`worker ${id} failed to load: ${event.error}`));
@@ -147,8 +160,12 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   };
 
   try {
-    await Promise.all(ready);
-    log(`local cluster: ${count} workers ready (tp=${tp}, pp=${pp})`);
+    const reports = await Promise.all(ready);
+    // Only after every worker loaded: a block id is usable only if every stage and rank has it.
+    const geometry = kvGeometryFromReports(reports);
+    log(
+      `local cluster: ${count} workers ready (tp=${tp}, pp=${pp}); ${describeKvGeometry(geometry, reports)}`,
+    );
     const executor = await PipelineExecutor.connect(
       firstStageAddresses(plan, addresses),
       config.vocabRows,
@@ -157,6 +174,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
     return {
       executor,
       workers,
+      kvCache: geometry,
       stop: stopWorkers,
     };
   } catch (err) {

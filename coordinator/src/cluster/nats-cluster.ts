@@ -1,6 +1,7 @@
 // Cluster mode: workers on any machines announce themselves over NATS; the coordinator waits
 // for tp x pp of them, plans the placement from their inventory, sends each its assignment,
-// and waits until every shard is loaded. A worker whose heartbeats stop marks the cluster
+// and waits until every shard is loaded. Each ready worker reports its KV cache block count;
+// the cluster's cache is the least of them. A worker whose heartbeats stop marks the cluster
 // degraded (health NOT_SERVING); steps in flight on it fail with a clear error.
 
 import { randomUUID } from 'node:crypto';
@@ -9,7 +10,15 @@ import type { NatsConnection } from 'nats';
 import { WorkerRegistry } from '../control/index.js';
 import { type PlacementPlan, planPlacement } from '../placement/index.js';
 import type { ServedWorker } from '../server/serving-context.js';
-import { assignmentsFor, firstStageAddresses, type KvGeometry } from './assignments.js';
+import { assignmentsFor, firstStageAddresses } from './assignments.js';
+import {
+  describeKvGeometry,
+  type KvCacheRequest,
+  type KvGeometry,
+  type KvReport,
+  kvCacheForDevice,
+  kvGeometryFromReports,
+} from './kv-cache.js';
 import { PipelineExecutor } from './pipeline-executor.js';
 
 export interface NatsClusterOptions {
@@ -19,7 +28,8 @@ export interface NatsClusterOptions {
   config: LlamaConfig;
   tp: number;
   pp: number;
-  kvCache: KvGeometry;
+  /** A block count or a memory share for every worker; with neither, each device's default. */
+  kvCache: KvCacheRequest;
   /** How long to wait for enough workers to announce themselves. */
   workerTimeoutMs: number;
   heartbeatTimeoutMs?: number;
@@ -30,6 +40,8 @@ export interface NatsCluster {
   executor: PipelineExecutor;
   plan: PlacementPlan;
   registry: WorkerRegistry;
+  /** The KV cache every worker holds: the scheduler's BlockAllocator must not exceed it. */
+  kvCache: KvGeometry;
   workers(): ServedWorker[];
   healthy(): boolean;
   close(): Promise<void>;
@@ -57,11 +69,12 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Nat
       pp,
     });
     const addresses = new Map(records.map((r) => [r.id, r.grpcAddress]));
+    const devices = new Map(records.map((r) => [r.id, r.devices[0]?.kind ?? 'cpu']));
     const assignments = assignmentsFor(
       plan,
       addresses,
       options.modelDir,
-      options.kvCache,
+      (id) => kvCacheForDevice(options.kvCache, devices.get(id) ?? 'cpu'),
       `run-${randomUUID().slice(0, 8)}`,
     );
     const inPlan = new Set(assignments.keys());
@@ -72,15 +85,19 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Nat
         log(`coordinator: worker ${w.id} stopped sending heartbeats; the cluster is degraded`);
       }
     });
-    await Promise.all(
+    const reports: KvReport[] = await Promise.all(
       [...assignments].map(async ([id, assignment]) => {
         const { v: _v, ...spec } = assignment;
-        await registry.assign(id, spec);
+        const ready = await registry.assign(id, spec);
         log(
-          `coordinator: worker ${id} ready (stage ${assignment.stageIndex}, tp rank ${assignment.shard.tpRank})`,
+          `coordinator: worker ${id} ready (stage ${assignment.stageIndex}, tp rank ${assignment.shard.tpRank}, ${ready.kvBlocks} KV blocks)`,
         );
+        return { workerId: id, assigned: assignment.kvCache, kvBlocks: ready.kvBlocks };
       }),
     );
+    // Only after every worker loaded: a block id is usable only if every stage and rank has it.
+    const kvCache = kvGeometryFromReports(reports);
+    log(`coordinator: ${describeKvGeometry(kvCache, reports)}`);
     const executor = await PipelineExecutor.connect(
       firstStageAddresses(plan, addresses),
       options.config.vocabRows,
@@ -90,6 +107,7 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Nat
       executor,
       plan,
       registry,
+      kvCache,
       workers: () =>
         [...assignments].map(([id, a]) => ({
           id,

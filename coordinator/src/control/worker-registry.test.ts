@@ -90,10 +90,10 @@ const spec: AssignmentSpec = {
 
 describe('WorkerRegistry with real WorkerAgents over nats-server', () => {
   it('sees workers join (before and after it starts) and waits for a count', async () => {
-    await agent('w1', async () => {});
+    await agent('w1', async () => ({ kvBlocks: 8 }));
     const r = await registry();
     const joinedLate = once(r, 'joined', 'w2');
-    await agent('w2', async () => {});
+    await agent('w2', async () => ({ kvBlocks: 8 }));
     const workers = await r.waitForWorkers(2, 5000);
     expect(workers.map((w) => w.id).sort()).toEqual(['w1', 'w2']);
     const w2 = await joinedLate;
@@ -110,6 +110,7 @@ describe('WorkerRegistry with real WorkerAgents over nats-server', () => {
       reporter.progress(5, 10);
       await new Promise((res) => setTimeout(res, 50));
       reporter.progress(10, 10);
+      return { kvBlocks: 77 };
     });
     await joined;
     const progress: number[] = [];
@@ -121,6 +122,7 @@ describe('WorkerRegistry with real WorkerAgents over nats-server', () => {
       assignmentId: 'asg-1',
       bytesLoaded: 10,
       bytesTotal: 10,
+      kvBlocks: 77,
     });
     expect(progress).toEqual([0, 5, 10]);
     expect(r.get('w1')?.state).toBe('ready');
@@ -166,14 +168,14 @@ describe('WorkerRegistry with real WorkerAgents over nats-server', () => {
     await expect(r.assign('w3', spec)).rejects.toThrow(/worker w3 is lost/);
     // A worker process with the same id starts again: it announces and joins anew.
     const back = once(r, 'joined', 'w3');
-    await agent('w3', async () => {});
+    await agent('w3', async () => ({ kvBlocks: 8 }));
     expect((await back).state).toBe('idle');
   });
 
   it('reports a graceful leave and ignores invalid messages', async () => {
     const r = await registry();
     const joined = once(r, 'joined', 'w4');
-    const a = await agent('w4', async () => {});
+    const a = await agent('w4', async () => ({ kvBlocks: 8 }));
     await joined;
     const invalid = new Promise<string>((resolve) => r.on('invalidMessage', (e) => resolve(e.message)));
     const observer = await nats();

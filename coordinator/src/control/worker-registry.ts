@@ -52,6 +52,8 @@ export interface WorkerRecord {
   bytesTotal: number;
   /** Failure message of the current assignment, when state is failed. */
   error?: string;
+  /** KV cache blocks the worker allocated for the current assignment, once it is ready. */
+  kvBlocks?: number;
   /** performance.now() of the last message from the worker. */
   lastSeenMs: number;
 }
@@ -229,6 +231,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
     if (record.assignmentId !== m.assignmentId) {
       record.assignmentId = m.assignmentId;
       delete record.error;
+      delete record.kvBlocks;
     }
     record.bytesLoaded = m.bytesLoaded;
     record.bytesTotal = m.bytesTotal;
@@ -241,6 +244,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
         break;
       case 'ready':
         record.state = 'ready';
+        record.kvBlocks = m.kvBlocks;
         if (forWaiter) {
           this.waiters.delete(m.workerId);
           forWaiter.resolve({ ...record });

@@ -2,25 +2,29 @@
 // Used by `medcluster generate --model` and by tests as the one-worker reference.
 
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
-import { type SeqStep, ShardRunner, type WeightSource } from '@medcluster/worker';
+import { type KvCacheSpec, type SeqStep, ShardRunner, type WeightSource } from '@medcluster/worker';
 import type { StepExecutor } from './executor.js';
 
 export type LocalExecutorOptions = WeightSource & {
   device: DeviceKind;
-  numBlocks: number;
-  blockSize: number;
+  kvCache: KvCacheSpec;
   threads?: number;
+  /** Replay decode steps as CUDA graphs where the device can (default true). */
+  decodeGraphs?: boolean;
 };
 
 export class LocalExecutor implements StepExecutor {
   readonly maxInFlight = 1;
   readonly vocabRows: number;
+  /** KV cache blocks the shard allocated (sized from memory when asked to). */
+  readonly numBlocks: number;
 
   private constructor(
     private readonly device: Device,
     private readonly runner: ShardRunner,
   ) {
     this.vocabRows = runner.config.vocabRows;
+    this.numBlocks = runner.numBlocks;
   }
 
   static async create(options: LocalExecutorOptions): Promise<LocalExecutor> {

@@ -7,6 +7,7 @@ export {
   type DiscoverRequest,
   ID_PATTERN,
   type KvCacheMessage,
+  kvCacheSchema,
   type LoadEvent,
   type LoadPhase,
   type ShardSpecMessage,

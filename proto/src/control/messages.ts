@@ -9,6 +9,8 @@ import {
   object,
   oneOf,
   optional,
+  positive,
+  share,
   str,
   type Validator,
 } from './schema.js';
@@ -74,12 +76,24 @@ export interface ShardSpecMessage {
   computesLogits: boolean;
 }
 
-/** Paged KV cache geometry. */
-export interface KvCacheMessage {
-  numBlocks: number;
+/**
+ * Paged KV cache geometry: blocks of blockSize token positions, and how many a worker allocates,
+ * given as exactly one of a count or a share of the memory its device has free once the shard's
+ * weights are loaded. Either way the worker reports the count it allocated (LoadEvent.kvBlocks).
+ */
+export type KvCacheMessage = {
   /** Token positions per block. */
   blockSize: number;
-}
+} & (
+  | {
+      /** Blocks to allocate. */
+      numBlocks: number;
+    }
+  | {
+      /** Share (0, 1] of the memory free after the weights load that the cache may take. */
+      memoryFraction: number;
+    }
+);
 
 /** Sent by the coordinator (request/reply) to give a worker its shard. */
 export interface Assignment {
@@ -123,6 +137,9 @@ export interface LoadEvent {
   bytesTotal: number;
   /** Detail; for phase failed, the error. */
   message?: string;
+  /** KV cache blocks the shard allocated; required when phase is ready. The coordinator
+   * hands out only block ids that every worker holds, so it needs every worker's count. */
+  kvBlocks?: number;
 }
 
 /** Sent by a worker that leaves on purpose. */
@@ -173,6 +190,29 @@ export const shardSpecSchema = object<ShardSpecMessage>({
   computesLogits: bool,
 });
 
+/** Exactly one of numBlocks and memoryFraction: both, or neither, would leave the size ambiguous. */
+export const kvCacheSchema: Validator<KvCacheMessage> = (value, path) => {
+  const { blockSize, numBlocks, memoryFraction } = object<{
+    blockSize: number;
+    numBlocks?: number;
+    memoryFraction?: number;
+  }>({
+    blockSize: positive,
+    numBlocks: optional(positive),
+    memoryFraction: optional(share),
+  })(value, path);
+  if (numBlocks !== undefined && memoryFraction !== undefined) {
+    throw new ControlMessageError(
+      `${path}: give numBlocks (${numBlocks}) or memoryFraction (${memoryFraction}), not both`,
+    );
+  }
+  if (numBlocks !== undefined) return { blockSize, numBlocks };
+  if (memoryFraction !== undefined) return { blockSize, memoryFraction };
+  throw new ControlMessageError(
+    `${path}: needs numBlocks (a block count) or memoryFraction (a share of the memory left after the weights)`,
+  );
+};
+
 export const assignmentSchema: Validator<Assignment> = (value, path) => {
   const parsed = object<Assignment>({
     v: version,
@@ -180,7 +220,7 @@ export const assignmentSchema: Validator<Assignment> = (value, path) => {
     modelDir: str({ nonEmpty: true }),
     stageIndex: count,
     shard: shardSpecSchema,
-    kvCache: object<KvCacheMessage>({ numBlocks: count, blockSize: num({ integer: true, min: 1 }) }),
+    kvCache: kvCacheSchema,
     collectiveGroup: str(),
     peers: arrayOf(str({ nonEmpty: true })),
     downstream: optional(str({ nonEmpty: true })),
@@ -215,15 +255,24 @@ export const assignmentReplySchema = object<AssignmentReply>({
   error: optional(str()),
 });
 
-export const loadEventSchema = object<LoadEvent>({
-  v: version,
-  workerId: id,
-  assignmentId: str({ nonEmpty: true }),
-  phase: oneOf('loading', 'ready', 'failed'),
-  bytesLoaded: count,
-  bytesTotal: count,
-  message: optional(str()),
-});
+export const loadEventSchema: Validator<LoadEvent> = (value, path) => {
+  const parsed = object<LoadEvent>({
+    v: version,
+    workerId: id,
+    assignmentId: str({ nonEmpty: true }),
+    phase: oneOf('loading', 'ready', 'failed'),
+    bytesLoaded: count,
+    bytesTotal: count,
+    message: optional(str()),
+    kvBlocks: optional(positive),
+  })(value, path);
+  if (parsed.phase === 'ready' && parsed.kvBlocks === undefined) {
+    throw new ControlMessageError(
+      `${path}: a ready load event must say how many KV cache blocks the worker allocated (kvBlocks)`,
+    );
+  }
+  return parsed;
+};
 
 export const workerLeaveSchema = object<WorkerLeave>({ v: version, workerId: id, reason: str() });
 

@@ -43,6 +43,15 @@ export function num(options: { integer?: boolean; min?: number; max?: number } =
 /** A non-negative safe integer. */
 export const count: Validator<number> = num({ integer: true, min: 0 });
 
+/** A positive safe integer. */
+export const positive: Validator<number> = num({ integer: true, min: 1 });
+
+/** A share in (0, 1]: a fraction of something that may be all of it but not none of it. */
+export const share: Validator<number> = (value, path) => {
+  if (typeof value !== 'number' || !(value > 0 && value <= 1)) fail(path, 'a number in (0, 1]', value);
+  return value;
+};
+
 export const bool: Validator<boolean> = (value, path) => {
   if (typeof value !== 'boolean') fail(path, 'a boolean', value);
   return value;

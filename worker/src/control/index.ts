@@ -1,5 +1,6 @@
 export {
   type AssignmentHandler,
+  type LoadedShard,
   type LoadReporter,
   WorkerAgent,
   WorkerAgentError,

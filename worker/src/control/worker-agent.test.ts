@@ -91,7 +91,7 @@ describe('WorkerAgent', () => {
     const beats = collect(observer, subjects.heartbeat, controlCodecs.heartbeat.decode);
     const leaves = collect(observer, subjects.leave, controlCodecs.leave.decode);
     await observer.flush();
-    const agent = await startAgent(async () => {});
+    const agent = await startAgent(async () => ({ kvBlocks: 8 }));
     await until(() => announces.length === 1 && beats.length >= 3);
     expect(announces[0]).toMatchObject({
       workerId: 'w0',
@@ -125,6 +125,7 @@ describe('WorkerAgent', () => {
       await new Promise<void>((r) => {
         release = r;
       });
+      return { kvBlocks: 123 };
     });
     expect(await send(observer, 'w0', assignment('a1'))).toEqual({
       v: 1,
@@ -142,11 +143,11 @@ describe('WorkerAgent', () => {
     expect(await send(observer, 'w0', assignment('a1'))).toMatchObject({ accepted: true });
     release();
     await until(() => events.length === 4);
-    expect(events.map((e) => [e.phase, e.bytesLoaded, e.bytesTotal])).toEqual([
-      ['loading', 0, 0],
-      ['loading', 10, 100],
-      ['loading', 100, 100],
-      ['ready', 100, 100],
+    expect(events.map((e) => [e.phase, e.bytesLoaded, e.bytesTotal, e.kvBlocks])).toEqual([
+      ['loading', 0, 0, undefined],
+      ['loading', 10, 100, undefined],
+      ['loading', 100, 100, undefined],
+      ['ready', 100, 100, 123], // the count the shard allocated, for the coordinator's scheduler
     ]);
     expect(seen).toEqual([assignment('a1')]);
     expect(agent.state).toBe('ready');

@@ -22,6 +22,12 @@ export interface LoadReporter {
   progress(bytesLoaded: number, bytesTotal: number, message?: string): void;
 }
 
+/** What a loaded shard tells the coordinator in its ready event. */
+export interface LoadedShard {
+  /** KV cache blocks allocated: the count asked for, or what the memory share held. */
+  kvBlocks: number;
+}
+
 /**
  * Loads the assigned shard. Resolving means ready; rejecting means failed (the error message is
  * reported). The signal aborts when the agent leaves.
@@ -30,7 +36,7 @@ export type AssignmentHandler = (
   assignment: Assignment,
   reporter: LoadReporter,
   signal: AbortSignal,
-) => Promise<void>;
+) => Promise<LoadedShard>;
 
 export interface WorkerAgentOptions {
   /** Connection owned by the caller; the agent never closes it. */
@@ -144,6 +150,7 @@ export class WorkerAgent {
     bytesLoaded: number,
     bytesTotal: number,
     message?: string,
+    kvBlocks?: number,
   ) {
     this.publish(
       this.subjects.load,
@@ -155,6 +162,7 @@ export class WorkerAgent {
         bytesLoaded,
         bytesTotal,
         ...(message !== undefined ? { message } : {}),
+        ...(kvBlocks !== undefined ? { kvBlocks } : {}),
       }),
     );
   }
@@ -216,10 +224,17 @@ export class WorkerAgent {
     };
     this.loadEvent(assignment, 'loading', 0, 0, 'accepted');
     try {
-      await this.options.onAssignment(assignment, reporter, this.abort.signal);
+      const loaded = await this.options.onAssignment(assignment, reporter, this.abort.signal);
       if (this.current !== assignment || this.lifecycle !== 'loading') return;
+      // Checked before the state changes: a ready event that fails to encode would leave the
+      // worker ready while the coordinator waits for it forever.
+      if (!(Number.isSafeInteger(loaded.kvBlocks) && loaded.kvBlocks >= 1)) {
+        throw new WorkerAgentError(
+          `the shard loaded with ${loaded.kvBlocks} KV cache blocks; it needs at least one`,
+        );
+      }
       this.lifecycle = 'ready';
-      this.loadEvent(assignment, 'ready', lastTotal || lastLoaded, lastTotal);
+      this.loadEvent(assignment, 'ready', lastTotal || lastLoaded, lastTotal, undefined, loaded.kvBlocks);
     } catch (error) {
       if (this.current !== assignment || this.lifecycle !== 'loading') return;
       this.lifecycle = 'failed';

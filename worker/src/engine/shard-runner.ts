@@ -8,7 +8,9 @@
 
 import type { Device, Tensor } from '@medcluster/kernels';
 import type { Checkpoint, LlamaConfig } from '../checkpoint/types.js';
+import { DecodeGraphs, type StepTensors } from './decode-graphs.js';
 import { KvCache } from './kv-cache.js';
+import { type KvCacheSpec, kvBlocksFromMemory } from './kv-sizing.js';
 import {
   disposeShardWeights,
   type LoadProgress,
@@ -16,7 +18,7 @@ import {
   localDims,
   type ShardWeights,
 } from './shard-weights.js';
-import { buildStepInputs } from './step-inputs.js';
+import { buildStepInputs, type StepInputs } from './step-inputs.js';
 import { syntheticShardWeights } from './synthetic-weights.js';
 import type { Collective, SeqStep, ShardSpec } from './types.js';
 
@@ -26,11 +28,12 @@ export type WeightSource = { checkpoint: Checkpoint } | { synthetic: { config: L
 export type ShardRunnerOptions = WeightSource & {
   device: Device;
   spec: ShardSpec;
-  /** KV cache geometry: blocks of blockSize tokens. */
-  numBlocks: number;
-  blockSize: number;
+  /** KV cache geometry: a block count, or a share of the memory left after the weights. */
+  kvCache: KvCacheSpec;
   /** Required when spec.tpSize > 1. */
   collective?: Collective;
+  /** Replay decode steps as CUDA graphs where the device can (default true). */
+  decodeGraphs?: boolean;
   onProgress?: LoadProgress;
 };
 
@@ -39,6 +42,10 @@ export interface StepResult {
   hidden?: Float32Array;
   /** Logits [rows, vocabRows] f32 of the rows that wanted them (last stage). */
   logits?: Float32Array;
+}
+
+function configOf(source: WeightSource): LlamaConfig {
+  return 'checkpoint' in source ? source.checkpoint.config : source.synthetic.config;
 }
 
 export class ShardRunner {
@@ -51,23 +58,38 @@ export class ShardRunner {
   private readonly cache: KvCache;
   private readonly collective?: Collective;
   private readonly dims: ReturnType<typeof localDims>;
+  /** Decode steps as CUDA graphs; absent where the backend has none or with tp > 1 (the
+   * all-reduce runs on the host between layers, which a graph cannot wait for). */
+  private readonly graphs?: DecodeGraphs;
 
-  private constructor(options: ShardRunnerOptions, weights: ShardWeights) {
+  private constructor(options: ShardRunnerOptions, weights: ShardWeights, numBlocks: number) {
     this.device = options.device;
-    this.config = 'checkpoint' in options ? options.checkpoint.config : options.synthetic.config;
+    this.config = configOf(options);
     this.spec = options.spec;
-    this.blockSize = options.blockSize;
-    this.numBlocks = options.numBlocks;
+    this.blockSize = options.kvCache.blockSize;
+    this.numBlocks = numBlocks;
     this.collective = options.collective;
     this.weights = weights;
     this.dims = localDims(this.config, this.spec.tpSize);
+    // One block more than the scheduler may use: padded rows of graph steps write there.
     this.cache = new KvCache(this.device, {
       numLayers: this.spec.layerEnd - this.spec.layerStart,
-      numBlocks: options.numBlocks,
-      blockSize: options.blockSize,
+      numBlocks: numBlocks + 1,
+      blockSize: this.blockSize,
       numKvHeads: this.dims.numKvHeads,
       headDim: this.config.headDim,
     });
+    if (options.decodeGraphs !== false && this.device.supportsGraphs && this.spec.tpSize === 1) {
+      this.graphs = new DecodeGraphs({
+        device: this.device,
+        embeds: this.spec.embeds,
+        hiddenSize: this.config.hiddenSize,
+        blockSize: this.blockSize,
+        padBlock: numBlocks,
+        maxTableWidth: Math.ceil(this.config.maxPositions / this.blockSize),
+        forward: (t) => this.graphForward(t),
+      });
+    }
   }
 
   /** Loads the shard's weights and allocates its KV cache; resolves once both are on the device. */
@@ -79,27 +101,65 @@ export class ShardRunner {
     if (options.collective && options.collective.size !== spec.tpSize) {
       throw new Error(`collective has ${options.collective.size} ranks but the shard has tp=${spec.tpSize}`);
     }
+    const { device, kvCache } = options;
     const weights =
       'checkpoint' in options
-        ? loadShardWeights(options.device, options.checkpoint, spec, options.onProgress)
-        : syntheticShardWeights(options.device, options.synthetic.config, spec, options.synthetic.seed);
-    const runner = new ShardRunner(options, weights);
+        ? loadShardWeights(device, options.checkpoint, spec, options.onProgress)
+        : syntheticShardWeights(device, options.synthetic.config, spec, options.synthetic.seed);
+    let runner: ShardRunner | undefined;
     try {
-      await options.device.sync();
+      await device.sync();
+      const numBlocks =
+        'numBlocks' in kvCache
+          ? kvCache.numBlocks
+          : kvBlocksFromMemory(
+              (await device.memoryInfo()).freeBytes,
+              configOf(options),
+              spec,
+              kvCache.blockSize,
+              kvCache.memoryFraction,
+            );
+      runner = new ShardRunner(options, weights, numBlocks);
+      await device.sync();
+      return runner;
     } catch (err) {
-      runner.dispose();
+      if (runner) runner.dispose();
+      else disposeShardWeights(weights);
       throw err;
     }
-    return runner;
   }
 
   /**
    * Runs the held layers for one step. `hidden` ([T, hidden] f32) is required unless this
-   * shard embeds. Every rank of a tensor-parallel stage must run the same steps in the same order.
+   * shard embeds. Every rank of a tensor-parallel stage must run the same steps in the same
+   * order, one step at a time.
    */
   async step(seqs: readonly SeqStep[], hidden?: Float32Array): Promise<StepResult> {
-    const { config, device, weights, spec } = this;
+    const { config, spec } = this;
     const inputs = buildStepInputs(seqs, this.blockSize, this.numBlocks);
+    const T = inputs.numTokens;
+    if (spec.embeds) {
+      for (const id of inputs.tokens) {
+        if (id < 0 || id >= config.vocabRows) {
+          throw new RangeError(`token id ${id} is outside the model's ${config.vocabRows} embedding rows`);
+        }
+      }
+    } else if (!hidden || hidden.length !== T * config.hiddenSize) {
+      throw new RangeError(
+        `stage expects hidden states of ${T} x ${config.hiddenSize} floats, got ${hidden?.length ?? 'none'}`,
+      );
+    }
+    const decodeStep = seqs.every((s) => s.numTokens === 1 && (s.wantLogits || !spec.computesLogits));
+    if (this.graphs?.fits(inputs, decodeStep)) {
+      const out = await this.graphs.run(inputs, hidden);
+      return spec.computesLogits ? { logits: out } : { hidden: out };
+    }
+    return this.eagerStep(inputs, hidden);
+  }
+
+  /** Queues the step op by op (any step shape, and every tensor-parallel step). */
+  private async eagerStep(inputs: StepInputs, hidden?: Float32Array): Promise<StepResult> {
+    const { config, device, spec } = this;
     const T = inputs.numTokens;
     const owned: Tensor[] = [];
     const keep = <X extends Tensor>(t: X): X => {
@@ -107,74 +167,127 @@ export class ShardRunner {
       return t;
     };
     try {
-      const positions = keep(device.fromArray(inputs.positions, [T], 'i32'));
-      const tokenSeq = keep(device.fromArray(inputs.tokenSeq, [T], 'i32'));
-      const slots = keep(device.fromArray(inputs.slots, [T], 'i32'));
-      const blockTables = keep(device.fromArray(inputs.blockTables, [seqs.length, inputs.maxBlocks], 'i32'));
-
-      let x: Tensor;
-      if (spec.embeds) {
-        for (const id of inputs.tokens) {
-          if (id < 0 || id >= config.vocabRows) {
-            throw new RangeError(`token id ${id} is outside the model's ${config.vocabRows} embedding rows`);
-          }
-        }
-        const ids = keep(device.fromArray(inputs.tokens, [T], 'i32'));
-        x = keep(device.embedding(weights.embed as Tensor, ids));
-      } else {
-        if (!hidden || hidden.length !== T * config.hiddenSize) {
-          throw new RangeError(
-            `stage expects hidden states of ${T} x ${config.hiddenSize} floats, got ${hidden?.length ?? 'none'}`,
-          );
-        }
-        x = keep(device.fromArray(hidden, [T, config.hiddenSize], 'f32'));
-      }
-
-      const attnShape = {
-        numHeads: this.dims.numHeads,
-        numKvHeads: this.dims.numKvHeads,
-        headDim: config.headDim,
+      const tensors: StepTensors = {
+        positions: keep(device.fromArray(inputs.positions, [T], 'i32')),
+        tokenSeq: keep(device.fromArray(inputs.tokenSeq, [T], 'i32')),
+        slots: keep(device.fromArray(inputs.slots, [T], 'i32')),
+        blockTables: keep(
+          device.fromArray(
+            inputs.blockTables,
+            [inputs.blockTables.length / inputs.maxBlocks, inputs.maxBlocks],
+            'i32',
+          ),
+        ),
+        ids: spec.embeds ? keep(device.fromArray(inputs.tokens, [T], 'i32')) : undefined,
+        hidden: spec.embeds
+          ? undefined
+          : keep(device.fromArray(hidden as Float32Array, [T, config.hiddenSize], 'f32')),
       };
+      const layers = this.layers(tensors, keep);
+      let next = layers.next();
+      while (!next.done) next = layers.next(await this.allReduce(next.value, keep));
+      const x = next.value;
+      if (!spec.computesLogits) return { hidden: (await x.read()) as Float32Array };
+      if (inputs.logitRows.length === 0) return { logits: new Float32Array(0) };
+      const rows =
+        inputs.logitRows.length === T
+          ? undefined
+          : keep(device.fromArray(inputs.logitRows, [inputs.logitRows.length], 'i32'));
+      const local = (await keep(this.head(x, keep, rows)).read()) as Float32Array;
+      return { logits: await this.gatherVocab(local, inputs.logitRows.length) };
+    } finally {
+      for (const t of owned) t.dispose();
+    }
+  }
+
+  /**
+   * Queues the held layers; returns the residual stream [T, hidden] f32. At each
+   * row-parallel linear it yields the partial output and resumes with the sum across the
+   * stage's ranks, so that one body serves both the eager path (which awaits the
+   * collective) and graph capture (tp = 1: the partial is the sum, no await).
+   */
+  private *layers(t: StepTensors, keep: <X extends Tensor>(t: X) => X): Generator<Tensor, Tensor, Tensor> {
+    const { config, device, weights } = this;
+    // The embedding's output, or the previous stage's hidden states, updated in place.
+    const x = t.ids ? keep(device.embedding(weights.embed as Tensor, t.ids)) : (t.hidden as Tensor);
+    const attnShape = {
+      numHeads: this.dims.numHeads,
+      numKvHeads: this.dims.numKvHeads,
+      headDim: config.headDim,
+    };
+    const kvWidth = this.dims.numKvHeads * config.headDim;
+    const qkvWidths = [this.dims.numHeads * config.headDim, kvWidth, kvWidth];
+    const gateUpWidths = [this.dims.intermediate, this.dims.intermediate];
+    const owned: Tensor[] = [];
+    const local = <X extends Tensor>(v: X): X => {
+      owned.push(v);
+      return v;
+    };
+    try {
       for (let l = 0; l < weights.layers.length; l++) {
         const w = weights.layers[l];
-        const h = keep(device.rmsNorm(x, w.inputNorm, config.rmsNormEps));
-        const q = keep(device.awqLinear(h, w.q, 'f16'));
-        const k = keep(device.awqLinear(h, w.k, 'f16'));
-        const v = keep(device.awqLinear(h, w.v, 'f16'));
-        device.rope(q, k, positions, config.headDim, config.ropeTheta);
-        device.writeKv(this.cache.keys[l], this.cache.values[l], k, v, slots);
-        const a = keep(
+        const h = local(device.rmsNorm(x, w.inputNorm, config.rmsNormEps));
+        const qkv = local(device.awqLinear(h, w.qkv, 'f16'));
+        const [q, k, v] = device.splitCols(qkv, qkvWidths).map(local);
+        device.rope(q, k, t.positions, config.headDim, config.ropeTheta);
+        device.writeKv(this.cache.keys[l], this.cache.values[l], k, v, t.slots);
+        const a = local(
           device.attention(
             q,
             this.cache.keys[l],
             this.cache.values[l],
-            blockTables,
-            tokenSeq,
-            positions,
+            t.blockTables,
+            t.tokenSeq,
+            t.positions,
             attnShape,
           ),
         );
-        const o = await this.allReduce(keep(device.awqLinear(a, w.o, 'f32')), keep);
-        const h2 = keep(device.addRmsNorm(x, o, w.postAttentionNorm, config.rmsNormEps));
-        const gate = keep(device.awqLinear(h2, w.gate, 'f16'));
-        const up = keep(device.awqLinear(h2, w.up, 'f16'));
-        const m = keep(device.siluMul(gate, up));
-        const d = await this.allReduce(keep(device.awqLinear(m, w.down, 'f32')), keep);
+        const o = local(yield local(device.awqLinear(a, w.o, 'f32')));
+        const h2 = local(device.addRmsNorm(x, o, w.postAttentionNorm, config.rmsNormEps));
+        const gateUp = local(device.awqLinear(h2, w.gateUp, 'f16'));
+        const [gate, up] = device.splitCols(gateUp, gateUpWidths).map(local);
+        const m = local(device.siluMul(gate, up));
+        const d = local(yield local(device.awqLinear(m, w.down, 'f32')));
         device.addInPlace(x, d);
-        this.release(owned, x, positions, tokenSeq, slots, blockTables);
+        // Free the layer's intermediates now: memory is reused layer to layer.
+        for (const v of new Set(owned)) v.dispose();
+        owned.length = 0;
       }
-
-      if (!spec.computesLogits) return { hidden: (await x.read()) as Float32Array };
-      if (inputs.logitRows.length === 0) return { logits: new Float32Array(0) };
-      const rows = keep(device.fromArray(inputs.logitRows, [inputs.logitRows.length], 'i32'));
-      const last = keep(device.gatherRows(x, rows));
-      const normed = keep(device.rmsNorm(last, weights.finalNorm as Tensor, config.rmsNormEps));
-      const local = (await keep(
-        device.linear(normed, weights.lmHead as Tensor, 'f32'),
-      ).read()) as Float32Array;
-      return { logits: await this.gatherVocab(local, inputs.logitRows.length) };
     } finally {
-      for (const t of owned) t.dispose();
+      for (const v of new Set(owned)) v.dispose();
+    }
+    return x;
+  }
+
+  /** Final norm and lm_head (this rank's vocabulary slice) of x's rows, or of `rows` of x. */
+  private head(x: Tensor, keep: <X extends Tensor>(t: X) => X, rows?: Tensor): Tensor {
+    const { config, device, weights } = this;
+    const last = rows ? keep(device.gatherRows(x, rows)) : x;
+    const normed = keep(device.rmsNorm(last, weights.finalNorm as Tensor, config.rmsNormEps));
+    return device.linear(normed, weights.lmHead as Tensor, 'f32');
+  }
+
+  /** The graph body: one decode step on a bucket's tensors, tp = 1, queued synchronously. */
+  private graphForward(t: StepTensors): Tensor {
+    const owned: Tensor[] = [];
+    const keep = <X extends Tensor>(v: X): X => {
+      owned.push(v);
+      return v;
+    };
+    try {
+      const layers = this.layers(t, keep);
+      let next = layers.next();
+      while (!next.done) next = layers.next(next.value);
+      const x = next.value;
+      if (!this.spec.computesLogits) {
+        // The output outlives this call (it is the embedding's output, or the input itself).
+        const i = owned.indexOf(x);
+        if (i >= 0) owned.splice(i, 1);
+        return x;
+      }
+      return this.head(x, keep);
+    } finally {
+      for (const v of owned) v.dispose();
     }
   }
 
@@ -201,18 +314,8 @@ export class ShardRunner {
     return out;
   }
 
-  /** Frees a layer's intermediates early; the tensors that live across layers stay. */
-  private release(owned: Tensor[], ...live: Tensor[]): void {
-    const keepers = new Set(live);
-    for (let i = owned.length - 1; i >= 0; i--) {
-      if (!keepers.has(owned[i])) {
-        owned[i].dispose();
-        owned.splice(i, 1);
-      }
-    }
-  }
-
   dispose(): void {
+    this.graphs?.dispose();
     disposeShardWeights(this.weights);
     this.cache.dispose();
   }

@@ -7,16 +7,39 @@ import type { ProjName } from './model-shape.js';
 import { type IndexRange, type TensorRange, tpSlice, vocabShard } from './tp-slice.js';
 import type { ShardSpec } from './types.js';
 
+/**
+ * One decoder block. q/k/v and gate/up are each concatenated along their outputs into one
+ * AWQ matrix at load time (this rank's columns of each, in that order): one matmul reads
+ * them, where separate calls pay each matrix's ramp and tail (the 8192 x 1024 k and v above
+ * all), and the engine splits the fused output's columns.
+ */
 export interface LayerWeights {
   inputNorm: Tensor;
   postAttentionNorm: Tensor;
-  q: AwqLinear;
-  k: AwqLinear;
-  v: AwqLinear;
+  /** [q | k | v] columns. */
+  qkv: AwqLinear;
   o: AwqLinear;
-  gate: AwqLinear;
-  up: AwqLinear;
+  /** [gate | up] columns. */
+  gateUp: AwqLinear;
   down: AwqLinear;
+}
+
+/** One AWQ matrix holding the parts' output columns side by side; the parts are freed. */
+export function fuseAwqColumns(device: Device, parts: AwqLinear[]): AwqLinear {
+  const fused: AwqLinear = {
+    qweight: device.concatCols(parts.map((p) => p.qweight)),
+    qzeros: device.concatCols(parts.map((p) => p.qzeros)),
+    scales: device.concatCols(parts.map((p) => p.scales)),
+    groupSize: parts[0].groupSize,
+  };
+  for (const p of parts) disposeAwq(p);
+  return fused;
+}
+
+function disposeAwq(w: AwqLinear): void {
+  w.qweight.dispose();
+  w.qzeros.dispose();
+  w.scales.dispose();
 }
 
 export interface ShardWeights {
@@ -138,13 +161,14 @@ export function loadShardWeights(
       reader.awq(`${p}.${module}.${proj}`, proj, config, spec);
     layers.push({
       inputNorm: reader.read(`${p}.input_layernorm.weight`),
-      q: awq('q_proj', 'self_attn'),
-      k: awq('k_proj', 'self_attn'),
-      v: awq('v_proj', 'self_attn'),
+      qkv: fuseAwqColumns(device, [
+        awq('q_proj', 'self_attn'),
+        awq('k_proj', 'self_attn'),
+        awq('v_proj', 'self_attn'),
+      ]),
       o: awq('o_proj', 'self_attn'),
       postAttentionNorm: reader.read(`${p}.post_attention_layernorm.weight`),
-      gate: awq('gate_proj', 'mlp'),
-      up: awq('up_proj', 'mlp'),
+      gateUp: fuseAwqColumns(device, [awq('gate_proj', 'mlp'), awq('up_proj', 'mlp')]),
       down: awq('down_proj', 'mlp'),
     });
   }
@@ -159,15 +183,10 @@ export function loadShardWeights(
 }
 
 export function disposeShardWeights(weights: ShardWeights): void {
-  const awq = (w: AwqLinear) => {
-    w.qweight.dispose();
-    w.qzeros.dispose();
-    w.scales.dispose();
-  };
   for (const l of weights.layers) {
     l.inputNorm.dispose();
     l.postAttentionNorm.dispose();
-    for (const w of [l.q, l.k, l.v, l.o, l.gate, l.up, l.down]) awq(w);
+    for (const w of [l.qkv, l.o, l.gateUp, l.down]) disposeAwq(w);
   }
   weights.embed?.dispose();
   weights.finalNorm?.dispose();

@@ -7,7 +7,7 @@ import type { AwqLinear, Device, Tensor } from '@medcluster/kernels';
 import { f32ToF16Bits } from '@medcluster/kernels';
 import type { LlamaConfig } from '../checkpoint/types.js';
 import { PROJ_NAMES, type ProjName, projShape } from './model-shape.js';
-import type { LayerWeights, ShardWeights } from './shard-weights.js';
+import { fuseAwqColumns, type LayerWeights, type ShardWeights } from './shard-weights.js';
 import { tpSlice, vocabShard } from './tp-slice.js';
 import type { ShardSpec } from './types.js';
 
@@ -74,12 +74,9 @@ export function syntheticShardWeights(
     layers.push({
       inputNorm: half([config.hiddenSize], 0.9, 1.1),
       postAttentionNorm: half([config.hiddenSize], 0.9, 1.1),
-      q,
-      k,
-      v,
+      qkv: fuseAwqColumns(device, [q, k, v]),
       o,
-      gate,
-      up,
+      gateUp: fuseAwqColumns(device, [gate, up]),
       down,
     });
   }

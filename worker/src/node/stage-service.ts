@@ -86,7 +86,11 @@ export function workerServiceHandlers(node: WorkerNode): grpc.UntypedServiceImpl
         state:
           `WORKER_STATE_${node.state === 'leaving' ? 'DRAINING' : node.state.toUpperCase()}` as workerV1.WorkerState,
         shard: a?.shard,
-        kvCache: a?.kvCache,
+        // The blocks allocated: with a memory share that count is known only once loaded.
+        kvCache: a && {
+          numBlocks: node.kvBlocks ?? ('numBlocks' in a.kvCache ? a.kvCache.numBlocks : 0),
+          blockSize: a.kvCache.blockSize,
+        },
         stepsCompleted: node.stepsCompleted,
         error: node.error ?? '',
       });

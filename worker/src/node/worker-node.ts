@@ -48,15 +48,22 @@ export class WorkerNode {
     return this.runner?.config.vocabRows;
   }
 
+  /** KV cache blocks the loaded shard allocated (undefined until it is loaded). */
+  get kvBlocks(): number | undefined {
+    return this.runner?.numBlocks;
+  }
+
   /**
    * Loads an assignment. `collective` joins the stage's ranks (required when tp > 1).
-   * Resolves when the shard is on the device; on failure the worker is 'failed' and idle memory is freed.
+   * Resolves when the shard is on the device, with the number of KV cache blocks it allocated
+   * (the assignment's count, or what its memory share held); on failure the worker is 'failed'
+   * and idle memory is freed.
    */
   async load(
     assignment: Assignment,
     collective: (Collective & { close?: () => Promise<void> | void }) | undefined,
     onProgress?: (loaded: number, total: number) => void,
-  ): Promise<void> {
+  ): Promise<{ kvBlocks: number }> {
     if (this.state === 'loading' || this.state === 'ready') {
       throw new WorkerStateError(
         `worker ${this.options.workerId} already holds assignment ${this.assignment?.assignmentId}`,
@@ -73,17 +80,18 @@ export class WorkerNode {
       });
       const checkpoint = await openCheckpoint(assignment.modelDir);
       this.collective = collective;
-      this.runner = await ShardRunner.load({
+      const runner = await ShardRunner.load({
         device: this.device,
         checkpoint,
         spec: assignment.shard,
-        numBlocks: assignment.kvCache.numBlocks,
-        blockSize: assignment.kvCache.blockSize,
+        kvCache: assignment.kvCache,
         collective,
         onProgress,
       });
+      this.runner = runner;
       if (assignment.downstream) this.downstream = await StageLink.connect(assignment.downstream);
       this.state = 'ready';
+      return { kvBlocks: runner.numBlocks };
     } catch (err) {
       this.state = 'failed';
       this.error = err instanceof Error ? err.message : String(err);

@@ -35,7 +35,8 @@ export interface WorkerProcessOptions {
 export type WorkerEvent =
   | { event: 'listening'; workerId: string; address: string }
   | { event: 'progress'; workerId: string; loaded: number; total: number }
-  | { event: 'ready'; workerId: string }
+  /** kvBlocks: KV cache blocks allocated (the parent's scheduler uses the least over its workers). */
+  | { event: 'ready'; workerId: string; kvBlocks: number }
   | { event: 'failed'; workerId: string; error: string };
 
 export interface RunningWorker {
@@ -49,7 +50,7 @@ async function loadAssignment(
   host: CollectiveHost,
   assignment: Assignment,
   onProgress: (loaded: number, total: number) => void,
-): Promise<void> {
+): Promise<{ kvBlocks: number }> {
   const { shard } = assignment;
   const collective =
     shard.tpSize > 1
@@ -61,7 +62,7 @@ async function loadAssignment(
           host,
         })
       : undefined;
-  await node.load(assignment, collective, onProgress);
+  return node.load(assignment, collective, onProgress);
 }
 
 export async function startWorker(options: WorkerProcessOptions): Promise<RunningWorker> {
@@ -98,15 +99,18 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
       devices: [{ kind: options.device, index: options.ordinal ?? 0, name: options.device, memoryBytes }],
       memoryBytes,
       onAssignment: async (assignment, reporter) => {
-        await loadAssignment(node, host, assignment, (loaded, total) => reporter.progress(loaded, total));
-        emit({ event: 'ready', workerId });
+        const loaded = await loadAssignment(node, host, assignment, (loaded, total) =>
+          reporter.progress(loaded, total),
+        );
+        emit({ event: 'ready', workerId, kvBlocks: loaded.kvBlocks });
+        return loaded;
       },
     });
   } else if (options.assignment) {
     loadAssignment(node, host, options.assignment, (loaded, total) =>
       emit({ event: 'progress', workerId, loaded, total }),
     )
-      .then(() => emit({ event: 'ready', workerId }))
+      .then(({ kvBlocks }) => emit({ event: 'ready', workerId, kvBlocks }))
       .catch((err: Error) => emit({ event: 'failed', workerId, error: err.message }));
   }
 
