@@ -23,7 +23,7 @@
 #include "../native/cuda/cublas_loader.h"
 
 using namespace medcluster;
-namespace medcluster { namespace cuda { extern int awqGemvMaxM, awqSkinnyMaxM, awqSkinnyMinBlocks, awqSkinnyPipeOn, awqSkinnyStages1, awqSkinnySplitCap, awqCoreMaxM, awqCoreVariant, awqCoreMaxSplits, awqDequantMinM, linearBlasMinM; } }
+namespace medcluster { namespace cuda { extern int awqGemvMaxM, awqSkinnyMaxM, awqSkinnyMinBlocks, awqSkinnyPipeOn, awqSkinnyStages1, awqSkinnySplitCap, awqCoreMaxM, awqCoreVariant, awqCoreMaxSplits, awqDequantMinM, linearBlasMinM, attnPrefillMinTokensPerSeq; } }
 
 int runE2E(Backend& b);      // e2e.cu
 int runReadPat(Backend& b);  // e2e.cu
@@ -654,6 +654,20 @@ int main(int argc, char** argv) {
       checkNorms(*b, 3, 8192);
       checkNorms(*b, 2, 1000);
       checkElementwise(*b);
+      // Session 5: the tensor-core prefill kernel (>= 4 tokens per sequence): G = 8, 4, 2, 1,
+      // head dims 128 and 64, several sequences per step (a 64-row tile spans two), contexts past
+      // the new tokens, block tables out of order; and the same on the per-token kernel.
+      for (int perToken = 0; perToken < 2; ++perToken) {
+        const int keep = cuda::attnPrefillMinTokensPerSeq;
+        if (perToken) cuda::attnPrefillMinTokensPerSeq = 0;
+        printf("-- session 5: prefill attention on the %s kernel\n", perToken ? "per-token" : "tensor-core");
+        checkAttention(*b, 64, 8, 128, {700, 301}, 300, "prefill GQA 8, 2 seqs");
+        checkAttention(*b, 32, 8, 128, {77, 130, 5}, 64, "prefill GQA 4, 3 seqs");
+        checkAttention(*b, 8, 4, 64, {200, 45}, 45, "prefill GQA 2 hd 64");
+        checkAttention(*b, 4, 4, 64, {129}, 129, "prefill MHA hd 64");
+        checkAttention(*b, 8, 1, 128, {2048}, 2048, "prefill 2048 GQA 8");
+        cuda::attnPrefillMinTokensPerSeq = keep;
+      }
       checkAttention(*b, 8, 2, 128, {1, 37, 300}, 1, "decode");
       checkAttention(*b, 64, 8, 128, {5, 200}, 1, "decode GQA 8");
       checkAttention(*b, 6, 2, 64, {19, 70}, 19, "prefill+partial blocks");

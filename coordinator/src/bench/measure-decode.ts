@@ -22,7 +22,21 @@ export function blocksNeeded(shape: DecodeShape, blockSize: number): number {
   return shape.batch * Math.ceil((shape.promptTokens + shape.decodeTokens) / blockSize);
 }
 
+/**
+ * Measures one shape after an untimed warm-up run of the same shape with 2 decode steps:
+ * first calls pay one-time costs (workspace growth, cuBLAS's first use of a shape, the CUDA
+ * graph capture of each batch bucket) that a serving process pays once at start.
+ */
 export async function measureDecode(
+  executor: StepExecutor,
+  blocks: BlockAllocator,
+  shape: DecodeShape,
+): Promise<DecodeRow> {
+  await runDecode(executor, blocks, { ...shape, decodeTokens: Math.min(2, shape.decodeTokens) });
+  return runDecode(executor, blocks, shape);
+}
+
+async function runDecode(
   executor: StepExecutor,
   blocks: BlockAllocator,
   shape: DecodeShape,

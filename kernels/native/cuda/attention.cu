@@ -8,9 +8,10 @@
 // warps; with several splits the partial (m, l, unnormalized O) goes to a workspace and
 // a combine kernel merges the splits. The score matrix is never materialized.
 //
-// Prefill uses the same kernel per query token (correct, CUDA cores only): a tensor-core
-// flash kernel over query tiles is the next step for prefill throughput.
+// Steps with several tokens per sequence (prefill) use a tensor-core flash kernel instead
+// (attnPrefill below): tiles of query rows against chunks of keys, mma.sync.
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace medcluster {
 namespace cuda {
@@ -180,6 +181,190 @@ __global__ void attnCombine(const float* wsAcc, const float* wsML, __half* out, 
   out[((int64_t)t * nh + h) * hd + e] = __float2half(O / L);
 }
 
+// ---- prefill: tensor-core flash attention -------------------------------------------
+//
+// A block takes 64 query rows = (64 / G) consecutive tokens x the G query heads of one KV
+// head (GQA: the rows share every K/V row); each of its 4 warps owns 16 rows. Keys come in
+// chunks of 64, gathered through the block table into shared memory; S = Q K^T and O += P V
+// run on m16n8k16 MMAs (f16 inputs, f32 accumulation), with the online softmax on the S
+// fragments in registers, and P reused as the A operand of P V without leaving registers.
+// The tokens of one block may belong to several sequences (the step's sequences follow one
+// another): the block makes one pass per sequence present, masking the other rows.
+constexpr int kPfRows = 64;   // query rows per block
+constexpr int kPfKeys = 64;   // keys per chunk
+
+template <int HD>
+__global__ void __launch_bounds__(128) attnPrefill(AttnArgs a, int T, int gShift) {
+  constexpr int LD = HD + 8;  // padded smem row (halves): conflict-free fragment loads
+  __shared__ __align__(16) __half ks[kPfKeys][LD];
+  __shared__ __align__(16) __half vs[kPfKeys][LD];
+  __shared__ int tokSeq[kPfRows], tokPos[kPfRows];
+  __shared__ int passSeq, passEnd;
+
+  const int G = 1 << gShift, tokens = kPfRows >> gShift;
+  const int t0 = blockIdx.x * tokens, kvh = blockIdx.y;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+  const int64_t rowStride = (int64_t)a.nkv * HD;
+  const float scaleLog2 = a.scale * kLog2e;
+
+  for (int i = threadIdx.x; i < tokens; i += blockDim.x) {
+    const int t = t0 + i;
+    tokSeq[i] = t < T ? a.tokenSeq[t] : -1;
+    tokPos[i] = t < T ? a.positions[t] : -1;
+  }
+  // This lane's two rows (g and g + 8 of the warp's 16): token index in the block, head.
+  int rTok[2], rHead[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp * 16 + g + 8 * h;
+    rTok[h] = r >> gShift;
+    rHead[h] = kvh * G + (r & (G - 1));
+  }
+  __syncthreads();
+  // Q fragments (A operand, rows g / g+8, dims 16k + 2tq (+8)), zero for rows past T.
+  uint32_t qf[HD / 16][4];
+#pragma unroll
+  for (int k = 0; k < HD / 16; ++k)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int h = i & 1, col = k * 16 + 2 * tq + (i >> 1) * 8;
+      const int t = t0 + rTok[h];
+      qf[k][i] = t < T ? *reinterpret_cast<const uint32_t*>(a.q + ((int64_t)t * a.nh + rHead[h]) * HD + col) : 0u;
+    }
+
+  for (;;) {
+    // The next sequence with rows left in this block, and its longest context here.
+    if (threadIdx.x == 0) {
+      int seq = -1, end = 0;
+      for (int i = 0; i < tokens; ++i)
+        if (tokSeq[i] >= 0 && (seq < 0 || tokSeq[i] == seq)) { seq = tokSeq[i]; end = max(end, tokPos[i] + 1); }
+      passSeq = seq;
+      passEnd = end;
+    }
+    __syncthreads();
+    const int seq = passSeq, keyEnd = passEnd;
+    if (seq < 0) break;
+    bool active[2];
+    int pos[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      active[h] = tokSeq[rTok[h]] == seq;
+      pos[h] = tokPos[rTok[h]];
+    }
+    const bool warpActive = __any_sync(0xffffffffu, active[0] || active[1]);
+    const int32_t* table = a.blockTables + (int64_t)seq * a.maxBlocks;
+
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    float o[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+    for (int kc0 = 0; kc0 < keyEnd; kc0 += kPfKeys) {
+      __syncthreads();  // the previous chunk is consumed
+      for (int i = threadIdx.x; i < kPfKeys * (HD / 8); i += blockDim.x) {
+        const int key = i / (HD / 8), c = i % (HD / 8), j = kc0 + key;
+        uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+        if (j < keyEnd) {
+          const int64_t slot = (int64_t)table[j / a.blockSize] * a.blockSize + j % a.blockSize;
+          const int64_t off = slot * rowStride + (int64_t)kvh * HD + c * 8;
+          kv = __ldg(reinterpret_cast<const uint4*>(a.kc + off));
+          vv = __ldg(reinterpret_cast<const uint4*>(a.vc + off));
+        }
+        *reinterpret_cast<uint4*>(&ks[key][c * 8]) = kv;
+        *reinterpret_cast<uint4*>(&vs[key][c * 8]) = vv;
+      }
+      __syncthreads();
+      if (!warpActive) continue;
+
+      // S = Q K^T: 8 tiles of 8 keys; lane holds keys 8n + 2tq (+1) of rows g (s[n][0..1]) and g+8 (s[n][2..3]).
+      float sc[kPfKeys / 8][4];
+#pragma unroll
+      for (int n = 0; n < kPfKeys / 8; ++n) {
+        sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+#pragma unroll
+        for (int k = 0; k < HD / 16; ++k) {
+          const uint32_t b0 = *reinterpret_cast<const uint32_t*>(&ks[n * 8 + g][k * 16 + 2 * tq]);
+          const uint32_t b1 = *reinterpret_cast<const uint32_t*>(&ks[n * 8 + g][k * 16 + 8 + 2 * tq]);
+          mma16816(sc[n], qf[k], b0, b1);
+        }
+      }
+      // Online softmax (base 2) per row; a quad of lanes shares a row.
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < kPfKeys / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int j = kc0 + n * 8 + 2 * tq + e;
+            const float v = active[h] && j <= pos[h] ? sc[n][2 * h + e] * scaleLog2 : -INFINITY;
+            sc[n][2 * h + e] = v;
+            mx = fmaxf(mx, v);
+          }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mNew = fmaxf(m[h], mx);
+        const float base = mNew == -INFINITY ? 0.f : mNew;  // a row with no key yet stays empty
+        const float corr = exp2f(m[h] - base);
+        float sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < kPfKeys / 8; ++n)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f(sc[n][2 * h + e] - base);
+            sc[n][2 * h + e] = p;
+            sum += p;
+          }
+        l[h] = l[h] * corr + sum;
+        m[h] = mNew;
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+          o[n][2 * h] *= corr;
+          o[n][2 * h + 1] *= corr;
+        }
+      }
+      // O += P V: P's C fragments are the A fragments of 16-key steps.
+#pragma unroll
+      for (int kk = 0; kk < kPfKeys / 16; ++kk) {
+        uint32_t pa[4];
+        const float* s0 = sc[2 * kk];
+        const float* s1 = sc[2 * kk + 1];
+        __half2 h0 = __floats2half2_rn(s0[0], s0[1]), h1 = __floats2half2_rn(s0[2], s0[3]);
+        __half2 h2 = __floats2half2_rn(s1[0], s1[1]), h3 = __floats2half2_rn(s1[2], s1[3]);
+        pa[0] = *reinterpret_cast<uint32_t*>(&h0);
+        pa[1] = *reinterpret_cast<uint32_t*>(&h1);
+        pa[2] = *reinterpret_cast<uint32_t*>(&h2);
+        pa[3] = *reinterpret_cast<uint32_t*>(&h3);
+#pragma unroll
+        for (int np = 0; np < HD / 16; ++np) {
+          uint32_t vb[4];
+          ldmatrixX4T(vb, &vs[kk * 16 + (lane & 15)][np * 16 + (lane >> 4) * 8]);
+          mma16816(o[2 * np], pa, vb[0], vb[1]);
+          mma16816(o[2 * np + 1], pa, vb[2], vb[3]);
+        }
+      }
+    }
+
+    // Normalize and store this pass's rows.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float L = l[h];
+      L += __shfl_xor_sync(0xffffffffu, L, 1);
+      L += __shfl_xor_sync(0xffffffffu, L, 2);
+      if (!active[h] || L == 0.f) continue;
+      const float inv = 1.f / L;
+      __half* dst = a.out + ((int64_t)(t0 + rTok[h]) * a.nh + rHead[h]) * HD + 2 * tq;
+#pragma unroll
+      for (int n = 0; n < HD / 8; ++n)
+        *reinterpret_cast<__half2*>(dst + n * 8) = __floats2half2_rn(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+    }
+    __syncthreads();  // every thread has read passSeq and tokSeq for this pass
+    for (int i = threadIdx.x; i < tokens; i += blockDim.x)
+      if (tokSeq[i] == seq) tokSeq[i] = -1;
+    __syncthreads();  // before thread 0 scans tokSeq again
+  }
+}
+
 template <int GT, int EPL>
 void launchT(dim3 grid, const AttnArgs& a, cudaStream_t s) {
   attnKernel<GT, EPL><<<grid, kWarps * 32, 0, s>>>(a);
@@ -195,6 +380,10 @@ void launchG(int gt, dim3 grid, const AttnArgs& a, cudaStream_t s) {
 }
 
 }  // namespace
+
+// Tokens per sequence (T / number of block-table rows) from which a step's attention runs on
+// the tensor-core prefill kernel (0: never; the check program moves it to test both kernels).
+int attnPrefillMinTokensPerSeq = 4;
 
 void launchAttention(const Ctx& c, const View& q, const View& kCache, const View& vCache,
                      const View& blockTables, const View& tokenSeq, const View& positions,
@@ -216,6 +405,17 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
   a.blockSize = (int)kCache.dim(1);
   a.maxBlocks = (int)blockTables.dim(1);
   a.scale = shape.scale;
+  // Several tokens per sequence on average (prefill): the tensor-core flash kernel.
+  const int64_t numSeqs = blockTables.dim(0);
+  if (attnPrefillMinTokensPerSeq > 0 && T >= attnPrefillMinTokensPerSeq * numSeqs && (hd == 64 || hd == 128) &&
+      G <= 8 && (G & (G - 1)) == 0) {
+    const int gShift = G == 1 ? 0 : G == 2 ? 1 : G == 4 ? 2 : 3;
+    dim3 grid((unsigned)ceilDiv(T, kPfRows >> gShift), (unsigned)nkv);
+    if (hd == 128) attnPrefill<128><<<grid, 128, 0, c.stream>>>(a, T, gShift);
+    else attnPrefill<64><<<grid, 128, 0, c.stream>>>(a, T, gShift);
+    MC_LAUNCHED("attnPrefill");
+    return;
+  }
   // The longest context a row of blockTables can hold; the real lengths live on the GPU.
   const int64_t cap = (int64_t)a.maxBlocks * a.blockSize;
   const int64_t base = (int64_t)T * nkv;

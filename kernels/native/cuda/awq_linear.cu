@@ -17,6 +17,7 @@
 //    is dequantized to an f16 [BK, BN] tile and fed to the MMAs through ldmatrix.trans.
 //    Split-K over blocks when the M x N tiles alone cannot fill the GPU.
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace medcluster {
 namespace cuda {
@@ -185,25 +186,6 @@ __device__ __forceinline__ void cpAsync16(void* smem, const void* gmem, bool val
 __device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void cpAsyncWait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
-// Four 8x8 b16 matrices from shared memory, one row address per lane.
-__device__ __forceinline__ void ldmatrixX4(uint32_t (&r)[4], const void* p) {
-  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
-}
-// The same, transposed: B stored [k][n] becomes the mma's column-major fragment.
-__device__ __forceinline__ void ldmatrixX4T(uint32_t (&r)[4], const void* p) {
-  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
-}
-// D = A (16x16 f16, row) * B (16x8 f16, col) + D (f32).
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 constexpr int BN = 128, BK = 64, STAGES = 4;
 constexpr int A_LD = BK + 8;   // halves per x row in shared memory (+16 B: no ldmatrix bank conflicts)
