@@ -2,11 +2,12 @@
 // cuBLAS and the copy bandwidth, all timed with CUDA events in one process. The
 // measurement lives in the C++ GPU program (kernels/gpu/check.cu, built by
 // kernels/gpu/build.sh), which links the backend's kernels directly and loads cuBLAS at
-// run time; this command finds it and runs its benchmark.
+// run time; this command finds it (building it first where nvcc exists) and runs its benchmark.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 const PROGRAM = 'medcluster-gpu-check';
 
@@ -18,9 +19,27 @@ export function gpuCheckCandidates(cwd = process.cwd()): string[] {
   return list;
 }
 
+/** The repository's build script for the program, when this CLI runs from a checkout. */
+function buildScript(): string | undefined {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (const up of ['../../..', '../../../..']) {
+    const script = resolve(here, up, 'kernels', 'gpu', 'build.sh');
+    if (existsSync(script)) return script;
+  }
+  return undefined;
+}
+
 export async function runGpuKernelBench(options: { json?: string; quick?: boolean }): Promise<void> {
   const candidates = gpuCheckCandidates();
-  const program = candidates.find((p) => existsSync(p));
+  let program = candidates.find((p) => existsSync(p));
+  const script = buildScript();
+  if (!program && script && spawnSync('nvcc', ['--version']).status === 0) {
+    console.error(`building the GPU benchmark program (${script}; a few minutes)`);
+    const out = join(process.cwd(), '.device');
+    if (spawnSync('bash', [script, out], { stdio: 'inherit' }).status !== 0)
+      throw new Error(`${script} failed`);
+    program = join(out, PROGRAM);
+  }
   if (!program) {
     throw new Error(
       `the GPU benchmark program was not found (looked at ${candidates.join(', ')}); ` +

@@ -67,7 +67,7 @@ export class DecodeGraphs {
    */
   fits(inputs: StepInputs, decodeStep: boolean): boolean {
     const batch = bucketFor(BATCH_BUCKETS, inputs.numTokens);
-    if (!decodeStep || batch === undefined) return false;
+    if (!decodeStep || batch === undefined || inputs.numTokens === 0) return false;
     const width = this.widthFor(inputs.maxBlocks);
     if (width === undefined) return false;
     return !this.buckets.get(`${batch}x${width}`)?.broken;
