@@ -144,5 +144,7 @@ std::unique_ptr<Backend> createCpuBackend(int threads);
 // fallback that throws BackendError explaining that CUDA support was not compiled in.
 std::unique_ptr<Backend> createCudaBackend(int ordinal);
 bool cudaCompiledIn();
+// CUDA devices visible to this process (0 without a driver, a GPU, or CUDA compiled in).
+int cudaDeviceCount();
 
 }  // namespace medcluster

@@ -711,6 +711,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaCompiledIn", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 return Napi::Boolean::New(info.Env(), cudaCompiledIn());
               }));
+  exports.Set("cudaDeviceCount", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return Napi::Number::New(info.Env(), cudaDeviceCount());
+              }));
   exports.Set("abiVersion", Napi::Number::New(env, 2));
   return exports;
 }

@@ -11,5 +11,6 @@ std::unique_ptr<Backend> createCudaBackend(int) {
 }
 
 bool cudaCompiledIn() { return false; }
+int cudaDeviceCount() { return 0; }
 
 }  // namespace medcluster

@@ -537,6 +537,11 @@ export function cudaCompiledIn(): boolean {
   return loadAddon().cudaCompiledIn();
 }
 
+/** CUDA devices visible to this process (0 without a GPU, a driver, or CUDA compiled in). */
+export function cudaDeviceCount(): number {
+  return loadAddon().cudaDeviceCount();
+}
+
 /** Starts a device thread with the requested backend. */
 export function createDevice(options: DeviceOptions): Device {
   const { kind } = options;

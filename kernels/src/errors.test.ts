@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { KernelError } from './api.js';
-import { createDevice, cudaCompiledIn } from './device.js';
+import { createDevice, cudaCompiledIn, cudaDeviceCount } from './device.js';
 
 const dev = createDevice({ kind: 'cpu', threads: 2 });
 afterAll(() => dev.close());
@@ -78,6 +78,12 @@ describe('argument errors', () => {
     expect(thrown(() => dev.argmax(other.zeros([1, 4], 'f32'))).message).toMatch(/belongs to another device/);
     await other.close();
     expect(thrown(() => other.zeros([1], 'f32')).message).toBe('zeros: device is closed');
+  });
+
+  it('counts CUDA devices, and creating one agrees with the count', () => {
+    const n = cudaDeviceCount();
+    expect(Number.isInteger(n) && n >= 0).toBe(true);
+    if (n === 0) expect(() => createDevice({ kind: 'cuda' })).toThrow(/no CUDA device|not compiled/);
   });
 
   it('explains a missing CUDA backend', () => {

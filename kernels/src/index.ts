@@ -1,4 +1,4 @@
 export * from './api.js';
 export * from './awq.js';
-export { createDevice, cudaCompiledIn } from './device.js';
+export { createDevice, cudaCompiledIn, cudaDeviceCount } from './device.js';
 export * from './half.js';

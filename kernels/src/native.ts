@@ -88,6 +88,7 @@ export interface NativeDevice {
 export interface NativeAddon {
   Device: new (kind: string, threads: number, ordinal: number) => NativeDevice;
   cudaCompiledIn(): boolean;
+  cudaDeviceCount(): number;
   abiVersion: number;
 }
 

@@ -7,8 +7,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { freemem } from 'node:os';
 import { createInterface } from 'node:readline';
-import type { DeviceKind } from '@medcluster/kernels';
-import type { Assignment } from '@medcluster/proto';
+import { cudaDeviceCount, type DeviceKind } from '@medcluster/kernels';
+import type { Assignment, KvCacheMessage } from '@medcluster/proto';
 import type { LlamaConfig, WorkerEvent } from '@medcluster/worker';
 import { freePort } from '@medcluster/worker';
 import { planPlacement } from '../placement/index.js';
@@ -58,6 +58,19 @@ export interface LocalCluster {
   stop(): Promise<void>;
 }
 
+/**
+ * The GPU of each of `count` local workers, round robin over `gpus` devices, and how many
+ * workers share it. Workers that share a GPU split a memory-fraction KV cache between them:
+ * each takes its share of what it sees free, so their caches fit whichever loads first.
+ */
+export function localGpuSlots(count: number, gpus: number): { ordinal: number; sharers: number }[] {
+  const n = Math.max(1, gpus);
+  return Array.from({ length: count }, (_, i) => ({
+    ordinal: i % n,
+    sharers: Math.floor(count / n) + (i % n < count % n ? 1 : 0),
+  }));
+}
+
 function defaultWorkerCommand(): string[] {
   // This process runs the CLI (bin shim or bundle): start workers the same way.
   return [process.execPath, ...process.execArgv, process.argv[1]];
@@ -77,11 +90,27 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   const addresses = new Map<string, string>();
   for (const id of ids) addresses.set(id, `127.0.0.1:${await freePort()}`);
   const kvCache = kvCacheForDevice(options.kvCache, options.device);
+  const slots =
+    options.device === 'cuda'
+      ? localGpuSlots(count, cudaDeviceCount())
+      : ids.map(() => ({ ordinal: 0, sharers: 1 }));
+  const slotOf = new Map(ids.map((id, i) => [id, slots[i]]));
+  const kvCacheOf = (id: string): KvCacheMessage => {
+    const { sharers } = slotOf.get(id) as { sharers: number };
+    return 'memoryFraction' in kvCache && sharers > 1
+      ? { blockSize: kvCache.blockSize, memoryFraction: kvCache.memoryFraction / sharers }
+      : kvCache;
+  };
+  if (slots.some((s) => s.sharers > 1)) {
+    log(
+      `local cluster: ${count} workers share ${Math.max(1, cudaDeviceCount())} GPU(s); memory-sized KV caches split between them`,
+    );
+  }
   const assignments = assignmentsFor(
     plan,
     addresses,
     options.modelDir,
-    () => kvCache,
+    kvCacheOf,
     `local-${randomUUID().slice(0, 8)}`,
   );
   const [exe, ...baseArgs] = options.workerCommand ?? defaultWorkerCommand();
@@ -99,6 +128,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
       addresses.get(id) as string,
       '--device',
       options.device,
+      ...(options.device === 'cuda' ? ['--ordinal', String(slotOf.get(id)?.ordinal ?? 0)] : []),
       '--assignment',
       JSON.stringify(assignments.get(id)),
       ...(threads ? ['--threads', String(threads)] : []),
@@ -131,7 +161,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
           }
           if (event.event === 'ready') {
             clearTimeout(timer);
-            resolve({ workerId: id, assigned: kvCache, kvBlocks: event.kvBlocks });
+            resolve({ workerId: id, assigned: kvCacheOf(id), kvBlocks: event.kvBlocks });
           } else if (event.event === 'failed') {
             clearTimeout(timer);
             reject(new Error(`worker ${id} failed to load: ${event.error}`));

@@ -562,5 +562,13 @@ std::unique_ptr<Backend> createCudaBackend(int ordinal) {
   return std::make_unique<cuda::CudaBackend>(ordinal);
 }
 bool cudaCompiledIn() { return true; }
+int cudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
 
 }  // namespace medcluster
