@@ -9,7 +9,7 @@ import { serveUntilSignal } from './serve.js';
 
 const USAGE = `usage: medcluster coordinator --nats URL --model DIR [--cluster NAME] [--tp N] [--pp N]
          [--grpc-port 50051] [--host 0.0.0.0] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
-         [--worker-timeout-s 300]
+         [--worker-timeout-s 300] [--max-batch-tokens 512]
 
 ${KV_USAGE}`;
 
@@ -27,6 +27,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       'kv-blocks': { type: 'string' },
       'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
+      'max-batch-tokens': { type: 'string', default: '512' },
       'worker-timeout-s': { type: 'string', default: '300' },
       help: { type: 'boolean' },
     },
@@ -63,6 +64,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       tp,
       pp,
       grpcAddress: `${flags.host}:${flags['grpc-port']}`,
+      maxBatchTokens: intFlag(flags['max-batch-tokens'], 'max-batch-tokens'),
       workers: cluster.workers,
       healthy: cluster.healthy,
       stopCluster: cluster.close,

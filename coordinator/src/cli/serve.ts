@@ -20,6 +20,8 @@ export interface ServeOptions {
   tp: number;
   pp: number;
   grpcAddress: string;
+  /** Tokens one step may carry (decode tokens plus prompt chunks). */
+  maxBatchTokens: number;
   workers: () => ServedWorker[];
   healthy: () => boolean;
   /** Stops the workers after the server closed. */
@@ -30,7 +32,7 @@ export async function serveUntilSignal(options: ServeOptions): Promise<void> {
   const tokenizer = await loadTokenizer(options.modelDir);
   const blocks = new BlockAllocator(options.kvCache.numBlocks, options.kvCache.blockSize);
   const scheduler = new Scheduler(options.executor, blocks, {
-    maxBatchTokens: 512,
+    maxBatchTokens: options.maxBatchTokens,
     maxRunning: 64,
     maxContext: options.config.maxPositions,
   });
