@@ -3,6 +3,8 @@
 
 import {
   BlockAllocator,
+  type ClusterHandle,
+  type ClusterWorker,
   LocalExecutor,
   loadTokenizer,
   type PipelineExecutor,
@@ -79,6 +81,12 @@ async function natsCluster(modelDir: string, tp: number, pp: number, cluster: st
   return startNatsCluster({ nc, cluster, modelDir, config, tp, pp, kvCache: KV, workerTimeoutMs: 60_000 });
 }
 
+/** The stages' layer ranges, in order, as the cluster's workers report them. */
+function stagesOf(cluster: ClusterHandle): ClusterWorker[] {
+  const byStage = new Map(cluster.workers().map((w) => [w.stage, w]));
+  return [...byStage.keys()].sort((a, b) => a - b).map((s) => byStage.get(s) as ClusterWorker);
+}
+
 async function expectSameAsOneWorker(executor: StepExecutor, reference: GreedyRun[], promptIds: number[][]) {
   const blocks = new BlockAllocator(KV.numBlocks, KV.blockSize);
   for (const [i, ids] of promptIds.entries()) {
@@ -111,14 +119,13 @@ describe('tiny model over NATS and gRPC', () => {
     test(`tp=${tp} x pp=${pp} gives one worker's greedy tokens and logits`, async () => {
       const cluster = await natsCluster(modelDir, tp, pp, `tp${tp}pp${pp}`);
       try {
-        const stages = cluster.plan.stages;
+        const stages = stagesOf(cluster);
         expect(stages).toHaveLength(pp);
         expect(stages.every((s, i) => s.layerStart === (i === 0 ? 0 : stages[i - 1].layerEnd))).toBe(true);
         expect(stages[pp - 1].layerEnd).toBe(4);
         await expectSameAsOneWorker(cluster.executor, reference, promptIds);
       } finally {
-        await cluster.executor.close();
-        await cluster.close();
+        await cluster.stop();
       }
     });
   }
@@ -133,8 +140,7 @@ describe('tiny model over NATS and gRPC', () => {
       expect(a.tokens).toEqual(reference[0].tokens.slice(0, 4));
       expect(b.tokens).toEqual(reference[1].tokens.slice(0, 4));
     } finally {
-      await cluster.executor.close();
-      await cluster.close();
+      await cluster.stop();
     }
   });
 });
@@ -147,11 +153,10 @@ describe('deep pipelines and refused plans', () => {
     const reference = await oneWorker(modelDir, ids);
     const cluster = await natsCluster(modelDir, 1, 8, 'pp8');
     try {
-      expect(cluster.plan.stages.map((s) => s.layerEnd - s.layerStart)).toEqual([1, 1, 1, 1, 1, 1, 1, 1]);
+      expect(stagesOf(cluster).map((s) => s.layerEnd - s.layerStart)).toEqual([1, 1, 1, 1, 1, 1, 1, 1]);
       await expectSameAsOneWorker(cluster.executor, reference, ids);
     } finally {
-      await cluster.executor.close();
-      await cluster.close();
+      await cluster.stop();
     }
   });
 

@@ -99,16 +99,17 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
       workerTimeoutMs: 60_000,
     });
     try {
-      const layers = cluster.plan.stages.map((s) => s.layerEnd - s.layerStart);
+      const workers = [...cluster.workers()].sort((a, b) => a.stage - b.stage);
+      const layers = workers.map((w) => w.layerEnd - w.layerStart);
       expect([...layers].sort()).toEqual([1, 1, 2]);
-      const reported = cluster.plan.stages.map((s) => cluster.registry.get(s.ranks[0].workerId)?.kvBlocks);
+      const reported = workers.map((w) => w.kvBlocks);
       expect(
         reported.every((n) => Number.isInteger(n) && (n as number) > 0),
         `${reported}`,
       ).toBe(true);
       const counts = reported as number[];
       const least = Math.min(...counts);
-      expect(cluster.kvCache).toEqual({ numBlocks: least, blockSize: BLOCK_SIZE });
+      expect(cluster.kvGeometry).toEqual({ numBlocks: least, blockSize: BLOCK_SIZE });
       // The 2-layer stage needs twice the bytes per block: it is the one that sets the count.
       expect(counts[layers.indexOf(2)]).toBe(least);
       expect(Math.max(...counts)).toBeGreaterThan(1.5 * least);
@@ -141,8 +142,7 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
         new RegExp(`block ${least} is outside the cache \\(${least} blocks\\)`),
       );
     } finally {
-      await cluster.executor.close();
-      await cluster.close();
+      await cluster.stop();
       await nc.drain();
       await nats.stop();
     }

@@ -1,49 +1,66 @@
 // `medcluster up` as a user runs it: a coordinator and tp x pp worker processes on this machine,
-// queried through the public gRPC API by the CLI client and by a grpc-js client.
+// queried through the public gRPC API by the CLI client, the project's TypeScript client and a
+// Python client generated from proto/ with grpcio-tools.
 
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import { inferenceClient } from '@medcluster/coordinator';
-import { loadHealthProto } from '@medcluster/proto';
+import * as protoLoader from '@grpc/proto-loader';
+import { InferenceClient, type inferenceV1 } from '@medcluster/proto';
 import { freePort } from '@medcluster/worker';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { runCli, startCli, stopAll, waitForStderr } from './harness/index.js';
+import { REPO, runCli, startCli, stopAll, waitForStderr } from './harness/index.js';
 import { testModel } from './models.js';
 
-type Client = ReturnType<typeof inferenceClient>;
+const run = promisify(execFile);
+/** Debian's interpreter: python3-grpcio and python3-grpc-tools load only there. */
+const PYTHON = '/usr/bin/python3';
 
-function unary<Req, Res>(client: Client, method: string, request: Req): Promise<Res> {
-  return new Promise((resolve, reject) =>
-    (
-      client as unknown as Record<string, (r: Req, cb: (e: grpc.ServiceError | null, v: Res) => void) => void>
-    )[method](request, (err, value) => (err ? reject(err) : resolve(value))),
-  );
+async function startUp(args: string[]): Promise<{ address: string; up: ReturnType<typeof startCli> }> {
+  const port = await freePort();
+  const up = startCli(['up', '--grpc-port', String(port), '--threads', '1', ...args]);
+  await waitForStderr(up.child, /medcluster: serving .* on 127\.0\.0\.1:\d+/, 90_000);
+  return { address: `127.0.0.1:${port}`, up };
+}
+
+const INVALID_ARGUMENT = 3;
+
+/** The services a server lists through gRPC server reflection (grpc.reflection.v1). */
+async function reflectedServices(address: string): Promise<string[]> {
+  const require = createRequire(import.meta.url);
+  const root = join(dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto');
+  const definition = protoLoader.loadSync('grpc/reflection/v1/reflection.proto', { includeDirs: [root] });
+  // biome-ignore lint/suspicious/noExplicitAny: the reflection package ships no generated types
+  const pkg = grpc.loadPackageDefinition(definition) as any;
+  const stub = new pkg.grpc.reflection.v1.ServerReflection(address, grpc.credentials.createInsecure());
+  try {
+    return await new Promise<string[]>((resolve, reject) => {
+      const call = stub.ServerReflectionInfo();
+      call.on('data', (m: { listServicesResponse?: { service: { name: string }[] } }) => {
+        resolve((m.listServicesResponse?.service ?? []).map((s) => s.name));
+        call.end();
+      });
+      call.on('error', reject);
+      call.write({ listServices: '' });
+    });
+  } finally {
+    stub.close();
+  }
 }
 
 describe('medcluster up (tp=2 x pp=2) and its public gRPC API', () => {
   let modelDir: string;
   let address: string;
-  let client: Client;
-  let up: ReturnType<typeof startCli>;
+  let client: InferenceClient;
 
   beforeAll(async () => {
     modelDir = await testModel();
-    const port = await freePort();
-    up = startCli([
-      'up',
-      '--model',
-      modelDir,
-      '--tp',
-      '2',
-      '--pp',
-      '2',
-      '--grpc-port',
-      String(port),
-      '--threads',
-      '1',
-    ]);
-    await waitForStderr(up.child, /medcluster: serving .* on 127\.0\.0\.1:\d+/, 90_000);
-    address = `127.0.0.1:${port}`;
-    client = inferenceClient(address);
+    ({ address } = await startUp(['--model', modelDir, '--tp', '2', '--pp', '2']));
+    client = new InferenceClient(address);
   });
   afterAll(async () => {
     client?.close();
@@ -62,121 +79,196 @@ describe('medcluster up (tp=2 x pp=2) and its public gRPC API', () => {
     expect(remote.stdout).toBe(local.stdout);
   });
 
-  test('Generate reports usage and finish reason; concurrent requests are batched and all finish', async () => {
-    const requests = Array.from({ length: 6 }, (_, i) =>
-      unary<
-        object,
-        {
-          text: string;
-          tokenIds: number[];
-          finishReason: string;
-          usage: { promptTokens: number; completionTokens: number };
-        }
-      >(client, 'Generate', { text: `Case ${i}: the patient`, maxTokens: 5, temperature: { value: 0 } }),
+  test('Generate reports usage, timing and finish reason; concurrent requests are batched and all finish', async () => {
+    const results = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => client.generate({ text: `Case ${i}: the patient`, maxTokens: 5 })),
     );
-    const results = await Promise.all(requests);
     for (const r of results) {
-      expect(r.tokenIds).toHaveLength(r.usage.completionTokens);
-      expect(['FINISH_REASON_LENGTH', 'FINISH_REASON_EOS', 'FINISH_REASON_STOP']).toContain(r.finishReason);
-      expect(r.usage.promptTokens).toBeGreaterThan(3);
+      expect(r.tokenIds).toHaveLength(r.usage?.completionTokens as number);
+      expect(['FINISH_REASON_LENGTH', 'FINISH_REASON_EOS']).toContain(r.finishReason);
+      expect(r.usage?.promptTokens).toBeGreaterThan(3);
+      const t = r.timing as inferenceV1.Timing__Output;
+      expect(t.totalMs).toBeGreaterThan(0);
+      expect(t.timeToFirstTokenMs).toBeCloseTo(t.queueMs + t.prefillMs, 6);
+      expect(t.totalMs).toBeCloseTo(t.timeToFirstTokenMs + t.decodeMs, 6);
     }
     expect(results.some((r) => r.finishReason === 'FINISH_REASON_LENGTH')).toBe(true);
   });
 
-  test('Tokenize and GetModelInfo describe the served model', async () => {
-    const tokens = await unary<object, { ids: number[]; pieces: string[] }>(client, 'Tokenize', {
-      text: 'Hello world',
-      addBos: true,
-    });
+  test('the stream carries exactly the unary ids and text', async () => {
+    const request = { text: 'The differential diagnosis includes', maxTokens: 24 };
+    const unary = await client.generate(request);
+    const ids: number[] = [];
+    let text = '';
+    for await (const m of client.generateStream(request)) {
+      ids.push(...m.tokenIds);
+      text += m.text;
+    }
+    expect(ids).toEqual(unary.tokenIds);
+    expect(text).toBe(unary.text);
+  });
+
+  test('a seeded request samples the same tokens alone and batched; n = 4 gives four continuations', async () => {
+    const request = {
+      text: 'Symptoms of anemia include',
+      maxTokens: 12,
+      temperature: { value: 1 },
+      seed: { value: 2024 },
+    };
+    const alone = await client.generate(request);
+    const [batched] = await Promise.all([
+      client.generate(request),
+      client.generate({ ...request, seed: { value: 7 } }),
+      client.generate({ text: 'Another prompt entirely', maxTokens: 12, temperature: { value: 0.8 } }),
+    ]);
+    expect(batched.tokenIds).toEqual(alone.tokenIds);
+    const four = await client.generate({ ...request, n: { value: 4 } });
+    expect(four.choices).toHaveLength(4);
+    expect(new Set(four.choices.map((c) => c.tokenIds.join())).size).toBe(4);
+    expect(four.usage?.completionTokens).toBe(four.choices.reduce((n, c) => n + c.tokenIds.length, 0));
+  });
+
+  test('Tokenize and GetModelInfo describe the served model by its served name', async () => {
+    const tokens = await client.tokenize({ text: 'Hello world', addBos: true });
     expect(tokens.ids).toEqual([1, 15043, 3186]);
     expect(tokens.pieces).toEqual(['<s>', '▁Hello', '▁world']);
-    const info = await unary<
-      object,
-      { vocabRows: number; tp: number; pp: number; workers: unknown[]; config: { numLayers: number } }
-    >(client, 'GetModelInfo', {});
-    expect(info).toMatchObject({ vocabRows: 32019, tp: 2, pp: 2, config: { numLayers: 4 } });
+    const info = await client.getModelInfo();
+    expect(info).toMatchObject({ modelName: 'meditron-70b-awq', vocabRows: 32019, tp: 2, pp: 2 });
+    expect(info.config?.numLayers).toBe(4);
     expect(info.workers).toHaveLength(4);
   });
 
-  test('bad requests get INVALID_ARGUMENT with a clear message, and the server keeps serving', async () => {
-    const bad = async (request: object) => {
-      const err = await unary(client, 'Generate', request).catch((e: grpc.ServiceError) => e);
-      expect((err as grpc.ServiceError).code).toBe(grpc.status.INVALID_ARGUMENT);
-      return (err as grpc.ServiceError).details;
+  test('bad requests get INVALID_ARGUMENT naming the field, and the server keeps serving', async () => {
+    const bad = async (request: inferenceV1.GenerateRequest) => {
+      const err = (await client.generate(request).catch((e) => e)) as grpc.ServiceError;
+      expect(err.code, err.details).toBe(INVALID_ARGUMENT);
+      return err.details;
     };
-    expect(await bad({})).toMatch(/no prompt/);
+    expect(await bad({})).toMatch(/^prompt/);
     expect(await bad({ text: '' })).toMatch(/empty/);
     expect(await bad({ tokenIds: { ids: [1, 32019] } })).toMatch(
       /token id 32019 is outside the model's 32019 embedding rows/,
     );
     expect(await bad({ text: 'word '.repeat(5000), maxTokens: 10 })).toMatch(/exceeds the context of 4096/);
-    expect(await bad({ text: 'hi', topP: { value: 0 } })).toMatch(/top_p/);
-    const ok = await unary<object, { tokenIds: number[] }>(client, 'Generate', {
-      text: 'still there?',
-      maxTokens: 2,
-    });
+    expect(await bad({ text: 'hi', temperature: { value: Number.NaN } })).toMatch(/^temperature/);
+    expect(await bad({ text: 'hi', topP: { value: 0 } })).toMatch(/^top_p/);
+    expect(await bad({ text: 'hi', n: { value: 0 } })).toMatch(/^n must be/);
+    expect(await bad({ text: 'hi', stop: new Array(17).fill('.') })).toMatch(/^stop:/);
+    const ok = await client.generate({ text: 'still there?', maxTokens: 2 });
     expect(ok.tokenIds.length).toBeGreaterThan(0);
   });
 
-  test('health reports SERVING', async () => {
-    const { grpc: pkg } = loadHealthProto();
-    const health = new pkg.health.v1.Health(address, grpc.credentials.createInsecure());
-    const status = await new Promise<{ status: string }>((resolve, reject) =>
-      health.Check({ service: '' }, (err: grpc.ServiceError | null, res?: { status: string }) =>
-        err ? reject(err) : resolve(res as { status: string }),
-      ),
+  test('health reports SERVING, and reflection lists the public services', async () => {
+    expect((await client.healthCheck('')).status).toBe('SERVING');
+    expect((await client.healthCheck('medcluster.v1.Inference')).status).toBe('SERVING');
+    expect(await reflectedServices(address)).toEqual(
+      expect.arrayContaining(['medcluster.v1.Inference', 'grpc.health.v1.Health']),
     );
-    health.close();
-    expect(status.status).toBe('SERVING');
+  });
+
+  test('a Python client generated from proto/ streams the ids and text Generate returns', async () => {
+    const out = await mkdtemp(join(tmpdir(), 'medcluster-py-'));
+    try {
+      // Exactly the README's commands.
+      await run(
+        PYTHON,
+        [
+          '-m',
+          'grpc_tools.protoc',
+          '-I',
+          'proto',
+          `--python_out=${out}`,
+          `--grpc_python_out=${out}`,
+          'proto/medcluster/v1/inference.proto',
+        ],
+        { cwd: REPO, timeout: 60_000 },
+      );
+      const prompt = 'Treatment of community-acquired pneumonia';
+      const { stdout } = await run(
+        PYTHON,
+        ['proto/examples/python/generate.py', address, prompt, '--max-tokens', '16', '--json'],
+        { cwd: REPO, env: { ...process.env, PYTHONPATH: out }, timeout: 120_000 },
+      );
+      const streamed = JSON.parse(stdout.trim().split('\n').at(-1) as string);
+      const unary = await client.generate({ text: prompt, maxTokens: 16, temperature: { value: 0 } });
+      expect(streamed.token_ids).toEqual(unary.tokenIds);
+      expect(streamed.text).toBe(unary.text);
+      expect(streamed.finish_reason).toBe(unary.finishReason);
+    } finally {
+      await rm(out, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('medcluster up under load with a cache too small for it', () => {
+  test('64 staggered requests longer than a step, with preemption, each get exactly their solo tokens', async () => {
+    const modelDir = await testModel();
+    // 40 blocks of 16 = 640 positions, against 64 requests of ~50-90 prompt tokens + 8 generated.
+    const { address, up } = await startUp([
+      '--model',
+      modelDir,
+      '--pp',
+      '2',
+      '--kv-blocks',
+      '40',
+      '--max-batch-tokens',
+      '32',
+      '--max-running',
+      '64',
+    ]);
+    const client = new InferenceClient(address);
+    try {
+      const prompts = Array.from(
+        { length: 64 },
+        (_, i) =>
+          `Case ${i}: a ${20 + i}-year-old patient presents with ${['fever', 'cough', 'chest pain', 'fatigue'][i % 4]} ` +
+          `for ${i + 2} days, ${'and worsening symptoms '.repeat(1 + (i % 5))}. Assessment:`,
+      );
+      const request = (text: string) => ({ text, maxTokens: 8, temperature: { value: 0 } });
+      const concurrent = await Promise.all(
+        prompts.map(
+          (p, i) =>
+            new Promise<inferenceV1.GenerateResponse__Output>((resolve, reject) =>
+              setTimeout(() => client.generate(request(p)).then(resolve, reject), i * 15),
+            ),
+        ),
+      );
+      for (const r of concurrent) expect(r.usage?.promptTokens).toBeGreaterThan(32);
+      const preemptions = (up.stderr().match(/preempted/g) ?? []).length;
+      expect(preemptions, 'the cache was meant to be too small for the load').toBeGreaterThan(0);
+      // Then each request alone, one at a time.
+      for (const [i, p] of prompts.entries()) {
+        const solo = await client.generate(request(p));
+        expect(concurrent[i].tokenIds, `request ${i}`).toEqual(solo.tokenIds);
+        expect(concurrent[i].text).toBe(solo.text);
+      }
+    } finally {
+      client.close();
+      await stopAll();
+    }
   });
 });
 
 describe('a worker that dies mid-request', () => {
   test('fails the requests it held with a clear error; the coordinator stays up and says it is degraded', async () => {
     const modelDir = await testModel();
-    const port = await freePort();
-    const up = startCli([
-      'up',
-      '--model',
-      modelDir,
-      '--pp',
-      '2',
-      '--grpc-port',
-      String(port),
-      '--threads',
-      '1',
-    ]);
-    await waitForStderr(up.child, /medcluster: serving/, 90_000);
-    const address = `127.0.0.1:${port}`;
-    const client = inferenceClient(address);
+    const { address } = await startUp(['--model', modelDir, '--pp', '2']);
+    const client = new InferenceClient(address);
     try {
-      const info = await unary<object, { workers: { id: string }[] }>(client, 'GetModelInfo', {});
+      const info = await client.getModelInfo();
       expect(info.workers).toHaveLength(2);
-      const pids = await import('node:child_process').then(({ execFileSync }) =>
-        execFileSync('pgrep', ['-f', `worker --id w1 --listen`]).toString().trim().split('\n').map(Number),
-      );
-      const pending = unary(client, 'Generate', { text: 'A long answer:', maxTokens: 3000 }).catch(
-        (e: grpc.ServiceError) => e,
-      );
+      const { stdout } = await run('pgrep', ['-f', 'worker --id w1 --listen']);
+      const pids = stdout.trim().split('\n').map(Number);
+      const pending = client.generate({ text: 'A long answer:', maxTokens: 3000 }).catch((e) => e);
       await new Promise((r) => setTimeout(r, 300));
       for (const pid of pids) process.kill(pid, 'SIGKILL');
       const err = (await pending) as grpc.ServiceError;
-      expect(err.code, err.details).toBe(grpc.status.UNAVAILABLE);
+      expect(err.code, err.details).toBe(14); // UNAVAILABLE
       expect(err.details).toMatch(/step failed/);
       // The coordinator is still up: it answers, and health says NOT_SERVING.
-      const { grpc: pkg } = loadHealthProto();
-      const health = new pkg.health.v1.Health(address, grpc.credentials.createInsecure());
-      const status = await new Promise<{ status: string }>((resolve, reject) =>
-        health.Check({ service: '' }, (e: grpc.ServiceError | null, res?: { status: string }) =>
-          e ? reject(e) : resolve(res as { status: string }),
-        ),
-      );
-      health.close();
-      expect(status.status).toBe('NOT_SERVING');
-      const again = (await unary(client, 'Generate', { text: 'x', maxTokens: 2 }).catch(
-        (e) => e,
-      )) as grpc.ServiceError;
-      expect(again.code).toBe(grpc.status.UNAVAILABLE);
+      expect((await client.healthCheck('')).status).toBe('NOT_SERVING');
+      const again = (await client.generate({ text: 'x', maxTokens: 2 }).catch((e) => e)) as grpc.ServiceError;
+      expect(again.code).toBe(14);
     } finally {
       client.close();
       await stopAll();

@@ -161,7 +161,6 @@ async function benchCluster(argv: string[]): Promise<void> {
         });
       }
     } finally {
-      await cluster.executor.close();
       await cluster.stop();
     }
   }

@@ -6,10 +6,13 @@ import { startNatsCluster } from '../cluster/nats-cluster.js';
 import { intFlag, parseFlags, requiredString } from './args.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { serveUntilSignal } from './serve.js';
+import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
 const USAGE = `usage: medcluster coordinator --nats URL --model DIR [--cluster NAME] [--tp N] [--pp N]
-         [--grpc-port 50051] [--host 0.0.0.0] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
-         [--worker-timeout-s 300] [--max-batch-tokens 512]
+         [--host 0.0.0.0] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
+         [--worker-timeout-s 300] [serving flags]
+
+${SERVE_USAGE}
 
 ${KV_USAGE}`;
 
@@ -17,17 +20,16 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
     argv,
     {
+      ...SERVE_FLAGS,
       nats: { type: 'string' },
       cluster: { type: 'string', default: 'medcluster' },
       model: { type: 'string' },
       tp: { type: 'string', default: '1' },
       pp: { type: 'string', default: '1' },
-      'grpc-port': { type: 'string', default: '50051' },
       host: { type: 'string', default: '0.0.0.0' },
       'kv-blocks': { type: 'string' },
       'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
-      'max-batch-tokens': { type: 'string', default: '512' },
       'worker-timeout-s': { type: 'string', default: '300' },
       help: { type: 'boolean' },
     },
@@ -42,6 +44,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   const pp = intFlag(flags.pp, 'pp');
   // Without --kv-blocks or --kv-memory-fraction each worker's device picks (known once it announces).
   const kvCache = kvCacheFromFlags(flags);
+  const settings = serveSettingsFromFlags(flags);
   const { config } = await openCheckpoint(modelDir);
   const nc = await connect({ servers: requiredString(flags.nats, 'nats'), name: 'medcluster-coordinator' });
   try {
@@ -56,19 +59,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       workerTimeoutMs: intFlag(flags['worker-timeout-s'], 'worker-timeout-s') * 1000,
       log: (line) => console.error(line),
     });
-    await serveUntilSignal({
-      modelDir,
-      config,
-      executor: cluster.executor,
-      kvCache: cluster.kvCache,
-      tp,
-      pp,
-      grpcAddress: `${flags.host}:${flags['grpc-port']}`,
-      maxBatchTokens: intFlag(flags['max-batch-tokens'], 'max-batch-tokens'),
-      workers: cluster.workers,
-      healthy: cluster.healthy,
-      stopCluster: cluster.close,
-    });
+    await serveUntilSignal({ modelDir, config, cluster, host: flags.host ?? '0.0.0.0', settings });
   } finally {
     await nc.drain();
   }

@@ -3,7 +3,7 @@
 
 import type { DeviceKind } from '@medcluster/kernels';
 import { openCheckpoint } from '@medcluster/worker';
-import type { SamplingParams } from '../generation/sampler.js';
+import { GREEDY, type SamplingParams } from '../generation/sampler.js';
 import { TextGenerator } from '../generation/text-generation.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
 import { LocalExecutor } from '../scheduler/local-executor.js';
@@ -43,6 +43,7 @@ export async function generateCommand(argv: string[]): Promise<void> {
   const prompt = requiredString(flags.prompt, 'prompt');
   const maxTokens = intFlag(flags['max-tokens'], 'max-tokens', 64);
   const sampling: SamplingParams = {
+    ...GREEDY,
     temperature: floatFlag(flags.temperature, 'temperature', 0),
     topK: intFlag(flags['top-k'], 'top-k', 0),
     topP: floatFlag(flags['top-p'], 'top-p', 1),
@@ -52,8 +53,8 @@ export async function generateCommand(argv: string[]): Promise<void> {
   if (flags.model && flags.server) throw new UsageError('give either --model or --server, not both');
   if (flags.server) {
     const { generateRemote } = await import('../client/generate-remote.js');
-    await generateRemote(flags.server, { prompt, maxTokens, sampling, stop }, (delta) =>
-      process.stdout.write(delta),
+    await generateRemote(flags.server, { prompt, maxTokens, ...sampling, stop }, (text) =>
+      process.stdout.write(text),
     );
     process.stdout.write('\n');
     return;
@@ -79,17 +80,23 @@ export async function generateCommand(argv: string[]): Promise<void> {
   });
   const blocks = new BlockAllocator(executor.numBlocks, blockSize);
   try {
-    const scheduler = new Scheduler(executor, blocks, { maxBatchTokens: 512, maxRunning: 1, maxContext });
-    const generator = new TextGenerator(tokenizer, scheduler);
-    const result = await generator.generate({ prompt, maxTokens, sampling, stop }, (delta) =>
-      process.stdout.write(delta),
+    const scheduler = new Scheduler(executor, blocks, {
+      maxBatchTokens: 512,
+      maxRunning: 1,
+      maxWaiting: 1,
+      maxContext,
+      eosTokenId: tokenizer.eosTokenId,
+    });
+    const generator = new TextGenerator(tokenizer, scheduler, { maxTokens });
+    const result = await generator.generate({ prompt, maxTokens, sampling, stop }, (event) =>
+      process.stdout.write(event.text),
     );
     process.stdout.write('\n');
-    const decodeMs = result.totalMs - result.timeToFirstTokenMs;
+    const { timing, completionTokens } = result;
     console.error(
-      `generate: ${result.promptTokens} prompt tokens, ${result.completionTokens} generated (${result.finishReason}); ` +
-        `first token ${result.timeToFirstTokenMs.toFixed(0)} ms, ` +
-        `${result.completionTokens > 1 ? (((result.completionTokens - 1) * 1000) / decodeMs).toFixed(1) : '-'} tokens/s decode`,
+      `generate: ${result.promptTokens} prompt tokens, ${completionTokens} generated (${result.choices[0].finishReason}); ` +
+        `first token ${(timing.timeToFirstToken * 1000).toFixed(0)} ms, ` +
+        `${completionTokens > 1 ? ((completionTokens - 1) / timing.decode).toFixed(1) : '-'} tokens/s decode`,
     );
   } finally {
     await executor.close();

@@ -1,66 +1,82 @@
-// What `up` and `coordinator` share once the workers are ready: the scheduler, the public gRPC
-// server, and an orderly shutdown on SIGINT/SIGTERM.
+// What `up` and `coordinator` share once the cluster is ready: the scheduler, the generator,
+// the public gRPC server, and an orderly shutdown on SIGINT/SIGTERM (stop admitting, let
+// in-flight requests finish within the grace period, fail the rest, stop the workers).
 
 import type { LlamaConfig } from '@medcluster/worker';
-import type { KvGeometry } from '../cluster/kv-cache.js';
+import type { ClusterHandle } from '../cluster/cluster-handle.js';
 import { TextGenerator } from '../generation/text-generation.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
-import type { StepExecutor } from '../scheduler/executor.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { createServer, listen } from '../server/create-server.js';
-import type { ServedWorker } from '../server/serving-context.js';
 import { loadTokenizer } from '../tokenizer/index.js';
+import type { ServeSettings } from './serve-flags.js';
 
 export interface ServeOptions {
   modelDir: string;
   config: LlamaConfig;
-  executor: StepExecutor;
-  /** The cache every worker holds (the least count they allocated). */
-  kvCache: KvGeometry;
-  tp: number;
-  pp: number;
-  grpcAddress: string;
-  /** Tokens one step may carry (decode tokens plus prompt chunks). */
-  maxBatchTokens: number;
-  workers: () => ServedWorker[];
-  healthy: () => boolean;
-  /** Stops the workers after the server closed. */
-  stopCluster: () => Promise<void>;
+  cluster: ClusterHandle;
+  /** Interface the public API binds to. */
+  host: string;
+  settings: ServeSettings;
 }
 
-export async function serveUntilSignal(options: ServeOptions): Promise<void> {
-  const tokenizer = await loadTokenizer(options.modelDir);
-  const blocks = new BlockAllocator(options.kvCache.numBlocks, options.kvCache.blockSize);
-  const scheduler = new Scheduler(options.executor, blocks, {
-    maxBatchTokens: options.maxBatchTokens,
-    maxRunning: 64,
-    maxContext: options.config.maxPositions,
+export async function serveUntilSignal({
+  modelDir,
+  config,
+  cluster,
+  host,
+  settings,
+}: ServeOptions): Promise<void> {
+  const tokenizer = await loadTokenizer(modelDir);
+  const { kvGeometry } = cluster;
+  const scheduler = new Scheduler(
+    cluster.executor,
+    new BlockAllocator(kvGeometry.numBlocks, kvGeometry.blockSize),
+    {
+      maxBatchTokens: settings.maxBatchTokens,
+      maxRunning: settings.maxRunning,
+      maxWaiting: settings.maxWaiting,
+      maxContext: config.maxPositions,
+      eosTokenId: tokenizer.eosTokenId,
+    },
+  );
+  scheduler.observe((e) => {
+    if (e.type === 'preempted') {
+      console.error(
+        `medcluster: preempted ${e.requestId} (choice ${e.choice}): the KV cache is full; ${e.recomputeTokens} tokens will be recomputed`,
+      );
+    }
   });
-  const server = createServer({
-    modelName: options.modelDir,
-    config: options.config,
-    generator: new TextGenerator(tokenizer, scheduler),
-    tp: options.tp,
-    pp: options.pp,
-    workers: options.workers,
-    defaults: { maxTokens: 128, temperature: 0 },
-    healthy: options.healthy,
-  });
-  const port = await listen(server, options.grpcAddress);
-  const host = options.grpcAddress.slice(0, options.grpcAddress.lastIndexOf(':'));
+  let draining = false;
+  const server = createServer(
+    {
+      modelName: settings.servedModelName,
+      config,
+      generator: new TextGenerator(tokenizer, scheduler, { maxTokens: settings.defaultMaxTokens }),
+      cluster,
+      healthy: () => cluster.healthy() && !draining,
+    },
+    { maxMessageBytes: settings.grpcMaxMessageBytes },
+  );
+  const port = await listen(server, `${host}:${settings.grpcPort}`);
   console.error(
-    `medcluster: serving ${options.modelDir} (tp=${options.tp}, pp=${options.pp}) on ${host}:${port}`,
+    `medcluster: serving ${modelDir} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
   );
   console.error(
     `medcluster: try \`npx medcluster generate --server localhost:${port} --prompt "The patient presented with"\``,
   );
   await new Promise<void>((resolve) => {
     const stop = async (signal: string) => {
-      console.error(`medcluster: ${signal}, shutting down`);
+      if (draining) return;
+      draining = true;
+      console.error(
+        `medcluster: ${signal}: no new requests; letting in-flight ones finish (up to ${settings.shutdownGraceMs / 1000} s)`,
+      );
+      const grace = new Promise<void>((r) => setTimeout(r, settings.shutdownGraceMs).unref());
+      await Promise.race([scheduler.drain(), grace]);
       scheduler.shutdown();
       await new Promise<void>((r) => server.tryShutdown(() => r()));
-      await options.executor.close();
-      await options.stopCluster();
+      await cluster.stop();
       resolve();
     };
     process.once('SIGINT', () => void stop('SIGINT'));

@@ -8,11 +8,12 @@ import { ensureGeneratedModel } from '../model-cache.js';
 import { intFlag, parseFlags, UsageError } from './args.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { serveUntilSignal } from './serve.js';
+import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
-const USAGE = `usage: medcluster up [--model DIR] [--tp N] [--pp N] [--grpc-port 50051] [--host 127.0.0.1]
-         [--device cpu|cuda] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16] [--threads N]
-         [--max-batch-tokens 512]   (tokens per step: decode rows plus prompt chunks; on GPUs 2048
-                                     prefills faster, the matmuls of larger steps run more efficiently)
+const USAGE = `usage: medcluster up [--model DIR] [--tp N] [--pp N] [--host 127.0.0.1] [--device cpu|cuda]
+         [--kv-blocks N | --kv-memory-fraction F] [--block-size 16] [--threads N] [serving flags]
+
+${SERVE_USAGE}
 
 ${KV_USAGE}`;
 
@@ -20,16 +21,15 @@ export async function upCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
     argv,
     {
+      ...SERVE_FLAGS,
       model: { type: 'string' },
       tp: { type: 'string', default: '1' },
       pp: { type: 'string', default: '1' },
-      'grpc-port': { type: 'string', default: '50051' },
       host: { type: 'string', default: '127.0.0.1' },
       device: { type: 'string', default: 'cpu' },
       'kv-blocks': { type: 'string' },
       'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
-      'max-batch-tokens': { type: 'string', default: '512' },
       threads: { type: 'string' },
       help: { type: 'boolean' },
     },
@@ -45,6 +45,7 @@ export async function upCommand(argv: string[]): Promise<void> {
   const tp = intFlag(flags.tp, 'tp');
   const pp = intFlag(flags.pp, 'pp');
   const kvCache = kvCacheFromFlags(flags);
+  const settings = serveSettingsFromFlags(flags);
   const modelDir = flags.model ?? (await ensureGeneratedModel());
   const { config } = await openCheckpoint(modelDir);
   console.error(`medcluster up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${modelDir}`);
@@ -58,42 +59,5 @@ export async function upCommand(argv: string[]): Promise<void> {
     threadsPerWorker: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
     log: (line) => console.error(line),
   });
-  let healthy = true;
-  let stopping = false;
-  for (const w of cluster.workers) {
-    w.process.on('exit', (code, signal) => {
-      healthy = false;
-      if (stopping) return;
-      console.error(
-        `medcluster up: worker ${w.id} exited (${signal ?? `code ${code}`}); the cluster is degraded`,
-      );
-    });
-  }
-  await serveUntilSignal({
-    modelDir,
-    config,
-    executor: cluster.executor,
-    kvCache: cluster.kvCache,
-    tp,
-    pp,
-    grpcAddress: `${flags.host}:${flags['grpc-port']}`,
-    maxBatchTokens: intFlag(flags['max-batch-tokens'], 'max-batch-tokens'),
-    workers: () =>
-      cluster.workers.map((w) => ({
-        id: w.id,
-        address: w.address,
-        device,
-        stage: w.stageIndex,
-        tpRank: w.tpRank,
-        layerStart: w.layerStart,
-        layerEnd: w.layerEnd,
-        state: w.process.exitCode === null && w.process.signalCode === null ? 'ready' : 'exited',
-      })),
-    healthy: () => healthy,
-    stopCluster: async () => {
-      stopping = true;
-      healthy = false;
-      await cluster.stop();
-    },
-  });
+  await serveUntilSignal({ modelDir, config, cluster, host: flags.host ?? '127.0.0.1', settings });
 }

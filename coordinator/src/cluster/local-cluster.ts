@@ -5,6 +5,7 @@
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { freemem } from 'node:os';
 import { createInterface } from 'node:readline';
 import { cudaDeviceCount, type DeviceKind } from '@medcluster/kernels';
@@ -13,10 +14,10 @@ import type { LlamaConfig, WorkerEvent } from '@medcluster/worker';
 import { freePort } from '@medcluster/worker';
 import { planPlacement } from '../placement/index.js';
 import { assignmentsFor, firstStageAddresses } from './assignments.js';
+import type { ClusterEvents, ClusterHandle } from './cluster-handle.js';
 import {
   describeKvGeometry,
   type KvCacheRequest,
-  type KvGeometry,
   type KvReport,
   kvCacheForDevice,
   kvGeometryFromReports,
@@ -39,7 +40,7 @@ export interface LocalClusterOptions {
   log?: (line: string) => void;
 }
 
-export interface LocalWorker {
+interface LocalWorker {
   id: string;
   address: string;
   process: ChildProcess;
@@ -47,15 +48,6 @@ export interface LocalWorker {
   tpRank: number;
   layerStart: number;
   layerEnd: number;
-}
-
-export interface LocalCluster {
-  executor: PipelineExecutor;
-  workers: LocalWorker[];
-  /** The KV cache every worker holds: the scheduler's BlockAllocator must not exceed it. */
-  kvCache: KvGeometry;
-  /** Stops the worker processes (the executor is closed by its user). */
-  stop(): Promise<void>;
 }
 
 /**
@@ -76,7 +68,8 @@ function defaultWorkerCommand(): string[] {
   return [process.execPath, ...process.execArgv, process.argv[1]];
 }
 
-export async function startLocalCluster(options: LocalClusterOptions): Promise<LocalCluster> {
+/** Starts the worker processes and resolves once every one is ready and connected. */
+export async function startLocalCluster(options: LocalClusterOptions): Promise<ClusterHandle> {
   const { tp, pp, config } = options;
   const log = options.log ?? (() => undefined);
   const count = tp * pp;
@@ -116,7 +109,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
   const [exe, ...baseArgs] = options.workerCommand ?? defaultWorkerCommand();
   const threads = options.threadsPerWorker;
 
-  const workers: LocalCluster['workers'] = [];
+  const workers: LocalWorker[] = [];
   const ready: Promise<KvReport>[] = [];
   for (const id of ids) {
     const args = [
@@ -201,11 +194,43 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<L
       config.vocabRows,
       pp,
     );
+    const reported = new Map(reports.map((r) => [r.workerId, r.kvBlocks]));
+    const events = new EventEmitter<ClusterEvents>();
+    let stopping = false;
+    const lost = new Set<string>();
+    for (const w of workers) {
+      w.process.on('exit', (code, signal) => {
+        if (stopping) return;
+        lost.add(w.id);
+        const reason = `worker ${w.id} exited (${signal ?? `code ${code}`})`;
+        log(`local cluster: ${reason}; the cluster is degraded`);
+        events.emit('workerLost', w.id, reason);
+      });
+    }
     return {
       executor,
-      workers,
-      kvCache: geometry,
-      stop: stopWorkers,
+      kvGeometry: geometry,
+      tp,
+      pp,
+      events,
+      healthy: () => lost.size === 0,
+      workers: () =>
+        workers.map((w) => ({
+          id: w.id,
+          address: w.address,
+          device: options.device,
+          stage: w.stageIndex,
+          tpRank: w.tpRank,
+          layerStart: w.layerStart,
+          layerEnd: w.layerEnd,
+          state: lost.has(w.id) ? 'exited' : 'ready',
+          kvBlocks: reported.get(w.id) ?? 0,
+        })),
+      stop: async () => {
+        stopping = true;
+        await executor.close();
+        await stopWorkers();
+      },
     };
   } catch (err) {
     await stopWorkers();

@@ -5,16 +5,16 @@
 // degraded (health NOT_SERVING); steps in flight on it fail with a clear error.
 
 import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import type { LlamaConfig } from '@medcluster/worker';
 import type { NatsConnection } from 'nats';
 import { WorkerRegistry } from '../control/index.js';
-import { type PlacementPlan, planPlacement } from '../placement/index.js';
-import type { ServedWorker } from '../server/serving-context.js';
+import { planPlacement } from '../placement/index.js';
 import { assignmentsFor, firstStageAddresses } from './assignments.js';
+import type { ClusterEvents, ClusterHandle } from './cluster-handle.js';
 import {
   describeKvGeometry,
   type KvCacheRequest,
-  type KvGeometry,
   type KvReport,
   kvCacheForDevice,
   kvGeometryFromReports,
@@ -36,18 +36,8 @@ export interface NatsClusterOptions {
   log?: (line: string) => void;
 }
 
-export interface NatsCluster {
-  executor: PipelineExecutor;
-  plan: PlacementPlan;
-  registry: WorkerRegistry;
-  /** The KV cache every worker holds: the scheduler's BlockAllocator must not exceed it. */
-  kvCache: KvGeometry;
-  workers(): ServedWorker[];
-  healthy(): boolean;
-  close(): Promise<void>;
-}
-
-export async function startNatsCluster(options: NatsClusterOptions): Promise<NatsCluster> {
+/** Waits for the workers, assigns their shards, and resolves once every one is ready and connected. */
+export async function startNatsCluster(options: NatsClusterOptions): Promise<ClusterHandle> {
   const log = options.log ?? (() => undefined);
   const { tp, pp } = options;
   const registry = await WorkerRegistry.start({
@@ -78,12 +68,14 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Nat
       `run-${randomUUID().slice(0, 8)}`,
     );
     const inPlan = new Set(assignments.keys());
-    let lost: string | undefined;
+    const events = new EventEmitter<ClusterEvents>();
+    const lost = new Set<string>();
     registry.on('lost', (w) => {
-      if (inPlan.has(w.id)) {
-        lost = w.id;
-        log(`coordinator: worker ${w.id} stopped sending heartbeats; the cluster is degraded`);
-      }
+      if (!inPlan.has(w.id)) return;
+      lost.add(w.id);
+      const reason = `worker ${w.id} stopped sending heartbeats`;
+      log(`coordinator: ${reason}; the cluster is degraded`);
+      events.emit('workerLost', w.id, reason);
     });
     const reports: KvReport[] = await Promise.all(
       [...assignments].map(async ([id, assignment]) => {
@@ -105,22 +97,27 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Nat
     );
     return {
       executor,
-      plan,
-      registry,
-      kvCache,
+      kvGeometry: kvCache,
+      tp,
+      pp,
+      events,
       workers: () =>
         [...assignments].map(([id, a]) => ({
           id,
           address: addresses.get(id) as string,
-          device: records.find((r) => r.id === id)?.devices[0]?.kind ?? 'cpu',
+          device: devices.get(id) ?? 'cpu',
           stage: a.stageIndex,
           tpRank: a.shard.tpRank,
           layerStart: a.shard.layerStart,
           layerEnd: a.shard.layerEnd,
-          state: registry.get(id)?.state ?? 'unknown',
+          state: lost.has(id) ? 'lost' : (registry.get(id)?.state ?? 'unknown'),
+          kvBlocks: reports.find((r) => r.workerId === id)?.kvBlocks ?? 0,
         })),
-      healthy: () => lost === undefined,
-      close: async () => registry.close(),
+      healthy: () => lost.size === 0,
+      stop: async () => {
+        await executor.close();
+        await registry.close();
+      },
     };
   } catch (err) {
     await registry.close();

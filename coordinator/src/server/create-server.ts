@@ -2,14 +2,26 @@
 // bind port 0 and the CLI a configured port.
 
 import * as grpc from '@grpc/grpc-js';
+import { ReflectionService } from '@grpc/reflection';
+import { publicPackageDefinition } from '@medcluster/proto';
 import { addHealthService } from './health-service.js';
 import { addInferenceService } from './inference-service.js';
 import type { ServingContext } from './serving-context.js';
 
-export function createServer(ctx: ServingContext): grpc.Server {
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 64 << 20 });
+export interface ServerLimits {
+  /** Largest request message accepted; larger ones get RESOURCE_EXHAUSTED from grpc-js. */
+  maxMessageBytes: number;
+}
+
+export function createServer(ctx: ServingContext, limits: ServerLimits): grpc.Server {
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': limits.maxMessageBytes,
+    // Responses carry text and logprobs, never more than a few MiB.
+    'grpc.max_send_message_length': 64 << 20,
+  });
   addInferenceService(server, ctx);
   addHealthService(server, ctx.healthy);
+  new ReflectionService(publicPackageDefinition()).addToServer(server);
   return server;
 }
 

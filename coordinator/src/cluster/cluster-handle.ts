@@ -1,0 +1,43 @@
+// What the serving code sees of a running cluster, however it was launched: worker processes
+// started by this process (`medcluster up`) or workers that joined over NATS (`medcluster
+// coordinator`). The data plane's communicator set-up and the reliability work's worker
+// replacement belong behind this same shape.
+
+import type { EventEmitter } from 'node:events';
+import type { StepExecutor } from '../scheduler/executor.js';
+import type { KvGeometry } from './kv-cache.js';
+
+/** One worker as the public API reports it (GetModelInfo, GET /cluster). */
+export interface ClusterWorker {
+  id: string;
+  address: string;
+  device: string;
+  stage: number;
+  tpRank: number;
+  layerStart: number;
+  layerEnd: number;
+  /** Lifecycle state: "ready", "loading", "lost", "exited", ... */
+  state: string;
+  /** KV cache blocks the worker allocated. */
+  kvBlocks: number;
+}
+
+export interface ClusterEvents {
+  /** A worker of the placement stopped (exited, or its heartbeats stopped): the cluster is degraded. */
+  workerLost: [workerId: string, reason: string];
+}
+
+export interface ClusterHandle {
+  /** Runs steps on the placement's first stage. */
+  readonly executor: StepExecutor;
+  /** The KV cache every worker holds (the least block count they allocated). */
+  readonly kvGeometry: KvGeometry;
+  readonly tp: number;
+  readonly pp: number;
+  workers(): ClusterWorker[];
+  /** False once a worker of the placement is lost. */
+  healthy(): boolean;
+  readonly events: EventEmitter<ClusterEvents>;
+  /** Closes the executor, then stops or releases the workers. */
+  stop(): Promise<void>;
+}
