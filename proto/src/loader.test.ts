@@ -160,9 +160,7 @@ describe('proto loaders', () => {
     stream.write({
       step: {
         stepId: 7,
-        seqs: [
-          { seqId: 's1', startPos: 0, numTokens: 2, tokenIds: [1, 2], blockTable: [0], wantLogits: true },
-        ],
+        seqs: [{ seqId: 's1', startPos: 0, numTokens: 2, tokenIds: [1, 2], blockTable: [0], logitRows: 1 }],
       },
       activation: { dtype: 'DTYPE_FLOAT32', shape: [2, 2], data: Buffer.from(hidden.buffer) },
     });

@@ -262,7 +262,7 @@ async function compareTinyModel(): Promise<void> {
             numTokens: ids.length,
             tokens: ids,
             blockTable: table,
-            wantLogits: true,
+            logitRows: 1,
           },
         ]);
         const first = logits;
@@ -279,7 +279,7 @@ async function compareTinyModel(): Promise<void> {
               numTokens: 1,
               tokens: [order[0]],
               blockTable: table,
-              wantLogits: true,
+              logitRows: 1,
             },
           ]);
         }
@@ -366,7 +366,7 @@ async function compareGraphs(checkpoint: Checkpoint, prompts: number[][]): Promi
             numTokens: ids.length,
             tokens: ids,
             blockTable: tables[i],
-            wantLogits: true,
+            logitRows: 1,
           },
         ]);
         last.set(i, argmaxOf(logits));
@@ -390,7 +390,7 @@ async function compareGraphs(checkpoint: Checkpoint, prompts: number[][]): Promi
           numTokens: 1,
           tokens: [record.tokens[i][record.tokens[i].length - 1]],
           blockTable: tables[i],
-          wantLogits: true,
+          logitRows: 1,
         }));
         const logits = await run(seqs);
         record.logits.push(logits);

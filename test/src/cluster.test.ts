@@ -89,6 +89,25 @@ function stagesOf(cluster: ClusterHandle): ClusterWorker[] {
 
 async function expectSameAsOneWorker(executor: StepExecutor, reference: GreedyRun[], promptIds: number[][]) {
   const blocks = new BlockAllocator(KV.numBlocks, KV.blockSize);
+  // Every position's logits (prompt logprobs) come back through every stage and rank, in order.
+  const ids = promptIds[0];
+  const table: number[] = [];
+  blocks.ensure(table, ids.length);
+  const all = await executor.execute([
+    {
+      seqId: 'all',
+      startPos: 0,
+      numTokens: ids.length,
+      tokens: ids,
+      blockTable: table,
+      logitRows: ids.length,
+    },
+  ]);
+  blocks.release(table);
+  expect(all.length).toBe(ids.length * executor.vocabRows);
+  expect(
+    relativeError(all.subarray(all.length - executor.vocabRows), reference[0].promptLogits),
+  ).toBeLessThan(LOGITS_REL_TOL);
   for (const [i, ids] of promptIds.entries()) {
     const run = await greedy(executor, blocks, `seq-${i}`, ids, STEPS);
     expect(relativeError(run.promptLogits, reference[i].promptLogits)).toBeLessThan(LOGITS_REL_TOL);

@@ -38,7 +38,7 @@ export async function greedy(
         numTokens: promptIds.length,
         tokens: promptIds,
         blockTable: table,
-        wantLogits: true,
+        logitRows: 1,
       },
     ]);
     const promptLogits = logits;
@@ -55,7 +55,7 @@ export async function greedy(
           numTokens: 1,
           tokens: [best],
           blockTable: table,
-          wantLogits: true,
+          logitRows: 1,
         },
       ]);
     }

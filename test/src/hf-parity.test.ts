@@ -87,7 +87,7 @@ describe(`transformers ${fixture.transformers} parity, ${fixture.model.preset} p
       blocks.ensure(table, c.promptIds.length + 2 * c.greedyTokens.length);
       const step = async (startPos: number, tokens: number[]) =>
         executor.execute([
-          { seqId: 'p', startPos, numTokens: tokens.length, tokens, blockTable: table, wantLogits: true },
+          { seqId: 'p', startPos, numTokens: tokens.length, tokens, blockTable: table, logitRows: 1 },
         ]);
       try {
         const logits = await step(0, c.promptIds);

@@ -125,7 +125,7 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
             numTokens: ids.length,
             tokens: ids,
             blockTable: [block],
-            wantLogits: true,
+            logitRows: 1,
           },
         ]);
       const top = await step(least - 1);

@@ -44,7 +44,7 @@ export class PipelineExecutor implements StepExecutor {
           numTokens: s.numTokens,
           tokenIds: s.tokens ?? [],
           blockTable: s.blockTable,
-          wantLogits: s.wantLogits,
+          logitRows: s.logitRows,
         })),
       },
     };
@@ -56,21 +56,25 @@ export class PipelineExecutor implements StepExecutor {
         );
       }
     }
-    const wanted = seqs.filter((s) => s.wantLogits);
+    const wanted = seqs.filter((s) => s.logitRows > 0);
     const outputs = results[0].output?.seqs ?? [];
     if (outputs.length !== wanted.length) {
-      throw new StepFailedError(
-        `step ${stepId}: ${outputs.length} logit rows for ${wanted.length} sequences`,
-      );
+      throw new StepFailedError(`step ${stepId}: logits of ${outputs.length} sequences for ${wanted.length}`);
     }
-    const logits = new Float32Array(wanted.length * this.vocabRows);
+    const logits = new Float32Array(wanted.reduce((n, s) => n + s.logitRows, 0) * this.vocabRows);
+    let offset = 0;
     outputs.forEach((out, i) => {
-      if (out.seqId !== wanted[i].seqId)
-        throw new StepFailedError(`step ${stepId}: logits for ${out.seqId}, expected ${wanted[i].seqId}`);
-      const row = decodeLogits(out.logits);
-      if (row.length !== this.vocabRows)
-        throw new StepFailedError(`step ${stepId}: ${row.length} logits, expected ${this.vocabRows}`);
-      logits.set(row, i * this.vocabRows);
+      const seq = wanted[i];
+      if (out.seqId !== seq.seqId)
+        throw new StepFailedError(`step ${stepId}: logits for ${out.seqId}, expected ${seq.seqId}`);
+      const rows = decodeLogits(out.logits);
+      if (rows.length !== seq.logitRows * this.vocabRows) {
+        throw new StepFailedError(
+          `step ${stepId}: ${rows.length} logits for ${seq.seqId}, expected ${seq.logitRows} x ${this.vocabRows}`,
+        );
+      }
+      logits.set(rows, offset);
+      offset += rows.length;
     });
     return logits;
   }

@@ -243,12 +243,22 @@ function draw(scores: Scores, p: SamplingParams, u: number): number {
   return ids ? ids[ids.length - 1] : argmax(scores);
 }
 
-/** The chosen token's log-softmax and the `top` most likely, from the raw logits. */
-function logprobsOf(logits: Float32Array, id: number, top: number): Required<Omit<SampledToken, 'id'>> {
+/** log of the softmax's normalizer: logprob(id) = logits[id] - logPartition(logits). */
+function logPartition(logits: Float32Array): number {
   const max = logits[argmax(logits)];
   let sum = 0;
   for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
-  const logZ = max + Math.log(sum);
+  return max + Math.log(sum);
+}
+
+/** The log-softmax of the raw logits at `id`: how likely the model found a given token. */
+export function tokenLogprob(logits: Float32Array, id: number): number {
+  return logits[id] - logPartition(logits);
+}
+
+/** The chosen token's log-softmax and the `top` most likely, from the raw logits. */
+function logprobsOf(logits: Float32Array, id: number, top: number): Required<Omit<SampledToken, 'id'>> {
+  const logZ = logPartition(logits);
   return {
     logprob: logits[id] - logZ,
     topLogprobs: topIndices(logits, top).map((t) => ({ id: t, logprob: logits[t] - logZ })),

@@ -34,6 +34,8 @@ export interface TextRequest {
   ignoreEos?: boolean;
   /** Generation of a choice ends when its text contains one of these (not included in the text). */
   stop?: readonly string[];
+  /** Also score the prompt: each prompt token's logprob after the first (costs a logits row per token). */
+  promptLogprobs?: boolean;
   signal?: AbortSignal;
 }
 
@@ -79,6 +81,8 @@ export interface TextResult {
   /** Generated tokens over every choice. */
   completionTokens: number;
   timing: RequestTiming;
+  /** Prompt tokens 1..n-1 with their logprobs, when asked for. */
+  promptLogprobs?: TokenLogprob[];
 }
 
 export interface GeneratorDefaults {
@@ -90,7 +94,7 @@ export interface GeneratorDefaults {
 class ChoiceText {
   text = '';
   /** Tokens pushed so far. */
-  tokens = 0;
+  count = 0;
   stopSequence?: string;
   private readonly decoder;
   private readonly stops: StopMatcher;
@@ -181,13 +185,14 @@ export class TextGenerator {
           : [eos, ...request.sampling.stopTokenIds.filter((id) => id !== eos)],
       },
       signal: request.signal,
+      promptLogprobs: request.promptLogprobs,
       onToken: (choice, token) => {
         const t = textOf(choice);
         const { text, stopped } = t.push(token.id);
         onEvent?.({
           type: 'token',
           choice,
-          index: t.tokens++,
+          index: t.count++,
           id: token.id,
           text,
           ...(token.logprob === undefined ? {} : { logprob: token.logprob, topLogprobs: token.topLogprobs }),
@@ -227,6 +232,7 @@ export class TextGenerator {
       promptTokens: result.promptTokens,
       completionTokens: choices.reduce((sum, c) => sum + c.tokens.length, 0),
       timing: result.timing,
+      ...(result.promptLogprobs ? { promptLogprobs: result.promptLogprobs } : {}),
     };
   }
 }

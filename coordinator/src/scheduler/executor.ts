@@ -10,8 +10,8 @@ export interface StepExecutor {
   /** Steps the executor can overlap (pipeline depth); 1 for a single stage. */
   readonly maxInFlight: number;
   /**
-   * Runs one step. Resolves with the logits of the sequences whose `wantLogits` is set,
-   * one row of `vocabRows` floats each, in the order of `seqs`.
+   * Runs one step. Resolves with the logits of each sequence's last `logitRows` positions,
+   * one row of `vocabRows` floats each, sequence after sequence in the order of `seqs`.
    */
   execute(seqs: SeqStep[]): Promise<Float32Array>;
   close(): Promise<void>;

@@ -5,7 +5,7 @@
 
 import type { SeqStep } from '@medcluster/worker';
 import { afterEach, describe, expect, test } from 'vitest';
-import { GREEDY, type SamplingParams } from '../generation/sampler.js';
+import { GREEDY, type SamplingParams, tokenLogprob } from '../generation/sampler.js';
 import { BlockAllocator } from './block-allocator.js';
 import { QueueFullError, RequestError, RequestFailedError } from './errors.js';
 import type { SchedulerEvent } from './events.js';
@@ -58,16 +58,18 @@ class ScriptedExecutor implements StepExecutor {
       this.failNext = false;
       throw new Error('worker died');
     }
-    return this.logits(seqs.filter((s) => s.wantLogits));
+    // One row per logit row: each scores the token after its position, from that position's token.
+    const before = seqs.flatMap((s) =>
+      Array.from({ length: s.logitRows }, (_, r) => (s.tokens as number[])[s.numTokens - s.logitRows + r]),
+    );
+    const out = new Float32Array(before.length * this.vocabRows);
+    before.forEach((token, r) => this.row(token, out.subarray(r * this.vocabRows, (r + 1) * this.vocabRows)));
+    return out;
   }
 
-  protected logits(rows: SeqStep[]): Float32Array {
-    const out = new Float32Array(rows.length * this.vocabRows);
-    rows.forEach((s, r) => {
-      const last = (s.tokens as number[])[s.numTokens - 1];
-      out[r * this.vocabRows + ((last + 1) % this.vocabRows)] = 1;
-    });
-    return out;
+  /** The logits after a position holding `token`. */
+  row(token: number, out: Float32Array): void {
+    out[(token + 1) % this.vocabRows] = 1;
   }
 
   async close() {}
@@ -75,16 +77,12 @@ class ScriptedExecutor implements StepExecutor {
 
 /** Logits that are a fixed pseudo-random function of the last token: sampling has real choices. */
 class RandomRowsExecutor extends ScriptedExecutor {
-  protected override logits(rows: SeqStep[]): Float32Array {
-    const out = new Float32Array(rows.length * this.vocabRows);
-    rows.forEach((s, r) => {
-      let x = ((s.tokens as number[])[s.numTokens - 1] + 1) * 2654435761;
-      for (let v = 0; v < this.vocabRows; v++) {
-        x = (Math.imul(x ^ (x >>> 15), 2246822519) + v) >>> 0;
-        out[r * this.vocabRows + v] = (x % 1000) / 250; // 0 .. 4: a flat-ish distribution
-      }
-    });
-    return out;
+  override row(token: number, out: Float32Array): void {
+    let x = (token + 1) * 2654435761;
+    for (let v = 0; v < out.length; v++) {
+      x = (Math.imul(x ^ (x >>> 15), 2246822519) + v) >>> 0;
+      out[v] = (x % 1000) / 250; // 0 .. 4: a flat-ish distribution
+    }
   }
 }
 
@@ -137,11 +135,11 @@ describe('Scheduler: steps', () => {
     const result = await s.submit(req([10, 11, 12, 13, 14, 15, 16, 17, 18, 19], 3));
     expect(ids(result)).toEqual([20, 21, 22]);
     expect(result.choices[0].finishReason).toBe('length');
-    expect(ex.steps.map((st) => st.map((x) => [x.startPos, x.numTokens, x.wantLogits]))).toEqual([
-      [[0, 8, false]],
-      [[8, 2, true]],
-      [[10, 1, true]],
-      [[11, 1, true]],
+    expect(ex.steps.map((st) => st.map((x) => [x.startPos, x.numTokens, x.logitRows]))).toEqual([
+      [[0, 8, 0]],
+      [[8, 2, 1]],
+      [[10, 1, 1]],
+      [[11, 1, 1]],
     ]);
     // Blocks are allocated as the sequence grows: 8 positions, then 10, 11, 12.
     expect(ex.steps.map((st) => st[0].blockTable.length)).toEqual([2, 3, 3, 3]);
@@ -379,6 +377,44 @@ describe('Scheduler: sampling and choices', () => {
     expect(new Set(r.choices.map((c) => ids(r, c.index).join())).size).toBe(4);
     expect(new Set(ex.steps.flat().map((row) => row.seqId)).size).toBe(4);
     expect(events.find((e) => e.type === 'finished')).toMatchObject({ completionTokens: 40 });
+  });
+});
+
+describe('Scheduler: prompt logprobs', () => {
+  test("each prompt token's logprob from the previous position's logits, across chunks and a preemption", async () => {
+    const ex = new RandomRowsExecutor();
+    const prompt = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30];
+    const expected = prompt.slice(1).map((id, i) => {
+      const row = new Float32Array(VOCAB);
+      ex.row(prompt[i], row);
+      return { id, logprob: tokenLogprob(row, id) };
+    });
+    const s = new Scheduler(ex, cache(64), LIMITS);
+    const r = await s.submit(req(prompt, 3, { promptLogprobs: true, n: 2 }));
+    expect(r.promptLogprobs).toEqual(expected);
+    // Chunks of 8 sent every row's logits for choice 0 only; choice 1 asked for its last row alone.
+    const rows = ex.steps.flat().filter((row) => row.startPos === 0 || row.numTokens > 1);
+    expect(rows.some((row) => row.logitRows === row.numTokens && row.numTokens === 8)).toBe(true);
+    expect(
+      rows
+        .filter((row) => row.logitRows > 1)
+        .map((row) => row.seqId)
+        .every((id) => id === rows[0].seqId),
+    ).toBe(true);
+    // Under preemption the values are the same, and the recompute asks for none of them again.
+    const tightEx = new RandomRowsExecutor();
+    const tight = new Scheduler(tightEx, cache(9), LIMITS);
+    const events = recorder(tight);
+    const [, a] = await Promise.all([
+      tight.submit(req([40, 41, 42, 43, 44, 45], 14)),
+      tight.submit(req(prompt, 12, { promptLogprobs: true })),
+    ]);
+    const preempted = events.filter((e) => e.type === 'preempted');
+    expect(preempted.map((e) => e.requestId)).toContain(a.requestId);
+    expect(a.promptLogprobs).toEqual(expected);
+    const recomputes = tightEx.steps.flat().filter((row) => row.tokens?.[0] === 11);
+    expect(recomputes.length).toBeGreaterThan(1);
+    expect(recomputes.at(-1)?.logitRows).toBeLessThanOrEqual(1);
   });
 });
 

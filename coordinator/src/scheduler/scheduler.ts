@@ -18,7 +18,14 @@
 //
 // Invariant, checked by the tests: once nothing is running or waiting, every block is free.
 
-import { type SampledToken, type SamplingParams, sample, validateSampling } from '../generation/sampler.js';
+import {
+  type SampledToken,
+  type SamplingParams,
+  sample,
+  type TokenLogprob,
+  tokenLogprob,
+  validateSampling,
+} from '../generation/sampler.js';
 import type { BlockAllocator } from './block-allocator.js';
 import { QueueFullError, RequestError, RequestFailedError } from './errors.js';
 import {
@@ -47,6 +54,11 @@ export interface GenerationRequest {
    * it). Return true to end that choice (a stop string matched). Throwing fails the request.
    */
   onToken?: (choice: number, token: SampledToken) => boolean | undefined;
+  /**
+   * Also return each prompt token's logprob (after the first): the logits of every prompt
+   * position come back from the model for it, which costs a full vocabulary row per token.
+   */
+  promptLogprobs?: boolean;
   /** Called once per choice when it ends, before the request resolves. */
   onFinish?: (choice: ChoiceResult) => void;
   signal?: AbortSignal;
@@ -66,6 +78,8 @@ export interface GenerationResult {
   promptTokens: number;
   choices: ChoiceResult[];
   timing: RequestTiming;
+  /** Prompt tokens 1..n-1 with the logprob the model gave each, when asked for. */
+  promptLogprobs?: TokenLogprob[];
 }
 
 export interface SchedulerLimits {
@@ -103,6 +117,8 @@ interface Sequence {
   inFlight: boolean;
   finishReason?: FinishReason;
   stopTokenId?: number;
+  /** Choice 0 of a request that asked: each prompt position's logprob once computed (index = position). */
+  promptLogprobs?: (number | undefined)[];
 }
 
 interface RequestState {
@@ -117,12 +133,12 @@ interface RequestState {
   reject: (e: Error) => void;
 }
 
-/** One row of a step: `count` positions of `seq` from `start`. */
+/** One row of a step: `count` positions of `seq` from `start`, the last `logitRows` wanting logits. */
 interface PlannedRow {
   seq: Sequence;
   start: number;
   count: number;
-  wantLogits: boolean;
+  logitRows: number;
 }
 
 interface StepPlan {
@@ -130,6 +146,16 @@ interface StepPlan {
   rows: PlannedRow[];
   promptTokens: number;
   decodeTokens: number;
+}
+
+/** Whether a chunk of `seq` from `start` scores prompt tokens whose logprob is still unknown. */
+function needsPromptLogits(seq: Sequence, start: number, count: number): boolean {
+  const scores = seq.promptLogprobs;
+  if (!scores) return false;
+  for (let next = start + 1; next <= Math.min(start + count, seq.promptLength - 1); next++) {
+    if (scores[next] === undefined) return true;
+  }
+  return false;
 }
 
 function choiceResult(s: Sequence): ChoiceResult {
@@ -216,6 +242,7 @@ export class Scheduler {
           blocks: [],
           state: 'waiting',
           inFlight: false,
+          ...(request.promptLogprobs && choice === 0 ? { promptLogprobs: [] } : {}),
         });
       }
       this.waiting.push(...state.sequences);
@@ -304,7 +331,12 @@ export class Scheduler {
     const planned = new Set<Sequence>();
     const add = (seq: Sequence, count: number) => {
       const start = seq.computed;
-      rows.push({ seq, start, count, wantLogits: start + count === seq.tokens.length });
+      const logitRows = needsPromptLogits(seq, start, count)
+        ? count
+        : start + count === seq.tokens.length
+          ? 1
+          : 0;
+      rows.push({ seq, start, count, logitRows });
       planned.add(seq);
       budget -= count;
     };
@@ -382,14 +414,14 @@ export class Scheduler {
     let error: Error | undefined;
     try {
       logits = await this.executor.execute(
-        plan.rows.map(({ seq, start, count, wantLogits }) => ({
+        plan.rows.map(({ seq, start, count, logitRows }) => ({
           seqId: seq.id,
           startPos: start,
           numTokens: count,
           tokens: seq.tokens.slice(start, start + count),
           // A copy: a cancellation frees the sequence's table while the step is in flight.
           blockTable: [...seq.blocks],
-          wantLogits,
+          logitRows,
         })),
       );
     } catch (err) {
@@ -421,11 +453,21 @@ export class Scheduler {
   private apply(plan: StepPlan, logits: Float32Array): void {
     const vocab = this.executor.vocabRows;
     let row = 0;
-    for (const { seq, count, wantLogits } of plan.rows) {
-      const rowLogits = wantLogits ? logits.subarray(row * vocab, ++row * vocab) : undefined;
+    for (const { seq, start, count, logitRows } of plan.rows) {
+      const first = row;
+      row += logitRows;
       if (seq.state !== 'running') continue; // cancelled or failed while the step ran
-      seq.computed += count;
-      if (rowLogits) this.sampleNext(seq, rowLogits);
+      const rowOf = (r: number) => logits.subarray((first + r) * vocab, (first + r + 1) * vocab);
+      // Row r holds the logits after position end - logitRows + r: they score the token after it.
+      const end = start + count;
+      if (seq.promptLogprobs) {
+        for (let r = 0; r < logitRows; r++) {
+          const next = end - logitRows + r + 1;
+          if (next < seq.promptLength) seq.promptLogprobs[next] ??= tokenLogprob(rowOf(r), seq.tokens[next]);
+        }
+      }
+      seq.computed = end;
+      if (logitRows > 0 && end === seq.tokens.length) this.sampleNext(seq, rowOf(logitRows - 1));
     }
   }
 
@@ -520,6 +562,10 @@ export class Scheduler {
     const time = monotonicSeconds();
     const timing = this.timing(state, time);
     const choices = state.sequences.map(choiceResult);
+    const promptLogprobs = state.sequences[0].promptLogprobs?.slice(1).map((logprob, i) => ({
+      id: state.request.promptIds[i + 1],
+      logprob: logprob as number,
+    }));
     const outcome: RequestOutcome = state.request.signal?.aborted ? 'cancelled' : choices[0].finishReason;
     this.finished(state, outcome, time, timing);
     state.resolve({
@@ -527,6 +573,7 @@ export class Scheduler {
       promptTokens: state.request.promptIds.length,
       choices,
       timing,
+      ...(promptLogprobs && state.sequences[0].finishReason !== 'cancelled' ? { promptLogprobs } : {}),
     });
   }
 

@@ -29,7 +29,7 @@ class ScriptExecutor implements StepExecutor {
   private readonly answered = new Map<string, number>();
   constructor(public script: number[]) {}
   async execute(seqs: SeqStep[]): Promise<Float32Array> {
-    const rows = seqs.filter((s) => s.wantLogits);
+    const rows = seqs.filter((s) => s.logitRows > 0);
     const out = new Float32Array(rows.length * VOCAB);
     rows.forEach((s, r) => {
       const n = this.answered.get(s.seqId) ?? 0;

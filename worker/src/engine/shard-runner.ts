@@ -149,7 +149,7 @@ export class ShardRunner {
         `stage expects hidden states of ${T} x ${config.hiddenSize} floats, got ${hidden?.length ?? 'none'}`,
       );
     }
-    const decodeStep = seqs.every((s) => s.numTokens === 1 && (s.wantLogits || !spec.computesLogits));
+    const decodeStep = seqs.every((s) => s.numTokens === 1 && (s.logitRows === 1 || !spec.computesLogits));
     if (this.graphs?.fits(inputs, decodeStep)) {
       const out = await this.graphs.run(inputs, hidden);
       return spec.computesLogits ? { logits: out } : { hidden: out };

@@ -22,8 +22,11 @@ export interface SeqStep {
   tokens?: number[];
   /** KV cache block ids holding positions 0 .. startPos+numTokens-1, in order. */
   blockTable: number[];
-  /** Whether the last computed position's logits are wanted (end of prompt, or decode). */
-  wantLogits: boolean;
+  /**
+   * How many of the step's last positions want logits: 0 (a chunk inside the prompt), 1 (the
+   * last position: the next token), or numTokens (every position: prompt logprobs).
+   */
+  logitRows: number;
 }
 
 /** Tensor-parallel collective among the ranks of one pipeline stage. */

@@ -17,7 +17,7 @@ function toSeqSteps(step: workerV1.StepDescriptor__Output, withTokens: boolean):
     numTokens: s.numTokens,
     tokens: withTokens ? s.tokenIds : undefined,
     blockTable: s.blockTable,
-    wantLogits: s.wantLogits,
+    logitRows: s.logitRows,
   }));
 }
 
@@ -44,14 +44,19 @@ async function runStage(
     // Every rank of the last stage holds the gathered logits; rank 0 alone sends them.
     const vocab = node.vocabRows as number;
     const logits = result.logits as Float32Array;
-    const wanting = seqs.filter((s) => s.wantLogits);
-    const outputs =
-      spec.tpRank === 0
-        ? wanting.map((s, i) => ({
-            seqId: s.seqId,
-            logits: Buffer.from(logits.buffer, logits.byteOffset + i * vocab * 4, vocab * 4),
-          }))
-        : [];
+    const outputs: workerV1.SeqOutput[] = [];
+    if (spec.tpRank === 0) {
+      let row = 0;
+      for (const s of seqs) {
+        if (s.logitRows === 0) continue;
+        const bytes = s.logitRows * vocab * 4;
+        outputs.push({
+          seqId: s.seqId,
+          logits: Buffer.from(logits.buffer, logits.byteOffset + row * vocab * 4, bytes),
+        });
+        row += s.logitRows;
+      }
+    }
     return { stepId: step.stepId, output: { seqs: outputs }, computeMs };
   }
   const downstream = node.downstream;
