@@ -63,7 +63,9 @@ class ScriptedExecutor implements StepExecutor {
       Array.from({ length: s.logitRows }, (_, r) => (s.tokens as number[])[s.numTokens - s.logitRows + r]),
     );
     const out = new Float32Array(before.length * this.vocabRows);
-    before.forEach((token, r) => this.row(token, out.subarray(r * this.vocabRows, (r + 1) * this.vocabRows)));
+    for (const [r, token] of before.entries()) {
+      this.row(token, out.subarray(r * this.vocabRows, (r + 1) * this.vocabRows));
+    }
     return out;
   }
 

@@ -27,8 +27,11 @@ class ScriptExecutor implements StepExecutor {
   readonly vocabRows = VOCAB;
   readonly maxInFlight = 1;
   private readonly answered = new Map<string, number>();
+  /** Milliseconds each step takes (to cancel requests mid-way). */
+  stepMs = 0;
   constructor(public script: number[]) {}
   async execute(seqs: SeqStep[]): Promise<Float32Array> {
+    if (this.stepMs > 0) await new Promise((r) => setTimeout(r, this.stepMs));
     const rows = seqs.filter((s) => s.logitRows > 0);
     const out = new Float32Array(rows.length * VOCAB);
     rows.forEach((s, r) => {
@@ -46,6 +49,7 @@ let tok: LlamaTokenizer;
 let executor: ScriptExecutor;
 let server: grpc.Server;
 let client: InferenceClient;
+let scheduler: Scheduler;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'medcluster-grpc-'));
@@ -53,7 +57,7 @@ beforeAll(async () => {
   tok = await loadTokenizer(dir);
   executor = new ScriptExecutor([]);
   const blocks = new BlockAllocator(64, 16);
-  const scheduler = new Scheduler(executor, blocks, {
+  scheduler = new Scheduler(executor, blocks, {
     maxBatchTokens: 64,
     maxRunning: 8,
     maxWaiting: 8,
@@ -173,6 +177,63 @@ describe('GenerateStream and Generate', () => {
       stream.filter((m) => !m.finish).every((m) => m.logprobs?.chosen && m.logprobs.top.length === 0),
     ).toBe(true);
     expect((await client.generate({ text: 'Prompt', maxTokens: 2 })).choices[0].logprobs).toEqual([]);
+  });
+});
+
+describe('cancellation frees the KV cache at once', () => {
+  /** The scheduler's state once the request ended, and how it ended. */
+  const ended = () =>
+    new Promise<{ outcome: string; stats: Scheduler['stats'] }>((resolve) => {
+      const stop = scheduler.observe((e) => {
+        if (e.type !== 'finished') return;
+        stop();
+        resolve({ outcome: e.outcome, stats: scheduler.stats });
+      });
+    });
+
+  test('a client that cancels its stream mid-generation', async () => {
+    executor.script = words('one two three four five six seven eight nine ten eleven twelve');
+    executor.stepMs = 20;
+    try {
+      const end = ended();
+      const abort = new AbortController();
+      const seen: number[] = [];
+      const err = await (async () => {
+        for await (const m of client.generateStream(
+          { text: 'Prompt', maxTokens: 12 },
+          { signal: abort.signal },
+        )) {
+          seen.push(...m.tokenIds);
+          if (seen.length === 3) abort.abort();
+        }
+      })().catch((e) => e as grpc.ServiceError);
+      expect(err?.code).toBe(1); // CANCELLED
+      expect(seen).toHaveLength(3);
+      expect(await end).toEqual({
+        outcome: 'cancelled',
+        stats: expect.objectContaining({ running: 0, freeBlocks: 64 }),
+      });
+    } finally {
+      executor.stepMs = 0;
+    }
+  });
+
+  test('a request whose deadline passes', async () => {
+    executor.script = words('one two three four five six seven eight nine ten');
+    executor.stepMs = 30;
+    try {
+      const end = ended();
+      const err = (await client
+        .generate({ text: 'Prompt', maxTokens: 10 }, { timeoutMs: 100 })
+        .catch((e) => e)) as grpc.ServiceError;
+      expect(err.code).toBe(4); // DEADLINE_EXCEEDED
+      expect(await end).toEqual({
+        outcome: 'cancelled',
+        stats: expect.objectContaining({ running: 0, freeBlocks: 64 }),
+      });
+    } finally {
+      executor.stepMs = 0;
+    }
   });
 });
 
