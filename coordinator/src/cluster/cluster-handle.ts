@@ -20,6 +20,8 @@ export interface ClusterWorker {
   state: string;
   /** KV cache blocks the worker allocated. */
   kvBlocks: number;
+  /** Seconds since its last heartbeat (cluster mode, where workers heartbeat over NATS). */
+  heartbeatAgeSeconds?: number;
 }
 
 export interface ClusterEvents {

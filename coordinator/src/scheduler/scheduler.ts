@@ -212,12 +212,13 @@ export class Scheduler {
    * full, RequestFailedError when a step it was in failed or the scheduler is closing.
    */
   submit(request: GenerationRequest): Promise<GenerationResult> {
+    const time = monotonicSeconds();
     try {
       this.validate(request);
     } catch (err) {
+      this.emit({ type: 'rejected', time, requestId: request.requestId, reason: 'invalid' });
       return Promise.reject(err);
     }
-    const time = monotonicSeconds();
     if (this.closing) {
       this.emit({ type: 'rejected', time, requestId: request.requestId, reason: 'closing' });
       return Promise.reject(new RequestFailedError('the server is shutting down'));
