@@ -22,7 +22,7 @@ const PYTHON = '/usr/bin/python3';
 
 async function startUp(args: string[]): Promise<{ address: string; up: ReturnType<typeof startCli> }> {
   const port = await freePort();
-  const up = startCli(['up', '--grpc-port', String(port), '--threads', '1', ...args]);
+  const up = startCli(['up', '--grpc-port', String(port), '--http-port', '0', '--threads', '1', ...args]);
   await waitForStderr(up.child, /medcluster: serving .* on 127\.0\.0\.1:\d+/, 90_000);
   return { address: `127.0.0.1:${port}`, up };
 }

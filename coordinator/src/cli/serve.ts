@@ -1,13 +1,16 @@
 // What `up` and `coordinator` share once the cluster is ready: the scheduler, the generator,
-// the public gRPC server, and an orderly shutdown on SIGINT/SIGTERM (stop admitting, let
-// in-flight requests finish within the grace period, fail the rest, stop the workers).
+// the public gRPC and HTTP servers, and an orderly shutdown on SIGINT/SIGTERM (stop admitting,
+// let in-flight requests finish within the grace period, fail the rest, stop the workers).
 
+import { readFile } from 'node:fs/promises';
 import type { LlamaConfig } from '@medcluster/worker';
 import type { ClusterHandle } from '../cluster/cluster-handle.js';
 import { TextGenerator } from '../generation/text-generation.js';
+import { createHttpServer, listenHttp } from '../http/index.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { createServer, listen } from '../server/create-server.js';
+import type { ServingContext } from '../server/serving-context.js';
 import { loadTokenizer } from '../tokenizer/index.js';
 import type { ServeSettings } from './serve-flags.js';
 
@@ -27,7 +30,9 @@ export async function serveUntilSignal({
   host,
   settings,
 }: ServeOptions): Promise<void> {
-  const tokenizer = await loadTokenizer(modelDir);
+  const chatTemplate =
+    settings.chatTemplatePath === undefined ? undefined : await readChatTemplate(settings.chatTemplatePath);
+  const tokenizer = await loadTokenizer(modelDir, { chatTemplate });
   const { kvGeometry } = cluster;
   const scheduler = new Scheduler(
     cluster.executor,
@@ -48,22 +53,27 @@ export async function serveUntilSignal({
     }
   });
   let draining = false;
-  const server = createServer(
-    {
-      modelName: settings.servedModelName,
-      config,
-      generator: new TextGenerator(tokenizer, scheduler, { maxTokens: settings.defaultMaxTokens }),
-      cluster,
-      healthy: () => cluster.healthy() && !draining,
-    },
-    { maxMessageBytes: settings.grpcMaxMessageBytes },
-  );
+  const serving: ServingContext = {
+    modelName: settings.servedModelName,
+    config,
+    generator: new TextGenerator(tokenizer, scheduler, { maxTokens: settings.defaultMaxTokens }),
+    cluster,
+    healthy: () => cluster.healthy() && !draining,
+  };
+  const server = createServer(serving, { maxMessageBytes: settings.grpcMaxMessageBytes });
+  const http = createHttpServer(serving, scheduler, {
+    bodyLimit: settings.httpMaxBodyBytes,
+    corsOrigins: settings.httpCorsOrigins,
+  });
+  const httpPort = await listenHttp(http, host, settings.httpPort);
   const port = await listen(server, `${host}:${settings.grpcPort}`);
+  const local = host === '0.0.0.0' || host === '::' ? 'localhost' : host;
+  console.error(`medcluster: HTTP APIs (OpenAI /v1, TGI, /cluster) on http://${local}:${httpPort}`);
   console.error(
     `medcluster: serving ${modelDir} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
   );
   console.error(
-    `medcluster: try \`npx medcluster generate --server localhost:${port} --prompt "The patient presented with"\``,
+    `medcluster: try \`curl http://${local}:${httpPort}/v1/completions -H 'Content-Type: application/json' -d '{"prompt": "The patient presented with", "max_tokens": 32}'\``,
   );
   await new Promise<void>((resolve) => {
     const stop = async (signal: string) => {
@@ -75,11 +85,19 @@ export async function serveUntilSignal({
       const grace = new Promise<void>((r) => setTimeout(r, settings.shutdownGraceMs).unref());
       await Promise.race([scheduler.drain(), grace]);
       scheduler.shutdown();
-      await new Promise<void>((r) => server.tryShutdown(() => r()));
+      await Promise.all([http.close(), new Promise<void>((r) => server.tryShutdown(() => r()))]);
       await cluster.stop();
       resolve();
     };
     process.once('SIGINT', () => void stop('SIGINT'));
     process.once('SIGTERM', () => void stop('SIGTERM'));
   });
+}
+
+async function readChatTemplate(path: string): Promise<string> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (cause) {
+    throw new Error(`--chat-template: cannot read ${path} (${(cause as Error).message})`, { cause });
+  }
 }
