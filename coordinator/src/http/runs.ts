@@ -97,7 +97,8 @@ export class EventStream {
 
   /** Sends the response headers and starts streaming (call once the request was admitted). */
   start(reply: FastifyReply): FastifyReply {
-    reply.raw.once('close', () => this.stream.destroy());
+    // Ended, not destroyed: fastify takes a destroyed payload for a failed one.
+    reply.raw.once('close', () => this.end());
     return reply
       .code(200)
       .header('content-type', 'text/event-stream; charset=utf-8')
