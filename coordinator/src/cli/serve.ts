@@ -15,7 +15,10 @@ import { loadTokenizer } from '../tokenizer/index.js';
 import type { ServeSettings } from './serve-flags.js';
 
 export interface ServeOptions {
+  /** Where the tokenizer is read (and the checkpoint, unless the workers serve synthetic weights). */
   modelDir: string;
+  /** What is served, for the log (default: modelDir). */
+  label?: string;
   config: LlamaConfig;
   cluster: ClusterHandle;
   /** Interface the public API binds to. */
@@ -25,6 +28,7 @@ export interface ServeOptions {
 
 export async function serveUntilSignal({
   modelDir,
+  label = modelDir,
   config,
   cluster,
   host,
@@ -70,7 +74,7 @@ export async function serveUntilSignal({
   const local = host === '0.0.0.0' || host === '::' ? 'localhost' : host;
   console.error(`medcluster: HTTP APIs (OpenAI /v1, TGI, /cluster) on http://${local}:${httpPort}`);
   console.error(
-    `medcluster: serving ${modelDir} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
+    `medcluster: serving ${label} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
   );
   console.error(
     `medcluster: try \`curl http://${local}:${httpPort}/v1/completions -H 'Content-Type: application/json' -d '{"prompt": "The patient presented with", "max_tokens": 32}'\``,

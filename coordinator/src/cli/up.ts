@@ -1,8 +1,10 @@
 // `medcluster up`: a whole cluster on this machine with no NATS: a coordinator (this process)
-// and tp x pp worker processes. Without --model it serves the tiny generated model.
+// and tp x pp worker processes. Without --model it serves the tiny generated model; with
+// --synthetic PRESET its workers serve random weights of the preset's exact shapes (no file),
+// with the generated model's tokenizer, for measurements where the checkpoint cannot be had.
 
 import type { DeviceKind } from '@medcluster/kernels';
-import { openCheckpoint } from '@medcluster/worker';
+import { openCheckpoint, presetConfig } from '@medcluster/worker';
 import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
 import { intFlag, parseFlags, UsageError } from './args.js';
@@ -10,8 +12,13 @@ import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { serveUntilSignal } from './serve.js';
 import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
-const USAGE = `usage: medcluster up [--model DIR] [--tp N] [--pp N] [--host 127.0.0.1] [--device cpu|cuda]
-         [--kv-blocks N | --kv-memory-fraction F] [--block-size 16] [--threads N] [serving flags]
+const USAGE = `usage: medcluster up [--model DIR | --synthetic tiny|llama-2-70b [--layers N]] [--tp N] [--pp N]
+         [--host 127.0.0.1] [--device cpu|cuda] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
+         [--threads N] [serving flags]
+
+  --synthetic PRESET   random weights of the preset's exact shapes, made on each worker's device, with
+                       the generated tokenizer (llama-2-70b: 32000 embedding rows, so ChatML's ids
+                       32017/32018 are refused: measure with /v1/completions)
 
 ${SERVE_USAGE}
 
@@ -23,6 +30,8 @@ export async function upCommand(argv: string[]): Promise<void> {
     {
       ...SERVE_FLAGS,
       model: { type: 'string' },
+      synthetic: { type: 'string' },
+      layers: { type: 'string' },
       tp: { type: 'string', default: '1' },
       pp: { type: 'string', default: '1' },
       host: { type: 'string', default: '127.0.0.1' },
@@ -46,9 +55,27 @@ export async function upCommand(argv: string[]): Promise<void> {
   const pp = intFlag(flags.pp, 'pp');
   const kvCache = kvCacheFromFlags(flags);
   const settings = serveSettingsFromFlags(flags);
+  if (flags.synthetic !== undefined && flags.model !== undefined)
+    throw new UsageError('give either --model or --synthetic, not both');
+  if (flags.layers !== undefined && flags.synthetic === undefined)
+    throw new UsageError('--layers applies to --synthetic');
+  const synthetic =
+    flags.synthetic === undefined
+      ? undefined
+      : {
+          preset: flags.synthetic,
+          seed: 1,
+          ...(flags.layers === undefined ? {} : { layers: intFlag(flags.layers, 'layers') }),
+        };
+  // Synthetic weights take the generated model's tokenizer (and its directory as modelDir).
   const modelDir = flags.model ?? (await ensureGeneratedModel());
-  const { config } = await openCheckpoint(modelDir);
-  console.error(`medcluster up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${modelDir}`);
+  const config = synthetic
+    ? presetConfig(synthetic.preset, { layers: synthetic.layers })
+    : (await openCheckpoint(modelDir)).config;
+  const label = synthetic
+    ? `synthetic ${synthetic.preset}${synthetic.layers ? ` (${synthetic.layers} layers)` : ''} weights`
+    : modelDir;
+  console.error(`medcluster up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${label}`);
   const cluster = await startLocalCluster({
     modelDir,
     config,
@@ -56,8 +83,9 @@ export async function upCommand(argv: string[]): Promise<void> {
     pp,
     device: device as DeviceKind,
     kvCache,
+    synthetic,
     threadsPerWorker: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
     log: (line) => console.error(line),
   });
-  await serveUntilSignal({ modelDir, config, cluster, host: flags.host ?? '127.0.0.1', settings });
+  await serveUntilSignal({ modelDir, label, config, cluster, host: flags.host ?? '127.0.0.1', settings });
 }

@@ -11,6 +11,7 @@ export {
   type LoadEvent,
   type LoadPhase,
   type ShardSpecMessage,
+  type SyntheticWeightsMessage,
   type WorkerAnnounce,
   type WorkerHeartbeat,
   type WorkerLeave,
