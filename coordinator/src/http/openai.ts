@@ -84,6 +84,11 @@ class CompletionLogprobs {
   get end(): number {
     return this.offset;
   }
+
+  toJSON() {
+    const { tokens, token_logprobs, top_logprobs, text_offset } = this;
+    return { tokens, token_logprobs, top_logprobs, text_offset };
+  }
 }
 
 /** Chat logprobs: one entry per token with its alternatives. */
