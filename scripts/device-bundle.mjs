@@ -5,7 +5,7 @@
 // node_modules never travels. On the device: `bash .device/setup.sh` then `/tmp/node ...`.
 
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -26,14 +26,25 @@ const bundle = (entry, outfile) =>
     format: 'esm',
     target: 'node20',
     outfile: join(out, outfile),
+    // Bundled CommonJS that reads files beside itself finds them through __dirname: point it
+    // where @grpc/reflection's protos are copied (step 1b), the only such read at run time.
     banner: {
-      js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+      js:
+        "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url); " +
+        "const __dirname = new URL('./grpc-reflection/build/src/implementations', import.meta.url).pathname;",
     },
     external: ['*.node'],
     logLevel: 'warning',
   });
 bundle('coordinator/src/cli/entry.ts', 'medcluster.mjs');
 bundle('test/gpu/gpu-parity.ts', 'gpu-parity.mjs');
+
+// 1b. @grpc/reflection reads its protos at ${__dirname}/../../proto (the gRPC server's reflection).
+cpSync(
+  join(dirname(require.resolve('@grpc/reflection/package.json', { paths: [join(root, 'coordinator')] })), 'build/proto'),
+  join(out, 'grpc-reflection/build/proto'),
+  { recursive: true },
+);
 
 // 2. The addon (CUDA-enabled when built where nvcc exists).
 const addon = join(root, 'kernels/build/Release/medcluster_kernels.node');

@@ -7,7 +7,6 @@
 // this server's lists only the generated tokens (the scheduler never hands out the stop token).
 
 import { randomInt } from 'node:crypto';
-import { createRequire } from 'node:module';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { MAX_LOGPROBS, type SamplingParams, type TokenLogprob } from '../generation/sampler.js';
 import {
@@ -28,8 +27,6 @@ const FINISH: Record<FinishReason, string> = {
   stop: 'stop_sequence',
   cancelled: 'length',
 };
-
-const VERSION = (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
 
 interface TgiRequest {
   inputs: string;
@@ -166,7 +163,8 @@ export function tgiRoutes(ctx: HttpContext) {
         max_client_batch_size: 1,
         validation_workers: 1,
         router: 'medcluster',
-        version: VERSION,
+        // TGI's own version; this is not TGI.
+        version: null,
         sha: null,
         docker_label: null,
       };
