@@ -1,9 +1,45 @@
 // GET /cluster: what the server is doing now (sequences running and waiting, KV blocks used of
-// the total, the cluster's layout) and what it did since it started (counts kept from the
-// scheduler's events). Keys are snake_case like the rest of the HTTP APIs.
+// the total, the cluster's layout), how its recent steps went (executor time and the gap
+// before each), and what it did since it started (counts kept from the scheduler's events).
+// Keys are snake_case like the rest of the HTTP APIs.
 
 import type { SchedulerEvent } from '../scheduler/events.js';
 import type { HttpContext } from './http-context.js';
+
+/** Steps GET /cluster summarizes (the most recent). */
+const RECENT_STEPS = 512;
+
+interface StepRecord {
+  /** Seconds from sending the step to its result. */
+  duration: number;
+  /** Seconds from the previous step's result to sending this one (none while steps overlap). */
+  gap?: number;
+  batch: number;
+  promptTokens: number;
+}
+
+function median(values: number[]): number {
+  if (values.length === 0) return 0;
+  const v = [...values].sort((a, b) => a - b);
+  const mid = v.length >> 1;
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+const ms = (seconds: number) => Math.round(seconds * 1e5) / 100;
+
+/**
+ * Recent steps of one kind: how long the executor took (sent to result: the workers' compute
+ * and the transfers) and the gap before each (the coordinator's own time: sampling, text, the
+ * APIs), as medians, so a slow served path shows which side it is slow on.
+ */
+function summarize(steps: StepRecord[]) {
+  return {
+    count: steps.length,
+    batch_p50: median(steps.map((s) => s.batch)),
+    step_ms_p50: ms(median(steps.map((s) => s.duration))),
+    gap_before_ms_p50: ms(median(steps.flatMap((s) => (s.gap === undefined ? [] : [s.gap])))),
+  };
+}
 
 export class ClusterActivity {
   private readonly started = performance.now();
@@ -20,6 +56,8 @@ export class ClusterActivity {
     failed_steps: 0,
   };
   private inFlight = 0;
+  private readonly steps: StepRecord[] = [];
+  private lastStepDone?: number;
 
   constructor(observe: HttpContext['scheduler']['observe']) {
     this.unsubscribe = observe((e) => this.count(e));
@@ -51,6 +89,14 @@ export class ClusterActivity {
       case 'step':
         t.steps++;
         if (e.error !== undefined) t.failed_steps++;
+        {
+          const sent = e.time - e.duration;
+          const last = this.lastStepDone;
+          this.lastStepDone = e.time;
+          const gap = last !== undefined && sent >= last ? sent - last : undefined;
+          this.steps.push({ duration: e.duration, gap, batch: e.batchSize, promptTokens: e.promptTokens });
+          if (this.steps.length > RECENT_STEPS) this.steps.shift();
+        }
         break;
       case 'finished':
         bump(t.requests_finished, e.outcome);
@@ -98,6 +144,10 @@ export class ClusterActivity {
         })),
       },
       chat_template: ctx.prompts.chatTemplateSource,
+      recent_steps: {
+        decode_only: summarize(this.steps.filter((st) => st.promptTokens === 0)),
+        with_prompt_tokens: summarize(this.steps.filter((st) => st.promptTokens > 0)),
+      },
       totals: this.totals,
     };
   }
