@@ -158,6 +158,28 @@ describe('medcluster up (tp=2 x pp=2) and its public gRPC API', () => {
     expect(ok.tokenIds.length).toBeGreaterThan(0);
   });
 
+  test('every worker serves /health, /ready and its own metrics, labelled with its place', async () => {
+    const info = await client.getModelInfo();
+    await client.generate({ text: 'Warm the pipeline up', maxTokens: 3 });
+    for (const w of info.workers) {
+      expect(w.metricsUrl, w.id).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+      const base = w.metricsUrl.replace(/\/metrics$/, '');
+      expect((await fetch(`${base}/health`)).status).toBe(200);
+      expect((await fetch(`${base}/ready`)).status).toBe(200);
+      const text = await (await fetch(w.metricsUrl)).text();
+      const labels = `stage="${w.stage}",rank="${w.tpRank}"`;
+      expect(text).toMatch(new RegExp(`medcluster_worker_steps_total\\{[^}]*${labels}[^}]*\\} [1-9]`));
+      expect(text).toMatch(/medcluster_worker_state\{[^}]*state="ready"[^}]*\} 1/);
+      expect(text).toMatch(/medcluster_worker_kv_cache_blocks\{[^}]*\} [1-9]/);
+      expect(text).toMatch(/medcluster_worker_load_bytes_total\{[^}]*\} [1-9]/);
+      const direction = w.stage === 0 ? 'sent' : 'received';
+      expect(text).toMatch(
+        new RegExp(`medcluster_worker_activation_bytes_total\\{[^}]*direction="${direction}"[^}]*\\} [1-9]`),
+      );
+      expect(w.kvBlocks).toBeGreaterThan(0);
+    }
+  });
+
   test('health reports SERVING, and reflection lists the public services', async () => {
     expect((await client.healthCheck('')).status).toBe('SERVING');
     expect((await client.healthCheck('medcluster.v1.Inference')).status).toBe('SERVING');

@@ -57,6 +57,7 @@ export async function upCommand(argv: string[]): Promise<void> {
     device: device as DeviceKind,
     kvCache,
     threadsPerWorker: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
+    workerMetrics: true,
     log: (line) => console.error(line),
   });
   await serveUntilSignal({ modelDir, config, cluster, host: flags.host ?? '127.0.0.1', settings });

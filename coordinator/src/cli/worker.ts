@@ -9,7 +9,10 @@ import { intFlag, parseFlags, UsageError } from './args.js';
 
 const USAGE = `usage: medcluster worker (--nats URL [--cluster NAME] | --assignment JSON) [--id ID]
          [--listen HOST:PORT] [--advertise HOST:PORT] [--device cpu|cuda] [--ordinal N] [--threads N]
-         [--memory-gb N]`;
+         [--memory-gb N] [--metrics-port N]
+
+  --metrics-port N   serve /metrics (Prometheus), /health (alive) and /ready (shard loaded)
+                     on the listen host (0 picks a free port)`;
 
 export async function workerCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -22,6 +25,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
       ordinal: { type: 'string' },
       threads: { type: 'string' },
       'memory-gb': { type: 'string' },
+      'metrics-port': { type: 'string' },
       nats: { type: 'string' },
       cluster: { type: 'string', default: 'medcluster' },
       assignment: { type: 'string' },
@@ -50,11 +54,16 @@ export async function workerCommand(argv: string[]): Promise<void> {
     ordinal: flags.ordinal === undefined ? undefined : intFlag(flags.ordinal, 'ordinal'),
     threads: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
     memoryBytes: flags['memory-gb'] === undefined ? undefined : Number(flags['memory-gb']) * 2 ** 30,
+    metricsPort:
+      flags['metrics-port'] === undefined ? undefined : intFlag(flags['metrics-port'], 'metrics-port'),
     nats: flags.nats ? { url: flags.nats, cluster: flags.cluster ?? 'medcluster' } : undefined,
     assignment,
     onEvent: (event) => process.stdout.write(`${JSON.stringify(event)}\n`),
   });
-  console.error(`medcluster worker ${workerId}: serving on ${worker.address}`);
+  console.error(
+    `medcluster worker ${workerId}: serving on ${worker.address}` +
+      (worker.metricsAddress ? `; metrics on http://${worker.metricsAddress}/metrics` : ''),
+  );
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       console.error(`medcluster worker ${workerId}: ${signal}, leaving`);

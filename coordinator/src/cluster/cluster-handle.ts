@@ -22,6 +22,8 @@ export interface ClusterWorker {
   kvBlocks: number;
   /** Seconds since its last heartbeat (cluster mode, where workers heartbeat over NATS). */
   heartbeatAgeSeconds?: number;
+  /** Where Prometheus scrapes the worker (http://host:port/metrics), when it serves metrics. */
+  metricsUrl?: string;
 }
 
 export interface ClusterEvents {

@@ -34,6 +34,8 @@ export interface LocalClusterOptions {
   kvCache: KvCacheRequest;
   /** Kernel threads per worker (default: this machine's cores shared among the workers). */
   threadsPerWorker?: number;
+  /** Each worker serves /metrics, /health and /ready on a free port (GET /cluster lists them). */
+  workerMetrics?: boolean;
   /** Command that starts a worker: [executable, ...args] (default: this CLI). */
   workerCommand?: string[];
   readyTimeoutMs?: number;
@@ -43,6 +45,8 @@ export interface LocalClusterOptions {
 interface LocalWorker {
   id: string;
   address: string;
+  /** Set once the worker says where it serves metrics. */
+  metricsAddress?: string;
   process: ChildProcess;
   stageIndex: number;
   tpRank: number;
@@ -125,10 +129,11 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       '--assignment',
       JSON.stringify(assignments.get(id)),
       ...(threads ? ['--threads', String(threads)] : []),
+      ...(options.workerMetrics ? ['--metrics-port', '0'] : []),
     ];
     const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     const { shard, stageIndex } = assignments.get(id) as Assignment;
-    workers.push({
+    const worker: LocalWorker = {
       id,
       address: addresses.get(id) as string,
       process: child,
@@ -136,7 +141,8 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       tpRank: shard.tpRank,
       layerStart: shard.layerStart,
       layerEnd: shard.layerEnd,
-    });
+    };
+    workers.push(worker);
     ready.push(
       new Promise<KvReport>((resolve, reject) => {
         const timer = setTimeout(
@@ -152,7 +158,8 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
             log(`[${id}] ${line}`);
             return;
           }
-          if (event.event === 'ready') {
+          if (event.event === 'listening') worker.metricsAddress = event.metricsAddress;
+          else if (event.event === 'ready') {
             clearTimeout(timer);
             resolve({ workerId: id, assigned: kvCacheOf(id), kvBlocks: event.kvBlocks });
           } else if (event.event === 'failed') {
@@ -225,6 +232,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
           layerEnd: w.layerEnd,
           state: lost.has(w.id) ? 'exited' : 'ready',
           kvBlocks: reported.get(w.id) ?? 0,
+          ...(w.metricsAddress ? { metricsUrl: `http://${w.metricsAddress}/metrics` } : {}),
         })),
       stop: async () => {
         stopping = true;

@@ -242,7 +242,7 @@ export function inferenceHandlers(ctx: ServingContext): grpc.UntypedServiceImple
         maxContext: c.maxPositions,
         tp: ctx.cluster.tp,
         pp: ctx.cluster.pp,
-        workers: ctx.cluster.workers(),
+        workers: ctx.cluster.workers().map((w) => ({ ...w, metricsUrl: w.metricsUrl ?? '' })),
       });
     },
   };

@@ -36,6 +36,7 @@ async function runStage(
   const spec = node.spec;
   if (!spec) throw new Error(`worker ${node.options.workerId} has no shard loaded`);
   const started = performance.now();
+  if (message.activation) node.metrics?.activation('received', message.activation.data.length);
   const hidden = message.activation ? decodeActivation(message.activation) : undefined;
   const seqs = toSeqSteps(step, spec.embeds);
   const result = await node.runStep(seqs, hidden);
@@ -62,10 +63,12 @@ async function runStage(
   const downstream = node.downstream;
   if (!downstream) throw new Error(`worker ${node.options.workerId} has no link to the next stage`);
   const rows = seqs.reduce((n, s) => n + s.numTokens, 0);
-  const relayed = await downstream.send({
-    step,
-    activation: encodeActivation(result.hidden as Float32Array, rows),
-  });
+  const activation = encodeActivation(result.hidden as Float32Array, rows);
+  node.metrics?.activation('sent', (activation.data as Buffer).length);
+  const sent = performance.now();
+  const relayed = await downstream.send({ step, activation });
+  // The hand-off's own cost: the round trip less what the stages downstream computed.
+  node.metrics?.transfer((performance.now() - sent - relayed.computeMs) / 1000);
   return { ...relayed, computeMs: relayed.computeMs + computeMs };
 }
 
