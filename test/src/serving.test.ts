@@ -23,7 +23,7 @@ const PYTHON = '/usr/bin/python3';
 async function startUp(args: string[]): Promise<{ address: string; up: ReturnType<typeof startCli> }> {
   const port = await freePort();
   const up = startCli(['up', '--grpc-port', String(port), '--threads', '1', ...args]);
-  await waitForStderr(up.child, /medcluster: serving .* on 127\.0\.0\.1:\d+/, 90_000);
+  await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:\d+/, 90_000);
   return { address: `127.0.0.1:${port}`, up };
 }
 
@@ -264,6 +264,58 @@ describe('medcluster up under load with a cache too small for it', () => {
         expect(concurrent[i].tokenIds, `request ${i}`).toEqual(solo.tokenIds);
         expect(concurrent[i].text).toBe(solo.text);
       }
+    } finally {
+      client.close();
+      await stopAll();
+    }
+  });
+});
+
+describe('structured logs', () => {
+  test("each request's id follows it through every stage and rank, and no line names two requests", async () => {
+    const modelDir = await testModel();
+    const { address, up } = await startUp([
+      '--model',
+      modelDir,
+      '--tp',
+      '2',
+      '--pp',
+      '2',
+      '--log-format',
+      'json',
+      '--log-level',
+      'debug',
+    ]);
+    const client = new InferenceClient(address);
+    try {
+      const ids = ['req-alpha-7f3a', 'req-beta-91c2'];
+      await Promise.all(
+        ids.map((requestId, i) =>
+          client.generate({ text: `Case ${i}: chest pain`, maxTokens: 4, requestId }),
+        ),
+      );
+      await new Promise((r) => setTimeout(r, 200)); // let the last lines reach the pipe
+      const lines = up
+        .stderr()
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(
+        lines.every(
+          (l) => typeof l.time === 'string' && typeof l.level === 'string' && typeof l.msg === 'string',
+        ),
+      ).toBe(true);
+      const workers = new Set(lines.map((l) => l.worker).filter((w) => w !== undefined));
+      expect(workers).toEqual(new Set(['w0', 'w1', 'w2', 'w3']));
+      for (const id of ids) {
+        const mine = lines.filter((l) => l.requestId === id);
+        expect(new Set(mine.map((l) => l.worker ?? 'coordinator')), id).toEqual(
+          new Set(['coordinator', 'w0', 'w1', 'w2', 'w3']),
+        );
+        expect(mine.some((l) => l.msg === 'request finished')).toBe(true);
+      }
+      const raw = up.stderr().split('\n');
+      expect(raw.filter((l) => l.includes(ids[0]) && l.includes(ids[1]))).toEqual([]);
     } finally {
       client.close();
       await stopAll();

@@ -13,6 +13,7 @@ export * from './engine/tp-slice.js';
 export * from './engine/types.js';
 export * from './node/activation.js';
 export * from './node/free-port.js';
+export * from './node/log.js';
 export * from './node/stage-link.js';
 export * from './node/worker-node.js';
 export * from './node/worker-process.js';

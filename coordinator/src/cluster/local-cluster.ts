@@ -36,6 +36,8 @@ export interface LocalClusterOptions {
   threadsPerWorker?: number;
   /** Each worker serves /metrics, /health and /ready on a free port (GET /cluster lists them). */
   workerMetrics?: boolean;
+  /** More flags for every worker (its log settings). */
+  workerArgs?: string[];
   /** Command that starts a worker: [executable, ...args] (default: this CLI). */
   workerCommand?: string[];
   readyTimeoutMs?: number;
@@ -130,6 +132,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       JSON.stringify(assignments.get(id)),
       ...(threads ? ['--threads', String(threads)] : []),
       ...(options.workerMetrics ? ['--metrics-port', '0'] : []),
+      ...(options.workerArgs ?? []),
     ];
     const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     const { shard, stageIndex } = assignments.get(id) as Assignment;

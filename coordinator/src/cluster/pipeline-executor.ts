@@ -45,6 +45,7 @@ export class PipelineExecutor implements StepExecutor {
           tokenIds: s.tokens ?? [],
           blockTable: s.blockTable,
           logitRows: s.logitRows,
+          requestId: s.requestId ?? '',
         })),
       },
     };

@@ -417,6 +417,7 @@ export class Scheduler {
       logits = await this.executor.execute(
         plan.rows.map(({ seq, start, count, logitRows }) => ({
           seqId: seq.id,
+          requestId: seq.request.request.requestId,
           startPos: start,
           numTokens: count,
           tokens: seq.tokens.slice(start, start + count),

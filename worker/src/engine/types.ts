@@ -16,6 +16,8 @@ export interface ShardSpec {
 /** One sequence's part of a step. Positions startPos .. startPos+numTokens-1 are computed. */
 export interface SeqStep {
   seqId: string;
+  /** The request the sequence belongs to, for log lines (every stage and rank logs it). */
+  requestId?: string;
   startPos: number;
   numTokens: number;
   /** Token ids of the new positions (needed by the first stage only). */

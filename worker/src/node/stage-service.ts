@@ -18,6 +18,7 @@ function toSeqSteps(step: workerV1.StepDescriptor__Output, withTokens: boolean):
     tokens: withTokens ? s.tokenIds : undefined,
     blockTable: s.blockTable,
     logitRows: s.logitRows,
+    ...(s.requestId ? { requestId: s.requestId } : {}),
   }));
 }
 
@@ -39,8 +40,39 @@ async function runStage(
   if (message.activation) node.metrics?.activation('received', message.activation.data.length);
   const hidden = message.activation ? decodeActivation(message.activation) : undefined;
   const seqs = toSeqSteps(step, spec.embeds);
-  const result = await node.runStep(seqs, hidden);
+  const log = node.options.log;
+  let result: Awaited<ReturnType<WorkerNode['runStep']>>;
+  try {
+    result = await node.runStep(seqs, hidden);
+  } catch (err) {
+    // One line per request: a line never names two requests.
+    for (const s of seqs) {
+      log?.warn('step failed', {
+        stepId: Number(step.stepId),
+        requestId: s.requestId,
+        seqId: s.seqId,
+        stage: node.assignment?.stageIndex,
+        rank: spec.tpRank,
+        error: err instanceof Error ? err.message : String(err),
+      });
+    }
+    throw err;
+  }
   const computeMs = performance.now() - started;
+  if (log?.enabled('debug')) {
+    for (const s of seqs) {
+      log.debug('step', {
+        stepId: Number(step.stepId),
+        requestId: s.requestId,
+        seqId: s.seqId,
+        stage: node.assignment?.stageIndex,
+        rank: spec.tpRank,
+        startPos: s.startPos,
+        tokens: s.numTokens,
+        ms: Number(computeMs.toFixed(3)),
+      });
+    }
+  }
   if (spec.computesLogits) {
     // Every rank of the last stage holds the gathered logits; rank 0 alone sends them.
     const vocab = node.vocabRows as number;

@@ -7,6 +7,7 @@ import type { Assignment } from '@medcluster/proto';
 import { openCheckpoint } from '../checkpoint/index.js';
 import { ShardRunner, type StepResult } from '../engine/shard-runner.js';
 import type { Collective, SeqStep, ShardSpec } from '../engine/types.js';
+import type { Logger } from './log.js';
 import { StageLink } from './stage-link.js';
 import type { WorkerMetrics } from './worker-metrics.js';
 
@@ -14,6 +15,8 @@ export type WorkerState = 'idle' | 'loading' | 'ready' | 'failed' | 'leaving';
 
 export interface WorkerNodeOptions {
   workerId: string;
+  /** Lifecycle lines, and one debug line per sequence per step (with its requestId). */
+  log?: Logger;
   device: DeviceKind;
   threads?: number;
   ordinal?: number;

@@ -10,6 +10,7 @@ import { connect, type NatsConnection } from 'nats';
 import { addCollectiveService, type CollectiveHost, GrpcCollective } from '../collective/index.js';
 import { WorkerAgent } from '../control/index.js';
 import { INTERNAL_GRPC_OPTIONS } from './grpc-options.js';
+import type { Logger } from './log.js';
 import { addWorkerService } from './stage-service.js';
 import { serveWorkerMetrics, WorkerMetrics, type WorkerMetricsSource } from './worker-metrics.js';
 import { WorkerNode } from './worker-node.js';
@@ -31,6 +32,8 @@ export interface WorkerProcessOptions {
   nats?: { url: string; cluster: string };
   /** Single-machine mode: load this at start. */
   assignment?: Assignment;
+  /** Where the worker's log lines go (lifecycle; per-step lines at debug). */
+  log?: Logger;
   /** Receives lifecycle events (single-machine mode prints them as JSON lines). */
   onEvent?: (event: WorkerEvent) => void;
 }
@@ -85,6 +88,7 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
     device: options.device,
     threads: options.threads,
     ordinal: options.ordinal,
+    log: options.log,
   };
   // Read at scrape time, once `node` exists.
   const metricsSource: WorkerMetricsSource = { state: () => node.state, kvBlocks: () => node.kvBlocks };
