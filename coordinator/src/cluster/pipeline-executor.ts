@@ -4,7 +4,15 @@
 // Up to `pp` steps are in flight at once, so every stage has work.
 
 import type { workerV1 } from '@medcluster/proto';
-import { decodeLogits, type SeqStep, StageLink } from '@medcluster/worker';
+import {
+  decodeLogits,
+  decodeSampled,
+  encodeSeqStep,
+  returnsLogits,
+  type SeqStep,
+  StageLink,
+  type StepOutput,
+} from '@medcluster/worker';
 import type { StepExecutor } from '../scheduler/executor.js';
 
 export class StepFailedError extends Error {
@@ -33,22 +41,9 @@ export class PipelineExecutor implements StepExecutor {
     return new PipelineExecutor(links, vocabRows, Math.max(1, pipelineDepth));
   }
 
-  async execute(seqs: SeqStep[]): Promise<Float32Array> {
+  async execute(seqs: SeqStep[]): Promise<StepOutput> {
     const stepId = this.nextStepId++;
-    const message: workerV1.StageMessage = {
-      step: {
-        stepId,
-        seqs: seqs.map((s) => ({
-          seqId: s.seqId,
-          startPos: s.startPos,
-          numTokens: s.numTokens,
-          tokenIds: s.tokens ?? [],
-          blockTable: s.blockTable,
-          logitRows: s.logitRows,
-          requestId: s.requestId ?? '',
-        })),
-      },
-    };
+    const message: workerV1.StageMessage = { step: { stepId, seqs: seqs.map(encodeSeqStep) } };
     const results = await Promise.all(this.links.map((link) => link.send(message)));
     for (const [rank, result] of results.entries()) {
       if (result.error) {
@@ -60,24 +55,35 @@ export class PipelineExecutor implements StepExecutor {
     const wanted = seqs.filter((s) => s.logitRows > 0);
     const outputs = results[0].output?.seqs ?? [];
     if (outputs.length !== wanted.length) {
-      throw new StepFailedError(`step ${stepId}: logits of ${outputs.length} sequences for ${wanted.length}`);
+      throw new StepFailedError(
+        `step ${stepId}: outputs of ${outputs.length} sequences for ${wanted.length}`,
+      );
     }
-    const logits = new Float32Array(wanted.reduce((n, s) => n + s.logitRows, 0) * this.vocabRows);
+    const logits = new Float32Array(
+      seqs.filter(returnsLogits).reduce((n, s) => n + s.logitRows, 0) * this.vocabRows,
+    );
+    const sampled: StepOutput['sampled'] = [];
     let offset = 0;
     outputs.forEach((out, i) => {
       const seq = wanted[i];
       if (out.seqId !== seq.seqId)
-        throw new StepFailedError(`step ${stepId}: logits for ${out.seqId}, expected ${seq.seqId}`);
-      const rows = decodeLogits(out.logits);
-      if (rows.length !== seq.logitRows * this.vocabRows) {
-        throw new StepFailedError(
-          `step ${stepId}: ${rows.length} logits for ${seq.seqId}, expected ${seq.logitRows} x ${this.vocabRows}`,
-        );
+        throw new StepFailedError(`step ${stepId}: output for ${out.seqId}, expected ${seq.seqId}`);
+      if (returnsLogits(seq)) {
+        const rows = decodeLogits(out.logits);
+        if (rows.length !== seq.logitRows * this.vocabRows) {
+          throw new StepFailedError(
+            `step ${stepId}: ${rows.length} logits for ${seq.seqId}, expected ${seq.logitRows} x ${this.vocabRows}`,
+          );
+        }
+        logits.set(rows, offset);
+        offset += rows.length;
       }
-      logits.set(rows, offset);
-      offset += rows.length;
+      if (seq.sample) {
+        if (!out.sampled) throw new StepFailedError(`step ${stepId}: no sampled token for ${seq.seqId}`);
+        sampled.push(decodeSampled(out.sampled));
+      }
     });
-    return logits;
+    return { logits, sampled };
   }
 
   async close(): Promise<void> {

@@ -3,9 +3,15 @@
 // token, so a sequence's tokens depend on nothing but its own history. Every test ends with
 // every KV block free.
 
-import type { SeqStep } from '@medcluster/worker';
+import {
+  finishStep,
+  GREEDY,
+  type SamplingParams,
+  type SeqStep,
+  type StepOutput,
+  tokenLogprob,
+} from '@medcluster/worker';
 import { afterEach, describe, expect, test } from 'vitest';
-import { GREEDY, type SamplingParams, tokenLogprob } from '../generation/sampler.js';
 import { BlockAllocator } from './block-allocator.js';
 import { QueueFullError, RequestError, RequestFailedError } from './errors.js';
 import type { SchedulerEvent } from './events.js';
@@ -41,7 +47,7 @@ class ScriptedExecutor implements StepExecutor {
     return { started, release };
   }
 
-  async execute(seqs: SeqStep[]): Promise<Float32Array> {
+  async execute(seqs: SeqStep[]): Promise<StepOutput> {
     this.steps.push(
       seqs.map((s) => ({ ...s, tokens: [...(s.tokens ?? [])], blockTable: [...s.blockTable] })),
     );
@@ -66,7 +72,8 @@ class ScriptedExecutor implements StepExecutor {
     for (const [r, token] of before.entries()) {
       this.row(token, out.subarray(r * this.vocabRows, (r + 1) * this.vocabRows));
     }
-    return out;
+    // Sampling happens where the logits are, as on a pipeline's last stage.
+    return finishStep(seqs, out, this.vocabRows);
   }
 
   /** The logits after a position holding `token`. */

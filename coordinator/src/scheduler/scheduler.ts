@@ -19,13 +19,16 @@
 // Invariant, checked by the tests: once nothing is running or waiting, every block is free.
 
 import {
+  penalizes,
+  returnsLogits,
   type SampledToken,
   type SamplingParams,
-  sample,
+  type SeqStep,
+  type StepOutput,
   type TokenLogprob,
   tokenLogprob,
   validateSampling,
-} from '../generation/sampler.js';
+} from '@medcluster/worker';
 import type { BlockAllocator } from './block-allocator.js';
 import { QueueFullError, RequestError, RequestFailedError } from './errors.js';
 import {
@@ -146,6 +149,34 @@ interface StepPlan {
   rows: PlannedRow[];
   promptTokens: number;
   decodeTokens: number;
+}
+
+/** A planned row as the executor takes it: the next token is sampled where the row ends the sequence. */
+function seqStepOf({ seq, start, count, logitRows }: PlannedRow): SeqStep {
+  const { sampling, requestId } = seq.request.request;
+  const end = start + count;
+  return {
+    seqId: seq.id,
+    requestId,
+    startPos: start,
+    numTokens: count,
+    tokens: seq.tokens.slice(start, end),
+    // A copy: a cancellation frees the sequence's table while the step is in flight.
+    blockTable: [...seq.blocks],
+    logitRows,
+    ...(end === seq.tokens.length
+      ? {
+          sample: {
+            params: sampling,
+            key: { seed: sampling.seed, choice: seq.choice, position: seq.tokens.length },
+            generated: {
+              count: seq.generated.length,
+              ids: penalizes(sampling) ? seq.generated.map((t) => t.id) : [],
+            },
+          },
+        }
+      : {}),
+  };
 }
 
 /** Whether a chunk of `seq` from `start` scores prompt tokens whose logprob is still unknown. */
@@ -411,21 +442,11 @@ export class Scheduler {
     this.inFlight++;
     for (const row of plan.rows) row.seq.inFlight = true;
     const started = monotonicSeconds();
-    let logits: Float32Array | undefined;
+    const steps = plan.rows.map(seqStepOf);
+    let output: StepOutput | undefined;
     let error: Error | undefined;
     try {
-      logits = await this.executor.execute(
-        plan.rows.map(({ seq, start, count, logitRows }) => ({
-          seqId: seq.id,
-          requestId: seq.request.request.requestId,
-          startPos: start,
-          numTokens: count,
-          tokens: seq.tokens.slice(start, start + count),
-          // A copy: a cancellation frees the sequence's table while the step is in flight.
-          blockTable: [...seq.blocks],
-          logitRows,
-        })),
-      );
+      output = await this.executor.execute(steps);
     } catch (err) {
       error = err instanceof Error ? err : new Error(String(err));
     }
@@ -442,7 +463,7 @@ export class Scheduler {
       duration: time - started,
       error: error?.message,
     });
-    if (logits) this.apply(plan, logits);
+    if (output) this.apply(plan, steps, output);
     else {
       const failed = new Set(plan.rows.map((r) => r.seq.request));
       for (const r of failed)
@@ -452,12 +473,14 @@ export class Scheduler {
   }
 
   /** Advances each row's sequence, samples where the step produced logits, retires the finished. */
-  private apply(plan: StepPlan, logits: Float32Array): void {
+  private apply(plan: StepPlan, steps: readonly SeqStep[], { logits, sampled }: StepOutput): void {
     const vocab = this.executor.vocabRows;
     let row = 0;
-    for (const { seq, start, count, logitRows } of plan.rows) {
+    let next = 0;
+    for (const [i, { seq, start, count, logitRows }] of plan.rows.entries()) {
       const first = row;
-      row += logitRows;
+      if (returnsLogits(steps[i])) row += logitRows;
+      const token = steps[i].sample ? sampled[next++] : undefined;
       if (seq.state !== 'running') continue; // cancelled or failed while the step ran
       const rowOf = (r: number) => logits.subarray((first + r) * vocab, (first + r + 1) * vocab);
       // Row r holds the logits after position end - logitRows + r: they score the token after it.
@@ -469,19 +492,14 @@ export class Scheduler {
         }
       }
       seq.computed = end;
-      if (logitRows > 0 && end === seq.tokens.length) this.sampleNext(seq, rowOf(logitRows - 1));
+      if (token) this.accept(seq, token);
     }
   }
 
-  private sampleNext(seq: Sequence, logits: Float32Array): void {
+  /** A sampled token: the end of the choice (a stop token), or one more generated token. */
+  private accept(seq: Sequence, token: SampledToken): void {
     const state = seq.request;
     const { request } = state;
-    const token = sample(
-      logits,
-      request.sampling,
-      seq.generated.map((t) => t.id),
-      { seed: request.sampling.seed, choice: seq.choice, position: seq.tokens.length },
-    );
     const time = monotonicSeconds();
     state.firstToken ??= time;
     if (request.sampling.stopTokenIds.includes(token.id)) {

@@ -6,21 +6,11 @@
 
 import type * as grpc from '@grpc/grpc-js';
 import { loadWorkerProto, type workerV1 } from '@medcluster/proto';
-import type { SeqStep } from '../engine/types.js';
+import { returnsLogits } from '../engine/types.js';
+import { finishStep } from '../sampling/sample-step.js';
 import { decodeActivation, encodeActivation } from './activation.js';
+import { decodeSeqStep, encodeSampled } from './step-codec.js';
 import type { WorkerNode } from './worker-node.js';
-
-function toSeqSteps(step: workerV1.StepDescriptor__Output, withTokens: boolean): SeqStep[] {
-  return step.seqs.map((s) => ({
-    seqId: s.seqId,
-    startPos: s.startPos,
-    numTokens: s.numTokens,
-    tokens: withTokens ? s.tokenIds : undefined,
-    blockTable: s.blockTable,
-    logitRows: s.logitRows,
-    ...(s.requestId ? { requestId: s.requestId } : {}),
-  }));
-}
 
 function stepError(stepId: number, err: unknown): workerV1.StageResult {
   const message = err instanceof Error ? err.message : String(err);
@@ -39,7 +29,7 @@ async function runStage(
   const started = performance.now();
   if (message.activation) node.metrics?.activation('received', message.activation.data.length);
   const hidden = message.activation ? decodeActivation(message.activation) : undefined;
-  const seqs = toSeqSteps(step, spec.embeds);
+  const seqs = step.seqs.map((s) => decodeSeqStep(s, spec.embeds));
   const log = node.options.log;
   let result: Awaited<ReturnType<WorkerNode['runStep']>>;
   try {
@@ -74,21 +64,23 @@ async function runStage(
     }
   }
   if (spec.computesLogits) {
-    // Every rank of the last stage holds the gathered logits; rank 0 alone sends them.
+    // Every rank of the last stage holds the gathered logits; rank 0 alone samples and answers,
+    // with tokens where the step asked for them and logit rows only where it needs the rows.
+    if (spec.tpRank !== 0) return { stepId: step.stepId, output: { seqs: [] }, computeMs };
     const vocab = node.vocabRows as number;
-    const logits = result.logits as Float32Array;
+    const { logits, sampled } = finishStep(seqs, result.logits as Float32Array, vocab);
     const outputs: workerV1.SeqOutput[] = [];
-    if (spec.tpRank === 0) {
-      let row = 0;
-      for (const s of seqs) {
-        if (s.logitRows === 0) continue;
-        const bytes = s.logitRows * vocab * 4;
-        outputs.push({
-          seqId: s.seqId,
-          logits: Buffer.from(logits.buffer, logits.byteOffset + row * vocab * 4, bytes),
-        });
+    let row = 0;
+    let next = 0;
+    for (const s of seqs) {
+      if (s.logitRows === 0) continue;
+      const out: workerV1.SeqOutput = { seqId: s.seqId };
+      if (returnsLogits(s)) {
+        out.logits = Buffer.from(logits.buffer, logits.byteOffset + row * vocab * 4, s.logitRows * vocab * 4);
         row += s.logitRows;
       }
+      if (s.sample) out.sampled = encodeSampled(sampled[next++]);
+      outputs.push(out);
     }
     return { stepId: step.stepId, output: { seqs: outputs }, computeMs };
   }
