@@ -66,11 +66,18 @@ export async function serveUntilSignal({
       maxBatchTokens: settings.maxBatchTokens,
       maxRunning: settings.maxRunning,
       maxWaiting: settings.maxWaiting,
+      degradedWaitMs: settings.degradedWaitMs,
       maxContext: config.maxPositions,
       eosTokenId: tokenizer.eosTokenId,
     },
   );
   scheduler.observe((e) => logEvent(log, e));
+  // A lost worker takes its KV cache with it: no step runs until the cluster is whole again.
+  cluster.events.on('workerLost', (_id, reason) => scheduler.suspend(reason));
+  cluster.events.on('recovered', () => {
+    log.info('the cluster is whole again: serving');
+    scheduler.resume();
+  });
   let draining = false;
   const server = createServer(
     {

@@ -1,6 +1,7 @@
 // Runs steps on the cluster: each step goes to every tensor-parallel rank of the first stage
 // over its Stage stream; stages pass hidden states down and results come back up the same
-// path. Rank 0's result carries the logits; every rank's result is checked for errors.
+// path. Rank 0's result carries the sampled tokens and logits; every rank's result is checked
+// for errors. A broken stream or an unreachable stage is an ExecutorUnavailableError.
 // Up to `pp` steps are in flight at once, so every stage has work.
 
 import type { workerV1 } from '@medcluster/proto';
@@ -10,10 +11,11 @@ import {
   encodeSeqStep,
   returnsLogits,
   type SeqStep,
+  STEP_ERROR,
   StageLink,
   type StepOutput,
 } from '@medcluster/worker';
-import type { StepExecutor } from '../scheduler/executor.js';
+import { ExecutorUnavailableError, type StepExecutor } from '../scheduler/executor.js';
 
 export class StepFailedError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -44,13 +46,17 @@ export class PipelineExecutor implements StepExecutor {
   async execute(seqs: SeqStep[]): Promise<StepOutput> {
     const stepId = this.nextStepId++;
     const message: workerV1.StageMessage = { step: { stepId, seqs: seqs.map(encodeSeqStep) } };
-    const results = await Promise.all(this.links.map((link) => link.send(message)));
+    let results: workerV1.StageResult__Output[];
+    try {
+      results = await Promise.all(this.links.map((link) => link.send(message)));
+    } catch (err) {
+      throw new ExecutorUnavailableError(`step ${stepId}: ${(err as Error).message}`, { cause: err });
+    }
     for (const [rank, result] of results.entries()) {
-      if (result.error) {
-        throw new StepFailedError(
-          `step ${stepId} failed on the pipeline of rank ${rank}: ${result.error.message}`,
-        );
-      }
+      if (!result.error) continue;
+      const why = `step ${stepId} failed on the pipeline of rank ${rank}: ${result.error.message}`;
+      if (result.error.code === STEP_ERROR.unreachable) throw new ExecutorUnavailableError(why);
+      throw new StepFailedError(why);
     }
     const wanted = seqs.filter((s) => s.logitRows > 0);
     const outputs = results[0].output?.seqs ?? [];

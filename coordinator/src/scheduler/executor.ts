@@ -16,3 +16,15 @@ export interface StepExecutor {
   execute(seqs: SeqStep[]): Promise<StepOutput>;
   close(): Promise<void>;
 }
+
+/**
+ * The executor lost part of its pipeline (a worker died or cannot be reached): the step did not
+ * run, and the KV cache of every running sequence may be gone with the worker. Other failures of
+ * a step are plain errors: they concern that step only.
+ */
+export class ExecutorUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ExecutorUnavailableError';
+  }
+}

@@ -6,15 +6,30 @@
 
 import type * as grpc from '@grpc/grpc-js';
 import { loadWorkerProto, type workerV1 } from '@medcluster/proto';
+import { CollectiveError } from '../collective/collective-error.js';
 import { returnsLogits } from '../engine/types.js';
 import { finishStep } from '../sampling/sample-step.js';
 import { decodeActivation, encodeActivation } from './activation.js';
+import { StageLinkError } from './stage-link.js';
 import { decodeSeqStep, encodeSampled } from './step-codec.js';
 import type { WorkerNode } from './worker-node.js';
 
+/** Error codes of a StepError. STAGE_UNREACHABLE: a peer of the pipeline (the next stage, or a
+ * tensor-parallel rank) is gone, so the step's KV state is lost beyond this worker too. */
+export const STEP_ERROR = {
+  invalid: 'INVALID_STEP',
+  unreachable: 'STAGE_UNREACHABLE',
+  internal: 'INTERNAL',
+} as const;
+
 function stepError(stepId: number, err: unknown): workerV1.StageResult {
   const message = err instanceof Error ? err.message : String(err);
-  const code = err instanceof RangeError ? 'INVALID_STEP' : 'INTERNAL';
+  const code =
+    err instanceof RangeError
+      ? STEP_ERROR.invalid
+      : err instanceof StageLinkError || err instanceof CollectiveError
+        ? STEP_ERROR.unreachable
+        : STEP_ERROR.internal;
   return { stepId, error: { code, message, seqIds: [] } };
 }
 
