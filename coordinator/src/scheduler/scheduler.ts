@@ -384,6 +384,10 @@ export class Scheduler {
       throw new RequestError(`max_tokens must be a positive integer, got ${r.maxTokens}`);
     if (!Number.isInteger(r.n) || r.n < 1 || r.n > MAX_CHOICES)
       throw new RequestError(`n must be an integer in [1, ${MAX_CHOICES}], got ${r.n}`);
+    if (r.n > this.limits.maxWaiting)
+      throw new RequestError(
+        `n ${r.n} is more choices than this server queues at once (${this.limits.maxWaiting})`,
+      );
     for (const id of r.promptIds) {
       if (!Number.isInteger(id) || id < 0 || id >= vocabRows)
         throw new RequestError(`token id ${id} is outside the model's ${vocabRows} embedding rows`);
