@@ -10,7 +10,7 @@
 # Process i (0 <= i < MEDCLUSTER_TP) runs
 #   medcluster worker --nats URL --cluster NAME --id <pod>-gpu<i> --device cuda --ordinal <i>
 #     --listen 0.0.0.0:<7000+i> --advertise <host>:<7000+i> --metrics-port <9400+i>
-#     [--memory-gb N]
+#     [--memory-gb N] [--log-format F] [--log-level L]
 # where <host> is <pod>.<service>.<namespace>.svc.<domain> (the StatefulSet's headless Service),
 # or MEDCLUSTER_ADVERTISE_HOST when set. Inside the pod the device plugin exposes the pod's GPUs
 # as ordinals 0..tp-1.
@@ -24,6 +24,7 @@
 #   MEDCLUSTER_CLUSTER             cluster name on NATS (default medcluster)
 #   MEDCLUSTER_DEVICE              cuda (default) or cpu
 #   MEDCLUSTER_WORKER_MEMORY_GB    passed as --memory-gb when set
+#   MEDCLUSTER_LOG_FORMAT, MEDCLUSTER_LOG_LEVEL   passed as --log-format, --log-level when set
 #   MEDCLUSTER_WORKER_PORT_BASE, MEDCLUSTER_METRICS_PORT_BASE   7000 and 9400 (the manifests'
 #                                  container ports assume these)
 #   MEDCLUSTER_STOP_TIMEOUT_S      how long the other workers get to stop once one has exited
@@ -98,9 +99,15 @@ bin=${MEDCLUSTER_BIN:-medcluster}
 command -v "$bin" >/dev/null || usage_error "'$bin' is not on PATH"
 stop_timeout=${MEDCLUSTER_STOP_TIMEOUT_S:-20}
 is_count "$stop_timeout" || usage_error "MEDCLUSTER_STOP_TIMEOUT_S must be a positive integer, got '$stop_timeout'"
-memory=()
+optional=()
 if [[ -n ${MEDCLUSTER_WORKER_MEMORY_GB:-} ]]; then
-  memory=(--memory-gb "$MEDCLUSTER_WORKER_MEMORY_GB")
+  optional+=(--memory-gb "$MEDCLUSTER_WORKER_MEMORY_GB")
+fi
+if [[ -n ${MEDCLUSTER_LOG_FORMAT:-} ]]; then
+  optional+=(--log-format "$MEDCLUSTER_LOG_FORMAT")
+fi
+if [[ -n ${MEDCLUSTER_LOG_LEVEL:-} ]]; then
+  optional+=(--log-level "$MEDCLUSTER_LOG_LEVEL")
 fi
 
 pids=()
@@ -133,7 +140,7 @@ for ((i = 0; i < tp && !stopping; i++)); do
     --listen "0.0.0.0:$((grpc_base + i))" \
     --advertise "$host:$((grpc_base + i))" \
     --metrics-port "$((metrics_base + i))" \
-    "${memory[@]}" "$@" &
+    "${optional[@]}" "$@" &
   pids+=("$!")
   ids+=("$id")
 done

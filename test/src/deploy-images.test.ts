@@ -24,10 +24,13 @@ import { tool } from './deploy/tools.js';
 
 /**
  * Flags the manifests pass that the CLI does not have yet (issue #13: the coordinator's HTTP
- * server and the worker's metrics server are being written). While `--help` does not list one,
- * it is left out of the CLI check; once it does, it is checked like every other flag.
+ * server, with GET /health and /metrics on --http-port, is being written). While `--help` does
+ * not list one, it is left out of the CLI check; once it does, it is checked like every other.
  */
-const PENDING_FLAGS = { coordinator: ['--http-port'], worker: ['--metrics-port'] };
+const PENDING_FLAGS: Record<'coordinator' | 'worker', string[]> = {
+  coordinator: ['--http-port'],
+  worker: [],
+};
 
 const CLI = join(REPO, 'coordinator', 'bin', 'medcluster.js');
 const ENTRYPOINT = join(DOCKER, 'worker-pod.sh');
@@ -305,6 +308,8 @@ describe('deploy/docker/worker-pod.sh', () => {
     MEDCLUSTER_WORKER_SERVICE: 'medcluster-worker',
     MEDCLUSTER_CLUSTER_DOMAIN: 'cluster.local',
     MEDCLUSTER_WORKER_MEMORY_GB: '75',
+    MEDCLUSTER_LOG_FORMAT: 'json',
+    MEDCLUSTER_LOG_LEVEL: 'info',
   };
 
   test('starts one worker per GPU: its id, ordinal, ports and DNS name, plus extra flags', async () => {
@@ -333,6 +338,10 @@ describe('deploy/docker/worker-pod.sh', () => {
       String(9400 + i),
       '--memory-gb',
       '75',
+      '--log-format',
+      'json',
+      '--log-level',
+      'info',
       '--threads',
       '4',
     ];
