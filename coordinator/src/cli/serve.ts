@@ -3,16 +3,45 @@
 // let in-flight requests finish within the grace period, fail the rest, stop the workers).
 
 import { readFile } from 'node:fs/promises';
-import type { LlamaConfig } from '@medcluster/worker';
+import type { LlamaConfig, Logger } from '@medcluster/worker';
 import type { ClusterHandle } from '../cluster/cluster-handle.js';
 import { TextGenerator } from '../generation/text-generation.js';
 import { createHttpServer, listenHttp } from '../http/index.js';
+import { ServingMetrics } from '../metrics/serving-metrics.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
+import type { SchedulerEvent } from '../scheduler/events.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { createServer, listen } from '../server/create-server.js';
 import type { ServingContext } from '../server/serving-context.js';
 import { loadTokenizer } from '../tokenizer/index.js';
 import type { ServeSettings } from './serve-flags.js';
+
+/** The scheduler's events that deserve a line: one per request (never naming two). */
+function logEvent(log: Logger, e: SchedulerEvent): void {
+  const ms = (s: number) => Number((s * 1000).toFixed(1));
+  if (e.type === 'admitted')
+    log.debug('request admitted', { requestId: e.requestId, promptTokens: e.promptTokens, n: e.n });
+  else if (e.type === 'rejected') log.info('request refused', { requestId: e.requestId, reason: e.reason });
+  else if (e.type === 'preempted') {
+    log.warn('preempted: the KV cache is full', {
+      requestId: e.requestId,
+      choice: e.choice,
+      recomputeTokens: e.recomputeTokens,
+    });
+  } else if (e.type === 'cancelled')
+    log.info('request cancelled', { requestId: e.requestId, stage: e.stage });
+  else if (e.type === 'finished') {
+    log.info('request finished', {
+      requestId: e.requestId,
+      outcome: e.outcome,
+      promptTokens: e.promptTokens,
+      completionTokens: e.completionTokens,
+      queueMs: ms(e.timing.queue),
+      ttftMs: ms(e.timing.timeToFirstToken),
+      totalMs: ms(e.timing.total),
+    });
+  }
+}
 
 export interface ServeOptions {
   /** Where the tokenizer is read (and the checkpoint, unless the workers serve synthetic weights). */
@@ -24,6 +53,7 @@ export interface ServeOptions {
   /** Interface the public API binds to. */
   host: string;
   settings: ServeSettings;
+  log: Logger;
 }
 
 export async function serveUntilSignal({
@@ -33,6 +63,7 @@ export async function serveUntilSignal({
   cluster,
   host,
   settings,
+  log,
 }: ServeOptions): Promise<void> {
   const chatTemplate =
     settings.chatTemplatePath === undefined ? undefined : await readChatTemplate(settings.chatTemplatePath);
@@ -45,16 +76,17 @@ export async function serveUntilSignal({
       maxBatchTokens: settings.maxBatchTokens,
       maxRunning: settings.maxRunning,
       maxWaiting: settings.maxWaiting,
+      degradedWaitMs: settings.degradedWaitMs,
       maxContext: config.maxPositions,
       eosTokenId: tokenizer.eosTokenId,
     },
   );
-  scheduler.observe((e) => {
-    if (e.type === 'preempted') {
-      console.error(
-        `medcluster: preempted ${e.requestId} (choice ${e.choice}): the KV cache is full; ${e.recomputeTokens} tokens will be recomputed`,
-      );
-    }
+  scheduler.observe((e) => logEvent(log, e));
+  // A lost worker takes its KV cache with it: no step runs until the cluster is whole again.
+  cluster.events.on('workerLost', (_id, reason) => scheduler.suspend(reason));
+  cluster.events.on('recovered', () => {
+    log.info('the cluster is whole again: serving');
+    scheduler.resume();
   });
   let draining = false;
   const serving: ServingContext = {
@@ -65,31 +97,34 @@ export async function serveUntilSignal({
     healthy: () => cluster.healthy() && !draining,
   };
   const server = createServer(serving, { maxMessageBytes: settings.grpcMaxMessageBytes });
+  const metrics = new ServingMetrics({ model: settings.servedModelName, scheduler, cluster });
   const http = createHttpServer(serving, scheduler, {
     bodyLimit: settings.httpMaxBodyBytes,
     corsOrigins: settings.httpCorsOrigins,
+    metrics: () => metrics.scrape(),
   });
   const httpPort = await listenHttp(http, host, settings.httpPort);
   const port = await listen(server, `${host}:${settings.grpcPort}`);
   const local = host === '0.0.0.0' || host === '::' ? 'localhost' : host;
-  console.error(`medcluster: HTTP APIs (OpenAI /v1, TGI, /cluster) on http://${local}:${httpPort}`);
-  console.error(
-    `medcluster: serving ${label} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
+  log.info(`HTTP APIs (OpenAI /v1, TGI, /cluster, /metrics) on http://${local}:${httpPort}`);
+  log.info(
+    `serving ${label} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
   );
-  console.error(
-    `medcluster: try \`curl http://${local}:${httpPort}/v1/completions -H 'Content-Type: application/json' -d '{"prompt": "The patient presented with", "max_tokens": 32}'\``,
+  log.info(
+    `try \`curl http://${local}:${httpPort}/v1/completions -H 'Content-Type: application/json' -d '{"prompt": "The patient presented with", "max_tokens": 32}'\``,
   );
   await new Promise<void>((resolve) => {
     const stop = async (signal: string) => {
       if (draining) return;
       draining = true;
-      console.error(
-        `medcluster: ${signal}: no new requests; letting in-flight ones finish (up to ${settings.shutdownGraceMs / 1000} s)`,
+      log.info(
+        `${signal}: no new requests; letting in-flight ones finish (up to ${settings.shutdownGraceMs / 1000} s)`,
       );
       const grace = new Promise<void>((r) => setTimeout(r, settings.shutdownGraceMs).unref());
       await Promise.race([scheduler.drain(), grace]);
       scheduler.shutdown();
       await Promise.all([http.close(), new Promise<void>((r) => server.tryShutdown(() => r()))]);
+      metrics.close();
       await cluster.stop();
       resolve();
     };

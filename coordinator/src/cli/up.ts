@@ -9,6 +9,7 @@ import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
 import { intFlag, parseFlags, UsageError } from './args.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
+import { LOG_FLAGS, LOG_USAGE, logArgs, loggerFor, logSettingsFromFlags } from './log-flags.js';
 import { serveUntilSignal } from './serve.js';
 import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
@@ -21,6 +22,8 @@ const USAGE = `usage: medcluster up [--model DIR | --synthetic tiny|llama-2-70b 
                        32017/32018 are refused: measure with /v1/completions)
 
 ${SERVE_USAGE}
+
+${LOG_USAGE}
 
 ${KV_USAGE}`;
 
@@ -40,6 +43,7 @@ export async function upCommand(argv: string[]): Promise<void> {
       'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
       threads: { type: 'string' },
+      ...LOG_FLAGS,
       help: { type: 'boolean' },
     },
     USAGE,
@@ -55,6 +59,8 @@ export async function upCommand(argv: string[]): Promise<void> {
   const pp = intFlag(flags.pp, 'pp');
   const kvCache = kvCacheFromFlags(flags);
   const settings = serveSettingsFromFlags(flags);
+  const logSettings = logSettingsFromFlags(flags);
+  const log = loggerFor(logSettings, {});
   if (flags.synthetic !== undefined && flags.model !== undefined)
     throw new UsageError('give either --model or --synthetic, not both');
   if (flags.layers !== undefined && flags.synthetic === undefined)
@@ -75,7 +81,7 @@ export async function upCommand(argv: string[]): Promise<void> {
   const label = synthetic
     ? `synthetic ${synthetic.preset}${synthetic.layers ? ` (${synthetic.layers} layers)` : ''} weights`
     : modelDir;
-  console.error(`medcluster up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${label}`);
+  log.info(`up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${label}`);
   const cluster = await startLocalCluster({
     modelDir,
     config,
@@ -85,7 +91,17 @@ export async function upCommand(argv: string[]): Promise<void> {
     kvCache,
     synthetic,
     threadsPerWorker: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
-    log: (line) => console.error(line),
+    workerMetrics: true,
+    workerArgs: logArgs(logSettings),
+    log: (line) => log.info(line),
   });
-  await serveUntilSignal({ modelDir, label, config, cluster, host: flags.host ?? '127.0.0.1', settings });
+  await serveUntilSignal({
+    modelDir,
+    label,
+    config,
+    cluster,
+    host: flags.host ?? '127.0.0.1',
+    settings,
+    log,
+  });
 }

@@ -36,6 +36,10 @@ export interface NatsClusterOptions {
   log?: (line: string) => void;
 }
 
+function metricsUrl(address: string | undefined): { metricsUrl?: string } {
+  return address === undefined ? {} : { metricsUrl: `http://${address}/metrics` };
+}
+
 /** The registry stamps heartbeats with performance.now(). */
 function heartbeatAge(lastSeenMs: number | undefined): { heartbeatAgeSeconds?: number } {
   return lastSeenMs === undefined ? {} : { heartbeatAgeSeconds: (performance.now() - lastSeenMs) / 1000 };
@@ -118,6 +122,7 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Clu
           state: lost.has(id) ? 'lost' : (registry.get(id)?.state ?? 'unknown'),
           kvBlocks: reports.find((r) => r.workerId === id)?.kvBlocks ?? 0,
           ...heartbeatAge(registry.get(id)?.lastSeenMs),
+          ...metricsUrl(registry.get(id)?.metricsAddress),
         })),
       healthy: () => lost.size === 0,
       stop: async () => {

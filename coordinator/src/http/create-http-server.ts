@@ -1,5 +1,6 @@
 // createHttpServer() builds the public HTTP server (fastify): the OpenAI routes under /v1, TGI's
-// routes at the root, GET /cluster, CORS for pages on other origins (preflight included);
+// routes at the root, GET /cluster, GET /metrics (Prometheus, when given), CORS for pages on
+// other origins (preflight included);
 // listenHttp() binds it. Kept apart so tests can bind port 0 and the CLI a configured port.
 //
 // Every body is read as JSON whatever its content type (curl without -H, a browser's text/plain
@@ -31,6 +32,8 @@ export interface HttpServerOptions {
   bodyLimit: number;
   /** Origins allowed to call the APIs from a browser: '*' or a list. */
   corsOrigins: '*' | string[];
+  /** The Prometheus exposition GET /metrics answers with (no route without it). */
+  metrics?: () => Promise<{ contentType: string; body: string }>;
 }
 
 /** The field a message about the prompt refers to, by route. */
@@ -110,6 +113,13 @@ export function createHttpServer(
     await tgiRoutes(ctx)(tgi);
   });
   app.get('/cluster', async () => activity.snapshot(ctx));
+  const { metrics } = options;
+  if (metrics) {
+    app.get('/metrics', async (_req, reply) => {
+      const { contentType, body } = await metrics();
+      return reply.type(contentType).send(body);
+    });
+  }
   return app;
 }
 

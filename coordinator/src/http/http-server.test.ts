@@ -7,8 +7,8 @@ import { EventEmitter } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { LlamaConfig, SeqStep } from '@medcluster/worker';
-import { writeTokenizerFiles } from '@medcluster/worker';
+import type { LlamaConfig, SeqStep, StepOutput } from '@medcluster/worker';
+import { finishStep, writeTokenizerFiles } from '@medcluster/worker';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import type { ClusterHandle } from '../cluster/cluster-handle.js';
@@ -49,7 +49,7 @@ class WordExecutor implements StepExecutor {
     return { started, release };
   }
 
-  async execute(seqs: SeqStep[]): Promise<Float32Array> {
+  async execute(seqs: SeqStep[]): Promise<StepOutput> {
     this.steps.push(seqs.map((s) => ({ ...s, tokens: [...(s.tokens ?? [])] })));
     const gate = this.gate;
     if (gate) {
@@ -68,7 +68,8 @@ class WordExecutor implements StepExecutor {
       row[this.words[(this.words.indexOf(next) + 3) % this.words.length]] = 4;
       row[this.words[(this.words.indexOf(next) + 5) % this.words.length]] = 3;
     });
-    return out;
+    // Sampling happens where the logits are, as on a pipeline's last stage.
+    return finishStep(seqs, out, this.vocabRows);
   }
 
   async close() {}

@@ -3,7 +3,7 @@
 // missing max_tokens means the server's --default-max-tokens, capped by the context.
 
 import { randomInt } from 'node:crypto';
-import { MAX_LOGPROBS, type SamplingParams } from '../generation/sampler.js';
+import { MAX_LOGPROBS, type SamplingParams } from '@medcluster/worker';
 import {
   MAX_STOP_STRING_LENGTH,
   MAX_STOP_STRINGS,

@@ -5,8 +5,8 @@
 // chunk when stream_options.include_usage is set, then `data: [DONE]`.
 
 import { randomUUID } from 'node:crypto';
+import type { SampledToken, TokenLogprob } from '@medcluster/worker';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { SampledToken, TokenLogprob } from '../generation/sampler.js';
 import type { TextEvent, TextResult } from '../generation/text-generation.js';
 import type { FinishReason } from '../scheduler/scheduler.js';
 import { errorReply, HttpError } from './errors.js';

@@ -7,8 +7,8 @@
 // this server's lists only the generated tokens (the scheduler never hands out the stop token).
 
 import { randomInt } from 'node:crypto';
+import { MAX_LOGPROBS, type SamplingParams, type TokenLogprob } from '@medcluster/worker';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { MAX_LOGPROBS, type SamplingParams, type TokenLogprob } from '../generation/sampler.js';
 import {
   MAX_STOP_STRING_LENGTH,
   MAX_STOP_STRINGS,

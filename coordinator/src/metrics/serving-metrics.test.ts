@@ -2,10 +2,9 @@
 // scheduler reports shows up once, under the documented name.
 
 import { EventEmitter } from 'node:events';
-import type { SeqStep } from '@medcluster/worker';
+import { finishStep, GREEDY, type SeqStep, type StepOutput } from '@medcluster/worker';
 import { describe, expect, test } from 'vitest';
 import type { ClusterEvents, ClusterHandle } from '../cluster/cluster-handle.js';
-import { GREEDY } from '../generation/sampler.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
 import type { StepExecutor } from '../scheduler/executor.js';
 import { type GenerationRequest, Scheduler } from '../scheduler/scheduler.js';
@@ -14,14 +13,14 @@ import { ServingMetrics } from './serving-metrics.js';
 class NextTokenExecutor implements StepExecutor {
   readonly vocabRows = 50;
   readonly maxInFlight = 1;
-  async execute(seqs: SeqStep[]): Promise<Float32Array> {
+  async execute(seqs: SeqStep[]): Promise<StepOutput> {
     await new Promise((r) => setTimeout(r, 2));
     const rows = seqs.filter((s) => s.logitRows > 0);
     const out = new Float32Array(rows.length * this.vocabRows);
     rows.forEach((s, r) => {
       out[r * this.vocabRows + (((s.tokens as number[])[s.numTokens - 1] + 1) % this.vocabRows)] = 1;
     });
-    return out;
+    return finishStep(seqs, out, this.vocabRows);
   }
   async close() {}
 }

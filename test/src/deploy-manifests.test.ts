@@ -1,0 +1,370 @@
+// deploy/k8s: the base and both overlays render with `kubectl kustomize`, every object validates
+// offline against its Kubernetes or CRD schema with no field its kind does not define, an object
+// of an unknown kind fails, and the objects agree with each other and with the cluster layout
+// (GPUs and processes per pod = tp, worker pods = pp, selectors, ports, volumes, grace periods).
+
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { parse, stringify } from 'yaml';
+import {
+  copyOfK8s,
+  type K8sObject,
+  kustomize,
+  describe as name,
+  podTemplates,
+  schemaErrors,
+  selects,
+  unknownFieldErrors,
+} from './deploy/k8s.js';
+import { K8S } from './deploy/paths.js';
+
+const LAYOUTS = {
+  base: { dir: 'base', tp: 1, pp: 1 },
+  'one-gpu': { dir: 'overlays/one-gpu', tp: 1, pp: 1 },
+  'tp2-pp2': { dir: 'overlays/tp2-pp2', tp: 2, pp: 2 },
+} as const;
+
+type Container = {
+  name: string;
+  command?: string[];
+  args?: string[];
+  env?: { name: string; value?: string; valueFrom?: unknown }[];
+  envFrom?: { configMapRef?: { name: string } }[];
+  ports?: { name: string; containerPort: number }[];
+  resources?: { limits?: Record<string, string | number> };
+  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[];
+  securityContext?: Record<string, unknown>;
+  // biome-ignore lint/suspicious/noExplicitAny: probes are walked as plain data
+  [field: string]: any;
+};
+
+const only = (objects: K8sObject[], kind: string, objectName?: string): K8sObject => {
+  const found = objects.filter(
+    (o) => o.kind === kind && (objectName === undefined || o.metadata.name === objectName),
+  );
+  expect(found, `${kind} ${objectName ?? ''}`).toHaveLength(1);
+  return found[0];
+};
+const container = (o: K8sObject, containerName: string): Container => {
+  const c = (o.spec.template.spec.containers as Container[]).find((x) => x.name === containerName);
+  if (!c) throw new Error(`${name(o)} has no container ${containerName}`);
+  return c;
+};
+const configOf = (objects: K8sObject[]): Record<string, string> =>
+  only(objects, 'ConfigMap').data as Record<string, string>;
+
+/** The container's environment as the kubelet builds it: envFrom ConfigMaps, then env values. */
+function environment(objects: K8sObject[], c: Container): Map<string, string | undefined> {
+  const env = new Map<string, string | undefined>();
+  for (const from of c.envFrom ?? []) {
+    const ref = from.configMapRef?.name;
+    const cm = objects.find((o) => o.kind === 'ConfigMap' && o.metadata.name === ref);
+    expect(cm, `envFrom ConfigMap ${ref} of container ${c.name}`).toBeDefined();
+    for (const [k, v] of Object.entries((cm?.data ?? {}) as Record<string, string>)) env.set(k, v);
+  }
+  for (const e of c.env ?? []) env.set(e.name, e.value); // valueFrom: known name, value at run time
+  return env;
+}
+
+/** `$(NAME)` references in a container's command and args, expanded from its environment. */
+function expandArgs(objects: K8sObject[], c: Container): string[] {
+  const env = environment(objects, c);
+  return [...(c.command ?? []), ...(c.args ?? [])].map((arg) =>
+    arg.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (_, v: string) => {
+      expect(env.has(v), `container ${c.name} refers to $(${v}), which its environment does not define`).toBe(
+        true,
+      );
+      return env.get(v) ?? '';
+    }),
+  );
+}
+
+describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
+  let objects: K8sObject[];
+  beforeAll(() => {
+    objects = kustomize(join(K8S, layout.dir));
+  });
+
+  test('renders, and every object validates against its schema', () => {
+    const kinds = objects.map((o) => o.kind).sort();
+    const expected = [
+      'ConfigMap',
+      'Deployment',
+      'Deployment',
+      'PersistentVolumeClaim',
+      'PodDisruptionBudget',
+    ];
+    expected.push('Service', 'Service', 'Service', 'StatefulSet');
+    if (layout.dir !== 'base') expected.push('Namespace', 'PodMonitor');
+    expect(kinds).toEqual(expected.sort());
+    expect(objects.flatMap(schemaErrors)).toEqual([]);
+  });
+
+  test('has tp GPUs, tp worker processes and their ports per worker pod, and pp worker pods', () => {
+    const config = configOf(objects);
+    expect(Number(config.MEDCLUSTER_TP)).toBe(layout.tp);
+    expect(Number(config.MEDCLUSTER_PP)).toBe(layout.pp);
+    const workers = only(objects, 'StatefulSet', 'medcluster-worker');
+    expect(workers.spec.replicas).toBe(layout.pp);
+    const worker = container(workers, 'worker');
+    expect(Number(worker.resources?.limits?.['nvidia.com/gpu'])).toBe(layout.tp);
+    const ports = Object.fromEntries((worker.ports ?? []).map((p) => [p.name, p.containerPort]));
+    const expected: Record<string, number> = {};
+    for (let i = 0; i < layout.tp; i++) {
+      expected[`worker-${i}`] = 7000 + i;
+      expected[`metrics-${i}`] = 9400 + i;
+    }
+    expect(ports).toEqual(expected);
+    // The coordinator takes the same layout, from the same ConfigMap.
+    const args = expandArgs(
+      objects,
+      container(only(objects, 'Deployment', 'medcluster-coordinator'), 'coordinator'),
+    );
+    expect(args).toContain(`--tp=${layout.tp}`);
+    expect(args).toContain(`--pp=${layout.pp}`);
+    // No GPU for anything but the workers.
+    for (const { owner, template } of podTemplates(objects)) {
+      if (owner === workers) continue;
+      for (const c of template.spec.containers as Container[])
+        expect(c.resources?.limits?.['nvidia.com/gpu'], name(owner)).toBeUndefined();
+    }
+  });
+
+  test('workers start together and are reachable before they are ready', () => {
+    const workers = only(objects, 'StatefulSet', 'medcluster-worker');
+    expect(workers.spec.podManagementPolicy).toBe('Parallel');
+    const service = only(objects, 'Service', workers.spec.serviceName);
+    expect(service.spec.clusterIP).toBe('None');
+    expect(service.spec.publishNotReadyAddresses).toBe(true);
+    expect(selects(service.spec.selector, workers.spec.template.metadata.labels)).toBe(true);
+    // The entrypoint advertises <pod>.<MEDCLUSTER_WORKER_SERVICE>.<ns>.svc...: the headless Service.
+    const env = environment(objects, container(workers, 'worker'));
+    expect(env.get('MEDCLUSTER_WORKER_SERVICE')).toBe(workers.spec.serviceName);
+    expect(env.has('POD_NAME') && env.has('POD_NAMESPACE')).toBe(true);
+    expect(container(workers, 'worker').command).toEqual(['medcluster-worker-pod']);
+    // One coordinator at a time: two would both assign the workers.
+    const coordinator = only(objects, 'Deployment', 'medcluster-coordinator');
+    expect(coordinator.spec.replicas).toBe(1);
+    expect(coordinator.spec.strategy.type).toBe('Recreate');
+  });
+
+  test('every $(VAR) in a command is defined, and the coordinator reaches NATS through its Service', () => {
+    for (const { template } of podTemplates(objects))
+      for (const c of template.spec.containers as Container[]) expandArgs(objects, c);
+    const config = configOf(objects);
+    const nats = only(objects, 'Service', 'nats');
+    const url = new URL(config.MEDCLUSTER_NATS_URL);
+    expect(url.hostname).toBe(nats.metadata.name);
+    expect(nats.spec.ports.map((p: { port: number }) => p.port)).toContain(Number(url.port));
+  });
+
+  test('Services, the disruption budget and the PodMonitor select pods, and name ports those pods have', () => {
+    const templates = podTemplates(objects);
+    const selectedBy = (selector: Parameters<typeof selects>[0]) =>
+      templates.filter((t) => selects(selector, t.template.metadata.labels));
+    for (const o of objects.filter((x) =>
+      ['Service', 'PodDisruptionBudget', 'PodMonitor'].includes(x.kind),
+    )) {
+      const pods = selectedBy(o.spec.selector);
+      expect(pods.length, `${name(o)} selects no pod`).toBeGreaterThan(0);
+      const portNames = new Set(
+        pods.flatMap((p) =>
+          (p.template.spec.containers as Container[]).flatMap((c) => (c.ports ?? []).map((x) => x.name)),
+        ),
+      );
+      if (o.kind === 'Service')
+        for (const p of o.spec.ports ?? [])
+          if (typeof p.targetPort === 'string')
+            expect(portNames, `${name(o)} port ${p.name}`).toContain(p.targetPort);
+      if (o.kind === 'PodMonitor')
+        for (const ep of o.spec.podMetricsEndpoints)
+          if (ep.port) expect(portNames, `${name(o)} endpoint ${ep.port}`).toContain(ep.port);
+    }
+    // The budget covers the pods every request depends on; the PodMonitor every /metrics.
+    const budget = only(objects, 'PodDisruptionBudget');
+    expect(
+      selectedBy(budget.spec.selector)
+        .map((t) => t.owner.metadata.name)
+        .sort(),
+    ).toEqual(['medcluster-coordinator', 'medcluster-worker', 'nats']);
+    if (layout.dir !== 'base') {
+      const monitor = only(objects, 'PodMonitor');
+      expect(
+        selectedBy(monitor.spec.selector)
+          .map((t) => t.owner.metadata.name)
+          .sort(),
+      ).toEqual(['medcluster-coordinator', 'medcluster-worker']);
+      // The worker endpoint keeps exactly the worker pod's metrics-<i> ports.
+      const keep = monitor.spec.podMetricsEndpoints
+        .flatMap((ep: { relabelings?: { action: string; regex: string }[] }) => ep.relabelings ?? [])
+        .find((r: { action: string }) => r.action === 'keep');
+      const regex = new RegExp(`^(?:${keep.regex})$`);
+      const worker = container(only(objects, 'StatefulSet'), 'worker');
+      const scraped = (worker.ports ?? []).filter((p) => regex.test(p.name)).map((p) => p.containerPort);
+      expect(scraped.sort()).toEqual(Array.from({ length: layout.tp }, (_, i) => 9400 + i));
+    }
+  });
+
+  test('the model volume is mounted read-only at the same path by the coordinator and every worker', () => {
+    const config = configOf(objects);
+    const claims = new Set(
+      objects.filter((o) => o.kind === 'PersistentVolumeClaim').map((o) => o.metadata.name),
+    );
+    const mounts: string[] = [];
+    for (const owner of [
+      only(objects, 'Deployment', 'medcluster-coordinator'),
+      only(objects, 'StatefulSet', 'medcluster-worker'),
+    ]) {
+      const spec = owner.spec.template.spec;
+      const volume = spec.volumes.find((v: { persistentVolumeClaim?: unknown }) => v.persistentVolumeClaim);
+      expect(claims).toContain(volume.persistentVolumeClaim.claimName);
+      expect(volume.persistentVolumeClaim.readOnly).toBe(true);
+      for (const c of spec.containers as Container[]) {
+        const mount = (c.volumeMounts ?? []).find((m) => m.name === volume.name);
+        expect(mount?.readOnly, `${name(owner)} mounts the model read-only`).toBe(true);
+        mounts.push(mount?.mountPath ?? '');
+      }
+    }
+    expect(new Set(mounts).size).toBe(1);
+    expect(config.MEDCLUSTER_MODEL_DIR.startsWith(`${mounts[0]}/`)).toBe(true);
+  });
+
+  test('probes: gRPC health and /health for the coordinator, every process alive and ready for workers', () => {
+    const coordinator = container(only(objects, 'Deployment', 'medcluster-coordinator'), 'coordinator');
+    expect(coordinator.startupProbe.grpc.port).toBe(50051);
+    expect(coordinator.readinessProbe.grpc.port).toBe(50051);
+    expect(coordinator.livenessProbe.httpGet).toEqual({ path: '/health', port: 'http' });
+    const worker = container(only(objects, 'StatefulSet', 'medcluster-worker'), 'worker');
+    expect(worker.startupProbe.exec.command).toEqual(['medcluster-worker-pod', 'probe', 'health']);
+    expect(worker.livenessProbe.exec.command).toEqual(['medcluster-worker-pod', 'probe', 'health']);
+    expect(worker.readinessProbe.exec.command).toEqual(['medcluster-worker-pod', 'probe', 'ready']);
+  });
+
+  test('grace periods cover the drain: the coordinator finishes in-flight requests while workers still serve', () => {
+    const drain = Number(configOf(objects).MEDCLUSTER_SHUTDOWN_GRACE_S);
+    const preStopSleep = (c: Container) => Number(c.lifecycle?.preStop?.exec?.command?.[1] ?? 0);
+    const coordinator = only(objects, 'Deployment', 'medcluster-coordinator');
+    const c = container(coordinator, 'coordinator');
+    expect(coordinator.spec.template.spec.terminationGracePeriodSeconds).toBeGreaterThanOrEqual(
+      preStopSleep(c) + drain + 5,
+    );
+    expect(expandArgs(objects, c)).toContain(`--shutdown-grace-s=${drain}`);
+    const workers = only(objects, 'StatefulSet', 'medcluster-worker');
+    const w = container(workers, 'worker');
+    expect(preStopSleep(w)).toBeGreaterThan(preStopSleep(c) + drain);
+    expect(workers.spec.template.spec.terminationGracePeriodSeconds).toBeGreaterThan(preStopSleep(w) + 10);
+  });
+
+  test('every pod runs as non-root with no privilege escalation, no capabilities and a read-only root', () => {
+    for (const { owner, template } of podTemplates(objects)) {
+      const pod = template.spec.securityContext ?? {};
+      expect(pod.runAsNonRoot, name(owner)).toBe(true);
+      expect(pod.runAsUser, name(owner)).toBeGreaterThan(0);
+      for (const c of template.spec.containers as Container[]) {
+        expect(c.securityContext, `${name(owner)} ${c.name}`).toMatchObject({
+          allowPrivilegeEscalation: false,
+          readOnlyRootFilesystem: true,
+          capabilities: { drop: ['ALL'] },
+        });
+      }
+    }
+  });
+});
+
+describe('deploy/k8s validation', () => {
+  let copy: ReturnType<typeof copyOfK8s>;
+  beforeAll(() => {
+    copy = copyOfK8s();
+  });
+  afterAll(() => copy.remove());
+
+  test('no rendered object has a field its kind does not define', () => {
+    const all = Object.values(LAYOUTS).flatMap((l) => kustomize(join(K8S, l.dir)));
+    expect(unknownFieldErrors(all)).toEqual([]);
+  });
+
+  test('an object of an unknown kind, a schema violation and a misspelt field each fail', () => {
+    // Added to a copy of the tp2-pp2 overlay, so they go through the same render as the real ones.
+    const overlay = join(copy.root, 'overlays', 'tp2-pp2');
+    const widget = { apiVersion: 'example.com/v1', kind: 'Widget', metadata: { name: 'gadget' } };
+    const misspeltCrd = {
+      apiVersion: 'monitoring.coreos.com/v1',
+      kind: 'PodMonitorr',
+      metadata: { name: 'typo' },
+    };
+    const badPdb = {
+      apiVersion: 'policy/v1',
+      kind: 'PodDisruptionBudget',
+      metadata: { name: 'bad' },
+      spec: { maxUnavailable: 0, selector: { matchLabels: { a: 'b' } }, unhealthyPodEvictionPolicy: 7 },
+    };
+    const typo = {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'typo' },
+      spec: { selector: { a: 'b' }, ports: [{ port: 80, targetPort: 8080 }], publishNotReadyAdresses: true },
+    };
+    writeFileSync(
+      join(overlay, 'bad.yaml'),
+      [widget, misspeltCrd, badPdb, typo].map((o) => stringify(o)).join('---\n'),
+    );
+    const kustomization = parse(readFileSync(join(overlay, 'kustomization.yaml'), 'utf8')) as {
+      resources: string[];
+    };
+    kustomization.resources.push('bad.yaml');
+    writeFileSync(join(overlay, 'kustomization.yaml'), stringify(kustomization));
+
+    const objects = kustomize(overlay);
+    const errors = objects.flatMap(schemaErrors).sort();
+    expect(errors).toEqual([
+      expect.stringMatching(
+        /^PodDisruptionBudget bad \(policy\/v1\): .*unhealthyPodEvictionPolicy must be string/,
+      ),
+      expect.stringMatching(/^PodMonitorr typo \(monitoring\.coreos\.com\/v1\): unknown kind/),
+      expect.stringMatching(/^Widget gadget \(example\.com\/v1\): unknown kind/),
+    ]);
+    // The schemas accept undefined fields; the kinds' interfaces do not (and catch the type too).
+    expect(unknownFieldErrors(objects).sort()).toEqual([
+      expect.stringMatching(
+        /^PodDisruptionBudget bad \(policy\/v1\): Type 'number' is not assignable to type '"AlwaysAllow" \| "IfHealthyBudget"/,
+      ),
+      expect.stringMatching(
+        /^Service typo \(v1\): .*'"?publishNotReadyAdresses"?' does not exist in type 'IServiceSpec'/,
+      ),
+    ]);
+  });
+
+  test('the model download component fills the volume that the serving pods mount read-only', () => {
+    // As a user adds it: to the overlay's components.
+    const overlay = join(copy.root, 'overlays', 'one-gpu');
+    const file = join(overlay, 'kustomization.yaml');
+    const kustomization = parse(readFileSync(file, 'utf8')) as { components: string[] };
+    kustomization.components.push('../../components/model-download');
+    writeFileSync(file, stringify(kustomization));
+    const objects = kustomize(overlay);
+    expect(objects.flatMap(schemaErrors)).toEqual([]);
+    expect(unknownFieldErrors(objects)).toEqual([]);
+    const job = only(objects, 'Job', 'medcluster-model-download');
+    expect(job.metadata.namespace).toBe('medcluster');
+    const spec = job.spec.template.spec;
+    const download = spec.containers[0] as Container;
+    expect(download.args?.join(' ')).toMatch(
+      /huggingface-cli download TheBloke\/meditron-70B-AWQ\s+\\?\s*--local-dir "\$MEDCLUSTER_MODEL_DIR"/,
+    );
+    // The model directory comes from the (generated, hashed) ConfigMap the serving pods use.
+    const config = only(objects, 'ConfigMap');
+    const ref = download.env?.find((e) => e.name === 'MEDCLUSTER_MODEL_DIR')?.valueFrom as {
+      configMapKeyRef: { name: string; key: string };
+    };
+    expect(ref.configMapKeyRef).toEqual({ name: config.metadata.name, key: 'MEDCLUSTER_MODEL_DIR' });
+    const volume = spec.volumes.find((v: { persistentVolumeClaim?: unknown }) => v.persistentVolumeClaim);
+    expect(volume.persistentVolumeClaim.claimName).toBe('medcluster-model');
+    const mount = download.volumeMounts?.find((m) => m.name === volume.name);
+    expect(mount?.mountPath).toBe('/models');
+    expect(mount?.readOnly).not.toBe(true);
+    // Its pods are outside the disruption budget (a Job's pods have no scale to budget against).
+    const budget = only(objects, 'PodDisruptionBudget');
+    expect(selects(budget.spec.selector, job.spec.template.metadata.labels)).toBe(false);
+  });
+});
