@@ -41,7 +41,10 @@ bundle('test/gpu/gpu-parity.ts', 'gpu-parity.mjs');
 
 // 1b. @grpc/reflection reads its protos at ${__dirname}/../../proto (the gRPC server's reflection).
 cpSync(
-  join(dirname(require.resolve('@grpc/reflection/package.json', { paths: [join(root, 'coordinator')] })), 'build/proto'),
+  join(
+    dirname(require.resolve('@grpc/reflection/package.json', { paths: [join(root, 'coordinator')] })),
+    'build/proto',
+  ),
   join(out, 'grpc-reflection/build/proto'),
   { recursive: true },
 );
