@@ -259,7 +259,7 @@ describe("TGI's routes over raw HTTP", () => {
     expect(compatStream.at(-1)?.generated_text).toBe(unary.generated_text);
   });
 
-  test('/info, /health and /cluster describe the server', async () => {
+  test('/info, /health, /cluster and /metrics describe the server', async () => {
     const info: Json = await (await fetch(`${base}/info`)).json();
     expect(info).toMatchObject({
       model_id: 'meditron-70b-awq',
@@ -270,6 +270,11 @@ describe("TGI's routes over raw HTTP", () => {
     const cluster: Json = await (await fetch(`${base}/cluster`)).json();
     expect(cluster).toMatchObject({ healthy: true, layout: { tp: 1, pp: 1 }, chat_template: 'tokenizer' });
     expect(cluster.layout.workers).toHaveLength(1);
+    expect(cluster.layout.workers[0].metrics_url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
     expect(cluster.kv_cache.blocks_used).toBe(0);
+    // The coordinator's own Prometheus metrics, on the same port.
+    const metrics = await fetch(`${base}/metrics`);
+    expect(metrics.headers.get('content-type')).toMatch(/^text\/plain/);
+    expect(await metrics.text()).toMatch(/^medcluster_requests_total\{[^}]*\} [1-9]/m);
   });
 });

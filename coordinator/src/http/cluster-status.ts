@@ -141,6 +141,7 @@ export class ClusterActivity {
           state: w.state,
           kv_blocks: w.kvBlocks,
           ...(w.heartbeatAgeSeconds === undefined ? {} : { heartbeat_age_s: w.heartbeatAgeSeconds }),
+          ...(w.metricsUrl === undefined ? {} : { metrics_url: w.metricsUrl }),
         })),
       },
       chat_template: ctx.prompts.chatTemplateSource,
