@@ -111,6 +111,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
 
   const workers: LocalWorker[] = [];
   const ready: Promise<KvReport>[] = [];
+  const transports = new Map<string, string>();
   for (const id of ids) {
     const args = [
       ...baseArgs,
@@ -154,6 +155,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
           }
           if (event.event === 'ready') {
             clearTimeout(timer);
+            if (event.collective !== undefined) transports.set(id, event.collective);
             resolve({ workerId: id, assigned: kvCacheOf(id), kvBlocks: event.kvBlocks });
           } else if (event.event === 'failed') {
             clearTimeout(timer);
@@ -186,8 +188,9 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
     const reports = await Promise.all(ready);
     // Only after every worker loaded: a block id is usable only if every stage and rank has it.
     const geometry = kvGeometryFromReports(reports);
+    const chosen = [...new Set(transports.values())];
     log(
-      `local cluster: ${count} workers ready (tp=${tp}, pp=${pp}); ${describeKvGeometry(geometry, reports)}`,
+      `local cluster: ${count} workers ready (tp=${tp}, pp=${pp}${chosen.length ? `, collective ${chosen.join('/')}` : ''}); ${describeKvGeometry(geometry, reports)}`,
     );
     const executor = await PipelineExecutor.connect(
       firstStageAddresses(plan, addresses),
@@ -225,6 +228,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
           layerEnd: w.layerEnd,
           state: lost.has(w.id) ? 'exited' : 'ready',
           kvBlocks: reported.get(w.id) ?? 0,
+          ...(transports.has(w.id) ? { collective: transports.get(w.id) } : {}),
         })),
       stop: async () => {
         stopping = true;
