@@ -12,6 +12,9 @@ export interface ClusterWorker {
   id: string;
   address: string;
   device: string;
+  /** tp > 1: how its stage's ranks exchange tensors ("grpc", "ipc" or "nccl"), as the worker
+   * reported when it was ready. */
+  collective?: string;
   stage: number;
   tpRank: number;
   layerStart: number;
@@ -20,9 +23,6 @@ export interface ClusterWorker {
   state: string;
   /** KV cache blocks the worker allocated. */
   kvBlocks: number;
-  /** tp > 1: how its stage's ranks exchange tensors ("grpc", "ipc" or "nccl"), as the worker
-   * reported when it was ready. */
-  collective?: string;
 }
 
 export interface ClusterEvents {

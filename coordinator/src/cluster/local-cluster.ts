@@ -222,13 +222,13 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
           id: w.id,
           address: w.address,
           device: options.device,
+          ...(transports.has(w.id) ? { collective: transports.get(w.id) } : {}),
           stage: w.stageIndex,
           tpRank: w.tpRank,
           layerStart: w.layerStart,
           layerEnd: w.layerEnd,
           state: lost.has(w.id) ? 'exited' : 'ready',
           kvBlocks: reported.get(w.id) ?? 0,
-          ...(transports.has(w.id) ? { collective: transports.get(w.id) } : {}),
         })),
       stop: async () => {
         stopping = true;

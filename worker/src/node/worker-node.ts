@@ -99,11 +99,15 @@ export class WorkerNode {
     this.assignment = assignment;
     this.error = undefined;
     try {
-      const device = this.openDevice();
+      this.device ??= createDevice({
+        kind: this.options.device,
+        threads: this.options.threads,
+        ordinal: this.options.ordinal,
+      });
       const checkpoint = await openCheckpoint(assignment.modelDir);
       this.collective = collective;
       const runner = await ShardRunner.load({
-        device,
+        device: this.device,
         checkpoint,
         spec: assignment.shard,
         kvCache: assignment.kvCache,
