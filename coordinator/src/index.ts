@@ -6,8 +6,6 @@ export * from './cluster/local-cluster.js';
 export * from './cluster/nats-cluster.js';
 export * from './cluster/pipeline-executor.js';
 export * from './control/index.js';
-export * from './generation/philox.js';
-export * from './generation/sampler.js';
 export * from './generation/stop-matcher.js';
 export * from './generation/text-generation.js';
 export * from './model-cache.js';

@@ -930,7 +930,7 @@ async function clusterMode(cli: string): Promise<void> {
           const ids = prompts[0];
           const table: number[] = [];
           blocks.ensure(table, ids.length + 1);
-          const first = await cluster.executor.execute([
+          const { logits: first } = await cluster.executor.execute([
             {
               seqId: 'rep',
               startPos: 0,
@@ -951,9 +951,9 @@ async function clusterMode(cli: string): Promise<void> {
             },
           ];
           const r0 = await replaysOf();
-          const eager = await cluster.executor.execute(step);
+          const { logits: eager } = await cluster.executor.execute(step);
           const r1 = await replaysOf();
-          const replayed = await cluster.executor.execute(step);
+          const { logits: replayed } = await cluster.executor.execute(step);
           const r2 = await replaysOf();
           check(
             `${name}: a decode step's graph replay gives the bits of its eager warm-up`,

@@ -255,7 +255,7 @@ async function compareTinyModel(): Promise<void> {
         const ids = tokenizer.encode(prompt);
         const table: number[] = [];
         blocks.ensure(table, ids.length + 32);
-        let logits = await executor.execute([
+        let { logits } = await executor.execute([
           {
             seqId: 'p',
             startPos: 0,
@@ -272,7 +272,7 @@ async function compareTinyModel(): Promise<void> {
           const order = Array.from(logits.keys()).sort((x, y) => logits[y] - logits[x]);
           tokens.push(order[0]);
           margins.push(logits[order[0]] - logits[order[1]]);
-          logits = await executor.execute([
+          ({ logits } = await executor.execute([
             {
               seqId: 'p',
               startPos: ids.length + s,
@@ -281,7 +281,7 @@ async function compareTinyModel(): Promise<void> {
               blockTable: table,
               logitRows: 1,
             },
-          ]);
+          ]));
         }
         blocks.release(table);
         perPrompt.push({ logits: first, tokens, margins });

@@ -42,7 +42,7 @@ describe('batch invariance of the full model (CPU)', () => {
           blockTable: table,
           logitRows: last ? 1 : 0,
         };
-        const out = await executor.execute(last ? [...others, step] : [step]);
+        const { logits: out } = await executor.execute(last ? [...others, step] : [step]);
         logits = out.subarray(out.length - executor.vocabRows);
         start += n;
       }
@@ -81,7 +81,7 @@ describe('batch invariance of the full model (CPU)', () => {
     const table: number[] = [];
     blocks.ensure(table, PROMPT.length);
     try {
-      const all = await executor.execute([
+      const { logits: all } = await executor.execute([
         {
           seqId: 'z',
           startPos: 0,
@@ -94,7 +94,7 @@ describe('batch invariance of the full model (CPU)', () => {
       const V = executor.vocabRows;
       expect(all.length).toBe(PROMPT.length * V);
       for (const n of [1, 17, PROMPT.length]) {
-        const prefix = await executor.execute([
+        const { logits: prefix } = await executor.execute([
           {
             seqId: 'p',
             startPos: 0,

@@ -11,7 +11,7 @@ import {
   type StepExecutor,
   startNatsCluster,
 } from '@medcluster/coordinator';
-import { openCheckpoint } from '@medcluster/worker';
+import { GREEDY, openCheckpoint } from '@medcluster/worker';
 import { connect, type NatsConnection } from 'nats';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { agreedPrefix, type GreedyRun, greedy, relativeError } from './greedy.js';
@@ -93,7 +93,7 @@ async function expectSameAsOneWorker(executor: StepExecutor, reference: GreedyRu
   const ids = promptIds[0];
   const table: number[] = [];
   blocks.ensure(table, ids.length);
-  const all = await executor.execute([
+  const { logits: all } = await executor.execute([
     {
       seqId: 'all',
       startPos: 0,
@@ -108,6 +108,28 @@ async function expectSameAsOneWorker(executor: StepExecutor, reference: GreedyRu
   expect(
     relativeError(all.subarray(all.length - executor.vocabRows), reference[0].promptLogits),
   ).toBeLessThan(LOGITS_REL_TOL);
+  // A sampled step brings back the token (and the logprobs asked for), never the logit row.
+  blocks.ensure(table, ids.length);
+  const sampled = await executor.execute([
+    {
+      seqId: 'sampled',
+      startPos: 0,
+      numTokens: ids.length,
+      tokens: ids,
+      blockTable: table,
+      logitRows: 1,
+      sample: {
+        params: { ...GREEDY, logprobs: 2 },
+        key: { seed: 0, choice: 0, position: ids.length },
+        generated: { count: 0, ids: [] },
+      },
+    },
+  ]);
+  blocks.release(table);
+  expect(sampled.logits).toHaveLength(0);
+  expect(sampled.sampled).toHaveLength(1);
+  expect(sampled.sampled[0].id).toBe(reference[0].tokens[0]);
+  expect(sampled.sampled[0].topLogprobs?.[0].id).toBe(reference[0].tokens[0]);
   for (const [i, ids] of promptIds.entries()) {
     const run = await greedy(executor, blocks, `seq-${i}`, ids, STEPS);
     expect(relativeError(run.promptLogits, reference[i].promptLogits)).toBeLessThan(LOGITS_REL_TOL);

@@ -31,7 +31,7 @@ export async function greedy(
   const table: number[] = [];
   blocks.ensure(table, promptIds.length + steps);
   try {
-    let logits = await executor.execute([
+    let { logits } = await executor.execute([
       {
         seqId,
         startPos: 0,
@@ -48,7 +48,7 @@ export async function greedy(
       const { best, margin } = top2(logits);
       tokens.push(best);
       margins.push(margin);
-      logits = await executor.execute([
+      ({ logits } = await executor.execute([
         {
           seqId,
           startPos: promptIds.length + s,
@@ -57,7 +57,7 @@ export async function greedy(
           blockTable: table,
           logitRows: 1,
         },
-      ]);
+      ]));
     }
     return { promptLogits, tokens, margins };
   } finally {

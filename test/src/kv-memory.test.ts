@@ -117,17 +117,19 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
 
       const executor = cluster.executor as PipelineExecutor;
       // The last block id the coordinator may hand out exists on every stage...
-      const step = (block: number) =>
-        executor.execute([
-          {
-            seqId: `b${block}`,
-            startPos: 0,
-            numTokens: ids.length,
-            tokens: ids,
-            blockTable: [block],
-            logitRows: 1,
-          },
-        ]);
+      const step = async (block: number) =>
+        (
+          await executor.execute([
+            {
+              seqId: `b${block}`,
+              startPos: 0,
+              numTokens: ids.length,
+              tokens: ids,
+              blockTable: [block],
+              logitRows: 1,
+            },
+          ])
+        ).logits;
       const top = await step(least - 1);
       expect(relativeError(top, reference.promptLogits)).toBeLessThan(1e-3);
 

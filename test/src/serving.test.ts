@@ -23,7 +23,7 @@ const PYTHON = '/usr/bin/python3';
 async function startUp(args: string[]): Promise<{ address: string; up: ReturnType<typeof startCli> }> {
   const port = await freePort();
   const up = startCli(['up', '--grpc-port', String(port), '--threads', '1', ...args]);
-  await waitForStderr(up.child, /medcluster: serving .* on 127\.0\.0\.1:\d+/, 90_000);
+  await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:\d+/, 90_000);
   return { address: `127.0.0.1:${port}`, up };
 }
 
@@ -158,6 +158,28 @@ describe('medcluster up (tp=2 x pp=2) and its public gRPC API', () => {
     expect(ok.tokenIds.length).toBeGreaterThan(0);
   });
 
+  test('every worker serves /health, /ready and its own metrics, labelled with its place', async () => {
+    const info = await client.getModelInfo();
+    await client.generate({ text: 'Warm the pipeline up', maxTokens: 3 });
+    for (const w of info.workers) {
+      expect(w.metricsUrl, w.id).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+      const base = w.metricsUrl.replace(/\/metrics$/, '');
+      expect((await fetch(`${base}/health`)).status).toBe(200);
+      expect((await fetch(`${base}/ready`)).status).toBe(200);
+      const text = await (await fetch(w.metricsUrl)).text();
+      const labels = `stage="${w.stage}",rank="${w.tpRank}"`;
+      expect(text).toMatch(new RegExp(`medcluster_worker_steps_total\\{[^}]*${labels}[^}]*\\} [1-9]`));
+      expect(text).toMatch(/medcluster_worker_state\{[^}]*state="ready"[^}]*\} 1/);
+      expect(text).toMatch(/medcluster_worker_kv_cache_blocks\{[^}]*\} [1-9]/);
+      expect(text).toMatch(/medcluster_worker_load_bytes_total\{[^}]*\} [1-9]/);
+      const direction = w.stage === 0 ? 'sent' : 'received';
+      expect(text).toMatch(
+        new RegExp(`medcluster_worker_activation_bytes_total\\{[^}]*direction="${direction}"[^}]*\\} [1-9]`),
+      );
+      expect(w.kvBlocks).toBeGreaterThan(0);
+    }
+  });
+
   test('health reports SERVING, and reflection lists the public services', async () => {
     expect((await client.healthCheck('')).status).toBe('SERVING');
     expect((await client.healthCheck('medcluster.v1.Inference')).status).toBe('SERVING');
@@ -249,29 +271,128 @@ describe('medcluster up under load with a cache too small for it', () => {
   });
 });
 
-describe('a worker that dies mid-request', () => {
-  test('fails the requests it held with a clear error; the coordinator stays up and says it is degraded', async () => {
+describe('structured logs', () => {
+  test("each request's id follows it through every stage and rank, and no line names two requests", async () => {
     const modelDir = await testModel();
-    const { address } = await startUp(['--model', modelDir, '--pp', '2']);
+    const { address, up } = await startUp([
+      '--model',
+      modelDir,
+      '--tp',
+      '2',
+      '--pp',
+      '2',
+      '--log-format',
+      'json',
+      '--log-level',
+      'debug',
+    ]);
     const client = new InferenceClient(address);
     try {
-      const info = await client.getModelInfo();
-      expect(info.workers).toHaveLength(2);
-      const { stdout } = await run('pgrep', ['-f', 'worker --id w1 --listen']);
-      const pids = stdout.trim().split('\n').map(Number);
-      const pending = client.generate({ text: 'A long answer:', maxTokens: 3000 }).catch((e) => e);
-      await new Promise((r) => setTimeout(r, 300));
-      for (const pid of pids) process.kill(pid, 'SIGKILL');
-      const err = (await pending) as grpc.ServiceError;
-      expect(err.code, err.details).toBe(14); // UNAVAILABLE
-      expect(err.details).toMatch(/step failed/);
-      // The coordinator is still up: it answers, and health says NOT_SERVING.
-      expect((await client.healthCheck('')).status).toBe('NOT_SERVING');
-      const again = (await client.generate({ text: 'x', maxTokens: 2 }).catch((e) => e)) as grpc.ServiceError;
-      expect(again.code).toBe(14);
+      const ids = ['req-alpha-7f3a', 'req-beta-91c2'];
+      await Promise.all(
+        ids.map((requestId, i) =>
+          client.generate({ text: `Case ${i}: chest pain`, maxTokens: 4, requestId }),
+        ),
+      );
+      await new Promise((r) => setTimeout(r, 200)); // let the last lines reach the pipe
+      const lines = up
+        .stderr()
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(
+        lines.every(
+          (l) => typeof l.time === 'string' && typeof l.level === 'string' && typeof l.msg === 'string',
+        ),
+      ).toBe(true);
+      const workers = new Set(lines.map((l) => l.worker).filter((w) => w !== undefined));
+      expect(workers).toEqual(new Set(['w0', 'w1', 'w2', 'w3']));
+      for (const id of ids) {
+        const mine = lines.filter((l) => l.requestId === id);
+        expect(new Set(mine.map((l) => l.worker ?? 'coordinator')), id).toEqual(
+          new Set(['coordinator', 'w0', 'w1', 'w2', 'w3']),
+        );
+        expect(mine.some((l) => l.msg === 'request finished')).toBe(true);
+      }
+      const raw = up.stderr().split('\n');
+      expect(raw.filter((l) => l.includes(ids[0]) && l.includes(ids[1]))).toEqual([]);
     } finally {
       client.close();
       await stopAll();
     }
   });
+});
+
+describe('a worker killed mid-stream', () => {
+  test.each([
+    { layout: ['--pp', '2'], stage: 'stage 1 (w1)' },
+    { layout: ['--tp', '2'], stage: 'stage 0 (w0, w1)' },
+  ])(
+    '$layout: streamed requests fail fast and retryable, the others re-run; $stage comes back and serving resumes',
+    async ({ layout, stage }) => {
+      const modelDir = await testModel();
+      const { address, up } = await startUp(['--model', modelDir, ...layout, '--max-running', '2']);
+      const client = new InferenceClient(address);
+      try {
+        const info = await client.getModelInfo();
+        expect(info.workers).toHaveLength(2);
+        // Two streams hold the two running slots; three requests queue behind them.
+        const streams = [0, 1].map(async (i) => {
+          const got: number[] = [];
+          try {
+            for await (const m of client.generateStream({ text: `Case ${i}: a long answer`, maxTokens: 400 }))
+              got.push(...m.tokenIds);
+            return { got, error: undefined };
+          } catch (e) {
+            return { got, error: e as grpc.ServiceError, at: performance.now() };
+          }
+        });
+        const queuedPrompts = [
+          'Queued one: the patient',
+          'Queued two: the history',
+          'Queued three: the exam',
+        ];
+        const queued = queuedPrompts.map((text) => client.generate({ text, maxTokens: 6 }).catch((e) => e));
+        // Let the streams get going, then kill stage 1's worker outright.
+        await new Promise((r) => setTimeout(r, 800));
+        const { stdout } = await run('pgrep', ['-f', 'worker --id w1 --listen']);
+        const killedAt = performance.now();
+        for (const pid of stdout.trim().split('\n').map(Number)) process.kill(pid, 'SIGKILL');
+        const ended = await Promise.all(streams);
+        for (const s of ended) {
+          expect(s.got.length, 'the stream had tokens before the kill').toBeGreaterThan(0);
+          expect(s.error?.code, s.error?.details).toBe(14); // UNAVAILABLE
+          expect(s.error?.details).toMatch(
+            /(worker w1 exited \(SIGKILL\)|a worker was lost: .*127\.0\.0\.1:\d+).*retry/,
+          );
+          expect((s.at as number) - killedAt, 'kill -9 to the stream error (ms)').toBeLessThan(5000);
+        }
+        expect((await client.healthCheck('')).status).toBe('NOT_SERVING');
+        // The queued requests had streamed nothing: they run once w1 is back, with their solo tokens.
+        const results = (await Promise.all(queued)) as inferenceV1.GenerateResponse__Output[];
+        for (const r of results) expect(r.tokenIds?.length, String(r)).toBeGreaterThan(0);
+        let servingAt = 0;
+        for (let i = 0; i < 200 && !servingAt; i++) {
+          if ((await client.healthCheck('')).status === 'SERVING') servingAt = performance.now();
+          else await new Promise((r) => setTimeout(r, 100));
+        }
+        expect(servingAt, 'health came back to SERVING').toBeGreaterThan(0);
+        expect(servingAt - killedAt, 'kill -9 to serving again (ms)').toBeLessThan(60_000);
+        for (const [i, text] of queuedPrompts.entries()) {
+          const solo = await client.generate({ text, maxTokens: 6 });
+          expect(results[i].tokenIds).toEqual(solo.tokenIds);
+        }
+        expect(up.stderr()).toContain(`restarting ${stage}`);
+        const after = await client.getModelInfo();
+        expect(after.workers.map((w) => w.state)).toEqual(['ready', 'ready']);
+        console.log(
+          `worker loss (${layout.join(' ')}): kill -9 to stream errors ${Math.max(...ended.map((s) => (s.at as number) - killedAt)).toFixed(0)} ms, ` +
+            `to serving again ${(servingAt - killedAt).toFixed(0)} ms; 2 streamed requests failed, 3 queued ones re-ran`,
+        );
+      } finally {
+        client.close();
+        await stopAll();
+      }
+    },
+  );
 });

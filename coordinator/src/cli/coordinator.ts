@@ -5,6 +5,7 @@ import { connect } from 'nats';
 import { startNatsCluster } from '../cluster/nats-cluster.js';
 import { intFlag, parseFlags, requiredString } from './args.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
+import { LOG_FLAGS, LOG_USAGE, loggerFor, logSettingsFromFlags } from './log-flags.js';
 import { serveUntilSignal } from './serve.js';
 import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
@@ -13,6 +14,8 @@ const USAGE = `usage: medcluster coordinator --nats URL --model DIR [--cluster N
          [--worker-timeout-s 300] [serving flags]
 
 ${SERVE_USAGE}
+
+${LOG_USAGE}
 
 ${KV_USAGE}`;
 
@@ -31,6 +34,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
       'worker-timeout-s': { type: 'string', default: '300' },
+      ...LOG_FLAGS,
       help: { type: 'boolean' },
     },
     USAGE,
@@ -45,6 +49,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   // Without --kv-blocks or --kv-memory-fraction each worker's device picks (known once it announces).
   const kvCache = kvCacheFromFlags(flags);
   const settings = serveSettingsFromFlags(flags);
+  const log = loggerFor(logSettingsFromFlags(flags), {});
   const { config } = await openCheckpoint(modelDir);
   const nc = await connect({ servers: requiredString(flags.nats, 'nats'), name: 'medcluster-coordinator' });
   try {
@@ -57,9 +62,9 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       pp,
       kvCache,
       workerTimeoutMs: intFlag(flags['worker-timeout-s'], 'worker-timeout-s') * 1000,
-      log: (line) => console.error(line),
+      log: (line) => log.info(line),
     });
-    await serveUntilSignal({ modelDir, config, cluster, host: flags.host ?? '0.0.0.0', settings });
+    await serveUntilSignal({ modelDir, config, cluster, host: flags.host ?? '0.0.0.0', settings, log });
   } finally {
     await nc.drain();
   }

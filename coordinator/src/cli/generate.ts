@@ -2,8 +2,7 @@
 // nothing else on stdout. In this process with --model, or from a cluster with --server.
 
 import type { DeviceKind } from '@medcluster/kernels';
-import { openCheckpoint } from '@medcluster/worker';
-import { GREEDY, type SamplingParams } from '../generation/sampler.js';
+import { GREEDY, openCheckpoint, type SamplingParams } from '@medcluster/worker';
 import { TextGenerator } from '../generation/text-generation.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
 import { LocalExecutor } from '../scheduler/local-executor.js';

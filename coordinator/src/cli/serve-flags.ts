@@ -12,6 +12,7 @@ export const SERVE_FLAGS = {
   'grpc-max-message-bytes': { type: 'string', default: String(4 << 20) },
   'served-model-name': { type: 'string', default: 'meditron-70b-awq' },
   'shutdown-grace-s': { type: 'string', default: '30' },
+  'degraded-wait-s': { type: 'string', default: '60' },
 } as const;
 
 export const SERVE_USAGE = `Serving:
@@ -23,7 +24,9 @@ export const SERVE_USAGE = `Serving:
   --default-max-tokens 256      max_tokens of a request that gives none (capped by the context left)
   --grpc-max-message-bytes N    largest gRPC request accepted (default 4 MiB)
   --served-model-name NAME      the model name the APIs report (default meditron-70b-awq)
-  --shutdown-grace-s 30         on SIGTERM/SIGINT, how long in-flight requests may finish`;
+  --shutdown-grace-s 30         on SIGTERM/SIGINT, how long in-flight requests may finish
+  --degraded-wait-s 60          while a lost worker comes back, how long a request may wait
+                                (requests that had streamed tokens fail at once, retryable)`;
 
 export interface ServeSettings {
   grpcPort: number;
@@ -34,6 +37,7 @@ export interface ServeSettings {
   grpcMaxMessageBytes: number;
   servedModelName: string;
   shutdownGraceMs: number;
+  degradedWaitMs: number;
 }
 
 type ServeFlagValues = { [K in keyof typeof SERVE_FLAGS]?: string };
@@ -59,5 +63,6 @@ export function serveSettingsFromFlags(flags: ServeFlagValues): ServeSettings {
     grpcMaxMessageBytes: positive(flags['grpc-max-message-bytes'], 'grpc-max-message-bytes', 1024),
     servedModelName,
     shutdownGraceMs: positive(flags['shutdown-grace-s'], 'shutdown-grace-s', 0) * 1000,
+    degradedWaitMs: positive(flags['degraded-wait-s'], 'degraded-wait-s', 0) * 1000,
   };
 }

@@ -2,14 +2,42 @@
 // the public gRPC server, and an orderly shutdown on SIGINT/SIGTERM (stop admitting, let
 // in-flight requests finish within the grace period, fail the rest, stop the workers).
 
-import type { LlamaConfig } from '@medcluster/worker';
+import type { LlamaConfig, Logger } from '@medcluster/worker';
 import type { ClusterHandle } from '../cluster/cluster-handle.js';
 import { TextGenerator } from '../generation/text-generation.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
+import type { SchedulerEvent } from '../scheduler/events.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { createServer, listen } from '../server/create-server.js';
 import { loadTokenizer } from '../tokenizer/index.js';
 import type { ServeSettings } from './serve-flags.js';
+
+/** The scheduler's events that deserve a line: one per request (never naming two). */
+function logEvent(log: Logger, e: SchedulerEvent): void {
+  const ms = (s: number) => Number((s * 1000).toFixed(1));
+  if (e.type === 'admitted')
+    log.debug('request admitted', { requestId: e.requestId, promptTokens: e.promptTokens, n: e.n });
+  else if (e.type === 'rejected') log.info('request refused', { requestId: e.requestId, reason: e.reason });
+  else if (e.type === 'preempted') {
+    log.warn('preempted: the KV cache is full', {
+      requestId: e.requestId,
+      choice: e.choice,
+      recomputeTokens: e.recomputeTokens,
+    });
+  } else if (e.type === 'cancelled')
+    log.info('request cancelled', { requestId: e.requestId, stage: e.stage });
+  else if (e.type === 'finished') {
+    log.info('request finished', {
+      requestId: e.requestId,
+      outcome: e.outcome,
+      promptTokens: e.promptTokens,
+      completionTokens: e.completionTokens,
+      queueMs: ms(e.timing.queue),
+      ttftMs: ms(e.timing.timeToFirstToken),
+      totalMs: ms(e.timing.total),
+    });
+  }
+}
 
 export interface ServeOptions {
   modelDir: string;
@@ -18,6 +46,7 @@ export interface ServeOptions {
   /** Interface the public API binds to. */
   host: string;
   settings: ServeSettings;
+  log: Logger;
 }
 
 export async function serveUntilSignal({
@@ -26,6 +55,7 @@ export async function serveUntilSignal({
   cluster,
   host,
   settings,
+  log,
 }: ServeOptions): Promise<void> {
   const tokenizer = await loadTokenizer(modelDir);
   const { kvGeometry } = cluster;
@@ -36,16 +66,17 @@ export async function serveUntilSignal({
       maxBatchTokens: settings.maxBatchTokens,
       maxRunning: settings.maxRunning,
       maxWaiting: settings.maxWaiting,
+      degradedWaitMs: settings.degradedWaitMs,
       maxContext: config.maxPositions,
       eosTokenId: tokenizer.eosTokenId,
     },
   );
-  scheduler.observe((e) => {
-    if (e.type === 'preempted') {
-      console.error(
-        `medcluster: preempted ${e.requestId} (choice ${e.choice}): the KV cache is full; ${e.recomputeTokens} tokens will be recomputed`,
-      );
-    }
+  scheduler.observe((e) => logEvent(log, e));
+  // A lost worker takes its KV cache with it: no step runs until the cluster is whole again.
+  cluster.events.on('workerLost', (_id, reason) => scheduler.suspend(reason));
+  cluster.events.on('recovered', () => {
+    log.info('the cluster is whole again: serving');
+    scheduler.resume();
   });
   let draining = false;
   const server = createServer(
@@ -59,18 +90,18 @@ export async function serveUntilSignal({
     { maxMessageBytes: settings.grpcMaxMessageBytes },
   );
   const port = await listen(server, `${host}:${settings.grpcPort}`);
-  console.error(
-    `medcluster: serving ${modelDir} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
+  log.info(
+    `serving ${modelDir} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
   );
-  console.error(
-    `medcluster: try \`npx medcluster generate --server localhost:${port} --prompt "The patient presented with"\``,
+  log.info(
+    `try \`npx medcluster generate --server localhost:${port} --prompt "The patient presented with"\``,
   );
   await new Promise<void>((resolve) => {
     const stop = async (signal: string) => {
       if (draining) return;
       draining = true;
-      console.error(
-        `medcluster: ${signal}: no new requests; letting in-flight ones finish (up to ${settings.shutdownGraceMs / 1000} s)`,
+      log.info(
+        `${signal}: no new requests; letting in-flight ones finish (up to ${settings.shutdownGraceMs / 1000} s)`,
       );
       const grace = new Promise<void>((r) => setTimeout(r, settings.shutdownGraceMs).unref());
       await Promise.race([scheduler.drain(), grace]);

@@ -7,6 +7,7 @@ import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
 import { intFlag, parseFlags, UsageError } from './args.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
+import { LOG_FLAGS, LOG_USAGE, logArgs, loggerFor, logSettingsFromFlags } from './log-flags.js';
 import { serveUntilSignal } from './serve.js';
 import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
@@ -14,6 +15,8 @@ const USAGE = `usage: medcluster up [--model DIR] [--tp N] [--pp N] [--host 127.
          [--kv-blocks N | --kv-memory-fraction F] [--block-size 16] [--threads N] [serving flags]
 
 ${SERVE_USAGE}
+
+${LOG_USAGE}
 
 ${KV_USAGE}`;
 
@@ -31,6 +34,7 @@ export async function upCommand(argv: string[]): Promise<void> {
       'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
       threads: { type: 'string' },
+      ...LOG_FLAGS,
       help: { type: 'boolean' },
     },
     USAGE,
@@ -46,9 +50,11 @@ export async function upCommand(argv: string[]): Promise<void> {
   const pp = intFlag(flags.pp, 'pp');
   const kvCache = kvCacheFromFlags(flags);
   const settings = serveSettingsFromFlags(flags);
+  const logSettings = logSettingsFromFlags(flags);
+  const log = loggerFor(logSettings, {});
   const modelDir = flags.model ?? (await ensureGeneratedModel());
   const { config } = await openCheckpoint(modelDir);
-  console.error(`medcluster up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${modelDir}`);
+  log.info(`up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${modelDir}`);
   const cluster = await startLocalCluster({
     modelDir,
     config,
@@ -57,7 +63,9 @@ export async function upCommand(argv: string[]): Promise<void> {
     device: device as DeviceKind,
     kvCache,
     threadsPerWorker: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
-    log: (line) => console.error(line),
+    workerMetrics: true,
+    workerArgs: logArgs(logSettings),
+    log: (line) => log.info(line),
   });
-  await serveUntilSignal({ modelDir, config, cluster, host: flags.host ?? '127.0.0.1', settings });
+  await serveUntilSignal({ modelDir, config, cluster, host: flags.host ?? '127.0.0.1', settings, log });
 }

@@ -6,10 +6,16 @@ import { hostname } from 'node:os';
 import { controlCodecs } from '@medcluster/proto';
 import { startWorker } from '@medcluster/worker';
 import { intFlag, parseFlags, UsageError } from './args.js';
+import { LOG_FLAGS, LOG_USAGE, loggerFor, logSettingsFromFlags } from './log-flags.js';
 
 const USAGE = `usage: medcluster worker (--nats URL [--cluster NAME] | --assignment JSON) [--id ID]
          [--listen HOST:PORT] [--advertise HOST:PORT] [--device cpu|cuda] [--ordinal N] [--threads N]
-         [--memory-gb N]`;
+         [--memory-gb N] [--metrics-port N]
+
+  --metrics-port N   serve /metrics (Prometheus), /health (alive) and /ready (shard loaded)
+                     on the listen host (0 picks a free port)
+
+${LOG_USAGE}`;
 
 export async function workerCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -22,9 +28,11 @@ export async function workerCommand(argv: string[]): Promise<void> {
       ordinal: { type: 'string' },
       threads: { type: 'string' },
       'memory-gb': { type: 'string' },
+      'metrics-port': { type: 'string' },
       nats: { type: 'string' },
       cluster: { type: 'string', default: 'medcluster' },
       assignment: { type: 'string' },
+      ...LOG_FLAGS,
       help: { type: 'boolean' },
     },
     USAGE,
@@ -42,7 +50,9 @@ export async function workerCommand(argv: string[]): Promise<void> {
     ? controlCodecs.assignment.decode(new TextEncoder().encode(flags.assignment))
     : undefined;
   const workerId = flags.id ?? `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}`;
+  const log = loggerFor(logSettingsFromFlags(flags), { component: 'worker', worker: workerId });
   const worker = await startWorker({
+    log,
     workerId,
     listen: flags.listen ?? '0.0.0.0:0',
     advertise: flags.advertise,
@@ -50,14 +60,18 @@ export async function workerCommand(argv: string[]): Promise<void> {
     ordinal: flags.ordinal === undefined ? undefined : intFlag(flags.ordinal, 'ordinal'),
     threads: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
     memoryBytes: flags['memory-gb'] === undefined ? undefined : Number(flags['memory-gb']) * 2 ** 30,
+    metricsPort:
+      flags['metrics-port'] === undefined ? undefined : intFlag(flags['metrics-port'], 'metrics-port'),
     nats: flags.nats ? { url: flags.nats, cluster: flags.cluster ?? 'medcluster' } : undefined,
     assignment,
     onEvent: (event) => process.stdout.write(`${JSON.stringify(event)}\n`),
   });
-  console.error(`medcluster worker ${workerId}: serving on ${worker.address}`);
+  log.info(`serving on ${worker.address}`, {
+    ...(worker.metricsAddress ? { metrics: `http://${worker.metricsAddress}/metrics` } : {}),
+  });
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
-      console.error(`medcluster worker ${workerId}: ${signal}, leaving`);
+      log.info(`${signal}, leaving`);
       worker.stop(signal).finally(resolve);
     };
     process.once('SIGTERM', () => stop('SIGTERM'));

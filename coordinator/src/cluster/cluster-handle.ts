@@ -23,11 +23,17 @@ export interface ClusterWorker {
   state: string;
   /** KV cache blocks the worker allocated. */
   kvBlocks: number;
+  /** Seconds since its last heartbeat (cluster mode, where workers heartbeat over NATS). */
+  heartbeatAgeSeconds?: number;
+  /** Where Prometheus scrapes the worker (http://host:port/metrics), when it serves metrics. */
+  metricsUrl?: string;
 }
 
 export interface ClusterEvents {
   /** A worker of the placement stopped (exited, or its heartbeats stopped): the cluster is degraded. */
   workerLost: [workerId: string, reason: string];
+  /** Every lost worker is back and reachable: steps can run again. */
+  recovered: [];
 }
 
 export interface ClusterHandle {
@@ -38,7 +44,7 @@ export interface ClusterHandle {
   readonly tp: number;
   readonly pp: number;
   workers(): ClusterWorker[];
-  /** False once a worker of the placement is lost. */
+  /** False while a worker of the placement is lost (until `recovered`). */
   healthy(): boolean;
   readonly events: EventEmitter<ClusterEvents>;
   /** Closes the executor, then stops or releases the workers. */

@@ -2,6 +2,8 @@
 // assignment on the command line, and follows their progress as JSON lines on stdout.
 // No NATS: the parent knows every worker's address because it chose their ports. Each worker's
 // ready line carries its KV cache block count; the cluster's cache is the least of them.
+// A worker that exits is restarted with its whole stage, with backoff, at the same address and
+// with the same assignment; the cluster is degraded (workerLost) until it is back (recovered).
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -34,6 +36,10 @@ export interface LocalClusterOptions {
   kvCache: KvCacheRequest;
   /** Kernel threads per worker (default: this machine's cores shared among the workers). */
   threadsPerWorker?: number;
+  /** Each worker serves /metrics, /health and /ready on a free port (GET /cluster lists them). */
+  workerMetrics?: boolean;
+  /** More flags for every worker (its log settings). */
+  workerArgs?: string[];
   /** Command that starts a worker: [executable, ...args] (default: this CLI). */
   workerCommand?: string[];
   readyTimeoutMs?: number;
@@ -43,6 +49,8 @@ export interface LocalClusterOptions {
 interface LocalWorker {
   id: string;
   address: string;
+  /** Set once the worker says where it serves metrics. */
+  metricsAddress?: string;
   process: ChildProcess;
   stageIndex: number;
   tpRank: number;
@@ -62,6 +70,10 @@ export function localGpuSlots(count: number, gpus: number): { ordinal: number; s
     sharers: Math.floor(count / n) + (i % n < count % n ? 1 : 0),
   }));
 }
+
+/** First delay before restarting a lost stage; it doubles per failed attempt, up to the max. */
+const RESTART_BACKOFF_MS = 500;
+const MAX_RESTART_BACKOFF_MS = 30_000;
 
 function defaultWorkerCommand(): string[] {
   // This process runs the CLI (bin shim or bundle): start workers the same way.
@@ -109,10 +121,14 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
   const [exe, ...baseArgs] = options.workerCommand ?? defaultWorkerCommand();
   const threads = options.threadsPerWorker;
 
+  /** The current process of each worker id, in id order (a restart replaces the entry). */
   const workers: LocalWorker[] = [];
-  const ready: Promise<KvReport>[] = [];
+  const readyTimeoutMs = options.readyTimeoutMs ?? 120_000;
+  /** The collective transport each tp > 1 worker reported when it was ready. */
   const transports = new Map<string, string>();
-  for (const id of ids) {
+
+  /** Starts worker `id` with its assignment; resolves with its KV report once it is ready. */
+  const spawnWorker = (id: string): { worker: LocalWorker; ready: Promise<KvReport> } => {
     const args = [
       ...baseArgs,
       'worker',
@@ -126,10 +142,12 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       '--assignment',
       JSON.stringify(assignments.get(id)),
       ...(threads ? ['--threads', String(threads)] : []),
+      ...(options.workerMetrics ? ['--metrics-port', '0'] : []),
+      ...(options.workerArgs ?? []),
     ];
     const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     const { shard, stageIndex } = assignments.get(id) as Assignment;
-    workers.push({
+    const worker: LocalWorker = {
       id,
       address: addresses.get(id) as string,
       process: child,
@@ -137,52 +155,60 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       tpRank: shard.tpRank,
       layerStart: shard.layerStart,
       layerEnd: shard.layerEnd,
-    });
-    ready.push(
-      new Promise<KvReport>((resolve, reject) => {
-        const timer = setTimeout(
-          () => reject(new Error(`worker ${id} was not ready after ${options.readyTimeoutMs ?? 120_000} ms`)),
-          options.readyTimeoutMs ?? 120_000,
-        );
-        const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
-        lines.on('line', (line) => {
-          let event: WorkerEvent;
-          try {
-            event = JSON.parse(line) as WorkerEvent;
-          } catch {
-            log(`[${id}] ${line}`);
-            return;
-          }
-          if (event.event === 'ready') {
-            clearTimeout(timer);
-            if (event.collective !== undefined) transports.set(id, event.collective);
-            resolve({ workerId: id, assigned: kvCacheOf(id), kvBlocks: event.kvBlocks });
-          } else if (event.event === 'failed') {
-            clearTimeout(timer);
-            reject(new Error(`worker ${id} failed to load: ${event.error}`));
-          }
-        });
-        child.on('exit', (code, signal) => {
+    };
+    const ready = new Promise<KvReport>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`worker ${id} was not ready after ${readyTimeoutMs} ms`)),
+        readyTimeoutMs,
+      );
+      const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+      lines.on('line', (line) => {
+        let event: WorkerEvent;
+        try {
+          event = JSON.parse(line) as WorkerEvent;
+        } catch {
+          log(`[${id}] ${line}`);
+          return;
+        }
+        if (event.event === 'listening') worker.metricsAddress = event.metricsAddress;
+        else if (event.event === 'ready') {
           clearTimeout(timer);
-          reject(new Error(`worker ${id} exited (${signal ?? `code ${code}`}) before it was ready`));
-        });
-      }),
-    );
-  }
+          if (event.collective !== undefined) transports.set(id, event.collective);
+          resolve({ workerId: id, assigned: kvCacheOf(id), kvBlocks: event.kvBlocks });
+        } else if (event.event === 'failed') {
+          clearTimeout(timer);
+          reject(new Error(`worker ${id} failed to load: ${event.error}`));
+        }
+      });
+      child.on('exit', (code, signal) => {
+        clearTimeout(timer);
+        reject(new Error(`worker ${id} exited (${signal ?? `code ${code}`}) before it was ready`));
+      });
+    });
+    ready.catch(() => undefined); // handled by whoever awaits it; never an unhandled rejection
+    return { worker, ready };
+  };
 
-  const stopWorkers = async () => {
-    await Promise.all(
-      workers.map(
+  const stopProcesses = (list: readonly LocalWorker[], signal: NodeJS.Signals = 'SIGTERM') =>
+    Promise.all(
+      list.map(
         ({ process: child }) =>
           new Promise<void>((resolve) => {
             if (child.exitCode !== null || child.signalCode !== null) return resolve();
             child.once('exit', () => resolve());
-            child.kill('SIGTERM');
+            child.kill(signal);
             setTimeout(() => child.kill('SIGKILL'), 5000).unref();
           }),
       ),
     );
-  };
+  const stopWorkers = () => stopProcesses(workers);
+
+  const ready: Promise<KvReport>[] = [];
+  for (const id of ids) {
+    const started = spawnWorker(id);
+    workers.push(started.worker);
+    ready.push(started.ready);
+  }
 
   try {
     const reports = await Promise.all(ready);
@@ -201,15 +227,70 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
     const events = new EventEmitter<ClusterEvents>();
     let stopping = false;
     const lost = new Set<string>();
-    for (const w of workers) {
+    /** Failed restarts of each stage in a row, for the backoff. */
+    const attempts = new Map<number, number>();
+    const restarting = new Set<number>();
+
+    const watch = (w: LocalWorker) =>
       w.process.on('exit', (code, signal) => {
-        if (stopping) return;
+        if (stopping || restarting.has(w.stageIndex)) return;
         lost.add(w.id);
         const reason = `worker ${w.id} exited (${signal ?? `code ${code}`})`;
-        log(`local cluster: ${reason}; the cluster is degraded`);
+        log(`local cluster: ${reason}; the cluster is degraded until it is back`);
         events.emit('workerLost', w.id, reason);
+        scheduleRestart(w.stageIndex);
       });
-    }
+
+    // A lost worker comes back with its whole stage: its tensor-parallel peers hold a collective
+    // group it can no longer join, and every rank must restart its KV cache together.
+    const scheduleRestart = (stage: number) => {
+      if (restarting.has(stage) || stopping) return;
+      restarting.add(stage);
+      const attempt = attempts.get(stage) ?? 0;
+      const delayMs = Math.min(RESTART_BACKOFF_MS * 2 ** attempt, MAX_RESTART_BACKOFF_MS);
+      setTimeout(() => void restartStage(stage), delayMs).unref();
+    };
+
+    const restartStage = async (stage: number) => {
+      const members = workers.filter((w) => w.stageIndex === stage);
+      for (const w of members) lost.add(w.id);
+      await stopProcesses(members, 'SIGKILL');
+      if (stopping) return;
+      log(`local cluster: restarting stage ${stage} (${members.map((w) => w.id).join(', ')})`);
+      const started = members.map((w) => spawnWorker(w.id));
+      for (const { worker } of started) workers[workers.findIndex((w) => w.id === worker.id)] = worker;
+      try {
+        const back = await Promise.all(started.map((s) => s.ready));
+        for (const r of back) {
+          if ((r.kvBlocks ?? 0) < geometry.numBlocks) {
+            throw new Error(
+              `worker ${r.workerId} came back with ${r.kvBlocks} KV blocks, fewer than the ${geometry.numBlocks} the scheduler uses`,
+            );
+          }
+          reported.set(r.workerId, r.kvBlocks);
+        }
+      } catch (err) {
+        attempts.set(stage, (attempts.get(stage) ?? 0) + 1);
+        log(`local cluster: stage ${stage} did not come back: ${(err as Error).message}; retrying`);
+        restarting.delete(stage);
+        await stopProcesses(
+          started.map((s) => s.worker),
+          'SIGKILL',
+        );
+        scheduleRestart(stage);
+        return;
+      }
+      attempts.delete(stage);
+      restarting.delete(stage);
+      for (const { worker } of started) {
+        lost.delete(worker.id);
+        watch(worker);
+      }
+      log(`local cluster: stage ${stage} is back`);
+      if (lost.size === 0) events.emit('recovered');
+    };
+
+    for (const w of workers) watch(w);
     return {
       executor,
       kvGeometry: geometry,
@@ -227,8 +308,9 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
           tpRank: w.tpRank,
           layerStart: w.layerStart,
           layerEnd: w.layerEnd,
-          state: lost.has(w.id) ? 'exited' : 'ready',
+          state: lost.has(w.id) ? (restarting.has(w.stageIndex) ? 'restarting' : 'exited') : 'ready',
           kvBlocks: reported.get(w.id) ?? 0,
+          ...(w.metricsAddress ? { metricsUrl: `http://${w.metricsAddress}/metrics` } : {}),
         })),
       stop: async () => {
         stopping = true;

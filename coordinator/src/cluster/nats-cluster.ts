@@ -36,6 +36,15 @@ export interface NatsClusterOptions {
   log?: (line: string) => void;
 }
 
+function metricsUrl(address: string | undefined): { metricsUrl?: string } {
+  return address === undefined ? {} : { metricsUrl: `http://${address}/metrics` };
+}
+
+/** The registry stamps heartbeats with performance.now(). */
+function heartbeatAge(lastSeenMs: number | undefined): { heartbeatAgeSeconds?: number } {
+  return lastSeenMs === undefined ? {} : { heartbeatAgeSeconds: (performance.now() - lastSeenMs) / 1000 };
+}
+
 /** Waits for the workers, assigns their shards, and resolves once every one is ready and connected. */
 export async function startNatsCluster(options: NatsClusterOptions): Promise<ClusterHandle> {
   const log = options.log ?? (() => undefined);
@@ -115,6 +124,8 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Clu
           layerEnd: a.shard.layerEnd,
           state: lost.has(id) ? 'lost' : (registry.get(id)?.state ?? 'unknown'),
           kvBlocks: reports.find((r) => r.workerId === id)?.kvBlocks ?? 0,
+          ...heartbeatAge(registry.get(id)?.lastSeenMs),
+          ...metricsUrl(registry.get(id)?.metricsAddress),
         })),
       healthy: () => lost.size === 0,
       stop: async () => {

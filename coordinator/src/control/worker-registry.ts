@@ -42,6 +42,8 @@ export type WorkerRecordState = WorkerLifecycleState | 'lost';
 export interface WorkerRecord {
   id: string;
   grpcAddress: string;
+  /** host:port of the worker's /metrics, when it serves one. */
+  metricsAddress?: string;
   devices: DeviceInfo[];
   memoryBytes: number;
   heartbeatIntervalMs: number;
@@ -187,7 +189,11 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
     const previous = this.records.get(m.workerId);
     const restarted = previous !== undefined && previous.startedAt !== m.startedAt;
     if (previous !== undefined && !restarted && previous.state !== 'lost' && previous.state !== 'leaving') {
-      this.update(m.workerId, { grpcAddress: m.grpcAddress, lastSeenMs: performance.now() });
+      this.update(m.workerId, {
+        grpcAddress: m.grpcAddress,
+        metricsAddress: m.metricsAddress,
+        lastSeenMs: performance.now(),
+      });
       return;
     }
     if (previous?.assignmentId !== undefined && restarted) {
@@ -199,6 +205,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
     const record: WorkerRecord = {
       id: m.workerId,
       grpcAddress: m.grpcAddress,
+      ...(m.metricsAddress ? { metricsAddress: m.metricsAddress } : {}),
       devices: m.devices,
       memoryBytes: m.memoryBytes,
       heartbeatIntervalMs: m.heartbeatIntervalMs,

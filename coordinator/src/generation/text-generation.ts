@@ -6,11 +6,11 @@
 // and unary answers are the same ids and the same text by construction.
 
 import { randomUUID } from 'node:crypto';
+import type { SampledToken, SamplingParams, TokenLogprob } from '@medcluster/worker';
 import { RequestError } from '../scheduler/errors.js';
 import type { RequestTiming } from '../scheduler/events.js';
 import type { FinishReason, Scheduler } from '../scheduler/scheduler.js';
 import type { LlamaTokenizer } from '../tokenizer/index.js';
-import type { SampledToken, SamplingParams, TokenLogprob } from './sampler.js';
 import { StopMatcher } from './stop-matcher.js';
 
 /** The most stop strings a request may give, and the longest one. */

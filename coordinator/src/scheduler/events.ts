@@ -27,8 +27,8 @@ export type RequestOutcome = FinishReason | 'failed';
 export type SchedulerEvent =
   /** Accepted into the waiting queue. */
   | { type: 'admitted'; time: number; requestId: string; promptTokens: number; n: number }
-  /** Refused before taking anything: the queue was full, or the scheduler is closing. */
-  | { type: 'rejected'; time: number; requestId: string; reason: 'queue-full' | 'closing' }
+  /** Refused before taking anything: invalid, the queue was full, or the scheduler is closing. */
+  | { type: 'rejected'; time: number; requestId: string; reason: 'invalid' | 'queue-full' | 'closing' }
   /** A step came back (or failed); sizes count tokens of prompts (and recomputes) and of decodes. */
   | {
       type: 'step';

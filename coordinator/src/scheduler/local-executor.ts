@@ -2,7 +2,14 @@
 // Used by `medcluster generate --model` and by tests as the one-worker reference.
 
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
-import { type KvCacheSpec, type SeqStep, ShardRunner, type WeightSource } from '@medcluster/worker';
+import {
+  finishStep,
+  type KvCacheSpec,
+  type SeqStep,
+  ShardRunner,
+  type StepOutput,
+  type WeightSource,
+} from '@medcluster/worker';
 import type { StepExecutor } from './executor.js';
 
 export type LocalExecutorOptions = WeightSource & {
@@ -50,9 +57,9 @@ export class LocalExecutor implements StepExecutor {
     }
   }
 
-  async execute(seqs: SeqStep[]): Promise<Float32Array> {
+  async execute(seqs: SeqStep[]): Promise<StepOutput> {
     const { logits } = await this.runner.step(seqs);
-    return logits as Float32Array;
+    return finishStep(seqs, logits as Float32Array, this.vocabRows);
   }
 
   async close(): Promise<void> {

@@ -3,13 +3,19 @@
 // token, so a sequence's tokens depend on nothing but its own history. Every test ends with
 // every KV block free.
 
-import type { SeqStep } from '@medcluster/worker';
+import {
+  finishStep,
+  GREEDY,
+  type SamplingParams,
+  type SeqStep,
+  type StepOutput,
+  tokenLogprob,
+} from '@medcluster/worker';
 import { afterEach, describe, expect, test } from 'vitest';
-import { GREEDY, type SamplingParams, tokenLogprob } from '../generation/sampler.js';
 import { BlockAllocator } from './block-allocator.js';
 import { QueueFullError, RequestError, RequestFailedError } from './errors.js';
 import type { SchedulerEvent } from './events.js';
-import type { StepExecutor } from './executor.js';
+import { ExecutorUnavailableError, type StepExecutor } from './executor.js';
 import { type GenerationRequest, Scheduler, type SchedulerLimits } from './scheduler.js';
 
 const VOCAB = 100;
@@ -21,6 +27,8 @@ class ScriptedExecutor implements StepExecutor {
   inFlight = 0;
   maxSeenInFlight = 0;
   failNext = false;
+  /** The next step finds the pipeline broken (a worker lost). */
+  loseWorkerNext = false;
   private gate?: Promise<void>;
   private onHeld?: () => void;
 
@@ -41,7 +49,7 @@ class ScriptedExecutor implements StepExecutor {
     return { started, release };
   }
 
-  async execute(seqs: SeqStep[]): Promise<Float32Array> {
+  async execute(seqs: SeqStep[]): Promise<StepOutput> {
     this.steps.push(
       seqs.map((s) => ({ ...s, tokens: [...(s.tokens ?? [])], blockTable: [...s.blockTable] })),
     );
@@ -58,6 +66,10 @@ class ScriptedExecutor implements StepExecutor {
       this.failNext = false;
       throw new Error('worker died');
     }
+    if (this.loseWorkerNext) {
+      this.loseWorkerNext = false;
+      throw new ExecutorUnavailableError('stage 127.0.0.1:7001 closed the stream');
+    }
     // One row per logit row: each scores the token after its position, from that position's token.
     const before = seqs.flatMap((s) =>
       Array.from({ length: s.logitRows }, (_, r) => (s.tokens as number[])[s.numTokens - s.logitRows + r]),
@@ -66,7 +78,8 @@ class ScriptedExecutor implements StepExecutor {
     for (const [r, token] of before.entries()) {
       this.row(token, out.subarray(r * this.vocabRows, (r + 1) * this.vocabRows));
     }
-    return out;
+    // Sampling happens where the logits are, as on a pipeline's last stage.
+    return finishStep(seqs, out, this.vocabRows);
   }
 
   /** The logits after a position holding `token`. */
@@ -379,6 +392,64 @@ describe('Scheduler: sampling and choices', () => {
     expect(new Set(r.choices.map((c) => ids(r, c.index).join())).size).toBe(4);
     expect(new Set(ex.steps.flat().map((row) => row.seqId)).size).toBe(4);
     expect(events.find((e) => e.type === 'finished')).toMatchObject({ completionTokens: 40 });
+  });
+});
+
+describe('Scheduler: a lost worker', () => {
+  test('streamed requests fail at once; the others are re-run from their prompt after resume', async () => {
+    const ex = new ScriptedExecutor();
+    const blocks = cache(16);
+    const s = new Scheduler(ex, blocks, { ...LIMITS, maxRunning: 2 });
+    const events = recorder(s);
+    let streamedTokens = 0;
+    const streaming = s.submit(
+      req([5], 20, {
+        onToken: () => {
+          // A token out, then the pipeline breaks under the next step.
+          if (++streamedTokens === 1) ex.loseWorkerNext = true;
+          return false;
+        },
+      }),
+    );
+    const prompt = Array.from({ length: 30 }, (_, i) => 10 + i); // 30 tokens: prefilling for 5 steps
+    const prefilling = s.submit(req(prompt, 3));
+    const queued = s.submit(req([40], 3)); // over maxRunning: waits in the queue
+    const err = await streaming.catch((e) => e);
+    expect(err).toBeInstanceOf(RequestFailedError);
+    expect(err.message).toMatch(/a worker was lost: stage 127\.0\.0\.1:7001 closed the stream; .*retry/);
+    expect(s.stats).toMatchObject({
+      running: 0,
+      freeBlocks: 16,
+      suspended: expect.stringMatching(/worker was lost/),
+    });
+    const sent = ex.steps.length;
+    await new Promise((r) => setTimeout(r, 30));
+    expect(ex.steps.length).toBe(sent); // nothing is sent while suspended
+    const late = s.submit(req([60], 2)); // accepted, waits for the pipeline
+    s.resume();
+    const results = await Promise.all([prefilling, queued, late]);
+    expect(results.map((r) => ids(r))).toEqual([
+      [40, 41, 42],
+      [41, 42, 43],
+      [61, 62],
+    ]);
+    // The re-run started over from its prompt.
+    expect(ex.steps.flat().filter((row) => row.tokens?.[0] === 10 && row.startPos === 0).length).toBe(2);
+    expect(
+      events.filter((e) => e.type === 'finished').map((e) => e.type === 'finished' && e.outcome),
+    ).toContain('failed');
+  });
+
+  test('while suspended, requests wait at most degradedWaitMs, then fail clearly', async () => {
+    const s = new Scheduler(new ScriptedExecutor(), cache(16), { ...LIMITS, degradedWaitMs: 300 });
+    s.suspend('worker w1 exited (SIGKILL)');
+    const started = performance.now();
+    const err = await s.submit(req([5], 3)).catch((e) => e);
+    expect(err).toBeInstanceOf(RequestFailedError);
+    expect(err.message).toMatch(/degraded \(worker w1 exited \(SIGKILL\)\) and did not recover in 0\.3 s/);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(280);
+    s.resume();
+    expect(ids(await s.submit(req([5], 3)))).toEqual([6, 7, 8]);
   });
 });
 

@@ -11,7 +11,11 @@
 // ones. With a pipelined executor up to `maxInFlight` steps on disjoint sequences run at once.
 //
 // Failure scope: an error in a step fails the requests in that step (RequestFailedError), frees
-// their KV blocks, and leaves every other request running. A cancelled request (its signal
+// their KV blocks, and leaves every other request running. Losing a worker is different
+// (ExecutorUnavailableError, or suspend() from the cluster): the KV cache of every running
+// sequence may be gone, so the scheduler suspends itself; requests that already streamed tokens
+// fail at once with a retryable error, the others go back to the queue and are re-run from their
+// prompt after resume(). While suspended no step is sent; requests wait at most `degradedWaitMs`. A cancelled request (its signal
 // aborted: a client disconnect, a gRPC cancel, a deadline) frees its blocks at once in every
 // state, in a step in flight included: every stage runs steps in order, so a later step that
 // reuses the blocks writes them after the stale step did, and reads only what it wrote.
@@ -19,13 +23,16 @@
 // Invariant, checked by the tests: once nothing is running or waiting, every block is free.
 
 import {
+  penalizes,
+  returnsLogits,
   type SampledToken,
   type SamplingParams,
-  sample,
+  type SeqStep,
+  type StepOutput,
   type TokenLogprob,
   tokenLogprob,
   validateSampling,
-} from '../generation/sampler.js';
+} from '@medcluster/worker';
 import type { BlockAllocator } from './block-allocator.js';
 import { QueueFullError, RequestError, RequestFailedError } from './errors.js';
 import {
@@ -35,7 +42,7 @@ import {
   type SchedulerEvent,
   type SchedulerObserver,
 } from './events.js';
-import type { StepExecutor } from './executor.js';
+import { ExecutorUnavailableError, type StepExecutor } from './executor.js';
 
 export type FinishReason = 'length' | 'eos' | 'stop' | 'cancelled';
 
@@ -93,6 +100,8 @@ export interface SchedulerLimits {
   maxContext: number;
   /** The model's end-of-sequence id: a stop token that ends with reason 'eos' instead of 'stop'. */
   eosTokenId: number;
+  /** While suspended (a worker lost), how long a request may wait before it fails (default 60 s). */
+  degradedWaitMs?: number;
 }
 
 /** Requests past this many choices are refused (each choice is a full sequence). */
@@ -129,6 +138,8 @@ interface RequestState {
   firstToken?: number;
   /** Set once the request resolved or rejected; nothing more happens to it. */
   settled: boolean;
+  /** Whether a generated token was handed out (it can no longer be re-run unseen). */
+  streamed: boolean;
   resolve: (r: GenerationResult) => void;
   reject: (e: Error) => void;
 }
@@ -146,6 +157,34 @@ interface StepPlan {
   rows: PlannedRow[];
   promptTokens: number;
   decodeTokens: number;
+}
+
+/** A planned row as the executor takes it: the next token is sampled where the row ends the sequence. */
+function seqStepOf({ seq, start, count, logitRows }: PlannedRow): SeqStep {
+  const { sampling, requestId } = seq.request.request;
+  const end = start + count;
+  return {
+    seqId: seq.id,
+    requestId,
+    startPos: start,
+    numTokens: count,
+    tokens: seq.tokens.slice(start, end),
+    // A copy: a cancellation frees the sequence's table while the step is in flight.
+    blockTable: [...seq.blocks],
+    logitRows,
+    ...(end === seq.tokens.length
+      ? {
+          sample: {
+            params: sampling,
+            key: { seed: sampling.seed, choice: seq.choice, position: seq.tokens.length },
+            generated: {
+              count: seq.generated.length,
+              ids: penalizes(sampling) ? seq.generated.map((t) => t.id) : [],
+            },
+          },
+        }
+      : {}),
+  };
 }
 
 /** Whether a chunk of `seq` from `start` scores prompt tokens whose logprob is still unknown. */
@@ -183,6 +222,8 @@ export class Scheduler {
   private nextStepId = 1;
   private closing = false;
   private drained?: () => void;
+  /** Why no step may run (a worker lost), and since when; undefined while serving. */
+  private suspended?: { reason: string; since: number; timer: NodeJS.Timeout };
 
   constructor(
     private readonly executor: StepExecutor,
@@ -203,7 +244,58 @@ export class Scheduler {
       stepsInFlight: this.inFlight,
       freeBlocks: this.blocks.freeBlocks,
       totalBlocks: this.blocks.numBlocks,
+      suspended: this.suspended?.reason,
     };
+  }
+
+  /**
+   * Part of the pipeline is gone (a worker died): stop sending steps. Requests that streamed
+   * tokens fail now with a retryable RequestFailedError; every other running sequence gives its
+   * blocks back and waits to be re-run from its prompt. Idempotent.
+   */
+  suspend(reason: string): void {
+    if (!this.suspended) {
+      const timer = setInterval(() => this.expireWaiting(), 250);
+      timer.unref();
+      this.suspended = { reason, since: monotonicSeconds(), timer };
+    }
+    for (const seq of [...this.running]) {
+      if (seq.state !== 'running') continue;
+      if (seq.request.streamed) {
+        this.fail(
+          seq.request,
+          new RequestFailedError(`${reason}; the request had streamed tokens and cannot continue: retry it`),
+        );
+      } else this.requeue(seq);
+    }
+  }
+
+  /** The pipeline is whole again: steps run again, re-run requests first (they are the oldest). */
+  resume(): void {
+    if (!this.suspended) return;
+    clearInterval(this.suspended.timer);
+    this.suspended = undefined;
+    this.pump();
+  }
+
+  /** While suspended: fails the requests that waited longer than degradedWaitMs. */
+  private expireWaiting(): void {
+    if (!this.suspended) return;
+    const limit = (this.limits.degradedWaitMs ?? 60_000) / 1000;
+    const now = monotonicSeconds();
+    const expired = new Set(
+      this.waiting
+        .filter((s) => now - Math.max(s.request.arrival, this.suspended?.since ?? now) > limit)
+        .map((s) => s.request),
+    );
+    for (const r of expired) {
+      this.fail(
+        r,
+        new RequestFailedError(
+          `the cluster is degraded (${this.suspended.reason}) and did not recover in ${limit} s`,
+        ),
+      );
+    }
   }
 
   /**
@@ -212,12 +304,13 @@ export class Scheduler {
    * full, RequestFailedError when a step it was in failed or the scheduler is closing.
    */
   submit(request: GenerationRequest): Promise<GenerationResult> {
+    const time = monotonicSeconds();
     try {
       this.validate(request);
     } catch (err) {
+      this.emit({ type: 'rejected', time, requestId: request.requestId, reason: 'invalid' });
       return Promise.reject(err);
     }
-    const time = monotonicSeconds();
     if (this.closing) {
       this.emit({ type: 'rejected', time, requestId: request.requestId, reason: 'closing' });
       return Promise.reject(new RequestFailedError('the server is shutting down'));
@@ -227,7 +320,15 @@ export class Scheduler {
       return Promise.reject(new QueueFullError(this.waiting.length, this.limits.maxWaiting));
     }
     return new Promise((resolve, reject) => {
-      const state: RequestState = { request, sequences: [], arrival: time, settled: false, resolve, reject };
+      const state: RequestState = {
+        request,
+        sequences: [],
+        arrival: time,
+        settled: false,
+        streamed: false,
+        resolve,
+        reject,
+      };
       for (let choice = 0; choice < request.n; choice++) {
         const order = this.nextOrder++;
         state.sequences.push({
@@ -316,7 +417,7 @@ export class Scheduler {
   }
 
   private pump(): void {
-    while (this.inFlight < this.executor.maxInFlight) {
+    while (!this.suspended && this.inFlight < this.executor.maxInFlight) {
       const plan = this.schedule();
       if (!plan) break;
       void this.run(plan);
@@ -354,6 +455,7 @@ export class Scheduler {
     // Then the queue, first come first served, while blocks are free: no preemption for these.
     while (this.waiting.length > 0 && budget > 0 && this.running.length < this.limits.maxRunning) {
       const seq = this.waiting[0];
+      if (seq.inFlight) break; // re-queued while a step that held it is still out
       const count = Math.min(seq.tokens.length - seq.computed, budget);
       if (this.blocks.blocksFor(seq.computed + count) - seq.blocks.length > this.blocks.freeBlocks) break;
       this.blocks.ensure(seq.blocks, seq.computed + count);
@@ -389,14 +491,19 @@ export class Scheduler {
     return true;
   }
 
-  private preempt(seq: Sequence): void {
+  /** Frees a running sequence's blocks and puts it back in the queue, to be recomputed. */
+  private requeue(seq: Sequence): void {
     this.blocks.release(seq.blocks);
-    const recomputeTokens = seq.tokens.length;
     seq.computed = 0;
     seq.state = 'waiting';
     this.running.splice(this.running.indexOf(seq), 1);
     // Back into the queue ahead of every younger sequence.
     insertByAge(this.waiting, seq);
+  }
+
+  private preempt(seq: Sequence): void {
+    const recomputeTokens = seq.tokens.length;
+    this.requeue(seq);
     this.emit({
       type: 'preempted',
       time: monotonicSeconds(),
@@ -410,20 +517,11 @@ export class Scheduler {
     this.inFlight++;
     for (const row of plan.rows) row.seq.inFlight = true;
     const started = monotonicSeconds();
-    let logits: Float32Array | undefined;
+    const steps = plan.rows.map(seqStepOf);
+    let output: StepOutput | undefined;
     let error: Error | undefined;
     try {
-      logits = await this.executor.execute(
-        plan.rows.map(({ seq, start, count, logitRows }) => ({
-          seqId: seq.id,
-          startPos: start,
-          numTokens: count,
-          tokens: seq.tokens.slice(start, start + count),
-          // A copy: a cancellation frees the sequence's table while the step is in flight.
-          blockTable: [...seq.blocks],
-          logitRows,
-        })),
-      );
+      output = await this.executor.execute(steps);
     } catch (err) {
       error = err instanceof Error ? err : new Error(String(err));
     }
@@ -440,7 +538,8 @@ export class Scheduler {
       duration: time - started,
       error: error?.message,
     });
-    if (logits) this.apply(plan, logits);
+    if (output) this.apply(plan, steps, output);
+    else if (error instanceof ExecutorUnavailableError) this.suspend(`a worker was lost: ${error.message}`);
     else {
       const failed = new Set(plan.rows.map((r) => r.seq.request));
       for (const r of failed)
@@ -450,12 +549,14 @@ export class Scheduler {
   }
 
   /** Advances each row's sequence, samples where the step produced logits, retires the finished. */
-  private apply(plan: StepPlan, logits: Float32Array): void {
+  private apply(plan: StepPlan, steps: readonly SeqStep[], { logits, sampled }: StepOutput): void {
     const vocab = this.executor.vocabRows;
     let row = 0;
-    for (const { seq, start, count, logitRows } of plan.rows) {
+    let next = 0;
+    for (const [i, { seq, start, count, logitRows }] of plan.rows.entries()) {
       const first = row;
-      row += logitRows;
+      if (returnsLogits(steps[i])) row += logitRows;
+      const token = steps[i].sample ? sampled[next++] : undefined;
       if (seq.state !== 'running') continue; // cancelled or failed while the step ran
       const rowOf = (r: number) => logits.subarray((first + r) * vocab, (first + r + 1) * vocab);
       // Row r holds the logits after position end - logitRows + r: they score the token after it.
@@ -467,19 +568,14 @@ export class Scheduler {
         }
       }
       seq.computed = end;
-      if (logitRows > 0 && end === seq.tokens.length) this.sampleNext(seq, rowOf(logitRows - 1));
+      if (token) this.accept(seq, token);
     }
   }
 
-  private sampleNext(seq: Sequence, logits: Float32Array): void {
+  /** A sampled token: the end of the choice (a stop token), or one more generated token. */
+  private accept(seq: Sequence, token: SampledToken): void {
     const state = seq.request;
     const { request } = state;
-    const token = sample(
-      logits,
-      request.sampling,
-      seq.generated.map((t) => t.id),
-      { seed: request.sampling.seed, choice: seq.choice, position: seq.tokens.length },
-    );
     const time = monotonicSeconds();
     state.firstToken ??= time;
     if (request.sampling.stopTokenIds.includes(token.id)) {
@@ -497,6 +593,7 @@ export class Scheduler {
       index: seq.generated.length - 1,
     });
     let stopped: boolean | undefined;
+    state.streamed = true;
     try {
       stopped = request.onToken?.(seq.choice, token) === true;
     } catch (err) {

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { InferenceClient, type inferenceV1 } from '@medcluster/proto';
-import type { LlamaConfig, SeqStep } from '@medcluster/worker';
+import { finishStep, type LlamaConfig, type SeqStep, type StepOutput } from '@medcluster/worker';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { writeTokenizerFiles } from '../../../worker/src/checkpoint/tokenizer-files.js';
 import type { ClusterEvents, ClusterHandle } from '../cluster/cluster-handle.js';
@@ -30,16 +30,16 @@ class ScriptExecutor implements StepExecutor {
   /** Milliseconds each step takes (to cancel requests mid-way). */
   stepMs = 0;
   constructor(public script: number[]) {}
-  async execute(seqs: SeqStep[]): Promise<Float32Array> {
+  async execute(seqs: SeqStep[]): Promise<StepOutput> {
     if (this.stepMs > 0) await new Promise((r) => setTimeout(r, this.stepMs));
-    const rows = seqs.filter((s) => s.logitRows > 0);
+    const rows = seqs.filter((s) => s.logitRows > 0); // one each: no prompt logprobs here
     const out = new Float32Array(rows.length * VOCAB);
     rows.forEach((s, r) => {
       const n = this.answered.get(s.seqId) ?? 0;
       this.answered.set(s.seqId, n + 1);
       out[r * VOCAB + (this.script[n] ?? 2)] = 10;
     });
-    return out;
+    return finishStep(seqs, out, VOCAB);
   }
   async close() {}
 }

@@ -6,7 +6,7 @@
 import { randomInt, randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { type inferenceV1, loadInferenceProto } from '@medcluster/proto';
-import type { SampledToken, SamplingParams } from '../generation/sampler.js';
+import type { SampledToken, SamplingParams } from '@medcluster/worker';
 import type { TextChoice, TextRequest, TextResult } from '../generation/text-generation.js';
 import { QueueFullError, RequestError, RequestFailedError } from '../scheduler/errors.js';
 import type { RequestTiming } from '../scheduler/events.js';
@@ -242,7 +242,7 @@ export function inferenceHandlers(ctx: ServingContext): grpc.UntypedServiceImple
         maxContext: c.maxPositions,
         tp: ctx.cluster.tp,
         pp: ctx.cluster.pp,
-        workers: ctx.cluster.workers(),
+        workers: ctx.cluster.workers().map((w) => ({ ...w, metricsUrl: w.metricsUrl ?? '' })),
       });
     },
   };

@@ -41,6 +41,8 @@ export interface WorkerAnnounce {
   workerId: string;
   /** host:port of the worker's gRPC server (Worker and Collective services). */
   grpcAddress: string;
+  /** host:port of its /metrics, /health and /ready, when it serves them. */
+  metricsAddress?: string;
   devices: DeviceInfo[];
   /** Memory the worker offers for its shard, in bytes. */
   memoryBytes: number;
@@ -172,6 +174,7 @@ export const workerAnnounceSchema = object<WorkerAnnounce>({
   v: version,
   workerId: id,
   grpcAddress: str({ nonEmpty: true }),
+  metricsAddress: optional(str({ nonEmpty: true })),
   devices: arrayOf(deviceInfo),
   memoryBytes: count,
   heartbeatIntervalMs: num({ min: 1 }),

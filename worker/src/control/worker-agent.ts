@@ -48,6 +48,8 @@ export interface WorkerAgentOptions {
   workerId: string;
   /** host:port of this worker's gRPC server. */
   grpcAddress: string;
+  /** host:port of its metrics server, when it runs one. */
+  metricsAddress?: string;
   devices: DeviceInfo[];
   memoryBytes: number;
   /** Heartbeat period in ms (default 1000). */
@@ -118,13 +120,14 @@ export class WorkerAgent {
   }
 
   private announce(): void {
-    const { workerId, grpcAddress, devices, memoryBytes } = this.options;
+    const { workerId, grpcAddress, metricsAddress, devices, memoryBytes } = this.options;
     this.publish(
       this.subjects.announce,
       controlCodecs.announce.encode({
         v: CONTROL_PROTOCOL_VERSION,
         workerId,
         grpcAddress,
+        ...(metricsAddress ? { metricsAddress } : {}),
         devices,
         memoryBytes,
         heartbeatIntervalMs: this.heartbeatIntervalMs,

@@ -2,6 +2,8 @@
 // generate command) and the code that runs one shard of the model.
 
 import type { DeviceCollective, Tensor } from '@medcluster/kernels';
+import type { SampleKey } from '../sampling/philox.js';
+import type { GeneratedHistory, SampledToken, SamplingParams } from '../sampling/sampler.js';
 
 /** Which part of the model a worker holds. Layers [layerStart, layerEnd). */
 export interface ShardSpec {
@@ -18,6 +20,8 @@ export interface ShardSpec {
 /** One sequence's part of a step. Positions startPos .. startPos+numTokens-1 are computed. */
 export interface SeqStep {
   seqId: string;
+  /** The request the sequence belongs to, for log lines (every stage and rank logs it). */
+  requestId?: string;
   startPos: number;
   numTokens: number;
   /** Token ids of the new positions (needed by the first stage only). */
@@ -25,10 +29,40 @@ export interface SeqStep {
   /** KV cache block ids holding positions 0 .. startPos+numTokens-1, in order. */
   blockTable: number[];
   /**
-   * How many of the step's last positions want logits: 0 (a chunk inside the prompt), 1 (the
-   * last position: the next token), or numTokens (every position: prompt logprobs).
+   * How many of the step's last positions the last stage computes logits for: 0 (a chunk inside
+   * the prompt), 1 (the last position: the next token), or numTokens (every position: prompt
+   * logprobs).
    */
   logitRows: number;
+  /**
+   * Sample the next token on the last stage from the last position's logits (needs logitRows
+   * >= 1). The step then returns the token instead of its logit row; logit rows still come back
+   * when more than that one row was asked for.
+   */
+  sample?: SampleSpec;
+}
+
+/** How the last stage samples a sequence's next token: the serving core's sampler, keyed. */
+export interface SampleSpec {
+  params: SamplingParams;
+  key: SampleKey;
+  generated: GeneratedHistory;
+}
+
+/** What a step gives back to whoever scheduled it. */
+export interface StepOutput {
+  /**
+   * Logit rows (vocabRows floats each) of the sequences that return logits (no `sample`, or
+   * logitRows > 1), their logitRows rows each, sequence after sequence in step order.
+   */
+  logits: Float32Array;
+  /** The token sampled for each sequence with `sample`, in step order. */
+  sampled: SampledToken[];
+}
+
+/** Whether a sequence's logit rows come back from the step (see SeqStep.sample). */
+export function returnsLogits(s: SeqStep): boolean {
+  return s.logitRows > 0 && (!s.sample || s.logitRows > 1);
 }
 
 /** How a stage's tensor-parallel ranks exchange tensors: through the hosts over gRPC, CUDA IPC

@@ -6,24 +6,30 @@
 
 import type * as grpc from '@grpc/grpc-js';
 import { loadWorkerProto, type workerV1 } from '@medcluster/proto';
-import type { SeqStep } from '../engine/types.js';
+import { CollectiveError } from '../collective/collective-error.js';
+import { returnsLogits } from '../engine/types.js';
+import { finishStep } from '../sampling/sample-step.js';
 import { decodeActivation, encodeActivation } from './activation.js';
+import { StageLinkError } from './stage-link.js';
+import { decodeSeqStep, encodeSampled } from './step-codec.js';
 import type { WorkerNode } from './worker-node.js';
 
-function toSeqSteps(step: workerV1.StepDescriptor__Output, withTokens: boolean): SeqStep[] {
-  return step.seqs.map((s) => ({
-    seqId: s.seqId,
-    startPos: s.startPos,
-    numTokens: s.numTokens,
-    tokens: withTokens ? s.tokenIds : undefined,
-    blockTable: s.blockTable,
-    logitRows: s.logitRows,
-  }));
-}
+/** Error codes of a StepError. STAGE_UNREACHABLE: a peer of the pipeline (the next stage, or a
+ * tensor-parallel rank) is gone, so the step's KV state is lost beyond this worker too. */
+export const STEP_ERROR = {
+  invalid: 'INVALID_STEP',
+  unreachable: 'STAGE_UNREACHABLE',
+  internal: 'INTERNAL',
+} as const;
 
 function stepError(stepId: number, err: unknown): workerV1.StageResult {
   const message = err instanceof Error ? err.message : String(err);
-  const code = err instanceof RangeError ? 'INVALID_STEP' : 'INTERNAL';
+  const code =
+    err instanceof RangeError
+      ? STEP_ERROR.invalid
+      : err instanceof StageLinkError || err instanceof CollectiveError
+        ? STEP_ERROR.unreachable
+        : STEP_ERROR.internal;
   return { stepId, error: { code, message, seqIds: [] } };
 }
 
@@ -36,36 +42,72 @@ async function runStage(
   const spec = node.spec;
   if (!spec) throw new Error(`worker ${node.options.workerId} has no shard loaded`);
   const started = performance.now();
+  if (message.activation) node.metrics?.activation('received', message.activation.data.length);
   const hidden = message.activation ? decodeActivation(message.activation) : undefined;
-  const seqs = toSeqSteps(step, spec.embeds);
-  const result = await node.runStep(seqs, hidden);
+  const seqs = step.seqs.map((s) => decodeSeqStep(s, spec.embeds));
+  const log = node.options.log;
+  let result: Awaited<ReturnType<WorkerNode['runStep']>>;
+  try {
+    result = await node.runStep(seqs, hidden);
+  } catch (err) {
+    // One line per request: a line never names two requests.
+    for (const s of seqs) {
+      log?.warn('step failed', {
+        stepId: Number(step.stepId),
+        requestId: s.requestId,
+        seqId: s.seqId,
+        stage: node.assignment?.stageIndex,
+        rank: spec.tpRank,
+        error: err instanceof Error ? err.message : String(err),
+      });
+    }
+    throw err;
+  }
   const computeMs = performance.now() - started;
+  if (log?.enabled('debug')) {
+    for (const s of seqs) {
+      log.debug('step', {
+        stepId: Number(step.stepId),
+        requestId: s.requestId,
+        seqId: s.seqId,
+        stage: node.assignment?.stageIndex,
+        rank: spec.tpRank,
+        startPos: s.startPos,
+        tokens: s.numTokens,
+        ms: Number(computeMs.toFixed(3)),
+      });
+    }
+  }
   if (spec.computesLogits) {
-    // Every rank of the last stage holds the gathered logits; rank 0 alone sends them.
+    // Every rank of the last stage holds the gathered logits; rank 0 alone samples and answers,
+    // with tokens where the step asked for them and logit rows only where it needs the rows.
+    if (spec.tpRank !== 0) return { stepId: step.stepId, output: { seqs: [] }, computeMs };
     const vocab = node.vocabRows as number;
-    const logits = result.logits as Float32Array;
+    const { logits, sampled } = finishStep(seqs, result.logits as Float32Array, vocab);
     const outputs: workerV1.SeqOutput[] = [];
-    if (spec.tpRank === 0) {
-      let row = 0;
-      for (const s of seqs) {
-        if (s.logitRows === 0) continue;
-        const bytes = s.logitRows * vocab * 4;
-        outputs.push({
-          seqId: s.seqId,
-          logits: Buffer.from(logits.buffer, logits.byteOffset + row * vocab * 4, bytes),
-        });
+    let row = 0;
+    let next = 0;
+    for (const s of seqs) {
+      if (s.logitRows === 0) continue;
+      const out: workerV1.SeqOutput = { seqId: s.seqId };
+      if (returnsLogits(s)) {
+        out.logits = Buffer.from(logits.buffer, logits.byteOffset + row * vocab * 4, s.logitRows * vocab * 4);
         row += s.logitRows;
       }
+      if (s.sample) out.sampled = encodeSampled(sampled[next++]);
+      outputs.push(out);
     }
     return { stepId: step.stepId, output: { seqs: outputs }, computeMs };
   }
   const downstream = node.downstream;
   if (!downstream) throw new Error(`worker ${node.options.workerId} has no link to the next stage`);
   const rows = seqs.reduce((n, s) => n + s.numTokens, 0);
-  const relayed = await downstream.send({
-    step,
-    activation: encodeActivation(result.hidden as Float32Array, rows),
-  });
+  const activation = encodeActivation(result.hidden as Float32Array, rows);
+  node.metrics?.activation('sent', (activation.data as Buffer).length);
+  const sent = performance.now();
+  const relayed = await downstream.send({ step, activation });
+  // The hand-off's own cost: the round trip less what the stages downstream computed.
+  node.metrics?.transfer((performance.now() - sent - relayed.computeMs) / 1000);
   return { ...relayed, computeMs: relayed.computeMs + computeMs };
 }
 

@@ -7,12 +7,16 @@ import type { Assignment } from '@medcluster/proto';
 import { openCheckpoint } from '../checkpoint/index.js';
 import { ShardRunner, type StepResult } from '../engine/shard-runner.js';
 import type { Collective, CollectiveTransport, SeqStep, ShardSpec } from '../engine/types.js';
+import type { Logger } from './log.js';
 import { StageLink } from './stage-link.js';
+import type { WorkerMetrics } from './worker-metrics.js';
 
 export type WorkerState = 'idle' | 'loading' | 'ready' | 'failed' | 'leaving';
 
 export interface WorkerNodeOptions {
   workerId: string;
+  /** Lifecycle lines, and one debug line per sequence per step (with its requestId). */
+  log?: Logger;
   device: DeviceKind;
   threads?: number;
   ordinal?: number;
@@ -37,8 +41,13 @@ export class WorkerNode {
   private collective?: Collective;
   /** Tail of the step queue: steps run strictly one after another. */
   private tail: Promise<unknown> = Promise.resolve();
+  /** Steps queued or running. */
+  private queued = 0;
 
-  constructor(readonly options: WorkerNodeOptions) {}
+  constructor(
+    readonly options: WorkerNodeOptions,
+    readonly metrics?: WorkerMetrics,
+  ) {}
 
   get spec(): ShardSpec | undefined {
     return this.assignment?.shard;
@@ -117,6 +126,7 @@ export class WorkerNode {
       this.runner = runner;
       if (assignment.downstream) this.downstream = await StageLink.connect(assignment.downstream);
       this.state = 'ready';
+      this.metrics?.idle(performance.now() / 1000);
       return { kvBlocks: runner.numBlocks };
     } catch (err) {
       this.state = 'failed';
@@ -133,10 +143,21 @@ export class WorkerNode {
       if (this.state !== 'ready' || !runner) {
         throw new WorkerStateError(`worker ${this.options.workerId} is ${this.state}, not ready for steps`);
       }
-      const result = await runner.step(seqs, hidden);
-      this.stepsCompleted++;
-      return result;
+      const started = performance.now();
+      this.metrics?.busy(started / 1000);
+      let ok = false;
+      try {
+        const result = await runner.step(seqs, hidden);
+        this.stepsCompleted++;
+        ok = true;
+        return result;
+      } finally {
+        const ended = performance.now();
+        this.metrics?.step((ended - started) / 1000, ok);
+        if (--this.queued === 0) this.metrics?.idle(ended / 1000);
+      }
     };
+    this.queued++;
     const result = this.tail.then(run, run);
     this.tail = result.catch(() => undefined);
     return result;

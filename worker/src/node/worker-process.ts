@@ -12,7 +12,9 @@ import { openStageCollective, type TransportChoice } from '../collective/stage-c
 import { WorkerAgent } from '../control/index.js';
 import type { CollectiveTransport } from '../engine/types.js';
 import { INTERNAL_GRPC_OPTIONS } from './grpc-options.js';
+import type { Logger } from './log.js';
 import { addWorkerService } from './stage-service.js';
+import { serveWorkerMetrics, WorkerMetrics, type WorkerMetricsSource } from './worker-metrics.js';
 import { WorkerNode } from './worker-node.js';
 
 export interface WorkerProcessOptions {
@@ -26,10 +28,14 @@ export interface WorkerProcessOptions {
   ordinal?: number;
   /** Memory offered for the shard, in bytes (default: this machine's free memory for CPU). */
   memoryBytes?: number;
+  /** Serve /metrics, /health and /ready on this port of the listen host (0 picks one; absent: none). */
+  metricsPort?: number;
   /** Cluster mode: announce over NATS and wait for an assignment. */
   nats?: { url: string; cluster: string };
   /** Single-machine mode: load this at start. */
   assignment?: Assignment;
+  /** Where the worker's log lines go (lifecycle; per-step lines at debug). */
+  log?: Logger;
   /** Receives lifecycle events (single-machine mode prints them as JSON lines). */
   onEvent?: (event: WorkerEvent) => void;
   /** The collective transport a tp > 1 stage asks for (default: $MEDCLUSTER_COLLECTIVE, else
@@ -38,7 +44,8 @@ export interface WorkerProcessOptions {
 }
 
 export type WorkerEvent =
-  | { event: 'listening'; workerId: string; address: string }
+  /** metricsAddress: host:port of /metrics, /health and /ready, when served. */
+  | { event: 'listening'; workerId: string; address: string; metricsAddress?: string }
   | { event: 'progress'; workerId: string; loaded: number; total: number }
   /** kvBlocks: KV cache blocks allocated (the parent's scheduler uses the least over its workers);
    * collective: the transport the stage's ranks chose (tp > 1 only). */
@@ -47,6 +54,8 @@ export type WorkerEvent =
 
 export interface RunningWorker {
   address: string;
+  /** host:port of the metrics server, when one was asked for. */
+  metricsAddress?: string;
   node: WorkerNode;
   stop(reason?: string): Promise<void>;
 }
@@ -65,6 +74,12 @@ async function loadAssignment(
   onProgress: (loaded: number, total: number) => void,
 ): Promise<Loaded> {
   const { shard } = assignment;
+  node.metrics?.assigned({
+    model: assignment.modelDir.split('/').filter(Boolean).at(-1) ?? assignment.modelDir,
+    worker: node.options.workerId,
+    stage: assignment.stageIndex,
+    rank: shard.tpRank,
+  });
   // The stage's device group is opened before the weights load, so that its buffers are
   // counted before the KV cache is sized from free memory.
   const collective =
@@ -91,12 +106,18 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
     options.collectiveTransport ??
     (process.env.MEDCLUSTER_COLLECTIVE as TransportChoice | undefined) ??
     'auto';
-  const node = new WorkerNode({
+  const nodeOptions = {
     workerId,
     device: options.device,
     threads: options.threads,
     ordinal: options.ordinal,
-  });
+    log: options.log,
+  };
+  // Read at scrape time, once `node` exists.
+  const metricsSource: WorkerMetricsSource = { state: () => node.state, kvBlocks: () => node.kvBlocks };
+  const metrics: WorkerMetrics | undefined =
+    options.metricsPort === undefined ? undefined : new WorkerMetrics(workerId, metricsSource);
+  const node: WorkerNode = new WorkerNode(nodeOptions, metrics);
   const server = new grpc.Server(INTERNAL_GRPC_OPTIONS);
   addWorkerService(server, node);
   const host = addCollectiveService(server);
@@ -106,8 +127,17 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
     ),
   );
   const bindHost = options.listen.slice(0, options.listen.lastIndexOf(':'));
-  const address = options.advertise ?? `${bindHost === '0.0.0.0' ? hostname() : bindHost}:${port}`;
-  emit({ event: 'listening', workerId, address });
+  const advertisedHost = bindHost === '0.0.0.0' ? hostname() : bindHost;
+  const address = options.advertise ?? `${advertisedHost}:${port}`;
+  const metricsServer =
+    metrics && options.metricsPort !== undefined
+      ? await serveWorkerMetrics(metrics, metricsSource, bindHost, options.metricsPort)
+      : undefined;
+  const metricsAddress = metricsServer
+    ? `${(options.advertise ?? address).slice(0, (options.advertise ?? address).lastIndexOf(':'))}:${metricsServer.port}`
+    : undefined;
+  emit({ event: 'listening', workerId, address, ...(metricsAddress ? { metricsAddress } : {}) });
+  const progress = (loaded: number, total: number) => metrics?.loadProgress(loaded, total);
 
   let nc: NatsConnection | undefined;
   let agent: WorkerAgent | undefined;
@@ -119,32 +149,37 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
       cluster: options.nats.cluster,
       workerId,
       grpcAddress: address,
+      ...(metricsAddress ? { metricsAddress } : {}),
       devices: [{ kind: options.device, index: options.ordinal ?? 0, name: options.device, memoryBytes }],
       memoryBytes,
       onAssignment: async (assignment, reporter) => {
-        const loaded = await loadAssignment(node, host, assignment, transport, (loaded, total) =>
-          reporter.progress(loaded, total),
-        );
+        const loaded = await loadAssignment(node, host, assignment, transport, (loaded, total) => {
+          progress(loaded, total);
+          reporter.progress(loaded, total);
+        });
         emit({ event: 'ready', workerId, ...loaded });
         return loaded;
       },
     });
   } else if (options.assignment) {
-    loadAssignment(node, host, options.assignment, transport, (loaded, total) =>
-      emit({ event: 'progress', workerId, loaded, total }),
-    )
+    loadAssignment(node, host, options.assignment, transport, (loaded, total) => {
+      progress(loaded, total);
+      emit({ event: 'progress', workerId, loaded, total });
+    })
       .then((loaded) => emit({ event: 'ready', workerId, ...loaded }))
       .catch((err: Error) => emit({ event: 'failed', workerId, error: err.message }));
   }
 
   return {
     address,
+    ...(metricsAddress ? { metricsAddress } : {}),
     node,
     async stop(reason = 'shutting down') {
       await agent?.leave(reason).catch(() => undefined);
       await nc?.drain().catch(() => undefined);
       await node.close().catch(() => undefined);
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      await metricsServer?.close();
     },
   };
 }

@@ -1,7 +1,8 @@
 // The one sampler: the next token as a pure function of (a row of raw logits, the request's
 // parameters, the tokens the sequence generated so far, a key). Nothing else goes in, so a
 // seeded request gives the same tokens whatever it is batched with, preemption and recompute
-// change nothing, and the same function can later run on the last stage's device.
+// change nothing, and it runs wherever the logits are: on the pipeline's last stage, which then
+// sends back token ids instead of logit rows, or in the process that holds the whole model.
 //
 // Order of operations (as vLLM and transformers apply them):
 //   1. penalties on the generated tokens: repetition (divide positive logits, multiply negative
@@ -52,6 +53,19 @@ export const GREEDY: SamplingParams = {
   minTokens: 0,
   seed: 0,
 };
+
+/** What the penalties and min_tokens need of the tokens a sequence generated so far. */
+export interface GeneratedHistory {
+  /** How many tokens it generated. */
+  count: number;
+  /** Their ids in order; may be empty when no penalty is set (min_tokens needs the count only). */
+  ids: readonly number[];
+}
+
+/** Whether `params` penalize generated tokens, so a sampler needs their ids, not only their count. */
+export function penalizes(p: SamplingParams): boolean {
+  return p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
+}
 
 export interface TokenLogprob {
   id: number;
@@ -107,7 +121,7 @@ export function argmax(values: ArrayLike<number>): number {
 export function sample(
   logits: Float32Array,
   params: SamplingParams,
-  generated: readonly number[],
+  generated: GeneratedHistory,
   key: SampleKey,
 ): SampledToken {
   const scores = adjustedScores(logits, params, generated);
@@ -118,20 +132,19 @@ export function sample(
 type Scores = Float32Array | Float64Array;
 
 /** The logits after penalties and the min_tokens mask (steps 1 and 2); the row itself when neither applies. */
-export function adjustedScores(
-  logits: Float32Array,
-  p: SamplingParams,
-  generated: readonly number[],
-): Scores {
-  const penalize =
-    generated.length > 0 &&
-    (p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0);
-  const mask = generated.length < p.minTokens && p.stopTokenIds.length > 0;
+export function adjustedScores(logits: Float32Array, p: SamplingParams, generated: GeneratedHistory): Scores {
+  const penalize = generated.count > 0 && penalizes(p);
+  const mask = generated.count < p.minTokens && p.stopTokenIds.length > 0;
   if (!penalize && !mask) return logits;
+  if (penalize && generated.ids.length !== generated.count) {
+    throw new RangeError(
+      `penalties need every generated id: ${generated.ids.length} given for ${generated.count}`,
+    );
+  }
   const scores = Float64Array.from(logits);
   if (penalize) {
     const counts = new Map<number, number>();
-    for (const id of generated) counts.set(id, (counts.get(id) ?? 0) + 1);
+    for (const id of generated.ids) counts.set(id, (counts.get(id) ?? 0) + 1);
     for (const [id, count] of counts) {
       if (id >= scores.length) continue;
       let s = scores[id];
