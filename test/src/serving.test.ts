@@ -177,6 +177,8 @@ describe('medcluster up (tp=2 x pp=2) and its public gRPC API', () => {
         new RegExp(`medcluster_worker_activation_bytes_total\\{[^}]*direction="${direction}"[^}]*\\} [1-9]`),
       );
       expect(w.kvBlocks).toBeGreaterThan(0);
+      // tp = 2 on CPU: every rank's all-reduces go through the host, and are timed.
+      expect(text).toMatch(/medcluster_worker_collective_seconds_count\{[^}]*op="all_reduce"[^}]*\} [1-9]/);
     }
   });
 

@@ -14,7 +14,12 @@ import type { CollectiveTransport } from '../engine/types.js';
 import { INTERNAL_GRPC_OPTIONS } from './grpc-options.js';
 import type { Logger } from './log.js';
 import { addWorkerService } from './stage-service.js';
-import { serveWorkerMetrics, WorkerMetrics, type WorkerMetricsSource } from './worker-metrics.js';
+import {
+  serveWorkerMetrics,
+  timedCollective,
+  WorkerMetrics,
+  type WorkerMetricsSource,
+} from './worker-metrics.js';
 import { WorkerNode } from './worker-node.js';
 
 export interface WorkerProcessOptions {
@@ -95,7 +100,11 @@ async function loadAssignment(
           log: (line) => process.emitWarning(line),
         })
       : undefined;
-  const { kvBlocks } = await node.load(assignment, collective, onProgress);
+  const { kvBlocks } = await node.load(
+    assignment,
+    collective && node.metrics ? timedCollective(collective, node.metrics) : collective,
+    onProgress,
+  );
   return collective ? { kvBlocks, collective: collective.transport } : { kvBlocks };
 }
 
