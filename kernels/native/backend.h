@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -137,6 +138,18 @@ class Backend {
   virtual int64_t endCapture() { return 0; }  // > 0: a graph handle
   virtual void replayGraph(int64_t handle) { (void)handle; }
   virtual void releaseGraph(int64_t handle) { (void)handle; }
+
+  // Checks that run on the device thread after the synchronize() of every sync, read and
+  // memoryInfo (device.cc), and may throw BackendError: failures that device code can only
+  // record in memory, such as a device collective whose peer never arrived (collective.h),
+  // surface there like an asynchronous CUDA fault.
+  void addSyncCheck(std::function<void()> check) { syncChecks_.push_back(std::move(check)); }
+  void runSyncChecks() {
+    for (auto& check : syncChecks_) check();
+  }
+
+ private:
+  std::vector<std::function<void()>> syncChecks_;
 };
 
 std::unique_ptr<Backend> createCpuBackend(int threads);

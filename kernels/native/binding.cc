@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "collective.h"
 #include "cpu/half.h"
 #include "device.h"
 
@@ -73,6 +74,13 @@ struct MemoryCompletion : PromiseCompletion {
     o.Set("totalBytes", Napi::Number::New(env, static_cast<double>(totalBytes)));
     return o;
   }
+};
+
+// A promise settled with a value that the device thread prepares (collective set-up).
+struct ValueCompletion : PromiseCompletion {
+  using PromiseCompletion::PromiseCompletion;
+  std::function<Napi::Value(Napi::Env)> make;  // set on the device thread, run on the JS thread
+  Napi::Value result(Napi::Env env) override { return make ? make(env) : env.Undefined(); }
 };
 
 struct CloseCompletion : PromiseCompletion {
@@ -133,6 +141,38 @@ struct GraphRef {
     }
   }
 };
+
+// A device collective group owned by JS (collective.h). Dropping it releases the group on
+// the device thread, after the queued work that uses it.
+struct CollectiveRef {
+  std::shared_ptr<DeviceGroup> group;
+  std::weak_ptr<Device> device;
+  void drop() {
+    if (!group) return;
+    std::shared_ptr<DeviceGroup> g = std::move(group);
+    if (auto d = device.lock()) d->enqueue("releaseCollective", [g](const std::shared_ptr<Backend>&) {});
+  }
+};
+
+Napi::Value collectiveHandle(Napi::Env env, std::shared_ptr<DeviceGroup> group, std::weak_ptr<Device> device) {
+  auto* ref = new CollectiveRef{std::move(group), std::move(device)};
+  return Napi::External<CollectiveRef>::New(env, ref, [](Napi::Env, CollectiveRef* r) {
+    r->drop();
+    delete r;
+  });
+}
+
+std::shared_ptr<DeviceGroup> collectiveArg(const Napi::Value& v) {
+  if (!v.IsExternal()) throw Napi::TypeError::New(v.Env(), "expected a collective handle");
+  CollectiveRef* ref = v.As<Napi::External<CollectiveRef>>().Data();
+  if (!ref->group) throw Napi::Error::New(v.Env(), "collective was disposed");
+  return ref->group;
+}
+
+std::vector<uint8_t> bytesArg(const Napi::Value& v) {
+  Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+  return std::vector<uint8_t>(a.Data(), a.Data() + a.ByteLength());
+}
 
 DType dtypeArg(const Napi::Value& v) {
   const int32_t t = v.As<Napi::Number>().Int32Value();
@@ -207,6 +247,14 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
             InstanceMethod<&DeviceWrap::ReleaseGraph>("releaseGraph"),
             InstanceMethod<&DeviceWrap::Read>("read"),
             InstanceMethod<&DeviceWrap::Close>("close"),
+            InstanceMethod<&DeviceWrap::PrepareIpcCollective>("prepareIpcCollective"),
+            InstanceMethod<&DeviceWrap::ConnectIpcCollective>("connectIpcCollective"),
+            InstanceMethod<&DeviceWrap::NcclVersion>("ncclVersion"),
+            InstanceMethod<&DeviceWrap::NcclUniqueId>("ncclUniqueId"),
+            InstanceMethod<&DeviceWrap::OpenNcclCollective>("openNcclCollective"),
+            InstanceMethod<&DeviceWrap::CollectiveAllReduce>("collectiveAllReduce"),
+            InstanceMethod<&DeviceWrap::CollectiveAllGatherCols>("collectiveAllGatherCols"),
+            InstanceMethod<&DeviceWrap::ReleaseCollective>("releaseCollective"),
         });
   }
 
@@ -695,6 +743,123 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     state_->began(info.Env());
     device_->complete("close", nullptr, c, true);
     return promise;
+  }
+
+  // ---- device collectives (collective.h): set-up calls settle promises; the ops queue
+  // like any op (graph-capturable).
+
+  void NoHostCollective(Napi::Env env, const char* op) {
+    if (hostMemory_)
+      throw Napi::Error::New(env, std::string(op) +
+                                      ": the cpu backend has no device collective (CPU workers use the host collective)");
+  }
+
+  // Queues work that settles a promise with the value it prepares.
+  Napi::Value Deferred(const Napi::CallbackInfo& info, const char* op,
+                       std::function<void(const std::shared_ptr<Backend>&, ValueCompletion*)> work) {
+    NotCapturing(info.Env(), op);
+    CheckOpen(info.Env());
+    NoHostCollective(info.Env(), op);
+    auto* c = new ValueCompletion(info.Env(), state_);
+    Napi::Promise promise = c->deferred.Promise();
+    state_->began(info.Env());
+    device_->complete(op, [c, work](const std::shared_ptr<Backend>& b) { work(b, c); }, c);
+    return promise;
+  }
+
+  static CollectiveOptions CollectiveArgs(const Napi::CallbackInfo& info) {
+    CollectiveOptions o;
+    o.rank = info[0].As<Napi::Number>().Int32Value();
+    o.size = info[1].As<Napi::Number>().Int32Value();
+    o.bufferBytes = static_cast<size_t>(info[2].As<Napi::Number>().Int64Value());
+    o.timeoutMs = info[3].As<Napi::Number>().Int64Value();
+    return o;
+  }
+
+  // prepareIpcCollective(rank, size, bufferBytes, timeoutMs) -> Promise<[group, handle bytes]>
+  Napi::Value PrepareIpcCollective(const Napi::CallbackInfo& info) {
+    const CollectiveOptions o = CollectiveArgs(info);
+    std::weak_ptr<Device> wd = device_;
+    return Deferred(info, "prepareIpcCollective", [o, wd](const std::shared_ptr<Backend>& b, ValueCompletion* c) {
+      std::shared_ptr<IpcGroup> g = createIpcGroup(*b, o);
+      std::vector<uint8_t> bytes = g->localHandle();
+      c->make = [g, bytes, wd](Napi::Env env) -> Napi::Value {
+        Napi::Array r = Napi::Array::New(env, 2);
+        r.Set(0u, collectiveHandle(env, g, wd));
+        r.Set(1u, Napi::Buffer<uint8_t>::Copy(env, bytes.data(), bytes.size()));
+        return r;
+      };
+    });
+  }
+
+  // connectIpcCollective(group, handles: Uint8Array[] by rank) -> Promise<void>
+  Napi::Value ConnectIpcCollective(const Napi::CallbackInfo& info) {
+    auto g = std::dynamic_pointer_cast<IpcGroup>(collectiveArg(info[0]));
+    if (!g) throw Napi::Error::New(info.Env(), "connectIpcCollective: not an ipc group");
+    Napi::Array arr = info[1].As<Napi::Array>();
+    std::vector<std::vector<uint8_t>> handles;
+    for (uint32_t i = 0; i < arr.Length(); i++) handles.push_back(bytesArg(arr.Get(i)));
+    return Deferred(info, "connectIpcCollective",
+                    [g, handles](const std::shared_ptr<Backend>&, ValueCompletion*) { g->connect(handles); });
+  }
+
+  // ncclVersion() -> Promise<number>: loads NCCL (a clear error where it is missing).
+  Napi::Value NcclVersion(const Napi::CallbackInfo& info) {
+    return Deferred(info, "ncclVersion", [](const std::shared_ptr<Backend>&, ValueCompletion* c) {
+      const int v = ncclVersionCode();
+      c->make = [v](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, v); };
+    });
+  }
+
+  // ncclUniqueId() -> Promise<Uint8Array> (rank 0 makes it for its group).
+  Napi::Value NcclUniqueId(const Napi::CallbackInfo& info) {
+    return Deferred(info, "ncclUniqueId", [](const std::shared_ptr<Backend>&, ValueCompletion* c) {
+      std::vector<uint8_t> bytes = ncclUniqueIdBytes();
+      c->make = [bytes](Napi::Env env) -> Napi::Value {
+        return Napi::Buffer<uint8_t>::Copy(env, bytes.data(), bytes.size());
+      };
+    });
+  }
+
+  // openNcclCollective(rank, size, bufferBytes, timeoutMs, uniqueId) -> Promise<group>; resolves
+  // once every rank of the group has joined.
+  Napi::Value OpenNcclCollective(const Napi::CallbackInfo& info) {
+    const CollectiveOptions o = CollectiveArgs(info);
+    std::vector<uint8_t> id = bytesArg(info[4]);
+    std::weak_ptr<Device> wd = device_;
+    return Deferred(info, "openNcclCollective", [o, id, wd](const std::shared_ptr<Backend>& b, ValueCompletion* c) {
+      std::shared_ptr<DeviceGroup> g = createNcclGroup(*b, o, id);
+      c->make = [g, wd](Napi::Env env) -> Napi::Value { return collectiveHandle(env, g, wd); };
+    });
+  }
+
+  // collectiveAllReduce(group, x): x f32 [R, C] summed in place across the group.
+  Napi::Value CollectiveAllReduce(const Napi::CallbackInfo& info) {
+    std::shared_ptr<DeviceGroup> g = collectiveArg(info[0]);
+    SlotPtr x = slotArg(info[1]);
+    CheckOpen(info.Env());
+    device_->enqueue("allReduceSum", [g, x](const std::shared_ptr<Backend>& b) { g->allReduceSum(*b, x->view(b)); });
+    return info.Env().Undefined();
+  }
+
+  // collectiveAllGatherCols(group, x, widths[]): x f32 [R, widths[rank]] -> f32 [R, sum widths].
+  Napi::Value CollectiveAllGatherCols(const Napi::CallbackInfo& info) {
+    std::shared_ptr<DeviceGroup> g = collectiveArg(info[0]);
+    SlotPtr x = slotArg(info[1]);
+    std::vector<int64_t> widths = shapeArg(info[2]);
+    int64_t total = 0;
+    for (int64_t w : widths) total += w;
+    if (x->shape.size() != 2 || static_cast<int>(widths.size()) != g->size() || widths[g->rank()] != x->shape[1])
+      throw Napi::Error::New(info.Env(), "allGatherCols: x does not match this rank's width");
+    auto out = std::make_shared<Slot>(DType::F32, std::vector<int64_t>{x->shape[0], total});
+    return NewTensor(info, out, "allGatherCols", [g, x, out, widths](const std::shared_ptr<Backend>& b) {
+      g->allGatherCols(*b, x->view(b), out->view(b), widths);
+    });
+  }
+
+  Napi::Value ReleaseCollective(const Napi::CallbackInfo& info) {
+    if (info[0].IsExternal()) info[0].As<Napi::External<CollectiveRef>>().Data()->drop();
+    return info.Env().Undefined();
   }
 
   std::shared_ptr<Device> device_;

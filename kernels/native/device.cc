@@ -107,7 +107,10 @@ void Device::loop(const Factory& factory, std::promise<std::string>* ready) {
     if (!skip) {
       try {
         if (item.work) item.work(backend_);
-        if (item.completion) backend_->synchronize();
+        if (item.completion) {
+          backend_->synchronize();
+          backend_->runSyncChecks();
+        }
       } catch (const std::exception& e) {
         failure = std::string(item.op) + ": " + e.what();
       } catch (...) {

@@ -85,6 +85,48 @@ export interface GraphBuilder<T> {
   capture(): Graph<T>;
 }
 
+/** Device collective transports: CUDA IPC (ranks of one host, also ranks sharing one GPU) and NCCL. */
+export type DeviceTransport = 'ipc' | 'nccl';
+
+/**
+ * One rank's end of a device collective group (CUDA). Its ops queue on the device's stream like
+ * any op, so a graph can capture them; every rank of the group must issue the same calls in the
+ * same order with the same shapes. Every rank gets identical bits: sums are taken in rank order
+ * 0..size-1, rounding to fp32 after each addition (the host collective's order). A peer that does
+ * not arrive within the group's timeout, or whose call differs from this rank's, fails the
+ * device's next sync/read with a KernelError naming that peer; the group then stays failed.
+ */
+export interface DeviceCollective {
+  readonly transport: DeviceTransport;
+  readonly rank: number;
+  readonly size: number;
+  /** In place: x f32 [R, C] becomes the sum over ranks of their x. */
+  allReduceSum(x: Tensor): void;
+  /** x f32 [R, widths[rank]] -> f32 [R, sum widths], rank q's columns after those of ranks < q.
+   * `widths` has one entry per rank, the same on every rank; it may be uneven (a vocabulary split). */
+  allGatherCols(x: Tensor, widths: readonly number[]): Tensor;
+  /** Releases the group once queued work that uses it has run. */
+  dispose(): void;
+}
+
+export interface DeviceCollectiveOptions {
+  rank: number;
+  size: number;
+  /** Bytes of each exchange buffer (IPC: two per rank) or of the staging area (NCCL); larger
+   * messages run in chunks. Default 8 MiB. */
+  bufferBytes?: number;
+  /** IPC: how long a rank waits for a peer inside a call before the call fails (default 5000 ms). */
+  timeoutMs?: number;
+}
+
+/** Step one of an IPC group: this rank's exchange buffers exist; hand `handle` to every peer. */
+export interface IpcCollectiveSetup {
+  /** Bytes that describe this rank's exchange buffers (a CUDA IPC handle), for every peer. */
+  readonly handle: Uint8Array;
+  /** Maps every rank's handle (indexed by rank, this rank's own included) and opens the group. */
+  connect(handles: readonly Uint8Array[]): Promise<DeviceCollective>;
+}
+
 export interface Device {
   readonly kind: DeviceKind;
   /** Human-readable device name, e.g. "cpu (8 threads)" or "NVIDIA H100 80GB HBM3". */
@@ -154,6 +196,17 @@ export interface Device {
   buildGraph<T>(issue: () => T, options?: { sharePoolWith?: Graph<unknown> }): GraphBuilder<T>;
   /** Stops the device thread after queued work; the device is unusable afterwards. */
   close(): Promise<void>;
+
+  /** CUDA: allocates this rank's IPC exchange buffers, step one of a same-host device group
+   * (the caller hands every rank's `handle` to every rank, then each calls `connect`). */
+  prepareIpcCollective(options: DeviceCollectiveOptions): Promise<IpcCollectiveSetup>;
+  /** CUDA: the version code of the NCCL loaded at run time (e.g. 22803); rejects with a message
+   * that says how to fix it where libnccl.so.2 cannot be loaded. */
+  ncclVersion(): Promise<number>;
+  /** CUDA: a fresh NCCL unique id (rank 0 makes one per group and hands it to every rank). */
+  ncclUniqueId(): Promise<Uint8Array>;
+  /** CUDA: joins an NCCL group (one rank per GPU); resolves once every rank has joined. */
+  openNcclCollective(options: DeviceCollectiveOptions & { uniqueId: Uint8Array }): Promise<DeviceCollective>;
 }
 
 export interface DeviceOptions {

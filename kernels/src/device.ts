@@ -6,6 +6,8 @@ import type {
   AttentionShape,
   AwqLinear,
   Device,
+  DeviceCollective,
+  DeviceCollectiveOptions,
   DeviceKind,
   DeviceOptions,
   DType,
@@ -13,10 +15,12 @@ import type {
   Graph,
   GraphBuilder,
   HostArray,
+  IpcCollectiveSetup,
   MemoryInfo,
   Tensor,
 } from './api.js';
 import { KernelError } from './api.js';
+import { ncclUniqueId, ncclVersion, openNcclCollective, prepareIpcCollective } from './collective.js';
 import { DTYPE_CODE, loadAddon, type NativeDevice, type NativeGraph, type NativeHandle } from './native.js';
 import { checkDtype, checkShape, describe, expect, fail, numel, positiveInt, sameShape } from './validate.js';
 
@@ -529,6 +533,27 @@ class KernelDevice implements Device {
     const native = this.#open('close');
     this.#closed = true;
     return settle(native.close());
+  }
+
+  // Device collectives: collective.ts validates and calls the addon through these two hooks.
+  tensorHandle(op: string, name: string, t: Tensor): NativeHandle {
+    this.#open(op);
+    return this.#arg(op, name, t);
+  }
+  wrapHandle(handle: NativeHandle, shape: readonly number[], dtype: DType): Tensor {
+    return this.#wrap(handle, shape, dtype);
+  }
+  prepareIpcCollective(options: DeviceCollectiveOptions): Promise<IpcCollectiveSetup> {
+    return prepareIpcCollective(this, this.#open('prepareIpcCollective'), options);
+  }
+  ncclVersion(): Promise<number> {
+    return ncclVersion(this, this.#open('ncclVersion'));
+  }
+  ncclUniqueId(): Promise<Uint8Array> {
+    return ncclUniqueId(this, this.#open('ncclUniqueId'));
+  }
+  openNcclCollective(options: DeviceCollectiveOptions & { uniqueId: Uint8Array }): Promise<DeviceCollective> {
+    return openNcclCollective(this, this.#open('openNcclCollective'), options);
   }
 }
 

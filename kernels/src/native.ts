@@ -14,6 +14,9 @@ export type NativeHandle = { readonly __nativeTensor: unique symbol };
 /** An opaque captured-graph handle owned by the addon. */
 export type NativeGraph = { readonly __nativeGraph: unique symbol };
 
+/** An opaque device collective group handle owned by the addon. */
+export type NativeCollective = { readonly __nativeCollective: unique symbol };
+
 /** dtype codes shared with backend.h's DType. */
 export const DTYPE_CODE = { f16: 0, f32: 1, i32: 2 } as const;
 
@@ -83,6 +86,26 @@ export interface NativeDevice {
   sync(): Promise<void>;
   read(handle: NativeHandle): Promise<Float32Array | Int32Array>;
   close(): Promise<void>;
+  // Device collectives (collective.h): set-up settles promises, the ops queue.
+  prepareIpcCollective(
+    rank: number,
+    size: number,
+    bufferBytes: number,
+    timeoutMs: number,
+  ): Promise<[NativeCollective, Uint8Array]>;
+  connectIpcCollective(group: NativeCollective, handles: Uint8Array[]): Promise<void>;
+  ncclVersion(): Promise<number>;
+  ncclUniqueId(): Promise<Uint8Array>;
+  openNcclCollective(
+    rank: number,
+    size: number,
+    bufferBytes: number,
+    timeoutMs: number,
+    uniqueId: Uint8Array,
+  ): Promise<NativeCollective>;
+  collectiveAllReduce(group: NativeCollective, x: NativeHandle): void;
+  collectiveAllGatherCols(group: NativeCollective, x: NativeHandle, widths: number[]): NativeHandle;
+  releaseCollective(group: NativeCollective): void;
 }
 
 export interface NativeAddon {

@@ -10,7 +10,6 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '@medcluster/worker';
 import puppeteer, { type Browser } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { REPO, startCli, stopAll, waitForStderr } from './harness/index.js';
@@ -26,18 +25,7 @@ let profile: string;
 
 beforeAll(async () => {
   const modelDir = await testModel();
-  const port = await freePort();
-  const up = startCli([
-    'up',
-    '--model',
-    modelDir,
-    '--grpc-port',
-    '0',
-    '--http-port',
-    String(port),
-    '--threads',
-    '1',
-  ]);
+  const up = startCli(['up', '--model', modelDir, '--grpc-port', '0', '--http-port', '0', '--threads', '1']);
   const html = await readFile(join(REPO, 'test/web/chat.html'));
   // The page's own origin: another port, and `localhost` where the API is 127.0.0.1.
   page = createServer((req, res) => {
@@ -64,7 +52,8 @@ beforeAll(async () => {
       'about:blank',
     ],
   });
-  await waitForStderr(up.child, /medcluster: serving .* on 127\.0\.0\.1:\d+/, 90_000);
+  // up binds the port itself (0) and names it: no race with other tests for a port chosen here.
+  const [, port] = await waitForStderr(up.child, /HTTP APIs .* on http:\/\/127\.0\.0\.1:(\d+)/, 90_000);
   api = `http://127.0.0.1:${port}`;
 });
 afterAll(async () => {

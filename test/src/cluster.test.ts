@@ -164,6 +164,10 @@ describe('tiny model over NATS and gRPC', () => {
         expect(stages).toHaveLength(pp);
         expect(stages.every((s, i) => s.layerStart === (i === 0 ? 0 : stages[i - 1].layerEnd))).toBe(true);
         expect(stages[pp - 1].layerEnd).toBe(4);
+        // The transport each stage chose reaches the coordinator: CPU ranks use the host's.
+        expect(cluster.workers().map((w) => w.collective)).toEqual(
+          Array(tp * pp).fill(tp > 1 ? 'grpc' : undefined),
+        );
         await expectSameAsOneWorker(cluster.executor, reference, promptIds);
       } finally {
         await cluster.stop();

@@ -5,7 +5,6 @@
 // leave this machine.
 
 import { InferenceClient } from '@huggingface/inference';
-import { freePort } from '@medcluster/worker';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startCli, stopAll, waitForStderr } from './harness/index.js';
@@ -21,19 +20,9 @@ const recording: typeof fetch = (input, init) => {
 
 beforeAll(async () => {
   const modelDir = await testModel();
-  const port = await freePort();
-  const up = startCli([
-    'up',
-    '--model',
-    modelDir,
-    '--grpc-port',
-    '0',
-    '--http-port',
-    String(port),
-    '--threads',
-    '1',
-  ]);
-  await waitForStderr(up.child, /medcluster: serving .* on 127\.0\.0\.1:\d+/, 90_000);
+  const up = startCli(['up', '--model', modelDir, '--grpc-port', '0', '--http-port', '0', '--threads', '1']);
+  // up binds the port itself (0) and names it: no race with other tests for a port chosen here.
+  const [, port] = await waitForStderr(up.child, /HTTP APIs .* on http:\/\/127\.0\.0\.1:(\d+)/, 90_000);
   base = `http://127.0.0.1:${port}`;
 });
 afterAll(async () => {

@@ -5,7 +5,6 @@
 // One server for the file, with one running sequence at a time and a short queue, so each
 // stage can be reached by a request on purpose.
 
-import { freePort } from '@medcluster/worker';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { runCli, startCli, stopAll, waitForStderr } from './harness/index.js';
 import { testModel } from './models.js';
@@ -17,7 +16,6 @@ type Json = any;
 
 beforeAll(async () => {
   const modelDir = await testModel({ vocabRows: 32017 });
-  const port = await freePort();
   const up = startCli([
     'up',
     '--model',
@@ -25,7 +23,7 @@ beforeAll(async () => {
     '--grpc-port',
     '0',
     '--http-port',
-    String(port),
+    '0',
     '--threads',
     '1',
     '--max-running',
@@ -37,7 +35,8 @@ beforeAll(async () => {
     '--kv-blocks',
     '256',
   ]);
-  await waitForStderr(up.child, /medcluster: serving .* on 127\.0\.0\.1:\d+/, 90_000);
+  // up binds the port itself (0) and names it: no race with other tests for a port chosen here.
+  const [, port] = await waitForStderr(up.child, /HTTP APIs .* on http:\/\/127\.0\.0\.1:(\d+)/, 90_000);
   base = `http://127.0.0.1:${port}`;
 });
 afterAll(() => stopAll());

@@ -11,7 +11,6 @@ import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { InferenceClient, type inferenceV1 } from '@medcluster/proto';
-import { freePort } from '@medcluster/worker';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { REPO, runCli, startCli, stopAll, waitForStderr } from './harness/index.js';
 import { testModel } from './models.js';
@@ -20,10 +19,10 @@ const run = promisify(execFile);
 /** Debian's interpreter: python3-grpcio and python3-grpc-tools load only there. */
 const PYTHON = '/usr/bin/python3';
 
+/** `up` on ports it picks itself (no race with other tests for a port chosen beforehand). */
 async function startUp(args: string[]): Promise<{ address: string; up: ReturnType<typeof startCli> }> {
-  const port = await freePort();
-  const up = startCli(['up', '--grpc-port', String(port), '--http-port', '0', '--threads', '1', ...args]);
-  await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:\d+/, 90_000);
+  const up = startCli(['up', '--grpc-port', '0', '--http-port', '0', '--threads', '1', ...args]);
+  const [, port] = await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:(\d+)/, 90_000);
   return { address: `127.0.0.1:${port}`, up };
 }
 
@@ -177,6 +176,8 @@ describe('medcluster up (tp=2 x pp=2) and its public gRPC API', () => {
         new RegExp(`medcluster_worker_activation_bytes_total\\{[^}]*direction="${direction}"[^}]*\\} [1-9]`),
       );
       expect(w.kvBlocks).toBeGreaterThan(0);
+      // tp = 2 on CPU: every rank's all-reduces go through the host, and are timed.
+      expect(text).toMatch(/medcluster_worker_collective_seconds_count\{[^}]*op="all_reduce"[^}]*\} [1-9]/);
     }
   });
 

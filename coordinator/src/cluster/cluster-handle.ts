@@ -12,6 +12,9 @@ export interface ClusterWorker {
   id: string;
   address: string;
   device: string;
+  /** tp > 1: how its stage's ranks exchange tensors ("grpc", "ipc" or "nccl"), as the worker
+   * reported when it was ready. */
+  collective?: string;
   stage: number;
   tpRank: number;
   layerStart: number;

@@ -127,6 +127,8 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
   /** The current process of each worker id, in id order (a restart replaces the entry). */
   const workers: LocalWorker[] = [];
   const readyTimeoutMs = options.readyTimeoutMs ?? 120_000;
+  /** The collective transport each tp > 1 worker reported when it was ready. */
+  const transports = new Map<string, string>();
 
   /** Starts worker `id` with its assignment; resolves with its KV report once it is ready. */
   const spawnWorker = (id: string): { worker: LocalWorker; ready: Promise<KvReport> } => {
@@ -174,6 +176,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
         if (event.event === 'listening') worker.metricsAddress = event.metricsAddress;
         else if (event.event === 'ready') {
           clearTimeout(timer);
+          if (event.collective !== undefined) transports.set(id, event.collective);
           resolve({ workerId: id, assigned: kvCacheOf(id), kvBlocks: event.kvBlocks });
         } else if (event.event === 'failed') {
           clearTimeout(timer);
@@ -214,8 +217,9 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
     const reports = await Promise.all(ready);
     // Only after every worker loaded: a block id is usable only if every stage and rank has it.
     const geometry = kvGeometryFromReports(reports);
+    const chosen = [...new Set(transports.values())];
     log(
-      `local cluster: ${count} workers ready (tp=${tp}, pp=${pp}); ${describeKvGeometry(geometry, reports)}`,
+      `local cluster: ${count} workers ready (tp=${tp}, pp=${pp}${chosen.length ? `, collective ${chosen.join('/')}` : ''}); ${describeKvGeometry(geometry, reports)}`,
     );
     const executor = await PipelineExecutor.connect(
       firstStageAddresses(plan, addresses),
@@ -302,6 +306,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
           id: w.id,
           address: w.address,
           device: options.device,
+          ...(transports.has(w.id) ? { collective: transports.get(w.id) } : {}),
           stage: w.stageIndex,
           tpRank: w.tpRank,
           layerStart: w.layerStart,

@@ -86,12 +86,14 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Clu
       log(`coordinator: ${reason}; the cluster is degraded`);
       events.emit('workerLost', w.id, reason);
     });
+    const transports = new Map<string, string>();
     const reports: KvReport[] = await Promise.all(
       [...assignments].map(async ([id, assignment]) => {
         const { v: _v, ...spec } = assignment;
         const ready = await registry.assign(id, spec);
+        if (ready.collective !== undefined) transports.set(id, ready.collective);
         log(
-          `coordinator: worker ${id} ready (stage ${assignment.stageIndex}, tp rank ${assignment.shard.tpRank}, ${ready.kvBlocks} KV blocks)`,
+          `coordinator: worker ${id} ready (stage ${assignment.stageIndex}, tp rank ${assignment.shard.tpRank}, ${ready.kvBlocks} KV blocks${ready.collective ? `, collective ${ready.collective}` : ''})`,
         );
         return { workerId: id, assigned: assignment.kvCache, kvBlocks: ready.kvBlocks };
       }),
@@ -115,6 +117,7 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Clu
           id,
           address: addresses.get(id) as string,
           device: devices.get(id) ?? 'cpu',
+          ...(transports.has(id) ? { collective: transports.get(id) } : {}),
           stage: a.stageIndex,
           tpRank: a.shard.tpRank,
           layerStart: a.shard.layerStart,

@@ -6,6 +6,7 @@ import { EventEmitter } from 'node:events';
 import {
   type Assignment,
   CONTROL_PROTOCOL_VERSION,
+  type CollectiveTransportName,
   type ControlCodec,
   ControlMessageError,
   type ControlSubjects,
@@ -56,6 +57,8 @@ export interface WorkerRecord {
   error?: string;
   /** KV cache blocks the worker allocated for the current assignment, once it is ready. */
   kvBlocks?: number;
+  /** tp > 1, once ready: the collective transport its stage chose. */
+  collective?: CollectiveTransportName;
   /** performance.now() of the last message from the worker. */
   lastSeenMs: number;
 }
@@ -239,6 +242,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
       record.assignmentId = m.assignmentId;
       delete record.error;
       delete record.kvBlocks;
+      delete record.collective;
     }
     record.bytesLoaded = m.bytesLoaded;
     record.bytesTotal = m.bytesTotal;
@@ -252,6 +256,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
       case 'ready':
         record.state = 'ready';
         record.kvBlocks = m.kvBlocks;
+        if (m.collective !== undefined) record.collective = m.collective;
         if (forWaiter) {
           this.waiters.delete(m.workerId);
           forWaiter.resolve({ ...record });

@@ -3,6 +3,7 @@ export {
   type Assignment,
   type AssignmentReply,
   CONTROL_PROTOCOL_VERSION,
+  type CollectiveTransportName,
   type DeviceInfo,
   type DiscoverRequest,
   ID_PATTERN,

@@ -87,6 +87,14 @@ describe('load event', () => {
     expect(codec.decode(codec.encode(loading))).toEqual(loading);
   });
 
+  it('says which transport a tensor-parallel stage chose, and refuses an unknown one', () => {
+    const codec = controlCodecs.load;
+    for (const collective of ['grpc', 'ipc', 'nccl'] as const) {
+      expect(codec.decode(codec.encode({ ...ready, collective }))).toEqual({ ...ready, collective });
+    }
+    expect(() => codec.decode(enc({ ...ready, collective: 'shm' }))).toThrow(/LoadEvent\.collective/);
+  });
+
   it('refuses a ready event without a positive block count', () => {
     const { kvBlocks: _, ...bare } = ready;
     expect(() => controlCodecs.load.decode(enc(bare))).toThrow(

@@ -141,6 +141,10 @@ export interface AssignmentReply {
   error?: string;
 }
 
+/** How a tensor-parallel stage's ranks exchange tensors: through the hosts over gRPC, CUDA IPC
+ * (ranks of one host), or NCCL (see the worker's openStageCollective). */
+export type CollectiveTransportName = 'grpc' | 'ipc' | 'nccl';
+
 /** Phase of an assignment's load. */
 export type LoadPhase = 'loading' | 'ready' | 'failed';
 
@@ -157,6 +161,8 @@ export interface LoadEvent {
   /** KV cache blocks the shard allocated; required when phase is ready. The coordinator
    * hands out only block ids that every worker holds, so it needs every worker's count. */
   kvBlocks?: number;
+  /** Phase ready, tp > 1: the transport the stage's ranks chose for their collectives. */
+  collective?: CollectiveTransportName;
 }
 
 /** Sent by a worker that leaves on purpose. */
@@ -290,6 +296,7 @@ export const loadEventSchema: Validator<LoadEvent> = (value, path) => {
     bytesTotal: count,
     message: optional(str()),
     kvBlocks: optional(positive),
+    collective: optional(oneOf('grpc', 'ipc', 'nccl')),
   })(value, path);
   if (parsed.phase === 'ready' && parsed.kvBlocks === undefined) {
     throw new ControlMessageError(

@@ -61,11 +61,16 @@ export function waitForStderr(
 ): Promise<RegExpMatchArray> {
   return new Promise((resolvePromise, reject) => {
     const lines = createInterface({ input: child.stderr as NodeJS.ReadableStream });
+    // The last lines seen, so a failure says what the process printed.
+    const tail: string[] = [];
+    const said = () => (tail.length ? `; its last lines:\n${tail.join('\n')}` : '');
     const timer = setTimeout(
-      () => reject(new Error(`no stderr line matched ${pattern} in ${timeoutMs} ms`)),
+      () => reject(new Error(`no stderr line matched ${pattern} in ${timeoutMs} ms${said()}`)),
       timeoutMs,
     );
     lines.on('line', (line) => {
+      tail.push(line);
+      if (tail.length > 20) tail.shift();
       const m = pattern.exec(line);
       if (m) {
         clearTimeout(timer);
@@ -74,7 +79,7 @@ export function waitForStderr(
     });
     child.on('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`process exited with ${code} before printing ${pattern}`));
+      reject(new Error(`process exited with ${code} before printing ${pattern}${said()}`));
     });
   });
 }

@@ -1,14 +1,30 @@
-// Collective (worker/src/engine/types.ts) among the ranks of one stage over gRPC: rank 0 reduces
+// A host-buffer collective (HostGroup) among the ranks of one stage over gRPC: rank 0 reduces
 // (RootGroup, served by its worker's gRPC server), every other rank keeps one Exchange stream to
 // it. Calls are numbered per rank (0, 1, 2, ...) and may be in flight concurrently; every rank
 // must issue the same sequence of calls.
 import * as grpc from '@grpc/grpc-js';
 import { loadWorkerProto, type workerV1 } from '@medcluster/proto';
-import type { Collective } from '../engine/types.js';
 import { CollectiveError } from './collective-error.js';
 import type { CollectiveHost } from './collective-host.js';
 import { type CollectiveOpName, FrameAssembler, splitByCounts, toFrames } from './float32-frames.js';
 import { RootGroup } from './root-group.js';
+
+/**
+ * A collective on host buffers among the ranks of one stage: the gRPC group behind the host
+ * transport (HostCollective), and the channel over which device groups exchange their set-up
+ * bytes (openStageCollective).
+ */
+export interface HostGroup {
+  readonly rank: number;
+  readonly size: number;
+  /** Element-wise fp32 sum across ranks, summed in rank order so every rank gets identical bits. */
+  allReduceSum(data: Float32Array): Promise<Float32Array>;
+  /** Every rank's buffer, indexed by rank (copied byte for byte). */
+  allGather(data: Float32Array): Promise<Float32Array[]>;
+  /** float32 payload bytes this rank has contributed to calls so far. */
+  readonly payloadBytes: number;
+  close(): Promise<void>;
+}
 
 export interface GrpcCollectiveOptions {
   /** Group name shared by the stage's ranks, e.g. "stage-0". */
@@ -42,9 +58,10 @@ const RETRY_DELAY_MS = 50;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export class GrpcCollective implements Collective {
+export class GrpcCollective implements HostGroup {
   readonly rank: number;
   readonly size: number;
+  payloadBytes = 0;
   private nextSeq = 0;
   private closed = false;
   private failure: CollectiveError | undefined;
@@ -217,6 +234,7 @@ export class GrpcCollective implements Collective {
       return Promise.reject(new CollectiveError(`group ${this.options.group} rank ${this.rank}: closed`));
     if (this.failure) return Promise.reject(this.failure);
     const seq = this.nextSeq++;
+    this.payloadBytes += data.byteLength;
     if (this.size === 1) return Promise.resolve([data.slice()]);
     if (this.root) return this.root.local(seq, op, data);
     const stream = this.stream as ExchangeStream;

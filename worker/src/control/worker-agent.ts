@@ -3,6 +3,7 @@
 import {
   type Assignment,
   CONTROL_PROTOCOL_VERSION,
+  type CollectiveTransportName,
   type ControlSubjects,
   controlCodecs,
   controlSubjects,
@@ -26,6 +27,8 @@ export interface LoadReporter {
 export interface LoadedShard {
   /** KV cache blocks allocated: the count asked for, or what the memory share held. */
   kvBlocks: number;
+  /** tp > 1: the transport the stage's ranks chose for their collectives. */
+  collective?: CollectiveTransportName;
 }
 
 /**
@@ -154,6 +157,7 @@ export class WorkerAgent {
     bytesTotal: number,
     message?: string,
     kvBlocks?: number,
+    collective?: CollectiveTransportName,
   ) {
     this.publish(
       this.subjects.load,
@@ -166,6 +170,7 @@ export class WorkerAgent {
         bytesTotal,
         ...(message !== undefined ? { message } : {}),
         ...(kvBlocks !== undefined ? { kvBlocks } : {}),
+        ...(collective !== undefined ? { collective } : {}),
       }),
     );
   }
@@ -237,7 +242,15 @@ export class WorkerAgent {
         );
       }
       this.lifecycle = 'ready';
-      this.loadEvent(assignment, 'ready', lastTotal || lastLoaded, lastTotal, undefined, loaded.kvBlocks);
+      this.loadEvent(
+        assignment,
+        'ready',
+        lastTotal || lastLoaded,
+        lastTotal,
+        undefined,
+        loaded.kvBlocks,
+        loaded.collective,
+      );
     } catch (error) {
       if (this.current !== assignment || this.lifecycle !== 'loading') return;
       this.lifecycle = 'failed';

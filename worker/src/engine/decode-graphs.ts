@@ -8,7 +8,9 @@
 // (token 0 at position 0, writing its K/V into a padding block that no sequence owns).
 // The block-table width is bucketed too, because the attention kernel's split of the
 // context is chosen from it at capture time. The first step of a bucket runs eagerly
-// (the graph's warm-up, a real step) and the next ones replay.
+// (the graph's warm-up, a real step) and the next ones replay. Tensor-parallel ranks whose
+// collective runs on the device capture its all-reduces too; their ranks must agree on every
+// step's shapes, so a bucket whose capture failed keeps its padded shapes (padBrokenBuckets).
 
 import type { Device, Graph, Tensor } from '@medcluster/kernels';
 import type { StepInputs } from './step-inputs.js';
@@ -42,6 +44,10 @@ export interface DecodeGraphsOptions {
   /** Queues one step on `t` (synchronously, the same ops every call); returns its output:
    * logits [B, vocab] on the last stage, hidden states [B, hidden] elsewhere. */
   forward: (t: StepTensors) => Tensor;
+  /** A bucket whose capture failed runs its padded shapes eagerly (instead of the step's own
+   * shapes), so that tensor-parallel ranks issue identical collectives whatever happened to
+   * each rank's capture. */
+  padBrokenBuckets?: boolean;
 }
 
 interface Bucket {
@@ -57,6 +63,8 @@ export class DecodeGraphs {
   private readonly buckets = new Map<string, Bucket>();
   /** The first captured graph; the others draw on its memory pool. */
   private poolOwner?: Graph<Tensor>;
+  /** Steps run as graph replays. */
+  replays = 0;
 
   constructor(private readonly options: DecodeGraphsOptions) {}
 
@@ -70,7 +78,7 @@ export class DecodeGraphs {
     if (!decodeStep || batch === undefined || inputs.numTokens === 0) return false;
     const width = this.widthFor(inputs.maxBlocks);
     if (width === undefined) return false;
-    return !this.buckets.get(`${batch}x${width}`)?.broken;
+    return this.options.padBrokenBuckets === true || !this.buckets.get(`${batch}x${width}`)?.broken;
   }
 
   /**
@@ -86,24 +94,36 @@ export class DecodeGraphs {
     let out: Float32Array;
     if (bucket.graph) {
       bucket.graph.replay();
+      this.replays++;
       out = (await bucket.graph.outputs.read()) as Float32Array;
+    } else if (bucket.broken) {
+      out = await this.eager(bucket);
     } else {
       out = await this.warmupAndCapture(bucket);
     }
     return out.subarray(0, (out.length / batch) * n);
   }
 
+  /** A step's output tensor, read; disposed unless it is one of the bucket's own inputs (a
+   * middle stage's output is its hidden-state input, updated in place). */
+  private async readOutput(bucket: Bucket, t: Tensor): Promise<Float32Array> {
+    try {
+      return (await t.read()) as Float32Array;
+    } finally {
+      if (t !== bucket.tensors.hidden) t.dispose();
+    }
+  }
+
+  /** The bucket's padded step, op by op (a bucket whose capture failed, padBrokenBuckets). */
+  private eager(bucket: Bucket): Promise<Float32Array> {
+    return this.readOutput(bucket, this.options.forward(bucket.tensors));
+  }
+
   private async warmupAndCapture(bucket: Bucket): Promise<Float32Array> {
     const { device, forward } = this.options;
     // One memory pool for all buckets: their graphs never run at the same time.
     const builder = device.buildGraph(() => forward(bucket.tensors), { sharePoolWith: this.poolOwner });
-    const warm = builder.warmup();
-    let out: Float32Array;
-    try {
-      out = (await warm.read()) as Float32Array;
-    } finally {
-      warm.dispose();
-    }
+    const out = await this.readOutput(bucket, builder.warmup());
     try {
       bucket.graph = builder.capture();
       await device.sync();
@@ -179,7 +199,7 @@ export class DecodeGraphs {
 
   dispose(): void {
     for (const bucket of this.buckets.values()) {
-      bucket.graph?.outputs.dispose();
+      if (bucket.graph?.outputs !== bucket.tensors.hidden) bucket.graph?.outputs.dispose();
       bucket.graph?.dispose();
       for (const t of Object.values(bucket.tensors)) t?.dispose();
     }

@@ -4,7 +4,7 @@
 // held layer (attention and MLP, each closed by a tensor-parallel all-reduce), then either
 // hand the hidden states on or, on the last stage, apply the final norm and lm_head to
 // the rows whose logits are wanted. All kernels are queued on the device; the JS thread
-// only waits at collectives and at the end.
+// waits at the end, and at the collectives only on the host (gRPC) transport.
 
 import type { Device, Tensor } from '@medcluster/kernels';
 import type { Checkpoint, LlamaConfig } from '../checkpoint/types.js';
@@ -20,6 +20,7 @@ import {
 } from './shard-weights.js';
 import { buildStepInputs, type StepInputs } from './step-inputs.js';
 import { syntheticShardWeights } from './synthetic-weights.js';
+import { vocabShard } from './tp-slice.js';
 import type { Collective, SeqStep, ShardSpec } from './types.js';
 
 /** Where a shard's weights come from: a checkpoint, or random values of a config's shapes. */
@@ -58,9 +59,12 @@ export class ShardRunner {
   private readonly cache: KvCache;
   private readonly collective?: Collective;
   private readonly dims: ReturnType<typeof localDims>;
-  /** Decode steps as CUDA graphs; absent where the backend has none or with tp > 1 (the
-   * all-reduce runs on the host between layers, which a graph cannot wait for). */
+  /** Decode steps as CUDA graphs; absent where the backend has none, or with tp > 1 on the
+   * host transport (its all-reduce runs on the host between layers, which a graph cannot wait
+   * for). With a device transport the all-reduces are inside the graph. */
   private readonly graphs?: DecodeGraphs;
+  /** Logit columns of each tensor-parallel rank (the vocabulary split, uneven where needed). */
+  private readonly vocabWidths: number[];
 
   private constructor(options: ShardRunnerOptions, weights: ShardWeights, numBlocks: number) {
     this.device = options.device;
@@ -79,8 +83,16 @@ export class ShardRunner {
       numKvHeads: this.dims.numKvHeads,
       headDim: this.config.headDim,
     });
-    if (options.decodeGraphs !== false && this.device.supportsGraphs && this.spec.tpSize === 1) {
+    this.vocabWidths = Array.from({ length: this.spec.tpSize }, (_, r) => {
+      const { start, end } = vocabShard(this.config.vocabRows, this.spec.tpSize, r);
+      return end - start;
+    });
+    const onDevice = this.spec.tpSize === 1 || this.collective?.device !== undefined;
+    if (options.decodeGraphs !== false && this.device.supportsGraphs && onDevice) {
       this.graphs = new DecodeGraphs({
+        // Every rank must take the same path with the same padded sizes, so a rank whose
+        // capture failed still runs the bucket's padded shapes (eagerly).
+        padBrokenBuckets: this.spec.tpSize > 1,
         device: this.device,
         embeds: this.spec.embeds,
         hiddenSize: this.config.hiddenSize,
@@ -185,7 +197,7 @@ export class ShardRunner {
       };
       const layers = this.layers(tensors, keep);
       let next = layers.next();
-      while (!next.done) next = layers.next(await this.allReduce(next.value, keep));
+      while (!next.done) next = layers.next(await this.allReduce(next.value));
       const x = next.value;
       if (!spec.computesLogits) return { hidden: (await x.read()) as Float32Array };
       if (inputs.logitRows.length === 0) return { logits: new Float32Array(0) };
@@ -193,8 +205,10 @@ export class ShardRunner {
         inputs.logitRows.length === T
           ? undefined
           : keep(device.fromArray(inputs.logitRows, [inputs.logitRows.length], 'i32'));
-      const local = (await keep(this.head(x, keep, rows)).read()) as Float32Array;
-      return { logits: await this.gatherVocab(local, inputs.logitRows.length) };
+      const local = keep(this.head(x, keep, rows));
+      const logits =
+        this.spec.tpSize > 1 ? keep(await this.collectiveOf().allGatherCols(local, this.vocabWidths)) : local;
+      return { logits: (await logits.read()) as Float32Array };
     } finally {
       for (const t of owned) t.dispose();
     }
@@ -204,7 +218,8 @@ export class ShardRunner {
    * Queues the held layers; returns the residual stream [T, hidden] f32. At each
    * row-parallel linear it yields the partial output and resumes with the sum across the
    * stage's ranks, so that one body serves both the eager path (which awaits the
-   * collective) and graph capture (tp = 1: the partial is the sum, no await).
+   * collective) and graph capture (no await: a device collective queues the sum in place,
+   * and with tp = 1 the partial is the sum).
    */
   private *layers(t: StepTensors, keep: <X extends Tensor>(t: X) => X): Generator<Tensor, Tensor, Tensor> {
     const { config, device, weights } = this;
@@ -267,17 +282,22 @@ export class ShardRunner {
     return device.linear(normed, weights.lmHead as Tensor, 'f32');
   }
 
-  /** The graph body: one decode step on a bucket's tensors, tp = 1, queued synchronously. */
+  /** The graph body: one decode step on a bucket's tensors, queued synchronously; with tp > 1
+   * the device collective's all-reduces and the logits' all-gather are part of it. */
   private graphForward(t: StepTensors): Tensor {
     const owned: Tensor[] = [];
     const keep = <X extends Tensor>(v: X): X => {
       owned.push(v);
       return v;
     };
+    const group = this.spec.tpSize > 1 ? this.collective?.device : undefined;
     try {
       const layers = this.layers(t, keep);
       let next = layers.next();
-      while (!next.done) next = layers.next(next.value);
+      while (!next.done) {
+        group?.allReduceSum(next.value);
+        next = layers.next(next.value);
+      }
       const x = next.value;
       if (!this.spec.computesLogits) {
         // The output outlives this call (it is the embedding's output, or the input itself).
@@ -285,33 +305,29 @@ export class ShardRunner {
         if (i >= 0) owned.splice(i, 1);
         return x;
       }
-      return this.head(x, keep);
+      const local = this.head(x, keep);
+      if (!group) return local;
+      keep(local);
+      return group.allGatherCols(local, this.vocabWidths);
     } finally {
       for (const v of owned) v.dispose();
     }
   }
 
-  /** Sums a row-parallel layer's partial outputs across the stage's ranks, in fp32. */
-  private async allReduce(partial: Tensor, keep: <X extends Tensor>(t: X) => X): Promise<Tensor> {
-    if (!this.collective || this.spec.tpSize === 1) return partial;
-    const summed = await this.collective.allReduceSum((await partial.read()) as Float32Array);
-    return keep(this.device.fromArray(summed, partial.shape, 'f32'));
+  private collectiveOf(): Collective {
+    if (!this.collective) throw new Error(`shard with tp=${this.spec.tpSize} has no collective`);
+    return this.collective;
   }
 
-  /** Joins each rank's vocabulary slice of the logits into full rows. */
-  private async gatherVocab(local: Float32Array, rows: number): Promise<Float32Array> {
-    if (!this.collective || this.spec.tpSize === 1) return local;
-    const parts = await this.collective.allGather(local);
-    const vocab = this.config.vocabRows;
-    const out = new Float32Array(rows * vocab);
-    let col = 0;
-    for (const part of parts) {
-      const width = part.length / rows;
-      for (let r = 0; r < rows; r++) out.set(part.subarray(r * width, (r + 1) * width), r * vocab + col);
-      col += width;
-    }
-    if (col !== vocab) throw new Error(`gathered ${col} logit columns, expected ${vocab}`);
-    return out;
+  /** Sums a row-parallel layer's partial outputs across the stage's ranks, in fp32, in place. */
+  private async allReduce(partial: Tensor): Promise<Tensor> {
+    if (this.spec.tpSize > 1) await this.collectiveOf().allReduceSum(partial);
+    return partial;
+  }
+
+  /** Decode steps run as graph replays since the shard was loaded. */
+  get graphReplays(): number {
+    return this.graphs?.replays ?? 0;
   }
 
   dispose(): void {

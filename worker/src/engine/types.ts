@@ -1,6 +1,7 @@
 // The contract between whoever schedules steps (the coordinator, or the single-process
 // generate command) and the code that runs one shard of the model.
 
+import type { DeviceCollective, Tensor } from '@medcluster/kernels';
 import type { SampleKey } from '../sampling/philox.js';
 import type { GeneratedHistory, SampledToken, SamplingParams } from '../sampling/sampler.js';
 
@@ -64,12 +65,36 @@ export function returnsLogits(s: SeqStep): boolean {
   return s.logitRows > 0 && (!s.sample || s.logitRows > 1);
 }
 
-/** Tensor-parallel collective among the ranks of one pipeline stage. */
+/** How a stage's tensor-parallel ranks exchange tensors: through the hosts over gRPC, CUDA IPC
+ * (ranks of one host, also ranks sharing one GPU), or NCCL (ranks of several hosts). */
+export type CollectiveTransport = 'grpc' | 'ipc' | 'nccl';
+
+/**
+ * Tensor-parallel collective among the ranks of one pipeline stage, on device tensors. Every
+ * rank must make the same calls in the same order with the same shapes. Sums are taken in rank
+ * order 0..n-1, rounding to fp32 after each addition, so every rank gets identical bits, and
+ * every transport the same bits.
+ *
+ * The device transports (ipc, nccl) queue the op on the tensor's device stream and resolve at
+ * once; a failure (a peer that does not arrive, ranks that disagree) rejects the device's next
+ * read or sync, naming the peer. Their `device` group's calls are synchronous, so a CUDA graph
+ * can capture them. The host transport (grpc) reads the tensor, exchanges it over gRPC and
+ * writes the result back before it resolves.
+ */
 export interface Collective {
   readonly rank: number;
   readonly size: number;
-  /** Element-wise fp32 sum across ranks, summed in rank order so every rank gets identical bits. */
-  allReduceSum(data: Float32Array): Promise<Float32Array>;
-  /** Every rank's buffer, indexed by rank. */
-  allGather(data: Float32Array): Promise<Float32Array[]>;
+  readonly transport: CollectiveTransport;
+  /** In place: x f32 [R, C] becomes the element-wise sum over the ranks' x. */
+  allReduceSum(x: Tensor): Promise<void>;
+  /** x f32 [R, widths[rank]] -> f32 [R, sum widths] on x's device, rank q's columns after those
+   * of ranks < q. `widths` (one per rank, the same on every rank) may be uneven. */
+  allGatherCols(x: Tensor, widths: readonly number[]): Promise<Tensor>;
+  /** The device group behind a device transport (absent for grpc). */
+  readonly device?: DeviceCollective;
+  /** float32 payload bytes this rank has sent through gRPC for collective calls since the group
+   * opened, the group's set-up exchange not counted: zero on the device transports. */
+  readonly grpcBytes: number;
+  /** Leaves the group; pending and later calls on any rank fail. */
+  close(): Promise<void>;
 }

@@ -140,6 +140,9 @@ export function workerServiceHandlers(node: WorkerNode): grpc.UntypedServiceImpl
         },
         stepsCompleted: node.stepsCompleted,
         error: node.error ?? '',
+        collectiveTransport: node.collectiveTransport ?? '',
+        collectiveGrpcBytes: node.collectiveGrpcBytes,
+        graphReplays: node.graphReplays,
       });
     },
   };

@@ -6,6 +6,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { Collective } from '../engine/types.js';
 
 const PREFIX = 'medcluster_';
 const STEP_BUCKETS = [
@@ -149,6 +150,40 @@ export class WorkerMetrics {
   collective(op: 'all_reduce' | 'all_gather', seconds: number): void {
     this.collectiveSeconds.observe({ op }, seconds);
   }
+}
+
+/**
+ * `collective` with the time each call waits through the host recorded (grpc transport). A
+ * device transport only queues its calls, so there is nothing to time from the host: it is
+ * returned as it is.
+ */
+export function timedCollective(collective: Collective, metrics: WorkerMetrics): Collective {
+  if (collective.transport !== 'grpc') return collective;
+  const timed = async <T>(op: 'all_reduce' | 'all_gather', call: () => Promise<T>): Promise<T> => {
+    const started = performance.now();
+    try {
+      return await call();
+    } finally {
+      metrics.collective(op, (performance.now() - started) / 1000);
+    }
+  };
+  return {
+    get rank() {
+      return collective.rank;
+    },
+    get size() {
+      return collective.size;
+    },
+    get transport() {
+      return collective.transport;
+    },
+    get grpcBytes() {
+      return collective.grpcBytes;
+    },
+    allReduceSum: (x) => timed('all_reduce', () => collective.allReduceSum(x)),
+    allGatherCols: (x, widths) => timed('all_gather', () => collective.allGatherCols(x, widths)),
+    close: () => collective.close(),
+  };
 }
 
 /** Serves /metrics, /health and /ready on `port` (0 picks one); resolves with the bound port. */

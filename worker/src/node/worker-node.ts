@@ -6,7 +6,7 @@ import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels'
 import type { Assignment } from '@medcluster/proto';
 import { openCheckpoint, presetConfig } from '../checkpoint/index.js';
 import { ShardRunner, type StepResult } from '../engine/shard-runner.js';
-import type { Collective, SeqStep, ShardSpec } from '../engine/types.js';
+import type { Collective, CollectiveTransport, SeqStep, ShardSpec } from '../engine/types.js';
 import type { Logger } from './log.js';
 import { StageLink } from './stage-link.js';
 import type { WorkerMetrics } from './worker-metrics.js';
@@ -38,7 +38,7 @@ export class WorkerNode {
   downstream?: StageLink;
   private device?: Device;
   private runner?: ShardRunner;
-  private collective?: Collective & { close?: () => Promise<void> | void };
+  private collective?: Collective;
   /** Tail of the step queue: steps run strictly one after another. */
   private tail: Promise<unknown> = Promise.resolve();
   /** Steps queued or running. */
@@ -62,6 +62,32 @@ export class WorkerNode {
     return this.runner?.numBlocks;
   }
 
+  /** How the stage's ranks exchange tensors (undefined for tp = 1 or before a load). */
+  get collectiveTransport(): CollectiveTransport | undefined {
+    return this.collective?.transport;
+  }
+
+  /** float32 payload bytes this rank's collective calls sent over gRPC (0 on device transports). */
+  get collectiveGrpcBytes(): number {
+    return this.collective?.grpcBytes ?? 0;
+  }
+
+  /** Decode steps run as CUDA graph replays since the shard was loaded. */
+  get graphReplays(): number {
+    return this.runner?.graphReplays ?? 0;
+  }
+
+  /** The worker's device, created on first use (a stage's device group is opened on it before
+   * the shard loads). */
+  openDevice(): Device {
+    this.device ??= createDevice({
+      kind: this.options.device,
+      threads: this.options.threads,
+      ordinal: this.options.ordinal,
+    });
+    return this.device;
+  }
+
   /**
    * Loads an assignment. `collective` joins the stage's ranks (required when tp > 1).
    * Resolves when the shard is on the device, with the number of KV cache blocks it allocated
@@ -70,7 +96,7 @@ export class WorkerNode {
    */
   async load(
     assignment: Assignment,
-    collective: (Collective & { close?: () => Promise<void> | void }) | undefined,
+    collective: Collective | undefined,
     onProgress?: (loaded: number, total: number) => void,
   ): Promise<{ kvBlocks: number }> {
     if (this.state === 'loading' || this.state === 'ready') {
@@ -150,7 +176,7 @@ export class WorkerNode {
     this.downstream = undefined;
     this.runner?.dispose();
     this.runner = undefined;
-    await this.collective?.close?.();
+    await this.collective?.close();
     this.collective = undefined;
   }
 

@@ -7,12 +7,19 @@ import * as grpc from '@grpc/grpc-js';
 import type { DeviceKind } from '@medcluster/kernels';
 import type { Assignment } from '@medcluster/proto';
 import { connect, type NatsConnection } from 'nats';
-import { addCollectiveService, type CollectiveHost, GrpcCollective } from '../collective/index.js';
+import { addCollectiveService, type CollectiveHost } from '../collective/index.js';
+import { openStageCollective, type TransportChoice } from '../collective/stage-collective.js';
 import { WorkerAgent } from '../control/index.js';
+import type { CollectiveTransport } from '../engine/types.js';
 import { INTERNAL_GRPC_OPTIONS } from './grpc-options.js';
 import type { Logger } from './log.js';
 import { addWorkerService } from './stage-service.js';
-import { serveWorkerMetrics, WorkerMetrics, type WorkerMetricsSource } from './worker-metrics.js';
+import {
+  serveWorkerMetrics,
+  timedCollective,
+  WorkerMetrics,
+  type WorkerMetricsSource,
+} from './worker-metrics.js';
 import { WorkerNode } from './worker-node.js';
 
 export interface WorkerProcessOptions {
@@ -36,14 +43,18 @@ export interface WorkerProcessOptions {
   log?: Logger;
   /** Receives lifecycle events (single-machine mode prints them as JSON lines). */
   onEvent?: (event: WorkerEvent) => void;
+  /** The collective transport a tp > 1 stage asks for (default: $MEDCLUSTER_COLLECTIVE, else
+   * auto). Every rank of a stage must ask for the same. */
+  collectiveTransport?: TransportChoice;
 }
 
 export type WorkerEvent =
   /** metricsAddress: host:port of /metrics, /health and /ready, when served. */
   | { event: 'listening'; workerId: string; address: string; metricsAddress?: string }
   | { event: 'progress'; workerId: string; loaded: number; total: number }
-  /** kvBlocks: KV cache blocks allocated (the parent's scheduler uses the least over its workers). */
-  | { event: 'ready'; workerId: string; kvBlocks: number }
+  /** kvBlocks: KV cache blocks allocated (the parent's scheduler uses the least over its workers);
+   * collective: the transport the stage's ranks chose (tp > 1 only). */
+  | { event: 'ready'; workerId: string; kvBlocks: number; collective?: CollectiveTransport }
   | { event: 'failed'; workerId: string; error: string };
 
 export interface RunningWorker {
@@ -54,12 +65,19 @@ export interface RunningWorker {
   stop(reason?: string): Promise<void>;
 }
 
+/** What a loaded shard reports in its ready event. */
+interface Loaded {
+  kvBlocks: number;
+  collective?: CollectiveTransport;
+}
+
 async function loadAssignment(
   node: WorkerNode,
   host: CollectiveHost,
   assignment: Assignment,
+  transport: TransportChoice,
   onProgress: (loaded: number, total: number) => void,
-): Promise<{ kvBlocks: number }> {
+): Promise<Loaded> {
   const { shard } = assignment;
   node.metrics?.assigned({
     model: assignment.modelDir.split('/').filter(Boolean).at(-1) ?? assignment.modelDir,
@@ -67,22 +85,36 @@ async function loadAssignment(
     stage: assignment.stageIndex,
     rank: shard.tpRank,
   });
+  // The stage's device group is opened before the weights load, so that its buffers are
+  // counted before the KV cache is sized from free memory.
   const collective =
     shard.tpSize > 1
-      ? await GrpcCollective.create({
+      ? await openStageCollective({
           group: assignment.collectiveGroup,
           rank: shard.tpRank,
           size: shard.tpSize,
           peers: assignment.peers,
           host,
+          device: node.openDevice(),
+          transport,
+          log: (line) => process.emitWarning(line),
         })
       : undefined;
-  return node.load(assignment, collective, onProgress);
+  const { kvBlocks } = await node.load(
+    assignment,
+    collective && node.metrics ? timedCollective(collective, node.metrics) : collective,
+    onProgress,
+  );
+  return collective ? { kvBlocks, collective: collective.transport } : { kvBlocks };
 }
 
 export async function startWorker(options: WorkerProcessOptions): Promise<RunningWorker> {
   const emit = options.onEvent ?? (() => undefined);
   const { workerId } = options;
+  const transport =
+    options.collectiveTransport ??
+    (process.env.MEDCLUSTER_COLLECTIVE as TransportChoice | undefined) ??
+    'auto';
   const nodeOptions = {
     workerId,
     device: options.device,
@@ -130,20 +162,20 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
       devices: [{ kind: options.device, index: options.ordinal ?? 0, name: options.device, memoryBytes }],
       memoryBytes,
       onAssignment: async (assignment, reporter) => {
-        const loaded = await loadAssignment(node, host, assignment, (loaded, total) => {
+        const loaded = await loadAssignment(node, host, assignment, transport, (loaded, total) => {
           progress(loaded, total);
           reporter.progress(loaded, total);
         });
-        emit({ event: 'ready', workerId, kvBlocks: loaded.kvBlocks });
+        emit({ event: 'ready', workerId, ...loaded });
         return loaded;
       },
     });
   } else if (options.assignment) {
-    loadAssignment(node, host, options.assignment, (loaded, total) => {
+    loadAssignment(node, host, options.assignment, transport, (loaded, total) => {
       progress(loaded, total);
       emit({ event: 'progress', workerId, loaded, total });
     })
-      .then(({ kvBlocks }) => emit({ event: 'ready', workerId, kvBlocks }))
+      .then((loaded) => emit({ event: 'ready', workerId, ...loaded }))
       .catch((err: Error) => emit({ event: 'failed', workerId, error: err.message }));
   }
 

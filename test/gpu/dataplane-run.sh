@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One device call for the data plane (issue 10): the collective bench, then each mode of
+# collective-gpu.mjs (and gpu-parity.mjs) in its own process under its own limit. Logs to $OUT
+# (at most 8 files). Runs from a bundle folder DIR made by
+#   node scripts/device-bundle.mjs DIR && kernels/gpu/build-collective-bench.sh DIR
+#   cp test/gpu/dataplane-run.sh DIR/run.sh && git rev-parse HEAD > DIR/COMMIT
+# then, on the GPU machine: bash DIR/run.sh
+set -u
+D="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$D/setup.sh"
+export NCCL_NVLS_ENABLE=0
+O="${OUT:-/tmp/out}"; mkdir -p "$O"
+{
+  echo "commit $(cat "$D/COMMIT")"; date -u; nvidia-smi -L
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,compute_mode --format=csv
+  lib=$(ldconfig -p 2>/dev/null | awk '/libnccl\.so\.2/{print $NF; exit}')
+  if [ -z "$lib" ]; then
+    lib=$(python3 -c "import importlib.util,os;s=importlib.util.find_spec('nvidia.nccl');print(os.path.join(list(s.submodule_search_locations)[0],'lib','libnccl.so.2'))" 2>/dev/null)
+  fi
+  echo "libnccl: ${lib:-none found}"
+} > "$O/env.log" 2>&1
+lib=$(awk '/^libnccl: \//{print $2}' "$O/env.log")
+[ -n "$lib" ] && [ -e "$lib" ] && export LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+cat "$O/env.log"
+/tmp/node "$D/medcluster.mjs" make-model --out /tmp/tiny --preset tiny > /dev/null 2>&1 && export MEDCLUSTER_TINY_MODEL=/tmp/tiny
+part() {
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$limit" "$@" > "$O/$name.log" 2>&1
+  local rc=$?
+  echo "== $name rc=$rc ($(( $(date +%s) - t0 )) s)"
+  grep -E '^(FAIL|RESULT)|passed|skipped|rows|Error|error' "$O/$name.log" | head -40
+}
+part bench 20 "$D/medcluster-collective-bench"
+part kernels 40 /tmp/node "$D/collective-gpu.mjs" kernels
+part nccl 25 /tmp/node "$D/collective-gpu.mjs" nccl
+part processes 40 /tmp/node "$D/collective-gpu.mjs" processes
+part model 40 /tmp/node "$D/collective-gpu.mjs" model
+part cluster 60 /tmp/node "$D/collective-gpu.mjs" cluster "$D/medcluster.mjs"
+part parity 60 /tmp/node "$D/gpu-parity.mjs"
