@@ -356,7 +356,8 @@ describe('a worker killed mid-stream', () => {
         const queued = queuedPrompts.map((text) => client.generate({ text, maxTokens: 6 }).catch((e) => e));
         // Let the streams get going, then kill stage 1's worker outright.
         await new Promise((r) => setTimeout(r, 800));
-        const { stdout } = await run('pgrep', ['-f', 'worker --id w1 --listen']);
+        // Only this up's worker: other checkouts' tests may run their own w1 at the same time.
+        const { stdout } = await run('pgrep', ['-P', String(up.child.pid), '-f', 'worker --id w1 --listen']);
         const killedAt = performance.now();
         for (const pid of stdout.trim().split('\n').map(Number)) process.kill(pid, 'SIGKILL');
         const ended = await Promise.all(streams);

@@ -3,7 +3,7 @@
 
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
 import {
-  finishStep,
+  finishRunnerStep,
   type KvCacheSpec,
   type SeqStep,
   ShardRunner,
@@ -58,8 +58,7 @@ export class LocalExecutor implements StepExecutor {
   }
 
   async execute(seqs: SeqStep[]): Promise<StepOutput> {
-    const { logits } = await this.runner.step(seqs);
-    return finishStep(seqs, logits as Float32Array, this.vocabRows);
+    return finishRunnerStep(seqs, await this.runner.step(seqs), this.vocabRows);
   }
 
   async close(): Promise<void> {

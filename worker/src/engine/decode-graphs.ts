@@ -86,44 +86,70 @@ export class DecodeGraphs {
    * sequences: [n, cols] flattened.
    */
   async run(inputs: StepInputs, hidden?: Float32Array): Promise<Float32Array> {
+    return (await this.step(inputs, hidden, (t) => t.read())) as Float32Array;
+  }
+
+  /** Like run on the last stage, but each output row (logits) comes back as its argmax: the
+   * reduction runs on the device after the replay, and only the ids are read. */
+  async runArgmax(inputs: StepInputs, hidden?: Float32Array): Promise<Int32Array> {
+    const { device } = this.options;
+    return (await this.step(inputs, hidden, async (t) => {
+      const ids = device.argmax(t);
+      try {
+        return await ids.read();
+      } finally {
+        ids.dispose();
+      }
+    })) as Int32Array;
+  }
+
+  private async step(
+    inputs: StepInputs,
+    hidden: Float32Array | undefined,
+    read: (t: Tensor) => Promise<Float32Array | Int32Array>,
+  ): Promise<Float32Array | Int32Array> {
     const n = inputs.numTokens;
     const batch = bucketFor(BATCH_BUCKETS, n) as number;
     const width = this.widthFor(inputs.maxBlocks) as number;
     const bucket = this.bucket(batch, width);
     this.writeInputs(bucket, inputs, hidden);
-    let out: Float32Array;
+    let out: Float32Array | Int32Array;
     if (bucket.graph) {
       bucket.graph.replay();
       this.replays++;
-      out = (await bucket.graph.outputs.read()) as Float32Array;
+      out = await read(bucket.graph.outputs);
     } else if (bucket.broken) {
-      out = await this.eager(bucket);
+      out = await this.eager(bucket, read);
     } else {
-      out = await this.warmupAndCapture(bucket);
+      out = await this.warmupAndCapture(bucket, read);
     }
     return out.subarray(0, (out.length / batch) * n);
   }
 
   /** A step's output tensor, read; disposed unless it is one of the bucket's own inputs (a
    * middle stage's output is its hidden-state input, updated in place). */
-  private async readOutput(bucket: Bucket, t: Tensor): Promise<Float32Array> {
+  private async readOutput(
+    bucket: Bucket,
+    t: Tensor,
+    read: (t: Tensor) => Promise<Float32Array | Int32Array>,
+  ): Promise<Float32Array | Int32Array> {
     try {
-      return (await t.read()) as Float32Array;
+      return await read(t);
     } finally {
       if (t !== bucket.tensors.hidden) t.dispose();
     }
   }
 
   /** The bucket's padded step, op by op (a bucket whose capture failed, padBrokenBuckets). */
-  private eager(bucket: Bucket): Promise<Float32Array> {
-    return this.readOutput(bucket, this.options.forward(bucket.tensors));
+  private eager(bucket: Bucket, read: (t: Tensor) => Promise<Float32Array | Int32Array>) {
+    return this.readOutput(bucket, this.options.forward(bucket.tensors), read);
   }
 
-  private async warmupAndCapture(bucket: Bucket): Promise<Float32Array> {
+  private async warmupAndCapture(bucket: Bucket, read: (t: Tensor) => Promise<Float32Array | Int32Array>) {
     const { device, forward } = this.options;
     // One memory pool for all buckets: their graphs never run at the same time.
     const builder = device.buildGraph(() => forward(bucket.tensors), { sharePoolWith: this.poolOwner });
-    const out = await this.readOutput(bucket, builder.warmup());
+    const out = await this.readOutput(bucket, builder.warmup(), read);
     try {
       bucket.graph = builder.capture();
       await device.sync();

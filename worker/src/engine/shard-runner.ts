@@ -8,6 +8,7 @@
 
 import type { Device, Tensor } from '@medcluster/kernels';
 import type { Checkpoint, LlamaConfig } from '../checkpoint/types.js';
+import { onlyArgmax } from '../sampling/sample-step.js';
 import { DecodeGraphs, type StepTensors } from './decode-graphs.js';
 import { KvCache } from './kv-cache.js';
 import { type KvCacheSpec, kvBlocksFromMemory } from './kv-sizing.js';
@@ -43,6 +44,9 @@ export interface StepResult {
   hidden?: Float32Array;
   /** Logits [rows, vocabRows] f32 of the rows that wanted them (last stage). */
   logits?: Float32Array;
+  /** Instead of logits when every row was a plain argmax sample (onlyArgmax): one id per row,
+   * reduced on the device, so the logits never leave it. */
+  argmax?: Int32Array;
 }
 
 function configOf(source: WeightSource): LlamaConfig {
@@ -162,15 +166,17 @@ export class ShardRunner {
       );
     }
     const decodeStep = seqs.every((s) => s.numTokens === 1 && (s.logitRows === 1 || !spec.computesLogits));
+    const argmax = spec.computesLogits && onlyArgmax(seqs);
     if (this.graphs?.fits(inputs, decodeStep)) {
+      if (argmax) return { argmax: await this.graphs.runArgmax(inputs, hidden) };
       const out = await this.graphs.run(inputs, hidden);
       return spec.computesLogits ? { logits: out } : { hidden: out };
     }
-    return this.eagerStep(inputs, hidden);
+    return this.eagerStep(inputs, hidden, argmax);
   }
 
   /** Queues the step op by op (any step shape, and every tensor-parallel step). */
-  private async eagerStep(inputs: StepInputs, hidden?: Float32Array): Promise<StepResult> {
+  private async eagerStep(inputs: StepInputs, hidden?: Float32Array, argmax = false): Promise<StepResult> {
     const { config, device, spec } = this;
     const T = inputs.numTokens;
     const owned: Tensor[] = [];
@@ -208,6 +214,7 @@ export class ShardRunner {
       const local = keep(this.head(x, keep, rows));
       const logits =
         this.spec.tpSize > 1 ? keep(await this.collectiveOf().allGatherCols(local, this.vocabWidths)) : local;
+      if (argmax) return { argmax: (await keep(device.argmax(logits)).read()) as Int32Array };
       return { logits: (await logits.read()) as Float32Array };
     } finally {
       for (const t of owned) t.dispose();

@@ -8,7 +8,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { loadWorkerProto, type workerV1 } from '@medcluster/proto';
 import { CollectiveError } from '../collective/collective-error.js';
 import { returnsLogits } from '../engine/types.js';
-import { finishStep } from '../sampling/sample-step.js';
+import { finishRunnerStep } from '../sampling/sample-step.js';
 import { decodeActivation, encodeActivation } from './activation.js';
 import { StageLinkError } from './stage-link.js';
 import { decodeSeqStep, encodeSampled } from './step-codec.js';
@@ -83,7 +83,7 @@ async function runStage(
     // with tokens where the step asked for them and logit rows only where it needs the rows.
     if (spec.tpRank !== 0) return { stepId: step.stepId, output: { seqs: [] }, computeMs };
     const vocab = node.vocabRows as number;
-    const { logits, sampled } = finishStep(seqs, result.logits as Float32Array, vocab);
+    const { logits, sampled } = finishRunnerStep(seqs, result, vocab);
     const outputs: workerV1.SeqOutput[] = [];
     let row = 0;
     let next = 0;

@@ -62,6 +62,20 @@ export interface GeneratedHistory {
   ids: readonly number[];
 }
 
+/**
+ * Whether sampling with `params` after `generated` is the plain argmax of the raw logits (greedy,
+ * nothing that changes the scores, no logprobs), so it can run where the logits are, as one
+ * argmax, without reading them.
+ */
+export function isPlainArgmax(p: SamplingParams, generated: GeneratedHistory): boolean {
+  return (
+    p.temperature === 0 &&
+    p.logprobs === undefined &&
+    !penalizes(p) &&
+    !(generated.count < p.minTokens && p.stopTokenIds.length > 0)
+  );
+}
+
 /** Whether `params` penalize generated tokens, so a sampler needs their ids, not only their count. */
 export function penalizes(p: SamplingParams): boolean {
   return p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
