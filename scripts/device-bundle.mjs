@@ -27,8 +27,12 @@ const bundle = (entry, outfile) =>
     format: 'esm',
     target: 'node20',
     outfile: join(out, outfile),
+    // Bundled CommonJS that reads files beside itself finds them through __dirname: point it
+    // where @grpc/reflection's protos are copied (step 1b), the only such read at run time.
     banner: {
-      js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+      js:
+        "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url); " +
+        "const __dirname = new URL('./grpc-reflection/build/src/implementations', import.meta.url).pathname;",
     },
     external: ['*.node'],
     logLevel: 'warning',
@@ -39,6 +43,16 @@ bundle('test/gpu/collective-gpu.ts', 'collective-gpu.mjs');
 // The bundles load the .proto files at run time (MEDCLUSTER_PROTO_ROOT, set by setup.sh).
 for (const dir of ['medcluster', 'grpc'])
   cpSync(join(root, 'proto', dir), join(out, 'proto', dir), { recursive: true });
+
+// 1b. @grpc/reflection reads its protos at ${__dirname}/../../proto (the gRPC server's reflection).
+cpSync(
+  join(
+    dirname(require.resolve('@grpc/reflection/package.json', { paths: [join(root, 'coordinator')] })),
+    'build/proto',
+  ),
+  join(out, 'grpc-reflection/build/proto'),
+  { recursive: true },
+);
 
 // 2. The addon (CUDA-enabled when built where nvcc exists).
 const addon = join(root, 'kernels/build/Release/medcluster_kernels.node');

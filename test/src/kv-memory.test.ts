@@ -162,6 +162,8 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
       '2',
       '--grpc-port',
       '0',
+      '--http-port',
+      '0',
       '--threads',
       '1',
       '--kv-memory-fraction',

@@ -21,7 +21,7 @@ const PYTHON = '/usr/bin/python3';
 
 /** `up` on ports it picks itself (no race with other tests for a port chosen beforehand). */
 async function startUp(args: string[]): Promise<{ address: string; up: ReturnType<typeof startCli> }> {
-  const up = startCli(['up', '--grpc-port', '0', '--threads', '1', ...args]);
+  const up = startCli(['up', '--grpc-port', '0', '--http-port', '0', '--threads', '1', ...args]);
   const [, port] = await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:(\d+)/, 90_000);
   return { address: `127.0.0.1:${port}`, up };
 }

@@ -1,10 +1,14 @@
-// The serving flags `up` and `coordinator` share: where the public API listens and how the
-// scheduler batches. Defaults reach the GPU's larger decode graph buckets (up to 256 rows).
+// The serving flags `up` and `coordinator` share: where the public APIs listen (gRPC and HTTP),
+// the chat template, and how the scheduler batches. Defaults reach the GPU's larger decode graph buckets (up to 256 rows).
 
 import { intFlag, UsageError } from './args.js';
 
 export const SERVE_FLAGS = {
   'grpc-port': { type: 'string', default: '50051' },
+  'http-port': { type: 'string', default: '8080' },
+  'http-max-body-bytes': { type: 'string', default: String(4 << 20) },
+  'http-cors-origins': { type: 'string', default: '*' },
+  'chat-template': { type: 'string' },
   'max-batch-tokens': { type: 'string', default: '512' },
   'max-running': { type: 'string', default: '256' },
   'max-waiting': { type: 'string', default: '1024' },
@@ -17,6 +21,13 @@ export const SERVE_FLAGS = {
 
 export const SERVE_USAGE = `Serving:
   --grpc-port 50051             public gRPC API (medcluster.v1.Inference, grpc.health.v1, reflection)
+  --http-port 8080              public HTTP APIs: OpenAI (/v1/chat/completions, /v1/completions,
+                                /v1/models), TGI (/generate, /generate_stream, /, /info, /health),
+                                GET /cluster
+  --http-max-body-bytes N       largest HTTP request body accepted (default 4 MiB; larger get 413)
+  --http-cors-origins '*'       origins whose pages may call the HTTP APIs: '*' or a comma-separated list
+  --chat-template FILE          a Jinja chat template instead of tokenizer_config.json's chat_template
+                                (without either, chat requests use a plain-text template)
   --max-batch-tokens 512        tokens per step: decode rows plus prompt chunks (GPUs prefill faster
                                 with 2048; the matmuls of larger steps run more efficiently)
   --max-running 256             most sequences holding KV blocks at once
@@ -30,6 +41,11 @@ export const SERVE_USAGE = `Serving:
 
 export interface ServeSettings {
   grpcPort: number;
+  httpPort: number;
+  httpMaxBodyBytes: number;
+  httpCorsOrigins: '*' | string[];
+  /** A chat template file to use instead of the tokenizer's. */
+  chatTemplatePath?: string;
   maxBatchTokens: number;
   maxRunning: number;
   maxWaiting: number;
@@ -48,14 +64,39 @@ function positive(value: string | undefined, name: string, min = 1): number {
   return n;
 }
 
+function port(value: string | undefined, name: string): number {
+  const n = intFlag(value, name);
+  if (n < 0 || n > 65535) throw new UsageError(`--${name} must be a port number, got ${n}`);
+  return n;
+}
+
+function origins(value: string | undefined): '*' | string[] {
+  const list = (value ?? '*')
+    .split(',')
+    .map((o) => o.trim())
+    .filter((o) => o !== '');
+  if (list.length === 0) throw new UsageError("--http-cors-origins must be '*' or a list of origins");
+  if (list.includes('*')) return '*';
+  for (const o of list) {
+    if (!/^https?:\/\/[^/]+$/.test(o))
+      throw new UsageError(`--http-cors-origins: ${o} is not an origin (scheme://host[:port], no path)`);
+  }
+  return list;
+}
+
 export function serveSettingsFromFlags(flags: ServeFlagValues): ServeSettings {
-  const grpcPort = intFlag(flags['grpc-port'], 'grpc-port');
-  if (grpcPort < 0 || grpcPort > 65535)
-    throw new UsageError(`--grpc-port must be a port number, got ${grpcPort}`);
+  const grpcPort = port(flags['grpc-port'], 'grpc-port');
+  const httpPort = port(flags['http-port'], 'http-port');
+  if (httpPort !== 0 && httpPort === grpcPort)
+    throw new UsageError(`--http-port and --grpc-port must differ, both are ${httpPort}`);
   const servedModelName = flags['served-model-name'] ?? '';
   if (servedModelName.trim() === '') throw new UsageError('--served-model-name must not be empty');
   return {
     grpcPort,
+    httpPort,
+    httpMaxBodyBytes: positive(flags['http-max-body-bytes'], 'http-max-body-bytes', 1024),
+    httpCorsOrigins: origins(flags['http-cors-origins']),
+    ...(flags['chat-template'] === undefined ? {} : { chatTemplatePath: flags['chat-template'] }),
     maxBatchTokens: positive(flags['max-batch-tokens'], 'max-batch-tokens'),
     maxRunning: positive(flags['max-running'], 'max-running'),
     maxWaiting: positive(flags['max-waiting'], 'max-waiting', 0),

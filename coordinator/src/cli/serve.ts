@@ -1,14 +1,18 @@
 // What `up` and `coordinator` share once the cluster is ready: the scheduler, the generator,
-// the public gRPC server, and an orderly shutdown on SIGINT/SIGTERM (stop admitting, let
-// in-flight requests finish within the grace period, fail the rest, stop the workers).
+// the public gRPC and HTTP servers, and an orderly shutdown on SIGINT/SIGTERM (stop admitting,
+// let in-flight requests finish within the grace period, fail the rest, stop the workers).
 
+import { readFile } from 'node:fs/promises';
 import type { LlamaConfig, Logger } from '@medcluster/worker';
 import type { ClusterHandle } from '../cluster/cluster-handle.js';
 import { TextGenerator } from '../generation/text-generation.js';
+import { createHttpServer, listenHttp } from '../http/index.js';
+import { ServingMetrics } from '../metrics/serving-metrics.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
 import type { SchedulerEvent } from '../scheduler/events.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { createServer, listen } from '../server/create-server.js';
+import type { ServingContext } from '../server/serving-context.js';
 import { loadTokenizer } from '../tokenizer/index.js';
 import type { ServeSettings } from './serve-flags.js';
 
@@ -40,7 +44,10 @@ function logEvent(log: Logger, e: SchedulerEvent): void {
 }
 
 export interface ServeOptions {
+  /** Where the tokenizer is read (and the checkpoint, unless the workers serve synthetic weights). */
   modelDir: string;
+  /** What is served, for the log (default: modelDir). */
+  label?: string;
   config: LlamaConfig;
   cluster: ClusterHandle;
   /** Interface the public API binds to. */
@@ -51,13 +58,16 @@ export interface ServeOptions {
 
 export async function serveUntilSignal({
   modelDir,
+  label = modelDir,
   config,
   cluster,
   host,
   settings,
   log,
 }: ServeOptions): Promise<void> {
-  const tokenizer = await loadTokenizer(modelDir);
+  const chatTemplate =
+    settings.chatTemplatePath === undefined ? undefined : await readChatTemplate(settings.chatTemplatePath);
+  const tokenizer = await loadTokenizer(modelDir, { chatTemplate });
   const { kvGeometry } = cluster;
   const scheduler = new Scheduler(
     cluster.executor,
@@ -79,22 +89,29 @@ export async function serveUntilSignal({
     scheduler.resume();
   });
   let draining = false;
-  const server = createServer(
-    {
-      modelName: settings.servedModelName,
-      config,
-      generator: new TextGenerator(tokenizer, scheduler, { maxTokens: settings.defaultMaxTokens }),
-      cluster,
-      healthy: () => cluster.healthy() && !draining,
-    },
-    { maxMessageBytes: settings.grpcMaxMessageBytes },
-  );
+  const serving: ServingContext = {
+    modelName: settings.servedModelName,
+    config,
+    generator: new TextGenerator(tokenizer, scheduler, { maxTokens: settings.defaultMaxTokens }),
+    cluster,
+    healthy: () => cluster.healthy() && !draining,
+  };
+  const server = createServer(serving, { maxMessageBytes: settings.grpcMaxMessageBytes });
+  const metrics = new ServingMetrics({ model: settings.servedModelName, scheduler, cluster });
+  const http = createHttpServer(serving, scheduler, {
+    bodyLimit: settings.httpMaxBodyBytes,
+    corsOrigins: settings.httpCorsOrigins,
+    metrics: () => metrics.scrape(),
+  });
+  const httpPort = await listenHttp(http, host, settings.httpPort);
   const port = await listen(server, `${host}:${settings.grpcPort}`);
+  const local = host === '0.0.0.0' || host === '::' ? 'localhost' : host;
+  log.info(`HTTP APIs (OpenAI /v1, TGI, /cluster, /metrics) on http://${local}:${httpPort}`);
   log.info(
-    `serving ${modelDir} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
+    `serving ${label} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
   );
   log.info(
-    `try \`npx medcluster generate --server localhost:${port} --prompt "The patient presented with"\``,
+    `try \`curl http://${local}:${httpPort}/v1/completions -H 'Content-Type: application/json' -d '{"prompt": "The patient presented with", "max_tokens": 32}'\``,
   );
   await new Promise<void>((resolve) => {
     const stop = async (signal: string) => {
@@ -106,11 +123,20 @@ export async function serveUntilSignal({
       const grace = new Promise<void>((r) => setTimeout(r, settings.shutdownGraceMs).unref());
       await Promise.race([scheduler.drain(), grace]);
       scheduler.shutdown();
-      await new Promise<void>((r) => server.tryShutdown(() => r()));
+      await Promise.all([http.close(), new Promise<void>((r) => server.tryShutdown(() => r()))]);
+      metrics.close();
       await cluster.stop();
       resolve();
     };
     process.once('SIGINT', () => void stop('SIGINT'));
     process.once('SIGTERM', () => void stop('SIGTERM'));
   });
+}
+
+async function readChatTemplate(path: string): Promise<string> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (cause) {
+    throw new Error(`--chat-template: cannot read ${path} (${(cause as Error).message})`, { cause });
+  }
 }

@@ -1,8 +1,10 @@
 // `medcluster up`: a whole cluster on this machine with no NATS: a coordinator (this process)
-// and tp x pp worker processes. Without --model it serves the tiny generated model.
+// and tp x pp worker processes. Without --model it serves the tiny generated model; with
+// --synthetic PRESET its workers serve random weights of the preset's exact shapes (no file),
+// with the generated model's tokenizer, for measurements where the checkpoint cannot be had.
 
 import type { DeviceKind } from '@medcluster/kernels';
-import { openCheckpoint } from '@medcluster/worker';
+import { openCheckpoint, presetConfig } from '@medcluster/worker';
 import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
 import { intFlag, parseFlags, UsageError } from './args.js';
@@ -11,8 +13,13 @@ import { LOG_FLAGS, LOG_USAGE, logArgs, loggerFor, logSettingsFromFlags } from '
 import { serveUntilSignal } from './serve.js';
 import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
-const USAGE = `usage: medcluster up [--model DIR] [--tp N] [--pp N] [--host 127.0.0.1] [--device cpu|cuda]
-         [--kv-blocks N | --kv-memory-fraction F] [--block-size 16] [--threads N] [serving flags]
+const USAGE = `usage: medcluster up [--model DIR | --synthetic tiny|llama-2-70b [--layers N]] [--tp N] [--pp N]
+         [--host 127.0.0.1] [--device cpu|cuda] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
+         [--threads N] [serving flags]
+
+  --synthetic PRESET   random weights of the preset's exact shapes, made on each worker's device, with
+                       the generated tokenizer (llama-2-70b: 32000 embedding rows, so ChatML's ids
+                       32017/32018 are refused: measure with /v1/completions)
 
 ${SERVE_USAGE}
 
@@ -26,6 +33,8 @@ export async function upCommand(argv: string[]): Promise<void> {
     {
       ...SERVE_FLAGS,
       model: { type: 'string' },
+      synthetic: { type: 'string' },
+      layers: { type: 'string' },
       tp: { type: 'string', default: '1' },
       pp: { type: 'string', default: '1' },
       host: { type: 'string', default: '127.0.0.1' },
@@ -52,9 +61,27 @@ export async function upCommand(argv: string[]): Promise<void> {
   const settings = serveSettingsFromFlags(flags);
   const logSettings = logSettingsFromFlags(flags);
   const log = loggerFor(logSettings, {});
+  if (flags.synthetic !== undefined && flags.model !== undefined)
+    throw new UsageError('give either --model or --synthetic, not both');
+  if (flags.layers !== undefined && flags.synthetic === undefined)
+    throw new UsageError('--layers applies to --synthetic');
+  const synthetic =
+    flags.synthetic === undefined
+      ? undefined
+      : {
+          preset: flags.synthetic,
+          seed: 1,
+          ...(flags.layers === undefined ? {} : { layers: intFlag(flags.layers, 'layers') }),
+        };
+  // Synthetic weights take the generated model's tokenizer (and its directory as modelDir).
   const modelDir = flags.model ?? (await ensureGeneratedModel());
-  const { config } = await openCheckpoint(modelDir);
-  log.info(`up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${modelDir}`);
+  const config = synthetic
+    ? presetConfig(synthetic.preset, { layers: synthetic.layers })
+    : (await openCheckpoint(modelDir)).config;
+  const label = synthetic
+    ? `synthetic ${synthetic.preset}${synthetic.layers ? ` (${synthetic.layers} layers)` : ''} weights`
+    : modelDir;
+  log.info(`up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${label}`);
   const cluster = await startLocalCluster({
     modelDir,
     config,
@@ -62,10 +89,19 @@ export async function upCommand(argv: string[]): Promise<void> {
     pp,
     device: device as DeviceKind,
     kvCache,
+    synthetic,
     threadsPerWorker: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
     workerMetrics: true,
     workerArgs: logArgs(logSettings),
     log: (line) => log.info(line),
   });
-  await serveUntilSignal({ modelDir, config, cluster, host: flags.host ?? '127.0.0.1', settings, log });
+  await serveUntilSignal({
+    modelDir,
+    label,
+    config,
+    cluster,
+    host: flags.host ?? '127.0.0.1',
+    settings,
+    log,
+  });
 }

@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { freemem } from 'node:os';
 import { createInterface } from 'node:readline';
 import { cudaDeviceCount, type DeviceKind } from '@medcluster/kernels';
-import type { Assignment, KvCacheMessage } from '@medcluster/proto';
+import type { Assignment, KvCacheMessage, SyntheticWeightsMessage } from '@medcluster/proto';
 import type { LlamaConfig, WorkerEvent } from '@medcluster/worker';
 import { freePort } from '@medcluster/worker';
 import { planPlacement } from '../placement/index.js';
@@ -34,6 +34,8 @@ export interface LocalClusterOptions {
   device: DeviceKind;
   /** A block count or a memory share for every worker; with neither, the device's default. */
   kvCache: KvCacheRequest;
+  /** Workers serve random weights of these shapes (`config` must be the preset's) instead of modelDir's. */
+  synthetic?: SyntheticWeightsMessage;
   /** Kernel threads per worker (default: this machine's cores shared among the workers). */
   threadsPerWorker?: number;
   /** Each worker serves /metrics, /health and /ready on a free port (GET /cluster lists them). */
@@ -118,6 +120,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
     kvCacheOf,
     `local-${randomUUID().slice(0, 8)}`,
   );
+  if (options.synthetic) for (const a of assignments.values()) a.synthetic = options.synthetic;
   const [exe, ...baseArgs] = options.workerCommand ?? defaultWorkerCommand();
   const threads = options.threadsPerWorker;
 

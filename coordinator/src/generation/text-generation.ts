@@ -90,6 +90,9 @@ export interface GeneratorDefaults {
   maxTokens: number;
 }
 
+/** Prompt ids the detokenizer decodes before the first generated one (as vLLM and TGI do). */
+const PROMPT_CONTEXT_IDS = 4;
+
 /** One choice's text pipeline: detokenizer, then the stop matcher. */
 class ChoiceText {
   text = '';
@@ -99,8 +102,9 @@ class ChoiceText {
   private readonly decoder;
   private readonly stops: StopMatcher;
 
-  constructor(tokenizer: LlamaTokenizer, stop: readonly string[]) {
-    this.decoder = tokenizer.detokenizer({ skipSpecial: true });
+  constructor(tokenizer: LlamaTokenizer, stop: readonly string[], promptIds: readonly number[]) {
+    // The prompt's last ids give the first generated token its context: " presented", not "presented".
+    this.decoder = tokenizer.detokenizer({ skipSpecial: true }, promptIds.slice(-PROMPT_CONTEXT_IDS));
     this.stops = new StopMatcher(stop);
   }
 
@@ -169,7 +173,7 @@ export class TextGenerator {
     }
     const texts: ChoiceText[] = [];
     const textOf = (choice: number) => {
-      texts[choice] ??= new ChoiceText(this.tokenizer, stop);
+      texts[choice] ??= new ChoiceText(this.tokenizer, stop, promptIds);
       return texts[choice];
     };
     const eos = this.tokenizer.eosTokenId;

@@ -100,9 +100,9 @@ export class LlamaTokenizer {
     return this.decode([id]);
   }
 
-  /** A streaming detokenizer for one sequence of generated ids. */
-  detokenizer(options: DecodeOptions = {}): IncrementalDetokenizer {
-    return new IncrementalDetokenizer((ids) => this.decode(ids, options));
+  /** A streaming detokenizer for one sequence of generated ids, after `context` (prompt) ids. */
+  detokenizer(options: DecodeOptions = {}, context: readonly number[] = []): IncrementalDetokenizer {
+    return new IncrementalDetokenizer((ids) => this.decode(ids, options), context);
   }
 
   get hasChatTemplate(): boolean {

@@ -12,6 +12,7 @@ export {
   type LoadEvent,
   type LoadPhase,
   type ShardSpecMessage,
+  type SyntheticWeightsMessage,
   type WorkerAnnounce,
   type WorkerHeartbeat,
   type WorkerLeave,

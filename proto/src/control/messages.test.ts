@@ -65,6 +65,20 @@ describe('KV cache message', () => {
   });
 });
 
+describe('assignment', () => {
+  it('may name synthetic weights instead of the checkpoint, validated like the rest', () => {
+    const codec = controlCodecs.assignment;
+    const synthetic = { ...assignment, synthetic: { preset: 'llama-2-70b', seed: 1, layers: 2 } };
+    expect(codec.decode(codec.encode(synthetic))).toEqual(synthetic);
+    expect(() => codec.decode(enc({ ...assignment, synthetic: { preset: '', seed: 1 } }))).toThrow(
+      /Assignment\.synthetic\.preset/,
+    );
+    expect(() => codec.decode(enc({ ...assignment, synthetic: { preset: 'tiny', seed: -1 } }))).toThrow(
+      /Assignment\.synthetic\.seed/,
+    );
+  });
+});
+
 describe('load event', () => {
   it('carries the allocated block count when ready', () => {
     const codec = controlCodecs.load;

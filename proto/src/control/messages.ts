@@ -97,13 +97,28 @@ export type KvCacheMessage = {
     }
 );
 
+/**
+ * Random weights of a generator preset's exact shapes instead of a checkpoint's (performance
+ * measurements where the real checkpoint cannot be had); the worker then reads no file.
+ */
+export interface SyntheticWeightsMessage {
+  /** A generator preset (`tiny`, `llama-2-70b`); the worker refuses one it does not know. */
+  preset: string;
+  /** Seed of the random values. */
+  seed: number;
+  /** Fewer layers than the preset has. */
+  layers?: number;
+}
+
 /** Sent by the coordinator (request/reply) to give a worker its shard. */
 export interface Assignment {
   v: 1;
   /** Unique per assignment; load events and heartbeats refer to it. */
   assignmentId: string;
-  /** Checkpoint directory on the worker's file system. */
+  /** Checkpoint directory on the worker's file system (not read when `synthetic` is set). */
   modelDir: string;
+  /** Serve random weights of these shapes instead of the checkpoint's. */
+  synthetic?: SyntheticWeightsMessage;
   stageIndex: number;
   shard: ShardSpecMessage;
   kvCache: KvCacheMessage;
@@ -222,11 +237,18 @@ export const kvCacheSchema: Validator<KvCacheMessage> = (value, path) => {
   );
 };
 
+const syntheticWeightsSchema = object<SyntheticWeightsMessage>({
+  preset: str({ nonEmpty: true }),
+  seed: count,
+  layers: optional(positive),
+});
+
 export const assignmentSchema: Validator<Assignment> = (value, path) => {
   const parsed = object<Assignment>({
     v: version,
     assignmentId: str({ nonEmpty: true }),
     modelDir: str({ nonEmpty: true }),
+    synthetic: optional(syntheticWeightsSchema),
     stageIndex: count,
     shard: shardSpecSchema,
     kvCache: kvCacheSchema,

@@ -4,7 +4,7 @@
 
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
 import type { Assignment } from '@medcluster/proto';
-import { openCheckpoint } from '../checkpoint/index.js';
+import { openCheckpoint, presetConfig } from '../checkpoint/index.js';
 import { ShardRunner, type StepResult } from '../engine/shard-runner.js';
 import type { Collective, CollectiveTransport, SeqStep, ShardSpec } from '../engine/types.js';
 import type { Logger } from './log.js';
@@ -113,11 +113,19 @@ export class WorkerNode {
         threads: this.options.threads,
         ordinal: this.options.ordinal,
       });
-      const checkpoint = await openCheckpoint(assignment.modelDir);
+      const { synthetic } = assignment;
+      const source = synthetic
+        ? {
+            synthetic: {
+              config: presetConfig(synthetic.preset, { layers: synthetic.layers }),
+              seed: synthetic.seed,
+            },
+          }
+        : { checkpoint: await openCheckpoint(assignment.modelDir) };
       this.collective = collective;
       const runner = await ShardRunner.load({
         device: this.device,
-        checkpoint,
+        ...source,
         spec: assignment.shard,
         kvCache: assignment.kvCache,
         collective,
