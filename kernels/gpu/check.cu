@@ -439,7 +439,7 @@ static void bench(Backend& b, const char* jsonPath) {
   printf("skinny: stages(M<=16)=%d splitCap=%d; core GEMV: M<=%d variant %d maxSplits %d\n", cuda::awqSkinnyStages1,
          cuda::awqSkinnySplitCap, cuda::awqCoreMaxM, cuda::awqCoreVariant, cuda::awqCoreMaxSplits);
   bool quick = getenv("MC_BENCH_QUICK") != nullptr;  // tp=1 shapes only, M <= 64, no cuBLAS
-  if (quick) {  // session 4: decode sizes, plus the worker's separate k/v and gate calls (not in the block sums)
+  if (quick) {  // decode sizes (since 168c2e1), plus the worker's separate k/v and gate calls (not in the block sums)
     Ms = {1, 2, 4, 16, 64};
     sets[0].push_back({"k/v (extra)", 8192, 1024});
     sets[0].push_back({"gate (extra)", 8192, 28672});
@@ -563,9 +563,9 @@ int main(int argc, char** argv) {
       for (auto& s : shapes) { checkAwq(*b, s[0], s[1], s[2], DType::F16); }
       checkAwq(*b, 1, 1024, 2048, DType::F32);
       checkAwq(*b, 64, 1024, 2048, DType::F32);
-      // Session 5: large M through dequantization + cuBLAS (the default from M = 256 where cuBLAS
+      // Large M (since 04550c5) through dequantization + cuBLAS (the default from M = 256 where cuBLAS
       // loads), and the same shapes on the tensor-core awqMma with that path off.
-      printf("-- session 5: dequant + cuBLAS GEMM (M >= %d), and awqMma with it off\n", cuda::awqDequantMinM);
+      printf("-- dequant + cuBLAS GEMM (M >= %d), and awqMma with it off\n", cuda::awqDequantMinM);
       for (int off = 0; off < 2; ++off) {
         const int keep = cuda::awqDequantMinM;
         if (off) cuda::awqDequantMinM = 0;
@@ -593,9 +593,9 @@ int main(int argc, char** argv) {
         checkAwq(*b, 40, 1024, 2056, DType::F32);
       }
       cuda::awqSkinnyMinBlocks = 1; cuda::awqSkinnyPipeOn = 1;
-      // Session 3: the split-K cap (splits x M <= 256) at the worker's k/v shape (N = 1024) and M = 16/64,
+      // Since fb64f51: the split-K cap (splits x M <= 256) at the worker's k/v shape (N = 1024) and M = 16/64,
       // the vectorized last-block reduction (f16 and f32 out), and the 4- and 5-stage rings of M <= 16.
-      printf("-- skinny session 3: split cap, vector reduction, ring depth 4/5\n");
+      printf("-- skinny (fb64f51): split cap, vector reduction, ring depth 4/5\n");
       for (int st = 4; st <= 5; ++st) {
         cuda::awqSkinnyStages1 = st;
         checkAwq(*b, 1, 8192, 1024, DType::F16);
@@ -608,14 +608,14 @@ int main(int argc, char** argv) {
       checkAwq(*b, 40, 2048, 1056, DType::F16);
       checkAwq(*b, 64, 4096, 264, DType::F32);  // register (non-ring) kernel with the cap
       cuda::awqSkinnySplitCap = 0;
-      checkAwq(*b, 64, 2048, 1024, DType::F16);  // uncapped (session-2 split rule)
+      checkAwq(*b, 64, 2048, 1024, DType::F16);  // uncapped (be64677 split rule)
       cuda::awqSkinnySplitCap = 256;
-      // Session 4: CUDA-core GEMV (awqCore, M <= awqCoreMaxM <= 4, default 1): every compiled variant (column tile 16/32
+      // Since 168c2e1: CUDA-core GEMV (awqCore, M <= awqCoreMaxM <= 4, default 1): every compiled variant (column tile 16/32
       // chunks, 1/2 row chunks in flight, L2 hint), M at the switch points (2/3 with the default, 4/5 with
       // M <= 4), K from 1 group (16 row chunks) to 224 groups (split-K tickets; row-chunk counts no split
       // divides), N/8 not a multiple of the 64/128-word tile (36, 132, 260 words), both output dtypes,
       // each shape twice (self-resetting tickets), and the split cap.
-      printf("-- core GEMV (session 4)\n");
+      printf("-- core GEMV (since 168c2e1)\n");
       for (int var = 0; var < 8; ++var) {
         cuda::awqCoreMaxM = 4; cuda::awqCoreVariant = var;
         printf("-- core variant %d\n", var);
@@ -654,13 +654,13 @@ int main(int argc, char** argv) {
       checkNorms(*b, 3, 8192);
       checkNorms(*b, 2, 1000);
       checkElementwise(*b);
-      // Session 5: the tensor-core prefill kernel (>= 4 tokens per sequence): G = 8, 4, 2, 1,
+      // Since 04550c5: the tensor-core prefill kernel (>= 4 tokens per sequence): G = 8, 4, 2, 1,
       // head dims 128 and 64, several sequences per step (a 64-row tile spans two), contexts past
       // the new tokens, block tables out of order; and the same on the per-token kernel.
       for (int perToken = 0; perToken < 2; ++perToken) {
         const int keep = cuda::attnPrefillMinTokensPerSeq;
         if (perToken) cuda::attnPrefillMinTokensPerSeq = 0;
-        printf("-- session 5: prefill attention on the %s kernel\n", perToken ? "per-token" : "tensor-core");
+        printf("-- since 04550c5: prefill attention on the %s kernel\n", perToken ? "per-token" : "tensor-core");
         checkAttention(*b, 64, 8, 128, {700, 301}, 300, "prefill GQA 8, 2 seqs");
         checkAttention(*b, 32, 8, 128, {77, 130, 5}, 64, "prefill GQA 4, 3 seqs");
         checkAttention(*b, 8, 4, 64, {200, 45}, 45, "prefill GQA 2 hd 64");

@@ -5,7 +5,7 @@
 // columns (2j, 2j+1), so one lop3 turns a word shifted by 4j into a half2 pair of columns.
 //
 // Kernels:
-//  - awqCore<MT, ...>: M <= awqCoreMaxM (default 1; session 4), CUDA cores, no shared memory in the main
+//  - awqCore<MT, ...>: M <= awqCoreMaxM (default 1; since 168c2e1), CUDA cores, no shared memory in the main
 //    loop: 8-16 independent 16-byte streaming loads per thread, fp32 FMAs, in-kernel split-K reduction.
 //  - awqSkinnyPipe<MI> / awqSkinny<MI>: M <= 64 (default path), tensor cores with B fragments
 //    dequantized in registers from the raw layout, one launch (split-K reduced by the last block).
@@ -22,15 +22,15 @@
 namespace medcluster {
 namespace cuda {
 
-int awqSkinnyStages1 = 4;  // cp.async ring depth of the M <= 16 skinny variant (4 or 5; 5 measured no faster, session 3)
+int awqSkinnyStages1 = 4;  // cp.async ring depth of the M <= 16 skinny variant (4 or 5; 5 measured no faster, at fb64f51)
 // Split-K cap: the last block of a column tile reads splits x M x 256 partials, so
-// splits x M is bounded (0: no cap, the session-2 behaviour; M = 64 k/v then took ~0.1 ms each).
+// splits x M is bounded (0: no cap, the behaviour at be64677; M = 64 k/v then took ~0.1 ms each).
 int awqSkinnySplitCap = 256;
-// Session 4: CUDA-core GEMV (awqCore) for M <= awqCoreMaxM (1..4 compiled; default 1); variant and split cap are bench knobs.
+// Since 168c2e1: CUDA-core GEMV (awqCore) for M <= awqCoreMaxM (1..4 compiled; default 1); variant and split cap are bench knobs.
 int awqCoreMaxM = 1;  // M = 2 measured slower than the tensor-core path (MT = 2 needs 254 registers: 1 block/SM)
 int awqCoreVariant = 0;
 int awqCoreMaxSplits = 0;  // 0: no cap beyond one wave
-// Session 5: from this M up, dequantize the weights to an f16 [K, N] scratch and run a
+// Since 04550c5: from this M up, dequantize the weights to an f16 [K, N] scratch and run a
 // cuBLAS GEMM (when cuBLAS loads): the dequantization (read K*N/2 bytes, write K*N*2) is
 // paid once per call and cuBLAS's GEMM beats awqMma at large M (0 = never).
 int awqDequantMinM = 256;
@@ -753,7 +753,7 @@ void skinnyPipe(const Ctx& c, const __half* x, const AwqWeights& w, void* out, b
 }
 
 // ---------------------------------------------------------------------------------
-// awqCore<MT, CL, U, L2P>: CUDA-core GEMV for M <= 4 (session 4). No shared memory and no
+// awqCore<MT, CL, U, L2P>: CUDA-core GEMV for M <= 4 (since 168c2e1). No shared memory and no
 // barrier in the main loop: each thread owns one 16-byte chunk (4 words = 32 columns) of a
 // CL-chunk (CL x 16 B contiguous per row) column tile and streams "row chunks" of 8
 // consecutive K rows: 8 independent 16-byte ld.global.nc.L1::no_allocate loads per row
