@@ -6,7 +6,7 @@ import { startNatsCluster } from '../cluster/nats-cluster.js';
 import { intFlag, parseFlags, requiredString } from './args.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { LOG_FLAGS, LOG_USAGE, loggerFor, logSettingsFromFlags } from './log-flags.js';
-import { serveUntilSignal } from './serve.js';
+import { openLoadingPort, serveUntilSignal } from './serve.js';
 import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
 const USAGE = `usage: medcluster coordinator --nats URL --model DIR [--cluster NAME] [--tp N] [--pp N]
@@ -51,6 +51,9 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   const settings = serveSettingsFromFlags(flags);
   const log = loggerFor(logSettingsFromFlags(flags), {});
   const { config } = await openCheckpoint(modelDir);
+  const host = flags.host ?? '0.0.0.0';
+  const loading = await openLoadingPort(host, settings);
+  log.info(`HTTP port ${loading.port} answers 503 until every worker is ready`);
   const nc = await connect({ servers: requiredString(flags.nats, 'nats'), name: 'medcluster-coordinator' });
   try {
     const cluster = await startNatsCluster({
@@ -64,7 +67,10 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       workerTimeoutMs: intFlag(flags['worker-timeout-s'], 'worker-timeout-s') * 1000,
       log: (line) => log.info(line),
     });
-    await serveUntilSignal({ modelDir, config, cluster, host: flags.host ?? '0.0.0.0', settings, log });
+    await serveUntilSignal({ modelDir, config, cluster, host, settings, log, loading });
+  } catch (err) {
+    await loading.close();
+    throw err;
   } finally {
     await nc.drain();
   }

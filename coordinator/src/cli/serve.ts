@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import type { LlamaConfig, Logger } from '@medcluster/worker';
 import type { ClusterHandle } from '../cluster/cluster-handle.js';
 import { TextGenerator } from '../generation/text-generation.js';
-import { createHttpServer, listenHttp } from '../http/index.js';
+import { createHttpServer, createLoadingServer, listenHttp } from '../http/index.js';
 import { ServingMetrics } from '../metrics/serving-metrics.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
 import type { SchedulerEvent } from '../scheduler/events.js';
@@ -54,6 +54,23 @@ export interface ServeOptions {
   host: string;
   settings: ServeSettings;
   log: Logger;
+  /** The port's 503 answers while the cluster loaded (openLoadingPort); closed as serving starts. */
+  loading?: LoadingPort;
+}
+
+export interface LoadingPort {
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the HTTP port at once, answering 503 until serving starts: a cluster takes minutes to
+ * load, and "not ready" is a clearer answer than a refused connection.
+ */
+export async function openLoadingPort(host: string, settings: ServeSettings): Promise<LoadingPort> {
+  const app = createLoadingServer(settings.httpMaxBodyBytes);
+  const port = await listenHttp(app, host, settings.httpPort);
+  return { port, close: () => app.close() };
 }
 
 export async function serveUntilSignal({
@@ -64,6 +81,7 @@ export async function serveUntilSignal({
   host,
   settings,
   log,
+  loading,
 }: ServeOptions): Promise<void> {
   const chatTemplate =
     settings.chatTemplatePath === undefined ? undefined : await readChatTemplate(settings.chatTemplatePath);
@@ -103,7 +121,9 @@ export async function serveUntilSignal({
     corsOrigins: settings.httpCorsOrigins,
     metrics: () => metrics.scrape(),
   });
-  const httpPort = await listenHttp(http, host, settings.httpPort);
+  // The loading server's port, handed over: closed, then taken by the real server at once.
+  await loading?.close();
+  const httpPort = await listenHttp(http, host, loading ? loading.port : settings.httpPort);
   const port = await listen(server, `${host}:${settings.grpcPort}`);
   const local = host === '0.0.0.0' || host === '::' ? 'localhost' : host;
   log.info(`HTTP APIs (OpenAI /v1, TGI, /cluster, /metrics) on http://${local}:${httpPort}`);

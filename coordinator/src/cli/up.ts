@@ -10,7 +10,7 @@ import { ensureGeneratedModel } from '../model-cache.js';
 import { intFlag, parseFlags, UsageError } from './args.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { LOG_FLAGS, LOG_USAGE, logArgs, loggerFor, logSettingsFromFlags } from './log-flags.js';
-import { serveUntilSignal } from './serve.js';
+import { openLoadingPort, serveUntilSignal } from './serve.js';
 import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
 const USAGE = `usage: medcluster up [--model DIR | --synthetic tiny|llama-2-70b [--layers N]] [--tp N] [--pp N]
@@ -81,7 +81,11 @@ export async function upCommand(argv: string[]): Promise<void> {
   const label = synthetic
     ? `synthetic ${synthetic.preset}${synthetic.layers ? ` (${synthetic.layers} layers)` : ''} weights`
     : modelDir;
+  const host = flags.host ?? '127.0.0.1';
+  const loading = await openLoadingPort(host, settings);
   log.info(`up: starting ${tp * pp} worker processes (tp=${tp}, pp=${pp}) for ${label}`);
+  log.info(`HTTP port ${loading.port} answers 503 until the model is loaded`);
+  // The port must not outlive a cluster that failed to start (it would keep the process alive).
   const cluster = await startLocalCluster({
     modelDir,
     config,
@@ -94,14 +98,18 @@ export async function upCommand(argv: string[]): Promise<void> {
     workerMetrics: true,
     workerArgs: logArgs(logSettings),
     log: (line) => log.info(line),
+  }).catch(async (err) => {
+    await loading.close();
+    throw err;
   });
   await serveUntilSignal({
     modelDir,
     label,
     config,
     cluster,
-    host: flags.host ?? '127.0.0.1',
+    host,
     settings,
     log,
+    loading,
   });
 }
