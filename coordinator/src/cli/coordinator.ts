@@ -65,6 +65,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       pp,
       kvCache,
       workerTimeoutMs: intFlag(flags['worker-timeout-s'], 'worker-timeout-s') * 1000,
+      servedModelName: settings.servedModelName,
       log: (line) => log.info(line),
     });
     await serveUntilSignal({ modelDir, config, cluster, host, settings, log, loading });

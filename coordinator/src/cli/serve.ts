@@ -120,6 +120,7 @@ export async function serveUntilSignal({
     bodyLimit: settings.httpMaxBodyBytes,
     corsOrigins: settings.httpCorsOrigins,
     metrics: () => metrics.scrape(),
+    onResponse: (route, status) => metrics.httpResponse(route, status),
   });
   // The loading server's port, handed over: closed, then taken by the real server at once.
   await loading?.close();

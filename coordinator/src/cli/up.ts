@@ -97,6 +97,7 @@ export async function upCommand(argv: string[]): Promise<void> {
     threadsPerWorker: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
     workerMetrics: true,
     workerArgs: logArgs(logSettings),
+    servedModelName: settings.servedModelName,
     log: (line) => log.info(line),
   }).catch(async (err) => {
     await loading.close();

@@ -34,6 +34,8 @@ export interface NatsClusterOptions {
   workerTimeoutMs: number;
   heartbeatTimeoutMs?: number;
   log?: (line: string) => void;
+  /** The name the APIs serve the model under (the workers label their metrics with it). */
+  servedModelName?: string;
 }
 
 function metricsUrl(address: string | undefined): { metricsUrl?: string } {
@@ -76,6 +78,8 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Clu
       (id) => kvCacheForDevice(options.kvCache, devices.get(id) ?? 'cpu'),
       `run-${randomUUID().slice(0, 8)}`,
     );
+    if (options.servedModelName)
+      for (const a of assignments.values()) a.servedModelName = options.servedModelName;
     const inPlan = new Set(assignments.keys());
     const events = new EventEmitter<ClusterEvents>();
     const lost = new Set<string>();
