@@ -3,7 +3,7 @@
 import { openCheckpoint } from '@medcluster/worker';
 import { connect } from 'nats';
 import { startNatsCluster } from '../cluster/nats-cluster.js';
-import { intFlag, parseFlags, requiredString } from './args.js';
+import { CONFIG_USAGE, intFlag, parseFlags, requiredString } from './args.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { LOG_FLAGS, LOG_USAGE, loggerFor, logSettingsFromFlags } from './log-flags.js';
 import { openLoadingPort, serveUntilSignal } from './serve.js';
@@ -17,7 +17,9 @@ ${SERVE_USAGE}
 
 ${LOG_USAGE}
 
-${KV_USAGE}`;
+${KV_USAGE}
+
+${CONFIG_USAGE}`;
 
 export async function coordinatorCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -38,6 +40,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       help: { type: 'boolean' },
     },
     USAGE,
+    { env: process.env },
   );
   if (flags.help) {
     console.log(USAGE);

@@ -7,7 +7,7 @@ import type { DeviceKind } from '@medcluster/kernels';
 import { openCheckpoint, presetConfig } from '@medcluster/worker';
 import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
-import { intFlag, parseFlags, UsageError } from './args.js';
+import { CONFIG_USAGE, intFlag, parseFlags, UsageError } from './args.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { LOG_FLAGS, LOG_USAGE, logArgs, loggerFor, logSettingsFromFlags } from './log-flags.js';
 import { openLoadingPort, serveUntilSignal } from './serve.js';
@@ -25,7 +25,9 @@ ${SERVE_USAGE}
 
 ${LOG_USAGE}
 
-${KV_USAGE}`;
+${KV_USAGE}
+
+${CONFIG_USAGE}`;
 
 export async function upCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -47,6 +49,7 @@ export async function upCommand(argv: string[]): Promise<void> {
       help: { type: 'boolean' },
     },
     USAGE,
+    { env: process.env },
   );
   if (flags.help) {
     console.log(USAGE);

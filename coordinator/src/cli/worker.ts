@@ -5,7 +5,7 @@
 import { hostname } from 'node:os';
 import { controlCodecs } from '@medcluster/proto';
 import { startWorker } from '@medcluster/worker';
-import { intFlag, parseFlags, UsageError } from './args.js';
+import { CONFIG_USAGE, intFlag, parseFlags, UsageError } from './args.js';
 import { LOG_FLAGS, LOG_USAGE, loggerFor, logSettingsFromFlags } from './log-flags.js';
 
 const USAGE = `usage: medcluster worker (--nats URL [--cluster NAME] | --assignment JSON) [--id ID]
@@ -15,7 +15,9 @@ const USAGE = `usage: medcluster worker (--nats URL [--cluster NAME] | --assignm
   --metrics-port N   serve /metrics (Prometheus), /health (alive) and /ready (shard loaded)
                      on the listen host (0 picks a free port)
 
-${LOG_USAGE}`;
+${LOG_USAGE}
+
+${CONFIG_USAGE}`;
 
 export async function workerCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -36,6 +38,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
       help: { type: 'boolean' },
     },
     USAGE,
+    { env: process.env },
   );
   if (flags.help) {
     console.log(USAGE);
