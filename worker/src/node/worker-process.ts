@@ -20,7 +20,7 @@ import {
   WorkerMetrics,
   type WorkerMetricsSource,
 } from './worker-metrics.js';
-import { WorkerNode } from './worker-node.js';
+import { type CollectiveOpener, WorkerNode } from './worker-node.js';
 
 export interface WorkerProcessOptions {
   workerId: string;
@@ -71,11 +71,28 @@ interface Loaded {
   collective?: CollectiveTransport;
 }
 
-async function loadAssignment(
+/** Forms the stage's group on this worker's device, timed into its metrics (load and Regroup). */
+function collectiveOpener(
   node: WorkerNode,
   host: CollectiveHost,
-  assignment: Assignment,
   transport: TransportChoice,
+): CollectiveOpener {
+  return async (group) => {
+    const collective = await openStageCollective({
+      ...group,
+      host,
+      device: node.openDevice(),
+      transport,
+      log: (line) => process.emitWarning(line),
+    });
+    return node.metrics ? timedCollective(collective, node.metrics) : collective;
+  };
+}
+
+async function loadAssignment(
+  node: WorkerNode,
+  openCollective: CollectiveOpener,
+  assignment: Assignment,
   onProgress: (loaded: number, total: number) => void,
 ): Promise<Loaded> {
   const { shard } = assignment;
@@ -92,22 +109,16 @@ async function loadAssignment(
   // counted before the KV cache is sized from free memory.
   const collective =
     shard.tpSize > 1
-      ? await openStageCollective({
+      ? await openCollective({
           group: assignment.collectiveGroup,
           rank: shard.tpRank,
           size: shard.tpSize,
           peers: assignment.peers,
-          host,
-          device: node.openDevice(),
-          transport,
-          log: (line) => process.emitWarning(line),
+          connectTimeoutMs: 30_000,
+          timeoutMs: assignment.deadlines?.collectiveMs,
         })
       : undefined;
-  const { kvBlocks } = await node.load(
-    assignment,
-    collective && node.metrics ? timedCollective(collective, node.metrics) : collective,
-    onProgress,
-  );
+  const { kvBlocks } = await node.load(assignment, collective, onProgress);
   return collective ? { kvBlocks, collective: collective.transport } : { kvBlocks };
 }
 
@@ -131,8 +142,9 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
     options.metricsPort === undefined ? undefined : new WorkerMetrics(workerId, metricsSource);
   const node: WorkerNode = new WorkerNode(nodeOptions, metrics);
   const server = new grpc.Server(INTERNAL_GRPC_OPTIONS);
-  addWorkerService(server, node);
   const host = addCollectiveService(server);
+  const openCollective = collectiveOpener(node, host, transport);
+  addWorkerService(server, node, openCollective);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(options.listen, grpc.ServerCredentials.createInsecure(), (err, p) =>
       err ? reject(err) : resolve(p),
@@ -154,7 +166,13 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
   let nc: NatsConnection | undefined;
   let agent: WorkerAgent | undefined;
   if (options.nats) {
-    nc = await connect({ servers: options.nats.url, name: `medcluster-worker-${workerId}` });
+    // Reconnects for ever: steps need no NATS, so a worker outlives any NATS outage.
+    nc = await connect({
+      servers: options.nats.url,
+      name: `medcluster-worker-${workerId}`,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 500,
+    });
     const memoryBytes = options.memoryBytes ?? freemem();
     agent = await WorkerAgent.start({
       nc,
@@ -165,7 +183,7 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
       devices: [{ kind: options.device, index: options.ordinal ?? 0, name: options.device, memoryBytes }],
       memoryBytes,
       onAssignment: async (assignment, reporter) => {
-        const loaded = await loadAssignment(node, host, assignment, transport, (loaded, total) => {
+        const loaded = await loadAssignment(node, openCollective, assignment, (loaded, total) => {
           progress(loaded, total);
           reporter.progress(loaded, total);
         });
@@ -174,7 +192,7 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
       },
     });
   } else if (options.assignment) {
-    loadAssignment(node, host, options.assignment, transport, (loaded, total) => {
+    loadAssignment(node, openCollective, options.assignment, (loaded, total) => {
       progress(loaded, total);
       emit({ event: 'progress', workerId, loaded, total });
     })
