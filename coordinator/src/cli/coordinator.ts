@@ -11,7 +11,10 @@ import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.
 
 const USAGE = `usage: medcluster coordinator --nats URL --model DIR [--cluster NAME] [--tp N] [--pp N]
          [--host 0.0.0.0] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
-         [--worker-timeout-s 300] [serving flags]
+         [--worker-timeout-s 300] [--heartbeat-timeout-s 5] [serving flags]
+
+  --heartbeat-timeout-s 5  a worker silent this long is lost (the cluster is degraded until it
+                           is back; NATS outages do not count)
 
 ${SERVE_USAGE}
 
@@ -36,6 +39,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
       'worker-timeout-s': { type: 'string', default: '300' },
+      'heartbeat-timeout-s': { type: 'string', default: '5' },
       ...LOG_FLAGS,
       help: { type: 'boolean' },
     },
@@ -57,7 +61,13 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   const host = flags.host ?? '0.0.0.0';
   const loading = await openLoadingPort(host, settings);
   log.info(`HTTP port ${loading.port} answers 503 until every worker is ready`);
-  const nc = await connect({ servers: requiredString(flags.nats, 'nats'), name: 'medcluster-coordinator' });
+  // Reconnects for ever: serving needs no NATS, and membership resynchronizes once it is back.
+  const nc = await connect({
+    servers: requiredString(flags.nats, 'nats'),
+    name: 'medcluster-coordinator',
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+  });
   try {
     const cluster = await startNatsCluster({
       nc,
@@ -68,6 +78,9 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       pp,
       kvCache,
       workerTimeoutMs: intFlag(flags['worker-timeout-s'], 'worker-timeout-s') * 1000,
+      heartbeatTimeoutMs: intFlag(flags['heartbeat-timeout-s'], 'heartbeat-timeout-s') * 1000,
+      stepTimeoutMs: settings.stepTimeoutMs,
+      collectiveTimeoutMs: settings.collectiveTimeoutMs,
       servedModelName: settings.servedModelName,
       log: (line) => log.info(line),
     });

@@ -17,6 +17,8 @@ export const SERVE_FLAGS = {
   'served-model-name': { type: 'string', default: 'meditron-70b-awq' },
   'shutdown-grace-s': { type: 'string', default: '30' },
   'degraded-wait-s': { type: 'string', default: '60' },
+  'step-timeout-s': { type: 'string', default: '60' },
+  'collective-timeout-s': { type: 'string', default: '30' },
 } as const;
 
 export const SERVE_USAGE = `Serving:
@@ -37,7 +39,11 @@ export const SERVE_USAGE = `Serving:
   --served-model-name NAME      the model name the APIs report (default meditron-70b-awq)
   --shutdown-grace-s 30         on SIGTERM/SIGINT, how long in-flight requests may finish
   --degraded-wait-s 60          while a lost worker comes back, how long a request may wait
-                                (requests that had streamed tokens fail at once, retryable)`;
+                                (requests that had streamed tokens fail at once, retryable)
+  --step-timeout-s 60           a step with no result after this fails as a lost worker (a stage
+                                that hangs); the workers' relays to the next stage wait as long
+  --collective-timeout-s 30     a tensor-parallel collective call whose ranks do not all arrive
+                                within this fails its stage's group (a peer that hangs)`;
 
 export interface ServeSettings {
   grpcPort: number;
@@ -54,6 +60,8 @@ export interface ServeSettings {
   servedModelName: string;
   shutdownGraceMs: number;
   degradedWaitMs: number;
+  stepTimeoutMs: number;
+  collectiveTimeoutMs: number;
 }
 
 type ServeFlagValues = { [K in keyof typeof SERVE_FLAGS]?: string };
@@ -105,5 +113,7 @@ export function serveSettingsFromFlags(flags: ServeFlagValues): ServeSettings {
     servedModelName,
     shutdownGraceMs: positive(flags['shutdown-grace-s'], 'shutdown-grace-s', 0) * 1000,
     degradedWaitMs: positive(flags['degraded-wait-s'], 'degraded-wait-s', 0) * 1000,
+    stepTimeoutMs: positive(flags['step-timeout-s'], 'step-timeout-s') * 1000,
+    collectiveTimeoutMs: positive(flags['collective-timeout-s'], 'collective-timeout-s') * 1000,
   };
 }

@@ -99,7 +99,11 @@ export async function serveUntilSignal({
       eosTokenId: tokenizer.eosTokenId,
     },
   );
-  scheduler.observe((e) => logEvent(log, e));
+  scheduler.observe((e) => {
+    logEvent(log, e);
+    // A step found the pipeline broken with no worker known lost: the cluster finds out why.
+    if (e.type === 'suspended' && e.source === 'executor') cluster.reportUnavailable(e.reason);
+  });
   // A lost worker takes its KV cache with it: no step runs until the cluster is whole again.
   cluster.events.on('workerLost', (_id, reason) => scheduler.suspend(reason));
   cluster.events.on('recovered', () => {

@@ -101,6 +101,8 @@ export async function upCommand(argv: string[]): Promise<void> {
     workerMetrics: true,
     workerArgs: logArgs(logSettings),
     servedModelName: settings.servedModelName,
+    stepTimeoutMs: settings.stepTimeoutMs,
+    collectiveTimeoutMs: settings.collectiveTimeoutMs,
     log: (line) => log.info(line),
   }).catch(async (err) => {
     await loading.close();
