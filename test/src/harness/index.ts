@@ -1,5 +1,6 @@
 // Shared test harness: real processes and real sockets, never stubs.
 export { freePort } from '@medcluster/worker';
+export { NATS_IMAGE, startNats } from './nats.js';
 export {
   defaultSearchDirs,
   findNatsServer,
