@@ -148,7 +148,15 @@ export async function serveUntilSignal({
       const grace = new Promise<void>((r) => setTimeout(r, settings.shutdownGraceMs).unref());
       await Promise.race([scheduler.drain(), grace]);
       scheduler.shutdown();
+      // Every request is answered by now. A client that keeps its connection open (HTTP
+      // keep-alive: fastify waits 72 s; a gRPC channel: for ever) would hold the exit, so the
+      // connections close after a moment (the failed streams' last events are out by then).
+      const force = setTimeout(() => {
+        server.forceShutdown();
+        http.server.closeAllConnections();
+      }, 1_000);
       await Promise.all([http.close(), new Promise<void>((r) => server.tryShutdown(() => r()))]);
+      clearTimeout(force);
       metrics.close();
       await cluster.stop();
       resolve();
