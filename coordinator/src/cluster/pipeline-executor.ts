@@ -72,18 +72,27 @@ export class PipelineExecutor implements StepExecutor {
     const message: workerV1.StageMessage = {
       step: { stepId, seqs: seqs.map(encodeSeqStep), stageGroups: this.stageGroups },
     };
+    const unavailable = (code: string) => code === STEP_ERROR.unreachable || code === STEP_ERROR.stale;
+    const why = (rank: number, error: workerV1.StepError__Output) =>
+      `step ${stepId} failed on the pipeline of rank ${rank}: ${error.message}`;
     let results: workerV1.StageResult__Output[];
     try {
-      results = await Promise.all(this.links.map((link) => link.send(message, this.stepTimeoutMs)));
+      // A rank whose pipeline broke fails the step at once, without waiting for the other
+      // ranks (one of them may be the rank that hangs).
+      results = await Promise.all(
+        this.links.map(async (link, rank) => {
+          const result = await link.send(message, this.stepTimeoutMs);
+          if (result.error && unavailable(result.error.code))
+            throw new ExecutorUnavailableError(why(rank, result.error));
+          return result;
+        }),
+      );
     } catch (err) {
+      if (err instanceof ExecutorUnavailableError) throw err;
       throw new ExecutorUnavailableError(`step ${stepId}: ${(err as Error).message}`, { cause: err });
     }
     for (const [rank, result] of results.entries()) {
-      if (!result.error) continue;
-      const why = `step ${stepId} failed on the pipeline of rank ${rank}: ${result.error.message}`;
-      if (result.error.code === STEP_ERROR.unreachable || result.error.code === STEP_ERROR.stale)
-        throw new ExecutorUnavailableError(why);
-      throw new StepFailedError(why);
+      if (result.error) throw new StepFailedError(why(rank, result.error));
     }
     const wanted = seqs.filter((s) => s.logitRows > 0);
     const outputs = results[0].output?.seqs ?? [];
