@@ -230,11 +230,11 @@ describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
     expect(config.MEDCLUSTER_MODEL_DIR.startsWith(`${mounts[0]}/`)).toBe(true);
   });
 
-  test('probes: gRPC health and /health for the coordinator, every process alive and ready for workers', () => {
+  test('probes: gRPC health and /live for the coordinator, every process alive and ready for workers', () => {
     const coordinator = container(only(objects, 'Deployment', 'medcluster-coordinator'), 'coordinator');
     expect(coordinator.startupProbe.grpc.port).toBe(50051);
     expect(coordinator.readinessProbe.grpc.port).toBe(50051);
-    expect(coordinator.livenessProbe.httpGet).toEqual({ path: '/health', port: 'http' });
+    expect(coordinator.livenessProbe.httpGet).toEqual({ path: '/live', port: 'http' });
     const worker = container(only(objects, 'StatefulSet', 'medcluster-worker'), 'worker');
     expect(worker.startupProbe.exec.command).toEqual(['medcluster-worker-pod', 'probe', 'health']);
     expect(worker.livenessProbe.exec.command).toEqual(['medcluster-worker-pod', 'probe', 'health']);

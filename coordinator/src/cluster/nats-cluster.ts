@@ -408,13 +408,15 @@ class NatsCluster {
     this.registry.on('failed', (w, message) => {
       if (placed(w) && !this.assigning.has(w.id)) lose(w.id, `worker ${w.id} failed: ${message}`);
     });
-    this.registry.on('disconnected', (down) =>
+    this.registry.on('disconnected', (down) => {
       this.log(
         down
           ? 'coordinator: the NATS connection dropped; serving goes on, membership waits for it'
           : 'coordinator: the NATS connection is back; workers announce themselves again',
-      ),
-    );
+      );
+      // The server may have come back with an empty store.
+      if (!down) void this.persist();
+    });
   }
 
   reportUnavailable(reason: string): void {

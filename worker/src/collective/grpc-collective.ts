@@ -2,7 +2,8 @@
 // (RootGroup, served by its worker's gRPC server), every other rank keeps one Exchange stream to
 // it. Calls are numbered per rank (0, 1, 2, ...) and may be in flight concurrently; every rank
 // must issue the same sequence of calls. Every call has a deadline (callTimeoutMs): rank 0 fails
-// the group when a rank's part is late, the other ranks when rank 0's result is.
+// the group when a rank's part is late, the other ranks (after half as long again) when rank 0's
+// result is.
 import * as grpc from '@grpc/grpc-js';
 import { loadWorkerProto, type workerV1 } from '@medcluster/proto';
 import { CollectiveError } from './collective-error.js';
@@ -206,12 +207,17 @@ export class GrpcCollective implements HostGroup {
     stream.on('end', () => this.fail(`${this.peer(0)} closed the group`));
   }
 
-  /** Fails the group when rank 0's result for the oldest call is past the deadline. */
+  /**
+   * Fails the group when rank 0's result for the oldest call is past the deadline. This side
+   * waits half as long again as rank 0 does, so that when another rank is late rank 0 fails the
+   * group first and names it; this deadline is for a rank 0 that is itself gone or hung.
+   */
   private checkDeadline(): void {
     const now = performance.now();
+    const limit = this.callTimeoutMs * 1.5;
     for (const [seq, call] of this.pending) {
-      if (now - call.since > this.callTimeoutMs) {
-        this.fail(`${this.peer(0)} did not answer call ${seq} (${call.op}) within ${this.callTimeoutMs} ms`);
+      if (now - call.since > limit) {
+        this.fail(`${this.peer(0)} did not answer call ${seq} (${call.op}) within ${limit} ms`);
         return;
       }
     }
