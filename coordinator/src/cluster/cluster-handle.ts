@@ -4,8 +4,8 @@
 // replacement belong behind this same shape.
 
 import type { EventEmitter } from 'node:events';
+import type { KvGeometry } from '@medcluster/proto';
 import type { StepExecutor } from '../scheduler/executor.js';
-import type { KvGeometry } from './kv-cache.js';
 
 /** One worker as the public API reports it (GetModelInfo, GET /cluster). */
 export interface ClusterWorker {

@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { freemem } from 'node:os';
 import { createInterface } from 'node:readline';
 import { cudaDeviceCount, type DeviceKind } from '@medcluster/kernels';
-import type { Assignment, KvCacheMessage, SyntheticWeightsMessage } from '@medcluster/proto';
+import type { Assignment, KvCacheSpec, SyntheticWeightsMessage } from '@medcluster/proto';
 import type { LlamaConfig, WorkerEvent } from '@medcluster/worker';
 import { freePort } from '@medcluster/worker';
 import { planPlacement } from '../placement/index.js';
@@ -104,7 +104,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       ? localGpuSlots(count, cudaDeviceCount())
       : ids.map(() => ({ ordinal: 0, sharers: 1 }));
   const slotOf = new Map(ids.map((id, i) => [id, slots[i]]));
-  const kvCacheOf = (id: string): KvCacheMessage => {
+  const kvCacheOf = (id: string): KvCacheSpec => {
     const { sharers } = slotOf.get(id) as { sharers: number };
     return 'memoryFraction' in kvCache && sharers > 1
       ? { blockSize: kvCache.blockSize, memoryFraction: kvCache.memoryFraction / sharers }
