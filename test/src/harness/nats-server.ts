@@ -22,6 +22,8 @@ export interface NatsServerOptions {
   args?: string[];
   /** Clients must authenticate: as one of these users, or with this token (an authorization block). */
   authorization?: NatsAuthorization;
+  /** Added to the server's environment (a config file may refer to $VARIABLES). */
+  env?: Record<string, string>;
 }
 
 export type NatsAuthorization = { users: { user: string; password: string }[] } | { token: string };
@@ -109,8 +111,11 @@ interface Attempt {
   exited: Promise<number | null>;
 }
 
-function launch(binary: string, args: string[]): Attempt {
-  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+function launch(binary: string, args: string[], env?: Record<string, string>): Attempt {
+  const child = spawn(binary, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(env ? { env: { ...process.env, ...env } } : {}),
+  });
   let output = '';
   const keep = (chunk: Buffer) => {
     output = (output + chunk.toString('utf8')).slice(-4000);
@@ -159,7 +164,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
       ...['-a', '127.0.0.1', '-p', String(port)],
       ...(storeDir ? ['-js', '-sd', storeDir] : []),
     ];
-    const run = launch(binary, [...args, ...(options.args ?? [])]);
+    const run = launch(binary, [...args, ...(options.args ?? [])], options.env);
     running.add(run.child);
     const cleanup = async () => {
       await stopChild(run);
