@@ -2,7 +2,7 @@
 
 import { connectNats, openCheckpoint } from '@medcluster/worker';
 import { startNatsCluster } from '../cluster/nats-cluster.js';
-import { intFlag, parseFlags, requiredString } from './args.js';
+import { CONFIG_USAGE, intFlag, parseFlags, requiredString } from './args.js';
 import {
   INTERNAL_TLS_FLAGS,
   INTERNAL_TLS_USAGE,
@@ -27,7 +27,9 @@ ${INTERNAL_TLS_USAGE}
 
 ${LOG_USAGE}
 
-${KV_USAGE}`;
+${KV_USAGE}
+
+${CONFIG_USAGE}`;
 
 export async function coordinatorCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -49,6 +51,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       help: { type: 'boolean' },
     },
     USAGE,
+    { env: process.env },
   );
   if (flags.help) {
     console.log(USAGE);
@@ -86,6 +89,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       kvCache,
       workerTimeoutMs: intFlag(flags['worker-timeout-s'], 'worker-timeout-s') * 1000,
       internalTls,
+      servedModelName: settings.servedModelName,
       log: (line) => log.info(line),
     });
     await serveUntilSignal({ modelDir, config, cluster, host, settings, log, loading });

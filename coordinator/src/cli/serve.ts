@@ -128,6 +128,7 @@ export async function serveUntilSignal({
     metrics: () => metrics.scrape(),
     apiKeys: settings.apiKeys,
     tls: settings.tls,
+    onResponse: (route, status) => metrics.httpResponse(route, status),
   });
   // The loading server's port, handed over: closed, then taken by the real server at once.
   await loading?.close();

@@ -7,7 +7,7 @@ import type { DeviceKind } from '@medcluster/kernels';
 import { openCheckpoint, presetConfig } from '@medcluster/worker';
 import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
-import { intFlag, parseFlags, UsageError } from './args.js';
+import { CONFIG_USAGE, intFlag, parseFlags, UsageError } from './args.js';
 import {
   INTERNAL_TLS_FLAGS,
   INTERNAL_TLS_USAGE,
@@ -34,7 +34,9 @@ ${INTERNAL_TLS_USAGE}
 
 ${LOG_USAGE}
 
-${KV_USAGE}`;
+${KV_USAGE}
+
+${CONFIG_USAGE}`;
 
 export async function upCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -57,6 +59,7 @@ export async function upCommand(argv: string[]): Promise<void> {
       help: { type: 'boolean' },
     },
     USAGE,
+    { env: process.env },
   );
   if (flags.help) {
     console.log(USAGE);
@@ -110,6 +113,7 @@ export async function upCommand(argv: string[]): Promise<void> {
     workerMetrics: true,
     workerArgs: logArgs(logSettings),
     internalTls,
+    servedModelName: settings.servedModelName,
     log: (line) => log.info(line),
   }).catch(async (err) => {
     await loading.close();

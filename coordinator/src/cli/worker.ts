@@ -5,7 +5,7 @@
 import { hostname } from 'node:os';
 import { controlCodecs } from '@medcluster/proto';
 import { startWorker } from '@medcluster/worker';
-import { intFlag, parseFlags, UsageError } from './args.js';
+import { CONFIG_USAGE, intFlag, parseFlags, UsageError } from './args.js';
 import { INTERNAL_TLS_FLAGS, INTERNAL_TLS_USAGE, internalTlsFromFlags } from './internal-tls-flags.js';
 import { LOG_FLAGS, LOG_USAGE, loggerFor, logSettingsFromFlags } from './log-flags.js';
 import { NATS_FLAGS, NATS_USAGE, natsTargetFromFlags } from './nats-flags.js';
@@ -21,7 +21,9 @@ ${NATS_USAGE}
 
 ${INTERNAL_TLS_USAGE}
 
-${LOG_USAGE}`;
+${LOG_USAGE}
+
+${CONFIG_USAGE}`;
 
 export async function workerCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
@@ -43,6 +45,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
       help: { type: 'boolean' },
     },
     USAGE,
+    { env: process.env },
   );
   if (flags.help) {
     console.log(USAGE);

@@ -43,6 +43,8 @@ export interface LocalClusterOptions {
   workerMetrics?: boolean;
   /** More flags for every worker (its log settings). */
   workerArgs?: string[];
+  /** The name the APIs serve the model under (the workers label their metrics with it). */
+  servedModelName?: string;
   /** Command that starts a worker: [executable, ...args] (default: this CLI). */
   workerCommand?: string[];
   /** Mutual TLS on every internal channel: the workers get the same files (`--internal-*`). */
@@ -129,7 +131,10 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
     kvCacheOf,
     `local-${randomUUID().slice(0, 8)}`,
   );
-  if (options.synthetic) for (const a of assignments.values()) a.synthetic = options.synthetic;
+  for (const a of assignments.values()) {
+    if (options.synthetic) a.synthetic = options.synthetic;
+    if (options.servedModelName) a.servedModelName = options.servedModelName;
+  }
   const [exe, ...baseArgs] = options.workerCommand ?? defaultWorkerCommand();
   const threads = options.threadsPerWorker;
   const tls = options.internalTls;

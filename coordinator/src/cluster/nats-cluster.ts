@@ -39,6 +39,8 @@ export interface NatsClusterOptions {
   /** Mutual TLS with the workers: admission checks their certificates, links present ours. */
   internalTls?: InternalTls;
   log?: (line: string) => void;
+  /** The name the APIs serve the model under (the workers label their metrics with it). */
+  servedModelName?: string;
 }
 
 function metricsUrl(address: string | undefined): { metricsUrl?: string } {
@@ -88,6 +90,8 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Clu
       (id) => kvCacheForDevice(options.kvCache, devices.get(id) ?? 'cpu'),
       `run-${randomUUID().slice(0, 8)}`,
     );
+    if (options.servedModelName)
+      for (const a of assignments.values()) a.servedModelName = options.servedModelName;
     const inPlan = new Set(assignments.keys());
     const events = new EventEmitter<ClusterEvents>();
     const lost = new Set<string>();

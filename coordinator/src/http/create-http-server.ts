@@ -38,6 +38,8 @@ export interface HttpServerOptions {
   corsOrigins: '*' | string[];
   /** The Prometheus exposition GET /metrics answers with (no route without it). */
   metrics?: () => Promise<{ contentType: string; body: string }>;
+  /** Called once per response with the route's pattern and the status (metrics). */
+  onResponse?: (route: string, status: number) => void;
   /** Keys a request must carry (absent: the APIs are open). */
   apiKeys?: ApiKeys;
   /** Serve HTTPS with this certificate (absent: plain HTTP). */
@@ -81,6 +83,12 @@ export function createHttpServer(
     bodyLimit: options.bodyLimit,
   };
   const activity = new ClusterActivity(scheduler.observe.bind(scheduler));
+  const { onResponse } = options;
+  if (onResponse) {
+    app.addHook('onResponse', async (req, reply) => {
+      onResponse(req.routeOptions.url ?? 'unmatched', reply.statusCode);
+    });
+  }
   app.addHook('onClose', async () => {
     ctx.runs.close();
     activity.close();

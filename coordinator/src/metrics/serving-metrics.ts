@@ -44,6 +44,7 @@ export class ServingMetrics {
   private readonly stepBatch: Histogram;
   private readonly stepTokens: Counter<'kind'>;
   private readonly stepFailures: Counter;
+  private readonly httpResponses: Counter<'route' | 'status'>;
 
   constructor({ model, scheduler, cluster }: ServingMetricsOptions) {
     const registry = this.registry;
@@ -103,6 +104,10 @@ export class ServingMetrics {
       'step_failures_total',
       'Engine steps that failed (their requests failed with them).',
     );
+    this.httpResponses = counter('http_requests_total', 'HTTP responses by route (its pattern) and status.', [
+      'route',
+      'status',
+    ]);
 
     const gauge = <L extends string>(
       n: string,
@@ -202,6 +207,11 @@ export class ServingMetrics {
         return;
       }
     }
+  }
+
+  /** One HTTP response; `route` is the route's pattern ('unmatched' for a 404), never the raw URL. */
+  httpResponse(route: string, status: number): void {
+    this.httpResponses.inc({ route, status: String(status) });
   }
 
   /** The exposition text and its content type, for a /metrics route. */

@@ -119,6 +119,8 @@ export interface Assignment {
   modelDir: string;
   /** Serve random weights of these shapes instead of the checkpoint's. */
   synthetic?: SyntheticWeightsMessage;
+  /** The name the cluster serves the model under: the `model` label of the worker's metrics. */
+  servedModelName?: string;
   stageIndex: number;
   shard: ShardSpecMessage;
   kvCache: KvCacheMessage;
@@ -249,6 +251,7 @@ export const assignmentSchema: Validator<Assignment> = (value, path) => {
     assignmentId: str({ nonEmpty: true }),
     modelDir: str({ nonEmpty: true }),
     synthetic: optional(syntheticWeightsSchema),
+    servedModelName: optional(str({ nonEmpty: true })),
     stageIndex: count,
     shard: shardSpecSchema,
     kvCache: kvCacheSchema,

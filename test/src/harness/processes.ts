@@ -18,12 +18,12 @@ export interface CliResult {
 }
 
 /** Runs `medcluster ...args` to completion. */
-export function runCli(args: string[], timeoutMs = 120_000): Promise<CliResult> {
+export function runCli(args: string[], timeoutMs = 120_000, env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
   return new Promise((resolvePromise) => {
     execFile(
       process.execPath,
       [CLI, ...args],
-      { timeout: timeoutMs, maxBuffer: 64 << 20 },
+      { timeout: timeoutMs, maxBuffer: 64 << 20, env: { ...process.env, ...env } },
       (err, stdout, stderr) => {
         const code =
           err && typeof (err as NodeJS.ErrnoException).code === 'number'

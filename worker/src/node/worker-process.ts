@@ -85,7 +85,10 @@ async function loadAssignment(
 ): Promise<Loaded> {
   const { shard } = assignment;
   node.metrics?.assigned({
-    model: assignment.modelDir.split('/').filter(Boolean).at(-1) ?? assignment.modelDir,
+    model:
+      assignment.servedModelName ??
+      assignment.modelDir.split('/').filter(Boolean).at(-1) ??
+      assignment.modelDir,
     worker: node.options.workerId,
     stage: assignment.stageIndex,
     rank: shard.tpRank,
