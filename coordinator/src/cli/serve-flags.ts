@@ -1,6 +1,9 @@
 // The serving flags `up` and `coordinator` share: where the public APIs listen (gRPC and HTTP),
-// the chat template, and how the scheduler batches. Defaults reach the GPU's larger decode graph buckets (up to 256 rows).
+// who may call them (API keys) and over what (TLS), the chat template, and how the scheduler
+// batches. Defaults reach the GPU's larger decode graph buckets (up to 256 rows).
 
+import { TlsFilesError } from '@medcluster/worker';
+import { ApiKeys, ApiKeysError, loadPublicTls, type PublicTls } from '../auth/index.js';
 import { intFlag, UsageError } from './args.js';
 
 export const SERVE_FLAGS = {
@@ -17,6 +20,9 @@ export const SERVE_FLAGS = {
   'served-model-name': { type: 'string', default: 'meditron-70b-awq' },
   'shutdown-grace-s': { type: 'string', default: '30' },
   'degraded-wait-s': { type: 'string', default: '60' },
+  'api-keys-file': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
 } as const;
 
 export const SERVE_USAGE = `Serving:
@@ -37,7 +43,15 @@ export const SERVE_USAGE = `Serving:
   --served-model-name NAME      the model name the APIs report (default meditron-70b-awq)
   --shutdown-grace-s 30         on SIGTERM/SIGINT, how long in-flight requests may finish
   --degraded-wait-s 60          while a lost worker comes back, how long a request may wait
-                                (requests that had streamed tokens fail at once, retryable)`;
+                                (requests that had streamed tokens fail at once, retryable)
+
+Access (off by default):
+  --api-keys-file FILE          API keys, one per line (# comments; at least 16 characters each), or
+                                $MEDCLUSTER_API_KEYS (comma-separated): every HTTP route but GET /health
+                                then needs \`Authorization: Bearer <key>\` (401 without), every gRPC call
+                                but grpc.health.v1 \`authorization: Bearer <key>\` metadata (UNAUTHENTICATED)
+  --tls-cert FILE               PEM certificate (chain) for the public ports: HTTPS and gRPC over TLS
+  --tls-key FILE                its PEM private key (give both or neither)`;
 
 export interface ServeSettings {
   grpcPort: number;
@@ -54,6 +68,10 @@ export interface ServeSettings {
   servedModelName: string;
   shutdownGraceMs: number;
   degradedWaitMs: number;
+  /** Keys the public APIs require (absent: open). */
+  apiKeys?: ApiKeys;
+  /** Certificate and key of the public ports (absent: plaintext). */
+  tls?: PublicTls;
 }
 
 type ServeFlagValues = { [K in keyof typeof SERVE_FLAGS]?: string };
@@ -84,13 +102,42 @@ function origins(value: string | undefined): '*' | string[] {
   return list;
 }
 
-export function serveSettingsFromFlags(flags: ServeFlagValues): ServeSettings {
+function apiKeysFrom(file: string | undefined, env: string | undefined): ApiKeys | undefined {
+  if (file !== undefined && env !== undefined && env !== '')
+    throw new UsageError('give --api-keys-file or $MEDCLUSTER_API_KEYS, not both');
+  try {
+    if (file !== undefined) return ApiKeys.fromFile(file);
+    if (env !== undefined && env !== '') return ApiKeys.parse(env, '$MEDCLUSTER_API_KEYS');
+  } catch (err) {
+    if (err instanceof ApiKeysError) throw new UsageError(err.message);
+    throw err;
+  }
+  return undefined;
+}
+
+function publicTlsFrom(cert: string | undefined, key: string | undefined): PublicTls | undefined {
+  if (cert === undefined && key === undefined) return undefined;
+  if (cert === undefined || key === undefined) throw new UsageError('--tls-cert and --tls-key go together');
+  try {
+    return loadPublicTls(cert, key);
+  } catch (err) {
+    if (err instanceof TlsFilesError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
+export function serveSettingsFromFlags(
+  flags: ServeFlagValues,
+  env: Record<string, string | undefined> = process.env,
+): ServeSettings {
   const grpcPort = port(flags['grpc-port'], 'grpc-port');
   const httpPort = port(flags['http-port'], 'http-port');
   if (httpPort !== 0 && httpPort === grpcPort)
     throw new UsageError(`--http-port and --grpc-port must differ, both are ${httpPort}`);
   const servedModelName = flags['served-model-name'] ?? '';
   if (servedModelName.trim() === '') throw new UsageError('--served-model-name must not be empty');
+  const apiKeys = apiKeysFrom(flags['api-keys-file'], env.MEDCLUSTER_API_KEYS);
+  const tls = publicTlsFrom(flags['tls-cert'], flags['tls-key']);
   return {
     grpcPort,
     httpPort,
@@ -105,5 +152,7 @@ export function serveSettingsFromFlags(flags: ServeFlagValues): ServeSettings {
     servedModelName,
     shutdownGraceMs: positive(flags['shutdown-grace-s'], 'shutdown-grace-s', 0) * 1000,
     degradedWaitMs: positive(flags['degraded-wait-s'], 'degraded-wait-s', 0) * 1000,
+    ...(apiKeys ? { apiKeys } : {}),
+    ...(tls ? { tls } : {}),
   };
 }

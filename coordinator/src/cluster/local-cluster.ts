@@ -9,10 +9,11 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { freemem } from 'node:os';
+import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { cudaDeviceCount, type DeviceKind } from '@medcluster/kernels';
 import type { Assignment, KvCacheSpec, SyntheticWeightsMessage } from '@medcluster/proto';
-import type { LlamaConfig, WorkerEvent } from '@medcluster/worker';
+import type { InternalTls, LlamaConfig, WorkerEvent } from '@medcluster/worker';
 import { freePort } from '@medcluster/worker';
 import { planPlacement } from '../placement/index.js';
 import { assignmentsFor, firstStageAddresses } from './assignments.js';
@@ -46,6 +47,8 @@ export interface LocalClusterOptions {
   servedModelName?: string;
   /** Command that starts a worker: [executable, ...args] (default: this CLI). */
   workerCommand?: string[];
+  /** Mutual TLS on every internal channel: the workers get the same files (`--internal-*`). */
+  internalTls?: InternalTls;
   readyTimeoutMs?: number;
   log?: (line: string) => void;
 }
@@ -78,6 +81,12 @@ export function localGpuSlots(count: number, gpus: number): { ordinal: number; s
 /** First delay before restarting a lost stage; it doubles per failed attempt, up to the max. */
 const RESTART_BACKOFF_MS = 500;
 const MAX_RESTART_BACKOFF_MS = 30_000;
+
+/** The environment of a worker process: this one's, less the public API keys it has no use for. */
+function workerEnv(): NodeJS.ProcessEnv {
+  const { MEDCLUSTER_API_KEYS: _keys, ...env } = process.env;
+  return env;
+}
 
 function defaultWorkerCommand(): string[] {
   // This process runs the CLI (bin shim or bundle): start workers the same way.
@@ -128,6 +137,14 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
   }
   const [exe, ...baseArgs] = options.workerCommand ?? defaultWorkerCommand();
   const threads = options.threadsPerWorker;
+  const tls = options.internalTls;
+  const internalTlsArgs = tls
+    ? [
+        ...['--internal-ca', resolve(tls.files.ca)],
+        ...['--internal-cert', resolve(tls.files.cert)],
+        ...['--internal-key', resolve(tls.files.key)],
+      ]
+    : [];
 
   /** The current process of each worker id, in id order (a restart replaces the entry). */
   const workers: LocalWorker[] = [];
@@ -152,8 +169,9 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       ...(threads ? ['--threads', String(threads)] : []),
       ...(options.workerMetrics ? ['--metrics-port', '0'] : []),
       ...(options.workerArgs ?? []),
+      ...internalTlsArgs,
     ];
-    const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'inherit'], env: workerEnv() });
     const { shard, stageIndex } = assignments.get(id) as Assignment;
     const worker: LocalWorker = {
       id,
@@ -230,6 +248,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       firstStageAddresses(plan, addresses),
       config.vocabRows,
       pp,
+      tls?.channelCredentials(),
     );
     const reported = new Map(reports.map((r) => [r.workerId, r.kvBlocks]));
     const events = new EventEmitter<ClusterEvents>();

@@ -2,11 +2,14 @@
 // for tp x pp of them, plans the placement from their inventory, sends each its assignment,
 // and waits until every shard is loaded. Each ready worker reports its KV cache block count;
 // the cluster's cache is the least of them. A worker whose heartbeats stop marks the cluster
-// degraded (health NOT_SERVING); steps in flight on it fail with a clear error.
+// degraded (health NOT_SERVING); steps in flight on it fail with a clear error. With internal
+// mutual TLS a worker joins only once its gRPC server presented a certificate that verifies
+// against the internal CA for the address it announced; one that does not is refused, with the
+// reason in the log, and the coordinator keeps waiting for workers it can talk to.
 
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { LlamaConfig } from '@medcluster/worker';
+import type { InternalTls, LlamaConfig } from '@medcluster/worker';
 import type { NatsConnection } from 'nats';
 import { WorkerRegistry } from '../control/index.js';
 import { planPlacement } from '../placement/index.js';
@@ -33,6 +36,8 @@ export interface NatsClusterOptions {
   /** How long to wait for enough workers to announce themselves. */
   workerTimeoutMs: number;
   heartbeatTimeoutMs?: number;
+  /** Mutual TLS with the workers: admission checks their certificates, links present ours. */
+  internalTls?: InternalTls;
   log?: (line: string) => void;
   /** The name the APIs serve the model under (the workers label their metrics with it). */
   servedModelName?: string;
@@ -51,11 +56,18 @@ function heartbeatAge(lastSeenMs: number | undefined): { heartbeatAgeSeconds?: n
 export async function startNatsCluster(options: NatsClusterOptions): Promise<ClusterHandle> {
   const log = options.log ?? (() => undefined);
   const { tp, pp } = options;
+  const tls = options.internalTls;
   const registry = await WorkerRegistry.start({
     nc: options.nc,
     cluster: options.cluster,
     heartbeatTimeoutMs: options.heartbeatTimeoutMs,
+    ...(tls ? { admit: (w) => tls.verifyPeer(w.grpcAddress) } : {}),
   });
+  registry.on('refused', (w, reason) =>
+    log(
+      `coordinator: refused worker ${w.id}: could not verify its certificate against --internal-ca (${reason})`,
+    ),
+  );
   try {
     log(`coordinator: waiting for ${tp * pp} workers on cluster '${options.cluster}'`);
     const records = await registry.waitForWorkers(tp * pp, options.workerTimeoutMs);
@@ -109,6 +121,7 @@ export async function startNatsCluster(options: NatsClusterOptions): Promise<Clu
       firstStageAddresses(plan, addresses),
       options.config.vocabRows,
       pp,
+      tls?.channelCredentials(),
     );
     return {
       executor,

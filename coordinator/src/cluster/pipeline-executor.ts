@@ -4,6 +4,7 @@
 // for errors. A broken stream or an unreachable stage is an ExecutorUnavailableError.
 // Up to `pp` steps are in flight at once, so every stage has work.
 
+import type * as grpc from '@grpc/grpc-js';
 import type { workerV1 } from '@medcluster/proto';
 import {
   decodeLogits,
@@ -33,13 +34,17 @@ export class PipelineExecutor implements StepExecutor {
     readonly maxInFlight: number,
   ) {}
 
-  /** Connects to the first stage's ranks (addresses by tp rank). */
+  /** Connects to the first stage's ranks (addresses by tp rank); `credentials`: the internal
+   * mutual TLS (default plaintext). */
   static async connect(
     firstStage: readonly string[],
     vocabRows: number,
     pipelineDepth: number,
+    credentials?: grpc.ChannelCredentials,
   ): Promise<PipelineExecutor> {
-    const links = await Promise.all(firstStage.map((address) => StageLink.connect(address)));
+    const links = await Promise.all(
+      firstStage.map((address) => StageLink.connect(address, undefined, credentials)),
+    );
     return new PipelineExecutor(links, vocabRows, Math.max(1, pipelineDepth));
   }
 

@@ -1,8 +1,10 @@
 // Shared test harness: real processes and real sockets, never stubs.
 export { freePort } from '@medcluster/worker';
+export { type DevCa, issueExpired, makeDevCa, privateKeyLines } from './certificates.js';
 export {
   defaultSearchDirs,
   findNatsServer,
+  type NatsAuthorization,
   NatsServerError,
   type NatsServerHandle,
   type NatsServerOptions,

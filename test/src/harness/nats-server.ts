@@ -1,6 +1,6 @@
 // Starts a real nats-server binary on a free port for tests, and stops it.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as connectTcp } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -20,7 +20,13 @@ export interface NatsServerOptions {
   startTimeoutMs?: number;
   /** Extra command-line arguments. */
   args?: string[];
+  /** Clients must authenticate: as one of these users, or with this token (an authorization block). */
+  authorization?: NatsAuthorization;
+  /** Added to the server's environment (a config file may refer to $VARIABLES). */
+  env?: Record<string, string>;
 }
+
+export type NatsAuthorization = { users: { user: string; password: string }[] } | { token: string };
 
 export interface NatsServerHandle {
   /** nats://127.0.0.1:PORT */
@@ -28,6 +34,16 @@ export interface NatsServerHandle {
   port: number;
   /** Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its temporary files. */
   stop(): Promise<void>;
+  /** The server's last log lines (up to 4000 characters). */
+  output(): string;
+}
+
+/** A config file with the authorization block (values JSON-quoted: NATS config reads JSON strings). */
+function authorizationConfig(auth: NatsAuthorization): string {
+  const q = JSON.stringify;
+  if ('token' in auth) return `authorization { token: ${q(auth.token)} }\n`;
+  const users = auth.users.map((u) => `    { user: ${q(u.user)}, password: ${q(u.password)} }`).join('\n');
+  return `authorization {\n  users: [\n${users}\n  ]\n}\n`;
 }
 
 const CANDIDATE_DIRS = ['/usr/sbin', '/usr/bin', '/usr/local/bin', '/usr/local/sbin'];
@@ -95,8 +111,11 @@ interface Attempt {
   exited: Promise<number | null>;
 }
 
-function launch(binary: string, args: string[]): Attempt {
-  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+function launch(binary: string, args: string[], env?: Record<string, string>): Attempt {
+  const child = spawn(binary, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(env ? { env: { ...process.env, ...env } } : {}),
+  });
   let output = '';
   const keep = (chunk: Buffer) => {
     output = (output + chunk.toString('utf8')).slice(-4000);
@@ -136,13 +155,22 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const port = await freePort();
     const storeDir = options.jetstream === true ? mkdtempSync(join(tmpdir(), 'nats-js-')) : undefined;
-    const args = ['-a', '127.0.0.1', '-p', String(port), ...(storeDir ? ['-js', '-sd', storeDir] : [])];
-    const run = launch(binary, [...args, ...(options.args ?? [])]);
+    const configDir = options.authorization ? mkdtempSync(join(tmpdir(), 'nats-conf-')) : undefined;
+    const config = configDir ? join(configDir, 'nats.conf') : undefined;
+    if (config && options.authorization)
+      writeFileSync(config, authorizationConfig(options.authorization), { mode: 0o600 });
+    const args = [
+      ...(config ? ['-c', config] : []),
+      ...['-a', '127.0.0.1', '-p', String(port)],
+      ...(storeDir ? ['-js', '-sd', storeDir] : []),
+    ];
+    const run = launch(binary, [...args, ...(options.args ?? [])], options.env);
     running.add(run.child);
     const cleanup = async () => {
       await stopChild(run);
       running.delete(run.child);
       if (storeDir !== undefined) rmSync(storeDir, { recursive: true, force: true });
+      if (configDir !== undefined) rmSync(configDir, { recursive: true, force: true });
     };
     const deadline = Date.now() + timeoutMs;
     let exited = false;
@@ -152,7 +180,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     while (!exited && Date.now() < deadline) {
       if (await canConnect(port)) {
         // Make sure the server answering is ours, not another process that took the port.
-        if (!exited) return { url: `nats://127.0.0.1:${port}`, port, stop: cleanup };
+        if (!exited) return { url: `nats://127.0.0.1:${port}`, port, stop: cleanup, output: run.output };
       }
       await sleep(25);
     }

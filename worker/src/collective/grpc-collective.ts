@@ -37,6 +37,8 @@ export interface GrpcCollectiveOptions {
   host?: CollectiveHost;
   /** How long to wait for the group to form: rank 0 for every rank, others for rank 0 (default 30000 ms). */
   connectTimeoutMs?: number;
+  /** How ranks other than 0 reach rank 0: the internal mutual TLS, or plaintext (the default). */
+  credentials?: grpc.ChannelCredentials;
 }
 
 type ExchangeStream = grpc.ClientDuplexStream<workerV1.CollectiveMessage, workerV1.CollectiveMessage__Output>;
@@ -123,7 +125,7 @@ export class GrpcCollective implements HostGroup {
     const { medcluster } = loadWorkerProto();
     this.client = new medcluster.worker.v1.Collective(
       peers[0],
-      grpc.credentials.createInsecure(),
+      this.options.credentials ?? grpc.credentials.createInsecure(),
       CHANNEL_OPTIONS,
     );
     let lastError: Error | undefined;

@@ -2,6 +2,7 @@
 // it is assigned, and runs steps one at a time in arrival order (every rank of a stage sees
 // the same order, so their collectives line up). gRPC services and the NATS agent sit on top.
 
+import type * as grpc from '@grpc/grpc-js';
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
 import type { Assignment } from '@medcluster/proto';
 import { openCheckpoint, presetConfig } from '../checkpoint/index.js';
@@ -20,6 +21,8 @@ export interface WorkerNodeOptions {
   device: DeviceKind;
   threads?: number;
   ordinal?: number;
+  /** How this worker reaches the next stage: the internal mutual TLS, or plaintext (the default). */
+  credentials?: grpc.ChannelCredentials;
 }
 
 export class WorkerStateError extends Error {
@@ -132,7 +135,9 @@ export class WorkerNode {
         onProgress,
       });
       this.runner = runner;
-      if (assignment.downstream) this.downstream = await StageLink.connect(assignment.downstream);
+      if (assignment.downstream) {
+        this.downstream = await StageLink.connect(assignment.downstream, undefined, this.options.credentials);
+      }
       this.state = 'ready';
       this.metrics?.idle(performance.now() / 1000);
       return { kvBlocks: runner.numBlocks };
