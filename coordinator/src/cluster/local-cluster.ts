@@ -82,10 +82,28 @@ export function localGpuSlots(count: number, gpus: number): { ordinal: number; s
 const RESTART_BACKOFF_MS = 500;
 const MAX_RESTART_BACKOFF_MS = 30_000;
 
-/** The environment of a worker process: this one's, less the public API keys it has no use for. */
-function workerEnv(): NodeJS.ProcessEnv {
-  const { MEDCLUSTER_API_KEYS: _keys, ...env } = process.env;
-  return env;
+/**
+ * MEDCLUSTER_ variables a worker started here inherits: how it finds its native parts and how it
+ * runs them, not settings. Every other MEDCLUSTER_ variable is left out: settings such as
+ * MEDCLUSTER_LISTEN or MEDCLUSTER_CONFIG were given to this command, whose flags differ from the
+ * worker's (a worker would bind the coordinator's port, or refuse a config key it lacks), and
+ * workers get theirs on the command line; MEDCLUSTER_API_KEYS is no worker's business.
+ */
+const INHERITED_BY_WORKERS = new Set([
+  'MEDCLUSTER_COLLECTIVE',
+  'MEDCLUSTER_DEBUG',
+  'MEDCLUSTER_GPU_CHECK',
+  'MEDCLUSTER_KERNELS_ADDON',
+  'MEDCLUSTER_MODEL_CACHE',
+  'MEDCLUSTER_NCCL_LIBRARY',
+  'MEDCLUSTER_PROTO_ROOT',
+]);
+
+/** The environment of a worker process: this one's, without its MEDCLUSTER_ settings. */
+export function workerEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  return Object.fromEntries(
+    Object.entries(env).filter(([name]) => !name.startsWith('MEDCLUSTER_') || INHERITED_BY_WORKERS.has(name)),
+  );
 }
 
 function defaultWorkerCommand(): string[] {
