@@ -1,3 +1,4 @@
+export * from './auth/index.js';
 export * from './client/generate-remote.js';
 export * from './cluster/assignments.js';
 export * from './cluster/cluster-handle.js';

@@ -14,8 +14,12 @@ export interface CallOptions {
 }
 
 export interface InferenceClientOptions {
-  /** Default: insecure (plaintext). */
+  /** Default: insecure (plaintext); `grpc.credentials.createSsl(ca)` for a server with TLS. */
   credentials?: grpc.ChannelCredentials;
+  /** Sent as `authorization: Bearer <key>` on every call, for a server that requires API keys. */
+  apiKey?: string;
+  /** More channel options (`grpc.ssl_target_name_override`, ...). */
+  channelOptions?: grpc.ChannelOptions;
   /** Largest response accepted (default 64 MiB). */
   maxReceiveBytes?: number;
   /** Largest request sent (default 64 MiB; the server has its own limit). */
@@ -25,15 +29,18 @@ export interface InferenceClientOptions {
 export class InferenceClient {
   private readonly inference: inferenceV1.InferenceClient;
   private readonly health: healthV1.HealthClient;
+  private readonly apiKey?: string;
 
   constructor(
     readonly address: string,
     options: InferenceClientOptions = {},
   ) {
     const credentials = options.credentials ?? grpc.credentials.createInsecure();
+    this.apiKey = options.apiKey;
     const channel = {
       'grpc.max_receive_message_length': options.maxReceiveBytes ?? 64 << 20,
       'grpc.max_send_message_length': options.maxSendBytes ?? 64 << 20,
+      ...options.channelOptions,
     };
     this.inference = new (loadInferenceProto().medcluster.v1.Inference)(address, credentials, channel);
     this.health = new (loadHealthProto().grpc.health.v1.Health)(address, credentials, {
@@ -45,7 +52,7 @@ export class InferenceClient {
     request: inferenceV1.GenerateRequest,
     options: CallOptions = {},
   ): Promise<inferenceV1.GenerateResponse__Output> {
-    return this.unary((cb, o) => this.inference.Generate(request, o, cb), options);
+    return this.unary((cb, o) => this.inference.Generate(request, this.metadata(), o, cb), options);
   }
 
   /** The stream's messages in order; the iteration throws the call's error, if any. */
@@ -53,7 +60,7 @@ export class InferenceClient {
     request: inferenceV1.GenerateRequest,
     options: CallOptions = {},
   ): AsyncIterable<inferenceV1.GenerateStreamResponse__Output> {
-    const call = this.inference.GenerateStream(request, callOptions(options));
+    const call = this.inference.GenerateStream(request, this.metadata(), callOptions(options));
     options.signal?.addEventListener('abort', () => call.cancel(), { once: true });
     return call;
   }
@@ -62,16 +69,16 @@ export class InferenceClient {
     request: inferenceV1.TokenizeRequest,
     options: CallOptions = {},
   ): Promise<inferenceV1.TokenizeResponse__Output> {
-    return this.unary((cb, o) => this.inference.Tokenize(request, o, cb), options);
+    return this.unary((cb, o) => this.inference.Tokenize(request, this.metadata(), o, cb), options);
   }
 
   getModelInfo(options: CallOptions = {}): Promise<inferenceV1.ModelInfo__Output> {
-    return this.unary((cb, o) => this.inference.GetModelInfo({}, o, cb), options);
+    return this.unary((cb, o) => this.inference.GetModelInfo({}, this.metadata(), o, cb), options);
   }
 
   /** grpc.health.v1 Check for `service` ('' is the whole server). */
   healthCheck(service = '', options: CallOptions = {}): Promise<healthV1.HealthCheckResponse__Output> {
-    return this.unary((cb, o) => this.health.Check({ service }, o, cb), options);
+    return this.unary((cb, o) => this.health.Check({ service }, this.metadata(), o, cb), options);
   }
 
   /** Resolves once the channel is connected, or rejects after timeoutMs. */
@@ -83,6 +90,13 @@ export class InferenceClient {
 
   close(): void {
     this.inference.close();
+  }
+
+  /** The API key, when there is one (a fresh object per call: grpc-js may modify it). */
+  private metadata(): grpc.Metadata {
+    const metadata = new grpc.Metadata();
+    if (this.apiKey !== undefined) metadata.set('authorization', `Bearer ${this.apiKey}`);
+    return metadata;
   }
 
   private unary<T>(

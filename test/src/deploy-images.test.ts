@@ -171,7 +171,9 @@ describe('the manifests run commands the CLI accepts', () => {
   beforeAll(() => {
     objects = kustomize(join(K8S, 'overlays', 'tp2-pp2'));
   });
-  const config = () => objects.find((o) => o.kind === 'ConfigMap')?.data as Record<string, string>;
+  const config = () =>
+    objects.find((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith('medcluster-config-'))
+      ?.data as Record<string, string>;
 
   /** Drops the pending flags that `--help` does not list yet; returns what is left and what was dropped. */
   function withoutPending(args: string[], help: string, pending: string[]) {
@@ -207,15 +209,23 @@ describe('the manifests run commands the CLI accepts', () => {
   test('medcluster worker takes every flag the pod entrypoint passes', async () => {
     const help = cli(['worker', '--help']);
     expect(help.code, help.stderr).toBe(0);
-    const pod = startEntrypoint({
-      ...config(),
-      POD_NAME: 'medcluster-worker-1',
-      POD_NAMESPACE: 'medcluster',
-    });
+    const workers = objects.find((o) => o.kind === 'StatefulSet' && o.metadata.name === 'medcluster-worker');
+    // The container's args (TLS and NATS credential files) reach every worker process.
+    const containerArgs = (workers?.spec.template.spec.containers[0].args ?? []) as string[];
+    expect(containerArgs).toContain('--nats-user=worker');
+    const pod = startEntrypoint(
+      {
+        ...config(),
+        POD_NAME: 'medcluster-worker-1',
+        POD_NAMESPACE: 'medcluster',
+      },
+      containerArgs,
+    );
     await pod.waitForWorkers(2);
     await pod.stop();
     for (const args of Object.values(pod.args())) {
       expect(args[0]).toBe('worker');
+      expect(args.slice(-containerArgs.length)).toEqual(containerArgs);
       const { kept, missing } = withoutPending(args, help.stdout, PENDING_FLAGS.worker);
       expect(PENDING_FLAGS.worker).toEqual(expect.arrayContaining(missing));
       const r = cli([...kept, '--help']);

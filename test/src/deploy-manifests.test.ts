@@ -1,10 +1,14 @@
 // deploy/k8s: the base and both overlays render with `kubectl kustomize`, every object validates
 // offline against its Kubernetes or CRD schema with no field its kind does not define, an object
 // of an unknown kind fails, and the objects agree with each other and with the cluster layout
-// (GPUs and processes per pod = tp, worker pods = pp, selectors, ports, volumes, grace periods).
+// (GPUs and processes per pod = tp, worker pods = pp, selectors, ports, volumes, grace periods,
+// and access control: every key, certificate and password comes from a Secret mounted read-only).
 
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { connectNats } from '@medcluster/worker';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parse, stringify } from 'yaml';
 import {
@@ -18,6 +22,7 @@ import {
   unknownFieldErrors,
 } from './deploy/k8s.js';
 import { K8S } from './deploy/paths.js';
+import { startNatsServer } from './harness/index.js';
 
 const LAYOUTS = {
   base: { dir: 'base', tp: 1, pp: 1 },
@@ -51,8 +56,14 @@ const container = (o: K8sObject, containerName: string): Container => {
   if (!c) throw new Error(`${name(o)} has no container ${containerName}`);
   return c;
 };
+/** The generated ConfigMap named `prefix`-<hash>. */
+const configMap = (objects: K8sObject[], prefix: string): K8sObject => {
+  const found = objects.filter((o) => o.kind === 'ConfigMap' && o.metadata.name.startsWith(`${prefix}-`));
+  expect(found, `ConfigMap ${prefix}`).toHaveLength(1);
+  return found[0];
+};
 const configOf = (objects: K8sObject[]): Record<string, string> =>
-  only(objects, 'ConfigMap').data as Record<string, string>;
+  configMap(objects, 'medcluster-config').data as Record<string, string>;
 
 /** The container's environment as the kubelet builds it: envFrom ConfigMaps, then env values. */
 function environment(objects: K8sObject[], c: Container): Map<string, string | undefined> {
@@ -89,6 +100,7 @@ describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
   test('renders, and every object validates against its schema', () => {
     const kinds = objects.map((o) => o.kind).sort();
     const expected = [
+      'ConfigMap',
       'ConfigMap',
       'Deployment',
       'Deployment',
@@ -230,11 +242,14 @@ describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
     expect(config.MEDCLUSTER_MODEL_DIR.startsWith(`${mounts[0]}/`)).toBe(true);
   });
 
-  test('probes: gRPC health and /live for the coordinator, every process alive and ready for workers', () => {
+  test('probes: /ready and /live over HTTPS for the coordinator, every process alive and ready for workers', () => {
     const coordinator = container(only(objects, 'Deployment', 'medcluster-coordinator'), 'coordinator');
-    expect(coordinator.startupProbe.grpc.port).toBe(50051);
-    expect(coordinator.readinessProbe.grpc.port).toBe(50051);
-    expect(coordinator.livenessProbe.httpGet).toEqual({ path: '/live', port: 'http' });
+    // The kubelet's gRPC probe cannot speak TLS; the probes need no API key. Readiness (startup
+    // too) is "can serve"; liveness is "the process answers", so a degraded or draining
+    // coordinator is not restarted.
+    for (const probe of ['startupProbe', 'readinessProbe'])
+      expect(coordinator[probe].httpGet, probe).toEqual({ path: '/ready', port: 'http', scheme: 'HTTPS' });
+    expect(coordinator.livenessProbe.httpGet).toEqual({ path: '/live', port: 'http', scheme: 'HTTPS' });
     const worker = container(only(objects, 'StatefulSet', 'medcluster-worker'), 'worker');
     expect(worker.startupProbe.exec.command).toEqual(['medcluster-worker-pod', 'probe', 'health']);
     expect(worker.livenessProbe.exec.command).toEqual(['medcluster-worker-pod', 'probe', 'health']);
@@ -254,6 +269,112 @@ describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
     const w = container(workers, 'worker');
     expect(preStopSleep(w)).toBeGreaterThan(preStopSleep(c) + drain);
     expect(workers.spec.template.spec.terminationGracePeriodSeconds).toBeGreaterThan(preStopSleep(w) + 10);
+  });
+
+  test('access control: every key, certificate and password is a file of a Secret mounted read-only', () => {
+    // No Secret is rendered: keys and passwords are made in the cluster, never committed.
+    expect(objects.filter((o) => o.kind === 'Secret')).toEqual([]);
+    /** The Secret and key behind a file path the container reads, through its volumes. */
+    const secretFileOf = (owner: K8sObject, c: Container, path: string) => {
+      const mount = (c.volumeMounts ?? []).find((m) => m.mountPath === dirname(path));
+      expect(mount, `${name(owner)} mounts ${dirname(path)}`).toBeDefined();
+      expect(mount?.readOnly, `${name(owner)} mounts ${dirname(path)} read-only`).toBe(true);
+      const volume = owner.spec.template.spec.volumes.find((v: { name: string }) => v.name === mount?.name);
+      expect(volume?.secret, `${name(owner)} volume ${mount?.name} is a Secret`).toBeDefined();
+      const item = volume.secret.items?.find((i: { path: string }) => i.path === basename(path));
+      expect(
+        item,
+        `${name(owner)}: ${basename(path)} is an item of Secret ${volume.secret.secretName}`,
+      ).toBeDefined();
+      // Readable by the pod's group (fsGroup), not by everyone.
+      expect(volume.secret.defaultMode & 0o007).toBe(0);
+      return { secret: volume.secret.secretName as string, key: item.key as string };
+    };
+    const fileFlags = (c: Container) =>
+      new Map(
+        expandArgs(objects, c)
+          .map((a) => /^--([a-z-]+)=(\/.*)$/.exec(a))
+          .filter((m): m is RegExpExecArray => m !== null && /file|tls|internal/.test(m[1]))
+          .map((m) => [m[1], m[2]]),
+      );
+    const coordinatorOwner = only(objects, 'Deployment', 'medcluster-coordinator');
+    const coordinator = container(coordinatorOwner, 'coordinator');
+    const workerOwner = only(objects, 'StatefulSet', 'medcluster-worker');
+    const worker = container(workerOwner, 'worker');
+    const coordinatorFiles = fileFlags(coordinator);
+    const workerFiles = fileFlags(worker);
+    expect([...coordinatorFiles.keys()].sort()).toEqual(
+      [
+        'api-keys-file',
+        'internal-ca',
+        'internal-cert',
+        'internal-key',
+        'nats-password-file',
+        'tls-cert',
+        'tls-key',
+      ].sort(),
+    );
+    expect([...workerFiles.keys()].sort()).toEqual([
+      'internal-ca',
+      'internal-cert',
+      'internal-key',
+      'nats-password-file',
+    ]);
+    const files = new Map<string, { secret: string; key: string }>();
+    for (const [flag, path] of coordinatorFiles)
+      files.set(`coordinator ${flag}`, secretFileOf(coordinatorOwner, coordinator, path));
+    for (const [flag, path] of workerFiles)
+      files.set(`worker ${flag}`, secretFileOf(workerOwner, worker, path));
+    // The coordinator and the workers share the internal CA, each presents a certificate and key
+    // of the same Secret; the public certificate is another Secret.
+    for (const flag of ['internal-ca', 'internal-cert', 'internal-key'])
+      expect(files.get(`worker ${flag}`)).toEqual(files.get(`coordinator ${flag}`));
+    expect(files.get('coordinator tls-key')?.secret).not.toBe(files.get('coordinator internal-key')?.secret);
+
+    // NATS: each --nats-user is a user of nats.conf whose password variable the NATS container
+    // takes from the same Secret key the client reads its password file from.
+    const natsOwner = only(objects, 'Deployment', 'nats');
+    const nats = container(natsOwner, 'nats');
+    const configPath = (nats.args ?? [])[(nats.args ?? []).indexOf('--config') + 1];
+    const conf = configMap(objects, 'nats-config');
+    const natsMount = (nats.volumeMounts ?? []).find((m) => m.mountPath === dirname(configPath));
+    expect(natsMount?.readOnly).toBe(true);
+    const natsVolume = natsOwner.spec.template.spec.volumes.find(
+      (v: { name: string }) => v.name === natsMount?.name,
+    );
+    expect(natsVolume.configMap.name).toBe(conf.metadata.name);
+    const users = new Map(
+      [
+        ...(conf.data[basename(configPath)] as string).matchAll(
+          /\{\s*user:\s*(\w+),\s*password:\s*\$(\w+)\s*\}/g,
+        ),
+      ].map((m) => [m[1], m[2]]),
+    );
+    for (const [who, c] of [
+      ['coordinator', coordinator],
+      ['worker', worker],
+    ] as const) {
+      const user = expandArgs(objects, c)
+        .find((a) => a.startsWith('--nats-user='))
+        ?.split('=')[1];
+      const variable = users.get(user ?? '');
+      expect(variable, `${who} logs in as a user of nats.conf`).toBeDefined();
+      const env = (nats.env ?? []).find((e) => e.name === variable);
+      expect((env?.valueFrom as { secretKeyRef: unknown })?.secretKeyRef).toEqual({
+        name: files.get(`${who} nats-password-file`)?.secret,
+        key: files.get(`${who} nats-password-file`)?.key,
+      });
+    }
+
+    // The PodMonitor scrapes the coordinator over HTTPS with a key from the API keys' Secret.
+    if (layout.dir !== 'base') {
+      const monitor = only(objects, 'PodMonitor');
+      const endpoint = monitor.spec.podMetricsEndpoints.find((ep: { port?: string }) => ep.port === 'http');
+      expect(endpoint.scheme).toBe('https');
+      expect(endpoint.authorization.type).toBe('Bearer');
+      expect(endpoint.authorization.credentials.name).toBe(files.get('coordinator api-keys-file')?.secret);
+      expect(endpoint.tlsConfig.ca.secret.name).toBe(files.get('coordinator tls-cert')?.secret);
+    }
   });
 
   test('every pod runs as non-root with no privilege escalation, no capabilities and a read-only root', () => {
@@ -335,6 +456,39 @@ describe('deploy/k8s validation', () => {
     ]);
   });
 
+  test("nats.conf runs in nats-server: the manifests' users log in with their passwords, no one else", async () => {
+    const objects = kustomize(join(K8S, 'overlays', 'one-gpu'));
+    const nats = container(only(objects, 'Deployment', 'nats'), 'nats');
+    const dir = mkdtempSync(join(tmpdir(), 'nats-conf-'));
+    const file = join(dir, 'nats.conf');
+    writeFileSync(file, configMap(objects, 'nats-config').data['nats.conf']);
+    // The Secret's values, as the NATS container's environment gets them (hex, as the README makes them).
+    const passwords = Object.fromEntries(
+      (nats.env ?? []).map((e) => [e.name, randomBytes(16).toString('hex')]),
+    );
+    // The harness's port and address win over the file's; no monitoring port in a test.
+    const server = await startNatsServer({ args: ['-c', file, '-m', '0'], env: passwords });
+    try {
+      for (const [user, variable] of [
+        ['coordinator', 'COORDINATOR_PASSWORD'],
+        ['worker', 'WORKER_PASSWORD'],
+      ]) {
+        const nc = await connectNats(
+          { servers: server.url, auth: { user, pass: passwords[variable] } },
+          user,
+        );
+        await nc.close();
+        await expect(
+          connectNats({ servers: server.url, auth: { user, pass: 'guess' } }, user),
+        ).rejects.toThrow(/authorization violation/);
+      }
+      await expect(connectNats({ servers: server.url }, 'anonymous')).rejects.toThrow(/requires credentials/);
+    } finally {
+      await server.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test('the model download component fills the volume that the serving pods mount read-only', () => {
     // As a user adds it: to the overlay's components.
     const overlay = join(copy.root, 'overlays', 'one-gpu');
@@ -353,7 +507,7 @@ describe('deploy/k8s validation', () => {
       /huggingface-cli download TheBloke\/meditron-70B-AWQ\s+\\?\s*--local-dir "\$MEDCLUSTER_MODEL_DIR"/,
     );
     // The model directory comes from the (generated, hashed) ConfigMap the serving pods use.
-    const config = only(objects, 'ConfigMap');
+    const config = configMap(objects, 'medcluster-config');
     const ref = download.env?.find((e) => e.name === 'MEDCLUSTER_MODEL_DIR')?.valueFrom as {
       configMapKeyRef: { name: string; key: string };
     };

@@ -3,7 +3,7 @@
 // Python client generated from proto/ with grpcio-tools.
 
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -268,6 +268,39 @@ describe('medcluster up under load with a cache too small for it', () => {
     } finally {
       client.close();
       await stopAll();
+    }
+  });
+});
+
+describe('medcluster up configured from the environment', () => {
+  test('MEDCLUSTER_CONFIG and MEDCLUSTER_<FLAG> set up, and its workers do not inherit them', async () => {
+    const modelDir = await testModel();
+    const dir = await mkdtemp(join(tmpdir(), 'medcluster-settings-'));
+    try {
+      // `tp` is up's setting alone: a worker reading this file would refuse it and never start.
+      const config = join(dir, 'settings.json');
+      await writeFile(config, JSON.stringify({ tp: 2, threads: 1, 'kv-blocks': 64 }));
+      const up = startCli(['up'], {
+        env: {
+          MEDCLUSTER_CONFIG: config,
+          MEDCLUSTER_MODEL: modelDir,
+          MEDCLUSTER_GRPC_PORT: '0',
+          MEDCLUSTER_HTTP_PORT: '0',
+        },
+      });
+      const [, port] = await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:(\d+)/, 90_000);
+      const client = new InferenceClient(`127.0.0.1:${port}`);
+      try {
+        const info = await client.getModelInfo();
+        expect(info.workers.map((w) => w.tpRank).sort()).toEqual([0, 1]);
+        const reply = await client.generate({ text: 'The patient', maxTokens: 3, temperature: { value: 0 } });
+        expect(reply.tokenIds).toHaveLength(3);
+      } finally {
+        client.close();
+      }
+    } finally {
+      await stopAll();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

@@ -27,6 +27,9 @@ const USAGE = `usage: medcluster bench kernels [--device cpu|cuda] [--quick] [--
                               [--output-tokens 128 | MIN-MAX] [--ignore-eos on|off] [--prompt ids|text]
                               [--temperature 0] [--seed 0] [--warmup N] [--timeout-s 600] [--json PATH]
 
+       medcluster bench wire [--synthetic llama-2-70b] [--batch 1,64] [--context 640] [--tp 2] [--pp 2]
+
+bench wire counts the bytes one decode step puts on gRPC (serialized messages, no model run).
 bench serve streams requests to any OpenAI-compatible endpoint (this server's, vLLM's, ...): a fixed
 --concurrency, or Poisson arrivals at --rate (optionally capped by --concurrency). Prompts are random
 token ids of the given lengths (--prompt text sends medical words instead, as chat needs), and
@@ -49,6 +52,7 @@ export async function benchCommand(argv: string[]): Promise<void> {
   if (what === 'decode') return benchDecode(rest);
   if (what === 'cluster') return benchCluster(rest);
   if (what === 'serve') return benchServe(rest);
+  if (what === 'wire') return benchWire(rest);
   if (what === '--help' || what === undefined) {
     console.log(USAGE);
     return;
@@ -264,4 +268,41 @@ async function benchServe(argv: string[]): Promise<void> {
   console.log(formatServeReport(report));
   if (flags.json) await writeFile(flags.json, `${JSON.stringify(report, null, 2)}\n`);
   if (report.completed === 0) throw new Error(`no request succeeded: ${report.errors.join(' | ')}`);
+}
+
+async function benchWire(argv: string[]): Promise<void> {
+  const flags = parseFlags(
+    argv,
+    {
+      synthetic: { type: 'string', default: 'llama-2-70b' },
+      batch: { type: 'string', default: '1,64' },
+      context: { type: 'string', default: '640' },
+      tp: { type: 'string', default: '2' },
+      pp: { type: 'string', default: '2' },
+      help: { type: 'boolean' },
+    },
+    USAGE,
+  );
+  if (flags.help) {
+    console.log(USAGE);
+    return;
+  }
+  const { wireBytes } = await import('../bench/wire-bytes.js');
+  const config = presetConfig(flags.synthetic as string);
+  const tp = intFlag(flags.tp, 'tp');
+  const pp = intFlag(flags.pp, 'pp');
+  const context = intFlag(flags.context, 'context');
+  const kb = (n: number) => `${(n / 1024).toFixed(1)} KiB`;
+  console.log(
+    `bytes on gRPC per decode step: ${flags.synthetic}, tp=${tp} x pp=${pp}, ${context}-token contexts, greedy`,
+  );
+  console.log(
+    'batch  step (x tp)  hand-off (x tp, per boundary)  result now  result before  host all-reduces per rank',
+  );
+  for (const b of (flags.batch as string).split(',').map((x) => intFlag(x, 'batch'))) {
+    const r = wireBytes(config, b, context, Math.ceil(config.numLayers / pp), tp);
+    console.log(
+      `${String(b).padStart(5)}  ${kb(r.stepBytes).padStart(11)}  ${kb(r.handOffBytes).padStart(29)}  ${kb(r.resultBytes).padStart(10)}  ${kb(r.resultBytesBefore).padStart(13)}  ${kb(r.hostCollectiveBytesPerRank).padStart(25)}`,
+    );
+  }
 }

@@ -1,22 +1,33 @@
 // `medcluster coordinator`: cluster mode. Waits for workers over NATS, assigns shards, serves.
 
-import { openCheckpoint } from '@medcluster/worker';
-import { connect } from 'nats';
+import { connectNats, openCheckpoint } from '@medcluster/worker';
 import { startNatsCluster } from '../cluster/nats-cluster.js';
 import { CONFIG_USAGE, intFlag, parseFlags, requiredString } from './args.js';
+import {
+  INTERNAL_TLS_FLAGS,
+  INTERNAL_TLS_USAGE,
+  internalTlsFromFlags,
+  logInternalTls,
+} from './internal-tls-flags.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { LOG_FLAGS, LOG_USAGE, loggerFor, logSettingsFromFlags } from './log-flags.js';
+import { NATS_FLAGS, NATS_USAGE, natsTargetFromFlags } from './nats-flags.js';
 import { openLoadingPort, serveUntilSignal } from './serve.js';
 import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
 const USAGE = `usage: medcluster coordinator --nats URL --model DIR [--cluster NAME] [--tp N] [--pp N]
          [--host 0.0.0.0] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
-         [--worker-timeout-s 300] [--heartbeat-timeout-s 5] [serving flags]
+         [--worker-timeout-s 300] [--heartbeat-timeout-s 5] [serving flags] [NATS credentials]
+         [internal TLS]
 
   --heartbeat-timeout-s 5  a worker silent this long is lost (the cluster is degraded until it
                            is back; NATS outages do not count)
 
 ${SERVE_USAGE}
+
+${NATS_USAGE}
+
+${INTERNAL_TLS_USAGE}
 
 ${LOG_USAGE}
 
@@ -29,7 +40,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
     argv,
     {
       ...SERVE_FLAGS,
-      nats: { type: 'string' },
+      ...NATS_FLAGS,
       cluster: { type: 'string', default: 'medcluster' },
       model: { type: 'string' },
       tp: { type: 'string', default: '1' },
@@ -40,6 +51,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       'block-size': { type: 'string', default: '16' },
       'worker-timeout-s': { type: 'string', default: '300' },
       'heartbeat-timeout-s': { type: 'string', default: '5' },
+      ...INTERNAL_TLS_FLAGS,
       ...LOG_FLAGS,
       help: { type: 'boolean' },
     },
@@ -56,18 +68,23 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   // Without --kv-blocks or --kv-memory-fraction each worker's device picks (known once it announces).
   const kvCache = kvCacheFromFlags(flags);
   const settings = serveSettingsFromFlags(flags);
+  requiredString(flags.nats, 'nats');
+  const nats = natsTargetFromFlags(flags);
+  const internalTls = internalTlsFromFlags(flags);
   const log = loggerFor(logSettingsFromFlags(flags), {});
   const { config } = await openCheckpoint(modelDir);
   const host = flags.host ?? '0.0.0.0';
   const loading = await openLoadingPort(host, settings);
   log.info(`HTTP port ${loading.port} answers 503 until every worker is ready`);
-  // Reconnects for ever: serving needs no NATS, and membership resynchronizes once it is back.
-  const nc = await connect({
-    servers: requiredString(flags.nats, 'nats'),
-    name: 'medcluster-coordinator',
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 500,
-  });
+  logInternalTls(log, internalTls);
+  // connectNats reconnects for ever: serving needs no NATS, and membership resynchronizes once
+  // it is back.
+  const nc = await connectNats(nats as NonNullable<typeof nats>, 'medcluster-coordinator').catch(
+    async (err) => {
+      await loading.close();
+      throw err;
+    },
+  );
   try {
     const cluster = await startNatsCluster({
       nc,
@@ -81,6 +98,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       heartbeatTimeoutMs: intFlag(flags['heartbeat-timeout-s'], 'heartbeat-timeout-s') * 1000,
       stepTimeoutMs: settings.stepTimeoutMs,
       collectiveTimeoutMs: settings.collectiveTimeoutMs,
+      internalTls,
       servedModelName: settings.servedModelName,
       log: (line) => log.info(line),
     });

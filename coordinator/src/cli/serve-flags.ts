@@ -1,6 +1,9 @@
 // The serving flags `up` and `coordinator` share: where the public APIs listen (gRPC and HTTP),
-// the chat template, and how the scheduler batches. Defaults reach the GPU's larger decode graph buckets (up to 256 rows).
+// who may call them (API keys) and over what (TLS), the chat template, and how the scheduler
+// batches. Defaults reach the GPU's larger decode graph buckets (up to 256 rows).
 
+import { TlsFilesError } from '@medcluster/worker';
+import { ApiKeys, ApiKeysError, loadPublicTls, type PublicTls } from '../auth/index.js';
 import { intFlag, UsageError } from './args.js';
 
 export const SERVE_FLAGS = {
@@ -19,6 +22,9 @@ export const SERVE_FLAGS = {
   'degraded-wait-s': { type: 'string', default: '60' },
   'step-timeout-s': { type: 'string', default: '60' },
   'collective-timeout-s': { type: 'string', default: '30' },
+  'api-keys-file': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
 } as const;
 
 export const SERVE_USAGE = `Serving:
@@ -43,7 +49,15 @@ export const SERVE_USAGE = `Serving:
   --step-timeout-s 60           a step with no result after this fails as a lost worker (a stage
                                 that hangs); the workers' relays to the next stage wait as long
   --collective-timeout-s 30     a tensor-parallel collective call whose ranks do not all arrive
-                                within this fails its stage's group (a peer that hangs)`;
+                                within this fails its stage's group (a peer that hangs)
+
+Access (off by default):
+  --api-keys-file FILE          API keys, one per line (# comments; at least 16 characters each), or
+                                $MEDCLUSTER_API_KEYS (comma-separated): every HTTP route but the probes
+                                (GET /health, /live, /ready) then needs \`Authorization: Bearer <key>\` (401 without), every gRPC call
+                                but grpc.health.v1 \`authorization: Bearer <key>\` metadata (UNAUTHENTICATED)
+  --tls-cert FILE               PEM certificate (chain) for the public ports: HTTPS and gRPC over TLS
+  --tls-key FILE                its PEM private key (give both or neither)`;
 
 export interface ServeSettings {
   grpcPort: number;
@@ -62,6 +76,10 @@ export interface ServeSettings {
   degradedWaitMs: number;
   stepTimeoutMs: number;
   collectiveTimeoutMs: number;
+  /** Keys the public APIs require (absent: open). */
+  apiKeys?: ApiKeys;
+  /** Certificate and key of the public ports (absent: plaintext). */
+  tls?: PublicTls;
 }
 
 type ServeFlagValues = { [K in keyof typeof SERVE_FLAGS]?: string };
@@ -92,13 +110,42 @@ function origins(value: string | undefined): '*' | string[] {
   return list;
 }
 
-export function serveSettingsFromFlags(flags: ServeFlagValues): ServeSettings {
+function apiKeysFrom(file: string | undefined, env: string | undefined): ApiKeys | undefined {
+  if (file !== undefined && env !== undefined && env !== '')
+    throw new UsageError('give --api-keys-file or $MEDCLUSTER_API_KEYS, not both');
+  try {
+    if (file !== undefined) return ApiKeys.fromFile(file);
+    if (env !== undefined && env !== '') return ApiKeys.parse(env, '$MEDCLUSTER_API_KEYS');
+  } catch (err) {
+    if (err instanceof ApiKeysError) throw new UsageError(err.message);
+    throw err;
+  }
+  return undefined;
+}
+
+function publicTlsFrom(cert: string | undefined, key: string | undefined): PublicTls | undefined {
+  if (cert === undefined && key === undefined) return undefined;
+  if (cert === undefined || key === undefined) throw new UsageError('--tls-cert and --tls-key go together');
+  try {
+    return loadPublicTls(cert, key);
+  } catch (err) {
+    if (err instanceof TlsFilesError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
+export function serveSettingsFromFlags(
+  flags: ServeFlagValues,
+  env: Record<string, string | undefined> = process.env,
+): ServeSettings {
   const grpcPort = port(flags['grpc-port'], 'grpc-port');
   const httpPort = port(flags['http-port'], 'http-port');
   if (httpPort !== 0 && httpPort === grpcPort)
     throw new UsageError(`--http-port and --grpc-port must differ, both are ${httpPort}`);
   const servedModelName = flags['served-model-name'] ?? '';
   if (servedModelName.trim() === '') throw new UsageError('--served-model-name must not be empty');
+  const apiKeys = apiKeysFrom(flags['api-keys-file'], env.MEDCLUSTER_API_KEYS);
+  const tls = publicTlsFrom(flags['tls-cert'], flags['tls-key']);
   return {
     grpcPort,
     httpPort,
@@ -115,5 +162,7 @@ export function serveSettingsFromFlags(flags: ServeFlagValues): ServeSettings {
     degradedWaitMs: positive(flags['degraded-wait-s'], 'degraded-wait-s', 0) * 1000,
     stepTimeoutMs: positive(flags['step-timeout-s'], 'step-timeout-s') * 1000,
     collectiveTimeoutMs: positive(flags['collective-timeout-s'], 'collective-timeout-s') * 1000,
+    ...(apiKeys ? { apiKeys } : {}),
+    ...(tls ? { tls } : {}),
   };
 }

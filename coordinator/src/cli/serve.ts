@@ -68,7 +68,10 @@ export interface LoadingPort {
  * load, and "not ready" is a clearer answer than a refused connection.
  */
 export async function openLoadingPort(host: string, settings: ServeSettings): Promise<LoadingPort> {
-  const app = createLoadingServer(settings.httpMaxBodyBytes);
+  const app = createLoadingServer(settings.httpMaxBodyBytes, {
+    apiKeys: settings.apiKeys,
+    tls: settings.tls,
+  });
   const port = await listenHttp(app, host, settings.httpPort);
   return { port, close: () => app.close() };
 }
@@ -118,25 +121,34 @@ export async function serveUntilSignal({
     cluster,
     healthy: () => cluster.healthy() && !draining,
   };
-  const server = createServer(serving, { maxMessageBytes: settings.grpcMaxMessageBytes });
+  const server = createServer(serving, {
+    maxMessageBytes: settings.grpcMaxMessageBytes,
+    apiKeys: settings.apiKeys,
+  });
   const metrics = new ServingMetrics({ model: settings.servedModelName, scheduler, cluster });
   const http = createHttpServer(serving, scheduler, {
     bodyLimit: settings.httpMaxBodyBytes,
     corsOrigins: settings.httpCorsOrigins,
     metrics: () => metrics.scrape(),
+    apiKeys: settings.apiKeys,
+    tls: settings.tls,
     onResponse: (route, status) => metrics.httpResponse(route, status),
   });
   // The loading server's port, handed over: closed, then taken by the real server at once.
   await loading?.close();
   const httpPort = await listenHttp(http, host, loading ? loading.port : settings.httpPort);
-  const port = await listen(server, `${host}:${settings.grpcPort}`);
+  const port = await listen(server, `${host}:${settings.grpcPort}`, settings.tls);
   const local = host === '0.0.0.0' || host === '::' ? 'localhost' : host;
-  log.info(`HTTP APIs (OpenAI /v1, TGI, /cluster, /metrics) on http://${local}:${httpPort}`);
+  const scheme = settings.tls ? 'https' : 'http';
+  log.info(`HTTP APIs (OpenAI /v1, TGI, /cluster, /metrics) on ${scheme}://${local}:${httpPort}`);
   log.info(
-    `serving ${label} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}`,
+    `serving ${label} as ${settings.servedModelName} (tp=${cluster.tp}, pp=${cluster.pp}) on ${host}:${port}${settings.tls ? ' (TLS)' : ''}`,
   );
+  logAccess(log, settings);
+  // A placeholder, never a key: keys do not go to logs.
+  const auth = settings.apiKeys ? ` -H "Authorization: Bearer $API_KEY"` : '';
   log.info(
-    `try \`curl http://${local}:${httpPort}/v1/completions -H 'Content-Type: application/json' -d '{"prompt": "The patient presented with", "max_tokens": 32}'\``,
+    `try \`curl ${scheme}://${local}:${httpPort}/v1/completions${auth} -H 'Content-Type: application/json' -d '{"prompt": "The patient presented with", "max_tokens": 32}'\``,
   );
   await new Promise<void>((resolve) => {
     const stop = async (signal: string) => {
@@ -164,6 +176,17 @@ export async function serveUntilSignal({
     process.once('SIGINT', () => void stop('SIGINT'));
     process.once('SIGTERM', () => void stop('SIGTERM'));
   });
+}
+
+/** How the public ports are protected: counts and file names, never a key. */
+function logAccess(log: Logger, settings: ServeSettings): void {
+  const { apiKeys, tls } = settings;
+  log.info(
+    apiKeys
+      ? `API keys required on HTTP (but GET /health) and gRPC (but grpc.health.v1): ${apiKeys.size} key(s) configured`
+      : 'API keys: off (anyone who reaches the ports may call the APIs)',
+  );
+  if (tls?.problem) log.warn(`--tls-cert ${tls.certPath} ${tls.problem}: clients will refuse it`);
 }
 
 async function readChatTemplate(path: string): Promise<string> {

@@ -8,6 +8,12 @@ import { openCheckpoint, presetConfig } from '@medcluster/worker';
 import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
 import { CONFIG_USAGE, intFlag, parseFlags, UsageError } from './args.js';
+import {
+  INTERNAL_TLS_FLAGS,
+  INTERNAL_TLS_USAGE,
+  internalTlsFromFlags,
+  logInternalTls,
+} from './internal-tls-flags.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
 import { LOG_FLAGS, LOG_USAGE, logArgs, loggerFor, logSettingsFromFlags } from './log-flags.js';
 import { openLoadingPort, serveUntilSignal } from './serve.js';
@@ -15,13 +21,16 @@ import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.
 
 const USAGE = `usage: medcluster up [--model DIR | --synthetic tiny|llama-2-70b [--layers N]] [--tp N] [--pp N]
          [--host 127.0.0.1] [--device cpu|cuda] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
-         [--threads N] [serving flags]
+         [--threads N] [serving flags] [internal TLS]
 
   --synthetic PRESET   random weights of the preset's exact shapes, made on each worker's device, with
                        the generated tokenizer (llama-2-70b: 32000 embedding rows, so ChatML's ids
                        32017/32018 are refused: measure with /v1/completions)
 
 ${SERVE_USAGE}
+
+${INTERNAL_TLS_USAGE}
+                                (up hands the same files to its workers)
 
 ${LOG_USAGE}
 
@@ -45,6 +54,7 @@ export async function upCommand(argv: string[]): Promise<void> {
       'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
       threads: { type: 'string' },
+      ...INTERNAL_TLS_FLAGS,
       ...LOG_FLAGS,
       help: { type: 'boolean' },
     },
@@ -63,7 +73,9 @@ export async function upCommand(argv: string[]): Promise<void> {
   const kvCache = kvCacheFromFlags(flags);
   const settings = serveSettingsFromFlags(flags);
   const logSettings = logSettingsFromFlags(flags);
+  const internalTls = internalTlsFromFlags(flags);
   const log = loggerFor(logSettings, {});
+  logInternalTls(log, internalTls);
   if (flags.synthetic !== undefined && flags.model !== undefined)
     throw new UsageError('give either --model or --synthetic, not both');
   if (flags.layers !== undefined && flags.synthetic === undefined)
@@ -100,6 +112,7 @@ export async function upCommand(argv: string[]): Promise<void> {
     threadsPerWorker: flags.threads === undefined ? undefined : intFlag(flags.threads, 'threads'),
     workerMetrics: true,
     workerArgs: logArgs(logSettings),
+    internalTls,
     servedModelName: settings.servedModelName,
     stepTimeoutMs: settings.stepTimeoutMs,
     collectiveTimeoutMs: settings.collectiveTimeoutMs,

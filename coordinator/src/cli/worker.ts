@@ -6,14 +6,20 @@ import { hostname } from 'node:os';
 import { controlCodecs } from '@medcluster/proto';
 import { startWorker } from '@medcluster/worker';
 import { CONFIG_USAGE, intFlag, parseFlags, UsageError } from './args.js';
+import { INTERNAL_TLS_FLAGS, INTERNAL_TLS_USAGE, internalTlsFromFlags } from './internal-tls-flags.js';
 import { LOG_FLAGS, LOG_USAGE, loggerFor, logSettingsFromFlags } from './log-flags.js';
+import { NATS_FLAGS, NATS_USAGE, natsTargetFromFlags } from './nats-flags.js';
 
 const USAGE = `usage: medcluster worker (--nats URL [--cluster NAME] | --assignment JSON) [--id ID]
          [--listen HOST:PORT] [--advertise HOST:PORT] [--device cpu|cuda] [--ordinal N] [--threads N]
-         [--memory-gb N] [--metrics-port N]
+         [--memory-gb N] [--metrics-port N] [NATS credentials] [internal TLS]
 
   --metrics-port N   serve /metrics (Prometheus), /health (alive) and /ready (shard loaded)
                      on the listen host (0 picks a free port)
+
+${NATS_USAGE}
+
+${INTERNAL_TLS_USAGE}
 
 ${LOG_USAGE}
 
@@ -31,9 +37,10 @@ export async function workerCommand(argv: string[]): Promise<void> {
       threads: { type: 'string' },
       'memory-gb': { type: 'string' },
       'metrics-port': { type: 'string' },
-      nats: { type: 'string' },
+      ...NATS_FLAGS,
       cluster: { type: 'string', default: 'medcluster' },
       assignment: { type: 'string' },
+      ...INTERNAL_TLS_FLAGS,
       ...LOG_FLAGS,
       help: { type: 'boolean' },
     },
@@ -52,6 +59,8 @@ export async function workerCommand(argv: string[]): Promise<void> {
   const assignment = flags.assignment
     ? controlCodecs.assignment.decode(new TextEncoder().encode(flags.assignment))
     : undefined;
+  const nats = natsTargetFromFlags(flags);
+  const internalTls = internalTlsFromFlags(flags);
   const workerId = flags.id ?? `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}`;
   const log = loggerFor(logSettingsFromFlags(flags), { component: 'worker', worker: workerId });
   const worker = await startWorker({
@@ -65,8 +74,9 @@ export async function workerCommand(argv: string[]): Promise<void> {
     memoryBytes: flags['memory-gb'] === undefined ? undefined : Number(flags['memory-gb']) * 2 ** 30,
     metricsPort:
       flags['metrics-port'] === undefined ? undefined : intFlag(flags['metrics-port'], 'metrics-port'),
-    nats: flags.nats ? { url: flags.nats, cluster: flags.cluster ?? 'medcluster' } : undefined,
+    nats: nats ? { url: nats.servers, auth: nats.auth, cluster: flags.cluster ?? 'medcluster' } : undefined,
     assignment,
+    internalTls,
     onEvent: (event) => process.stdout.write(`${JSON.stringify(event)}\n`),
   });
   log.info(`serving on ${worker.address}`, {

@@ -1,7 +1,7 @@
 // Client side of `medcluster generate --server`: streams a completion from a running cluster
 // over the public gRPC API and hands text to the caller as it arrives.
 
-import { InferenceClient, type inferenceV1 } from '@medcluster/proto';
+import { InferenceClient, type InferenceClientOptions, type inferenceV1 } from '@medcluster/proto';
 
 export interface RemoteRequest {
   prompt: string;
@@ -18,8 +18,9 @@ export async function generateRemote(
   address: string,
   request: RemoteRequest,
   onText: (text: string) => void,
+  connection: Pick<InferenceClientOptions, 'credentials' | 'apiKey' | 'channelOptions'> = {},
 ): Promise<inferenceV1.GenerateFinish__Output> {
-  const client = new InferenceClient(address);
+  const client = new InferenceClient(address, connection);
   try {
     let finish: inferenceV1.GenerateFinish__Output | null = null;
     for await (const message of client.generateStream({

@@ -5,8 +5,8 @@
 // group re-formed, and `recovered` emitted once every stage answers again.
 
 import type { EventEmitter } from 'node:events';
+import type { KvGeometry } from '@medcluster/proto';
 import type { StepExecutor } from '../scheduler/executor.js';
-import type { KvGeometry } from './kv-cache.js';
 
 /** One worker as the public API reports it (GetModelInfo, GET /cluster). */
 export interface ClusterWorker {

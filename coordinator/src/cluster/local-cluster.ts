@@ -13,10 +13,11 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { freemem } from 'node:os';
+import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { cudaDeviceCount, type DeviceKind } from '@medcluster/kernels';
-import type { Assignment, KvCacheMessage, SyntheticWeightsMessage } from '@medcluster/proto';
-import type { LlamaConfig, WorkerEvent } from '@medcluster/worker';
+import type { Assignment, KvCacheSpec, SyntheticWeightsMessage } from '@medcluster/proto';
+import type { InternalTls, LlamaConfig, WorkerEvent } from '@medcluster/worker';
 import { freePort, regroupWorker, workerStatus } from '@medcluster/worker';
 import { planPlacement } from '../placement/index.js';
 import { assignmentsFor, firstStageAddresses } from './assignments.js';
@@ -50,6 +51,8 @@ export interface LocalClusterOptions {
   servedModelName?: string;
   /** Command that starts a worker: [executable, ...args] (default: this CLI). */
   workerCommand?: string[];
+  /** Mutual TLS on every internal channel: the workers get the same files (`--internal-*`). */
+  internalTls?: InternalTls;
   readyTimeoutMs?: number;
   /** A step with no result this long after it was sent fails the pipeline (executor). */
   stepTimeoutMs?: number;
@@ -87,6 +90,30 @@ export function localGpuSlots(count: number, gpus: number): { ordinal: number; s
 const RESTART_BACKOFF_MS = 500;
 const MAX_RESTART_BACKOFF_MS = 30_000;
 
+/**
+ * MEDCLUSTER_ variables a worker started here inherits: how it finds its native parts and how it
+ * runs them, not settings. Every other MEDCLUSTER_ variable is left out: settings such as
+ * MEDCLUSTER_LISTEN or MEDCLUSTER_CONFIG were given to this command, whose flags differ from the
+ * worker's (a worker would bind the coordinator's port, or refuse a config key it lacks), and
+ * workers get theirs on the command line; MEDCLUSTER_API_KEYS is no worker's business.
+ */
+const INHERITED_BY_WORKERS = new Set([
+  'MEDCLUSTER_COLLECTIVE',
+  'MEDCLUSTER_DEBUG',
+  'MEDCLUSTER_GPU_CHECK',
+  'MEDCLUSTER_KERNELS_ADDON',
+  'MEDCLUSTER_MODEL_CACHE',
+  'MEDCLUSTER_NCCL_LIBRARY',
+  'MEDCLUSTER_PROTO_ROOT',
+]);
+
+/** The environment of a worker process: this one's, without its MEDCLUSTER_ settings. */
+export function workerEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  return Object.fromEntries(
+    Object.entries(env).filter(([name]) => !name.startsWith('MEDCLUSTER_') || INHERITED_BY_WORKERS.has(name)),
+  );
+}
+
 function defaultWorkerCommand(): string[] {
   // This process runs the CLI (bin shim or bundle): start workers the same way.
   return [process.execPath, ...process.execArgv, process.argv[1]];
@@ -112,7 +139,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       ? localGpuSlots(count, cudaDeviceCount())
       : ids.map(() => ({ ordinal: 0, sharers: 1 }));
   const slotOf = new Map(ids.map((id, i) => [id, slots[i]]));
-  const kvCacheOf = (id: string): KvCacheMessage => {
+  const kvCacheOf = (id: string): KvCacheSpec => {
     const { sharers } = slotOf.get(id) as { sharers: number };
     return 'memoryFraction' in kvCache && sharers > 1
       ? { blockSize: kvCache.blockSize, memoryFraction: kvCache.memoryFraction / sharers }
@@ -147,6 +174,14 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
     );
   const [exe, ...baseArgs] = options.workerCommand ?? defaultWorkerCommand();
   const threads = options.threadsPerWorker;
+  const tls = options.internalTls;
+  const internalTlsArgs = tls
+    ? [
+        ...['--internal-ca', resolve(tls.files.ca)],
+        ...['--internal-cert', resolve(tls.files.cert)],
+        ...['--internal-key', resolve(tls.files.key)],
+      ]
+    : [];
 
   /** The current process of each worker id, in id order (a restart replaces the entry). */
   const workers: LocalWorker[] = [];
@@ -171,8 +206,9 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       ...(threads ? ['--threads', String(threads)] : []),
       ...(options.workerMetrics ? ['--metrics-port', '0'] : []),
       ...(options.workerArgs ?? []),
+      ...internalTlsArgs,
     ];
-    const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'inherit'], env: workerEnv() });
     const { shard, stageIndex } = assignments.get(id) as Assignment;
     const worker: LocalWorker = {
       id,
@@ -252,6 +288,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       {
         stepTimeoutMs: options.stepTimeoutMs,
         stageGroups: stageGroups(),
+        credentials: tls?.channelCredentials(),
       },
     );
     const reported = new Map(reports.map((r) => [r.workerId, r.kvBlocks]));
@@ -335,7 +372,9 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       const silent: LocalWorker[] = [];
       await Promise.all(
         workers.map(async (w) => {
-          const status = await workerStatus(w.address, 3_000).catch(() => undefined);
+          const status = await workerStatus(w.address, 3_000, tls?.channelCredentials()).catch(
+            () => undefined,
+          );
           if (status?.state !== 'WORKER_STATE_READY') silent.push(w);
         }),
       );
@@ -353,12 +392,16 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
         try {
           await Promise.all(
             members.map((w) =>
-              regroupWorker(w.address, {
-                assignmentId: (assignments.get(w.id) as Assignment).assignmentId,
-                group,
-                peers: members.map((m) => m.address),
-                timeoutMs: 30_000,
-              }),
+              regroupWorker(
+                w.address,
+                {
+                  assignmentId: (assignments.get(w.id) as Assignment).assignmentId,
+                  group,
+                  peers: members.map((m) => m.address),
+                  timeoutMs: 30_000,
+                },
+                tls?.channelCredentials(),
+              ),
             ),
           );
           log(`local cluster: stage ${stage} re-formed as ${group}`);

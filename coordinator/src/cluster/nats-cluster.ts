@@ -11,11 +11,15 @@
 // stage that lost a member re-forms: a restarted worker gets its assignment again, with a new
 // collective group, and its tensor-parallel peers move to that group (Regroup: no reload);
 // when every worker answers GetStatus ready, in its stage's group, `recovered` is emitted.
+//
+// With internal mutual TLS a worker joins only once its gRPC server presented a certificate that
+// verifies against the internal CA for the address it announced; one that does not is refused,
+// with the reason in the log, and the coordinator keeps waiting for workers it can talk to.
 
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { Assignment, PlacedWorker, PlacementRecord } from '@medcluster/proto';
-import { type LlamaConfig, regroupWorker, workerStatus } from '@medcluster/worker';
+import type { Assignment, KvGeometry, PlacedWorker, PlacementRecord } from '@medcluster/proto';
+import { type InternalTls, type LlamaConfig, regroupWorker, workerStatus } from '@medcluster/worker';
 import type { NatsConnection } from 'nats';
 import { type WorkerRecord, WorkerRegistry } from '../control/index.js';
 import { planPlacement } from '../placement/index.js';
@@ -24,7 +28,6 @@ import type { ClusterEvents, ClusterHandle, ClusterWorker } from './cluster-hand
 import {
   describeKvGeometry,
   type KvCacheRequest,
-  type KvGeometry,
   type KvReport,
   kvCacheForDevice,
   kvGeometryFromReports,
@@ -44,6 +47,8 @@ export interface NatsClusterOptions {
   /** How long to wait for enough workers to announce themselves. */
   workerTimeoutMs: number;
   heartbeatTimeoutMs?: number;
+  /** Mutual TLS with the workers: admission checks their certificates, links present ours. */
+  internalTls?: InternalTls;
   log?: (line: string) => void;
   /** The name the APIs serve the model under (the workers label their metrics with it). */
   servedModelName?: string;
@@ -86,11 +91,18 @@ const alive = (r: WorkerRecord | undefined) => r !== undefined && r.state !== 'l
 /** Waits for the workers, assigns (or re-adopts) their shards, and resolves once every one is ready and connected. */
 export async function startNatsCluster(options: NatsClusterOptions): Promise<ClusterHandle> {
   const log = options.log ?? (() => undefined);
+  const tls = options.internalTls;
   const registry = await WorkerRegistry.start({
     nc: options.nc,
     cluster: options.cluster,
     heartbeatTimeoutMs: options.heartbeatTimeoutMs,
+    ...(tls ? { admit: (w) => tls.verifyPeer(w.grpcAddress) } : {}),
   });
+  registry.on('refused', (w, reason) =>
+    log(
+      `coordinator: refused worker ${w.id}: could not verify its certificate against --internal-ca (${reason})`,
+    ),
+  );
   const store =
     options.placementStore === false
       ? undefined
@@ -126,13 +138,17 @@ class NatsCluster {
   private generation = 0;
   private stopping = false;
   private readonly run = `run-${randomUUID().slice(0, 8)}`;
+  /** How this coordinator reaches the workers: the internal mutual TLS, or plaintext. */
+  private readonly credentials: ReturnType<InternalTls['channelCredentials']> | undefined;
 
   constructor(
     private readonly options: NatsClusterOptions,
     private readonly registry: WorkerRegistry,
     private readonly store: PlacementStore | undefined,
     private readonly log: (line: string) => void,
-  ) {}
+  ) {
+    this.credentials = options.internalTls?.channelCredentials();
+  }
 
   async start(): Promise<void> {
     const started = performance.now();
@@ -146,7 +162,11 @@ class NatsCluster {
       this.stageRanks(0).map((id) => this.placement.addresses.get(id) as string),
       this.options.config.vocabRows,
       this.options.pp,
-      { stepTimeoutMs: this.options.stepTimeoutMs, stageGroups: this.stageGroups() },
+      {
+        stepTimeoutMs: this.options.stepTimeoutMs,
+        stageGroups: this.stageGroups(),
+        credentials: this.credentials,
+      },
     );
     this.follow();
     if (this.broken.size > 0 || this.lost.size > 0) {
@@ -523,12 +543,11 @@ class NatsCluster {
           if (ready.collective) this.placement.transports.set(id, ready.collective);
           changed.set(id, assignment);
         } else if (tp > 1) {
-          const reply = await regroupWorker(address, {
-            assignmentId: held.assignmentId,
-            group,
-            peers,
-            timeoutMs,
-          });
+          const reply = await regroupWorker(
+            address,
+            { assignmentId: held.assignmentId, group, peers, timeoutMs },
+            this.credentials,
+          );
           changed.set(id, { ...held, collectiveGroup: group });
           if (reply.collectiveTransport)
             this.placement.transports.set(id, reply.collectiveTransport as 'grpc' | 'ipc' | 'nccl');
@@ -542,7 +561,11 @@ class NatsCluster {
   /** The worker answers, is ready with its assignment, and sits in its stage's group. */
   private async check(id: string): Promise<void> {
     const a = this.placement.assignments.get(id) as Assignment;
-    const status = await workerStatus(this.placement.addresses.get(id) as string, STATUS_DEADLINE_MS);
+    const status = await workerStatus(
+      this.placement.addresses.get(id) as string,
+      STATUS_DEADLINE_MS,
+      this.credentials,
+    );
     if (status.state !== 'WORKER_STATE_READY' || status.assignmentId !== a.assignmentId) {
       throw new Error(
         `worker ${id} is ${status.state} with ${status.assignmentId || 'no assignment'}, not ready with ${a.assignmentId}`,

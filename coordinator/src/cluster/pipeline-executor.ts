@@ -6,6 +6,7 @@
 // has work. Each step names the collective group the cluster placed each stage in, so that a rank
 // of a stage that re-formed refuses a step sent before it did.
 
+import type * as grpc from '@grpc/grpc-js';
 import type { workerV1 } from '@medcluster/proto';
 import {
   decodeLogits,
@@ -31,6 +32,8 @@ export interface PipelineExecutorOptions {
   stepTimeoutMs?: number;
   /** Each stage's collective group (index = stage), sent with every step; see setStageGroups. */
   stageGroups?: readonly string[];
+  /** The internal mutual TLS (default plaintext). */
+  credentials?: grpc.ChannelCredentials;
 }
 
 /** Default step deadline: far above any step's compute, so only a stage that hangs reaches it. */
@@ -58,7 +61,9 @@ export class PipelineExecutor implements StepExecutor {
     pipelineDepth: number,
     options: PipelineExecutorOptions = {},
   ): Promise<PipelineExecutor> {
-    const links = await Promise.all(firstStage.map((address) => StageLink.connect(address)));
+    const links = await Promise.all(
+      firstStage.map((address) => StageLink.connect(address, undefined, options.credentials)),
+    );
     return new PipelineExecutor(links, vocabRows, Math.max(1, pipelineDepth), options);
   }
 

@@ -1,5 +1,6 @@
 // The coordinator's side of the NATS control plane: which workers exist, whether they are alive,
-// and handing them assignments. Emits joined / returned / progress / ready / failed / lost / left.
+// and handing them assignments. Emits joined / returned / progress / ready / failed / lost / left,
+// and refused for a worker that announced itself but failed the admission check (`admit`).
 // While the coordinator's own NATS connection is down no worker can be heard, so none is declared
 // lost for it: liveness checks pause, and on reconnect every worker's clock restarts and every
 // worker is asked to announce itself again (membership resynchronizes without false losses).
@@ -78,6 +79,8 @@ export interface WorkerRegistryEvents {
   /** The coordinator's NATS connection dropped (true) or came back (false). */
   disconnected: [down: boolean];
   left: [worker: WorkerRecord, reason: string];
+  /** A worker that failed `admit`: it is not counted until it restarts (and passes). */
+  refused: [worker: WorkerRecord, reason: string];
   /** A message that failed validation (the registry carries on). */
   invalidMessage: [error: ControlMessageError, subject: string];
 }
@@ -91,6 +94,12 @@ export interface WorkerRegistryOptions {
   heartbeatTimeoutMs?: number;
   /** How often to look for lost workers (default heartbeatTimeoutMs / 4, at most 1000 ms). */
   checkIntervalMs?: number;
+  /**
+   * Asked of every worker that announces itself (first, or after a restart) before it joins; a
+   * rejection refuses that process, with the rejection's message as the reason. The
+   * coordinator's mutual TLS check of the worker's certificate goes here.
+   */
+  admit?: (worker: WorkerRecord) => Promise<void>;
 }
 
 export interface AssignOptions {
@@ -121,6 +130,9 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
   /** True while the NATS connection is down: nothing can be heard, so nobody is lost for it. */
   private disconnected = false;
   private statusIterator: (AsyncIterable<Status> & { stop?: () => void }) | undefined;
+  /** Worker processes (id -> startedAt) being admitted, and those refused. */
+  private readonly admitting = new Map<string, number>();
+  private readonly refused = new Map<string, number>();
 
   private constructor(private readonly options: WorkerRegistryOptions) {
     super();
@@ -240,6 +252,10 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
         `worker ${m.workerId} restarted while loading assignment ${previous.assignmentId}`,
       );
     }
+    if (this.options.admit) {
+      if (this.admitting.get(m.workerId) === m.startedAt || this.refused.get(m.workerId) === m.startedAt)
+        return;
+    }
     const record: WorkerRecord = {
       id: m.workerId,
       grpcAddress: m.grpcAddress,
@@ -255,11 +271,43 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
       bytesTotal: 0,
       lastSeenMs: performance.now(),
     };
-    this.records.set(m.workerId, record);
+    const { admit } = this.options;
+    if (admit === undefined) {
+      this.join(record);
+      return;
+    }
+    this.admitting.set(m.workerId, m.startedAt);
+    admit({ ...record }).then(
+      () => {
+        if (this.admitting.get(m.workerId) === m.startedAt) this.admitting.delete(m.workerId);
+        if (this.closed) return;
+        this.refused.delete(m.workerId);
+        this.join(record);
+      },
+      (error: unknown) => {
+        if (this.admitting.get(m.workerId) === m.startedAt) this.admitting.delete(m.workerId);
+        if (this.closed) return;
+        this.refused.set(m.workerId, m.startedAt);
+        // A restarted worker that is refused: the process that had joined is gone.
+        const known = this.records.get(m.workerId);
+        if (known && known.state !== 'lost' && known.state !== 'leaving') {
+          known.state = 'lost';
+          this.failWaiter(m.workerId, `worker ${m.workerId} restarted and was refused`);
+          this.emit('lost', { ...known });
+        }
+        this.emit('refused', { ...record }, error instanceof Error ? error.message : String(error));
+      },
+    );
+  }
+
+  private join(record: WorkerRecord): void {
+    this.records.set(record.id, record);
     this.emit('joined', { ...record });
   }
 
   private onHeartbeat(m: Parameters<typeof controlCodecs.heartbeat.encode>[0]): void {
+    // A refused worker is not asked to announce again until it restarts (it announces then).
+    if (this.refused.has(m.workerId) || this.admitting.has(m.workerId)) return;
     const record = this.records.get(m.workerId);
     if (record === undefined || record.state === 'leaving') {
       this.discover(); // a worker we do not know (we started after it): make it announce

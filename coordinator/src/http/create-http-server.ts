@@ -3,6 +3,9 @@
 // and GET /ready, CORS for pages on other origins (preflight included);
 // listenHttp() binds it. Kept apart so tests can bind port 0 and the CLI a configured port.
 //
+// With API keys, every route but GET /health needs `Authorization: Bearer <key>` (401 in the
+// route's convention otherwise); with a certificate the port serves HTTPS only.
+//
 // Every body is read as JSON whatever its content type (curl without -H, a browser's text/plain
 // fetch), up to `bodyLimit` bytes (413 past it); an empty body reads as none. Errors are answered in the convention of the
 // API the route belongs to (errors.ts).
@@ -15,6 +18,7 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
 } from 'fastify';
+import { type ApiKeys, type PublicTls, requireApiKeys } from '../auth/index.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { ServingContext } from '../server/serving-context.js';
 import { ClusterActivity } from './cluster-status.js';
@@ -36,6 +40,25 @@ export interface HttpServerOptions {
   metrics?: () => Promise<{ contentType: string; body: string }>;
   /** Called once per response with the route's pattern and the status (metrics). */
   onResponse?: (route: string, status: number) => void;
+  /** Keys a request must carry (absent: the APIs are open). */
+  apiKeys?: ApiKeys;
+  /** Serve HTTPS with this certificate (absent: plain HTTP). */
+  tls?: PublicTls;
+}
+
+/**
+ * A fastify instance on HTTP, or on HTTPS with `tls`. Routes do not depend on which, so both are
+ * typed as the HTTP one.
+ */
+export function fastifyFor(
+  bodyLimit: number,
+  tls: PublicTls | undefined,
+  extra: { return503OnClosing?: boolean } = {},
+): FastifyInstance {
+  const common = { bodyLimit, logger: false, ...extra };
+  return tls
+    ? (Fastify({ ...common, https: { cert: tls.cert, key: tls.key } }) as unknown as FastifyInstance)
+    : Fastify(common);
 }
 
 /** The field a message about the prompt refers to, by route. */
@@ -50,7 +73,7 @@ export function createHttpServer(
   scheduler: Pick<Scheduler, 'stats' | 'observe' | 'limits'>,
   options: HttpServerOptions,
 ): FastifyInstance {
-  const app = Fastify({ bodyLimit: options.bodyLimit, logger: false, return503OnClosing: true });
+  const app = fastifyFor(options.bodyLimit, options.tls, { return503OnClosing: true });
   const ctx: HttpContext = {
     serving,
     scheduler,
@@ -109,6 +132,9 @@ export function createHttpServer(
     methods: ['GET', 'POST', 'OPTIONS'],
     maxAge: 600,
   });
+  // Once CORS's own hook is in place, so that a 401 carries the headers a page needs to read it.
+  const { apiKeys } = options;
+  if (apiKeys) app.after(() => requireApiKeys(app, apiKeys, options.bodyLimit));
   app.register(
     async (v1) => {
       v1.setErrorHandler(handler('openai'));

@@ -1,9 +1,10 @@
 // Every failure of an HTTP request in the convention of the API it was sent to:
 //   OpenAI routes: {"error": {"message", "type", "param", "code"}}, invalid requests 400
 //   TGI routes:    {"error", "error_type"}, invalid requests 422
-// and for both: 413 for a body over the limit, 429 when the waiting queue is full (retry
-// later), 503 while the server cannot serve (a worker is lost, it is shutting down) or when
-// a step the request was in failed. Anything else is a 500 whose cause is logged.
+// and for both: 401 without a valid API key (when keys are required), 413 for a body over the
+// limit, 429 when the waiting queue is full (retry later), 503 while the server cannot serve (a
+// worker is lost, it is shutting down) or when a step the request was in failed. Anything else
+// is a 500 whose cause is logged.
 
 import { QueueFullError, RequestError, RequestFailedError } from '../scheduler/errors.js';
 import { FieldError } from './fields.js';
@@ -106,7 +107,14 @@ function classify(err: unknown, style: ApiStyle, promptField: string | null, bod
       param: null,
       openaiType: client ? 'invalid_request_error' : 'server_error',
       code: err.code,
-      tgiType: err.status === 404 ? 'not_found' : client ? 'validation' : 'unhealthy',
+      tgiType:
+        err.status === 404
+          ? 'not_found'
+          : err.status === 401
+            ? 'unauthorized'
+            : client
+              ? 'validation'
+              : 'unhealthy',
     };
   }
   if (err instanceof Error) {

@@ -2,9 +2,9 @@
 // Used by `medcluster generate --model` and by tests as the one-worker reference.
 
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
+import type { KvCacheSpec } from '@medcluster/proto';
 import {
   finishRunnerStep,
-  type KvCacheSpec,
   type SeqStep,
   ShardRunner,
   type StepOutput,

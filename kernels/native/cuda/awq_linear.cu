@@ -361,8 +361,9 @@ __global__ void __launch_bounds__(256) awqMma(
 // to arrive sums the partials and writes the final f16/f32 output, then resets the
 // counter to 0 for the next call. One launch, no memset, no conversion pass.
 constexpr int SK_WN = 4, SK_WK = 2, SK_COLS = SK_WN * 64;
-constexpr int kTicketSlots = 1 << 14;
-__device__ unsigned int gSkinnyTickets[kTicketSlots];  // zero at module load; self-resetting
+// The split-K tickets live in memory the backend owns (Ctx::tickets, kTicketSlots zeroed words
+// per stream), not in a module global that every stream of the process would share.
+static_assert(kTicketSlots == 1 << 14, "Ctx::tickets holds kTicketSlots counters");
 
 
 // Split-K final reduction by the last-arriving block of a column tile: sums the fp32
@@ -405,7 +406,8 @@ __device__ __forceinline__ void skinnyFinalReduce(const float* __restrict__ ws, 
 // `red` is SK_WK x 16 x SK_COLS floats of shared memory; every thread of the block calls this.
 template <int MI>
 __device__ __forceinline__ void skinnyEpilogue(const float (&acc)[MI][8][4], float (*red)[16][SK_COLS],
-                                               unsigned int& isLastSh, float* __restrict__ ws,
+                                               unsigned int& isLastSh, unsigned int* __restrict__ tickets,
+                                               float* __restrict__ ws,
                                                void* __restrict__ out, bool outF16, int M, int N, int col0) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wn = warp % SK_WN, wk = warp / SK_WN;
@@ -442,12 +444,12 @@ __device__ __forceinline__ void skinnyEpilogue(const float (&acc)[MI][8][4], flo
   // Split-K: the last block to arrive for this column tile sums the partials.
   __threadfence();
   __syncthreads();
-  if (tid == 0) isLastSh = atomicAdd(&gSkinnyTickets[blockIdx.x], 1u) == (unsigned)splits - 1;
+  if (tid == 0) isLastSh = atomicAdd(&tickets[blockIdx.x], 1u) == (unsigned)splits - 1;
   __syncthreads();
   if (!isLastSh) return;
   __threadfence();
   skinnyFinalReduce(ws, out, outF16, M, N, min(M, MI * 16), col0, splits);
-  if (tid == 0) gSkinnyTickets[blockIdx.x] = 0;  // ready for the next call on this stream
+  if (tid == 0) tickets[blockIdx.x] = 0;  // ready for the next call on this stream
 }
 
 __device__ __forceinline__ uint32_t ldStream(const uint32_t* p) {
@@ -470,6 +472,7 @@ __global__ void __launch_bounds__(256, MINB) awqSkinny(
     const uint32_t* __restrict__ qz,  // [K/G, N/8]
     const __half* __restrict__ sc,    // [K/G, N]
     float* __restrict__ ws,           // [splits, M, N] fp32 partials (splits > 1)
+    unsigned int* __restrict__ tickets,  // [kTicketSlots] zeroed split-K counters of this stream
     void* __restrict__ out, bool outF16, int M, int K, int N, int groupsPerBlock) {
   __shared__ float red[SK_WK][16][SK_COLS];  // one m16 tile at a time (32 KB)
   __shared__ unsigned int isLastSh;
@@ -566,7 +569,7 @@ __global__ void __launch_bounds__(256, MINB) awqSkinny(
     grp = n2;
   }
 
-  skinnyEpilogue<MI>(acc, red, isLastSh, ws, out, outF16, M, N, tileW0 * 8);
+  skinnyEpilogue<MI>(acc, red, isLastSh, tickets, ws, out, outF16, M, N, tileW0 * 8);
 }
 
 template <int MI, int MINB = 1>
@@ -589,7 +592,7 @@ void skinny(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool 
   if (splits > 1) ws = static_cast<float*>(c.scratch->get((size_t)splits * M * N * 4, c.stream));
   dim3 grid((unsigned)tiles, (unsigned)splits);
   awqSkinny<MI, MINB><<<grid, 256, 0, c.stream>>>(x, w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(),
-                                            w.scales.as<__half>(), ws, out, f16, M, K, N, gpb);
+                                            w.scales.as<__half>(), ws, c.tickets, out, f16, M, K, N, gpb);
   MC_LAUNCHED("awqSkinny");
 }
 
@@ -614,8 +617,8 @@ template <int MI, int ST = 4> struct SpCfg {
 template <int MI, int ST>
 __global__ void __launch_bounds__(256) awqSkinnyPipe(
     const __half* __restrict__ x, const uint32_t* __restrict__ qw, const uint32_t* __restrict__ qz,
-    const __half* __restrict__ sc, float* __restrict__ ws, void* __restrict__ out, bool outF16,
-    int M, int K, int N, int groupsPerBlock) {
+    const __half* __restrict__ sc, float* __restrict__ ws, unsigned int* __restrict__ tickets,
+    void* __restrict__ out, bool outF16, int M, int K, int N, int groupsPerBlock) {
   using C = SpCfg<MI, ST>;
   constexpr int SP_STAGES = ST;
   constexpr int ROWS = MI * 16;
@@ -718,7 +721,7 @@ __global__ void __launch_bounds__(256) awqSkinnyPipe(
   cpAsyncWait<0>();
   __syncthreads();  // the ring is free: reuse it for the block reduction
 
-  skinnyEpilogue<MI>(acc, reinterpret_cast<float (*)[16][SK_COLS]>(smem), isLastSh, ws, out, outF16, M, N,
+  skinnyEpilogue<MI>(acc, reinterpret_cast<float (*)[16][SK_COLS]>(smem), isLastSh, tickets, ws, out, outF16, M, N,
                     tileW0 * 8);
 }
 
@@ -743,7 +746,7 @@ void skinnyPipeT(const Ctx& c, const __half* x, const AwqWeights& w, void* out, 
   if (splits > 1) ws = static_cast<float*>(c.scratch->get((size_t)splits * M * N * 4, c.stream));
   dim3 grid((unsigned)tiles, (unsigned)splits);
   awqSkinnyPipe<MI, ST><<<grid, 256, Cfg::SMEM, c.stream>>>(x, w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(),
-                                                            w.scales.as<__half>(), ws, out, f16, M, K, N, gpb);
+                                                            w.scales.as<__half>(), ws, c.tickets, out, f16, M, K, N, gpb);
   MC_LAUNCHED("awqSkinnyPipe");
 }
 template <int MI>
@@ -764,8 +767,7 @@ void skinnyPipe(const Ctx& c, const __half* x, const AwqWeights& w, void* out, b
 // the tensor-core path), then fp32 FMAs with x (fp32 accumulation). Epilogue: shuffle +
 // one shared-memory pass over the slots, then plain stores (one split) or fp32 partials,
 // a per-tile ticket and the last block's reduction (no memset, no extra launch).
-constexpr int kCoreTicketSlots = 1 << 14;
-__device__ unsigned int gCoreTickets[kCoreTicketSlots];  // zero at module load; self-resetting
+constexpr int kCoreTicketSlots = kTicketSlots;  // the same per-stream counters (Ctx::tickets)
 
 __device__ __forceinline__ uint4 ldStream16(const void* p) {
   uint4 v;
@@ -783,8 +785,8 @@ __device__ __forceinline__ uint4 ldStream16L2(const void* p) {
 template <int MT, int CL, int U, bool L2P, int MINB>
 __global__ void __launch_bounds__(256, MINB) awqCore(
     const __half* __restrict__ x, const uint32_t* __restrict__ qw, const uint32_t* __restrict__ qz,
-    const __half* __restrict__ sc, float* __restrict__ ws, void* __restrict__ out, bool outF16,
-    int M, int K, int N, int rcPerBlock) {
+    const __half* __restrict__ sc, float* __restrict__ ws, unsigned int* __restrict__ tickets,
+    void* __restrict__ out, bool outF16, int M, int K, int N, int rcPerBlock) {
   constexpr int S = 256 / CL;          // row slots per block
   constexpr int TILE_W = 4 * CL;       // words per column tile
   constexpr int TILE_C = 8 * TILE_W;   // columns per column tile
@@ -900,7 +902,7 @@ __global__ void __launch_bounds__(256, MINB) awqCore(
   if (splits == 1) return;
   __threadfence();
   __syncthreads();
-  if (tid == 0) isLastSh = atomicAdd(&gCoreTickets[blockIdx.x], 1u) == (unsigned)splits - 1;
+  if (tid == 0) isLastSh = atomicAdd(&tickets[blockIdx.x], 1u) == (unsigned)splits - 1;
   __syncthreads();
   if (!isLastSh) return;
   __threadfence();
@@ -927,7 +929,7 @@ __global__ void __launch_bounds__(256, MINB) awqCore(
       *reinterpret_cast<float2*>(op + 2) = make_float2(v.z, v.w);
     }
   }
-  if (tid == 0) gCoreTickets[blockIdx.x] = 0;
+  if (tid == 0) tickets[blockIdx.x] = 0;
 }
 
 template <int MT, int CL, int U, bool L2P, int MINB>
@@ -951,7 +953,7 @@ void coreT(const Ctx& c, const __half* x, const AwqWeights& w, void* out, bool f
   if (splits > 1) ws = static_cast<float*>(c.scratch->get((size_t)splits * M * N * 4, c.stream));
   dim3 grid((unsigned)tiles, (unsigned)splits);
   awqCore<MT, CL, U, L2P, MINB><<<grid, 256, 0, c.stream>>>(x, w.qweight.as<uint32_t>(), w.qzeros.as<uint32_t>(),
-                                                           w.scales.as<__half>(), ws, out, f16, M, K, N, rpb);
+                                                           w.scales.as<__half>(), ws, c.tickets, out, f16, M, K, N, rpb);
   MC_LAUNCHED("awqCore");
 }
 

@@ -55,7 +55,13 @@ struct Ctx {
   Scratch* scratch2;  // attention partials
   Scratch* scratch3;  // f16 weights dequantized for a cuBLAS GEMM
   const Blas* blas;   // null: cuBLAS unavailable (or not loadable now: during graph capture)
+  // kTicketSlots zeroed split-K counters owned by this stream's backend: the last block of a
+  // column tile takes the last ticket and resets it, so calls on one stream reuse them.
+  unsigned int* tickets;
 };
+
+// Split-K counters per backend (Ctx::tickets).
+constexpr int kTicketSlots = 1 << 14;
 
 // out [M, N] (f16 or f32) = x f16 [M, K] @ w f16, where w is [K, N] row-major (wKN) or
 // [N, K] row-major (nn.Linear layout); fp32 accumulation. Throws on a cuBLAS error.

@@ -268,6 +268,8 @@ class CudaBackend final : public Backend {
     MC_CUDA(cudaDeviceGetDefaultMemPool(&pool, ordinal));
     uint64_t threshold = UINT64_MAX;
     MC_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+    MC_CUDA(cudaMalloc(&tickets_, kTicketSlots * sizeof(unsigned int)));
+    MC_CUDA(cudaMemset(tickets_, 0, kTicketSlots * sizeof(unsigned int)));
     loadBlas();
   }
   ~CudaBackend() override {
@@ -278,6 +280,7 @@ class CudaBackend final : public Backend {
     scratch3_.release(sh_->stream);
     if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
     cudaStreamSynchronize(sh_->stream);
+    if (tickets_) cudaFree(tickets_);
     for (int i = 0; i < 2; ++i) {
       if (staging_[i]) cudaFreeHost(staging_[i]);
       if (stagingDone_[i]) cudaEventDestroy(stagingDone_[i]);
@@ -517,7 +520,9 @@ class CudaBackend final : public Backend {
   cudaStream_t s() const { return sh_->stream; }
 
  private:
-  Ctx ctx() { return Ctx{s(), numSMs_, &scratch_, &scratch2_, &scratch3_, blas_.handle ? &blas_ : nullptr}; }
+  Ctx ctx() {
+    return Ctx{s(), numSMs_, &scratch_, &scratch2_, &scratch3_, blas_.handle ? &blas_ : nullptr, tickets_};
+  }
 
   // cuBLAS runs the large-M matmuls where the library is present (MEDCLUSTER_CUBLAS=0 turns
   // it off, for baselines); without it every matmul uses the backend's own kernels.
@@ -546,6 +551,7 @@ class CudaBackend final : public Backend {
   Scratch scratch_, scratch2_, scratch3_;
   Blas blas_;
   void* blasWorkspace_ = nullptr;
+  unsigned int* tickets_ = nullptr;  // split-K counters of this backend's stream (Ctx::tickets)
   std::vector<cudaGraphExec_t> graphs_;  // handle h is graphs_[h - 1]
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t stagingDone_[2] = {nullptr, nullptr};

@@ -73,14 +73,27 @@ export interface WorkerHeartbeat {
   sentAt: number;
 }
 
-/** Which part of the model a worker holds; the same fields as the engine's ShardSpec. */
-export interface ShardSpecMessage {
+/** The layers of one pipeline stage: [layerStart, layerEnd), and which ends of the model it holds. */
+export interface StageLayers {
   layerStart: number;
   layerEnd: number;
+  /** First pipeline stage: embeds token ids. */
+  embeds: boolean;
+  /** Last pipeline stage: applies the final norm and lm_head. */
+  computesLogits: boolean;
+}
+
+/** Which part of the model a worker holds: its stage's layers and its tensor-parallel rank. */
+export interface ShardSpec extends StageLayers {
   tpRank: number;
   tpSize: number;
-  embeds: boolean;
-  computesLogits: boolean;
+}
+
+/** A paged KV cache of numBlocks blocks of blockSize token positions. */
+export interface KvGeometry {
+  /** Token positions per block. */
+  blockSize: number;
+  numBlocks: number;
 }
 
 /**
@@ -88,19 +101,14 @@ export interface ShardSpecMessage {
  * given as exactly one of a count or a share of the memory its device has free once the shard's
  * weights are loaded. Either way the worker reports the count it allocated (LoadEvent.kvBlocks).
  */
-export type KvCacheMessage = {
-  /** Token positions per block. */
-  blockSize: number;
-} & (
+export type KvCacheSpec =
+  | KvGeometry
   | {
-      /** Blocks to allocate. */
-      numBlocks: number;
-    }
-  | {
+      /** Token positions per block. */
+      blockSize: number;
       /** Share (0, 1] of the memory free after the weights load that the cache may take. */
       memoryFraction: number;
-    }
-);
+    };
 
 /**
  * Random weights of a generator preset's exact shapes instead of a checkpoint's (performance
@@ -136,8 +144,8 @@ export interface Assignment {
   /** The name the cluster serves the model under: the `model` label of the worker's metrics. */
   servedModelName?: string;
   stageIndex: number;
-  shard: ShardSpecMessage;
-  kvCache: KvCacheMessage;
+  shard: ShardSpec;
+  kvCache: KvCacheSpec;
   /** Collective group of the stage (e.g. "stage-0"). */
   collectiveGroup: string;
   /** gRPC addresses of the stage's ranks, indexed by tp rank (this worker's own included). */
@@ -225,7 +233,7 @@ export const workerHeartbeatSchema = object<WorkerHeartbeat>({
   sentAt: count,
 });
 
-export const shardSpecSchema = object<ShardSpecMessage>({
+export const shardSpecSchema = object<ShardSpec>({
   layerStart: count,
   layerEnd: count,
   tpRank: count,
@@ -235,7 +243,7 @@ export const shardSpecSchema = object<ShardSpecMessage>({
 });
 
 /** Exactly one of numBlocks and memoryFraction: both, or neither, would leave the size ambiguous. */
-export const kvCacheSchema: Validator<KvCacheMessage> = (value, path) => {
+export const kvCacheSchema: Validator<KvCacheSpec> = (value, path) => {
   const { blockSize, numBlocks, memoryFraction } = object<{
     blockSize: number;
     numBlocks?: number;

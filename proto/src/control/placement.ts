@@ -3,7 +3,7 @@
 // reloading the model. One bucket per cluster, one key: the whole placement, rewritten whenever
 // an assignment changes (a worker re-placed, a stage's group re-formed).
 
-import { type Assignment, assignmentSchema, ID_PATTERN } from './messages.js';
+import { type Assignment, assignmentSchema, ID_PATTERN, type KvGeometry } from './messages.js';
 import {
   arrayOf,
   ControlMessageError,
@@ -52,7 +52,7 @@ export interface PlacementRecord {
   tp: number;
   pp: number;
   /** The KV cache the scheduler allocates from: every worker holds at least numBlocks blocks. */
-  kvCache: { numBlocks: number; blockSize: number };
+  kvCache: KvGeometry;
   workers: PlacedWorker[];
 }
 
@@ -73,7 +73,7 @@ export const placementRecordSchema = (value: unknown, path: string): PlacementRe
     modelDir: str({ nonEmpty: true }),
     tp: positive,
     pp: positive,
-    kvCache: object<{ numBlocks: number; blockSize: number }>({
+    kvCache: object<KvGeometry>({
       numBlocks: positive,
       blockSize: num({ integer: true, min: 1 }),
     }),

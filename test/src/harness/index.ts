@@ -1,9 +1,11 @@
 // Shared test harness: real processes and real sockets, never stubs.
 export { freePort } from '@medcluster/worker';
+export { type DevCa, issueExpired, makeDevCa, privateKeyLines } from './certificates.js';
 export { NATS_IMAGE, startNats } from './nats.js';
 export {
   defaultSearchDirs,
   findNatsServer,
+  type NatsAuthorization,
   NatsServerError,
   type NatsServerHandle,
   type NatsServerOptions,

@@ -2,7 +2,7 @@
 // outage that clients reconnect through, JetStream's store kept), and stops it. nats.ts chooses
 // between this and a container.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as connectTcp } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -22,7 +22,13 @@ export interface NatsServerOptions {
   startTimeoutMs?: number;
   /** Extra command-line arguments. */
   args?: string[];
+  /** Clients must authenticate: as one of these users, or with this token (an authorization block). */
+  authorization?: NatsAuthorization;
+  /** Added to the server's environment (a config file may refer to $VARIABLES). */
+  env?: Record<string, string>;
 }
+
+export type NatsAuthorization = { users: { user: string; password: string }[] } | { token: string };
 
 export interface NatsServerHandle {
   /** nats://127.0.0.1:PORT */
@@ -38,6 +44,16 @@ export interface NatsServerHandle {
   restart(downMs?: number): Promise<void>;
   /** Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its temporary files. */
   stop(): Promise<void>;
+  /** The server's last log lines (up to 4000 characters). */
+  output(): string;
+}
+
+/** A config file with the authorization block (values JSON-quoted: NATS config reads JSON strings). */
+function authorizationConfig(auth: NatsAuthorization): string {
+  const q = JSON.stringify;
+  if ('token' in auth) return `authorization { token: ${q(auth.token)} }\n`;
+  const users = auth.users.map((u) => `    { user: ${q(u.user)}, password: ${q(u.password)} }`).join('\n');
+  return `authorization {\n  users: [\n${users}\n  ]\n}\n`;
 }
 
 const CANDIDATE_DIRS = ['/usr/sbin', '/usr/bin', '/usr/local/bin', '/usr/local/sbin'];
@@ -105,8 +121,11 @@ interface Attempt {
   exited: Promise<number | null>;
 }
 
-function launch(binary: string, args: string[]): Attempt {
-  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+function launch(binary: string, args: string[], env?: Record<string, string>): Attempt {
+  const child = spawn(binary, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(env ? { env: { ...process.env, ...env } } : {}),
+  });
   let output = '';
   const keep = (chunk: Buffer) => {
     output = (output + chunk.toString('utf8')).slice(-4000);
@@ -142,10 +161,11 @@ process.once('exit', () => {
 async function runOn(
   binary: string,
   port: number,
-  args: string[],
+  args: { before: string[]; after: string[] },
   timeoutMs: number,
+  env?: Record<string, string>,
 ): Promise<{ run: Attempt } | { exited: string } | { timedOut: string }> {
-  const run = launch(binary, ['-a', '127.0.0.1', '-p', String(port), ...args]);
+  const run = launch(binary, [...args.before, '-a', '127.0.0.1', '-p', String(port), ...args.after], env);
   running.add(run.child);
   const deadline = Date.now() + timeoutMs;
   let exited = false;
@@ -172,22 +192,34 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const port = await freePort();
     const storeDir = options.jetstream === true ? mkdtempSync(join(tmpdir(), 'nats-js-')) : undefined;
-    const args = [...(storeDir ? ['-js', '-sd', storeDir] : []), ...(options.args ?? [])];
-    const removeStore = () => {
-      if (storeDir !== undefined) rmSync(storeDir, { recursive: true, force: true });
+    const configDir = options.authorization ? mkdtempSync(join(tmpdir(), 'nats-conf-')) : undefined;
+    const config = configDir ? join(configDir, 'nats.conf') : undefined;
+    if (config && options.authorization)
+      writeFileSync(config, authorizationConfig(options.authorization), { mode: 0o600 });
+    const args = {
+      before: config ? ['-c', config] : [],
+      after: [...(storeDir ? ['-js', '-sd', storeDir] : []), ...(options.args ?? [])],
     };
-    const started = await runOn(binary, port, args, timeoutMs);
+    const removeFiles = () => {
+      if (storeDir !== undefined) rmSync(storeDir, { recursive: true, force: true });
+      if (configDir !== undefined) rmSync(configDir, { recursive: true, force: true });
+    };
+    const started = await runOn(binary, port, args, timeoutMs, options.env);
     if ('run' in started) {
       let current: Attempt | undefined = started.run;
+      let last = '';
       return {
         url: `nats://127.0.0.1:${port}`,
         port,
         kind: 'binary',
         async restart(downMs = 0) {
-          if (current) await stopChild(current);
+          if (current) {
+            await stopChild(current);
+            last = current.output();
+          }
           current = undefined;
           await sleep(downMs);
-          const again = await runOn(binary, port, args, timeoutMs);
+          const again = await runOn(binary, port, args, timeoutMs, options.env);
           if (!('run' in again)) {
             throw new NatsServerError(
               `nats-server (${binary}) did not come back on port ${port}:\n${'exited' in again ? again.exited : again.timedOut}`,
@@ -196,13 +228,17 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
           current = again.run;
         },
         async stop() {
-          if (current) await stopChild(current);
+          if (current) {
+            await stopChild(current);
+            last = current.output();
+          }
           current = undefined;
-          removeStore();
+          removeFiles();
         },
+        output: () => current?.output() ?? last,
       };
     }
-    removeStore();
+    removeFiles();
     if ('timedOut' in started) {
       throw new NatsServerError(
         `nats-server (${binary}) did not accept connections on port ${port} within ${timeoutMs} ms:\n${started.timedOut}`,

@@ -70,5 +70,6 @@ async function startNatsContainer(options: NatsServerOptions): Promise<NatsServe
     async stop() {
       await started.stop();
     },
+    output: () => '(the container logs through Testcontainers: DEBUG=testcontainers:containers)',
   };
 }

@@ -37,20 +37,30 @@ export function runCli(args: string[], timeoutMs = 120_000, env: NodeJS.ProcessE
   });
 }
 
-/** Starts a long-running `medcluster ...args`; its stderr is kept for error messages. */
-export function startCli(args: string[]): { child: ChildProcess; stderr: () => string } {
+/**
+ * Starts a long-running `medcluster ...args`; its stderr and stdout are kept (for error
+ * messages, and for tests of what a process writes). `env` is added to this process's environment.
+ */
+export function startCli(
+  args: string[],
+  options: { env?: Record<string, string> } = {},
+): { child: ChildProcess; stderr: () => string; stdout: () => string } {
   const child = spawn(process.execPath, [CLI, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd: join(REPO),
+    ...(options.env ? { env: { ...process.env, ...options.env } } : {}),
   });
   started.add(child);
   child.on('exit', () => started.delete(child));
   let err = '';
+  let out = '';
   child.stderr?.on('data', (d: Buffer) => {
     err += d.toString();
   });
-  child.stdout?.resume();
-  return { child, stderr: () => err };
+  child.stdout?.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  return { child, stderr: () => err, stdout: () => out };
 }
 
 /** Resolves when a line of the child's stderr matches; rejects if it exits first or times out. */

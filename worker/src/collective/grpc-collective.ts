@@ -41,6 +41,8 @@ export interface GrpcCollectiveOptions {
   connectTimeoutMs?: number;
   /** How long one call may wait for its peers before the group fails (default 30000 ms). */
   callTimeoutMs?: number;
+  /** How ranks other than 0 reach rank 0: the internal mutual TLS, or plaintext (the default). */
+  credentials?: grpc.ChannelCredentials;
 }
 
 type ExchangeStream = grpc.ClientDuplexStream<workerV1.CollectiveMessage, workerV1.CollectiveMessage__Output>;
@@ -132,7 +134,7 @@ export class GrpcCollective implements HostGroup {
     const { medcluster } = loadWorkerProto();
     this.client = new medcluster.worker.v1.Collective(
       peers[0],
-      grpc.credentials.createInsecure(),
+      this.options.credentials ?? grpc.credentials.createInsecure(),
       CHANNEL_OPTIONS,
     );
     let lastError: Error | undefined;

@@ -1,4 +1,12 @@
 export {
+  connectNats,
+  describeNatsAuth,
+  type NatsAuth,
+  NatsConnectError,
+  type NatsTarget,
+  parseNatsUrl,
+} from './nats-connect.js';
+export {
   type AssignmentHandler,
   type LoadedShard,
   type LoadReporter,

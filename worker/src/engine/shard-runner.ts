@@ -7,11 +7,12 @@
 // waits at the end, and at the collectives only on the host (gRPC) transport.
 
 import type { Device, Tensor } from '@medcluster/kernels';
+import type { KvCacheSpec } from '@medcluster/proto';
 import type { Checkpoint, LlamaConfig } from '../checkpoint/types.js';
 import { onlyArgmax } from '../sampling/sample-step.js';
 import { DecodeGraphs, type StepTensors } from './decode-graphs.js';
 import { KvCache } from './kv-cache.js';
-import { type KvCacheSpec, kvBlocksFromMemory } from './kv-sizing.js';
+import { kvBlocksFromMemory } from './kv-sizing.js';
 import {
   disposeShardWeights,
   type LoadProgress,

@@ -5,17 +5,8 @@ import type { DeviceCollective, Tensor } from '@medcluster/kernels';
 import type { SampleKey } from '../sampling/philox.js';
 import type { GeneratedHistory, SampledToken, SamplingParams } from '../sampling/sampler.js';
 
-/** Which part of the model a worker holds. Layers [layerStart, layerEnd). */
-export interface ShardSpec {
-  layerStart: number;
-  layerEnd: number;
-  tpRank: number;
-  tpSize: number;
-  /** First pipeline stage: embeds token ids. */
-  embeds: boolean;
-  /** Last pipeline stage: applies the final norm and lm_head. */
-  computesLogits: boolean;
-}
+/** Which part of the model a worker holds: defined once, with the assignment that carries it. */
+export type { ShardSpec } from '@medcluster/proto';
 
 /** One sequence's part of a step. Positions startPos .. startPos+numTokens-1 are computed. */
 export interface SeqStep {

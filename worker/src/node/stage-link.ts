@@ -63,14 +63,17 @@ export class StageLink {
     private readonly reconnectMs: number,
   ) {}
 
-  /** Connects, waiting up to timeoutMs for the worker's server to come up. */
-  static async connect(address: string, timeoutMs = 30_000): Promise<StageLink> {
+  /**
+   * Connects, waiting up to timeoutMs for the worker's server to come up. `credentials`: the
+   * internal mutual TLS (InternalTls.channelCredentials()); default plaintext.
+   */
+  static async connect(
+    address: string,
+    timeoutMs = 30_000,
+    credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
+  ): Promise<StageLink> {
     const { medcluster } = loadWorkerProto();
-    const client = new medcluster.worker.v1.Worker(
-      address,
-      grpc.credentials.createInsecure(),
-      INTERNAL_GRPC_OPTIONS,
-    );
+    const client = new medcluster.worker.v1.Worker(address, credentials, INTERNAL_GRPC_OPTIONS);
     await new Promise<void>((resolve, reject) =>
       client.waitForReady(Date.now() + timeoutMs, (err) =>
         err

@@ -4,6 +4,7 @@
 // When a peer of its stage is lost, the stage's group is re-formed (regroup) without reloading
 // the weights; a new assignment replaces the one held.
 
+import type * as grpc from '@grpc/grpc-js';
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
 import type { Assignment } from '@medcluster/proto';
 import { openCheckpoint, presetConfig } from '../checkpoint/index.js';
@@ -22,6 +23,8 @@ export interface WorkerNodeOptions {
   device: DeviceKind;
   threads?: number;
   ordinal?: number;
+  /** How this worker reaches the next stage: the internal mutual TLS, or plaintext (the default). */
+  credentials?: grpc.ChannelCredentials;
 }
 
 export class WorkerStateError extends Error {
@@ -166,7 +169,9 @@ export class WorkerNode {
         onProgress,
       });
       this.runner = runner;
-      if (assignment.downstream) this.downstream = await StageLink.connect(assignment.downstream);
+      if (assignment.downstream) {
+        this.downstream = await StageLink.connect(assignment.downstream, undefined, this.options.credentials);
+      }
       this.state = 'ready';
       this.metrics?.idle(performance.now() / 1000);
       return { kvBlocks: runner.numBlocks };

@@ -6,12 +6,13 @@ import { freemem, hostname } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import type { DeviceKind } from '@medcluster/kernels';
 import type { Assignment } from '@medcluster/proto';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { addCollectiveService, type CollectiveHost } from '../collective/index.js';
 import { openStageCollective, type TransportChoice } from '../collective/stage-collective.js';
-import { WorkerAgent } from '../control/index.js';
+import { connectNats, type NatsTarget, WorkerAgent } from '../control/index.js';
 import type { CollectiveTransport } from '../engine/types.js';
 import { INTERNAL_GRPC_OPTIONS } from './grpc-options.js';
+import type { InternalTls } from './internal-tls.js';
 import type { Logger } from './log.js';
 import { addWorkerService } from './stage-service.js';
 import {
@@ -35,8 +36,9 @@ export interface WorkerProcessOptions {
   memoryBytes?: number;
   /** Serve /metrics, /health and /ready on this port of the listen host (0 picks one; absent: none). */
   metricsPort?: number;
-  /** Cluster mode: announce over NATS and wait for an assignment. */
-  nats?: { url: string; cluster: string };
+  /** Cluster mode: announce over NATS and wait for an assignment. `url` carries no credentials
+   * (they are in `auth`: parseNatsUrl splits them out), so it can be logged. */
+  nats?: { url: string; cluster: string; auth?: NatsTarget['auth'] };
   /** Single-machine mode: load this at start. */
   assignment?: Assignment;
   /** Where the worker's log lines go (lifecycle; per-step lines at debug). */
@@ -46,6 +48,8 @@ export interface WorkerProcessOptions {
   /** The collective transport a tp > 1 stage asks for (default: $MEDCLUSTER_COLLECTIVE, else
    * auto). Every rank of a stage must ask for the same. */
   collectiveTransport?: TransportChoice;
+  /** Mutual TLS on the worker's server and on its clients (next stage, collective); absent: plaintext. */
+  internalTls?: InternalTls;
 }
 
 export type WorkerEvent =
@@ -76,11 +80,13 @@ function collectiveOpener(
   node: WorkerNode,
   host: CollectiveHost,
   transport: TransportChoice,
+  credentials: grpc.ChannelCredentials | undefined,
 ): CollectiveOpener {
   return async (group) => {
     const collective = await openStageCollective({
       ...group,
       host,
+      credentials,
       device: node.openDevice(),
       transport,
       log: (line) => process.emitWarning(line),
@@ -129,12 +135,20 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
     options.collectiveTransport ??
     (process.env.MEDCLUSTER_COLLECTIVE as TransportChoice | undefined) ??
     'auto';
+  const tls = options.internalTls;
+  const credentials = tls?.channelCredentials();
+  if (tls) {
+    options.log?.info(`internal mutual TLS: ${tls.describe()}`);
+    // Peers will refuse this certificate: say so here, where the operator looks for this worker.
+    for (const problem of tls.ownCertificateProblems()) options.log?.error(`internal TLS: ${problem}`);
+  }
   const nodeOptions = {
     workerId,
     device: options.device,
     threads: options.threads,
     ordinal: options.ordinal,
     log: options.log,
+    credentials,
   };
   // Read at scrape time, once `node` exists.
   const metricsSource: WorkerMetricsSource = { state: () => node.state, kvBlocks: () => node.kvBlocks };
@@ -143,11 +157,13 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
   const node: WorkerNode = new WorkerNode(nodeOptions, metrics);
   const server = new grpc.Server(INTERNAL_GRPC_OPTIONS);
   const host = addCollectiveService(server);
-  const openCollective = collectiveOpener(node, host, transport);
+  const openCollective = collectiveOpener(node, host, transport, credentials);
   addWorkerService(server, node, openCollective);
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(options.listen, grpc.ServerCredentials.createInsecure(), (err, p) =>
-      err ? reject(err) : resolve(p),
+    server.bindAsync(
+      options.listen,
+      tls?.serverCredentials() ?? grpc.ServerCredentials.createInsecure(),
+      (err, p) => (err ? reject(err) : resolve(p)),
     ),
   );
   const bindHost = options.listen.slice(0, options.listen.lastIndexOf(':'));
@@ -166,13 +182,18 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
   let nc: NatsConnection | undefined;
   let agent: WorkerAgent | undefined;
   if (options.nats) {
-    // Reconnects for ever: steps need no NATS, so a worker outlives any NATS outage.
-    nc = await connect({
-      servers: options.nats.url,
-      name: `medcluster-worker-${workerId}`,
-      maxReconnectAttempts: -1,
-      reconnectTimeWait: 500,
-    });
+    // connectNats reconnects for ever: steps need no NATS, so a worker outlives any NATS outage.
+    try {
+      nc = await connectNats(
+        { servers: options.nats.url, auth: options.nats.auth },
+        `medcluster-worker-${workerId}`,
+      );
+    } catch (err) {
+      // Nothing else may keep the process alive: the CLI reports the error and exits.
+      server.forceShutdown();
+      await metricsServer?.close();
+      throw err;
+    }
     const memoryBytes = options.memoryBytes ?? freemem();
     agent = await WorkerAgent.start({
       nc,
