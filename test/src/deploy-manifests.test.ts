@@ -78,17 +78,36 @@ function environment(objects: K8sObject[], c: Container): Map<string, string | u
   return env;
 }
 
+/** `$(NAME)` references in `text`, expanded as the kubelet does from the variables defined so far. */
+function expandReferences(text: string, env: Map<string, string | undefined>, where: string): string {
+  return text.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (_, v: string) => {
+    expect(env.has(v), `${where} refers to $(${v}), which its environment does not define`).toBe(true);
+    return env.get(v) ?? '';
+  });
+}
+
 /** `$(NAME)` references in a container's command and args, expanded from its environment. */
 function expandArgs(objects: K8sObject[], c: Container): string[] {
   const env = environment(objects, c);
   return [...(c.command ?? []), ...(c.args ?? [])].map((arg) =>
-    arg.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (_, v: string) => {
-      expect(env.has(v), `container ${c.name} refers to $(${v}), which its environment does not define`).toBe(
-        true,
-      );
-      return env.get(v) ?? '';
-    }),
+    expandReferences(arg, env, `container ${c.name}`),
   );
+}
+
+/** A container's `env` at run time: Secret keys looked up in `secret`, values expanded in order. */
+function kubernetesEnv(
+  entries: NonNullable<Container['env']>,
+  secret: Record<string, string>,
+): Record<string, string> {
+  const env = new Map<string, string | undefined>();
+  for (const e of entries) {
+    const key = (e.valueFrom as { secretKeyRef?: { key: string } } | undefined)?.secretKeyRef?.key;
+    if (key !== undefined) {
+      expect(secret[key], `Secret key ${key} of ${e.name}`).toBeDefined();
+      env.set(e.name, secret[key]);
+    } else env.set(e.name, expandReferences(e.value ?? '', env, e.name));
+  }
+  return Object.fromEntries([...env].map(([k, v]) => [k, v ?? '']));
 }
 
 describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
@@ -359,7 +378,10 @@ describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
         ?.split('=')[1];
       const variable = users.get(user ?? '');
       expect(variable, `${who} logs in as a user of nats.conf`).toBeDefined();
-      const env = (nats.env ?? []).find((e) => e.name === variable);
+      // The variable quotes another, which reads the Secret (nats.yaml says why).
+      const quoted = (nats.env ?? []).find((e) => e.name === variable)?.value?.match(/^"\$\((\w+)\)"$/);
+      expect(quoted, `${variable} is a quoted reference`).not.toBeNull();
+      const env = (nats.env ?? []).find((e) => e.name === quoted?.[1]);
       expect((env?.valueFrom as { secretKeyRef: unknown })?.secretKeyRef).toEqual({
         name: files.get(`${who} nats-password-file`)?.secret,
         key: files.get(`${who} nats-password-file`)?.key,
@@ -462,21 +484,21 @@ describe('deploy/k8s validation', () => {
     const dir = mkdtempSync(join(tmpdir(), 'nats-conf-'));
     const file = join(dir, 'nats.conf');
     writeFileSync(file, configMap(objects, 'nats-config').data['nats.conf']);
-    // The Secret's values, as the NATS container's environment gets them (hex, as the README makes them).
-    const passwords = Object.fromEntries(
-      (nats.env ?? []).map((e) => [e.name, randomBytes(16).toString('hex')]),
-    );
+    // The Secret's values (hex, as the README makes them); one looks like a float (9e5), which nats-server
+    // would read as a number were it not quoted.
+    const secret: Record<string, string> = {
+      'coordinator-password': `9e5f${randomBytes(16).toString('hex')}`,
+      'worker-password': randomBytes(16).toString('hex'),
+    };
+    const env = kubernetesEnv(nats.env ?? [], secret);
     // The harness's port and address win over the file's; no monitoring port in a test.
-    const server = await startNatsServer({ args: ['-c', file, '-m', '0'], env: passwords });
+    const server = await startNatsServer({ args: ['-c', file, '-m', '0'], env });
     try {
-      for (const [user, variable] of [
-        ['coordinator', 'COORDINATOR_PASSWORD'],
-        ['worker', 'WORKER_PASSWORD'],
+      for (const [user, key] of [
+        ['coordinator', 'coordinator-password'],
+        ['worker', 'worker-password'],
       ]) {
-        const nc = await connectNats(
-          { servers: server.url, auth: { user, pass: passwords[variable] } },
-          user,
-        );
+        const nc = await connectNats({ servers: server.url, auth: { user, pass: secret[key] } }, user);
         await nc.close();
         await expect(
           connectNats({ servers: server.url, auth: { user, pass: 'guess' } }, user),

@@ -13,6 +13,7 @@
 // whose true length is then read from the usage.
 
 import { setTimeout as sleep } from 'node:timers/promises';
+import { rng } from '@medcluster/kernels/testing';
 
 export interface LengthRange {
   min: number;
@@ -94,18 +95,6 @@ export interface ServeLoadReport {
   itl_ms: Percentiles;
   tpot_ms: Percentiles;
   e2e_ms: Percentiles;
-}
-
-/** mulberry32: a small seeded PRNG, so the same seed sends the same prompts. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Linear interpolation between closest ranks (numpy's default). */
@@ -294,7 +283,7 @@ export async function runServeLoad(options: ServeLoadOptions): Promise<ServeLoad
     model = ((await res.json()) as { data: { id: string }[] }).data[0]?.id;
     if (!model) throw new Error(`GET ${base}/models lists no model; give --model`);
   }
-  const rand = prng(options.seed);
+  const rand = rng(options.seed);
   if (options.warmup > 0) {
     const warm = await drive(
       { ...options, rate: undefined },

@@ -1,7 +1,7 @@
 // Assigns pipeline stages (contiguous layer ranges) and tensor-parallel ranks to workers,
 // balancing layers by memory. Pure: no I/O.
 import type { ShardSpec, StageLayers } from '@medcluster/proto';
-import type { TpModelConfig } from '@medcluster/worker';
+import type { CheckpointShape } from '@medcluster/worker';
 import { PlacementError } from './placement-error.js';
 import { validateTensorParallel } from './validate-tp.js';
 import { embedBytesForRank, layerBytesPerRank, lmHeadBytesForRank } from './weight-bytes.js';
@@ -14,7 +14,7 @@ export interface PlacementWorker {
 }
 
 export interface PlacementRequest {
-  config: TpModelConfig;
+  config: CheckpointShape;
   workers: readonly PlacementWorker[];
   tp: number;
   pp: number;

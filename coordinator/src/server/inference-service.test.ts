@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import * as grpcJs from '@grpc/grpc-js';
+import { rng } from '@medcluster/kernels/testing';
 import { InferenceClient, type inferenceV1, loadInferenceProto } from '@medcluster/proto';
 import { finishStep, type LlamaConfig, type SeqStep, type StepOutput } from '@medcluster/worker';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -253,11 +254,7 @@ describe('fuzzed gRPC messages', () => {
       stop: ['x'],
       n: { value: 2 },
     });
-    let seed = 7;
-    const rand = () => {
-      seed = (Math.imul(seed ^ (seed >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
-      return seed / 2 ** 32;
-    };
+    const rand = rng(7);
     const raw = new grpcJs.Client(address, grpcJs.credentials.createInsecure());
     const codes = new Map<number, number>();
     executor.script = words('ok');

@@ -5,6 +5,7 @@
 import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { rng } from '@medcluster/kernels/testing';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { CheckpointError } from './errors.js';
 import { makeModel } from './make-model.js';
@@ -29,15 +30,6 @@ const DOCUMENTED: Record<string, RegExp> = {
   'index and layout':
     /(does not list it|has no such tensor|is also stored in|is missing from the checkpoint|has dtype \S+, expected|has shape \[[^\]]*\], expected)/,
 };
-
-/** A small deterministic generator (the cases must be the same every run). */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
-    return s / 2 ** 32;
-  };
-}
 
 interface Entry {
   dtype: unknown;
@@ -196,7 +188,7 @@ describe('the safetensors reader under fuzzing', () => {
   });
 
   test(`${CASES} mutated checkpoints: each loads or fails with a CheckpointError, and every documented error is hit`, async () => {
-    const rand = prng(20261201);
+    const rand = rng(20261201);
     const hit = new Map<string, number>();
     let loaded = 0;
     const dir = join(root, 'case');

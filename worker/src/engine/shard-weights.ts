@@ -2,8 +2,8 @@
 // checkpoint's byte ranges into device memory. Only the bytes this shard needs are read.
 
 import type { AwqLinear, Device, DType, Tensor } from '@medcluster/kernels';
+import type { ProjName } from '../checkpoint/layout.js';
 import type { Checkpoint, LlamaConfig, TensorEntry } from '../checkpoint/types.js';
-import type { ProjName } from './model-shape.js';
 import { type IndexRange, type TensorRange, tpSlice, vocabShard } from './tp-slice.js';
 import type { ShardSpec } from './types.js';
 
