@@ -1,7 +1,8 @@
 // A worker that hangs under `medcluster up`, where there are no heartbeats: only the deadlines
 // can tell. tp = 2: the rank left waiting fails its collective call past --collective-timeout-s,
 // the coordinator's step to the hung rank fails past --step-timeout-s, the cluster asks every
-// worker, kills the one that does not answer, and restarts its stage; serving resumes.
+// worker, kills the one that does not answer, and restarts its stage; serving resumes. And a
+// launcher that dies leaves no worker behind.
 
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -78,5 +79,34 @@ describe('a worker that hangs under up', () => {
     } finally {
       client.close();
     }
+  });
+});
+
+describe('a launcher killed with SIGKILL', () => {
+  test('takes its workers with it: their stdin closes and they leave, loaded or loading', async () => {
+    const modelDir = await testModel();
+    const up = startCli(['up', '--model', modelDir, '--pp', '2', '--grpc-port', '0', '--http-port', '0']);
+    await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:(\d+)/, 90_000);
+    const { stdout } = await run('pgrep', ['-P', String(up.child.pid), '-f', 'worker --id']);
+    const pids = stdout.trim().split('\n').map(Number);
+    expect(pids).toHaveLength(2);
+    up.child.kill('SIGKILL');
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const killedAt = performance.now();
+    while (pids.some(alive) && performance.now() - killedAt < 15_000)
+      await new Promise((r) => setTimeout(r, 50));
+    const orphans = pids.filter(alive);
+    for (const pid of orphans) process.kill(pid, 'SIGKILL'); // a failed check leaves nothing running
+    expect(orphans, 'workers still running 15 s after the launcher died').toEqual([]);
+    console.log(
+      `launcher SIGKILL: its ${pids.length} workers gone after ${(performance.now() - killedAt).toFixed(0)} ms`,
+    );
   });
 });

@@ -207,8 +207,10 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       ...(options.workerMetrics ? ['--metrics-port', '0'] : []),
       ...(options.workerArgs ?? []),
       ...internalTlsArgs,
+      // stdin stays an open pipe that we never write: it closes when this process ends, however.
+      '--exit-with-stdin',
     ];
-    const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'inherit'], env: workerEnv() });
+    const child = spawn(exe, args, { stdio: ['pipe', 'pipe', 'inherit'], env: workerEnv() });
     const { shard, stageIndex } = assignments.get(id) as Assignment;
     const worker: LocalWorker = {
       id,
