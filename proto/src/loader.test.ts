@@ -180,7 +180,11 @@ describe('proto loaders', () => {
 
   it('exposes the Collective service and every Worker RPC', () => {
     const { medcluster } = loadWorkerProto();
-    expect(Object.keys(medcluster.worker.v1.Worker.service).sort()).toEqual(['GetStatus', 'Stage']);
+    expect(Object.keys(medcluster.worker.v1.Worker.service).sort()).toEqual([
+      'GetStatus',
+      'Regroup',
+      'Stage',
+    ]);
     expect(medcluster.worker.v1.Collective.service.Exchange.requestStream).toBe(true);
     expect(medcluster.worker.v1.Collective.service.Exchange.responseStream).toBe(true);
   });

@@ -261,11 +261,14 @@ describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
     expect(config.MEDCLUSTER_MODEL_DIR.startsWith(`${mounts[0]}/`)).toBe(true);
   });
 
-  test('probes: /health over HTTPS for the coordinator, every process alive and ready for workers', () => {
+  test('probes: /ready and /live over HTTPS for the coordinator, every process alive and ready for workers', () => {
     const coordinator = container(only(objects, 'Deployment', 'medcluster-coordinator'), 'coordinator');
-    // The kubelet's gRPC probe cannot speak TLS; GET /health needs no API key.
-    for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe'])
-      expect(coordinator[probe].httpGet, probe).toEqual({ path: '/health', port: 'http', scheme: 'HTTPS' });
+    // The kubelet's gRPC probe cannot speak TLS; the probes need no API key. Readiness (startup
+    // too) is "can serve"; liveness is "the process answers", so a degraded or draining
+    // coordinator is not restarted.
+    for (const probe of ['startupProbe', 'readinessProbe'])
+      expect(coordinator[probe].httpGet, probe).toEqual({ path: '/ready', port: 'http', scheme: 'HTTPS' });
+    expect(coordinator.livenessProbe.httpGet).toEqual({ path: '/live', port: 'http', scheme: 'HTTPS' });
     const worker = container(only(objects, 'StatefulSet', 'medcluster-worker'), 'worker');
     expect(worker.startupProbe.exec.command).toEqual(['medcluster-worker-pod', 'probe', 'health']);
     expect(worker.livenessProbe.exec.command).toEqual(['medcluster-worker-pod', 'probe', 'health']);

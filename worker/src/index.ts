@@ -19,6 +19,7 @@ export * from './node/stage-link.js';
 export { STEP_ERROR } from './node/stage-service.js';
 export * from './node/step-codec.js';
 export * from './node/tls-files.js';
+export * from './node/worker-client.js';
 export * from './node/worker-node.js';
 export * from './node/worker-process.js';
 export * from './sampling/philox.js';

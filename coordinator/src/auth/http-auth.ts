@@ -1,17 +1,20 @@
 // API keys on the public HTTP server (and on the 503 server that holds the port while the model
 // loads): an onRequest hook that answers 401 with `WWW-Authenticate: Bearer`, in the convention
 // of the API the route belongs to, unless the request carries `Authorization: Bearer <key>`.
-// Open without a key: GET (and HEAD) /health, for probes, and CORS preflights (a browser sends
-// them without credentials; they run no route).
+// Open without a key: the probes, GET (and HEAD) /health, /live and /ready, and CORS preflights
+// (a browser sends them without credentials; they run no route).
 
 import type { FastifyInstance } from 'fastify';
 import { errorReply, HttpError } from '../http/errors.js';
 import { type ApiKeys, refusalMessage } from './api-keys.js';
 
+/** What a kubelet or load balancer asks, with no key to give. */
+const PROBES = new Set(['/health', '/live', '/ready']);
+
 function isOpen(method: string, url: string): boolean {
   if (method === 'OPTIONS') return true;
   const path = url.split('?')[0];
-  return (method === 'GET' || method === 'HEAD') && path === '/health';
+  return (method === 'GET' || method === 'HEAD') && PROBES.has(path);
 }
 
 export function requireApiKeys(app: FastifyInstance, keys: ApiKeys, bodyLimit: number): void {

@@ -17,7 +17,11 @@ import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.
 
 const USAGE = `usage: medcluster coordinator --nats URL --model DIR [--cluster NAME] [--tp N] [--pp N]
          [--host 0.0.0.0] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
-         [--worker-timeout-s 300] [serving flags] [NATS credentials] [internal TLS]
+         [--worker-timeout-s 300] [--heartbeat-timeout-s 5] [serving flags] [NATS credentials]
+         [internal TLS]
+
+  --heartbeat-timeout-s 5  a worker silent this long is lost (the cluster is degraded until it
+                           is back; NATS outages do not count)
 
 ${SERVE_USAGE}
 
@@ -46,6 +50,7 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
       'worker-timeout-s': { type: 'string', default: '300' },
+      'heartbeat-timeout-s': { type: 'string', default: '5' },
       ...INTERNAL_TLS_FLAGS,
       ...LOG_FLAGS,
       help: { type: 'boolean' },
@@ -72,6 +77,8 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   const loading = await openLoadingPort(host, settings);
   log.info(`HTTP port ${loading.port} answers 503 until every worker is ready`);
   logInternalTls(log, internalTls);
+  // connectNats reconnects for ever: serving needs no NATS, and membership resynchronizes once
+  // it is back.
   const nc = await connectNats(nats as NonNullable<typeof nats>, 'medcluster-coordinator').catch(
     async (err) => {
       await loading.close();
@@ -88,6 +95,9 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       pp,
       kvCache,
       workerTimeoutMs: intFlag(flags['worker-timeout-s'], 'worker-timeout-s') * 1000,
+      heartbeatTimeoutMs: intFlag(flags['heartbeat-timeout-s'], 'heartbeat-timeout-s') * 1000,
+      stepTimeoutMs: settings.stepTimeoutMs,
+      collectiveTimeoutMs: settings.collectiveTimeoutMs,
       internalTls,
       servedModelName: settings.servedModelName,
       log: (line) => log.info(line),

@@ -20,6 +20,8 @@ export const SERVE_FLAGS = {
   'served-model-name': { type: 'string', default: 'meditron-70b-awq' },
   'shutdown-grace-s': { type: 'string', default: '30' },
   'degraded-wait-s': { type: 'string', default: '60' },
+  'step-timeout-s': { type: 'string', default: '60' },
+  'collective-timeout-s': { type: 'string', default: '30' },
   'api-keys-file': { type: 'string' },
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
@@ -44,11 +46,15 @@ export const SERVE_USAGE = `Serving:
   --shutdown-grace-s 30         on SIGTERM/SIGINT, how long in-flight requests may finish
   --degraded-wait-s 60          while a lost worker comes back, how long a request may wait
                                 (requests that had streamed tokens fail at once, retryable)
+  --step-timeout-s 60           a step with no result after this fails as a lost worker (a stage
+                                that hangs); the workers' relays to the next stage wait as long
+  --collective-timeout-s 30     a tensor-parallel collective call whose ranks do not all arrive
+                                within this fails its stage's group (a peer that hangs)
 
 Access (off by default):
   --api-keys-file FILE          API keys, one per line (# comments; at least 16 characters each), or
-                                $MEDCLUSTER_API_KEYS (comma-separated): every HTTP route but GET /health
-                                then needs \`Authorization: Bearer <key>\` (401 without), every gRPC call
+                                $MEDCLUSTER_API_KEYS (comma-separated): every HTTP route but the probes
+                                (GET /health, /live, /ready) then needs \`Authorization: Bearer <key>\` (401 without), every gRPC call
                                 but grpc.health.v1 \`authorization: Bearer <key>\` metadata (UNAUTHENTICATED)
   --tls-cert FILE               PEM certificate (chain) for the public ports: HTTPS and gRPC over TLS
   --tls-key FILE                its PEM private key (give both or neither)`;
@@ -68,6 +74,8 @@ export interface ServeSettings {
   servedModelName: string;
   shutdownGraceMs: number;
   degradedWaitMs: number;
+  stepTimeoutMs: number;
+  collectiveTimeoutMs: number;
   /** Keys the public APIs require (absent: open). */
   apiKeys?: ApiKeys;
   /** Certificate and key of the public ports (absent: plaintext). */
@@ -152,6 +160,8 @@ export function serveSettingsFromFlags(
     servedModelName,
     shutdownGraceMs: positive(flags['shutdown-grace-s'], 'shutdown-grace-s', 0) * 1000,
     degradedWaitMs: positive(flags['degraded-wait-s'], 'degraded-wait-s', 0) * 1000,
+    stepTimeoutMs: positive(flags['step-timeout-s'], 'step-timeout-s') * 1000,
+    collectiveTimeoutMs: positive(flags['collective-timeout-s'], 'collective-timeout-s') * 1000,
     ...(apiKeys ? { apiKeys } : {}),
     ...(tls ? { tls } : {}),
   };

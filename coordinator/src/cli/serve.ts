@@ -102,7 +102,11 @@ export async function serveUntilSignal({
       eosTokenId: tokenizer.eosTokenId,
     },
   );
-  scheduler.observe((e) => logEvent(log, e));
+  scheduler.observe((e) => {
+    logEvent(log, e);
+    // A step found the pipeline broken with no worker known lost: the cluster finds out why.
+    if (e.type === 'suspended' && e.source === 'executor') cluster.reportUnavailable(e.reason);
+  });
   // A lost worker takes its KV cache with it: no step runs until the cluster is whole again.
   cluster.events.on('workerLost', (_id, reason) => scheduler.suspend(reason));
   cluster.events.on('recovered', () => {
@@ -156,7 +160,15 @@ export async function serveUntilSignal({
       const grace = new Promise<void>((r) => setTimeout(r, settings.shutdownGraceMs).unref());
       await Promise.race([scheduler.drain(), grace]);
       scheduler.shutdown();
+      // Every request is answered by now. A client that keeps its connection open (HTTP
+      // keep-alive: fastify waits 72 s; a gRPC channel: for ever) would hold the exit, so the
+      // connections close after a moment (the failed streams' last events are out by then).
+      const force = setTimeout(() => {
+        server.forceShutdown();
+        http.server.closeAllConnections();
+      }, 1_000);
       await Promise.all([http.close(), new Promise<void>((r) => server.tryShutdown(() => r()))]);
+      clearTimeout(force);
       metrics.close();
       await cluster.stop();
       resolve();

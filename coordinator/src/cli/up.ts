@@ -114,6 +114,8 @@ export async function upCommand(argv: string[]): Promise<void> {
     workerArgs: logArgs(logSettings),
     internalTls,
     servedModelName: settings.servedModelName,
+    stepTimeoutMs: settings.stepTimeoutMs,
+    collectiveTimeoutMs: settings.collectiveTimeoutMs,
     log: (line) => log.info(line),
   }).catch(async (err) => {
     await loading.close();

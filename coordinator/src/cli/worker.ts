@@ -12,10 +12,12 @@ import { NATS_FLAGS, NATS_USAGE, natsTargetFromFlags } from './nats-flags.js';
 
 const USAGE = `usage: medcluster worker (--nats URL [--cluster NAME] | --assignment JSON) [--id ID]
          [--listen HOST:PORT] [--advertise HOST:PORT] [--device cpu|cuda] [--ordinal N] [--threads N]
-         [--memory-gb N] [--metrics-port N] [NATS credentials] [internal TLS]
+         [--memory-gb N] [--metrics-port N] [--exit-with-stdin] [NATS credentials] [internal TLS]
 
   --metrics-port N   serve /metrics (Prometheus), /health (alive) and /ready (shard loaded)
                      on the listen host (0 picks a free port)
+  --exit-with-stdin  leave when stdin closes: \`medcluster up\` holds the other end, so a launcher
+                     that dies, even by SIGKILL, leaves no worker behind
 
 ${NATS_USAGE}
 
@@ -40,6 +42,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
       ...NATS_FLAGS,
       cluster: { type: 'string', default: 'medcluster' },
       assignment: { type: 'string' },
+      'exit-with-stdin': { type: 'boolean' },
       ...INTERNAL_TLS_FLAGS,
       ...LOG_FLAGS,
       help: { type: 'boolean' },
@@ -63,6 +66,15 @@ export async function workerCommand(argv: string[]): Promise<void> {
   const internalTls = internalTlsFromFlags(flags);
   const workerId = flags.id ?? `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}`;
   const log = loggerFor(logSettingsFromFlags(flags), { component: 'worker', worker: workerId });
+  if (flags['exit-with-stdin']) {
+    // The pipe's write end closes with the launcher, however it ends. SIGTERM takes the one way
+    // out: a loading worker ends at once, a serving one stops as on any SIGTERM.
+    process.stdin.once('end', () => {
+      log.warn('stdin closed: the launcher is gone, leaving');
+      process.kill(process.pid, 'SIGTERM');
+    });
+    process.stdin.resume();
+  }
   const worker = await startWorker({
     log,
     workerId,

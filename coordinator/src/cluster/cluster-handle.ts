@@ -1,7 +1,8 @@
 // What the serving code sees of a running cluster, however it was launched: worker processes
 // started by this process (`medcluster up`) or workers that joined over NATS (`medcluster
-// coordinator`). The data plane's communicator set-up and the reliability work's worker
-// replacement belong behind this same shape.
+// coordinator`). Both mend a broken pipeline behind it: a lost worker is replaced (restarted
+// under `up`, re-placed when it announces itself again in cluster mode), its stage's collective
+// group re-formed, and `recovered` emitted once every stage answers again.
 
 import type { EventEmitter } from 'node:events';
 import type { KvGeometry } from '@medcluster/proto';
@@ -46,6 +47,12 @@ export interface ClusterHandle {
   workers(): ClusterWorker[];
   /** False while a worker of the placement is lost (until `recovered`). */
   healthy(): boolean;
+  /**
+   * A step found the pipeline broken (a stream dropped, a step past its deadline, a stage's group
+   * failed) though no worker is known lost: the cluster finds out which worker is gone or hung,
+   * mends what broke, and emits `recovered`. Idempotent while it mends.
+   */
+  reportUnavailable(reason: string): void;
   readonly events: EventEmitter<ClusterEvents>;
   /** Closes the executor, then stops or releases the workers. */
   stop(): Promise<void>;

@@ -3,7 +3,11 @@
 // No NATS: the parent knows every worker's address because it chose their ports. Each worker's
 // ready line carries its KV cache block count; the cluster's cache is the least of them.
 // A worker that exits is restarted with its whole stage, with backoff, at the same address and
-// with the same assignment; the cluster is degraded (workerLost) until it is back (recovered).
+// with the same assignment in a new collective group; the cluster is degraded (workerLost) until
+// it is back (recovered). A step that finds the pipeline broken with every process running (a
+// worker that hangs, a stage's group that failed) makes the cluster ask every worker: one that
+// does not answer is killed, and so restarted; if all answer, each tensor-parallel stage moves to
+// a new group (Regroup), keeping its weights.
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -14,7 +18,7 @@ import { createInterface } from 'node:readline';
 import { cudaDeviceCount, type DeviceKind } from '@medcluster/kernels';
 import type { Assignment, KvCacheSpec, SyntheticWeightsMessage } from '@medcluster/proto';
 import type { InternalTls, LlamaConfig, WorkerEvent } from '@medcluster/worker';
-import { freePort } from '@medcluster/worker';
+import { freePort, regroupWorker, workerStatus } from '@medcluster/worker';
 import { planPlacement } from '../placement/index.js';
 import { assignmentsFor, firstStageAddresses } from './assignments.js';
 import type { ClusterEvents, ClusterHandle } from './cluster-handle.js';
@@ -50,6 +54,10 @@ export interface LocalClusterOptions {
   /** Mutual TLS on every internal channel: the workers get the same files (`--internal-*`). */
   internalTls?: InternalTls;
   readyTimeoutMs?: number;
+  /** A step with no result this long after it was sent fails the pipeline (executor). */
+  stepTimeoutMs?: number;
+  /** A collective call whose peers do not all arrive within this fails its stage's group. */
+  collectiveTimeoutMs?: number;
   log?: (line: string) => void;
 }
 
@@ -142,17 +150,28 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       `local cluster: ${count} workers share ${Math.max(1, cudaDeviceCount())} GPU(s); memory-sized KV caches split between them`,
     );
   }
-  const assignments = assignmentsFor(
-    plan,
-    addresses,
-    options.modelDir,
-    kvCacheOf,
-    `local-${randomUUID().slice(0, 8)}`,
-  );
+  const run = `local-${randomUUID().slice(0, 8)}`;
+  const assignments = assignmentsFor(plan, addresses, options.modelDir, kvCacheOf, run);
   for (const a of assignments.values()) {
     if (options.synthetic) a.synthetic = options.synthetic;
     if (options.servedModelName) a.servedModelName = options.servedModelName;
+    a.deadlines = {
+      ...(options.collectiveTimeoutMs ? { collectiveMs: options.collectiveTimeoutMs } : {}),
+      ...(options.stepTimeoutMs ? { stepMs: options.stepTimeoutMs } : {}),
+    };
   }
+  /** Collective groups re-formed so far: each new group of a stage gets a new name. */
+  let generation = 0;
+  const regroupAssignments = (stage: number): string => {
+    const group = `${run}-stage-${stage}-g${++generation}`;
+    for (const [id, a] of assignments)
+      if (a.stageIndex === stage) assignments.set(id, { ...a, collectiveGroup: group });
+    return group;
+  };
+  const stageGroups = () =>
+    Array.from({ length: pp }, (_, s) =>
+      tp > 1 ? ([...assignments.values()].find((a) => a.stageIndex === s)?.collectiveGroup ?? '') : '',
+    );
   const [exe, ...baseArgs] = options.workerCommand ?? defaultWorkerCommand();
   const threads = options.threadsPerWorker;
   const tls = options.internalTls;
@@ -188,8 +207,10 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       ...(options.workerMetrics ? ['--metrics-port', '0'] : []),
       ...(options.workerArgs ?? []),
       ...internalTlsArgs,
+      // stdin stays an open pipe that we never write: it closes when this process ends, however.
+      '--exit-with-stdin',
     ];
-    const child = spawn(exe, args, { stdio: ['ignore', 'pipe', 'inherit'], env: workerEnv() });
+    const child = spawn(exe, args, { stdio: ['pipe', 'pipe', 'inherit'], env: workerEnv() });
     const { shard, stageIndex } = assignments.get(id) as Assignment;
     const worker: LocalWorker = {
       id,
@@ -266,12 +287,19 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       firstStageAddresses(plan, addresses),
       config.vocabRows,
       pp,
-      tls?.channelCredentials(),
+      {
+        stepTimeoutMs: options.stepTimeoutMs,
+        stageGroups: stageGroups(),
+        credentials: tls?.channelCredentials(),
+      },
     );
     const reported = new Map(reports.map((r) => [r.workerId, r.kvBlocks]));
     const events = new EventEmitter<ClusterEvents>();
     let stopping = false;
     const lost = new Set<string>();
+    /** A step found the pipeline broken while every process ran; cleared once it is mended. */
+    let degraded = false;
+    let mending: Promise<void> | undefined;
     /** Failed restarts of each stage in a row, for the backoff. */
     const attempts = new Map<number, number>();
     const restarting = new Set<number>();
@@ -302,6 +330,8 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       await stopProcesses(members, 'SIGKILL');
       if (stopping) return;
       log(`local cluster: restarting stage ${stage} (${members.map((w) => w.id).join(', ')})`);
+      // A new group: a step sent to the old one never runs in it.
+      regroupAssignments(stage);
       const started = members.map((w) => spawnWorker(w.id));
       for (const { worker } of started) workers[workers.findIndex((w) => w.id === worker.id)] = worker;
       try {
@@ -332,7 +362,73 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
         watch(worker);
       }
       log(`local cluster: stage ${stage} is back`);
-      if (lost.size === 0) events.emit('recovered');
+      executor.setStageGroups(stageGroups());
+      if (lost.size === 0) {
+        degraded = false;
+        events.emit('recovered');
+      }
+    };
+
+    /** Asks every worker; kills the ones that do not answer (restarted), else re-forms the groups. */
+    const mendPipeline = async () => {
+      const silent: LocalWorker[] = [];
+      await Promise.all(
+        workers.map(async (w) => {
+          const status = await workerStatus(w.address, 3_000, tls?.channelCredentials()).catch(
+            () => undefined,
+          );
+          if (status?.state !== 'WORKER_STATE_READY') silent.push(w);
+        }),
+      );
+      if (stopping) return;
+      if (silent.length > 0) {
+        for (const w of silent) {
+          log(`local cluster: worker ${w.id} does not answer; restarting its stage`);
+          w.process.kill('SIGKILL');
+        }
+        return; // its exit restarts the stage, which ends the degradation
+      }
+      for (let stage = 0; tp > 1 && stage < pp; stage++) {
+        const members = workers.filter((w) => w.stageIndex === stage).sort((a, b) => a.tpRank - b.tpRank);
+        const group = regroupAssignments(stage);
+        try {
+          await Promise.all(
+            members.map((w) =>
+              regroupWorker(
+                w.address,
+                {
+                  assignmentId: (assignments.get(w.id) as Assignment).assignmentId,
+                  group,
+                  peers: members.map((m) => m.address),
+                  timeoutMs: 30_000,
+                },
+                tls?.channelCredentials(),
+              ),
+            ),
+          );
+          log(`local cluster: stage ${stage} re-formed as ${group}`);
+        } catch (err) {
+          log(`local cluster: stage ${stage} could not re-form (${(err as Error).message}); restarting it`);
+          for (const w of members) w.process.kill('SIGKILL');
+          return;
+        }
+      }
+      executor.setStageGroups(stageGroups());
+      if (lost.size === 0 && !stopping) {
+        degraded = false;
+        log('local cluster: every worker answers');
+        events.emit('recovered');
+      }
+    };
+
+    const reportUnavailable = (reason: string) => {
+      // A restart under way mends it; one check at a time.
+      if (stopping || lost.size > 0 || mending) return;
+      degraded = true;
+      log(`local cluster: a step found the pipeline broken (${reason}); checking every worker`);
+      mending = mendPipeline().finally(() => {
+        mending = undefined;
+      });
     };
 
     for (const w of workers) watch(w);
@@ -342,7 +438,8 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       tp,
       pp,
       events,
-      healthy: () => lost.size === 0,
+      healthy: () => lost.size === 0 && !degraded,
+      reportUnavailable,
       workers: () =>
         workers.map((w) => ({
           id: w.id,

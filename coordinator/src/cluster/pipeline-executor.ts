@@ -1,8 +1,10 @@
 // Runs steps on the cluster: each step goes to every tensor-parallel rank of the first stage
 // over its Stage stream; stages pass hidden states down and results come back up the same
 // path. Rank 0's result carries the sampled tokens and logits; every rank's result is checked
-// for errors. A broken stream or an unreachable stage is an ExecutorUnavailableError.
-// Up to `pp` steps are in flight at once, so every stage has work.
+// for errors. A broken stream, an unreachable stage, or a step past its deadline (a stage that
+// hangs) is an ExecutorUnavailableError. Up to `pp` steps are in flight at once, so every stage
+// has work. Each step names the collective group the cluster placed each stage in, so that a rank
+// of a stage that re-formed refuses a step sent before it did.
 
 import type * as grpc from '@grpc/grpc-js';
 import type { workerV1 } from '@medcluster/proto';
@@ -25,43 +27,77 @@ export class StepFailedError extends Error {
   }
 }
 
+export interface PipelineExecutorOptions {
+  /** A step without its result this long after it was sent fails as unavailable (default 60 s). */
+  stepTimeoutMs?: number;
+  /** Each stage's collective group (index = stage), sent with every step; see setStageGroups. */
+  stageGroups?: readonly string[];
+  /** The internal mutual TLS (default plaintext). */
+  credentials?: grpc.ChannelCredentials;
+}
+
+/** Default step deadline: far above any step's compute, so only a stage that hangs reaches it. */
+export const DEFAULT_STEP_TIMEOUT_MS = 60_000;
+
 export class PipelineExecutor implements StepExecutor {
   private nextStepId = 1;
+  private stageGroups: string[];
+  readonly stepTimeoutMs: number;
 
   private constructor(
     private readonly links: StageLink[],
     readonly vocabRows: number,
     readonly maxInFlight: number,
-  ) {}
+    options: PipelineExecutorOptions,
+  ) {
+    this.stepTimeoutMs = options.stepTimeoutMs ?? DEFAULT_STEP_TIMEOUT_MS;
+    this.stageGroups = [...(options.stageGroups ?? [])];
+  }
 
-  /** Connects to the first stage's ranks (addresses by tp rank); `credentials`: the internal
-   * mutual TLS (default plaintext). */
+  /** Connects to the first stage's ranks (addresses by tp rank). */
   static async connect(
     firstStage: readonly string[],
     vocabRows: number,
     pipelineDepth: number,
-    credentials?: grpc.ChannelCredentials,
+    options: PipelineExecutorOptions = {},
   ): Promise<PipelineExecutor> {
     const links = await Promise.all(
-      firstStage.map((address) => StageLink.connect(address, undefined, credentials)),
+      firstStage.map((address) => StageLink.connect(address, undefined, options.credentials)),
     );
-    return new PipelineExecutor(links, vocabRows, Math.max(1, pipelineDepth));
+    return new PipelineExecutor(links, vocabRows, Math.max(1, pipelineDepth), options);
+  }
+
+  /** The groups the stages were re-formed in: later steps carry them. */
+  setStageGroups(groups: readonly string[]): void {
+    this.stageGroups = [...groups];
   }
 
   async execute(seqs: SeqStep[]): Promise<StepOutput> {
     const stepId = this.nextStepId++;
-    const message: workerV1.StageMessage = { step: { stepId, seqs: seqs.map(encodeSeqStep) } };
+    const message: workerV1.StageMessage = {
+      step: { stepId, seqs: seqs.map(encodeSeqStep), stageGroups: this.stageGroups },
+    };
+    const unavailable = (code: string) => code === STEP_ERROR.unreachable || code === STEP_ERROR.stale;
+    const why = (rank: number, error: workerV1.StepError__Output) =>
+      `step ${stepId} failed on the pipeline of rank ${rank}: ${error.message}`;
     let results: workerV1.StageResult__Output[];
     try {
-      results = await Promise.all(this.links.map((link) => link.send(message)));
+      // A rank whose pipeline broke fails the step at once, without waiting for the other
+      // ranks (one of them may be the rank that hangs).
+      results = await Promise.all(
+        this.links.map(async (link, rank) => {
+          const result = await link.send(message, this.stepTimeoutMs);
+          if (result.error && unavailable(result.error.code))
+            throw new ExecutorUnavailableError(why(rank, result.error));
+          return result;
+        }),
+      );
     } catch (err) {
+      if (err instanceof ExecutorUnavailableError) throw err;
       throw new ExecutorUnavailableError(`step ${stepId}: ${(err as Error).message}`, { cause: err });
     }
     for (const [rank, result] of results.entries()) {
-      if (!result.error) continue;
-      const why = `step ${stepId} failed on the pipeline of rank ${rank}: ${result.error.message}`;
-      if (result.error.code === STEP_ERROR.unreachable) throw new ExecutorUnavailableError(why);
-      throw new StepFailedError(why);
+      if (result.error) throw new StepFailedError(why(rank, result.error));
     }
     const wanted = seqs.filter((s) => s.logitRows > 0);
     const outputs = results[0].output?.seqs ?? [];

@@ -1,6 +1,9 @@
 // The coordinator's side of the NATS control plane: which workers exist, whether they are alive,
 // and handing them assignments. Emits joined / returned / progress / ready / failed / lost / left,
 // and refused for a worker that announced itself but failed the admission check (`admit`).
+// While the coordinator's own NATS connection is down no worker can be heard, so none is declared
+// lost for it: liveness checks pause, and on reconnect every worker's clock restarts and every
+// worker is asked to announce itself again (membership resynchronizes without false losses).
 
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -17,7 +20,7 @@ import {
   type LoadEvent,
   type WorkerLifecycleState,
 } from '@medcluster/proto';
-import type { Msg, NatsConnection, Subscription } from 'nats';
+import { Events, type Msg, type NatsConnection, type Status, type Subscription } from 'nats';
 
 /** A control-plane failure on the coordinator side. */
 export class WorkerRegistryError extends Error {
@@ -73,6 +76,8 @@ export interface WorkerRegistryEvents {
   failed: [worker: WorkerRecord, message: string];
   /** No heartbeat within heartbeatTimeoutMs. */
   lost: [worker: WorkerRecord];
+  /** The coordinator's NATS connection dropped (true) or came back (false). */
+  disconnected: [down: boolean];
   left: [worker: WorkerRecord, reason: string];
   /** A worker that failed `admit`: it is not counted until it restarts (and passes). */
   refused: [worker: WorkerRecord, reason: string];
@@ -122,6 +127,9 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
   private readonly coordinatorId: string;
   private checkTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** True while the NATS connection is down: nothing can be heard, so nobody is lost for it. */
+  private disconnected = false;
+  private statusIterator: (AsyncIterable<Status> & { stop?: () => void }) | undefined;
   /** Worker processes (id -> startedAt) being admitted, and those refused. */
   private readonly admitting = new Map<string, number>();
   private readonly refused = new Map<string, number>();
@@ -168,8 +176,33 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
     const interval = this.options.checkIntervalMs ?? Math.min(this.heartbeatTimeoutMs / 4, 1000);
     this.checkTimer = setInterval(() => this.checkLiveness(), interval);
     this.checkTimer.unref();
+    void this.followConnection(nc);
     await nc.flush();
     this.discover();
+  }
+
+  /** Pauses liveness while the connection is down; resynchronizes membership when it is back. */
+  private async followConnection(nc: NatsConnection): Promise<void> {
+    this.statusIterator = nc.status() as AsyncIterable<Status> & { stop?: () => void };
+    for await (const status of this.statusIterator) {
+      if (this.closed) break;
+      if (status.type === Events.Disconnect && !this.disconnected) {
+        this.disconnected = true;
+        this.emit('disconnected', true);
+      } else if (status.type === Events.Reconnect) {
+        // Silence during the outage says nothing about the workers: their clocks start again.
+        const now = performance.now();
+        for (const record of this.records.values()) record.lastSeenMs = now;
+        this.disconnected = false;
+        this.emit('disconnected', false);
+        this.discover();
+      }
+    }
+  }
+
+  /** Whether the coordinator's NATS connection is down. */
+  get connectionDown(): boolean {
+    return this.disconnected;
   }
 
   /** Asks every worker to announce itself again. */
@@ -200,12 +233,17 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
   private onAnnounce(m: Parameters<typeof controlCodecs.announce.encode>[0]): void {
     const previous = this.records.get(m.workerId);
     const restarted = previous !== undefined && previous.startedAt !== m.startedAt;
-    if (previous !== undefined && !restarted && previous.state !== 'lost' && previous.state !== 'leaving') {
-      this.update(m.workerId, {
+    if (previous !== undefined && !restarted && previous.state !== 'leaving') {
+      const wasLost = previous.state === 'lost';
+      const record = this.update(m.workerId, {
         grpcAddress: m.grpcAddress,
         metricsAddress: m.metricsAddress,
         lastSeenMs: performance.now(),
+        ...(wasLost ? { state: m.state ?? 'idle' } : {}),
+        ...(wasLost && m.assignmentId !== undefined ? { assignmentId: m.assignmentId } : {}),
       });
+      // The same process, heard again (it hung, or its messages could not get through).
+      if (wasLost && record) this.emit('returned', record);
       return;
     }
     if (previous?.assignmentId !== undefined && restarted) {
@@ -226,7 +264,9 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
       memoryBytes: m.memoryBytes,
       heartbeatIntervalMs: m.heartbeatIntervalMs,
       startedAt: m.startedAt,
-      state: 'idle',
+      // A worker that already holds a shard (it outlived the coordinator) says which.
+      state: m.state ?? 'idle',
+      ...(m.assignmentId !== undefined ? { assignmentId: m.assignmentId } : {}),
       bytesLoaded: 0,
       bytesTotal: 0,
       lastSeenMs: performance.now(),
@@ -279,6 +319,10 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
       record.state = m.state;
       if (m.assignmentId !== undefined) record.assignmentId = m.assignmentId;
       this.emit('returned', { ...record });
+    } else if (m.state === 'failed' && record.state === 'ready') {
+      // A ready worker whose engine failed says so in its heartbeats.
+      record.state = 'failed';
+      this.emit('failed', { ...record }, record.error ?? 'the worker reports itself failed');
     }
   }
 
@@ -352,6 +396,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
   }
 
   private checkLiveness(): void {
+    if (this.disconnected) return;
     const now = performance.now();
     for (const record of this.records.values()) {
       if (record.state === 'lost' || record.state === 'leaving') continue;
@@ -474,6 +519,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.checkTimer);
+    this.statusIterator?.stop?.();
     for (const sub of this.subscriptions.splice(0)) sub.unsubscribe();
     for (const [workerId, waiter] of [...this.waiters]) {
       this.waiters.delete(workerId);

@@ -1,6 +1,6 @@
 // createHttpServer() builds the public HTTP server (fastify): the OpenAI routes under /v1, TGI's
-// routes at the root, GET /cluster, GET /metrics (Prometheus, when given), CORS for pages on
-// other origins (preflight included);
+// routes at the root, GET /cluster, GET /metrics (Prometheus, when given), the probes GET /live
+// and GET /ready, CORS for pages on other origins (preflight included);
 // listenHttp() binds it. Kept apart so tests can bind port 0 and the CLI a configured port.
 //
 // With API keys, every route but GET /health needs `Authorization: Bearer <key>` (401 in the
@@ -147,6 +147,14 @@ export function createHttpServer(
     await tgiRoutes(ctx)(tgi);
   });
   app.get('/cluster', async () => activity.snapshot(ctx));
+  // Probes: alive while the process answers (draining and degraded included: restarting it would
+  // not help), ready while it can serve (what a load balancer routes on).
+  app.get('/live', async () => ({ status: 'alive' }));
+  app.get('/ready', async (_req, reply) =>
+    ctx.serving.healthy()
+      ? { status: 'ready' }
+      : reply.code(503).header('retry-after', '5').send({ status: 'not ready' }),
+  );
   const { metrics } = options;
   if (metrics) {
     app.get('/metrics', async (_req, reply) => {

@@ -19,6 +19,7 @@ export function createLoadingServer(bodyLimit: number, options: LoadingServerOpt
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'string' }, (_req, _body, done) => done(null, undefined));
   const notReady = new HttpError(503, 'the model is still loading; retry in a moment', 'loading');
+  app.get('/live', async () => ({ status: 'alive' }));
   app.all('*', async (req, reply) => {
     const { status, body } = errorReply(notReady, req.url.startsWith('/v1/') ? 'openai' : 'tgi', {
       bodyLimit,

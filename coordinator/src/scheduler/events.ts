@@ -48,6 +48,11 @@ export type SchedulerEvent =
   | { type: 'preempted'; time: number; requestId: string; choice: number; recomputeTokens: number }
   /** The client went away or aborted; `stage` is where the request was furthest along. */
   | { type: 'cancelled'; time: number; requestId: string; stage: 'queued' | 'prefill' | 'decode' }
+  /** No step runs until resumed: a worker was lost (`cluster`), or a step found the pipeline
+   * broken (`executor`: the cluster handle then finds out what broke and mends it). */
+  | { type: 'suspended'; time: number; reason: string; source: 'cluster' | 'executor' }
+  /** Steps run again. */
+  | { type: 'resumed'; time: number }
   /** The request is over: every choice finished, or it was cancelled or failed. */
   | {
       type: 'finished';

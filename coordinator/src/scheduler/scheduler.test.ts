@@ -440,6 +440,39 @@ describe('Scheduler: a lost worker', () => {
     ).toContain('failed');
   });
 
+  test('a step sent before a suspension that fails after it does not suspend the scheduler again', async () => {
+    const ex = new ScriptedExecutor();
+    const s = new Scheduler(ex, cache(16), LIMITS);
+    const events = recorder(s);
+    const held = ex.hold();
+    const first = s.submit(req([5], 3));
+    await held.started;
+    // The cluster saw the loss first (workerLost), then mended it (recovered) ...
+    s.suspend('worker w1 stopped sending heartbeats');
+    s.resume();
+    // ... and only now does the step that was out on the broken pipeline fail.
+    ex.loseWorkerNext = true;
+    held.release();
+    expect(ids(await first)).toEqual([6, 7, 8]); // re-queued at the suspension, re-run after it
+    expect(s.stats.suspended).toBeUndefined();
+    const transitions = events.filter((e) => e.type === 'suspended' || e.type === 'resumed');
+    expect(transitions).toEqual([
+      expect.objectContaining({
+        type: 'suspended',
+        source: 'cluster',
+        reason: 'worker w1 stopped sending heartbeats',
+      }),
+      expect.objectContaining({ type: 'resumed' }),
+    ]);
+    // A step that finds the pipeline broken while serving suspends it, saying the executor did.
+    ex.loseWorkerNext = true;
+    const second = s.submit(req([9], 2));
+    await new Promise((r) => setTimeout(r, 30));
+    expect(events.at(-1)).toMatchObject({ type: 'suspended', source: 'executor' });
+    s.resume();
+    expect(ids(await second)).toEqual([10, 11]);
+  });
+
   test('while suspended, requests wait at most degradedWaitMs, then fail clearly', async () => {
     const s = new Scheduler(new ScriptedExecutor(), cache(16), { ...LIMITS, degradedWaitMs: 300 });
     s.suspend('worker w1 exited (SIGKILL)');

@@ -15,7 +15,9 @@
 // (ExecutorUnavailableError, or suspend() from the cluster): the KV cache of every running
 // sequence may be gone, so the scheduler suspends itself; requests that already streamed tokens
 // fail at once with a retryable error, the others go back to the queue and are re-run from their
-// prompt after resume(). While suspended no step is sent; requests wait at most `degradedWaitMs`. A cancelled request (its signal
+// prompt after resume(). While suspended no step is sent; requests wait at most `degradedWaitMs`.
+// A step sent before a suspension that fails afterwards belongs to that incident: its sequences
+// were already re-queued or failed, so it does not suspend the scheduler again. A cancelled request (its signal
 // aborted: a client disconnect, a gRPC cancel, a deadline) frees its blocks at once in every
 // state, in a step in flight included: every stage runs steps in order, so a later step that
 // reuses the blocks writes them after the stale step did, and reads only what it wrote.
@@ -154,6 +156,8 @@ interface PlannedRow {
 
 interface StepPlan {
   id: number;
+  /** The scheduler's suspension count when the step was sent. */
+  epoch: number;
   rows: PlannedRow[];
   promptTokens: number;
   decodeTokens: number;
@@ -224,6 +228,8 @@ export class Scheduler {
   private drained?: () => void;
   /** Why no step may run (a worker lost), and since when; undefined while serving. */
   private suspended?: { reason: string; since: number; timer: NodeJS.Timeout };
+  /** Suspensions so far: a step remembers the count it was sent under. */
+  private epoch = 0;
 
   constructor(
     private readonly executor: StepExecutor,
@@ -253,11 +259,13 @@ export class Scheduler {
    * tokens fail now with a retryable RequestFailedError; every other running sequence gives its
    * blocks back and waits to be re-run from its prompt. Idempotent.
    */
-  suspend(reason: string): void {
+  suspend(reason: string, source: 'cluster' | 'executor' = 'cluster'): void {
     if (!this.suspended) {
       const timer = setInterval(() => this.expireWaiting(), 250);
       timer.unref();
+      this.epoch++;
       this.suspended = { reason, since: monotonicSeconds(), timer };
+      this.emit({ type: 'suspended', time: monotonicSeconds(), reason, source });
     }
     for (const seq of [...this.running]) {
       if (seq.state !== 'running') continue;
@@ -275,6 +283,7 @@ export class Scheduler {
     if (!this.suspended) return;
     clearInterval(this.suspended.timer);
     this.suspended = undefined;
+    this.emit({ type: 'resumed', time: monotonicSeconds() });
     this.pump();
   }
 
@@ -476,7 +485,7 @@ export class Scheduler {
       if (r.seq.tokens.length - r.start === 1) decodeTokens += r.count;
       else promptTokens += r.count;
     }
-    return { id: this.nextStepId++, rows, promptTokens, decodeTokens };
+    return { id: this.nextStepId++, epoch: this.epoch, rows, promptTokens, decodeTokens };
   }
 
   /**
@@ -543,8 +552,10 @@ export class Scheduler {
       error: error?.message,
     });
     if (output) this.apply(plan, steps, output);
-    else if (error instanceof ExecutorUnavailableError) this.suspend(`a worker was lost: ${error.message}`);
-    else {
+    else if (error instanceof ExecutorUnavailableError) {
+      // Sent before a suspension: that incident already re-queued or failed its sequences.
+      if (plan.epoch === this.epoch) this.suspend(`a worker was lost: ${error.message}`, 'executor');
+    } else {
       const failed = new Set(plan.rows.map((r) => r.seq.request));
       for (const r of failed)
         this.fail(r, new RequestFailedError(`step failed: ${(error as Error).message}`, { cause: error }));

@@ -4,6 +4,7 @@ export {
   type AssignmentReply,
   CONTROL_PROTOCOL_VERSION,
   type CollectiveTransportName,
+  type DeadlinesMessage,
   type DeviceInfo,
   type DiscoverRequest,
   ID_PATTERN,
@@ -20,5 +21,12 @@ export {
   type WorkerLeave,
   type WorkerLifecycleState,
 } from './messages.js';
+export {
+  PLACEMENT_KEY,
+  type PlacedWorker,
+  type PlacementRecord,
+  placementBucket,
+  placementRecordSchema,
+} from './placement.js';
 export { ControlMessageError } from './schema.js';
 export { type ControlSubjects, controlSubjects } from './subjects.js';

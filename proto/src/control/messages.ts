@@ -50,6 +50,11 @@ export interface WorkerAnnounce {
   heartbeatIntervalMs: number;
   /** Wall-clock start time, ms since the epoch. */
   startedAt: number;
+  /** What the worker is doing now: a coordinator that starts while workers already hold their
+   * shards (it restarted) re-adopts them from this and assignmentId. Absent: idle. */
+  state?: WorkerLifecycleState;
+  /** The assignment the worker holds (loading, ready or failed). */
+  assignmentId?: string;
 }
 
 /** Lifecycle state of a worker as it reports it. */
@@ -118,6 +123,15 @@ export interface SyntheticWeightsMessage {
   layers?: number;
 }
 
+/** How long a worker waits on its peers before it gives up (every rank of a stage gets the same). */
+export interface DeadlinesMessage {
+  /** A tensor-parallel collective call whose peers do not all arrive within this fails the
+   * stage's group (every transport). */
+  collectiveMs?: number;
+  /** A step relayed to the next stage that has no result within this fails. */
+  stepMs?: number;
+}
+
 /** Sent by the coordinator (request/reply) to give a worker its shard. */
 export interface Assignment {
   v: 1;
@@ -139,6 +153,8 @@ export interface Assignment {
   /** gRPC address of the same tp rank in the next stage, where this stage streams its hidden
    * states; absent on the last stage. */
   downstream?: string;
+  /** Deadlines of the worker's waits on its peers (absent: the worker's defaults). */
+  deadlines?: DeadlinesMessage;
 }
 
 /** The worker's reply to an Assignment: accepted means loading has started. */
@@ -204,6 +220,8 @@ export const workerAnnounceSchema = object<WorkerAnnounce>({
   memoryBytes: count,
   heartbeatIntervalMs: num({ min: 1 }),
   startedAt: count,
+  state: optional(oneOf('idle', 'loading', 'ready', 'failed', 'leaving')),
+  assignmentId: optional(str({ nonEmpty: true })),
 });
 
 export const workerHeartbeatSchema = object<WorkerHeartbeat>({
@@ -247,6 +265,11 @@ export const kvCacheSchema: Validator<KvCacheSpec> = (value, path) => {
   );
 };
 
+const deadlinesSchema = object<DeadlinesMessage>({
+  collectiveMs: optional(positive),
+  stepMs: optional(positive),
+});
+
 const syntheticWeightsSchema = object<SyntheticWeightsMessage>({
   preset: str({ nonEmpty: true }),
   seed: count,
@@ -266,6 +289,7 @@ export const assignmentSchema: Validator<Assignment> = (value, path) => {
     collectiveGroup: str(),
     peers: arrayOf(str({ nonEmpty: true })),
     downstream: optional(str({ nonEmpty: true })),
+    deadlines: optional(deadlinesSchema),
   })(value, path);
   const { shard, peers } = parsed;
   if (shard.computesLogits === (parsed.downstream !== undefined)) {

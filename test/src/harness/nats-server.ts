@@ -1,4 +1,6 @@
-// Starts a real nats-server binary on a free port for tests, and stops it.
+// Starts a real nats-server binary on a free port for tests, restarts it on the same port (an
+// outage that clients reconnect through, JetStream's store kept), and stops it. nats.ts chooses
+// between this and a container.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as connectTcp } from 'node:net';
@@ -32,6 +34,14 @@ export interface NatsServerHandle {
   /** nats://127.0.0.1:PORT */
   url: string;
   port: number;
+  /** How it runs: a local binary, or a container started through Testcontainers. */
+  kind: 'binary' | 'container';
+  /**
+   * Stops the server, keeps it down for `downMs` (default 0), and starts it again on the same
+   * port with the same JetStream store: what clients see of a NATS restart. Resolves once it
+   * accepts connections again.
+   */
+  restart(downMs?: number): Promise<void>;
   /** Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its temporary files. */
   stop(): Promise<void>;
   /** The server's last log lines (up to 4000 characters). */
@@ -147,6 +157,33 @@ process.once('exit', () => {
   for (const child of running) child.kill('SIGKILL');
 });
 
+/** One run of the binary on `port`; resolves once it accepts connections (its output if it exits). */
+async function runOn(
+  binary: string,
+  port: number,
+  args: { before: string[]; after: string[] },
+  timeoutMs: number,
+  env?: Record<string, string>,
+): Promise<{ run: Attempt } | { exited: string } | { timedOut: string }> {
+  const run = launch(binary, [...args.before, '-a', '127.0.0.1', '-p', String(port), ...args.after], env);
+  running.add(run.child);
+  const deadline = Date.now() + timeoutMs;
+  let exited = false;
+  void run.exited.then(() => {
+    exited = true;
+    running.delete(run.child);
+  });
+  while (!exited && Date.now() < deadline) {
+    // Make sure the server answering is ours, not another process that took the port.
+    if ((await canConnect(port)) && !exited) return { run };
+    await sleep(25);
+  }
+  const output = run.output();
+  await stopChild(run);
+  running.delete(run.child);
+  return exited ? { exited: output } : { timedOut: output };
+}
+
 /** Starts nats-server on a free 127.0.0.1 port; retries with another port on a collision. */
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServerHandle> {
   const binary = findNatsServer(options.binary);
@@ -159,38 +196,55 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     const config = configDir ? join(configDir, 'nats.conf') : undefined;
     if (config && options.authorization)
       writeFileSync(config, authorizationConfig(options.authorization), { mode: 0o600 });
-    const args = [
-      ...(config ? ['-c', config] : []),
-      ...['-a', '127.0.0.1', '-p', String(port)],
-      ...(storeDir ? ['-js', '-sd', storeDir] : []),
-    ];
-    const run = launch(binary, [...args, ...(options.args ?? [])], options.env);
-    running.add(run.child);
-    const cleanup = async () => {
-      await stopChild(run);
-      running.delete(run.child);
+    const args = {
+      before: config ? ['-c', config] : [],
+      after: [...(storeDir ? ['-js', '-sd', storeDir] : []), ...(options.args ?? [])],
+    };
+    const removeFiles = () => {
       if (storeDir !== undefined) rmSync(storeDir, { recursive: true, force: true });
       if (configDir !== undefined) rmSync(configDir, { recursive: true, force: true });
     };
-    const deadline = Date.now() + timeoutMs;
-    let exited = false;
-    void run.exited.then(() => {
-      exited = true;
-    });
-    while (!exited && Date.now() < deadline) {
-      if (await canConnect(port)) {
-        // Make sure the server answering is ours, not another process that took the port.
-        if (!exited) return { url: `nats://127.0.0.1:${port}`, port, stop: cleanup, output: run.output };
-      }
-      await sleep(25);
+    const started = await runOn(binary, port, args, timeoutMs, options.env);
+    if ('run' in started) {
+      let current: Attempt | undefined = started.run;
+      let last = '';
+      return {
+        url: `nats://127.0.0.1:${port}`,
+        port,
+        kind: 'binary',
+        async restart(downMs = 0) {
+          if (current) {
+            await stopChild(current);
+            last = current.output();
+          }
+          current = undefined;
+          await sleep(downMs);
+          const again = await runOn(binary, port, args, timeoutMs, options.env);
+          if (!('run' in again)) {
+            throw new NatsServerError(
+              `nats-server (${binary}) did not come back on port ${port}:\n${'exited' in again ? again.exited : again.timedOut}`,
+            );
+          }
+          current = again.run;
+        },
+        async stop() {
+          if (current) {
+            await stopChild(current);
+            last = current.output();
+          }
+          current = undefined;
+          removeFiles();
+        },
+        output: () => current?.output() ?? last,
+      };
     }
-    lastOutput = run.output();
-    await cleanup();
-    if (!exited) {
+    removeFiles();
+    if ('timedOut' in started) {
       throw new NatsServerError(
-        `nats-server (${binary}) did not accept connections on port ${port} within ${timeoutMs} ms:\n${lastOutput}`,
+        `nats-server (${binary}) did not accept connections on port ${port} within ${timeoutMs} ms:\n${started.timedOut}`,
       );
     }
+    lastOutput = started.exited;
     if (!/address already in use|bind/i.test(lastOutput)) break;
   }
   throw new NatsServerError(`nats-server (${binary}) failed to start:\n${lastOutput}`);

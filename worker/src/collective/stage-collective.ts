@@ -32,8 +32,10 @@ export interface StageCollectiveOptions extends GrpcCollectiveOptions {
   transport?: TransportChoice;
   /** This machine's identity (default hostIdentity()): ranks with equal ids may use CUDA IPC. */
   hostId?: string;
-  /** Device group buffers and the IPC wait deadline (kernels' DeviceCollectiveOptions). */
+  /** Device group buffers (kernels' DeviceCollectiveOptions). */
   bufferBytes?: number;
+  /** How long a collective call waits for its peers: the IPC kernel's wait, and the gRPC group's
+   * calls (unless callTimeoutMs says otherwise). */
   timeoutMs?: number;
   /** Told when auto falls back from ipc to nccl, and why. */
   log?: (line: string) => void;
@@ -73,7 +75,10 @@ function failures<T>(outcomes: Outcome<T>[]): string[] {
 
 /** Forms the stage's group and opens the device group its ranks can use (see the header). */
 export async function openStageCollective(options: StageCollectiveOptions): Promise<Collective> {
-  const host = await GrpcCollective.create(options);
+  const host = await GrpcCollective.create({
+    ...options,
+    callTimeoutMs: options.callTimeoutMs ?? options.timeoutMs,
+  });
   try {
     return await chooseTransport(host, options);
   } catch (err) {

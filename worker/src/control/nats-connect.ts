@@ -73,7 +73,15 @@ export function describeNatsAuth(auth: NatsAuth | undefined): string {
 export async function connectNats(target: NatsTarget, name: string): Promise<NatsConnection> {
   const { servers, auth } = target;
   try {
-    return await connect({ servers: servers.split(','), name, ...auth });
+    // Reconnects for ever, quickly: steps never need NATS, so a worker or coordinator outlives
+    // any NATS outage, and membership resynchronizes once the server is back.
+    return await connect({
+      servers: servers.split(','),
+      name,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 500,
+      ...auth,
+    });
   } catch (cause) {
     const code = (cause as { code?: string }).code;
     if (code === ErrorCode.AuthorizationViolation || code === ErrorCode.AuthenticationExpired) {

@@ -132,6 +132,9 @@ export class WorkerAgent {
         memoryBytes,
         heartbeatIntervalMs: this.heartbeatIntervalMs,
         startedAt: this.startedAt,
+        // A coordinator that restarted re-adopts a worker that still holds its shard.
+        state: this.lifecycle,
+        ...(this.current ? { assignmentId: this.current.assignmentId } : {}),
       }),
     );
   }

@@ -62,12 +62,13 @@ export class ShardRunner {
   private readonly device: Device;
   private readonly weights: ShardWeights;
   private readonly cache: KvCache;
-  private readonly collective?: Collective;
+  private collective?: Collective;
   private readonly dims: ReturnType<typeof localDims>;
   /** Decode steps as CUDA graphs; absent where the backend has none, or with tp > 1 on the
    * host transport (its all-reduce runs on the host between layers, which a graph cannot wait
    * for). With a device transport the all-reduces are inside the graph. */
-  private readonly graphs?: DecodeGraphs;
+  private graphs?: DecodeGraphs;
+  private readonly graphsAllowed: boolean;
   /** Logit columns of each tensor-parallel rank (the vocabulary split, uneven where needed). */
   private readonly vocabWidths: number[];
 
@@ -92,21 +93,44 @@ export class ShardRunner {
       const { start, end } = vocabShard(this.config.vocabRows, this.spec.tpSize, r);
       return end - start;
     });
+    this.graphsAllowed = options.decodeGraphs !== false && this.device.supportsGraphs;
+    this.graphs = this.makeGraphs();
+  }
+
+  /** Graphs for the current collective (they capture its device group's calls). */
+  private makeGraphs(): DecodeGraphs | undefined {
     const onDevice = this.spec.tpSize === 1 || this.collective?.device !== undefined;
-    if (options.decodeGraphs !== false && this.device.supportsGraphs && onDevice) {
-      this.graphs = new DecodeGraphs({
-        // Every rank must take the same path with the same padded sizes, so a rank whose
-        // capture failed still runs the bucket's padded shapes (eagerly).
-        padBrokenBuckets: this.spec.tpSize > 1,
-        device: this.device,
-        embeds: this.spec.embeds,
-        hiddenSize: this.config.hiddenSize,
-        blockSize: this.blockSize,
-        padBlock: numBlocks,
-        maxTableWidth: Math.ceil(this.config.maxPositions / this.blockSize),
-        forward: (t) => this.graphForward(t),
-      });
+    if (!this.graphsAllowed || !onDevice) return undefined;
+    return new DecodeGraphs({
+      // Every rank must take the same path with the same padded sizes, so a rank whose
+      // capture failed still runs the bucket's padded shapes (eagerly).
+      padBrokenBuckets: this.spec.tpSize > 1,
+      device: this.device,
+      embeds: this.spec.embeds,
+      hiddenSize: this.config.hiddenSize,
+      blockSize: this.blockSize,
+      padBlock: this.numBlocks,
+      maxTableWidth: Math.ceil(this.config.maxPositions / this.blockSize),
+      forward: (t) => this.graphForward(t),
+    });
+  }
+
+  /**
+   * Runs later steps on another collective of the same ranks (the stage's group re-formed after
+   * a peer was lost). Captured graphs hold the old group's device calls, so they are dropped and
+   * captured again. The caller closes the old collective, and calls this between steps.
+   */
+  replaceCollective(collective: Collective): void {
+    if (collective.size !== this.spec.tpSize || collective.rank !== this.spec.tpRank) {
+      throw new Error(
+        `collective rank ${collective.rank} of ${collective.size} does not fit shard rank ${this.spec.tpRank} of tp=${this.spec.tpSize}`,
+      );
     }
+    const replays = this.graphs?.replays ?? 0;
+    this.graphs?.dispose();
+    this.collective = collective;
+    this.graphs = this.makeGraphs();
+    if (this.graphs) this.graphs.replays = replays;
   }
 
   /** Loads the shard's weights and allocates its KV cache; resolves once both are on the device. */

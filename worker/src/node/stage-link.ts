@@ -5,7 +5,8 @@
 // When the stream breaks (the worker died or restarted), the steps on it fail with a
 // StageLinkError, and the next send opens a new stream on the same channel once it is connected
 // again (waiting up to `reconnectMs`): a replaced worker at the same address is reached again
-// without a new link.
+// without a new link. A step sent with a deadline that has no result in time fails alone (the
+// stream stays open: a stage that hangs cannot be told from a slow one by one step).
 
 import * as grpc from '@grpc/grpc-js';
 import { loadWorkerProto, type workerV1 } from '@medcluster/proto';
@@ -83,15 +84,39 @@ export class StageLink {
     return new StageLink(address, client, Math.min(timeoutMs, 5_000));
   }
 
-  /** Sends one step; resolves with its result (which may carry a StepError). */
-  send(message: workerV1.StageMessage): Promise<workerV1.StageResult__Output> {
+  /**
+   * Sends one step; resolves with its result (which may carry a StepError). With `timeoutMs`,
+   * rejects with a StageLinkError when no result came that long after the step was written.
+   */
+  send(message: workerV1.StageMessage, timeoutMs?: number): Promise<workerV1.StageResult__Output> {
     const stepId = Number(message.step?.stepId);
     // Resolves once the step is written, with (boxed, so it is not awaited here) its result.
     const written = this.tail.then(async () => {
       if (this.closed) throw this.closed;
       const stream = await this.openStream();
       const result = new Promise<workerV1.StageResult__Output>((resolve, reject) => {
-        stream.pending.set(stepId, { resolve, reject });
+        if (timeoutMs === undefined) {
+          stream.pending.set(stepId, { resolve, reject });
+          return;
+        }
+        const timer = setTimeout(() => {
+          if (stream.pending.get(stepId)?.reject !== settle.reject) return;
+          stream.pending.delete(stepId);
+          reject(
+            new StageLinkError(`stage ${this.address}: no result for step ${stepId} within ${timeoutMs} ms`),
+          );
+        }, timeoutMs);
+        const settle: Pending = {
+          resolve: (r) => {
+            clearTimeout(timer);
+            resolve(r);
+          },
+          reject: (e) => {
+            clearTimeout(timer);
+            reject(e);
+          },
+        };
+        stream.pending.set(stepId, settle);
       });
       stream.call.write(message);
       return { result };

@@ -3,8 +3,9 @@
 // that stage's result back, so results flow back up the same path the step came down.
 //
 // Failure scope: an error in a step answers that step with a StepError; the stream stays open.
+// Regroup re-forms the stage's collective group after a peer was lost (WorkerNode.regroup).
 
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import { loadWorkerProto, type workerV1 } from '@medcluster/proto';
 import { CollectiveError } from '../collective/collective-error.js';
 import { returnsLogits } from '../engine/types.js';
@@ -12,24 +13,34 @@ import { finishRunnerStep } from '../sampling/sample-step.js';
 import { decodeActivation, encodeActivation } from './activation.js';
 import { StageLinkError } from './stage-link.js';
 import { decodeSeqStep, encodeSampled } from './step-codec.js';
-import type { WorkerNode } from './worker-node.js';
+import { type CollectiveOpener, type WorkerNode, WorkerStateError } from './worker-node.js';
 
 /** Error codes of a StepError. STAGE_UNREACHABLE: a peer of the pipeline (the next stage, or a
- * tensor-parallel rank) is gone, so the step's KV state is lost beyond this worker too. */
+ * tensor-parallel rank) is gone, so the step's KV state is lost beyond this worker too.
+ * STALE_STEP: the step names another collective group for this stage than the one this rank is
+ * in (it was sent before the stage re-formed, or the coordinator has not seen the new group). */
 export const STEP_ERROR = {
   invalid: 'INVALID_STEP',
   unreachable: 'STAGE_UNREACHABLE',
+  stale: 'STALE_STEP',
   internal: 'INTERNAL',
 } as const;
+
+/** A step for another collective group than the one this rank is in. */
+class StaleStepError extends Error {
+  override name = 'StaleStepError';
+}
 
 function stepError(stepId: number, err: unknown): workerV1.StageResult {
   const message = err instanceof Error ? err.message : String(err);
   const code =
     err instanceof RangeError
       ? STEP_ERROR.invalid
-      : err instanceof StageLinkError || err instanceof CollectiveError
-        ? STEP_ERROR.unreachable
-        : STEP_ERROR.internal;
+      : err instanceof StaleStepError
+        ? STEP_ERROR.stale
+        : err instanceof StageLinkError || err instanceof CollectiveError
+          ? STEP_ERROR.unreachable
+          : STEP_ERROR.internal;
   return { stepId, error: { code, message, seqIds: [] } };
 }
 
@@ -41,6 +52,13 @@ async function runStage(
   if (!step) throw new RangeError('a StageMessage needs a step descriptor');
   const spec = node.spec;
   if (!spec) throw new Error(`worker ${node.options.workerId} has no shard loaded`);
+  const stage = node.assignment?.stageIndex ?? 0;
+  const expected = step.stageGroups[stage];
+  if (spec.tpSize > 1 && expected !== undefined && expected !== node.collectiveGroup) {
+    throw new StaleStepError(
+      `step ${step.stepId} is for group ${expected} of stage ${stage}; this rank is in ${node.collectiveGroup}`,
+    );
+  }
   const started = performance.now();
   if (message.activation) node.metrics?.activation('received', message.activation.data.length);
   const hidden = message.activation ? decodeActivation(message.activation) : undefined;
@@ -105,14 +123,49 @@ async function runStage(
   const activation = encodeActivation(result.hidden as Float32Array, rows);
   node.metrics?.activation('sent', (activation.data as Buffer).length);
   const sent = performance.now();
-  const relayed = await downstream.send({ step, activation });
+  const relayed = await downstream.send({ step, activation }, node.assignment?.deadlines?.stepMs);
   // The hand-off's own cost: the round trip less what the stages downstream computed.
   node.metrics?.transfer((performance.now() - sent - relayed.computeMs) / 1000);
   return { ...relayed, computeMs: relayed.computeMs + computeMs };
 }
 
-export function workerServiceHandlers(node: WorkerNode): grpc.UntypedServiceImplementation {
+/** `openCollective` forms a new group for Regroup (absent: Regroup is refused). */
+export function workerServiceHandlers(
+  node: WorkerNode,
+  openCollective?: CollectiveOpener,
+): grpc.UntypedServiceImplementation {
   return {
+    Regroup(
+      call: grpc.ServerUnaryCall<workerV1.RegroupRequest__Output, workerV1.RegroupReply>,
+      callback: grpc.sendUnaryData<workerV1.RegroupReply>,
+    ) {
+      const { assignmentId, group, peers, timeoutMs } = call.request;
+      if (!openCollective) {
+        callback({ code: grpc.status.UNIMPLEMENTED, details: 'this worker cannot re-form its group' });
+        return;
+      }
+      if (group === '' || !(timeoutMs > 0)) {
+        callback({
+          code: grpc.status.INVALID_ARGUMENT,
+          details: 'Regroup needs a group name and a timeout_ms above 0',
+        });
+        return;
+      }
+      node
+        .regroup({ assignmentId, group, peers, timeoutMs }, openCollective)
+        .then((collective) => callback(null, { group, collectiveTransport: collective.transport }))
+        .catch((err: Error) =>
+          callback({
+            code:
+              err instanceof WorkerStateError
+                ? grpc.status.FAILED_PRECONDITION
+                : err instanceof CollectiveError
+                  ? grpc.status.UNAVAILABLE
+                  : grpc.status.INTERNAL,
+            details: err.message,
+          }),
+        );
+    },
     Stage(call: grpc.ServerDuplexStream<workerV1.StageMessage__Output, workerV1.StageResult>) {
       call.on('data', (message: workerV1.StageMessage__Output) => {
         const stepId = Number(message.step?.stepId ?? 0);
@@ -143,12 +196,18 @@ export function workerServiceHandlers(node: WorkerNode): grpc.UntypedServiceImpl
         collectiveTransport: node.collectiveTransport ?? '',
         collectiveGrpcBytes: node.collectiveGrpcBytes,
         graphReplays: node.graphReplays,
+        assignmentId: a?.assignmentId ?? '',
+        collectiveGroup: node.collectiveGroup ?? '',
       });
     },
   };
 }
 
-export function addWorkerService(server: grpc.Server, node: WorkerNode): void {
+export function addWorkerService(
+  server: grpc.Server,
+  node: WorkerNode,
+  openCollective?: CollectiveOpener,
+): void {
   const { medcluster } = loadWorkerProto();
-  server.addService(medcluster.worker.v1.Worker.service, workerServiceHandlers(node));
+  server.addService(medcluster.worker.v1.Worker.service, workerServiceHandlers(node, openCollective));
 }

@@ -1,6 +1,8 @@
 // The transport-independent core of a worker process: it holds one device, loads the shard
 // it is assigned, and runs steps one at a time in arrival order (every rank of a stage sees
 // the same order, so their collectives line up). gRPC services and the NATS agent sit on top.
+// When a peer of its stage is lost, the stage's group is re-formed (regroup) without reloading
+// the weights; a new assignment replaces the one held.
 
 import type * as grpc from '@grpc/grpc-js';
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
@@ -32,6 +34,30 @@ export class WorkerStateError extends Error {
   }
 }
 
+/** What a stage asks of its ranks to re-form its collective group (the Worker service's Regroup). */
+export interface RegroupRequest {
+  /** The assignment the worker must hold. */
+  assignmentId: string;
+  /** The new group's name, never one the stage used before. */
+  group: string;
+  /** The stage's ranks' addresses, by tp rank. */
+  peers: readonly string[];
+  /** How long the ranks have to form it. */
+  timeoutMs: number;
+}
+
+/** Forms a stage's collective: the worker process knows its collective host and transport. */
+export type CollectiveOpener = (options: {
+  group: string;
+  rank: number;
+  size: number;
+  peers: readonly string[];
+  /** Deadline of forming the group. */
+  connectTimeoutMs: number;
+  /** Deadline of each call (the assignment's), when it gives one. */
+  timeoutMs?: number;
+}) => Promise<Collective>;
+
 export class WorkerNode {
   state: WorkerState = 'idle';
   assignment?: Assignment;
@@ -46,6 +72,10 @@ export class WorkerNode {
   private tail: Promise<unknown> = Promise.resolve();
   /** Steps queued or running. */
   private queued = 0;
+  /** Regroups asked for since the shard loaded: a later one supersedes an earlier one. */
+  private regroups = 0;
+  /** The collective group the worker is in (tp > 1): its assignment's, then each regroup's. */
+  collectiveGroup?: string;
 
   constructor(
     readonly options: WorkerNodeOptions,
@@ -102,13 +132,17 @@ export class WorkerNode {
     collective: Collective | undefined,
     onProgress?: (loaded: number, total: number) => void,
   ): Promise<{ kvBlocks: number }> {
-    if (this.state === 'loading' || this.state === 'ready') {
+    if (this.state === 'loading') {
       throw new WorkerStateError(
-        `worker ${this.options.workerId} already holds assignment ${this.assignment?.assignmentId}`,
+        `worker ${this.options.workerId} is still loading assignment ${this.assignment?.assignmentId}`,
       );
     }
+    // A new placement (a coordinator that could not re-adopt this worker): the held shard goes.
+    if (this.state === 'ready') await this.serial(() => this.unload());
     this.state = 'loading';
     this.assignment = assignment;
+    this.collectiveGroup = assignment.shard.tpSize > 1 ? assignment.collectiveGroup : undefined;
+    this.regroups = 0;
     this.error = undefined;
     try {
       this.device ??= createDevice({
@@ -147,6 +181,62 @@ export class WorkerNode {
       await this.unload();
       throw err;
     }
+  }
+
+  /** Runs fn after every step queued so far, before any queued later. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(fn, fn);
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+
+  /**
+   * Leaves the stage's broken collective group and joins a new one with the same ranks, keeping
+   * the weights and the KV cache. The old host group closes at once, so that a step waiting in it
+   * for a hung peer fails now; the new group replaces it between steps, once every rank joined.
+   * Resolves with the new collective; rejects (WorkerStateError) when the worker does not hold
+   * the assignment, or when a later regroup superseded this one.
+   */
+  async regroup(request: RegroupRequest, open: CollectiveOpener): Promise<Collective> {
+    const { assignment, runner } = this;
+    const id = this.options.workerId;
+    if (this.state !== 'ready' || !assignment || !runner)
+      throw new WorkerStateError(`worker ${id} is ${this.state}: it has no group to re-form`);
+    if (assignment.assignmentId !== request.assignmentId) {
+      throw new WorkerStateError(
+        `worker ${id} holds assignment ${assignment.assignmentId}, not ${request.assignmentId}`,
+      );
+    }
+    const { tpRank, tpSize } = assignment.shard;
+    if (tpSize < 2) throw new WorkerStateError(`worker ${id} is tp = 1: it has no group`);
+    if (request.peers.length !== tpSize)
+      throw new WorkerStateError(`${request.peers.length} peers for tp = ${tpSize}`);
+    const attempt = ++this.regroups;
+    // A device group may still be under a queued kernel: it closes at the swap, between steps.
+    if (this.collective?.transport === 'grpc') await this.collective.close();
+    const next = await open({
+      group: request.group,
+      rank: tpRank,
+      size: tpSize,
+      peers: request.peers,
+      connectTimeoutMs: request.timeoutMs,
+      timeoutMs: assignment.deadlines?.collectiveMs,
+    });
+    return this.serial(async () => {
+      if (attempt !== this.regroups || this.runner !== runner) {
+        await next.close();
+        throw new WorkerStateError(`worker ${id}: regroup into ${request.group} was superseded`);
+      }
+      const previous = this.collective;
+      runner.replaceCollective(next);
+      this.collective = next;
+      this.collectiveGroup = request.group;
+      await previous?.close();
+      this.options.log?.info(`re-formed the stage's collective group as ${request.group}`, {
+        transport: next.transport,
+      });
+      return next;
+    });
   }
 
   /** Queues one step; steps run in the order they were queued. */

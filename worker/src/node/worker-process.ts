@@ -21,7 +21,7 @@ import {
   WorkerMetrics,
   type WorkerMetricsSource,
 } from './worker-metrics.js';
-import { WorkerNode } from './worker-node.js';
+import { type CollectiveOpener, WorkerNode } from './worker-node.js';
 
 export interface WorkerProcessOptions {
   workerId: string;
@@ -75,12 +75,30 @@ interface Loaded {
   collective?: CollectiveTransport;
 }
 
-async function loadAssignment(
+/** Forms the stage's group on this worker's device, timed into its metrics (load and Regroup). */
+function collectiveOpener(
   node: WorkerNode,
   host: CollectiveHost,
-  assignment: Assignment,
   transport: TransportChoice,
   credentials: grpc.ChannelCredentials | undefined,
+): CollectiveOpener {
+  return async (group) => {
+    const collective = await openStageCollective({
+      ...group,
+      host,
+      credentials,
+      device: node.openDevice(),
+      transport,
+      log: (line) => process.emitWarning(line),
+    });
+    return node.metrics ? timedCollective(collective, node.metrics) : collective;
+  };
+}
+
+async function loadAssignment(
+  node: WorkerNode,
+  openCollective: CollectiveOpener,
+  assignment: Assignment,
   onProgress: (loaded: number, total: number) => void,
 ): Promise<Loaded> {
   const { shard } = assignment;
@@ -97,23 +115,16 @@ async function loadAssignment(
   // counted before the KV cache is sized from free memory.
   const collective =
     shard.tpSize > 1
-      ? await openStageCollective({
+      ? await openCollective({
           group: assignment.collectiveGroup,
           rank: shard.tpRank,
           size: shard.tpSize,
           peers: assignment.peers,
-          host,
-          credentials,
-          device: node.openDevice(),
-          transport,
-          log: (line) => process.emitWarning(line),
+          connectTimeoutMs: 30_000,
+          timeoutMs: assignment.deadlines?.collectiveMs,
         })
       : undefined;
-  const { kvBlocks } = await node.load(
-    assignment,
-    collective && node.metrics ? timedCollective(collective, node.metrics) : collective,
-    onProgress,
-  );
+  const { kvBlocks } = await node.load(assignment, collective, onProgress);
   return collective ? { kvBlocks, collective: collective.transport } : { kvBlocks };
 }
 
@@ -145,8 +156,9 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
     options.metricsPort === undefined ? undefined : new WorkerMetrics(workerId, metricsSource);
   const node: WorkerNode = new WorkerNode(nodeOptions, metrics);
   const server = new grpc.Server(INTERNAL_GRPC_OPTIONS);
-  addWorkerService(server, node);
   const host = addCollectiveService(server);
+  const openCollective = collectiveOpener(node, host, transport, credentials);
+  addWorkerService(server, node, openCollective);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(
       options.listen,
@@ -170,6 +182,7 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
   let nc: NatsConnection | undefined;
   let agent: WorkerAgent | undefined;
   if (options.nats) {
+    // connectNats reconnects for ever: steps need no NATS, so a worker outlives any NATS outage.
     try {
       nc = await connectNats(
         { servers: options.nats.url, auth: options.nats.auth },
@@ -191,23 +204,16 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
       devices: [{ kind: options.device, index: options.ordinal ?? 0, name: options.device, memoryBytes }],
       memoryBytes,
       onAssignment: async (assignment, reporter) => {
-        const loaded = await loadAssignment(
-          node,
-          host,
-          assignment,
-          transport,
-          credentials,
-          (loaded, total) => {
-            progress(loaded, total);
-            reporter.progress(loaded, total);
-          },
-        );
+        const loaded = await loadAssignment(node, openCollective, assignment, (loaded, total) => {
+          progress(loaded, total);
+          reporter.progress(loaded, total);
+        });
         emit({ event: 'ready', workerId, ...loaded });
         return loaded;
       },
     });
   } else if (options.assignment) {
-    loadAssignment(node, host, options.assignment, transport, credentials, (loaded, total) => {
+    loadAssignment(node, openCollective, options.assignment, (loaded, total) => {
       progress(loaded, total);
       emit({ event: 'progress', workerId, loaded, total });
     })
