@@ -14,7 +14,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { InferenceClient, loadWorkerProto } from '@medcluster/proto';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type DevCa, makeDevCa, startCli, stopAll, waitForStderr } from './harness/index.js';
+import { type DevCa, makeDevCa, startUp, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
 
 const KEY = 'test-key-0123456789abcdef0123456789';
@@ -93,19 +93,14 @@ describe('medcluster up with API keys, TLS and internal mutual TLS', () => {
     ca = await readFile(pki.ca);
     tlsCredentials = grpc.credentials.createSsl(ca);
     const modelDir = await testModel();
-    const up = startCli(
+    ({ http: base, grpc: grpcAddress } = await startUp(
       [
-        ...['up', '--model', modelDir, '--tp', '2', '--grpc-port', '0', '--http-port', '0', '--threads', '1'],
+        ...['--model', modelDir, '--tp', '2'],
         ...['--tls-cert', pki.server.cert, '--tls-key', pki.server.key],
         ...['--internal-ca', pki.ca, '--internal-cert', pki.node.cert, '--internal-key', pki.node.key],
       ],
-      { env: { MEDCLUSTER_API_KEYS: `${KEY},${OTHER_KEY}` } },
-    );
-    const [, grpcPort] = await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:(\d+) \(TLS\)/, 90_000);
-    // Printed just before: the HTTP port, on HTTPS.
-    const [, httpPort] = /HTTP APIs .* on https:\/\/127\.0\.0\.1:(\d+)/.exec(up.stderr()) ?? [];
-    base = `https://127.0.0.1:${httpPort}`;
-    grpcAddress = `127.0.0.1:${grpcPort}`;
+      { env: { MEDCLUSTER_API_KEYS: `${KEY},${OTHER_KEY}` }, tls: true },
+    ));
   });
   afterAll(async () => {
     await stopAll();

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import puppeteer, { type Browser } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { REPO, startCli, stopAll, waitForStderr } from './harness/index.js';
+import { REPO, startUp, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
 
 const CHROMIUM = process.env.MEDCLUSTER_CHROMIUM ?? '/usr/bin/chromium';
@@ -25,7 +25,8 @@ let profile: string;
 
 beforeAll(async () => {
   const modelDir = await testModel();
-  const up = startCli(['up', '--model', modelDir, '--grpc-port', '0', '--http-port', '0', '--threads', '1']);
+  // up loads the model while the page's server and the browser start.
+  const starting = startUp(['--model', modelDir]);
   const html = await readFile(join(REPO, 'test/web/chat.html'));
   // The page's own origin: another port, and `localhost` where the API is 127.0.0.1.
   page = createServer((req, res) => {
@@ -52,9 +53,7 @@ beforeAll(async () => {
       'about:blank',
     ],
   });
-  // up binds the port itself (0) and names it: no race with other tests for a port chosen here.
-  const [, port] = await waitForStderr(up.child, /HTTP APIs .* on http:\/\/127\.0\.0\.1:(\d+)/, 90_000);
-  api = `http://127.0.0.1:${port}`;
+  ({ http: api } = await starting);
 });
 afterAll(async () => {
   await browser?.close();

@@ -7,7 +7,7 @@
 import { InferenceClient } from '@huggingface/inference';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { startCli, stopAll, waitForStderr } from './harness/index.js';
+import { startUp, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
 
 let base: string;
@@ -20,10 +20,7 @@ const recording: typeof fetch = (input, init) => {
 
 beforeAll(async () => {
   const modelDir = await testModel();
-  const up = startCli(['up', '--model', modelDir, '--grpc-port', '0', '--http-port', '0', '--threads', '1']);
-  // up binds the port itself (0) and names it: no race with other tests for a port chosen here.
-  const [, port] = await waitForStderr(up.child, /HTTP APIs .* on http:\/\/127\.0\.0\.1:(\d+)/, 90_000);
-  base = `http://127.0.0.1:${port}`;
+  ({ http: base } = await startUp(['--model', modelDir]));
 });
 afterAll(async () => {
   await stopAll();

@@ -10,7 +10,7 @@
 
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { startCli, stopAll, waitForStderr } from './harness/index.js';
+import { type CliProcess, startUp, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: fuzzed JSON is any shape
@@ -21,29 +21,23 @@ const CASES = Number(process.env.MEDCLUSTER_FUZZ_CASES ?? 160);
 
 let base = '';
 let port = 0;
-let up: ReturnType<typeof startCli>;
+let up: CliProcess;
 
 beforeAll(async () => {
   const modelDir = await testModel();
-  up = startCli([
-    'up',
+  ({
+    up,
+    httpPort: port,
+    http: base,
+  } = await startUp([
     '--model',
     modelDir,
-    '--grpc-port',
-    '0',
-    '--http-port',
-    '0',
-    '--threads',
-    '1',
     // A mutation that stays valid generates at most a few tokens.
     '--default-max-tokens',
     '3',
     '--http-max-body-bytes',
     String(BODY_LIMIT),
-  ]);
-  const [, p] = await waitForStderr(up.child, /HTTP APIs .* on http:\/\/127\.0\.0\.1:(\d+)/, 90_000);
-  port = Number(p);
-  base = `http://127.0.0.1:${port}`;
+  ]));
 });
 afterAll(() => stopAll());
 

@@ -6,7 +6,7 @@
 // stage can be reached by a request on purpose.
 
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { runCli, startCli, stopAll, waitForStderr } from './harness/index.js';
+import { runCli, startUp, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
 
 let base: string;
@@ -16,16 +16,9 @@ type Json = any;
 
 beforeAll(async () => {
   const modelDir = await testModel({ vocabRows: 32017 });
-  const up = startCli([
-    'up',
+  ({ http: base } = await startUp([
     '--model',
     modelDir,
-    '--grpc-port',
-    '0',
-    '--http-port',
-    '0',
-    '--threads',
-    '1',
     '--max-running',
     '1',
     '--max-waiting',
@@ -34,10 +27,7 @@ beforeAll(async () => {
     '16',
     '--kv-blocks',
     '256',
-  ]);
-  // up binds the port itself (0) and names it: no race with other tests for a port chosen here.
-  const [, port] = await waitForStderr(up.child, /HTTP APIs .* on http:\/\/127\.0\.0\.1:(\d+)/, 90_000);
-  base = `http://127.0.0.1:${port}`;
+  ]));
 });
 afterAll(() => stopAll());
 

@@ -23,7 +23,7 @@ import {
 import { connect } from 'nats';
 import { afterEach, describe, expect, test } from 'vitest';
 import { agreedPrefix, greedy, relativeError } from './greedy.js';
-import { runCli, startCli, startNatsServer, stopAll, waitForStderr } from './harness/index.js';
+import { runCli, startCli, startNatsServer, startUp, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
 
 const BLOCK_SIZE = 16;
@@ -154,22 +154,14 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
     const modelDir = await testModel();
     const { config } = await openCheckpoint(modelDir);
     const share = shareFor(config, 2, 128);
-    const up = startCli([
-      'up',
+    const { up, grpc } = await startUp([
       '--model',
       modelDir,
       '--pp',
       '2',
-      '--grpc-port',
-      '0',
-      '--http-port',
-      '0',
-      '--threads',
-      '1',
       '--kv-memory-fraction',
       String(share),
     ]);
-    const served = await waitForStderr(up.child, /medcluster: serving .* on (127\.0\.0\.1:\d+)/, 90_000);
     const line = /KV cache: (\d+) blocks of 16 tokens \(the least the workers allocated: (.*)\)/.exec(
       up.stderr(),
     );
@@ -179,7 +171,7 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
     expect(Number(line?.[1])).toBe(Math.min(...counts));
 
     const [remote, local] = await Promise.all([
-      runCli(['generate', '--server', served[1], '--prompt', PROMPT, '--max-tokens', '6']),
+      runCli(['generate', '--server', grpc, '--prompt', PROMPT, '--max-tokens', '6']),
       runCli(['generate', '--model', modelDir, '--prompt', PROMPT, '--max-tokens', '6']),
     ]);
     expect(remote.code, remote.stderr).toBe(0);

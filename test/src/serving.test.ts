@@ -12,19 +12,12 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { InferenceClient, type inferenceV1 } from '@medcluster/proto';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { REPO, runCli, startCli, stopAll, waitForStderr } from './harness/index.js';
+import { REPO, runCli, startCli, startUp, stopAll, waitForStderr } from './harness/index.js';
 import { testModel } from './models.js';
 
 const run = promisify(execFile);
 /** Debian's interpreter: python3-grpcio and python3-grpc-tools load only there. */
 const PYTHON = '/usr/bin/python3';
-
-/** `up` on ports it picks itself (no race with other tests for a port chosen beforehand). */
-async function startUp(args: string[]): Promise<{ address: string; up: ReturnType<typeof startCli> }> {
-  const up = startCli(['up', '--grpc-port', '0', '--http-port', '0', '--threads', '1', ...args]);
-  const [, port] = await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:(\d+)/, 90_000);
-  return { address: `127.0.0.1:${port}`, up };
-}
 
 const INVALID_ARGUMENT = 3;
 
@@ -58,7 +51,7 @@ describe('medcluster up (tp=2 x pp=2) and its public gRPC API', () => {
 
   beforeAll(async () => {
     modelDir = await testModel();
-    ({ address } = await startUp(['--model', modelDir, '--tp', '2', '--pp', '2']));
+    ({ grpc: address } = await startUp(['--model', modelDir, '--tp', '2', '--pp', '2']));
     client = new InferenceClient(address);
   });
   afterAll(async () => {
@@ -227,7 +220,7 @@ describe('medcluster up under load with a cache too small for it', () => {
   test('64 staggered requests longer than a step, with preemption, each get exactly their solo tokens', async () => {
     const modelDir = await testModel();
     // 40 blocks of 16 = 640 positions, against 64 requests of ~50-90 prompt tokens + 8 generated.
-    const { address, up } = await startUp([
+    const { grpc: address, up } = await startUp([
       '--model',
       modelDir,
       '--pp',
@@ -308,7 +301,7 @@ describe('medcluster up configured from the environment', () => {
 describe('structured logs', () => {
   test("each request's id follows it through every stage and rank, and no line names two requests", async () => {
     const modelDir = await testModel();
-    const { address, up } = await startUp([
+    const { grpc: address, up } = await startUp([
       '--model',
       modelDir,
       '--tp',
@@ -365,7 +358,7 @@ describe('a worker killed mid-stream', () => {
     '$layout: streamed requests fail fast and retryable, the others re-run; $stage comes back and serving resumes',
     async ({ layout, stage }) => {
       const modelDir = await testModel();
-      const { address, up } = await startUp(['--model', modelDir, ...layout, '--max-running', '2']);
+      const { grpc: address, up } = await startUp(['--model', modelDir, ...layout, '--max-running', '2']);
       const client = new InferenceClient(address);
       try {
         const info = await client.getModelInfo();

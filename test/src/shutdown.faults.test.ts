@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { InferenceClient } from '@medcluster/proto';
 import { afterAll, describe, expect, test } from 'vitest';
-import { startCli, stopAll, waitForStderr } from './harness/index.js';
+import { startUp, stopAll, waitForStderr } from './harness/index.js';
 import { testModel } from './models.js';
 
 const run = promisify(execFile);
@@ -53,23 +53,12 @@ async function stream(base: string, prompt: string, maxTokens: number, onToken: 
 describe('graceful shutdown', () => {
   test('SIGTERM: not ready but alive, new requests 503, in-flight ones finish, the one past the grace fails, exit 0', async () => {
     const modelDir = await testModel();
-    const up = startCli([
-      'up',
-      '--model',
-      modelDir,
-      '--grpc-port',
-      '0',
-      '--http-port',
-      '0',
-      '--threads',
-      '1',
-      '--shutdown-grace-s',
-      String(GRACE_S),
-    ]);
-    const [, grpcPort] = await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:(\d+)/, 90_000);
-    const [, httpPort] = /HTTP APIs .* on http:\/\/127\.0\.0\.1:(\d+)/.exec(up.stderr()) as RegExpExecArray;
-    const base = `http://127.0.0.1:${httpPort}`;
-    const client = new InferenceClient(`127.0.0.1:${grpcPort}`);
+    const {
+      up,
+      grpc,
+      http: base,
+    } = await startUp(['--model', modelDir, '--shutdown-grace-s', String(GRACE_S)]);
+    const client = new InferenceClient(grpc);
     const { stdout } = await run('pgrep', ['-P', String(up.child.pid), '-f', 'worker --id']);
     const workerPids = stdout.trim().split('\n').map(Number);
     try {

@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import type * as grpc from '@grpc/grpc-js';
 import { InferenceClient, type inferenceV1 } from '@medcluster/proto';
 import { afterAll, describe, expect, test } from 'vitest';
-import { startCli, stopAll, waitForStderr } from './harness/index.js';
+import { startUp, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
 
 const run = promisify(execFile);
@@ -20,25 +20,17 @@ afterAll(() => stopAll());
 describe('a worker that hangs under up', () => {
   test('the deadlines fail its step within a bound, it is killed and its stage restarted, serving resumes', async () => {
     const modelDir = await testModel();
-    const up = startCli([
-      'up',
+    const { up, grpc } = await startUp([
       '--model',
       modelDir,
       '--tp',
       '2',
-      '--grpc-port',
-      '0',
-      '--http-port',
-      '0',
-      '--threads',
-      '1',
       '--step-timeout-s',
       String(STEP_TIMEOUT_S),
       '--collective-timeout-s',
       '2',
     ]);
-    const [, port] = await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:(\d+)/, 90_000);
-    const client = new InferenceClient(`127.0.0.1:${port}`);
+    const client = new InferenceClient(grpc);
     try {
       const got: number[] = [];
       const streamed = (async () => {
@@ -85,8 +77,8 @@ describe('a worker that hangs under up', () => {
 describe('a launcher killed with SIGKILL', () => {
   test('takes its workers with it: their stdin closes and they leave, loaded or loading', async () => {
     const modelDir = await testModel();
-    const up = startCli(['up', '--model', modelDir, '--pp', '2', '--grpc-port', '0', '--http-port', '0']);
-    await waitForStderr(up.child, /serving .* on 127\.0\.0\.1:(\d+)/, 90_000);
+    // No --threads: up picks its workers' threads.
+    const { up } = await startUp(['--model', modelDir, '--pp', '2'], { threads: null });
     const { stdout } = await run('pgrep', ['-P', String(up.child.pid), '-f', 'worker --id']);
     const pids = stdout.trim().split('\n').map(Number);
     expect(pids).toHaveLength(2);

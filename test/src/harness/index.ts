@@ -11,4 +11,16 @@ export {
   type NatsServerOptions,
   startNatsServer,
 } from './nats-server.js';
-export { CLI, type CliResult, REPO, runCli, startCli, stopAll, waitForStderr } from './processes.js';
+export {
+  CLI,
+  type CliProcess,
+  type CliResult,
+  REPO,
+  type RunningUp,
+  runCli,
+  startCli,
+  startUp,
+  stopAll,
+  type UpOptions,
+  waitForStderr,
+} from './processes.js';

@@ -94,6 +94,74 @@ export function waitForStderr(
   });
 }
 
+/** A long-running CLI process, as startCli returns it. */
+export type CliProcess = ReturnType<typeof startCli>;
+
+export interface UpOptions {
+  /** Added to this process's environment, as startCli's `env`. */
+  env?: Record<string, string>;
+  /**
+   * --threads for each worker (default 1: the tests share a few cores); null gives no --threads,
+   * so up picks.
+   */
+  threads?: number | null;
+  /**
+   * The public ports speak TLS (the caller passes --tls-cert and --tls-key): the HTTP port is
+   * awaited on https and the gRPC port must say (TLS).
+   */
+  tls?: boolean;
+  /** How long the model may take to load before both ports are named (default 90 s). */
+  timeoutMs?: number;
+}
+
+export interface RunningUp {
+  up: CliProcess;
+  grpcPort: number;
+  httpPort: number;
+  /** `127.0.0.1:<grpcPort>`, for gRPC clients. */
+  grpc: string;
+  /** `http(s)://127.0.0.1:<httpPort>`, the HTTP APIs' base URL. */
+  http: string;
+}
+
+/**
+ * Starts `medcluster up --grpc-port 0 --http-port 0 --threads 1 ...args` and resolves once it
+ * serves, with the ports it names. up binds port 0 itself and prints what it got, so there is
+ * no race with other tests for a port chosen beforehand.
+ */
+export async function startUp(args: string[], options: UpOptions = {}): Promise<RunningUp> {
+  const threads = options.threads === undefined ? 1 : options.threads;
+  const up = startCli(
+    [
+      'up',
+      '--grpc-port',
+      '0',
+      '--http-port',
+      '0',
+      ...(threads === null ? [] : ['--threads', String(threads)]),
+      ...args,
+    ],
+    options.env ? { env: options.env } : {},
+  );
+  const timeoutMs = options.timeoutMs ?? 90_000;
+  const scheme = options.tls ? 'https' : 'http';
+  const httpLine = options.tls
+    ? /HTTP APIs .* on https:\/\/127\.0\.0\.1:(\d+)/
+    : /HTTP APIs .* on http:\/\/127\.0\.0\.1:(\d+)/;
+  const grpcLine = options.tls
+    ? /serving .* on 127\.0\.0\.1:(\d+) \(TLS\)/
+    : /serving .* on 127\.0\.0\.1:(\d+)/;
+  // Both waits start now: up prints the two lines one after the other, maybe in one chunk, and a
+  // wait sees only the lines printed after it starts.
+  const [[, http], [, grpc]] = await Promise.all([
+    waitForStderr(up.child, httpLine, timeoutMs),
+    waitForStderr(up.child, grpcLine, timeoutMs),
+  ]);
+  const grpcPort = Number(grpc);
+  const httpPort = Number(http);
+  return { up, grpcPort, httpPort, grpc: `127.0.0.1:${grpcPort}`, http: `${scheme}://127.0.0.1:${httpPort}` };
+}
+
 /** Sends SIGTERM to every process started here and waits for them. */
 export async function stopAll(): Promise<void> {
   await Promise.all(
