@@ -27,6 +27,7 @@ beforeAll(async () => {
   const modelDir = await testModel();
   // up loads the model while the page's server and the browser start.
   const starting = startUp(['--model', modelDir]);
+  starting.catch(() => undefined); // awaited below; a browser that fails first leaves no unhandled rejection
   const html = await readFile(join(REPO, 'test/web/chat.html'));
   // The page's own origin: another port, and `localhost` where the API is 127.0.0.1.
   page = createServer((req, res) => {

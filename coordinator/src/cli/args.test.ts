@@ -2,7 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { envNameOf, parseFlags, UsageError } from './args.js';
+import { deviceFlag, envNameOf, parseFlags, UsageError } from './args.js';
 
 const OPTIONS = {
   tp: { type: 'string', default: '1' },
@@ -59,5 +59,14 @@ describe('settings from flags, the environment and a file', () => {
       /--config \/nonexistent\/settings\.json: ENOENT/,
     );
     expect(bad(['--tpp', '2'], {})).toThrow(/Unknown option '--tpp'/);
+  });
+});
+
+describe('--device', () => {
+  test('is cpu or cuda; anything else is a usage error that names it', () => {
+    expect(deviceFlag('cpu')).toBe('cpu');
+    expect(deviceFlag('cuda')).toBe('cuda');
+    expect(() => deviceFlag('gpu')).toThrow(UsageError);
+    expect(() => deviceFlag('gpu')).toThrow('--device must be cpu or cuda, got gpu');
   });
 });

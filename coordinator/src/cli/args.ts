@@ -2,6 +2,7 @@
 
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import type { DeviceKind } from '@medcluster/kernels';
 
 export class UsageError extends Error {
   constructor(message: string) {
@@ -101,6 +102,12 @@ export function parseFlags<T extends OptionSpec>(
     else out[key] = o.default;
   }
   return out as Flags<T>;
+}
+
+/** --device: the backends a process can run on. */
+export function deviceFlag(value: string | boolean | undefined): DeviceKind {
+  if (value !== 'cpu' && value !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got ${value}`);
+  return value;
 }
 
 export function intFlag(value: string | boolean | undefined, name: string, fallback?: number): number {

@@ -6,7 +6,6 @@
 //   bench serve    load on a running OpenAI-compatible server: TTFT, ITL, E2E percentiles, tok/s
 
 import { writeFile } from 'node:fs/promises';
-import type { DeviceKind } from '@medcluster/kernels';
 import { openCheckpoint, presetConfig } from '@medcluster/worker';
 import { blocksNeeded, type DecodeRow, formatDecodeTable, measureDecode } from '../bench/measure-decode.js';
 import { formatServeReport, type LengthRange, runServeLoad } from '../bench/serve-load.js';
@@ -14,7 +13,7 @@ import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
 import { BlockAllocator } from '../scheduler/block-allocator.js';
 import { LocalExecutor } from '../scheduler/local-executor.js';
-import { floatFlag, intFlag, parseFlags, UsageError } from './args.js';
+import { deviceFlag, floatFlag, intFlag, parseFlags, UsageError } from './args.js';
 
 const USAGE = `usage: medcluster bench kernels [--device cpu|cuda] [--quick] [--json PATH]
        medcluster bench decode [--model DIR | --synthetic tiny|llama-2-70b [--layers N]] [--device cpu|cuda]
@@ -66,12 +65,11 @@ async function benchKernels(argv: string[]): Promise<void> {
     { json: { type: 'string' }, device: { type: 'string', default: 'cpu' }, quick: { type: 'boolean' } },
     USAGE,
   );
-  if (flags.device === 'cuda') {
+  if (deviceFlag(flags.device) === 'cuda') {
     const { runGpuKernelBench } = await import('../bench/gpu-kernel-bench.js');
     await runGpuKernelBench({ json: flags.json, quick: flags.quick });
     return;
   }
-  if (flags.device !== 'cpu') throw new UsageError(`--device must be cpu or cuda, got ${flags.device}`);
   if (flags.quick) throw new UsageError('--quick applies to --device cuda');
   const { runCpuKernelBench } = await import('@medcluster/kernels/bench');
   await runCpuKernelBench({ json: flags.json });
@@ -108,7 +106,7 @@ async function benchDecode(argv: string[]): Promise<void> {
     },
     USAGE,
   );
-  const device = flags.device as DeviceKind;
+  const device = deviceFlag(flags.device);
   if (flags.graphs !== 'on' && flags.graphs !== 'off')
     throw new UsageError(`--graphs must be on or off, got ${flags.graphs}`);
   if (flags.synthetic && flags.model) throw new UsageError('give either --model or --synthetic, not both');

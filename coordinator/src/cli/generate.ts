@@ -11,7 +11,7 @@ import { BlockAllocator } from '../scheduler/block-allocator.js';
 import { LocalExecutor } from '../scheduler/local-executor.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { loadTokenizer } from '../tokenizer/index.js';
-import { floatFlag, intFlag, parseFlags, requiredString, UsageError } from './args.js';
+import { deviceFlag, floatFlag, intFlag, parseFlags, requiredString, UsageError } from './args.js';
 
 const USAGE = `usage: medcluster generate (--model DIR [--device cpu|cuda] | --server HOST:PORT) --prompt TEXT
          [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed N] [--stop TEXT]
@@ -80,9 +80,7 @@ export async function generateCommand(argv: string[]): Promise<void> {
     return;
   }
   const modelDir = requiredString(flags.model, 'model');
-  const device = flags.device;
-  if (device !== 'cpu' && device !== 'cuda')
-    throw new UsageError(`--device must be cpu or cuda, got ${device}`);
+  const device = deviceFlag(flags.device);
 
   const checkpoint = await openCheckpoint(modelDir);
   const tokenizer = await loadTokenizer(modelDir);

@@ -7,7 +7,7 @@ import type { DeviceKind } from '@medcluster/kernels';
 import { openCheckpoint, presetConfig } from '@medcluster/worker';
 import { startLocalCluster } from '../cluster/local-cluster.js';
 import { ensureGeneratedModel } from '../model-cache.js';
-import { CONFIG_USAGE, intFlag, parseFlags, UsageError } from './args.js';
+import { CONFIG_USAGE, deviceFlag, intFlag, parseFlags, UsageError } from './args.js';
 import {
   INTERNAL_TLS_FLAGS,
   INTERNAL_TLS_USAGE,
@@ -65,9 +65,7 @@ export async function upCommand(argv: string[]): Promise<void> {
     console.log(USAGE);
     return;
   }
-  const device = flags.device;
-  if (device !== 'cpu' && device !== 'cuda')
-    throw new UsageError(`--device must be cpu or cuda, got ${device}`);
+  const device = deviceFlag(flags.device);
   const tp = intFlag(flags.tp, 'tp');
   const pp = intFlag(flags.pp, 'pp');
   const kvCache = kvCacheFromFlags(flags);

@@ -5,7 +5,7 @@
 import { hostname } from 'node:os';
 import { controlCodecs } from '@medcluster/proto';
 import { startWorker } from '@medcluster/worker';
-import { CONFIG_USAGE, intFlag, parseFlags, UsageError } from './args.js';
+import { CONFIG_USAGE, deviceFlag, intFlag, parseFlags, UsageError } from './args.js';
 import { INTERNAL_TLS_FLAGS, INTERNAL_TLS_USAGE, internalTlsFromFlags } from './internal-tls-flags.js';
 import { LOG_FLAGS, LOG_USAGE, loggerFor, logSettingsFromFlags } from './log-flags.js';
 import { NATS_FLAGS, NATS_USAGE, natsTargetFromFlags } from './nats-flags.js';
@@ -54,9 +54,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
     console.log(USAGE);
     return;
   }
-  const device = flags.device;
-  if (device !== 'cpu' && device !== 'cuda')
-    throw new UsageError(`--device must be cpu or cuda, got ${device}`);
+  const device = deviceFlag(flags.device);
   if (!flags.nats === !flags.assignment)
     throw new UsageError(`give exactly one of --nats and --assignment\n\n${USAGE}`);
   const assignment = flags.assignment
