@@ -9,6 +9,7 @@
 // MEDCLUSTER_FUZZ_CASES sets the cases per route (default 160).
 
 import { connect } from 'node:net';
+import { rng } from '@medcluster/kernels/testing';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type CliProcess, startUp, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
@@ -87,12 +88,9 @@ const ROUTES: Route[] = [
 ];
 
 /** Deterministic: the same cases every run (a failure names its case number). */
+/** kernels' seeded generator, with the draws the fuzzer makes. */
 function prng(seed: number) {
-  let s = seed >>> 0;
-  const next = () => {
-    s = (Math.imul(s ^ (s >>> 15), 0x2c1b3c6d) + 0x6d2b79f5) >>> 0;
-    return s / 2 ** 32;
-  };
+  const next = rng(seed);
   return {
     next,
     int: (n: number) => Math.floor(next() * n),
@@ -226,69 +224,74 @@ function cutOff(path: string, declared: number, sent: string): Promise<void> {
 }
 
 describe('fuzzed HTTP bodies', () => {
-  test('every route answers every case with a clear 4xx (or a 200), never a 5xx, a crash or a hang; the server keeps serving', async () => {
-    const r = prng(20261201);
-    const report: string[] = [];
-    const reached = new Set<number>();
-    for (const route of ROUTES) {
-      const statuses = new Map<number, number>();
-      for (let i = 0; i < CASES; i++) {
-        const { kind, body } = fuzzedBody(route, r, i);
-        const type = r.pick(CONTENT_TYPES);
-        const what = `${route.path} case ${i} (${kind}): ${body.slice(0, 160)}`;
-        let res: Response;
-        try {
-          res = await fetch(`${base}${route.path}`, {
-            method: 'POST',
-            headers: type ? { 'content-type': type } : {},
-            body,
-            signal: AbortSignal.timeout(20_000),
-          });
-        } catch (err) {
-          throw new Error(`${what}: no response (${(err as Error).message})`);
+  test(
+    'every route answers every case with a clear 4xx (or a 200), never a 5xx, a crash or a hang; the server keeps serving',
+    async () => {
+      const r = prng(20261201);
+      const report: string[] = [];
+      const reached = new Set<number>();
+      for (const route of ROUTES) {
+        const statuses = new Map<number, number>();
+        for (let i = 0; i < CASES; i++) {
+          const { kind, body } = fuzzedBody(route, r, i);
+          const type = r.pick(CONTENT_TYPES);
+          const what = `${route.path} case ${i} (${kind}): ${body.slice(0, 160)}`;
+          let res: Response;
+          try {
+            res = await fetch(`${base}${route.path}`, {
+              method: 'POST',
+              headers: type ? { 'content-type': type } : {},
+              body,
+              signal: AbortSignal.timeout(20_000),
+            });
+          } catch (err) {
+            throw new Error(`${what}: no response (${(err as Error).message})`);
+          }
+          const text = await res.text();
+          statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+          reached.add(res.status);
+          expect(res.status, what).toBeLessThan(500);
+          if (res.status !== 200) {
+            expect([400, 413, 422, 429], what).toContain(res.status);
+            expect(errorShape(route.style, JSON.parse(text)), `${what}: ${text.slice(0, 300)}`).toBe(true);
+          }
+          if (kind === 'oversized') expect(res.status, what).toBe(413);
         }
-        const text = await res.text();
-        statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
-        reached.add(res.status);
-        expect(res.status, what).toBeLessThan(500);
-        if (res.status !== 200) {
-          expect([400, 413, 422, 429], what).toContain(res.status);
-          expect(errorShape(route.style, JSON.parse(text)), `${what}: ${text.slice(0, 300)}`).toBe(true);
-        }
-        if (kind === 'oversized') expect(res.status, what).toBe(413);
+        // Bodies cut off on the socket: fewer bytes than their Content-Length, then a close.
+        const valid = JSON.stringify(route.valid);
+        for (let k = 0; k < 10; k++)
+          await cutOff(route.path, valid.length + 1 + k * 100, valid.slice(0, r.int(valid.length)));
+        report.push(
+          `${route.path} ${CASES} (+10 cut off): ${[...statuses]
+            .sort(([a], [b]) => a - b)
+            .map(([s, n]) => `${s}x${n}`)
+            .join(' ')}`,
+        );
       }
-      // Bodies cut off on the socket: fewer bytes than their Content-Length, then a close.
-      const valid = JSON.stringify(route.valid);
-      for (let k = 0; k < 10; k++)
-        await cutOff(route.path, valid.length + 1 + k * 100, valid.slice(0, r.int(valid.length)));
-      report.push(
-        `${route.path} ${CASES} (+10 cut off): ${[...statuses]
-          .sort(([a], [b]) => a - b)
-          .map(([s, n]) => `${s}x${n}`)
-          .join(' ')}`,
+      // Every rejection the routes document was reached: OpenAI's 400, TGI's 422, and 413.
+      for (const status of [400, 413, 422, 200])
+        expect(reached, `status ${status} reached`).toContain(status);
+      // Still serving, nothing left over.
+      expect(up.child.exitCode).toBeNull();
+      const ok = await fetch(`${base}/v1/completions`, {
+        method: 'POST',
+        body: JSON.stringify({ prompt: 'Still serving?', max_tokens: 2 }),
+      });
+      expect(ok.status).toBe(200);
+      expect(((await ok.json()) as Json).usage.completion_tokens).toBe(2);
+      let cluster: Json;
+      for (let k = 0; k < 50; k++) {
+        cluster = await (await fetch(`${base}/cluster`)).json();
+        if (cluster.requests_in_flight === 0 && cluster.kv_cache.blocks_used === 0) break;
+        await new Promise((res) => setTimeout(res, 100));
+      }
+      expect(cluster.requests_in_flight).toBe(0);
+      expect(cluster.kv_cache.blocks_used).toBe(0);
+      expect(up.stderr()).not.toMatch(/internal error|medcluster http: POST/);
+      console.log(
+        `HTTP fuzz: ${ROUTES.length} routes x ${CASES} cases, 0 crashes, 0 hangs, 0 5xx\n  ${report.join('\n  ')}`,
       );
-    }
-    // Every rejection the routes document was reached: OpenAI's 400, TGI's 422, and 413.
-    for (const status of [400, 413, 422, 200]) expect(reached, `status ${status} reached`).toContain(status);
-    // Still serving, nothing left over.
-    expect(up.child.exitCode).toBeNull();
-    const ok = await fetch(`${base}/v1/completions`, {
-      method: 'POST',
-      body: JSON.stringify({ prompt: 'Still serving?', max_tokens: 2 }),
-    });
-    expect(ok.status).toBe(200);
-    expect(((await ok.json()) as Json).usage.completion_tokens).toBe(2);
-    let cluster: Json;
-    for (let k = 0; k < 50; k++) {
-      cluster = await (await fetch(`${base}/cluster`)).json();
-      if (cluster.requests_in_flight === 0 && cluster.kv_cache.blocks_used === 0) break;
-      await new Promise((res) => setTimeout(res, 100));
-    }
-    expect(cluster.requests_in_flight).toBe(0);
-    expect(cluster.kv_cache.blocks_used).toBe(0);
-    expect(up.stderr()).not.toMatch(/internal error|medcluster http: POST/);
-    console.log(
-      `HTTP fuzz: ${ROUTES.length} routes x ${CASES} cases, 0 crashes, 0 hangs, 0 5xx\n  ${report.join('\n  ')}`,
-    );
-  });
+    },
+    Math.max(120_000, CASES * 500),
+  ); // a larger MEDCLUSTER_FUZZ_CASES gets the time it needs
 });
