@@ -224,3 +224,14 @@ export class KernelError extends Error {
     this.name = 'KernelError';
   }
 }
+
+/**
+ * Whether an error is the device's own: a CUDA runtime error, which the addon names
+ * `CUDA error <cudaError name> (...)`. Bad arguments and a device collective's missing peer are
+ * not. Whether the device is lost for good (an illegal address, a launch failure, an
+ * uncorrectable ECC error leave the context unusable) is for a fresh call to tell: it fails with
+ * a CUDA error too, where a failed allocation does not.
+ */
+export function isDeviceFault(err: unknown): boolean {
+  return err instanceof Error && /\bCUDA error cuda\w+/.test(err.message);
+}

@@ -4,7 +4,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { KernelError } from './api.js';
+import { isDeviceFault, KernelError } from './api.js';
 import { createDevice, cudaCompiledIn, cudaDeviceCount } from './device.js';
 
 const dev = createDevice({ kind: 'cpu', threads: 2 });
@@ -151,5 +151,23 @@ describe('failures of queued work', () => {
     expect(
       thrown(() => dev.readFile({ path, offset: 0, dtype: 'f32', rows: 5, cols: 7, rowEnd: 6 })).message,
     ).toMatch(/^readFile: region rows \[0, 6\)/);
+  });
+});
+
+describe('isDeviceFault', () => {
+  it("knows the addon's CUDA runtime errors from argument and collective errors", () => {
+    // The format of throwCudaError (native/cuda/cuda_backend.cu), as a failed sync reports it.
+    expect(
+      isDeviceFault(
+        new KernelError(
+          'sync: CUDA error cudaErrorIllegalAddress (an illegal memory access was encountered) in cudaStreamSynchronize(s()) at cuda_backend.cu:463',
+        ),
+      ),
+    ).toBe(true);
+    expect(
+      isDeviceFault(thrown(() => dev.rmsNorm(dev.zeros([2, 8], 'f32'), dev.zeros([9], 'f16'), 1e-5))),
+    ).toBe(false);
+    expect(isDeviceFault(new KernelError('allReduceSum: rank 1 did not arrive within 300 ms'))).toBe(false);
+    expect(isDeviceFault('CUDA error cudaErrorLaunchFailure')).toBe(false); // not an Error
   });
 });

@@ -1,15 +1,16 @@
 // A worker that hangs under `medcluster up`, where there are no heartbeats: only the deadlines
 // can tell. tp = 2: the rank left waiting fails its collective call past --collective-timeout-s,
 // the coordinator's step to the hung rank fails past --step-timeout-s, the cluster asks every
-// worker, kills the one that does not answer, and restarts its stage; serving resumes. And a
-// launcher that dies leaves no worker behind.
+// worker, kills the one that does not answer, and restarts its stage; serving resumes. A worker
+// whose device is lost (MEDCLUSTER_FAILPOINTS stands in for a GPU's lost context) says so and
+// leaves, and is restarted. And a launcher that dies leaves no worker behind.
 
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type * as grpc from '@grpc/grpc-js';
 import { InferenceClient, type inferenceV1 } from '@medcluster/proto';
 import { afterAll, describe, expect, test } from 'vitest';
-import { startUp, stopAll } from './harness/index.js';
+import { startUp, stopAll, waitForStderr } from './harness/index.js';
 import { testModel } from './models.js';
 
 const run = promisify(execFile);
@@ -68,6 +69,41 @@ describe('a worker that hangs under up', () => {
       console.log(
         `hung worker under up (tp=2, w1 SIGSTOP): stream failed after ${detectedMs.toFixed(0)} ms, serving again ${(servingAt - stoppedAt).toFixed(0)} ms after the hang; 1 streamed request failed, 1 re-ran`,
       );
+    } finally {
+      client.close();
+    }
+  });
+});
+
+describe('a worker whose device is lost under up', () => {
+  test('its step fails, it reports the device lost and exits, its stage restarts, serving resumes', async () => {
+    const modelDir = await testModel();
+    // Every worker process of this up, the restarted ones too, loses its device after 20 steps.
+    const { up, grpc } = await startUp(['--model', modelDir, '--pp', '2'], {
+      env: { MEDCLUSTER_FAILPOINTS: 'device-lost-after-steps=20' },
+    });
+    const client = new InferenceClient(grpc);
+    try {
+      const failed = await (async () => {
+        for await (const _ of client.generateStream({ text: 'A long answer', maxTokens: 400 }));
+      })().then(
+        () => undefined,
+        (e: grpc.ServiceError) => e,
+      );
+      expect(failed?.code, failed?.details).toBe(14); // UNAVAILABLE
+      expect(failed?.details).toMatch(/retry/);
+      await waitForStderr(up.child, /local cluster: stage \d is back/, 60_000);
+      expect(up.stderr()).toMatch(/device lost: step: CUDA error cudaErrorIllegalAddress/);
+      expect(up.stderr()).toMatch(/leaving so that a new process takes the device/);
+      expect(up.stderr()).toMatch(/local cluster: restarting stage 0 \(w0\)/);
+      let serving = false;
+      for (let i = 0; i < 300 && !serving; i++) {
+        serving = (await client.healthCheck('')).status === 'SERVING';
+        if (!serving) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(serving, 'serving again').toBe(true);
+      const again = await client.generate({ text: 'After the restart, the patient', maxTokens: 6 });
+      expect(again.tokenIds).toHaveLength(6);
     } finally {
       client.close();
     }

@@ -99,5 +99,12 @@ export async function workerCommand(argv: string[]): Promise<void> {
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
+    // No step can run on a lost device in this process; a new one (the launcher restarts it, as
+    // Kubernetes restarts the pod) gets a working device.
+    void worker.node.deviceLost.then((reason) => {
+      log.error('leaving so that a new process takes the device');
+      process.exitCode = 1;
+      worker.stop(reason).finally(resolve);
+    });
   });
 }

@@ -31,10 +31,12 @@ class StaleStepError extends Error {
   override name = 'StaleStepError';
 }
 
-function stepError(stepId: number, err: unknown): workerV1.StageResult {
+/** `lost`: the worker's device is gone, so the pipeline is broken like a dead worker's. */
+function stepError(stepId: number, err: unknown, lost: boolean): workerV1.StageResult {
   const message = err instanceof Error ? err.message : String(err);
-  const code =
-    err instanceof RangeError
+  const code = lost
+    ? STEP_ERROR.unreachable
+    : err instanceof RangeError
       ? STEP_ERROR.invalid
       : err instanceof StaleStepError
         ? STEP_ERROR.stale
@@ -171,7 +173,7 @@ export function workerServiceHandlers(
         const stepId = Number(message.step?.stepId ?? 0);
         runStage(node, message)
           .then((result) => call.write(result))
-          .catch((err) => call.write(stepError(stepId, err)));
+          .catch((err) => call.write(stepError(stepId, err, node.deviceLostReason !== undefined)));
       });
       call.on('end', () => call.end());
       call.on('error', () => undefined); // the peer went away; its pending steps are its concern

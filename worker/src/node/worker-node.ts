@@ -5,11 +5,12 @@
 // the weights; a new assignment replaces the one held.
 
 import type * as grpc from '@grpc/grpc-js';
-import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
+import { createDevice, type Device, type DeviceKind, isDeviceFault } from '@medcluster/kernels';
 import type { Assignment } from '@medcluster/proto';
 import { openCheckpoint, presetConfig } from '../checkpoint/index.js';
 import { ShardRunner, type StepResult } from '../engine/shard-runner.js';
 import type { Collective, CollectiveTransport, SeqStep, ShardSpec } from '../engine/types.js';
+import { type Failpoints, injectedDeviceLoss } from './failpoints.js';
 import type { Logger } from './log.js';
 import { StageLink } from './stage-link.js';
 import type { WorkerMetrics } from './worker-metrics.js';
@@ -25,7 +26,12 @@ export interface WorkerNodeOptions {
   ordinal?: number;
   /** How this worker reaches the next stage: the internal mutual TLS, or plaintext (the default). */
   credentials?: grpc.ChannelCredentials;
+  /** Faults a test injects (MEDCLUSTER_FAILPOINTS). */
+  failpoints?: Failpoints;
 }
+
+/** How long a check of the device after a CUDA error may take before the device counts as lost. */
+const DEVICE_CHECK_TIMEOUT_MS = 10_000;
 
 export class WorkerStateError extends Error {
   constructor(message: string) {
@@ -76,11 +82,20 @@ export class WorkerNode {
   private regroups = 0;
   /** The collective group the worker is in (tp > 1): its assignment's, then each regroup's. */
   collectiveGroup?: string;
+  /** Settles, with the reason, once the device is lost: no step can run in this process again. */
+  readonly deviceLost: Promise<string>;
+  private markDeviceLost!: (reason: string) => void;
+  /** Why the device is lost, once it is (the state moves on to 'leaving'; this stays). */
+  deviceLostReason?: string;
 
   constructor(
     readonly options: WorkerNodeOptions,
     readonly metrics?: WorkerMetrics,
-  ) {}
+  ) {
+    this.deviceLost = new Promise((resolve) => {
+      this.markDeviceLost = resolve;
+    });
+  }
 
   get spec(): ShardSpec | undefined {
     return this.assignment?.shard;
@@ -250,10 +265,15 @@ export class WorkerNode {
       this.metrics?.busy(started / 1000);
       let ok = false;
       try {
+        const lostAfter = this.options.failpoints?.deviceLostAfterSteps;
+        if (lostAfter !== undefined && this.stepsCompleted >= lostAfter) throw injectedDeviceLoss('step');
         const result = await runner.step(seqs, hidden);
         this.stepsCompleted++;
         ok = true;
         return result;
+      } catch (err) {
+        if (isDeviceFault(err)) await this.checkDevice(err as Error);
+        throw err;
       } finally {
         const ended = performance.now();
         this.metrics?.step((ended - started) / 1000, ok);
@@ -264,6 +284,41 @@ export class WorkerNode {
     const result = this.tail.then(run, run);
     this.tail = result.catch(() => undefined);
     return result;
+  }
+
+  /**
+   * After a step's CUDA error, asks the device again: a lost context (an illegal address, a
+   * launch failure, an uncorrectable ECC error) fails a fresh call too, or never answers, where a
+   * failed allocation passes. A lost device makes the worker 'failed', for good: its state says
+   * so to the coordinator, /ready and GetStatus, and `deviceLost` settles so that the process
+   * leaves and a new one (the launcher's restart, the pod's) gets a working device.
+   */
+  private async checkDevice(stepError: Error): Promise<void> {
+    const device = this.device;
+    if (!device || this.state !== 'ready') return;
+    const lostAfter = this.options.failpoints?.deviceLostAfterSteps;
+    let timer: NodeJS.Timeout | undefined;
+    const verdict = await Promise.race([
+      (lostAfter !== undefined && this.stepsCompleted >= lostAfter
+        ? Promise.reject(injectedDeviceLoss('memoryInfo'))
+        : device.memoryInfo()
+      ).then(
+        () => 'working' as const,
+        (err: unknown) => (isDeviceFault(err) ? ('lost' as const) : ('working' as const)),
+      ),
+      new Promise<'silent'>((resolve) => {
+        timer = setTimeout(() => resolve('silent'), DEVICE_CHECK_TIMEOUT_MS);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    if (verdict === 'working') return;
+    this.state = 'failed';
+    this.error =
+      verdict === 'lost'
+        ? `device lost: ${stepError.message}`
+        : `device lost: it did not answer within ${DEVICE_CHECK_TIMEOUT_MS} ms after ${stepError.message}`;
+    this.deviceLostReason = this.error;
+    this.options.log?.error(this.error);
+    this.markDeviceLost(this.error);
   }
 
   private async unload(): Promise<void> {

@@ -11,6 +11,7 @@ import { addCollectiveService, type CollectiveHost } from '../collective/index.j
 import { openStageCollective, type TransportChoice } from '../collective/stage-collective.js';
 import { connectNats, type NatsTarget, WorkerAgent } from '../control/index.js';
 import type { CollectiveTransport } from '../engine/types.js';
+import { failpointsFromEnv } from './failpoints.js';
 import { INTERNAL_GRPC_OPTIONS } from './grpc-options.js';
 import type { InternalTls } from './internal-tls.js';
 import type { Logger } from './log.js';
@@ -149,12 +150,14 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
     ordinal: options.ordinal,
     log: options.log,
     credentials,
+    failpoints: failpointsFromEnv(),
   };
   // Read at scrape time, once `node` exists.
   const metricsSource: WorkerMetricsSource = { state: () => node.state, kvBlocks: () => node.kvBlocks };
   const metrics: WorkerMetrics | undefined =
     options.metricsPort === undefined ? undefined : new WorkerMetrics(workerId, metricsSource);
   const node: WorkerNode = new WorkerNode(nodeOptions, metrics);
+  void node.deviceLost.then((error) => emit({ event: 'failed', workerId, error }));
   const server = new grpc.Server(INTERNAL_GRPC_OPTIONS);
   const host = addCollectiveService(server);
   const openCollective = collectiveOpener(node, host, transport, credentials);
