@@ -69,8 +69,8 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   const kvCache = kvCacheFromFlags(flags);
   const settings = serveSettingsFromFlags(flags);
   requiredString(flags.nats, 'nats');
-  const nats = natsTargetFromFlags(flags);
   const internalTls = internalTlsFromFlags(flags);
+  const nats = natsTargetFromFlags(flags, internalTls);
   const log = loggerFor(logSettingsFromFlags(flags), {});
   const { config } = await openCheckpoint(modelDir);
   const host = flags.host ?? '0.0.0.0';

@@ -6,6 +6,7 @@ export {
   type NatsTarget,
   parseNatsUrl,
 } from './nats-connect.js';
+export type { NatsTls } from './nats-tls.js';
 export {
   type AssignmentHandler,
   type LoadedShard,

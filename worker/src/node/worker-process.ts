@@ -37,8 +37,8 @@ export interface WorkerProcessOptions {
   /** Serve /metrics, /health and /ready on this port of the listen host (0 picks one; absent: none). */
   metricsPort?: number;
   /** Cluster mode: announce over NATS and wait for an assignment. `url` carries no credentials
-   * (they are in `auth`: parseNatsUrl splits them out), so it can be logged. */
-  nats?: { url: string; cluster: string; auth?: NatsTarget['auth'] };
+   * (they are in `auth`: parseNatsUrl splits them out), so it can be logged; `tls`: over TLS only. */
+  nats?: { url: string; cluster: string; auth?: NatsTarget['auth']; tls?: NatsTarget['tls'] };
   /** Single-machine mode: load this at start. */
   assignment?: Assignment;
   /** Where the worker's log lines go (lifecycle; per-step lines at debug). */
@@ -185,7 +185,7 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
     // connectNats reconnects for ever: steps need no NATS, so a worker outlives any NATS outage.
     try {
       nc = await connectNats(
-        { servers: options.nats.url, auth: options.nats.auth },
+        { servers: options.nats.url, auth: options.nats.auth, tls: options.nats.tls },
         `medcluster-worker-${workerId}`,
       );
     } catch (err) {
