@@ -1,6 +1,7 @@
 export {
   connectNats,
   describeNatsAuth,
+  describeNatsConnection,
   type NatsAuth,
   NatsConnectError,
   type NatsTarget,

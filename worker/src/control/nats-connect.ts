@@ -81,6 +81,14 @@ export function describeNatsAuth(auth: NatsAuth | undefined): string {
   return 'no credentials';
 }
 
+/** How a connection to the target is secured, for a log line (names files, never contents). */
+export function describeNatsConnection(target: NatsTarget): string {
+  const { servers, tls } = target;
+  if (!tls) return `NATS at ${servers}, without TLS`;
+  const ca = tls.ca?.name ?? "Node's default CAs";
+  return `NATS at ${servers} over TLS (its certificate checked against ${ca}${tls.cert ? ", presenting this process's certificate" : ''})`;
+}
+
 /** What went wrong with TLS at `server`, and what to do, for `name` (the client's name). */
 function describeTlsProblem(
   server: string,

@@ -9,7 +9,7 @@ import type { Assignment } from '@medcluster/proto';
 import type { NatsConnection } from 'nats';
 import { addCollectiveService, type CollectiveHost } from '../collective/index.js';
 import { openStageCollective, type TransportChoice } from '../collective/stage-collective.js';
-import { connectNats, type NatsTarget, WorkerAgent } from '../control/index.js';
+import { connectNats, describeNatsConnection, type NatsTarget, WorkerAgent } from '../control/index.js';
 import type { CollectiveTransport } from '../engine/types.js';
 import { INTERNAL_GRPC_OPTIONS } from './grpc-options.js';
 import type { InternalTls } from './internal-tls.js';
@@ -183,11 +183,10 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
   let agent: WorkerAgent | undefined;
   if (options.nats) {
     // connectNats reconnects for ever: steps need no NATS, so a worker outlives any NATS outage.
+    const target = { servers: options.nats.url, auth: options.nats.auth, tls: options.nats.tls };
     try {
-      nc = await connectNats(
-        { servers: options.nats.url, auth: options.nats.auth, tls: options.nats.tls },
-        `medcluster-worker-${workerId}`,
-      );
+      nc = await connectNats(target, `medcluster-worker-${workerId}`);
+      options.log?.info(`connected to ${describeNatsConnection(target)}`);
     } catch (err) {
       // Nothing else may keep the process alive: the CLI reports the error and exits.
       server.forceShutdown();
