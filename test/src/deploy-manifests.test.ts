@@ -308,8 +308,9 @@ describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
         item,
         `${name(owner)}: ${basename(path)} is an item of Secret ${volume.secret.secretName}`,
       ).toBeDefined();
-      // Readable by the pod's group (fsGroup), not by everyone.
+      // Readable by the pod's group (fsGroup, which the kubelet gives the files), not by everyone.
       expect(volume.secret.defaultMode & 0o007).toBe(0);
+      expect(owner.spec.template.spec.securityContext?.fsGroup, `${name(owner)} fsGroup`).toBeDefined();
       return { secret: volume.secret.secretName as string, key: item.key as string };
     };
     const fileFlags = (c: Container) =>
