@@ -8,13 +8,15 @@
 #   ca.crt, ca.key          the CA. An existing DIR/ca.key is reused, so certificates made later
 #                           (new names, a renewal) are issued by the same CA.
 #   node.crt, node.key      internal mutual TLS, for the coordinator and every worker
-#                           (--internal-ca ca.crt --internal-cert node.crt --internal-key node.key);
-#                           good as a TLS server and as a TLS client
+#                           (--internal-ca ca.crt --internal-cert node.crt --internal-key node.key),
+#                           and for nats-server, so that NATS is trusted through the same CA
+#                           (tls { cert_file: node.crt, key_file: node.key, ca_file: ca.crt,
+#                           verify: true }); good as a TLS server and as a TLS client
 #   server.crt, server.key  the public ports (--tls-cert server.crt --tls-key server.key); clients
 #                           trust ca.crt (`medcluster generate --tls-ca ca.crt`, curl --cacert ca.crt)
 # Both certificates name localhost, 127.0.0.1, ::1, this host's name and every --name: a DNS name
 # (a wildcard such as '*.medcluster-worker.medcluster.svc.cluster.local' covers a StatefulSet's
-# pods) or an IP address. They are valid for --days days (default 825), and so is a CA made now
+# pods; NATS's Service is reached as 'nats') or an IP address. They are valid for --days days (default 825), and so is a CA made now
 # (default 3650).
 # Private keys are EC P-256, unencrypted, readable by their owner only.
 set -euo pipefail

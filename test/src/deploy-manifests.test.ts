@@ -2,13 +2,15 @@
 // offline against its Kubernetes or CRD schema with no field its kind does not define, an object
 // of an unknown kind fails, and the objects agree with each other and with the cluster layout
 // (GPUs and processes per pod = tp, worker pods = pp, selectors, ports, volumes, grace periods,
-// and access control: every key, certificate and password comes from a Secret mounted read-only).
+// and access control: every key, certificate and password comes from a Secret mounted read-only,
+// and NATS is reached over TLS through the internal CA). The rendered nats.conf runs in a real
+// nats-server with certificates made like the README's.
 
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
-import { connectNats } from '@medcluster/worker';
+import { connectNats, InternalTls } from '@medcluster/worker';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parse, stringify } from 'yaml';
 import {
@@ -22,7 +24,7 @@ import {
   unknownFieldErrors,
 } from './deploy/k8s.js';
 import { K8S } from './deploy/paths.js';
-import { startNatsServer } from './harness/index.js';
+import { makeDevCa, startNatsServer } from './harness/index.js';
 
 const LAYOUTS = {
   base: { dir: 'base', tp: 1, pp: 1 },
@@ -180,12 +182,13 @@ describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
     expect(coordinator.spec.strategy.type).toBe('Recreate');
   });
 
-  test('every $(VAR) in a command is defined, and the coordinator reaches NATS through its Service', () => {
+  test('every $(VAR) in a command is defined, and the coordinator reaches NATS through its Service, over TLS', () => {
     for (const { template } of podTemplates(objects))
       for (const c of template.spec.containers as Container[]) expandArgs(objects, c);
     const config = configOf(objects);
     const nats = only(objects, 'Service', 'nats');
     const url = new URL(config.MEDCLUSTER_NATS_URL);
+    expect(url.protocol).toBe('tls:');
     expect(url.hostname).toBe(nats.metadata.name);
     expect(nats.spec.ports.map((p: { port: number }) => p.port)).toContain(Number(url.port));
   });
@@ -305,8 +308,9 @@ describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
         item,
         `${name(owner)}: ${basename(path)} is an item of Secret ${volume.secret.secretName}`,
       ).toBeDefined();
-      // Readable by the pod's group (fsGroup), not by everyone.
+      // Readable by the pod's group (fsGroup, which the kubelet gives the files), not by everyone.
       expect(volume.secret.defaultMode & 0o007).toBe(0);
+      expect(owner.spec.template.spec.securityContext?.fsGroup, `${name(owner)} fsGroup`).toBeDefined();
       return { secret: volume.secret.secretName as string, key: item.key as string };
     };
     const fileFlags = (c: Container) =>
@@ -387,6 +391,20 @@ describe.each(Object.entries(LAYOUTS))('deploy/k8s/%s', (_label, layout) => {
         key: files.get(`${who} nats-password-file`)?.key,
       });
     }
+
+    // NATS requires TLS with a client certificate (verify: true), from the files of the Secret
+    // behind the clients' --internal-ca, --internal-cert and --internal-key: one trust root.
+    const tlsBlock = /^tls\s*\{([^}]*)\}/m.exec(conf.data[basename(configPath)] as string)?.[1] ?? '';
+    const tlsFile = (field: string) => new RegExp(`${field}:\\s*"?([^"\\s]+)"?`).exec(tlsBlock)?.[1] ?? '';
+    expect(tlsBlock).toMatch(/\bverify:\s*true\b/);
+    for (const [field, flag] of [
+      ['ca_file', 'internal-ca'],
+      ['cert_file', 'internal-cert'],
+      ['key_file', 'internal-key'],
+    ])
+      expect(secretFileOf(natsOwner, nats, tlsFile(field)), `nats.conf ${field}`).toEqual(
+        files.get(`coordinator ${flag}`),
+      );
 
     // The PodMonitor scrapes the coordinator over HTTPS with a key from the API keys' Secret.
     if (layout.dir !== 'base') {
@@ -478,12 +496,32 @@ describe('deploy/k8s validation', () => {
     ]);
   });
 
-  test("nats.conf runs in nats-server: the manifests' users log in with their passwords, no one else", async () => {
+  test("nats.conf runs in nats-server: the manifests' users log in over TLS with their passwords, no one else", async () => {
     const objects = kustomize(join(K8S, 'overlays', 'one-gpu'));
-    const nats = container(only(objects, 'Deployment', 'nats'), 'nats');
+    const natsOwner = only(objects, 'Deployment', 'nats');
+    const nats = container(natsOwner, 'nats');
     const dir = mkdtempSync(join(tmpdir(), 'nats-conf-'));
+    // The TLS Secret as the README makes it (scripts/dev-ca.sh), its items where the pod mounts
+    // them: nats.conf's paths point into the mount, here a directory of the test's.
+    const pki = await makeDevCa(join(dir, 'pki'));
+    const other = await makeDevCa(join(dir, 'other'));
+    const fromDevCa: Record<string, string> = {
+      'ca.crt': pki.ca,
+      'tls.crt': pki.node.cert,
+      'tls.key': pki.node.key,
+    };
+    const tlsVolume = natsOwner.spec.template.spec.volumes.find(
+      (v: { secret?: { secretName: string } }) => v.secret?.secretName === 'medcluster-internal-tls',
+    );
+    const tlsMount = (nats.volumeMounts ?? []).find((m) => m.name === tlsVolume?.name);
+    expect(tlsMount?.mountPath).toBeDefined();
+    const mounted = join(dir, 'mounted');
+    mkdirSync(mounted);
+    for (const item of tlsVolume.secret.items as { key: string; path: string }[])
+      copyFileSync(fromDevCa[item.key], join(mounted, item.path));
     const file = join(dir, 'nats.conf');
-    writeFileSync(file, configMap(objects, 'nats-config').data['nats.conf']);
+    const conf = configMap(objects, 'nats-config').data['nats.conf'] as string;
+    writeFileSync(file, conf.replaceAll(`${tlsMount?.mountPath}/`, `${mounted}/`));
     // The Secret's values (hex, as the README makes them); one looks like a float (9e5), which nats-server
     // would read as a number were it not quoted.
     const secret: Record<string, string> = {
@@ -493,18 +531,33 @@ describe('deploy/k8s validation', () => {
     const env = kubernetesEnv(nats.env ?? [], secret);
     // The harness's port and address win over the file's; no monitoring port in a test.
     const server = await startNatsServer({ args: ['-c', file, '-m', '0'], env });
+    const member = InternalTls.load({ ca: pki.ca, ...pki.node }).natsTls();
     try {
       for (const [user, key] of [
         ['coordinator', 'coordinator-password'],
         ['worker', 'worker-password'],
       ]) {
-        const nc = await connectNats({ servers: server.url, auth: { user, pass: secret[key] } }, user);
+        const nc = await connectNats(
+          { servers: server.url, auth: { user, pass: secret[key] }, tls: member },
+          user,
+        );
         await nc.close();
         await expect(
-          connectNats({ servers: server.url, auth: { user, pass: 'guess' } }, user),
+          connectNats({ servers: server.url, auth: { user, pass: 'guess' }, tls: member }, user),
         ).rejects.toThrow(/authorization violation/);
       }
-      await expect(connectNats({ servers: server.url }, 'anonymous')).rejects.toThrow(/requires credentials/);
+      await expect(connectNats({ servers: server.url, tls: member }, 'anonymous')).rejects.toThrow(
+        /requires credentials/,
+      );
+      // Without TLS, or with a certificate of another CA, nobody gets as far as logging in.
+      const worker = { user: 'worker', pass: secret['worker-password'] };
+      await expect(connectNats({ servers: server.url, auth: worker }, 'plain')).rejects.toThrow(
+        /requires TLS/,
+      );
+      const foreign = InternalTls.load({ ca: pki.ca, ...other.node }).natsTls();
+      await expect(
+        connectNats({ servers: server.url, auth: worker, tls: foreign }, 'foreign'),
+      ).rejects.toThrow(/ended the TLS handshake with foreign \(TLS alert: bad certificate\)/);
     } finally {
       await server.stop();
       rmSync(dir, { recursive: true, force: true });

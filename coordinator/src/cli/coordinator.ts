@@ -1,6 +1,6 @@
 // `medcluster coordinator`: cluster mode. Waits for workers over NATS, assigns shards, serves.
 
-import { connectNats, openCheckpoint } from '@medcluster/worker';
+import { connectNats, describeNatsConnection, openCheckpoint } from '@medcluster/worker';
 import { startNatsCluster } from '../cluster/nats-cluster.js';
 import { CONFIG_USAGE, intFlag, parseFlags, requiredString } from './args.js';
 import {
@@ -69,8 +69,8 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   const kvCache = kvCacheFromFlags(flags);
   const settings = serveSettingsFromFlags(flags);
   requiredString(flags.nats, 'nats');
-  const nats = natsTargetFromFlags(flags);
   const internalTls = internalTlsFromFlags(flags);
+  const nats = natsTargetFromFlags(flags, internalTls);
   const log = loggerFor(logSettingsFromFlags(flags), {});
   const { config } = await openCheckpoint(modelDir);
   const host = flags.host ?? '0.0.0.0';
@@ -79,12 +79,12 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   logInternalTls(log, internalTls);
   // connectNats reconnects for ever: serving needs no NATS, and membership resynchronizes once
   // it is back.
-  const nc = await connectNats(nats as NonNullable<typeof nats>, 'medcluster-coordinator').catch(
-    async (err) => {
-      await loading.close();
-      throw err;
-    },
-  );
+  const target = nats as NonNullable<typeof nats>;
+  const nc = await connectNats(target, 'medcluster-coordinator').catch(async (err) => {
+    await loading.close();
+    throw err;
+  });
+  log.info(`connected to ${describeNatsConnection(target)}`);
   try {
     const cluster = await startNatsCluster({
       nc,

@@ -1,8 +1,11 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError } from './args.js';
+import { internalTlsFromFlags } from './internal-tls-flags.js';
 import { natsTargetFromFlags } from './nats-flags.js';
 
 describe('natsTargetFromFlags', () => {
@@ -12,6 +15,8 @@ describe('natsTargetFromFlags', () => {
     await writeFile(join(dir, 'password'), 's3cret-pass\n');
     await writeFile(join(dir, 'token'), 'tok-123\n');
     await writeFile(join(dir, 'empty'), '\n');
+    const script = resolve(dirname(fileURLToPath(import.meta.url)), '../../../scripts/dev-ca.sh');
+    execFileSync('bash', [script, join(dir, 'pki'), '--days', '1'], { stdio: 'ignore' });
   });
   afterAll(() => rm(dir, { recursive: true, force: true }));
 
@@ -66,5 +71,31 @@ describe('natsTargetFromFlags', () => {
       }
     }
     expect(natsTargetFromFlags({})).toBeUndefined();
+  });
+
+  it('with internal TLS, NATS is reached over TLS with its CA and certificate; tls:// asks for TLS alone', () => {
+    const internal = internalTlsFromFlags({
+      'internal-ca': join(dir, 'pki', 'ca.crt'),
+      'internal-cert': join(dir, 'pki', 'node.crt'),
+      'internal-key': join(dir, 'pki', 'node.key'),
+    });
+    for (const url of ['nats://h:1', 'tls://h:1']) {
+      const tls = natsTargetFromFlags({ nats: url }, internal)?.tls;
+      expect(tls?.ca?.name).toBe(`--internal-ca ${join(dir, 'pki', 'ca.crt')}`);
+      expect(tls?.ca?.pem).toMatch(/^-----BEGIN CERTIFICATE-----/);
+      expect(tls?.cert).toMatch(/^-----BEGIN CERTIFICATE-----/);
+      expect(tls?.key).toMatch(/PRIVATE KEY-----/);
+    }
+    expect(natsTargetFromFlags({ nats: 'nats://h:1' })).toEqual({ servers: 'nats://h:1' });
+    // Without internal TLS, a tls:// URL checks the server against the system's CAs.
+    expect(natsTargetFromFlags({ nats: 'tls://u:pw@a:1,tls://u:pw@b:2' })).toEqual({
+      servers: 'tls://a:1,tls://b:2',
+      auth: { user: 'u', pass: 'pw' },
+      tls: {},
+    });
+    // nats.js takes one TLS setting for every server.
+    const mixed = () => natsTargetFromFlags({ nats: 'tls://a:1,nats://b:2' });
+    expect(mixed).toThrow(UsageError);
+    expect(mixed).toThrow(/--nats: give every URL tls:\/\/ or none/);
   });
 });

@@ -1,10 +1,17 @@
 // --nats and its credentials, shared by `coordinator` and `worker`: a user and a password file,
 // a token file, a `.creds` file, or credentials in the URL (one way at a time). Secrets come from
 // files rather than flags, so they never show in a process list; the URL a process logs has
-// its credentials removed.
+// its credentials removed. With internal TLS, NATS is reached over TLS through the same CA and
+// certificate, so passwords and control messages never cross the network in clear.
 
 import { readFileSync } from 'node:fs';
-import { type NatsAuth, NatsConnectError, type NatsTarget, parseNatsUrl } from '@medcluster/worker';
+import {
+  type InternalTls,
+  type NatsAuth,
+  NatsConnectError,
+  type NatsTarget,
+  parseNatsUrl,
+} from '@medcluster/worker';
 import { credsAuthenticator } from 'nats';
 import { UsageError } from './args.js';
 
@@ -22,7 +29,11 @@ export const NATS_USAGE = `NATS (cluster mode; one way of giving credentials at 
                                 but show in the process list: prefer the files below
   --nats-user NAME              with --nats-password-file FILE (the password is the file's first line)
   --nats-token-file FILE        a token (the file's first line)
-  --nats-creds FILE             a .creds file (JWT and nkey seed, from nsc)`;
+  --nats-creds FILE             a .creds file (JWT and nkey seed, from nsc)
+  With --internal-ca/--internal-cert/--internal-key, NATS is reached over TLS only: its server's
+  certificate must be issued by the internal CA and name the host of the URL, and this process
+  presents its internal certificate (for nats-server's verify: true). Without them, a tls://
+  URL asks for TLS, checked against the system's CAs (and NODE_EXTRA_CA_CERTS).`;
 
 type Values = {
   nats?: string;
@@ -45,8 +56,11 @@ function secretFile(flag: string, path: string): string {
   return line;
 }
 
-/** Where to connect and with what, from the flags; undefined when --nats is not given. */
-export function natsTargetFromFlags(flags: Values): NatsTarget | undefined {
+/**
+ * Where to connect and with what, from the flags; undefined when --nats is not given. With
+ * `internalTls`, over TLS with its CA and certificate.
+ */
+export function natsTargetFromFlags(flags: Values, internalTls?: InternalTls): NatsTarget | undefined {
   const { nats } = flags;
   const user = flags['nats-user'];
   const passwordFile = flags['nats-password-file'];
@@ -86,5 +100,6 @@ export function natsTargetFromFlags(flags: Values): NatsTarget | undefined {
     }
     auth = { authenticator: credsAuthenticator(new Uint8Array(creds)) };
   }
-  return { servers: target.servers, ...(auth ? { auth } : {}) };
+  const tls = internalTls?.natsTls() ?? target.tls;
+  return { servers: target.servers, ...(auth ? { auth } : {}), ...(tls ? { tls } : {}) };
 }

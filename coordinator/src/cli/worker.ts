@@ -60,8 +60,8 @@ export async function workerCommand(argv: string[]): Promise<void> {
   const assignment = flags.assignment
     ? controlCodecs.assignment.decode(new TextEncoder().encode(flags.assignment))
     : undefined;
-  const nats = natsTargetFromFlags(flags);
   const internalTls = internalTlsFromFlags(flags);
+  const nats = natsTargetFromFlags(flags, internalTls);
   const workerId = flags.id ?? `${hostname().replace(/[^A-Za-z0-9_-]/g, '-')}-${process.pid}`;
   const log = loggerFor(logSettingsFromFlags(flags), { component: 'worker', worker: workerId });
   if (flags['exit-with-stdin']) {
@@ -84,7 +84,9 @@ export async function workerCommand(argv: string[]): Promise<void> {
     memoryBytes: flags['memory-gb'] === undefined ? undefined : Number(flags['memory-gb']) * 2 ** 30,
     metricsPort:
       flags['metrics-port'] === undefined ? undefined : intFlag(flags['metrics-port'], 'metrics-port'),
-    nats: nats ? { url: nats.servers, auth: nats.auth, cluster: flags.cluster ?? 'medcluster' } : undefined,
+    nats: nats
+      ? { url: nats.servers, auth: nats.auth, tls: nats.tls, cluster: flags.cluster ?? 'medcluster' }
+      : undefined,
     assignment,
     internalTls,
     onEvent: (event) => process.stdout.write(`${JSON.stringify(event)}\n`),

@@ -9,6 +9,7 @@ export {
   NatsServerError,
   type NatsServerHandle,
   type NatsServerOptions,
+  type NatsServerTls,
   startNatsServer,
 } from './nats-server.js';
 export {

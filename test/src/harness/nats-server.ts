@@ -24,11 +24,21 @@ export interface NatsServerOptions {
   args?: string[];
   /** Clients must authenticate: as one of these users, or with this token (an authorization block). */
   authorization?: NatsAuthorization;
+  /** Clients must connect over TLS (a tls block): the server's PEM certificate and key, and with
+   * `verify` also a client certificate issued by `ca`. */
+  tls?: NatsServerTls;
   /** Added to the server's environment (a config file may refer to $VARIABLES). */
   env?: Record<string, string>;
 }
 
 export type NatsAuthorization = { users: { user: string; password: string }[] } | { token: string };
+
+export interface NatsServerTls {
+  cert: string;
+  key: string;
+  ca?: string;
+  verify?: boolean;
+}
 
 export interface NatsServerHandle {
   /** nats://127.0.0.1:PORT */
@@ -54,6 +64,15 @@ function authorizationConfig(auth: NatsAuthorization): string {
   if ('token' in auth) return `authorization { token: ${q(auth.token)} }\n`;
   const users = auth.users.map((u) => `    { user: ${q(u.user)}, password: ${q(u.password)} }`).join('\n');
   return `authorization {\n  users: [\n${users}\n  ]\n}\n`;
+}
+
+/** A tls block: file paths, JSON-quoted like the values above. */
+function tlsConfig(tls: NatsServerTls): string {
+  const q = JSON.stringify;
+  const lines = [`  cert_file: ${q(tls.cert)}`, `  key_file: ${q(tls.key)}`];
+  if (tls.ca !== undefined) lines.push(`  ca_file: ${q(tls.ca)}`);
+  if (tls.verify) lines.push('  verify: true');
+  return `tls {\n${lines.join('\n')}\n}\n`;
 }
 
 const CANDIDATE_DIRS = ['/usr/sbin', '/usr/bin', '/usr/local/bin', '/usr/local/sbin'];
@@ -192,10 +211,13 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const port = await freePort();
     const storeDir = options.jetstream === true ? mkdtempSync(join(tmpdir(), 'nats-js-')) : undefined;
-    const configDir = options.authorization ? mkdtempSync(join(tmpdir(), 'nats-conf-')) : undefined;
+    const blocks = [
+      ...(options.authorization ? [authorizationConfig(options.authorization)] : []),
+      ...(options.tls ? [tlsConfig(options.tls)] : []),
+    ];
+    const configDir = blocks.length > 0 ? mkdtempSync(join(tmpdir(), 'nats-conf-')) : undefined;
     const config = configDir ? join(configDir, 'nats.conf') : undefined;
-    if (config && options.authorization)
-      writeFileSync(config, authorizationConfig(options.authorization), { mode: 0o600 });
+    if (config) writeFileSync(config, blocks.join(''), { mode: 0o600 });
     const args = {
       before: config ? ['-c', config] : [],
       after: [...(storeDir ? ['-js', '-sd', storeDir] : []), ...(options.args ?? [])],

@@ -4,11 +4,13 @@
 // connection otherwise; every internal client (the coordinator's links to the first stage, a
 // stage's link to the next, a rank's collective stream to rank 0) presents its certificate and
 // checks the server's against the CA and the address it dialled. Without the files every
-// internal channel is plaintext, as in the local demo.
+// internal channel is plaintext, as in the local demo. The same files secure NATS (natsTls):
+// one trust root for everything inside the cluster.
 
 import { isIP } from 'node:net';
 import { connect as connectTls } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
+import type { NatsTls } from '../control/nats-tls.js';
 import {
   type CertificateFile,
   checkKeyPair,
@@ -65,6 +67,16 @@ export class InternalTls {
   channelCredentials(): grpc.ChannelCredentials {
     this.channel ??= grpc.credentials.createSsl(this.ca.pem, this.key.pem, this.cert.pem);
     return this.channel;
+  }
+
+  /** For NATS: its server's certificate must be issued by the internal CA, and this process
+   * presents its certificate, so a nats-server with `verify: true` admits only cluster members. */
+  natsTls(): NatsTls {
+    return {
+      ca: { pem: this.ca.pem.toString('utf8'), name: `--internal-ca ${this.ca.path}` },
+      cert: this.cert.pem.toString('utf8'),
+      key: this.key.pem.toString('utf8'),
+    };
   }
 
   /**

@@ -9,7 +9,7 @@ import type { Assignment } from '@medcluster/proto';
 import type { NatsConnection } from 'nats';
 import { addCollectiveService, type CollectiveHost } from '../collective/index.js';
 import { openStageCollective, type TransportChoice } from '../collective/stage-collective.js';
-import { connectNats, type NatsTarget, WorkerAgent } from '../control/index.js';
+import { connectNats, describeNatsConnection, type NatsTarget, WorkerAgent } from '../control/index.js';
 import type { CollectiveTransport } from '../engine/types.js';
 import { failpointsFromEnv } from './failpoints.js';
 import { INTERNAL_GRPC_OPTIONS } from './grpc-options.js';
@@ -38,8 +38,8 @@ export interface WorkerProcessOptions {
   /** Serve /metrics, /health and /ready on this port of the listen host (0 picks one; absent: none). */
   metricsPort?: number;
   /** Cluster mode: announce over NATS and wait for an assignment. `url` carries no credentials
-   * (they are in `auth`: parseNatsUrl splits them out), so it can be logged. */
-  nats?: { url: string; cluster: string; auth?: NatsTarget['auth'] };
+   * (they are in `auth`: parseNatsUrl splits them out), so it can be logged; `tls`: over TLS only. */
+  nats?: { url: string; cluster: string; auth?: NatsTarget['auth']; tls?: NatsTarget['tls'] };
   /** Single-machine mode: load this at start. */
   assignment?: Assignment;
   /** Where the worker's log lines go (lifecycle; per-step lines at debug). */
@@ -186,11 +186,10 @@ export async function startWorker(options: WorkerProcessOptions): Promise<Runnin
   let agent: WorkerAgent | undefined;
   if (options.nats) {
     // connectNats reconnects for ever: steps need no NATS, so a worker outlives any NATS outage.
+    const target = { servers: options.nats.url, auth: options.nats.auth, tls: options.nats.tls };
     try {
-      nc = await connectNats(
-        { servers: options.nats.url, auth: options.nats.auth },
-        `medcluster-worker-${workerId}`,
-      );
+      nc = await connectNats(target, `medcluster-worker-${workerId}`);
+      options.log?.info(`connected to ${describeNatsConnection(target)}`);
     } catch (err) {
       // Nothing else may keep the process alive: the CLI reports the error and exits.
       server.forceShutdown();
