@@ -7,14 +7,12 @@
 
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import { InferenceClient, loadWorkerProto } from '@medcluster/proto';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type DevCa, makeDevCa, startUp, stopAll } from './harness/index.js';
+import { type DevCa, makeDevCa, reflectedServices, startUp, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
 
 const KEY = 'test-key-0123456789abcdef0123456789';
@@ -53,31 +51,6 @@ function https(
 }
 
 const bearer = (key: string) => ({ authorization: `Bearer ${key}` });
-
-/** The services a server lists through gRPC reflection, over TLS, with `metadata`. */
-async function reflectedServices(address: string, credentials: grpc.ChannelCredentials, key?: string) {
-  const require = createRequire(import.meta.url);
-  const root = join(dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto');
-  const definition = protoLoader.loadSync('grpc/reflection/v1/reflection.proto', { includeDirs: [root] });
-  // biome-ignore lint/suspicious/noExplicitAny: the reflection package ships no generated types
-  const pkg = grpc.loadPackageDefinition(definition) as any;
-  const stub = new pkg.grpc.reflection.v1.ServerReflection(address, credentials);
-  const metadata = new grpc.Metadata();
-  if (key) metadata.set('authorization', `Bearer ${key}`);
-  try {
-    return await new Promise<string[]>((resolve, reject) => {
-      const call = stub.ServerReflectionInfo(metadata);
-      call.on('data', (m: { listServicesResponse?: { service: { name: string }[] } }) => {
-        resolve((m.listServicesResponse?.service ?? []).map((s) => s.name));
-        call.end();
-      });
-      call.on('error', reject);
-      call.write({ listServices: '' });
-    });
-  } finally {
-    stub.close();
-  }
-}
 
 describe('medcluster up with API keys, TLS and internal mutual TLS', () => {
   let dir: string;

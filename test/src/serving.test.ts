@@ -4,15 +4,21 @@
 
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
-import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+import type * as grpc from '@grpc/grpc-js';
 import { InferenceClient, type inferenceV1 } from '@medcluster/proto';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { REPO, runCli, startCli, startUp, stopAll, waitForStderr } from './harness/index.js';
+import {
+  REPO,
+  reflectedServices,
+  runCli,
+  startCli,
+  startUp,
+  stopAll,
+  waitForStderr,
+} from './harness/index.js';
 import { testModel } from './models.js';
 
 const run = promisify(execFile);
@@ -20,29 +26,6 @@ const run = promisify(execFile);
 const PYTHON = '/usr/bin/python3';
 
 const INVALID_ARGUMENT = 3;
-
-/** The services a server lists through gRPC server reflection (grpc.reflection.v1). */
-async function reflectedServices(address: string): Promise<string[]> {
-  const require = createRequire(import.meta.url);
-  const root = join(dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto');
-  const definition = protoLoader.loadSync('grpc/reflection/v1/reflection.proto', { includeDirs: [root] });
-  // biome-ignore lint/suspicious/noExplicitAny: the reflection package ships no generated types
-  const pkg = grpc.loadPackageDefinition(definition) as any;
-  const stub = new pkg.grpc.reflection.v1.ServerReflection(address, grpc.credentials.createInsecure());
-  try {
-    return await new Promise<string[]>((resolve, reject) => {
-      const call = stub.ServerReflectionInfo();
-      call.on('data', (m: { listServicesResponse?: { service: { name: string }[] } }) => {
-        resolve((m.listServicesResponse?.service ?? []).map((s) => s.name));
-        call.end();
-      });
-      call.on('error', reject);
-      call.write({ listServices: '' });
-    });
-  } finally {
-    stub.close();
-  }
-}
 
 describe('medcluster up (tp=2 x pp=2) and its public gRPC API', () => {
   let modelDir: string;

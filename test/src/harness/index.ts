@@ -1,6 +1,7 @@
 // Shared test harness: real processes and real sockets, never stubs.
 export { freePort } from '@medcluster/worker';
 export { type DevCa, issueExpired, makeDevCa, privateKeyLines } from './certificates.js';
+export { reflectedServices } from './grpc-reflection.js';
 export { NATS_IMAGE, startNats } from './nats.js';
 export {
   defaultSearchDirs,
