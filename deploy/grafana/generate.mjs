@@ -110,19 +110,23 @@ const HEALTH_MAPPING = [
   },
 ];
 
+/** The cluster's health, first on both dashboards. */
+const clusterHealth = () =>
+  stat(
+    'Cluster',
+    'Every worker of the placement is up.',
+    'none',
+    [q(`min(medcluster_cluster_healthy{${M}})`, 'healthy')],
+    { mappings: HEALTH_MAPPING },
+  );
+
 const serving = {
   uid: 'medcluster-serving',
   title: 'medcluster / Serving',
   description: 'Throughput, latency, queue, KV cache and errors of one medcluster coordinator.',
   variables: [datasourceVariable, modelVariable],
   panels: [
-    stat(
-      'Cluster',
-      'Every worker of the placement is up.',
-      'none',
-      [q(`min(medcluster_cluster_healthy{${M}})`, 'healthy')],
-      { mappings: HEALTH_MAPPING },
-    ),
+    clusterHealth(),
     stat('Generated tokens/s', 'Tokens sampled per second, every request and choice.', 'short', [
       q(`sum(rate(medcluster_generation_tokens_total{${M}}${RATE}))`, 'tokens/s'),
     ]),
@@ -266,13 +270,7 @@ const cluster = {
   description: 'Per stage and worker: health, load, step time, pipeline idle time, transfers, collectives.',
   variables: [datasourceVariable, modelVariable, stageVariable],
   panels: [
-    stat(
-      'Cluster',
-      'Every worker of the placement is up.',
-      'none',
-      [q(`min(medcluster_cluster_healthy{${M}})`, 'healthy')],
-      { mappings: HEALTH_MAPPING },
-    ),
+    clusterHealth(),
     stat('Workers up', 'Workers of the placement the coordinator sees up.', 'short', [
       q(`sum(medcluster_worker_up{${W}})`, 'up'),
     ]),
