@@ -101,7 +101,9 @@ describe('graceful shutdown', () => {
       });
       const exitedMs = performance.now() - termAt;
       expect(code).toBe(0);
-      expect(exitedMs).toBeLessThan(GRACE_S * 1000 + 8000);
+      // Within the grace and a few seconds: workers leave on SIGTERM, and up SIGKILLs one still
+      // there 5 s later, which this bound would catch.
+      expect(exitedMs).toBeLessThan(GRACE_S * 1000 + 4500);
       for (const pid of workerPids) expect(() => process.kill(pid, 0), `worker ${pid} exited`).toThrow();
       console.log(
         `graceful shutdown: 3 in-flight streams finished after SIGTERM, the one past the ${GRACE_S} s grace failed at ${(cutMs / 1000).toFixed(1)} s, exit 0 after ${(exitedMs / 1000).toFixed(1)} s`,

@@ -72,6 +72,9 @@ export async function workerCommand(argv: string[]): Promise<void> {
       process.kill(process.pid, 'SIGTERM');
     });
     process.stdin.resume();
+    // Reading stdin must not keep the process alive once the worker has stopped (on SIGTERM it
+    // exits when its servers close, while up still holds the pipe open and waits for that).
+    (process.stdin as unknown as { unref?: () => void }).unref?.();
   }
   const worker = await startWorker({
     log,
