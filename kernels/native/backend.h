@@ -66,6 +66,25 @@ struct AttentionShape {
   float scale = 0.f;       // usually 1/sqrt(headDim)
 };
 
+// One row of a sample call (Device.sample in kernels/src/api.ts says what each field does).
+struct SampleRow {
+  int32_t row = 0;  // the logits row it samples
+  double temperature = 0, topP = 1;
+  int32_t topK = 0;
+  double repetitionPenalty = 1, presencePenalty = 0, frequencyPenalty = 0;
+  double uniform = 0;
+  int32_t logprobs = -1;  // -1: none
+  // Ranges of SampleBatch's lists: the penalized ids (with their counts) and the masked ids.
+  int32_t penaltyBegin = 0, penaltyCount = 0, maskBegin = 0, maskCount = 0;
+};
+
+struct SampleBatch {
+  std::vector<SampleRow> rows;
+  std::vector<int32_t> penaltyIds, penaltyCounts, maskedIds;
+  // L: the most logprobs alternatives any row asked for (the outputs have 1 + L columns).
+  int32_t topLogprobs = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -118,6 +137,28 @@ class Backend {
                         int64_t cols) = 0;
   // out i32 [T] = argmax over the last dim of x f32 [T, V] (first index on ties)
   virtual void argmax(const View& x, const View& out) = 0;
+  // Samples batch.rows[i] from its row of logits f32 [R, V]: ids i32 [S, 1+L] gets the token,
+  // then the L most likely by raw logits (-1 past the row's own logprobs count); logprobs f32
+  // [S, 1+L] their log-softmax of the raw logits (0 where the row asked none). Row and list
+  // ranges were checked by the binding.
+  virtual void sample(const View& logits, const SampleBatch& batch, const View& ids,
+                      const View& logprobs) = 0;
+  // dst's first `rows` rows = src's (2-D views of one dtype and column count; either may be an
+  // opened shared buffer of another GPU of the host).
+  virtual void copyRows(const View& src, const View& dst, int64_t rows) = 0;
+  // Memory that another process of this host can map, zero-filled (CUDA IPC): *handle gets the
+  // bytes that process passes to openShared. Backends without it (CPU) throw.
+  virtual std::shared_ptr<Buffer> allocShared(size_t bytes, std::vector<uint8_t>* handle) {
+    (void)bytes;
+    (void)handle;
+    throw BackendError("shared device memory needs the CUDA backend");
+  }
+  // Maps the first `bytes` of a buffer that allocShared made in another process (its handle).
+  virtual std::shared_ptr<Buffer> openShared(const std::vector<uint8_t>& handle, size_t bytes) {
+    (void)handle;
+    (void)bytes;
+    throw BackendError("shared device memory needs the CUDA backend");
+  }
   // Fills buf with deterministic pseudo-random bits from seed (synthetic weights).
   virtual void randomBits(Buffer& buf, uint64_t seed) = 0;
   // Blocks until all work issued so far has finished (no-op for synchronous backends).

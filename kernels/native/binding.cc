@@ -118,6 +118,14 @@ struct TensorRef {
   }
 };
 
+Napi::Value tensorHandle(Napi::Env env, SlotPtr slot, std::weak_ptr<Device> device) {
+  auto* ref = new TensorRef{std::move(slot), std::move(device)};
+  return Napi::External<TensorRef>::New(env, ref, [](Napi::Env, TensorRef* r) {
+    r->drop();
+    delete r;
+  });
+}
+
 // A captured graph and the pool that holds its memory. `handle` is set on the device
 // thread by endCapture (0 if capture failed).
 struct GraphState {
@@ -236,6 +244,10 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
             InstanceMethod<&DeviceWrap::ConcatCols>("concatCols"),
             InstanceMethod<&DeviceWrap::SplitCols>("splitCols"),
             InstanceMethod<&DeviceWrap::Argmax>("argmax"),
+            InstanceMethod<&DeviceWrap::Sample>("sample"),
+            InstanceMethod<&DeviceWrap::CopyRows>("copyRows"),
+            InstanceMethod<&DeviceWrap::AllocShared>("allocShared"),
+            InstanceMethod<&DeviceWrap::OpenShared>("openShared"),
             InstanceMethod<&DeviceWrap::Release>("release"),
             InstanceMethod<&DeviceWrap::Sync>("sync"),
             InstanceMethod<&DeviceWrap::MemoryInfo>("memoryInfo"),
@@ -309,13 +321,7 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     if (closed_) throw Napi::Error::New(env, "device is closed");
   }
 
-  Napi::Value Handle(Napi::Env env, SlotPtr slot) {
-    auto* ref = new TensorRef{std::move(slot), device_};
-    return Napi::External<TensorRef>::New(env, ref, [](Napi::Env, TensorRef* r) {
-      r->drop();
-      delete r;
-    });
-  }
+  Napi::Value Handle(Napi::Env env, SlotPtr slot) { return tensorHandle(env, std::move(slot), device_); }
 
   Napi::Value NewTensor(const Napi::CallbackInfo& info, SlotPtr out, const char* op, Work work) {
     CheckOpen(info.Env());
@@ -597,6 +603,68 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
                      [=](const std::shared_ptr<Backend>& b) { b->argmax(x->view(b), out->view(b)); });
   }
 
+  // sample(logits, doubles, ints, penaltyIds, penaltyCounts, maskedIds, topLogprobs): the flat
+  // arrays kernels/src/sample-rows.ts packs (it checked every field); returns [ids, logprobs].
+  Napi::Value Sample(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    NotCapturing(env, "sample");
+    SlotPtr logits = slotArg(info[0]);
+    auto doubles = info[1].As<Napi::Float64Array>();
+    auto ints = info[2].As<Napi::Int32Array>();
+    auto list = [](const Napi::Value& v) {
+      auto a = v.As<Napi::Int32Array>();
+      return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+    };
+    auto batch = std::make_shared<SampleBatch>();
+    batch->penaltyIds = list(info[3]);
+    batch->penaltyCounts = list(info[4]);
+    batch->maskedIds = list(info[5]);
+    batch->topLogprobs = info[6].As<Napi::Number>().Int32Value();
+    const size_t S = ints.ElementLength() / 7;
+    if (S == 0 || ints.ElementLength() != S * 7 || doubles.ElementLength() != S * 6 ||
+        batch->penaltyIds.size() != batch->penaltyCounts.size() || batch->topLogprobs < 0) {
+      throw Napi::Error::New(env, "sample: malformed row arrays");
+    }
+    for (size_t i = 0; i < S; i++) {
+      const double* d = doubles.Data() + i * 6;
+      const int32_t* n = ints.Data() + i * 7;
+      SampleRow r;
+      r.temperature = d[0];
+      r.topP = d[1];
+      r.repetitionPenalty = d[2];
+      r.presencePenalty = d[3];
+      r.frequencyPenalty = d[4];
+      r.uniform = d[5];
+      r.row = n[0];
+      r.topK = n[1];
+      r.logprobs = n[2];
+      r.penaltyBegin = n[3];
+      r.penaltyCount = n[4];
+      r.maskBegin = n[5];
+      r.maskCount = n[6];
+      const auto inRange = [](int64_t begin, int64_t count, size_t size) {
+        return begin >= 0 && count >= 0 && begin + count <= static_cast<int64_t>(size);
+      };
+      if (r.row < 0 || r.row >= logits->shape[0] || r.logprobs > batch->topLogprobs ||
+          !inRange(r.penaltyBegin, r.penaltyCount, batch->penaltyIds.size()) ||
+          !inRange(r.maskBegin, r.maskCount, batch->maskedIds.size())) {
+        throw Napi::Error::New(env, "sample: row " + std::to_string(i) + " is out of range");
+      }
+      batch->rows.push_back(r);
+    }
+    const std::vector<int64_t> shape{static_cast<int64_t>(S), 1 + batch->topLogprobs};
+    auto ids = std::make_shared<Slot>(DType::I32, shape);
+    auto logprobs = std::make_shared<Slot>(DType::F32, shape);
+    CheckOpen(env);
+    device_->enqueue("sample", [=](const std::shared_ptr<Backend>& b) {
+      b->sample(logits->view(b), *batch, ids->view(b), logprobs->view(b));
+    });
+    Napi::Array result = Napi::Array::New(env, 2);
+    result.Set(0u, Handle(env, ids));
+    result.Set(1u, Handle(env, logprobs));
+    return result;
+  }
+
   Napi::Value Release(const Napi::CallbackInfo& info) {
     if (info[0].IsExternal()) info[0].As<Napi::External<TensorRef>>().Data()->drop();
     return info.Env().Undefined();
@@ -774,6 +842,48 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     o.bufferBytes = static_cast<size_t>(info[2].As<Napi::Number>().Int64Value());
     o.timeoutMs = info[3].As<Napi::Number>().Int64Value();
     return o;
+  }
+
+  // allocShared(shape, dtype) -> Promise<[tensor, handle bytes]>: memory other processes of the
+  // host can map.
+  Napi::Value AllocShared(const Napi::CallbackInfo& info) {
+    auto slot = std::make_shared<Slot>(dtypeArg(info[1]), shapeArg(info[0]));
+    std::weak_ptr<Device> wd = device_;
+    return Deferred(info, "allocShared", [slot, wd](const std::shared_ptr<Backend>& b, ValueCompletion* c) {
+      std::vector<uint8_t> handle;
+      slot->adopt(b, b->allocShared(slot->bytes, &handle));
+      c->make = [slot, handle, wd](Napi::Env env) -> Napi::Value {
+        Napi::Array r = Napi::Array::New(env, 2);
+        r.Set(0u, tensorHandle(env, slot, wd));
+        r.Set(1u, Napi::Buffer<uint8_t>::Copy(env, handle.data(), handle.size()));
+        return r;
+      };
+    });
+  }
+
+  // openShared(handle bytes, shape, dtype) -> Promise<tensor>: another process's shared memory.
+  Napi::Value OpenShared(const Napi::CallbackInfo& info) {
+    std::vector<uint8_t> handle = bytesArg(info[0]);
+    auto slot = std::make_shared<Slot>(dtypeArg(info[2]), shapeArg(info[1]));
+    std::weak_ptr<Device> wd = device_;
+    return Deferred(info, "openShared", [slot, handle, wd](const std::shared_ptr<Backend>& b, ValueCompletion* c) {
+      slot->adopt(b, b->openShared(handle, slot->bytes));
+      c->make = [slot, wd](Napi::Env env) -> Napi::Value { return tensorHandle(env, slot, wd); };
+    });
+  }
+
+  // copyRows(dst, src, rows): checked by device.ts.
+  Napi::Value CopyRows(const Napi::CallbackInfo& info) {
+    SlotPtr dst = slotArg(info[0]);
+    SlotPtr src = slotArg(info[1]);
+    const int64_t rows = info[2].As<Napi::Number>().Int64Value();
+    if (dst->shape.size() != 2 || src->shape.size() != 2 || dst->dtype != src->dtype ||
+        dst->shape[1] != src->shape[1] || rows < 0 || rows > dst->shape[0] || rows > src->shape[0])
+      throw Napi::Error::New(info.Env(), "copyRows: mismatched tensors");
+    CheckOpen(info.Env());
+    device_->enqueue("copyRows",
+                     [=](const std::shared_ptr<Backend>& b) { b->copyRows(src->view(b), dst->view(b), rows); });
+    return info.Env().Undefined();
   }
 
   // prepareIpcCollective(rank, size, bufferBytes, timeoutMs) -> Promise<[group, handle bytes]>

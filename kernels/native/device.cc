@@ -62,6 +62,11 @@ Buffer& Slot::buffer(const std::shared_ptr<Backend>& backend) {
   return *buffer_;
 }
 
+void Slot::adopt(const std::shared_ptr<Backend>& backend, std::shared_ptr<Buffer> buffer) {
+  owner_ = backend;
+  buffer_ = std::move(buffer);
+}
+
 View Slot::view(const std::shared_ptr<Backend>& backend) {
   View v;
   v.data = buffer(backend).data;

@@ -127,6 +127,55 @@ export interface IpcCollectiveSetup {
   connect(handles: readonly Uint8Array[]): Promise<DeviceCollective>;
 }
 
+/**
+ * One row of Device.sample: the serving core's sampler (worker/src/sampling/sampler.ts) for one
+ * sequence, its random draw made by the caller. In order: the penalties on the raw logits
+ * (repetition: positive scores divided, negative multiplied; then minus frequency x count, minus
+ * presence), in float64; the masked ids to -inf; temperature 0 is the argmax (first index on
+ * ties); otherwise softmax(scores / temperature) kept to the top k (largest first, lower id first
+ * on ties), then to the shortest most-likely-first prefix whose weight reaches top_p of what is
+ * left, and `uniform` picks by inverse CDF over the kept ids (in id order when nothing is cut).
+ */
+export interface SampleRow {
+  /** The logits row it samples. */
+  row: number;
+  /** 0 is greedy. */
+  temperature: number;
+  /** 0 keeps every id. */
+  topK: number;
+  /** In (0, 1]; 1 keeps every id. */
+  topP: number;
+  repetitionPenalty: number;
+  presencePenalty: number;
+  frequencyPenalty: number;
+  /** The distinct ids the sequence generated, and how often each (empty where no penalty is on). */
+  penalizedIds: readonly number[];
+  penalizedCounts: readonly number[];
+  /** Ids that cannot be picked (stop ids before min_tokens). */
+  maskedIds: readonly number[];
+  /** The draw, in [0, 1); unused at temperature 0. */
+  uniform: number;
+  /** Absent: no logprobs; N >= 0: the chosen id's logprob and the N most likely ids'. */
+  logprobs?: number;
+}
+
+/** What Device.sample queues: S rows (one per SampleRow) of 1 + L columns, L the largest logprobs asked. */
+export interface SampledRows {
+  /** i32 [S, 1 + L]: the sampled id, then the row's most likely ids by raw logits, most likely
+   * first, lower id first on ties (-1 past the row's own logprobs count). */
+  ids: Tensor;
+  /** f32 [S, 1 + L]: the log-softmax of the raw logits at those ids (0 where the row asked none). */
+  logprobs: Tensor;
+}
+
+/** A tensor that another process of this host can map (Device.openShared): CUDA IPC memory. */
+export interface SharedTensor {
+  readonly tensor: Tensor;
+  /** Bytes that name the memory to another process of this host (a CUDA IPC handle and the
+   * buffer's size, process and GPU). */
+  readonly handle: Uint8Array;
+}
+
 export interface Device {
   readonly kind: DeviceKind;
   /** Human-readable device name, e.g. "cpu (8 threads)" or "NVIDIA H100 80GB HBM3". */
@@ -185,6 +234,11 @@ export interface Device {
   splitCols(x: Tensor, widths: readonly number[]): Tensor[];
   /** i32 [T] argmax over the last dim of f32 [T, V]; first index on ties. */
   argmax(x: Tensor): Tensor;
+  /** Samples each row of logits f32 [R, V] that `rows` names (see SampleRow). */
+  sample(logits: Tensor, rows: readonly SampleRow[]): SampledRows;
+  /** dst [R, C] rows 0..rows-1 = src [S, C] rows 0..rows-1 (one dtype; rows <= R, S). Either may
+   * be an opened shared tensor, also of another GPU of the host. Graph-capturable. */
+  copyRows(dst: Tensor, src: Tensor, rows: number): void;
 
   /** Resolves when all work queued so far has run; rejects with the first error it raised. */
   sync(): Promise<void>;
@@ -197,6 +251,13 @@ export interface Device {
   /** Stops the device thread after queued work; the device is unusable afterwards. */
   close(): Promise<void>;
 
+  /** CUDA: a zero-filled tensor that other processes of this host can map (openShared there):
+   * a pipeline stage hands its hidden states to the next stage's process through it. */
+  allocShared(shape: readonly number[], dtype: DType): Promise<SharedTensor>;
+  /** CUDA: another process's shared tensor, named by its handle, as a tensor of this device;
+   * `shape` may cover less than it holds (its leading rows). Rejects, saying why, where the
+   * handle cannot be mapped (this process's own memory, another host's, a freed buffer). */
+  openShared(handle: Uint8Array, shape: readonly number[], dtype: DType): Promise<Tensor>;
   /** CUDA: allocates this rank's IPC exchange buffers, step one of a same-host device group
    * (the caller hands every rank's `handle` to every rank, then each calls `connect`). */
   prepareIpcCollective(options: DeviceCollectiveOptions): Promise<IpcCollectiveSetup>;

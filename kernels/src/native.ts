@@ -74,6 +74,18 @@ export interface NativeDevice {
   concatCols(parts: NativeHandle[]): NativeHandle;
   splitCols(x: NativeHandle, widths: number[]): NativeHandle[];
   argmax(x: NativeHandle): NativeHandle;
+  /** doubles: per row temperature, topP, repetition, presence, frequency, uniform; ints: per row
+   * row, topK, logprobs (-1 none), penaltyBegin, penaltyCount, maskBegin, maskCount; lists: the
+   * penalized ids, their counts, then the masked ids. Returns [ids, logprobs]. */
+  sample(
+    logits: NativeHandle,
+    doubles: Float64Array,
+    ints: Int32Array,
+    penaltyIds: Int32Array,
+    penaltyCounts: Int32Array,
+    maskedIds: Int32Array,
+    topLogprobs: number,
+  ): [NativeHandle, NativeHandle];
   release(handle: NativeHandle): void;
   write(handle: NativeHandle, data: Float32Array | Int32Array | Uint16Array): void;
   memoryInfo(): Promise<{ freeBytes: number; totalBytes: number }>;
@@ -86,6 +98,9 @@ export interface NativeDevice {
   sync(): Promise<void>;
   read(handle: NativeHandle): Promise<Float32Array | Int32Array>;
   close(): Promise<void>;
+  copyRows(dst: NativeHandle, src: NativeHandle, rows: number): void;
+  allocShared(shape: number[], dtype: number): Promise<[NativeHandle, Uint8Array]>;
+  openShared(handle: Uint8Array, shape: number[], dtype: number): Promise<NativeHandle>;
   // Device collectives (collective.h): set-up settles promises, the ops queue.
   prepareIpcCollective(
     rank: number,

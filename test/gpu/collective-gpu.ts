@@ -11,6 +11,8 @@
 //                      steps as graph replays, replayed logits bit-identical to eager ones
 //   cluster CLI        tp = 2 and tp = 2 x pp = 2 as worker processes sharing the GPU (CLI: the
 //                      bundled medcluster.mjs): IPC chosen, zero collective bytes on gRPC
+//   overhead [L]       the split's cost on 70B-shaped synthetic layers (L of them, default 8):
+//                      decode step time of tp = 2 in one process (IPC, graphs) against tp = 1
 // Lines "ok"/"FAIL" are checks; "RESULT <name> <json>" lines are figures. Exit 1 on a failure.
 // MEDCLUSTER_TINY_MODEL names an already generated tiny model (`medcluster make-model --preset
 // tiny`, deterministic) for the model and cluster modes; without it they generate one.
@@ -36,9 +38,11 @@ import {
   type Collective,
   type CollectiveHost,
   freePort,
+  GREEDY,
   makeModel,
   openCheckpoint,
   openStageCollective,
+  presetConfig,
   type SeqStep,
   ShardRunner,
   type ShardSpec,
@@ -611,7 +615,7 @@ interface Stage {
 
 async function stepStage(stage: Stage, seqs: SeqStep[]): Promise<Float32Array[]> {
   const outs = await Promise.all(stage.runners.map((r) => r.step(seqs)));
-  return outs.map((o) => o.logits as Float32Array);
+  return outs.map((o) => o.output?.logits as Float32Array);
 }
 
 async function modelMode(): Promise<void> {
@@ -691,7 +695,7 @@ async function modelMode(): Promise<void> {
       for (let k = 0; k < 3; k++) {
         const together = await Promise.all(ctl.map((r) => r.step(ctlStep)));
         for (const o of together)
-          worstCtl = Math.max(worstCtl, relativeError(o.logits as Float32Array, alone));
+          worstCtl = Math.max(worstCtl, relativeError(o.output?.logits as Float32Array, alone));
       }
       check(
         "control: two tp = 1 runners on two devices of one process stepping at once give one runner's bits",
@@ -857,6 +861,108 @@ function topMargin(v: Float32Array): number {
   return a - b;
 }
 
+// ---- overhead (tp = 2 against tp = 1, 70B shapes) --------------------------------------
+
+/**
+ * Decode step time per token of L 70B-shaped layers plus the head, tp = 1 on one device against
+ * tp = 2 as two devices of this process on the same GPU (IPC all-reduces inside the graphs), at
+ * 1, 16 and 64 sequences of 512-token contexts, greedy tokens drawn by Device.sample. Both ranks'
+ * halves run at once on the one GPU, so tp = 2 does tp = 1's work plus the split: (tp2 - tp1) / L
+ * is the split's overhead per layer (its two all-reduces, the halves' smaller kernels, the vocab
+ * all-gather spread over the layers).
+ */
+async function overheadMode(layersArg?: string): Promise<void> {
+  const layers = layersArg ? Number(layersArg) : 8;
+  const config = presetConfig('llama-2-70b', { layers });
+  const synthetic = { config, seed: 1 };
+  const context = 512;
+  const batches = [1, 16, 64];
+  const blocksPerSeq = Math.ceil((context + 64) / 16);
+  const kvCache = { numBlocks: Math.max(...batches) * blocksPerSeq + 2, blockSize: 16 };
+  const spec = (tpRank: number, tpSize: number): ShardSpec => ({
+    layerStart: 0,
+    layerEnd: layers,
+    tpRank,
+    tpSize,
+    embeds: true,
+    computesLogits: true,
+  });
+  const devices: Device[] = [];
+  const collectives: Collective[] = [];
+  const servers: grpc.Server[] = [];
+  try {
+    const one = createDevice({ kind: 'cuda' });
+    devices.push(one);
+    const tp1 = [await ShardRunner.load({ synthetic, device: one, spec: spec(0, 1), kvCache })];
+    const pair = [createDevice({ kind: 'cuda' }), createDevice({ kind: 'cuda' })];
+    devices.push(...pair);
+    const peers = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`];
+    const hosts = await Promise.all(peers.map((p) => serve(p)));
+    servers.push(...hosts.map((h) => h.server));
+    const cs = await Promise.all(
+      pair.map((device, rank) =>
+        openStageCollective({ group: 'tp2-70b', rank, size: 2, peers, host: hosts[rank].host, device }),
+      ),
+    );
+    collectives.push(...cs);
+    const tp2 = await Promise.all(
+      pair.map((device, rank) =>
+        ShardRunner.load({ synthetic, device, spec: spec(rank, 2), kvCache, collective: cs[rank] }),
+      ),
+    );
+    const rows: { batch: number; tp1Ms: number; tp2Ms: number; overheadUsPerLayer: number }[] = [];
+    for (const batch of batches) {
+      const stepOf = (step: number): SeqStep[] =>
+        Array.from({ length: batch }, (_, s) => ({
+          seqId: `s${s}`,
+          startPos: context + step,
+          numTokens: 1,
+          tokens: [1 + ((s * 7919 + step * 31) % (config.vocabRows - 1))],
+          blockTable: Array.from({ length: blocksPerSeq }, (_, b) => s * blocksPerSeq + b),
+          logitRows: 1,
+          sample: {
+            params: GREEDY,
+            key: { seed: s, choice: 0, position: context + step },
+            generated: { count: step, ids: [] },
+          },
+        }));
+      const time = async (runners: ShardRunner[]): Promise<number> => {
+        const replays = runners.map((r) => r.graphReplays);
+        for (let step = 0; step < 3; step++) await Promise.all(runners.map((r) => r.step(stepOf(step))));
+        const steps = 40;
+        const t0 = performance.now();
+        for (let step = 0; step < steps; step++)
+          await Promise.all(runners.map((r) => r.step(stepOf(3 + step))));
+        const ms = (performance.now() - t0) / steps;
+        check(
+          `batch ${batch}, tp = ${runners.length}: the timed steps are graph replays`,
+          runners.every((r, i) => r.graphReplays - replays[i] >= steps),
+          runners.map((r, i) => r.graphReplays - replays[i]).join(', '),
+        );
+        return ms;
+      };
+      const tp1Ms = await time(tp1);
+      const tp2Ms = await time(tp2);
+      rows.push({ batch, tp1Ms, tp2Ms, overheadUsPerLayer: ((tp2Ms - tp1Ms) * 1000) / layers });
+      console.log(
+        `batch ${batch}: tp = 1 ${tp1Ms.toFixed(3)} ms per step, tp = 2 ${tp2Ms.toFixed(3)} ms, ` +
+          `split overhead ${(((tp2Ms - tp1Ms) * 1000) / layers).toFixed(1)} us per layer (${layers} layers)`,
+      );
+    }
+    check(
+      'no collective bytes on gRPC',
+      cs.every((c) => c.grpcBytes === 0),
+      cs.map((c) => c.grpcBytes).join(', '),
+    );
+    result('tp2-overhead-70b-shapes', { layers, context, rows });
+    for (const r of [...tp1, ...tp2]) r.dispose();
+  } finally {
+    for (const c of collectives) await c.close().catch(() => undefined);
+    for (const s of servers) s.forceShutdown();
+    for (const d of devices) await d.close().catch(() => undefined);
+  }
+}
+
 // ---- cluster (worker processes sharing the GPU) ----------------------------------------
 
 function workerStatus(address: string): Promise<workerV1.WorkerStatus__Output> {
@@ -893,15 +999,21 @@ async function clusterMode(cli: string): Promise<void> {
     } finally {
       await one.close();
     }
-    for (const { tp, pp, transport } of [
-      { tp: 2, pp: 1, transport: 'ipc' },
-      { tp: 2, pp: 2, transport: 'ipc' },
-      { tp: 2, pp: 1, transport: 'grpc' },
+    for (const { tp, pp, transport, handOff } of [
+      { tp: 2, pp: 1, transport: 'ipc', handOff: '' },
+      { tp: 2, pp: 2, transport: 'ipc', handOff: 'shared' },
+      { tp: 2, pp: 2, transport: 'ipc', handOff: 'bytes' },
+      { tp: 2, pp: 1, transport: 'grpc', handOff: '' },
     ]) {
-      const name = `tp = ${tp} x pp = ${pp} (${tp * pp} worker processes sharing the GPU, ${transport})`;
-      // Workers read MEDCLUSTER_COLLECTIVE (default auto, which picks ipc here).
+      const name =
+        `tp = ${tp} x pp = ${pp} (${tp * pp} worker processes sharing the GPU, ${transport}` +
+        `${handOff ? `, hand-offs as ${handOff}` : ''})`;
+      // Workers read MEDCLUSTER_COLLECTIVE (default auto, which picks ipc here) and
+      // MEDCLUSTER_HAND_OFF (default auto, which hands off on the device here).
       if (transport === 'grpc') process.env.MEDCLUSTER_COLLECTIVE = 'grpc';
       else delete process.env.MEDCLUSTER_COLLECTIVE;
+      if (handOff === 'bytes') process.env.MEDCLUSTER_HAND_OFF = 'bytes';
+      else delete process.env.MEDCLUSTER_HAND_OFF;
       const started = performance.now();
       const cluster = await startLocalCluster({
         modelDir: dir,
@@ -1001,7 +1113,20 @@ async function clusterMode(cli: string): Promise<void> {
             `${bytes.join(', ')} B; replays ${replays.join(', ')}`,
           );
         }
-        result(`cluster-tp${tp}pp${pp}-${transport}`, {
+        const senders = after.filter((st) => st.handOff !== '');
+        const activationBytes = senders.map((st) => Number(st.activationGrpcBytes));
+        if (pp > 1) {
+          check(
+            `${name}: the first stage's ranks hand off as ${handOff}` +
+              (handOff === 'shared' ? ', zero hidden-state bytes on gRPC' : ', the hidden states on gRPC'),
+            senders.length === tp * (pp - 1) &&
+              senders.every((st) => st.handOff === handOff) &&
+              activationBytes.every((b) => (handOff === 'shared' ? b === 0 : b > 0)),
+            senders.map((st) => `${st.workerId} ${st.handOff} ${st.activationGrpcBytes} B`).join(', '),
+          );
+        }
+        result(`cluster-tp${tp}pp${pp}-${transport}${handOff ? `-${handOff}` : ''}`, {
+          activationGrpcBytes: activationBytes,
           startMs: Math.round(t0 - started),
           msPerStep: Number(decodeMs.toFixed(2)),
           grpcBytes: bytes,
@@ -1012,6 +1137,7 @@ async function clusterMode(cli: string): Promise<void> {
       }
     }
     delete process.env.MEDCLUSTER_COLLECTIVE;
+    delete process.env.MEDCLUSTER_HAND_OFF;
   } finally {
     await cleanup();
   }
@@ -1049,8 +1175,13 @@ async function main(): Promise<void> {
     case 'cluster':
       await clusterMode(arg);
       break;
+    case 'overhead':
+      await overheadMode(arg);
+      break;
     default:
-      throw new Error(`unknown mode '${mode}' (kernels, nccl, processes, model, cluster CLI)`);
+      throw new Error(
+        `unknown mode '${mode}' (kernels, nccl, processes, model, cluster CLI, overhead [layers])`,
+      );
   }
   console.log(`${mode}: ${passed} passed, ${failed} failed`);
   if (failed > 0) process.exitCode = 1;

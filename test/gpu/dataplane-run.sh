@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One device call for the data plane (issue 10): the collective bench, then each mode of
-# collective-gpu.mjs (and gpu-parity.mjs) in its own process under its own limit. Logs to $OUT
-# (at most 8 files). Runs from a bundle folder DIR made by
+# One device call for the data plane (issue 10): the collective bench (where built), then each
+# mode of collective-gpu.mjs, gpu-parity.mjs, and with DECODE=1 `bench decode` on 70B shapes, each
+# in its own process under its own limit. Logs to $OUT. Runs from a bundle folder DIR made by
 #   node scripts/device-bundle.mjs DIR && kernels/gpu/build-collective-bench.sh DIR
 #   cp test/gpu/dataplane-run.sh DIR/run.sh && git rev-parse HEAD > DIR/COMMIT
 # then, on the GPU machine: bash DIR/run.sh
@@ -31,10 +31,13 @@ part() {
   echo "== $name rc=$rc ($(( $(date +%s) - t0 )) s)"
   grep -E '^(FAIL|RESULT)|passed|skipped|rows|Error|error' "$O/$name.log" | head -40
 }
-part bench 20 "$D/medcluster-collective-bench"
+[ -x "$D/medcluster-collective-bench" ] && part bench 20 "$D/medcluster-collective-bench"
 part kernels 40 /tmp/node "$D/collective-gpu.mjs" kernels
 part nccl 25 /tmp/node "$D/collective-gpu.mjs" nccl
 part processes 40 /tmp/node "$D/collective-gpu.mjs" processes
 part model 40 /tmp/node "$D/collective-gpu.mjs" model
-part cluster 60 /tmp/node "$D/collective-gpu.mjs" cluster "$D/medcluster.mjs"
-part parity 60 /tmp/node "$D/gpu-parity.mjs"
+part cluster 100 /tmp/node "$D/collective-gpu.mjs" cluster "$D/medcluster.mjs"
+part parity 90 /tmp/node "$D/gpu-parity.mjs"
+part overhead 150 /tmp/node "$D/collective-gpu.mjs" overhead "${OVERHEAD_LAYERS:-8}"
+[ -n "${DECODE:-}" ] && part decode 240 /tmp/node "$D/medcluster.mjs" bench decode --synthetic llama-2-70b \
+  --device cuda --batch 1,16,64 --prompt-tokens 512 --decode-tokens 128

@@ -11,11 +11,15 @@ import { createDevice, type Device, type DType, packAwqInt4, type Tensor } from 
 import { randomNibbles, relativeError, rng, uniform } from '@medcluster/kernels/testing';
 import {
   type Checkpoint,
+  compareDeviceSampler,
+  GREEDY,
   makeModel,
   openCheckpoint,
   type SeqStep,
   ShardRunner,
   type ShardSpec,
+  sample,
+  sampleRowOf,
 } from '@medcluster/worker';
 
 let passed = 0;
@@ -346,7 +350,7 @@ async function compareGraphs(checkpoint: Checkpoint, prompts: number[][]): Promi
         for (const r of runners) {
           const out = await r.step(seqs, hidden);
           hidden = out.hidden;
-          if (out.logits) return out.logits;
+          if (out.output) return out.output.logits;
         }
         throw new Error('no stage computed logits');
       };
@@ -441,6 +445,60 @@ function topMargin(v: Float32Array): number {
   return a - b;
 }
 
+/**
+ * Device.sample on CUDA against the serving core's JS sampler (the parity cases, boundaries
+ * included), then its time for a batch of 64 sampled rows against the JS sampler's.
+ */
+async function compareSampler(gpu: Device): Promise<void> {
+  for (const c of await compareDeviceSampler(gpu, Date.now() & 0x7fffffff)) {
+    if (c.ok) passed++;
+    else failed++;
+    console.log(`${c.ok ? 'ok  ' : 'FAIL'} sample on cuda, ${c.name}${c.ok ? '' : `: ${c.detail}`}`);
+  }
+  const V = 32000;
+  const R = 64;
+  const rand = rng(7);
+  const data = Float32Array.from({ length: R * V }, () => (rand() - 0.5) * 16);
+  const logits = gpu.fromArray(data, [R, V], 'f32');
+  for (const [label, params] of [
+    ['greedy', GREEDY],
+    ['temperature 0.7, top-p 0.9', { ...GREEDY, temperature: 0.7, topP: 0.9 }],
+    ['temperature 0.7, top-k 50', { ...GREEDY, temperature: 0.7, topK: 50 }],
+    ['temperature 1', { ...GREEDY, temperature: 1 }],
+  ] as const) {
+    const rows = Array.from({ length: R }, (_, r) =>
+      sampleRowOf(
+        { params, key: { seed: r, choice: 0, position: 100 }, generated: { count: 0, ids: [] } },
+        r,
+      ),
+    );
+    const once = async () => {
+      const out = gpu.sample(logits, rows);
+      await out.ids.read();
+      out.ids.dispose();
+      out.logprobs.dispose();
+    };
+    await once();
+    const t0 = performance.now();
+    for (let i = 0; i < 20; i++) await once();
+    const deviceMs = (performance.now() - t0) / 20;
+    const t1 = performance.now();
+    for (let r = 0; r < 8; r++) {
+      sample(
+        data.subarray(r * V, (r + 1) * V),
+        params,
+        { count: 0, ids: [] },
+        { seed: r, choice: 0, position: 100 },
+      );
+    }
+    const jsMs = ((performance.now() - t1) / 8) * R;
+    console.log(
+      `RESULT sample-64x32000 ${JSON.stringify({ label, cudaMsPerStep: Number(deviceMs.toFixed(3)), jsMsPerStep: Number(jsMs.toFixed(2)) })}`,
+    );
+  }
+  logits.dispose();
+}
+
 async function main(): Promise<void> {
   let gpu: Device;
   try {
@@ -452,6 +510,7 @@ async function main(): Promise<void> {
   console.log(`GPU tests on ${gpu.name}`);
   const cpu = createDevice({ kind: 'cpu' });
   await compareOps(cpu, gpu);
+  await compareSampler(gpu);
   await cpu.close();
   await gpu.close();
   await compareTinyModel();

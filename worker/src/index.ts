@@ -22,6 +22,7 @@ export * from './node/tls-files.js';
 export * from './node/worker-client.js';
 export * from './node/worker-node.js';
 export * from './node/worker-process.js';
+export * from './sampling/device-sample.js';
 export * from './sampling/philox.js';
-export * from './sampling/sample-step.js';
 export * from './sampling/sampler.js';
+export * from './sampling/sampler-parity.js';

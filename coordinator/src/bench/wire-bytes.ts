@@ -10,8 +10,10 @@ export interface WireRow {
   batch: number;
   /** Coordinator to every tp rank of stage 0: the step descriptor. */
   stepBytes: number;
-  /** Stage s to stage s+1, per boundary and rank: descriptor plus hidden states. */
+  /** Stage s to stage s+1, per boundary and rank: descriptor plus hidden states as bytes. */
   handOffBytes: number;
+  /** The same on the device (a shared buffer's handle instead of the hidden states). */
+  sharedHandOffBytes: number;
   /** Last stage's rank 0 back up the chain: sampled token ids now. */
   resultBytes: number;
   /** The same answer as a float32 logit row per sequence (before sampling moved to the last stage). */
@@ -49,6 +51,16 @@ export function wireBytes(
     ...step,
     activation: { dtype: 'DTYPE_FLOAT32', shape: [batch, config.hiddenSize], data: hidden },
   };
+  const shared: workerV1.StageMessage = {
+    ...step,
+    // A CUDA IPC handle with its header (kernels/native/cuda/cuda_backend.cu SharedHandle): 88 bytes.
+    sharedActivation: {
+      handle: Buffer.alloc(88),
+      dtype: 'DTYPE_FLOAT32',
+      shape: [64, config.hiddenSize],
+      rows: batch,
+    },
+  };
   const now: workerV1.StageResult = {
     stepId: 123456,
     output: { seqs: seqs.map((s, i) => ({ seqId: s.seqId, sampled: encodeSampled({ id: 29000 + i }) })) },
@@ -64,6 +76,7 @@ export function wireBytes(
     batch,
     stepBytes: size(Stage.requestSerialize(step)),
     handOffBytes: size(Stage.requestSerialize(handOff)),
+    sharedHandOffBytes: size(Stage.requestSerialize(shared)),
     resultBytes: size(Stage.responseSerialize(now)),
     resultBytesBefore: size(Stage.responseSerialize(before)),
     hostCollectiveBytesPerRank: tp > 1 ? layersPerStage * 2 * 2 * batch * config.hiddenSize * 4 : 0,

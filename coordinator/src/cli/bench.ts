@@ -295,12 +295,12 @@ async function benchWire(argv: string[]): Promise<void> {
     `bytes on gRPC per decode step: ${flags.synthetic}, tp=${tp} x pp=${pp}, ${context}-token contexts, greedy`,
   );
   console.log(
-    'batch  step (x tp)  hand-off (x tp, per boundary)  result now  result before  host all-reduces per rank',
+    'batch  step (x tp)  hand-off as bytes (x tp, per boundary)  on the device  result now  result before  host all-reduces per rank',
   );
   for (const b of (flags.batch as string).split(',').map((x) => intFlag(x, 'batch'))) {
     const r = wireBytes(config, b, context, Math.ceil(config.numLayers / pp), tp);
     console.log(
-      `${String(b).padStart(5)}  ${kb(r.stepBytes).padStart(11)}  ${kb(r.handOffBytes).padStart(29)}  ${kb(r.resultBytes).padStart(10)}  ${kb(r.resultBytesBefore).padStart(13)}  ${kb(r.hostCollectiveBytesPerRank).padStart(25)}`,
+      `${String(b).padStart(5)}  ${kb(r.stepBytes).padStart(11)}  ${kb(r.handOffBytes).padStart(38)}  ${kb(r.sharedHandOffBytes).padStart(13)}  ${kb(r.resultBytes).padStart(10)}  ${kb(r.resultBytesBefore).padStart(13)}  ${kb(r.hostCollectiveBytesPerRank).padStart(25)}`,
     );
   }
 }

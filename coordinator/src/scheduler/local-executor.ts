@@ -3,13 +3,7 @@
 
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
 import type { KvCacheSpec } from '@medcluster/proto';
-import {
-  finishRunnerStep,
-  type SeqStep,
-  ShardRunner,
-  type StepOutput,
-  type WeightSource,
-} from '@medcluster/worker';
+import { type SeqStep, ShardRunner, type StepOutput, type WeightSource } from '@medcluster/worker';
 import type { StepExecutor } from './executor.js';
 
 export type LocalExecutorOptions = WeightSource & {
@@ -58,7 +52,7 @@ export class LocalExecutor implements StepExecutor {
   }
 
   async execute(seqs: SeqStep[]): Promise<StepOutput> {
-    return finishRunnerStep(seqs, await this.runner.step(seqs), this.vocabRows);
+    return (await this.runner.step(seqs)).output as StepOutput;
   }
 
   async close(): Promise<void> {

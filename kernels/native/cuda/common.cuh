@@ -69,12 +69,15 @@ void blasGemm(const Blas& b, const __half* x, const __half* w, bool wKN, void* o
 
 inline int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Launchers implemented in awq_linear.cu, linear.cu and attention.cu.
+// Launchers implemented in awq_linear.cu, linear.cu, attention.cu and sample.cu.
 void launchAwqLinear(const Ctx& c, const View& x, const AwqWeights& w, const View& out);
 void launchLinear(const Ctx& c, const View& x, const View& w, const View& out);
 void launchAttention(const Ctx& c, const View& q, const View& kCache, const View& vCache,
                      const View& blockTables, const View& tokenSeq, const View& positions,
                      const AttentionShape& shape, const View& out);
+// Device.sample (sample.cu): row specs, scores and sort buffers live in `scratch`.
+void launchSample(cudaStream_t s, Scratch& scratch, const View& logits, const SampleBatch& batch, const View& ids,
+                  const View& logprobs);
 
 }  // namespace cuda
 }  // namespace medcluster

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <mutex>
 
 #include "common.cuh"
@@ -217,27 +218,74 @@ struct StreamHandle {  // shared by the backend and its live buffers
   // invalidate it, as the memory was not allocated there): frees wait until endCapture.
   std::mutex mu;
   bool capturing = false;
-  std::vector<void*> deferredFrees;
+  std::vector<std::function<void()>> deferredFrees;
+
+  // Runs free now, on this stream's device, or after the capture under way ends.
+  void release(std::function<void()> free) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (capturing) {
+        deferredFrees.push_back(std::move(free));
+        return;
+      }
+    }
+    int prev = -1;
+    cudaGetDevice(&prev);
+    if (prev != ordinal) cudaSetDevice(ordinal);
+    free();  // errors here cannot be reported (destructors)
+    if (prev != ordinal && prev >= 0) cudaSetDevice(prev);
+  }
 };
 
 struct CudaBuffer : Buffer {
   std::shared_ptr<StreamHandle> sh;
   ~CudaBuffer() override {
     if (!data) return;
-    {
-      std::lock_guard<std::mutex> lock(sh->mu);
-      if (sh->capturing) {
-        sh->deferredFrees.push_back(data);
-        return;
-      }
-    }
-    int prev = -1;
-    cudaGetDevice(&prev);
-    if (prev != sh->ordinal) cudaSetDevice(sh->ordinal);
-    cudaFreeAsync(data, sh->stream);  // errors here cannot be reported (destructor)
-    if (prev != sh->ordinal && prev >= 0) cudaSetDevice(prev);
+    void* p = data;
+    cudaStream_t stream = sh->stream;
+    sh->release([p, stream] { cudaFreeAsync(p, stream); });
   }
 };
+
+// Device memory that other processes of the host can map: cudaMalloc'd, since memory from the
+// stream-ordered pool has no IPC handle. A peer maps it with openShared.
+struct SharedBuffer : Buffer {
+  std::shared_ptr<StreamHandle> sh;
+  ~SharedBuffer() override {
+    if (!data) return;
+    void* p = data;
+    cudaStream_t stream = sh->stream;
+    // Queued work may still use it: the stream drains first.
+    sh->release([p, stream] {
+      cudaStreamSynchronize(stream);
+      cudaFree(p);
+    });
+  }
+};
+
+// Another process's SharedBuffer, mapped into this one.
+struct OpenedBuffer : Buffer {
+  std::shared_ptr<StreamHandle> sh;
+  ~OpenedBuffer() override {
+    if (!data) return;
+    void* p = data;
+    cudaStream_t stream = sh->stream;
+    sh->release([p, stream] {
+      cudaStreamSynchronize(stream);
+      cudaIpcCloseMemHandle(p);
+    });
+  }
+};
+
+// What a shared buffer's handle carries: the CUDA IPC handle and the facts a peer checks.
+struct SharedHandle {
+  char magic[8];
+  uint32_t pid;
+  int32_t ordinal;
+  uint64_t bytes;
+  cudaIpcMemHandle_t ipc;
+};
+constexpr char kSharedMagic[8] = {'m', 'c', 's', 'h', 'a', 'r', 'e', '1'};
 
 constexpr size_t kStagingBytes = 8u << 20;  // per pinned staging buffer of readFileRegion
 
@@ -278,6 +326,7 @@ class CudaBackend final : public Backend {
     scratch_.release(sh_->stream);
     scratch2_.release(sh_->stream);
     scratch3_.release(sh_->stream);
+    sampleScratch_.release(sh_->stream);
     if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
     cudaStreamSynchronize(sh_->stream);
     if (tickets_) cudaFree(tickets_);
@@ -446,6 +495,54 @@ class CudaBackend final : public Backend {
                               static_cast<const char*>(src.data) + srcCol0 * es, src.dim(1) * es, cols * es, R,
                               cudaMemcpyDeviceToDevice, s()));
   }
+  std::shared_ptr<Buffer> allocShared(size_t bytes, std::vector<uint8_t>* handle) override {
+    auto b = std::make_shared<SharedBuffer>();
+    b->sh = sh_;
+    b->bytes = bytes;
+    MC_CUDA(cudaMalloc(&b->data, bytes ? bytes : 1));
+    MC_CUDA(cudaMemsetAsync(b->data, 0, bytes, s()));
+    SharedHandle h{};
+    std::memcpy(h.magic, kSharedMagic, sizeof(kSharedMagic));
+    h.pid = (uint32_t)getpid();
+    h.ordinal = sh_->ordinal;
+    h.bytes = bytes;
+    MC_CUDA(cudaIpcGetMemHandle(&h.ipc, b->data));
+    handle->resize(sizeof(h));
+    std::memcpy(handle->data(), &h, sizeof(h));
+    return b;
+  }
+  std::shared_ptr<Buffer> openShared(const std::vector<uint8_t>& handle, size_t bytes) override {
+    SharedHandle h{};
+    if (handle.size() != sizeof(h) || std::memcmp(handle.data(), kSharedMagic, sizeof(kSharedMagic)) != 0)
+      throw BackendError("openShared: the handle is not a shared tensor's (" + std::to_string(handle.size()) +
+                         " bytes)");
+    std::memcpy(&h, handle.data(), sizeof(h));
+    if (h.bytes < bytes)
+      throw BackendError("openShared: the shared buffer holds " + std::to_string(h.bytes) + " bytes, " +
+                         std::to_string(bytes) + " asked for");
+    if (h.pid == (uint32_t)getpid())
+      throw BackendError("openShared: the buffer belongs to this process (CUDA IPC maps other processes' memory)");
+    auto b = std::make_shared<OpenedBuffer>();
+    b->sh = sh_;
+    b->bytes = bytes;
+    cudaError_t e = cudaIpcOpenMemHandle(&b->data, h.ipc, cudaIpcMemLazyEnablePeerAccess);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      b->data = nullptr;
+      throw BackendError("openShared: cannot map the buffer of process " + std::to_string(h.pid) + " on cuda:" +
+                         std::to_string(h.ordinal) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+                         ")");
+    }
+    return b;
+  }
+  // cudaMemcpyDefault: either side may be another GPU's memory, mapped (unified addressing).
+  void copyRows(const View& src, const View& dst, int64_t rows) override {
+    const size_t bytes = (size_t)rows * src.dim(1) * dtypeSize(src.dtype);
+    if (bytes) MC_CUDA(cudaMemcpyAsync(dst.data, src.data, bytes, cudaMemcpyDefault, s()));
+  }
+  void sample(const View& logits, const SampleBatch& batch, const View& ids, const View& logprobs) override {
+    launchSample(s(), sampleScratch_, logits, batch, ids, logprobs);
+  }
   void argmax(const View& x, const View& out) override {
     int64_t V = x.dim(-1), T = x.numel() / V;
     if (!T) return;
@@ -486,13 +583,13 @@ class CudaBackend final : public Backend {
   int64_t endCapture() override {
     cudaGraph_t g = nullptr;
     cudaError_t e = cudaStreamEndCapture(s(), &g);
-    std::vector<void*> deferred;
+    std::vector<std::function<void()>> deferred;
     {
       std::lock_guard<std::mutex> lock(sh_->mu);
       sh_->capturing = false;
       deferred.swap(sh_->deferredFrees);
     }
-    for (void* p : deferred) cudaFreeAsync(p, s());
+    for (auto& free : deferred) free();
     if (e != cudaSuccess) {
       if (g) cudaGraphDestroy(g);
       cudaGetLastError();
@@ -549,6 +646,7 @@ class CudaBackend final : public Backend {
   int numSMs_ = 0;
   std::shared_ptr<StreamHandle> sh_;
   Scratch scratch_, scratch2_, scratch3_;
+  Scratch sampleScratch_;  // Device.sample's scores, sort buffers and row specs
   Blas blas_;
   void* blasWorkspace_ = nullptr;
   unsigned int* tickets_ = nullptr;  // split-K counters of this backend's stream (Ctx::tickets)

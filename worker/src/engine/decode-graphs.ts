@@ -14,6 +14,7 @@
 
 import type { Device, Graph, Tensor } from '@medcluster/kernels';
 import type { StepInputs } from './step-inputs.js';
+import type { StageInput } from './types.js';
 
 /** The device tensors a step reads; a graph bucket owns one set and overwrites it per step. */
 export interface StepTensors {
@@ -82,74 +83,57 @@ export class DecodeGraphs {
   }
 
   /**
-   * Runs a decode step (fits() must hold) and returns its output rows for the real
-   * sequences: [n, cols] flattened.
+   * Runs a decode step (fits() must hold) and hands its output tensor to `use`: [B, cols] with
+   * the step's rows first and the bucket's padding rows after them (logits on the last stage,
+   * hidden states elsewhere). The tensor is the bucket's: valid until `use` settles.
    */
-  async run(inputs: StepInputs, hidden?: Float32Array): Promise<Float32Array> {
-    return (await this.step(inputs, hidden, (t) => t.read())) as Float32Array;
-  }
-
-  /** Like run on the last stage, but each output row (logits) comes back as its argmax: the
-   * reduction runs on the device after the replay, and only the ids are read. */
-  async runArgmax(inputs: StepInputs, hidden?: Float32Array): Promise<Int32Array> {
-    const { device } = this.options;
-    return (await this.step(inputs, hidden, async (t) => {
-      const ids = device.argmax(t);
-      try {
-        return await ids.read();
-      } finally {
-        ids.dispose();
-      }
-    })) as Int32Array;
-  }
-
-  private async step(
+  async run<X>(
     inputs: StepInputs,
-    hidden: Float32Array | undefined,
-    read: (t: Tensor) => Promise<Float32Array | Int32Array>,
-  ): Promise<Float32Array | Int32Array> {
+    hidden: StageInput | undefined,
+    use: (t: Tensor) => Promise<X>,
+  ): Promise<X> {
+    return this.step(inputs, hidden, use);
+  }
+
+  private async step<X>(
+    inputs: StepInputs,
+    hidden: StageInput | undefined,
+    use: (t: Tensor) => Promise<X>,
+  ): Promise<X> {
     const n = inputs.numTokens;
     const batch = bucketFor(BATCH_BUCKETS, n) as number;
     const width = this.widthFor(inputs.maxBlocks) as number;
     const bucket = this.bucket(batch, width);
     this.writeInputs(bucket, inputs, hidden);
-    let out: Float32Array | Int32Array;
     if (bucket.graph) {
       bucket.graph.replay();
       this.replays++;
-      out = await read(bucket.graph.outputs);
-    } else if (bucket.broken) {
-      out = await this.eager(bucket, read);
-    } else {
-      out = await this.warmupAndCapture(bucket, read);
+      return use(bucket.graph.outputs);
     }
-    return out.subarray(0, (out.length / batch) * n);
+    if (bucket.broken) return this.eager(bucket, use);
+    return this.warmupAndCapture(bucket, use);
   }
 
-  /** A step's output tensor, read; disposed unless it is one of the bucket's own inputs (a
+  /** A step's output tensor, used; disposed unless it is one of the bucket's own inputs (a
    * middle stage's output is its hidden-state input, updated in place). */
-  private async readOutput(
-    bucket: Bucket,
-    t: Tensor,
-    read: (t: Tensor) => Promise<Float32Array | Int32Array>,
-  ): Promise<Float32Array | Int32Array> {
+  private async useOutput<X>(bucket: Bucket, t: Tensor, use: (t: Tensor) => Promise<X>): Promise<X> {
     try {
-      return await read(t);
+      return await use(t);
     } finally {
       if (t !== bucket.tensors.hidden) t.dispose();
     }
   }
 
   /** The bucket's padded step, op by op (a bucket whose capture failed, padBrokenBuckets). */
-  private eager(bucket: Bucket, read: (t: Tensor) => Promise<Float32Array | Int32Array>) {
-    return this.readOutput(bucket, this.options.forward(bucket.tensors), read);
+  private eager<X>(bucket: Bucket, use: (t: Tensor) => Promise<X>): Promise<X> {
+    return this.useOutput(bucket, this.options.forward(bucket.tensors), use);
   }
 
-  private async warmupAndCapture(bucket: Bucket, read: (t: Tensor) => Promise<Float32Array | Int32Array>) {
+  private async warmupAndCapture<X>(bucket: Bucket, use: (t: Tensor) => Promise<X>): Promise<X> {
     const { device, forward } = this.options;
     // One memory pool for all buckets: their graphs never run at the same time.
     const builder = device.buildGraph(() => forward(bucket.tensors), { sharePoolWith: this.poolOwner });
-    const out = await this.readOutput(bucket, builder.warmup(), read);
+    const out = await this.useOutput(bucket, builder.warmup(), use);
     try {
       bucket.graph = builder.capture();
       await device.sync();
@@ -196,7 +180,7 @@ export class DecodeGraphs {
   }
 
   /** Copies the step's inputs into the bucket's tensors, padding rows past the real batch. */
-  private writeInputs(bucket: Bucket, inputs: StepInputs, hidden?: Float32Array): void {
+  private writeInputs(bucket: Bucket, inputs: StepInputs, hidden?: StageInput): void {
     const { device, blockSize, padBlock, hiddenSize } = this.options;
     const { batch, width, tensors } = bucket;
     const n = inputs.numTokens;
@@ -216,10 +200,14 @@ export class DecodeGraphs {
       ids.set(inputs.tokens);
       device.write(tensors.ids, ids);
     }
-    if (tensors.hidden) {
+    if (tensors.hidden && hidden instanceof Float32Array) {
       const h = new Float32Array(batch * hiddenSize);
-      if (hidden) h.set(hidden);
+      h.set(hidden);
       device.write(tensors.hidden, h);
+    } else if (tensors.hidden && hidden && !(hidden instanceof Float32Array)) {
+      // On the device: the padding rows keep an earlier step's (finite) values; their outputs
+      // are never read and their K/V go to the padding block.
+      device.copyRows(tensors.hidden, hidden.tensor, n);
     }
   }
 

@@ -9,7 +9,7 @@
 import type { Device, Tensor } from '@medcluster/kernels';
 import type { KvCacheSpec } from '@medcluster/proto';
 import type { Checkpoint, LlamaConfig } from '../checkpoint/types.js';
-import { onlyArgmax } from '../sampling/sample-step.js';
+import { finishOnDevice } from '../sampling/device-sample.js';
 import { DecodeGraphs, type StepTensors } from './decode-graphs.js';
 import { KvCache } from './kv-cache.js';
 import { kvBlocksFromMemory } from './kv-sizing.js';
@@ -23,7 +23,7 @@ import {
 import { buildStepInputs, type StepInputs } from './step-inputs.js';
 import { syntheticShardWeights } from './synthetic-weights.js';
 import { vocabShard } from './tp-slice.js';
-import type { Collective, SeqStep, ShardSpec } from './types.js';
+import type { Collective, SeqStep, ShardSpec, StageInput, StepOutput } from './types.js';
 
 /** Where a shard's weights come from: a checkpoint, or random values of a config's shapes. */
 export type WeightSource = { checkpoint: Checkpoint } | { synthetic: { config: LlamaConfig; seed: number } };
@@ -41,13 +41,11 @@ export type ShardRunnerOptions = WeightSource & {
 };
 
 export interface StepResult {
-  /** Hidden states [T, hidden] f32, for the next stage (non-last stages). */
+  /** Hidden states [T, hidden] f32, for the next stage (non-last stages, unless written `into`). */
   hidden?: Float32Array;
-  /** Logits [rows, vocabRows] f32 of the rows that wanted them (last stage). */
-  logits?: Float32Array;
-  /** Instead of logits when every row was a plain argmax sample (onlyArgmax): one id per row,
-   * reduced on the device, so the logits never leave it. */
-  argmax?: Int32Array;
+  /** The last stage's answer, sampled where the logits are (see finishOnDevice): the tokens,
+   * and the logit rows of the sequences that return them. */
+  output?: StepOutput;
 }
 
 function configOf(source: WeightSource): LlamaConfig {
@@ -175,34 +173,69 @@ export class ShardRunner {
    * shard embeds. Every rank of a tensor-parallel stage must run the same steps in the same
    * order, one step at a time.
    */
-  async step(seqs: readonly SeqStep[], hidden?: Float32Array): Promise<StepResult> {
+  async step(seqs: readonly SeqStep[], hidden?: StageInput, into?: Tensor): Promise<StepResult> {
     const { config, spec } = this;
     const inputs = buildStepInputs(seqs, this.blockSize, this.numBlocks);
     const T = inputs.numTokens;
+    const H = config.hiddenSize;
     if (spec.embeds) {
       for (const id of inputs.tokens) {
         if (id < 0 || id >= config.vocabRows) {
           throw new RangeError(`token id ${id} is outside the model's ${config.vocabRows} embedding rows`);
         }
       }
-    } else if (!hidden || hidden.length !== T * config.hiddenSize) {
+    } else if (
+      hidden instanceof Float32Array
+        ? hidden.length !== T * H
+        : hidden?.rows !== T || hidden.tensor.shape[1] !== H
+    ) {
+      const got =
+        hidden instanceof Float32Array
+          ? `${hidden.length} floats`
+          : hidden
+            ? `${hidden.rows} device rows`
+            : 'none';
+      throw new RangeError(`stage expects hidden states of ${T} x ${H} floats, got ${got}`);
+    }
+    if (into && (spec.computesLogits || into.shape[0] < T || into.shape[1] !== H)) {
       throw new RangeError(
-        `stage expects hidden states of ${T} x ${config.hiddenSize} floats, got ${hidden?.length ?? 'none'}`,
+        `a step's hidden states need [>= ${T}, ${H}] to be written into, got [${into.shape}]`,
       );
     }
+    // A middle stage's output: into the caller's tensor (a shared buffer the next stage copies
+    // from; the wait makes it complete before the next stage hears of it), or read to the host.
+    const handOn = async (t: Tensor): Promise<StepResult> => {
+      if (!into) return { hidden: ((await t.read()) as Float32Array).subarray(0, T * H) };
+      this.device.copyRows(into, t, T);
+      await this.device.sync();
+      return {};
+    };
     const decodeStep = seqs.every((s) => s.numTokens === 1 && (s.logitRows === 1 || !spec.computesLogits));
-    const argmax = spec.computesLogits && onlyArgmax(seqs);
     if (this.graphs?.fits(inputs, decodeStep)) {
-      if (argmax) return { argmax: await this.graphs.runArgmax(inputs, hidden) };
-      const out = await this.graphs.run(inputs, hidden);
-      return spec.computesLogits ? { logits: out } : { hidden: out };
+      if (spec.computesLogits)
+        return { output: await this.graphs.run(inputs, hidden, (t) => finishOnDevice(this.device, t, seqs)) };
+      return this.graphs.run(inputs, hidden, handOn);
     }
-    return this.eagerStep(inputs, hidden, argmax);
+    return this.eagerStep(seqs, inputs, hidden, handOn);
+  }
+
+  /** The previous stage's hidden states as a new [T, hidden] tensor (the layers update it in place). */
+  private inputTensor(hidden: StageInput, T: number): Tensor {
+    const { device } = this;
+    if (hidden instanceof Float32Array) return device.fromArray(hidden, [T, this.config.hiddenSize], 'f32');
+    const t = device.zeros([T, this.config.hiddenSize], 'f32');
+    device.copyRows(t, hidden.tensor, T);
+    return t;
   }
 
   /** Queues the step op by op (any step shape, and every tensor-parallel step). */
-  private async eagerStep(inputs: StepInputs, hidden?: Float32Array, argmax = false): Promise<StepResult> {
-    const { config, device, spec } = this;
+  private async eagerStep(
+    seqs: readonly SeqStep[],
+    inputs: StepInputs,
+    hidden: StageInput | undefined,
+    handOn: (x: Tensor) => Promise<StepResult>,
+  ): Promise<StepResult> {
+    const { device, spec } = this;
     const T = inputs.numTokens;
     const owned: Tensor[] = [];
     const keep = <X extends Tensor>(t: X): X => {
@@ -222,16 +255,14 @@ export class ShardRunner {
           ),
         ),
         ids: spec.embeds ? keep(device.fromArray(inputs.tokens, [T], 'i32')) : undefined,
-        hidden: spec.embeds
-          ? undefined
-          : keep(device.fromArray(hidden as Float32Array, [T, config.hiddenSize], 'f32')),
+        hidden: spec.embeds ? undefined : keep(this.inputTensor(hidden as StageInput, T)),
       };
       const layers = this.layers(tensors, keep);
       let next = layers.next();
       while (!next.done) next = layers.next(await this.allReduce(next.value));
       const x = next.value;
-      if (!spec.computesLogits) return { hidden: (await x.read()) as Float32Array };
-      if (inputs.logitRows.length === 0) return { logits: new Float32Array(0) };
+      if (!spec.computesLogits) return await handOn(x);
+      if (inputs.logitRows.length === 0) return { output: await finishOnDevice(device, undefined, seqs) };
       const rows =
         inputs.logitRows.length === T
           ? undefined
@@ -239,8 +270,7 @@ export class ShardRunner {
       const local = keep(this.head(x, keep, rows));
       const logits =
         this.spec.tpSize > 1 ? keep(await this.collectiveOf().allGatherCols(local, this.vocabWidths)) : local;
-      if (argmax) return { argmax: (await keep(device.argmax(logits)).read()) as Int32Array };
-      return { logits: (await logits.read()) as Float32Array };
+      return { output: await finishOnDevice(device, logits, seqs) };
     } finally {
       for (const t of owned) t.dispose();
     }

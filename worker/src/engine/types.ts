@@ -51,6 +51,10 @@ export interface StepOutput {
   sampled: SampledToken[];
 }
 
+/** The previous stage's hidden states [T, hidden] f32: host floats, or the leading T rows of a
+ * device tensor (another process's shared buffer, mapped). */
+export type StageInput = Float32Array | { tensor: Tensor; rows: number };
+
 /** Whether a sequence's logit rows come back from the step (see SeqStep.sample). */
 export function returnsLogits(s: SeqStep): boolean {
   return s.logitRows > 0 && (!s.sample || s.logitRows > 1);

@@ -129,6 +129,26 @@ export class StageLink {
     return written.then(({ result }) => result);
   }
 
+  /** The worker's GetStatus (which host and process it is, its device, its state). */
+  status(timeoutMs = 5_000): Promise<workerV1.WorkerStatus__Output> {
+    const client = this.client as unknown as {
+      GetStatus(
+        request: workerV1.GetStatusRequest,
+        options: grpc.CallOptions,
+        callback: (err: grpc.ServiceError | null, status?: workerV1.WorkerStatus__Output) => void,
+      ): void;
+    };
+    return new Promise((resolve, reject) =>
+      client.GetStatus({}, { deadline: Date.now() + timeoutMs }, (err, status) =>
+        err || !status
+          ? reject(
+              new StageLinkError(`stage ${this.address}: GetStatus failed: ${err?.message}`, { cause: err }),
+            )
+          : resolve(status),
+      ),
+    );
+  }
+
   /** The current stream, or a new one once the channel is connected again. */
   private openStream(): Promise<Stream> {
     if (this.stream && !this.stream.broken) return Promise.resolve(this.stream);

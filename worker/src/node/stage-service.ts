@@ -8,9 +8,9 @@
 import * as grpc from '@grpc/grpc-js';
 import { loadWorkerProto, type workerV1 } from '@medcluster/proto';
 import { CollectiveError } from '../collective/collective-error.js';
-import { returnsLogits } from '../engine/types.js';
-import { finishRunnerStep } from '../sampling/sample-step.js';
+import { returnsLogits, type SeqStep, type StageInput, type StepOutput } from '../engine/types.js';
 import { decodeActivation, encodeActivation } from './activation.js';
+import type { LentBuffer } from './hand-off.js';
 import { StageLinkError } from './stage-link.js';
 import { decodeSeqStep, encodeSampled } from './step-codec.js';
 import { type CollectiveOpener, type WorkerNode, WorkerStateError } from './worker-node.js';
@@ -63,12 +63,58 @@ async function runStage(
   }
   const started = performance.now();
   if (message.activation) node.metrics?.activation('received', message.activation.data.length);
-  const hidden = message.activation ? decodeActivation(message.activation) : undefined;
   const seqs = step.seqs.map((s) => decodeSeqStep(s, spec.embeds));
+  // Nothing is awaited before the step is queued (node.runStep), so steps run in arrival order;
+  // the queued step awaits its inputs. Handed off on the device, the step writes its hidden
+  // states into a buffer lent to it until the next stage's result is back.
+  const hidden = settled(stageInput(node, message));
+  const rows = seqs.reduce((n, s) => n + s.numTokens, 0);
+  const lent = node.outbox && !spec.computesLogits ? settled(node.outbox.lend(rows)) : undefined;
+  try {
+    return await runAndHandOn(node, step, seqs, hidden, lent, started);
+  } finally {
+    (await lent?.catch(() => undefined))?.release();
+  }
+}
+
+/** A promise awaited later, by the queued step: marked handled now (its rejection fails that step). */
+function settled<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => undefined);
+  return p;
+}
+
+/** The previous stage's hidden states: bytes from the stream, or its shared buffer mapped. */
+async function stageInput(
+  node: WorkerNode,
+  message: workerV1.StageMessage__Output,
+): Promise<StageInput | undefined> {
+  if (message.activation) return decodeActivation(message.activation);
+  if (!message.sharedActivation) return undefined;
+  if (!node.inbox) {
+    throw new RangeError(
+      `worker ${node.options.workerId} (${node.options.device}) cannot map another process's device memory`,
+    );
+  }
+  return node.inbox.open(message.sharedActivation);
+}
+
+async function runAndHandOn(
+  node: WorkerNode,
+  step: workerV1.StepDescriptor__Output,
+  seqs: SeqStep[],
+  hidden: Promise<StageInput | undefined>,
+  lent: Promise<LentBuffer> | undefined,
+  started: number,
+): Promise<workerV1.StageResult> {
+  const spec = node.spec as NonNullable<WorkerNode['spec']>;
   const log = node.options.log;
   let result: Awaited<ReturnType<WorkerNode['runStep']>>;
   try {
-    result = await node.runStep(seqs, hidden);
+    result = await node.runStep(
+      seqs,
+      hidden,
+      lent?.then((b) => b.tensor),
+    );
   } catch (err) {
     // One line per request: a line never names two requests.
     for (const s of seqs) {
@@ -99,11 +145,12 @@ async function runStage(
     }
   }
   if (spec.computesLogits) {
-    // Every rank of the last stage holds the gathered logits; rank 0 alone samples and answers,
-    // with tokens where the step asked for them and logit rows only where it needs the rows.
+    // Every rank of the last stage holds the gathered logits and draws the same tokens; rank 0
+    // alone answers, with tokens where the step asked for them and logit rows only where it
+    // needs the rows.
     if (spec.tpRank !== 0) return { stepId: step.stepId, output: { seqs: [] }, computeMs };
     const vocab = node.vocabRows as number;
-    const { logits, sampled } = finishRunnerStep(seqs, result, vocab);
+    const { logits, sampled } = result.output as StepOutput;
     const outputs: workerV1.SeqOutput[] = [];
     let row = 0;
     let next = 0;
@@ -122,10 +169,17 @@ async function runStage(
   const downstream = node.downstream;
   if (!downstream) throw new Error(`worker ${node.options.workerId} has no link to the next stage`);
   const rows = seqs.reduce((n, s) => n + s.numTokens, 0);
-  const activation = encodeActivation(result.hidden as Float32Array, rows);
-  node.metrics?.activation('sent', (activation.data as Buffer).length);
+  let forward: workerV1.StageMessage;
+  if (lent) forward = { step, sharedActivation: (await lent).describe(rows) };
+  else {
+    const activation = encodeActivation(result.hidden as Float32Array, rows);
+    const bytes = (activation.data as Buffer).length;
+    node.metrics?.activation('sent', bytes);
+    node.activationGrpcBytes += bytes;
+    forward = { step, activation };
+  }
   const sent = performance.now();
-  const relayed = await downstream.send({ step, activation }, node.assignment?.deadlines?.stepMs);
+  const relayed = await downstream.send(forward, node.assignment?.deadlines?.stepMs);
   // The hand-off's own cost: the round trip less what the stages downstream computed.
   node.metrics?.transfer((performance.now() - sent - relayed.computeMs) / 1000);
   return { ...relayed, computeMs: relayed.computeMs + computeMs };
@@ -200,6 +254,10 @@ export function workerServiceHandlers(
         graphReplays: node.graphReplays,
         assignmentId: a?.assignmentId ?? '',
         collectiveGroup: node.collectiveGroup ?? '',
+        hostProcess: node.hostProcess,
+        deviceKind: node.options.device,
+        handOff: node.handOff ?? '',
+        activationGrpcBytes: node.activationGrpcBytes,
       });
     },
   };

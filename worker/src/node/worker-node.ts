@@ -5,12 +5,13 @@
 // the weights; a new assignment replaces the one held.
 
 import type * as grpc from '@grpc/grpc-js';
-import { createDevice, type Device, type DeviceKind, isDeviceFault } from '@medcluster/kernels';
+import { createDevice, type Device, type DeviceKind, isDeviceFault, type Tensor } from '@medcluster/kernels';
 import type { Assignment } from '@medcluster/proto';
 import { openCheckpoint, presetConfig } from '../checkpoint/index.js';
 import { ShardRunner, type StepResult } from '../engine/shard-runner.js';
-import type { Collective, CollectiveTransport, SeqStep, ShardSpec } from '../engine/types.js';
+import type { Collective, CollectiveTransport, SeqStep, ShardSpec, StageInput } from '../engine/types.js';
 import { type Failpoints, injectedDeviceLoss } from './failpoints.js';
+import { chooseHandOff, type HandOff, hostProcess, SharedInbox, SharedOutbox } from './hand-off.js';
 import type { Logger } from './log.js';
 import { StageLink } from './stage-link.js';
 import type { WorkerMetrics } from './worker-metrics.js';
@@ -71,6 +72,16 @@ export class WorkerNode {
   stepsCompleted = 0;
   /** Link to the same rank of the next stage (absent on the last stage). */
   downstream?: StageLink;
+  /** How hidden states go to the next stage (see hand-off.ts); absent on the last stage. */
+  handOff?: HandOff;
+  /** The shared buffers lent to steps handed off on the device ('shared'). */
+  outbox?: SharedOutbox;
+  /** The previous stage's shared buffers, mapped (CUDA workers). */
+  inbox?: SharedInbox;
+  /** Hidden-state bytes sent on the stream to the next stage since the shard loaded. */
+  activationGrpcBytes = 0;
+  /** This worker's host and process, for the previous stage's hand-off choice. */
+  readonly hostProcess = hostProcess();
   private device?: Device;
   private runner?: ShardRunner;
   private collective?: Collective;
@@ -186,7 +197,18 @@ export class WorkerNode {
       this.runner = runner;
       if (assignment.downstream) {
         this.downstream = await StageLink.connect(assignment.downstream, undefined, this.options.credentials);
+        const next = await this.downstream.status();
+        this.handOff = chooseHandOff(
+          { hostProcess: this.hostProcess, deviceKind: this.options.device },
+          next,
+          process.env.MEDCLUSTER_HAND_OFF,
+        );
+        if (this.handOff === 'shared') this.outbox = new SharedOutbox(this.device, runner.config.hiddenSize);
+        this.options.log?.info(`hands hidden states to ${assignment.downstream} as ${this.handOff}`);
       }
+      if (!assignment.shard.embeds && this.options.device === 'cuda')
+        this.inbox = new SharedInbox(this.device);
+      this.activationGrpcBytes = 0;
       this.state = 'ready';
       this.metrics?.idle(performance.now() / 1000);
       return { kvBlocks: runner.numBlocks };
@@ -254,8 +276,14 @@ export class WorkerNode {
     });
   }
 
-  /** Queues one step; steps run in the order they were queued. */
-  runStep(seqs: SeqStep[], hidden?: Float32Array): Promise<StepResult> {
+  /** Queues one step; steps run in the order they were queued. `hidden` and `into` (the step's
+   * input, and where a middle stage writes its output on the device) may still be coming: the
+   * queued step awaits them. */
+  runStep(
+    seqs: SeqStep[],
+    hidden?: StageInput | Promise<StageInput | undefined>,
+    into?: Tensor | Promise<Tensor>,
+  ): Promise<StepResult> {
     const run = async () => {
       const runner = this.runner;
       if (this.state !== 'ready' || !runner) {
@@ -267,7 +295,7 @@ export class WorkerNode {
       try {
         const lostAfter = this.options.failpoints?.deviceLostAfterSteps;
         if (lostAfter !== undefined && this.stepsCompleted >= lostAfter) throw injectedDeviceLoss('step');
-        const result = await runner.step(seqs, hidden);
+        const result = await runner.step(seqs, await hidden, await into);
         this.stepsCompleted++;
         ok = true;
         return result;
@@ -324,6 +352,11 @@ export class WorkerNode {
   private async unload(): Promise<void> {
     this.downstream?.close();
     this.downstream = undefined;
+    this.handOff = undefined;
+    this.outbox?.dispose();
+    this.outbox = undefined;
+    this.inbox?.dispose();
+    this.inbox = undefined;
     this.runner?.dispose();
     this.runner = undefined;
     await this.collective?.close();

@@ -1,8 +1,8 @@
 // The one sampler: the next token as a pure function of (a row of raw logits, the request's
 // parameters, the tokens the sequence generated so far, a key). Nothing else goes in, so a
 // seeded request gives the same tokens whatever it is batched with, preemption and recompute
-// change nothing, and it runs wherever the logits are: on the pipeline's last stage, which then
-// sends back token ids instead of logit rows, or in the process that holds the whole model.
+// change nothing. Workers run it where the logits are, through Device.sample (device-sample.ts),
+// which follows this order of operations on the device; this is its reference.
 //
 // Order of operations (as vLLM and transformers apply them):
 //   1. penalties on the generated tokens: repetition (divide positive logits, multiply negative
@@ -60,20 +60,6 @@ export interface GeneratedHistory {
   count: number;
   /** Their ids in order; may be empty when no penalty is set (min_tokens needs the count only). */
   ids: readonly number[];
-}
-
-/**
- * Whether sampling with `params` after `generated` is the plain argmax of the raw logits (greedy,
- * nothing that changes the scores, no logprobs), so it can run where the logits are, as one
- * argmax, without reading them.
- */
-export function isPlainArgmax(p: SamplingParams, generated: GeneratedHistory): boolean {
-  return (
-    p.temperature === 0 &&
-    p.logprobs === undefined &&
-    !penalizes(p) &&
-    !(generated.count < p.minTokens && p.stopTokenIds.length > 0)
-  );
 }
 
 /** Whether `params` penalize generated tokens, so a sampler needs their ids, not only their count. */
@@ -138,8 +124,22 @@ export function sample(
   generated: GeneratedHistory,
   key: SampleKey,
 ): SampledToken {
+  return sampleWithUniform(logits, params, generated, params.temperature === 0 ? 0 : uniformFor(key));
+}
+
+/**
+ * sample() given its draw `u` in [0, 1) instead of the key it is made from (unused at temperature
+ * 0). Device.sample takes the draw the same way, so a device can be checked against this at any
+ * draw, the edges 0 and 1 - 2^-53 included (sampler-parity.ts).
+ */
+export function sampleWithUniform(
+  logits: Float32Array,
+  params: SamplingParams,
+  generated: GeneratedHistory,
+  u: number,
+): SampledToken {
   const scores = adjustedScores(logits, params, generated);
-  const id = params.temperature === 0 ? argmax(scores) : draw(scores, params, uniformFor(key));
+  const id = params.temperature === 0 ? argmax(scores) : draw(scores, params, u);
   return params.logprobs === undefined ? { id } : { id, ...logprobsOf(logits, id, params.logprobs) };
 }
 
