@@ -46,6 +46,7 @@ import {
   type SeqStep,
   ShardRunner,
   type ShardSpec,
+  sampleRowOf,
   type TransportChoice,
 } from '@medcluster/worker';
 import { agreedPrefix, type GreedyRun, greedy, relativeError } from '../src/greedy.js';
@@ -872,6 +873,14 @@ function topMargin(v: Float32Array): number {
  * all-gather spread over the layers).
  */
 async function overheadMode(layersArg?: string): Promise<void> {
+  // Two ranks in one process share one CUDA context. With lazy module loading the first launch of
+  // a kernel waits for the context's running kernels, among them the peer's all-reduce, which
+  // spins until this rank arrives: the graph warm-up (each rank's whole step queued at once) then
+  // stalls until the collective's deadline. Worker processes have a context each and are not
+  // exposed; here every kernel is loaded at start.
+  if (process.env.CUDA_MODULE_LOADING !== 'EAGER') {
+    throw new Error('the overhead mode needs CUDA_MODULE_LOADING=EAGER (set before the process starts)');
+  }
   const layers = layersArg ? Number(layersArg) : 8;
   const config = presetConfig('llama-2-70b', { layers });
   const synthetic = { config, seed: 1 };
@@ -893,7 +902,9 @@ async function overheadMode(layersArg?: string): Promise<void> {
   try {
     const one = createDevice({ kind: 'cuda' });
     devices.push(one);
-    const tp1 = [await ShardRunner.load({ synthetic, device: one, spec: spec(0, 1), kvCache })];
+    // OVERHEAD_GRAPHS=0: eager steps (the figure without graphs).
+    const decodeGraphs = process.env.OVERHEAD_GRAPHS !== '0';
+    const tp1 = [await ShardRunner.load({ synthetic, device: one, spec: spec(0, 1), kvCache, decodeGraphs })];
     const pair = [createDevice({ kind: 'cuda' }), createDevice({ kind: 'cuda' })];
     devices.push(...pair);
     const peers = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`];
@@ -907,9 +918,31 @@ async function overheadMode(layersArg?: string): Promise<void> {
     collectives.push(...cs);
     const tp2 = await Promise.all(
       pair.map((device, rank) =>
-        ShardRunner.load({ synthetic, device, spec: spec(rank, 2), kvCache, collective: cs[rank] }),
+        ShardRunner.load({
+          synthetic,
+          device,
+          spec: spec(rank, 2),
+          kvCache,
+          collective: cs[rank],
+          decodeGraphs,
+        }),
       ),
     );
+    // OVERHEAD_SAMPLE=0: steps without sampling (every logit row read back, as the model mode does).
+    const sampled = process.env.OVERHEAD_SAMPLE !== '0';
+    // Each device's first Device.sample (its workspace, its pinned staging) before any step.
+    for (const device of [one, ...pair]) {
+      const logits = device.zeros([64, config.vocabRows], 'f32');
+      const rowsOf = Array.from({ length: 64 }, (_, r) =>
+        sampleRowOf(
+          { params: GREEDY, key: { seed: r, choice: 0, position: 1 }, generated: { count: 0, ids: [] } },
+          r,
+        ),
+      );
+      const out = device.sample(logits, rowsOf);
+      await out.ids.read();
+      for (const t of [logits, out.ids, out.logprobs]) t.dispose();
+    }
     const rows: { batch: number; tp1Ms: number; tp2Ms: number; overheadUsPerLayer: number }[] = [];
     for (const batch of batches) {
       const stepOf = (step: number): SeqStep[] =>
@@ -920,11 +953,13 @@ async function overheadMode(layersArg?: string): Promise<void> {
           tokens: [1 + ((s * 7919 + step * 31) % (config.vocabRows - 1))],
           blockTable: Array.from({ length: blocksPerSeq }, (_, b) => s * blocksPerSeq + b),
           logitRows: 1,
-          sample: {
-            params: GREEDY,
-            key: { seed: s, choice: 0, position: context + step },
-            generated: { count: step, ids: [] },
-          },
+          sample: sampled
+            ? {
+                params: GREEDY,
+                key: { seed: s, choice: 0, position: context + step },
+                generated: { count: step, ids: [] },
+              }
+            : undefined,
         }));
       const time = async (runners: ShardRunner[]): Promise<number> => {
         const replays = runners.map((r) => r.graphReplays);
@@ -935,8 +970,8 @@ async function overheadMode(layersArg?: string): Promise<void> {
           await Promise.all(runners.map((r) => r.step(stepOf(3 + step))));
         const ms = (performance.now() - t0) / steps;
         check(
-          `batch ${batch}, tp = ${runners.length}: the timed steps are graph replays`,
-          runners.every((r, i) => r.graphReplays - replays[i] >= steps),
+          `batch ${batch}, tp = ${runners.length}: the timed steps are ${decodeGraphs ? 'graph replays' : 'eager'}`,
+          runners.every((r, i) => r.graphReplays - replays[i] === (decodeGraphs ? steps + 2 : 0)),
           runners.map((r, i) => r.graphReplays - replays[i]).join(', '),
         );
         return ms;
@@ -954,7 +989,7 @@ async function overheadMode(layersArg?: string): Promise<void> {
       cs.every((c) => c.grpcBytes === 0),
       cs.map((c) => c.grpcBytes).join(', '),
     );
-    result('tp2-overhead-70b-shapes', { layers, context, rows });
+    result('tp2-overhead-70b-shapes', { layers, context, sampled, decodeGraphs, rows });
     for (const r of [...tp1, ...tp2]) r.dispose();
   } finally {
     for (const c of collectives) await c.close().catch(() => undefined);

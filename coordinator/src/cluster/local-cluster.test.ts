@@ -30,6 +30,7 @@ describe('workerEnv', () => {
       PATH: '/usr/bin',
       MEDCLUSTER_KERNELS_ADDON: '/opt/addon.node',
       MEDCLUSTER_COLLECTIVE: 'grpc',
+      MEDCLUSTER_HAND_OFF: 'bytes',
       MEDCLUSTER_CONFIG: '/etc/medcluster.json',
       MEDCLUSTER_LISTEN: '0.0.0.0:50051',
       MEDCLUSTER_TP: '2',
@@ -39,6 +40,7 @@ describe('workerEnv', () => {
       PATH: '/usr/bin',
       MEDCLUSTER_KERNELS_ADDON: '/opt/addon.node',
       MEDCLUSTER_COLLECTIVE: 'grpc',
+      MEDCLUSTER_HAND_OFF: 'bytes',
     });
   });
 });

@@ -75,9 +75,18 @@ void launchLinear(const Ctx& c, const View& x, const View& w, const View& out);
 void launchAttention(const Ctx& c, const View& q, const View& kCache, const View& vCache,
                      const View& blockTables, const View& tokenSeq, const View& positions,
                      const AttentionShape& shape, const View& out);
+// Pinned host memory that Device.sample's row specs go through, and the event of its last copy.
+struct SampleStaging {
+  void* host = nullptr;
+  size_t bytes = 0;
+  cudaEvent_t done = nullptr;
+  void reserve(size_t bytes);
+  void release();
+};
+
 // Device.sample (sample.cu): row specs, scores and sort buffers live in `scratch`.
-void launchSample(cudaStream_t s, Scratch& scratch, const View& logits, const SampleBatch& batch, const View& ids,
-                  const View& logprobs);
+void launchSample(cudaStream_t s, Scratch& scratch, SampleStaging& staging, const View& logits,
+                  const SampleBatch& batch, const View& ids, const View& logprobs);
 
 }  // namespace cuda
 }  // namespace medcluster

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -288,6 +289,7 @@ struct SharedHandle {
 constexpr char kSharedMagic[8] = {'m', 'c', 's', 'h', 'a', 'r', 'e', '1'};
 
 constexpr size_t kStagingBytes = 8u << 20;  // per pinned staging buffer of readFileRegion
+constexpr size_t kTransferBytes = 8u << 20;  // the pinned buffer of upload and download
 
 class CudaBackend final : public Backend {
  public:
@@ -318,6 +320,8 @@ class CudaBackend final : public Backend {
     MC_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
     MC_CUDA(cudaMalloc(&tickets_, kTicketSlots * sizeof(unsigned int)));
     MC_CUDA(cudaMemset(tickets_, 0, kTicketSlots * sizeof(unsigned int)));
+    sampleStaging_.reserve(1u << 20);  // Device.sample's row specs: 64 rows of ~2,000 generated ids
+    MC_CUDA(cudaHostAlloc(&transfer_, kTransferBytes, cudaHostAllocDefault));
     loadBlas();
   }
   ~CudaBackend() override {
@@ -327,9 +331,11 @@ class CudaBackend final : public Backend {
     scratch2_.release(sh_->stream);
     scratch3_.release(sh_->stream);
     sampleScratch_.release(sh_->stream);
+    sampleStaging_.release();
     if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
     cudaStreamSynchronize(sh_->stream);
     if (tickets_) cudaFree(tickets_);
+    if (transfer_) cudaFreeHost(transfer_);
     for (int i = 0; i < 2; ++i) {
       if (staging_[i]) cudaFreeHost(staging_[i]);
       if (stagingDone_[i]) cudaEventDestroy(stagingDone_[i]);
@@ -350,13 +356,25 @@ class CudaBackend final : public Backend {
     }
     return b;
   }
+  // Host copies go through a pinned buffer and a plain stream wait. A copy from or to pageable
+  // memory waits for the stream inside the driver, and a device thread blocked there can hold
+  // up the other devices of the process, such as a tensor-parallel peer this stream's
+  // all-reduce is waiting for.
   void upload(Buffer& dst, const void* host, size_t bytes) override {
-    MC_CUDA(cudaMemcpyAsync(dst.data, host, bytes, cudaMemcpyHostToDevice, s()));
-    MC_CUDA(cudaStreamSynchronize(s()));  // host memory may be reused as soon as we return
+    for (size_t at = 0; at < bytes; at += kTransferBytes) {
+      const size_t n = std::min(kTransferBytes, bytes - at);
+      std::memcpy(transfer_, static_cast<const char*>(host) + at, n);
+      MC_CUDA(cudaMemcpyAsync(static_cast<char*>(dst.data) + at, transfer_, n, cudaMemcpyHostToDevice, s()));
+      MC_CUDA(cudaStreamSynchronize(s()));  // before the pinned buffer is reused
+    }
   }
   void download(const Buffer& src, void* host, size_t bytes) override {
-    MC_CUDA(cudaMemcpyAsync(host, src.data, bytes, cudaMemcpyDeviceToHost, s()));
-    MC_CUDA(cudaStreamSynchronize(s()));
+    for (size_t at = 0; at < bytes; at += kTransferBytes) {
+      const size_t n = std::min(kTransferBytes, bytes - at);
+      MC_CUDA(cudaMemcpyAsync(transfer_, static_cast<const char*>(src.data) + at, n, cudaMemcpyDeviceToHost, s()));
+      MC_CUDA(cudaStreamSynchronize(s()));
+      std::memcpy(static_cast<char*>(host) + at, transfer_, n);
+    }
   }
 
   // pread into two pinned staging buffers in turn; each chunk goes to the device with
@@ -541,7 +559,7 @@ class CudaBackend final : public Backend {
     if (bytes) MC_CUDA(cudaMemcpyAsync(dst.data, src.data, bytes, cudaMemcpyDefault, s()));
   }
   void sample(const View& logits, const SampleBatch& batch, const View& ids, const View& logprobs) override {
-    launchSample(s(), sampleScratch_, logits, batch, ids, logprobs);
+    launchSample(s(), sampleScratch_, sampleStaging_, logits, batch, ids, logprobs);
   }
   void argmax(const View& x, const View& out) override {
     int64_t V = x.dim(-1), T = x.numel() / V;
@@ -646,11 +664,13 @@ class CudaBackend final : public Backend {
   int numSMs_ = 0;
   std::shared_ptr<StreamHandle> sh_;
   Scratch scratch_, scratch2_, scratch3_;
-  Scratch sampleScratch_;  // Device.sample's scores, sort buffers and row specs
+  Scratch sampleScratch_;        // Device.sample's scores, sort buffers and row specs
+  SampleStaging sampleStaging_;  // and the pinned memory the specs are copied from
   Blas blas_;
   void* blasWorkspace_ = nullptr;
   unsigned int* tickets_ = nullptr;  // split-K counters of this backend's stream (Ctx::tickets)
   std::vector<cudaGraphExec_t> graphs_;  // handle h is graphs_[h - 1]
+  void* transfer_ = nullptr;  // pinned, kTransferBytes: upload and download
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t stagingDone_[2] = {nullptr, nullptr};
 };

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "common.cuh"
 
@@ -238,8 +239,27 @@ __global__ void pickKernel(const float* logits, int64_t V, const RowSpec* specs,
 
 }  // namespace
 
-void launchSample(cudaStream_t s, Scratch& scratch, const View& logits, const SampleBatch& batch, const View& ids,
-                  const View& logprobs) {
+void SampleStaging::reserve(size_t n) {
+  if (!done) MC_CUDA(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  if (n <= bytes) return;
+  if (host) MC_CUDA(cudaFreeHost(host));
+  host = nullptr;
+  bytes = 0;
+  MC_CUDA(cudaHostAlloc(&host, n, cudaHostAllocDefault));
+  bytes = n;
+}
+
+void SampleStaging::release() {
+  if (done) cudaEventSynchronize(done);
+  if (host) cudaFreeHost(host);
+  if (done) cudaEventDestroy(done);
+  host = nullptr;
+  done = nullptr;
+  bytes = 0;
+}
+
+void launchSample(cudaStream_t s, Scratch& scratch, SampleStaging& staging, const View& logits,
+                  const SampleBatch& batch, const View& ids, const View& logprobs) {
   const int64_t V = logits.dim(1);
   const int S = (int)batch.rows.size();
   std::vector<RowSpec> specs(S);
@@ -292,8 +312,18 @@ void launchSample(cudaStream_t s, Scratch& scratch, const View& logits, const Sa
     at += align(sortBytes);
   }
   char* base = static_cast<char*>(scratch.get(at, s));
-  auto put = [&](size_t offset, const void* host, size_t bytes) {
-    if (bytes) MC_CUDA(cudaMemcpyAsync(base + offset, host, bytes, cudaMemcpyHostToDevice, s));
+  // The row specs and lists go through pinned memory in one asynchronous copy: a copy from
+  // pageable memory makes the driver wait for the stream, and a device thread blocked in the
+  // driver can stall the other devices of the process (a tensor-parallel peer this stream is
+  // waiting for). The pinned memory is reserved when the backend starts, for the same reason
+  // (cudaHostAlloc waits for the device); a batch whose penalty lists outgrow it grows it here.
+  // The previous call's copy has long finished when the next one reuses it.
+  const size_t hostBytes = oScores;
+  if (staging.done) MC_CUDA(cudaEventSynchronize(staging.done));
+  if (staging.bytes < hostBytes) staging.reserve(hostBytes * 2);
+  char* host = static_cast<char*>(staging.host);
+  auto put = [&](size_t offset, const void* src, size_t bytes) {
+    if (bytes) std::memcpy(host + offset, src, bytes);
   };
   put(oSpecs, specs.data(), S * sizeof(RowSpec));
   put(oPenIds, batch.penaltyIds.data(), bytesOf(batch.penaltyIds));
@@ -301,6 +331,8 @@ void launchSample(cudaStream_t s, Scratch& scratch, const View& logits, const Sa
   put(oMasked, batch.maskedIds.data(), bytesOf(batch.maskedIds));
   put(oBegin, sortBegin.data(), S * 4);
   put(oEnd, sortEnd.data(), S * 4);
+  MC_CUDA(cudaMemcpyAsync(base, host, hostBytes, cudaMemcpyHostToDevice, s));
+  MC_CUDA(cudaEventRecord(staging.done, s));
   auto* d_specs = reinterpret_cast<const RowSpec*>(base + oSpecs);
   auto* scores = reinterpret_cast<double*>(base + oScores);
   auto* sorted = anySorted ? reinterpret_cast<double*>(base + oSorted) : nullptr;
