@@ -3,7 +3,8 @@
 # cuda` measured over HTTP by `bench serve` at 1, 16 and 64 concurrent streams (512-token prompts,
 # 128 generated, ignore_eos; as many requests as streams, after a warm-up wave that captures the
 # decode graphs), then `bench decode` at the same batch sizes in the same run, once `up` has given
-# the GPU back. Reports (text and JSON) go to $OUT.
+# the GPU back. Reports (text and JSON) go to $OUT. TEMPERATURES="0 0.7" serves each level greedy and
+# then sampled; SKIP_DECODE=1 leaves out `bench decode`.
 #   MEDCLUSTER="node coordinator/bin/medcluster.js" OUT=/tmp/serve-bench bash test/gpu/http-serve-bench.sh
 # A dry run on CPU: PRESET=tiny DEVICE=cpu CONCURRENCY="1 2" PROMPT_TOKENS=32 OUTPUT_TOKENS=8
 set -euo pipefail
@@ -28,17 +29,21 @@ for _ in $(seq 1 1200); do
 done
 grep -E "KV cache|serving" "$out/up.log"
 
-for c in $levels; do
-  # One request per stream; a single stream gets 4 in a row.
-  n=$((c == 1 ? 4 : c))
-  $cli bench serve --url "http://127.0.0.1:$port" --requests "$n" --concurrency "$c" \
-    --prompt-tokens "$prompt_tokens" --output-tokens "$output_tokens" --ignore-eos on --warmup "$c" \
-    --json "$out/serve-c$c.json" | tee -a "$out/report.txt"
+for t in ${TEMPERATURES:-0}; do
+  for c in $levels; do
+    # One request per stream; a single stream gets 4 in a row.
+    n=$((c == 1 ? 4 : c))
+    suffix=$([ "$t" = 0 ] && echo "" || echo "-t$t")
+    $cli bench serve --url "http://127.0.0.1:$port" --requests "$n" --concurrency "$c" \
+      --prompt-tokens "$prompt_tokens" --output-tokens "$output_tokens" --ignore-eos on --warmup "$c" \
+      --temperature "$t" --json "$out/serve-c$c$suffix.json" | tee -a "$out/report.txt"
+  done
 done
 curl -s "http://127.0.0.1:$port/cluster" >"$out/cluster.json" || true
 
 kill $up_pid
 wait $up_pid || true
+[ -n "${SKIP_DECODE:-}" ] && exit 0
 batches=$(echo "$levels" | tr ' ' ',')
 $cli bench decode --synthetic "$preset" --device "$device" --batch "$batches" \
   --prompt-tokens "$prompt_tokens" --decode-tokens "$output_tokens" --json "$out/decode.json" | tee -a "$out/report.txt"
