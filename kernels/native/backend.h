@@ -135,8 +135,6 @@ class Backend {
   // Builds concatCols/splitCols (fused q/k/v weights at load, split outputs at run time).
   virtual void copyCols(const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0,
                         int64_t cols) = 0;
-  // out i32 [T] = argmax over the last dim of x f32 [T, V] (first index on ties)
-  virtual void argmax(const View& x, const View& out) = 0;
   // Samples batch.rows[i] from its row of logits f32 [R, V]: ids i32 [S, 1+L] gets the token,
   // then the L most likely by raw logits (-1 past the row's own logprobs count); logprobs f32
   // [S, 1+L] their log-softmax of the raw logits (0 where the row asked none). Row and list

@@ -243,7 +243,6 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
             InstanceMethod<&DeviceWrap::GatherRows>("gatherRows"),
             InstanceMethod<&DeviceWrap::ConcatCols>("concatCols"),
             InstanceMethod<&DeviceWrap::SplitCols>("splitCols"),
-            InstanceMethod<&DeviceWrap::Argmax>("argmax"),
             InstanceMethod<&DeviceWrap::Sample>("sample"),
             InstanceMethod<&DeviceWrap::CopyRows>("copyRows"),
             InstanceMethod<&DeviceWrap::AllocShared>("allocShared"),
@@ -594,13 +593,6 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
       col += n;
     }
     return result;
-  }
-
-  Napi::Value Argmax(const Napi::CallbackInfo& info) {
-    SlotPtr x = slotArg(info[0]);
-    auto out = std::make_shared<Slot>(DType::I32, std::vector<int64_t>{x->shape[0]});
-    return NewTensor(info, out, "argmax",
-                     [=](const std::shared_ptr<Backend>& b) { b->argmax(x->view(b), out->view(b)); });
   }
 
   // sample(logits, doubles, ints, penaltyIds, penaltyCounts, maskedIds, topLogprobs): the flat

@@ -232,8 +232,6 @@ export interface Device {
   /** The inverse of concatCols: x [R, C] -> tensors [R, widths[i]] of consecutive column
    * ranges (any dtype). Widths are positive integers summing to C. */
   splitCols(x: Tensor, widths: readonly number[]): Tensor[];
-  /** i32 [T] argmax over the last dim of f32 [T, V]; first index on ties. */
-  argmax(x: Tensor): Tensor;
   /** Samples each row of logits f32 [R, V] that `rows` names (see SampleRow). */
   sample(logits: Tensor, rows: readonly SampleRow[]): SampledRows;
   /** dst [R, C] rows 0..rows-1 = src [S, C] rows 0..rows-1 (one dtype; rows <= R, S). Either may

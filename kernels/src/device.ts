@@ -508,13 +508,6 @@ class KernelDevice implements Device {
     return handles.map((h, i) => this.#wrap(h, [R, widths[i]], x.dtype));
   }
 
-  argmax(x: Tensor): Tensor {
-    const op = 'argmax';
-    const [T, V] = expect(op, 'x', x, 2, ['f32']);
-    if (V === 0) fail(op, `x ${describe(x)} has no columns`);
-    return this.#wrap(this.#open(op).argmax(this.#arg(op, 'x', x)), [T], 'i32');
-  }
-
   sample(logits: Tensor, rows: readonly SampleRow[]): SampledRows {
     const op = 'sample';
     const [R, V] = expect(op, 'logits', logits, 2, ['f32']);

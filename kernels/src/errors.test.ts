@@ -73,9 +73,13 @@ describe('argument errors', () => {
     expect(thrown(() => dev.addInPlace(t as never, t as never)).message).toMatch(/was disposed|must be 2-D/);
     const m = dev.zeros([1, 4], 'f32');
     m.dispose();
-    expect(thrown(() => dev.argmax(m)).message).toBe('argmax: tensor [1, 4] f32 was disposed');
+    expect(thrown(() => dev.rmsNorm(m, dev.zeros([4], 'f16'), 1e-5)).message).toBe(
+      'rmsNorm: tensor [1, 4] f32 was disposed',
+    );
     const other = createDevice({ kind: 'cpu', threads: 1 });
-    expect(thrown(() => dev.argmax(other.zeros([1, 4], 'f32'))).message).toMatch(/belongs to another device/);
+    expect(
+      thrown(() => dev.rmsNorm(other.zeros([1, 4], 'f32'), dev.zeros([4], 'f16'), 1e-5)).message,
+    ).toMatch(/belongs to another device/);
     await other.close();
     expect(thrown(() => other.zeros([1], 'f32')).message).toBe('zeros: device is closed');
   });

@@ -73,7 +73,6 @@ export interface NativeDevice {
   gatherRows(x: NativeHandle, rows: NativeHandle): NativeHandle;
   concatCols(parts: NativeHandle[]): NativeHandle;
   splitCols(x: NativeHandle, widths: number[]): NativeHandle[];
-  argmax(x: NativeHandle): NativeHandle;
   /** doubles: per row temperature, topP, repetition, presence, frequency, uniform; ints: per row
    * row, topK, logprobs (-1 none), penaltyBegin, penaltyCount, maskBegin, maskCount; lists: the
    * penalized ids, their counts, then the masked ids. Returns [ids, logprobs]. */

@@ -24,5 +24,6 @@ export * from './node/worker-node.js';
 export * from './node/worker-process.js';
 export * from './sampling/device-sample.js';
 export * from './sampling/philox.js';
+export * from './sampling/sample-step.js';
 export * from './sampling/sampler.js';
 export * from './sampling/sampler-parity.js';

@@ -620,7 +620,11 @@ describe('serving state', () => {
     );
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     let seen = '';
-    while (!seen.includes('"content":" ')) seen += new TextDecoder().decode((await reader.read()).value);
+    while (!seen.includes('"content":" ')) {
+      const { done, value } = await reader.read();
+      if (done) throw new Error(`the stream ended before its first token: ${seen}`);
+      seen += new TextDecoder().decode(value);
+    }
     hold = s.executor.hold();
     await hold.started;
     decode.abort();

@@ -75,7 +75,6 @@ class CpuBackend final : public Backend {
   void copyRows(const View& src, const View& dst, int64_t rows) override {
     std::memcpy(dst.data, src.data, static_cast<size_t>(rows) * src.dim(1) * dtypeSize(src.dtype));
   }
-  void argmax(const View& x, const View& out) override { cpu::argmax(pool_, x, out); }
   void sample(const View& logits, const SampleBatch& batch, const View& ids, const View& logprobs) override {
     cpu::sample(pool_, logits, batch, ids, logprobs);
   }

@@ -22,7 +22,6 @@ void embedding(ThreadPool& pool, const View& table, const View& ids, const View&
 void gatherRows(const View& x, const View& rows, const View& out);
 void copyCols(ThreadPool& pool, const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0,
               int64_t cols);
-void argmax(ThreadPool& pool, const View& x, const View& out);
 // Backend::sample: sampler.ts's sample() for each batch row, rows in parallel (sample.cc).
 void sample(ThreadPool& pool, const View& logits, const SampleBatch& batch, const View& ids,
             const View& logprobs);

@@ -162,32 +162,6 @@ __global__ void gatherRowsKernel(const char* x, const int32_t* rows, char* out, 
   }
 }
 
-// One block per row; ties resolve to the first index.
-__global__ void argmaxKernel(const float* x, int32_t* out, int64_t V) {
-  int64_t t = blockIdx.x;
-  const float* row = x + t * V;
-  float best = -INFINITY;
-  int64_t bi = V;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    float v = row[i];
-    if (v > best || (bi == V && v == v && v >= best)) { best = v; bi = i; }
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-  }
-  __shared__ float sv[32];
-  __shared__ int64_t si[32];
-  if ((threadIdx.x & 31) == 0) { sv[threadIdx.x >> 5] = best; si[threadIdx.x >> 5] = bi; }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
-      if (sv[w] > best || (sv[w] == best && si[w] < bi)) { best = sv[w]; bi = si[w]; }
-    out[t] = (int32_t)(bi == V ? 0 : bi);
-  }
-}
-
 __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -560,12 +534,6 @@ class CudaBackend final : public Backend {
   }
   void sample(const View& logits, const SampleBatch& batch, const View& ids, const View& logprobs) override {
     launchSample(s(), sampleScratch_, sampleStaging_, logits, batch, ids, logprobs);
-  }
-  void argmax(const View& x, const View& out) override {
-    int64_t V = x.dim(-1), T = x.numel() / V;
-    if (!T) return;
-    argmaxKernel<<<T, 1024, 0, s()>>>(x.as<float>(), out.as<int32_t>(), V);
-    MC_LAUNCHED("argmax");
   }
   void randomBits(Buffer& buf, uint64_t seed) override {
     int64_t nWords = buf.bytes / 8;
