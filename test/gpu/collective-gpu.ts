@@ -619,6 +619,31 @@ async function stepStage(stage: Stage, seqs: SeqStep[]): Promise<Float32Array[]>
   return outs.map((o) => o.output?.logits as Float32Array);
 }
 
+/**
+ * tp = 2 as two devices of this process on the one GPU, its group formed the way a worker forms
+ * its stage (gRPC group, then the device transport). What it opens is pushed onto the caller's
+ * lists, which the caller closes.
+ */
+async function inProcessPair(
+  group: string,
+  devices: Device[],
+  servers: grpc.Server[],
+  collectives: Collective[],
+): Promise<{ pair: Device[]; cs: Collective[] }> {
+  const pair = [createDevice({ kind: 'cuda' }), createDevice({ kind: 'cuda' })];
+  devices.push(...pair);
+  const peers = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`];
+  const hosts = await Promise.all(peers.map((p) => serve(p)));
+  servers.push(...hosts.map((h) => h.server));
+  const cs = await Promise.all(
+    pair.map((device, rank) =>
+      openStageCollective({ group, rank, size: 2, peers, host: hosts[rank].host, device }),
+    ),
+  );
+  collectives.push(...cs);
+  return { pair, cs };
+}
+
 async function modelMode(): Promise<void> {
   const { dir, cleanup } = await tinyModel();
   const devices: Device[] = [];
@@ -644,18 +669,7 @@ async function modelMode(): Promise<void> {
     const reference: Stage = {
       runners: [await ShardRunner.load({ checkpoint, device: one, spec: spec(0, 1), kvCache })],
     };
-    // tp = 2: two devices of this process on the one GPU, formed the way a worker forms its stage.
-    const pair = [createDevice({ kind: 'cuda' }), createDevice({ kind: 'cuda' })];
-    devices.push(...pair);
-    const peers = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`];
-    const hosts = await Promise.all(peers.map((p) => serve(p)));
-    servers.push(...hosts.map((h) => h.server));
-    const cs = await Promise.all(
-      pair.map((device, rank) =>
-        openStageCollective({ group: 'tp2', rank, size: 2, peers, host: hosts[rank].host, device }),
-      ),
-    );
-    collectives.push(...cs);
+    const { pair, cs } = await inProcessPair('tp2', devices, servers, collectives);
     check(
       'tp = 2 in one process chooses CUDA IPC',
       cs.every((c) => c.transport === 'ipc'),
@@ -905,17 +919,7 @@ async function overheadMode(layersArg?: string): Promise<void> {
     // OVERHEAD_GRAPHS=0: eager steps (the figure without graphs).
     const decodeGraphs = process.env.OVERHEAD_GRAPHS !== '0';
     const tp1 = [await ShardRunner.load({ synthetic, device: one, spec: spec(0, 1), kvCache, decodeGraphs })];
-    const pair = [createDevice({ kind: 'cuda' }), createDevice({ kind: 'cuda' })];
-    devices.push(...pair);
-    const peers = [`127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`];
-    const hosts = await Promise.all(peers.map((p) => serve(p)));
-    servers.push(...hosts.map((h) => h.server));
-    const cs = await Promise.all(
-      pair.map((device, rank) =>
-        openStageCollective({ group: 'tp2-70b', rank, size: 2, peers, host: hosts[rank].host, device }),
-      ),
-    );
-    collectives.push(...cs);
+    const { pair, cs } = await inProcessPair('tp2-70b', devices, servers, collectives);
     const tp2 = await Promise.all(
       pair.map((device, rank) =>
         ShardRunner.load({
