@@ -2,10 +2,11 @@
 // cuBLAS and the copy bandwidth, all timed with CUDA events in one process. The
 // measurement lives in the C++ GPU program (kernels/gpu/check.cu, built by
 // kernels/gpu/build.sh), which links the backend's kernels directly and loads cuBLAS at
-// run time; this command finds it (building it first where nvcc exists) and runs its benchmark.
+// run time; this command finds it, builds it where nvcc exists and it is missing or older than
+// its sources (a stale program would time old kernels), and runs its benchmark.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -17,6 +18,20 @@ export function gpuCheckCandidates(cwd = process.cwd()): string[] {
   if (process.env.MEDCLUSTER_GPU_CHECK) list.push(resolve(process.env.MEDCLUSTER_GPU_CHECK));
   list.push(join(cwd, '.device', PROGRAM));
   return list;
+}
+
+/** The newest modification time (ms) of the program's sources under a checkout's kernels/. */
+export function newestSource(kernelsDir: string): number {
+  let newest = 0;
+  for (const dir of ['gpu', 'native', join('native', 'cuda')]) {
+    const full = join(kernelsDir, dir);
+    if (!existsSync(full)) continue;
+    for (const name of readdirSync(full)) {
+      if (!/\.(cu|cuh|cc|h|sh)$/.test(name)) continue;
+      newest = Math.max(newest, statSync(join(full, name)).mtimeMs);
+    }
+  }
+  return newest;
 }
 
 /** The repository's build script for the program, when this CLI runs from a checkout. */
@@ -33,8 +48,19 @@ export async function runGpuKernelBench(options: { json?: string; quick?: boolea
   const candidates = gpuCheckCandidates();
   let program = candidates.find((p) => existsSync(p));
   const script = buildScript();
-  if (!program && script && spawnSync('nvcc', ['--version']).status === 0) {
-    console.error(`building the GPU benchmark program (${script}; a few minutes)`);
+  const haveNvcc = spawnSync('nvcc', ['--version']).status === 0;
+  const stale =
+    program !== undefined &&
+    script !== undefined &&
+    !process.env.MEDCLUSTER_GPU_CHECK &&
+    statSync(program).mtimeMs < newestSource(dirname(dirname(script)));
+  if (stale && !haveNvcc) {
+    console.error(`warning: ${program} is older than its sources and nvcc is not here to rebuild it`);
+  }
+  if ((!program || stale) && script && haveNvcc) {
+    console.error(
+      `${program ? 'rebuilding the stale' : 'building the'} GPU benchmark program (${script}; a few minutes)`,
+    );
     const out = join(process.cwd(), '.device');
     if (spawnSync('bash', [script, out], { stdio: 'inherit' }).status !== 0)
       throw new Error(`${script} failed`);
