@@ -14,6 +14,8 @@
 #include <mutex>
 
 #include "common.cuh"
+#include "ptx.cuh"
+#include "tuning.h"
 
 namespace medcluster {
 namespace cuda {
@@ -39,6 +41,12 @@ void* Scratch::get(size_t bytes, cudaStream_t s) {
   bytes_ = grown;
   return ptr_;
 }
+void* Scratch::getZeroed(size_t bytes, cudaStream_t s) {
+  const bool grows = bytes > bytes_;
+  void* p = get(bytes, s);
+  if (grows) MC_CUDA(cudaMemsetAsync(p, 0, bytes_, s));
+  return p;
+}
 void Scratch::release(cudaStream_t s) {
   if (ptr_) cudaFreeAsync(ptr_, s);
   for (void* p : retired_) cudaFreeAsync(p, s);
@@ -46,6 +54,22 @@ void Scratch::release(cudaStream_t s) {
   ptr_ = nullptr;
   bytes_ = 0;
   pinned_ = false;
+}
+
+Tuning& tuning() {
+  static Tuning t;
+  return t;
+}
+
+void applyTuningEnv() {
+  auto env = [](const char* name) -> const char* {
+    const char* v = std::getenv(name);
+    return v && *v ? v : nullptr;
+  };
+  Tuning& t = tuning();
+  if (const char* v = env("MEDCLUSTER_PDL")) t.pdl = std::strcmp(v, "0") != 0;
+  if (const char* v = env("MEDCLUSTER_AWQ_DEQUANT_MIN_M")) t.awqDequantMinM = std::atoi(v);
+  if (const char* v = env("MEDCLUSTER_AWQ_SUBMUL")) t.awqGemvSubMul = std::strcmp(v, "0") != 0;
 }
 
 namespace {
@@ -78,6 +102,7 @@ __device__ float blockSum(float v) {
 // One block per row. With delta != nullptr the residual is updated first (fused addRmsNorm).
 __global__ void rmsNormKernel(float* x, const float* delta, const __half* w, float eps,
                               __half* out, int64_t H) {
+  pdlLaunchDependents();  // the matmul after a norm may start prefetching its weights
   int64_t t = blockIdx.x;
   float* row = x + t * H;
   float ss = 0.f;
@@ -100,6 +125,7 @@ __global__ void addKernel(float* r, const float* d, int64_t n) {
 }
 
 __global__ void siluMulKernel(const __half2* g, const __half2* u, __half2* out, int64_t n2) {
+  pdlLaunchDependents();  // the down matmul may start prefetching its weights
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n2; i += (int64_t)gridDim.x * blockDim.x) {
     float2 a = __half22float2(g[i]), b = __half22float2(u[i]);
     out[i] = __floats2half2_rn(a.x / (1.f + expf(-a.x)) * b.x, a.y / (1.f + expf(-a.y)) * b.y);
@@ -260,6 +286,8 @@ class CudaBackend final : public Backend {
     MC_CUDA(cudaGetDeviceProperties(&prop, ordinal));
     name_ = std::string("cuda:") + std::to_string(ordinal) + " (" + prop.name + ")";
     numSMs_ = prop.multiProcessorCount;
+    cc_ = prop.major * 10 + prop.minor;
+    applyTuningEnv();
     sh_ = std::make_shared<StreamHandle>();
     sh_->ordinal = ordinal;
     MC_CUDA(cudaStreamCreateWithFlags(&sh_->stream, cudaStreamNonBlocking));
@@ -273,9 +301,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(sh_->stream);
     for (auto g : graphs_) if (g) cudaGraphExecDestroy(g);
-    scratch_.release(sh_->stream);
-    scratch2_.release(sh_->stream);
-    scratch3_.release(sh_->stream);
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_}) sc->release(sh_->stream);
     if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
     cudaStreamSynchronize(sh_->stream);
     for (int i = 0; i < 2; ++i) {
@@ -388,8 +414,14 @@ class CudaBackend final : public Backend {
     MC_LAUNCHED("addInPlace");
   }
   void awqLinear(const View& x, const AwqWeights& w, const View& out) override {
+    (void)x; (void)w; (void)out;
+    throw BackendError("awqLinear (CUDA): the CUDA kernels read AWQ weights packed at load (Device.packAwq), "
+                       "not the AutoAWQ tensors");
+  }
+  void awqLinearPacked(const View& x, const PackedAwqWeights& w, const View& out) override {
     launchAwqLinear(ctx(), x, w, out);
   }
+  void awqPack(const AwqWeights& src, const View& dst) override { launchAwqPack(ctx(), src, dst); }
   void linear(const View& x, const View& w, const View& out) override { launchLinear(ctx(), x, w, out); }
   void rope(const View& q, const View& k, const View& positions, int64_t headDim, float theta) override {
     int64_t T = positions.numel();
@@ -472,9 +504,7 @@ class CudaBackend final : public Backend {
   }
 
   bool beginCapture() override {
-    scratch_.pin();
-    scratch2_.pin();
-    scratch3_.pin();
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_}) sc->pin();
     MC_CUDA(cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal));
     std::lock_guard<std::mutex> lock(sh_->mu);
     sh_->capturing = true;
@@ -517,7 +547,9 @@ class CudaBackend final : public Backend {
   cudaStream_t s() const { return sh_->stream; }
 
  private:
-  Ctx ctx() { return Ctx{s(), numSMs_, &scratch_, &scratch2_, &scratch3_, blas_.handle ? &blas_ : nullptr}; }
+  Ctx ctx() {
+    return Ctx{s(), numSMs_, cc_, &splitK_, &tickets_, &attnScratch_, &dequant_, blas_.handle ? &blas_ : nullptr};
+  }
 
   // cuBLAS runs the large-M matmuls where the library is present (MEDCLUSTER_CUBLAS=0 turns
   // it off, for baselines); without it every matmul uses the backend's own kernels.
@@ -543,7 +575,8 @@ class CudaBackend final : public Backend {
   std::string name_;
   int numSMs_ = 0;
   std::shared_ptr<StreamHandle> sh_;
-  Scratch scratch_, scratch2_, scratch3_;
+  int cc_ = 0;
+  Scratch splitK_, tickets_, attnScratch_, dequant_;
   Blas blas_;
   void* blasWorkspace_ = nullptr;
   std::vector<cudaGraphExec_t> graphs_;  // handle h is graphs_[h - 1]

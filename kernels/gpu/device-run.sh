@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One GPU-machine call: the checks, then the benchmarks, full logs under $OUT, a short table last.
+# Runs from a folder holding what it needs (nothing is built there; there is no Node there):
+#   medcluster-gpu-check        kernels/gpu/build.sh (this commit)
+#   base-gpu-check              (optional) the same program built at the baseline commit
+#   node.xz, medcluster.mjs, gpu-parity.mjs, medcluster_kernels.node   scripts/device-bundle.mjs
+#   proto/                      the .proto files (the CLI loads them)
+# Usage: bash device-run.sh [steps...]   steps: info check bench base parity decode decode64 pdl sass
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cd "$here"
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(info check bench base parity decode)
+summary="$OUT/summary.txt"
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+node_ready() {
+  [ -x /tmp/node ] || { xz -d -c node.xz >/tmp/node && chmod +x /tmp/node; }
+  export MEDCLUSTER_KERNELS_ADDON="$here/medcluster_kernels.node"
+  export MEDCLUSTER_PROTO_ROOT="$here/proto"
+  export MEDCLUSTER_GPU_CHECK="$here/medcluster-gpu-check"
+}
+t0=$(date +%s)
+for s in "${steps[@]}"; do
+  ts=$(date +%s)
+  case "$s" in
+    info)
+      nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit --format=csv >"$OUT/info.txt" 2>&1
+      uname -r >>"$OUT/info.txt"
+      note "$(tail -n +2 "$OUT/info.txt" | head -1)"
+      ;;
+    check)
+      timeout 180 ./medcluster-gpu-check >"$OUT/check.txt" 2>&1
+      rc=$?
+      note "check rc=$rc: $(grep -E '^(PASSED|FAILED)' "$OUT/check.txt" | tail -1)"
+      grep -E '^FAIL' "$OUT/check.txt" | head -8 | tee -a "$summary"
+      ;;
+    bench)
+      timeout 240 ./medcluster-gpu-check --bench-only --json "$OUT/bench.json" >"$OUT/bench.txt" 2>&1
+      note "bench rc=$?"
+      grep -E '^copy bandwidth' "$OUT/bench.txt" | tee -a "$summary"
+      grep -E '^\| tp=' "$OUT/bench.txt" | tee -a "$summary"
+      ;;
+    base)  # the baseline commit's kernels, same machine, same call (its quick benchmark)
+      [ -x ./base-gpu-check ] && MC_BENCH_QUICK=1 timeout 90 ./base-gpu-check --bench-only >"$OUT/base-bench.txt" 2>&1
+      note "base rc=$?"
+      grep -E '^\| tp=1' "$OUT/base-bench.txt" | tee -a "$summary"
+      ;;
+    pdl)  # the GEMV without programmatic dependent launch, M <= 16 (A/B in one call)
+      MEDCLUSTER_PDL=0 MC_BENCH_TP1=1 MC_BENCH_MS=1,8,16 timeout 120 ./medcluster-gpu-check --bench-only >"$OUT/bench-nopdl.txt" 2>&1
+      note "no-PDL bench rc=$?"
+      grep -E '^\| tp=' "$OUT/bench-nopdl.txt" | tee -a "$summary"
+      ;;
+    parity)
+      node_ready
+      timeout 240 /tmp/node gpu-parity.mjs >"$OUT/parity.txt" 2>&1
+      note "parity rc=$?: $(tail -1 "$OUT/parity.txt")"
+      grep -E '^FAIL' "$OUT/parity.txt" | head -8 | tee -a "$summary"
+      ;;
+    decode | decode64)
+      node_ready
+      b=$([ "$s" = decode ] && echo 1,16 || echo 1,16,64)
+      timeout 400 /tmp/node medcluster.mjs bench decode --synthetic llama-2-70b --device cuda --batch "$b" \
+        --prompt-tokens 512 --decode-tokens 128 --json "$OUT/$s.json" >"$OUT/$s.txt" 2>&1
+      note "$s rc=$?"
+      grep -E 'cuda' "$OUT/$s.txt" | tail -4 | tee -a "$summary"
+      ;;
+    sass)
+      cuobjdump -sass -fun awqGemvKernel medcluster-gpu-check >"$OUT/gemv-sass.txt" 2>&1 || true
+      note "sass: $(grep -c HMMA "$OUT/gemv-sass.txt") HMMA lines"
+      ;;
+  esac
+  echo "[$s: $(($(date +%s) - ts)) s]" | tee -a "$summary"
+done
+echo "total $(($(date +%s) - t0)) s" | tee -a "$summary"

@@ -1,0 +1,75 @@
+// Large M: the packed weights dequantized to an f16 [K, N] scratch, then one cuBLAS GEMM.
+//
+// From M ~ 256 the matmul is bound by arithmetic, and cuBLAS's sm_90 GEMM on f16 weights is
+// faster than the GEMV's mma.sync passes of 64 rows; the pass over the weights (read K*N/2 bytes,
+// write K*N*2) is paid once per call. A block per unit: the unit's 8512 bytes are read into
+// shared memory with 16-byte loads, then each thread writes 16-byte runs of 8 columns of one
+// row (every row of the unit's tile: 256 contiguous bytes). The values are exactly the GEMV's:
+// the same f16 operations (awqDequantPair's arithmetic on one weight).
+#include <algorithm>
+
+#include "awq.cuh"
+#include "tuning.h"
+
+namespace medcluster {
+namespace cuda {
+
+namespace {
+
+using namespace awqpack;
+
+template <bool SUBMUL>
+__global__ void __launch_bounds__(256) awqDequantKernel(const unsigned char* __restrict__ w, __half* __restrict__ out,
+                                                         int K, int N) {
+  __shared__ uint4 unit[kUnitBytes / 16];
+  const int G = K / kGroup;
+  const int64_t U = tiles(N) * G;
+  const int e = awqScaleShift(*reinterpret_cast<const uint32_t*>(w));
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(unit);
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(unit);
+  for (int64_t u = blockIdx.x; u < U; u += gridDim.x) {
+    __syncthreads();  // the previous unit's readers are done
+    const uint4* src = reinterpret_cast<const uint4*>(w + kHeaderBytes + u * kUnitBytes);
+    for (int i = threadIdx.x; i < kUnitBytes / 16; i += blockDim.x) unit[i] = __ldg(src + i);
+    __syncthreads();
+    const int t = static_cast<int>(u / G), g = static_cast<int>(u - static_cast<int64_t>(t) * G);
+    for (int ch = threadIdx.x; ch < kGroup * (kTileN / 8); ch += blockDim.x) {
+      const int kr = ch >> 4, c0 = (ch & 15) * 8;
+      const int n0 = t * kTileN + c0;
+      if (n0 >= N) continue;  // N is a multiple of 8: a run is all in or all out
+      uint4 o;
+      __half* oh = reinterpret_cast<__half*>(&o);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const int c = c0 + q;
+        int word, bit;
+        locate(kr, c, word, bit);
+        const uint32_t nib = (words[word] >> bit) & 15u;
+        const int z = (bytes[kZeroOffset + (c >> 1)] >> ((c & 1) * 4)) & 15;
+        __half mul, add;
+        awqColumnConstants<SUBMUL>(reinterpret_cast<const __half*>(bytes + kScaleOffset)[c], z, e, mul, add);
+        // The weight as the GEMV's fragment holds it: the nibble at bits 6-9 of an f16.
+        const uint32_t pair = awqDequantPair<SUBMUL>(nib << 6, __half2half2(mul), __half2half2(add));
+        __half v = __low2half(u2h2(pair));
+        if (e) v = __float2half_rn(__half2float(v) * exp2f(static_cast<float>(e)));
+        oh[q] = v;
+      }
+      *reinterpret_cast<uint4*>(out + static_cast<int64_t>(g * kGroup + kr) * N + n0) = o;
+    }
+  }
+}
+
+}  // namespace
+
+void launchAwqDequantGemm(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M) {
+  __half* deq = static_cast<__half*>(c.dequant->get(static_cast<size_t>(w.K) * w.N * 2, c.stream));
+  const int64_t U = units(w.K, w.N);
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(U, 8 * c.numSMs));
+  if (tuning().awqGemvSubMul) awqDequantKernel<true><<<grid, 256, 0, c.stream>>>(w.data, deq, w.K, w.N);
+  else awqDequantKernel<false><<<grid, 256, 0, c.stream>>>(w.data, deq, w.K, w.N);
+  MC_LAUNCHED("awqDequant");
+  blasGemm(*c.blas, x, deq, true, out, outF16, M, w.K, w.N);
+}
+
+}  // namespace cuda
+}  // namespace medcluster

@@ -1,0 +1,316 @@
+// The AWQ GEMV: out [M, N] = x [M, K] @ W for M <= 64 rows, on the packed layout.
+//
+// Memory-bound for the decode batch sizes, so it is built to stream: a persistent grid (one
+// or two blocks per multiprocessor, tuning().awqGemvBlocksPerSM) on a stream-K schedule
+// (splitk.cuh): block b streams one contiguous byte range of the packed matrix, the same size
+// for every block, from the first byte to the last, with no second wave and no idle tail.
+//
+// Block = 8 consumer warps + 1 producer warp. The producer fills a ring of `stages` shared-memory
+// stages, one unit (8512 bytes of weights, scales and zeros) plus the unit's 128 columns of x
+// (M rows x 256 bytes) per stage, with bulk copies (cp.async.bulk, sm_90) that complete on the
+// stage's `full` mbarrier; consumers release a stage on its `empty` mbarrier. With programmatic
+// dependent launch the weight copies of the first stages are issued before griddepcontrol.wait,
+// so they overlap the kernel before this one; x is copied after it (the kernel before writes x).
+//
+// Consumer warp w owns columns 16w .. 16w+15 of the unit's tile. Per half of the group it reads
+// its 16 bytes of weights (4 mma A fragments, one 128-bit shared load), dequantizes them with
+// one FMA per pair, reads its 32 bytes of each 8-row slice of x (B fragments), and issues
+// mma.m16n8k16 with the weights as A (16 columns x 16 k) and x^T as B (k x 8 rows): the batch
+// rows are the mma's n, so M <= 8 costs one mma per 256 weights and M <= 64 eight, with the
+// same dequantization. Accumulation is fp32 on the tensor cores; each output element's sum runs
+// in a fixed order (the same for every M: rows of the result do not depend on the batch).
+#include <algorithm>
+
+#include "awq.cuh"
+#include "mma.cuh"
+#include "ptx.cuh"
+#include "splitk.cuh"
+#include "tuning.h"
+
+namespace medcluster {
+namespace cuda {
+
+namespace {
+
+using namespace awqpack;
+
+constexpr int kConsumerWarps = 8;
+constexpr int kConsumers = kConsumerWarps * 32;
+constexpr int kThreads = kConsumers + 32;
+constexpr int kMaxStages = 12;
+// Bytes per x row in a stage: the unit's 256 bytes + 16 of padding, so the 8 lanes of each
+// quarter-warp's 128-bit reads (rows gl, gl+1 x 4 lanes 32 bytes apart) hit distinct banks.
+constexpr int kXStride = 272;
+
+template <int MT> __host__ __device__ constexpr int stageBytes() { return kUnitBytes + MT * 8 * kXStride; }
+
+struct GemvArgs {
+  const __half* x;            // [M, K] f16, 16-byte aligned rows
+  const unsigned char* w;     // packed: header + units
+  void* out;                  // [M, N] f16 or f32
+  float* partials;            // [2P][MT * 8][128] fp32 stream-K partials
+  unsigned* tickets;          // [tiles] counters, zero at launch, reset by the kernel
+  StreamK sk;                 // units, P, G (= K / 128)
+  int M, K, N, stages;
+  bool outF16;
+};
+
+template <int MT, bool SUBMUL>
+// M <= 16 is compiled for two resident blocks per multiprocessor (registers capped at 113).
+__global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1) awqGemvKernel(const GemvArgs a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) uint64_t full[kMaxStages], empty[kMaxStages];
+  __shared__ int fixupFlag;
+  constexpr int SB = stageBytes<MT>();
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int b = blockIdx.x, S = a.stages, G = a.sk.G;
+  const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
+
+  pdlLaunchDependents();
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) {
+#if __CUDA_ARCH__ >= 900
+      mbarInit(&full[s], 1);  // the producer's arrive.expect_tx; the bytes complete the phase
+#else
+      mbarInit(&full[s], 32);  // one cp.async arrival per producer lane
+#endif
+      mbarInit(&empty[s], kConsumerWarps);
+    }
+    fenceMbarInit();
+  }
+  __syncthreads();
+
+  if (warp == kConsumerWarps) {
+    // ---- producer ----
+    const unsigned char* units = a.w + kHeaderBytes;
+    const int pro = min(S, n);
+#if __CUDA_ARCH__ >= 900
+    const uint32_t stageTx = kUnitBytes + static_cast<uint32_t>(a.M) * 256u;
+    auto weights = [&](int i) {  // lane 0
+      const int s = i % S;
+      mbarArriveExpectTx(&full[s], stageTx);
+      bulkCopyG2S(smem + s * SB, units + static_cast<int64_t>(u0 + i) * kUnitBytes, kUnitBytes, &full[s]);
+    };
+    auto xRows = [&](int i) {  // every lane, after lane 0's expect_tx for this stage
+      const int s = i % S, g = (u0 + i) % G;
+      for (int r = lane; r < a.M; r += 32)
+        bulkCopyG2S(smem + s * SB + kUnitBytes + r * kXStride, a.x + static_cast<int64_t>(r) * a.K + g * kGroup, 256,
+                    &full[s]);
+    };
+    if (lane == 0)
+      for (int i = 0; i < pro; ++i) weights(i);
+    pdlWait();  // x is written by the kernel before this one
+    __syncwarp();
+    for (int i = 0; i < pro; ++i) xRows(i);
+    for (int i = pro; i < n; ++i) {
+      mbarWait(&empty[i % S], static_cast<uint32_t>((i / S - 1) & 1));
+      if (lane == 0) weights(i);
+      __syncwarp();
+      xRows(i);
+    }
+#else
+    // sm_80: 16-byte cp.async by every lane, then one arrival per lane when its copies land.
+    auto stage = [&](int i) {
+      const int s = i % S, g = (u0 + i) % G;
+      unsigned char* dst = smem + s * SB;
+      const unsigned char* src = units + static_cast<int64_t>(u0 + i) * kUnitBytes;
+      for (int c = lane; c < kUnitBytes / 16; c += 32) cpAsync16(dst + c * 16, src + c * 16);
+      for (int c = lane; c < a.M * 16; c += 32) {
+        const int r = c >> 4, q = c & 15;
+        cpAsync16(dst + kUnitBytes + r * kXStride + q * 16, a.x + static_cast<int64_t>(r) * a.K + g * kGroup + q * 8);
+      }
+      cpAsyncArriveNoinc(&full[s]);
+    };
+    for (int i = 0; i < pro; ++i) stage(i);
+    for (int i = pro; i < n; ++i) {
+      mbarWait(&empty[i % S], static_cast<uint32_t>((i / S - 1) & 1));
+      stage(i);
+    }
+#endif
+    return;
+  }
+
+  // ---- consumers ----
+  pdlWait();  // outputs and partials are written only after the kernel before has finished
+  const int gl = lane >> 2, tl = lane & 3;
+  const int colA = warp * 16 + gl, colB = colA + 8;
+  const int e = awqScaleShift(*reinterpret_cast<const uint32_t*>(a.w));
+  const float outScale = exp2f(static_cast<float>(e));
+  constexpr int NA = MT == 1 ? 2 : 1;  // M <= 8: two accumulator sets break the mma dependency chain
+  float acc[NA][MT][4];
+
+  auto zero = [&]() {
+#pragma unroll
+    for (int q = 0; q < NA; ++q)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[q][mt][r] = 0.f;
+  };
+  // End of this block's part of tile t, groups [g0, g1): the output, or a partial and the fix-up.
+  auto flush = [&](int t, int g0, int g1) {
+    float v[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        float s = acc[0][mt][r];
+        if (NA == 2) s += acc[NA - 1][mt][r];
+        v[mt][r] = s * outScale;
+      }
+    const int nA = t * kTileN + colA, nB = nA + 8;
+    const bool whole = g0 == 0 && g1 == G;
+    float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      if (mt * 8 >= a.M) break;
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int m = mt * 8 + 2 * tl + q;  // C fragment: (column gl [+8], row 2tl + q)
+        if (m >= a.M) continue;
+        if (whole) {
+          if (nA < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + nA, v[mt][q]);
+          if (nB < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + nB, v[mt][2 + q]);
+        } else {
+          part[m * kTileN + colA] = v[mt][q];
+          part[m * kTileN + colB] = v[mt][2 + q];
+        }
+      }
+    }
+    if (!whole)
+      streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
+                   kConsumers);
+  };
+
+  zero();
+  int tile = u0 / G, g0 = u0 % G;
+  for (int i = 0; i < n; ++i) {
+    const int u = u0 + i, t = u / G;
+    if (t != tile) {
+      flush(tile, g0, G);
+      zero();
+      tile = t;
+      g0 = 0;
+    }
+    const int s = i % S;
+    mbarWait(&full[s], static_cast<uint32_t>((i / S) & 1));
+    const unsigned char* st = smem + s * SB;
+
+    // This lane's two columns: scales, zeros -> the dequantization constants.
+    __half mulA, addA, mulB, addB;
+    {
+      const __half* sc = reinterpret_cast<const __half*>(st + kScaleOffset);
+      const int zA = (st[kZeroOffset + (colA >> 1)] >> ((colA & 1) * 4)) & 15;
+      const int zB = (st[kZeroOffset + (colB >> 1)] >> ((colB & 1) * 4)) & 15;
+      awqColumnConstants<SUBMUL>(sc[colA], zA, e, mulA, addA);
+      awqColumnConstants<SUBMUL>(sc[colB], zB, e, mulB, addB);
+    }
+    const __half2 mA = __half2half2(mulA), dA = __half2half2(addA), mB = __half2half2(mulB), dB = __half2half2(addB);
+
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4 wq = *reinterpret_cast<const uint4*>(st + ((warp * 2 + h) * 32 + lane) * 16);
+      const uint32_t wv[4] = {wq.x, wq.y, wq.z, wq.w};
+      uint32_t af[4][4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        af[j][0] = awqDequantPair<SUBMUL>(fragNibbles(wv[j], 0), mA, dA);
+        af[j][1] = awqDequantPair<SUBMUL>(fragNibbles(wv[j], 1), mB, dB);
+        af[j][2] = awqDequantPair<SUBMUL>(fragNibbles(wv[j], 2), mA, dA);
+        af[j][3] = awqDequantPair<SUBMUL>(fragNibbles(wv[j], 3), mB, dB);
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if (mt * 8 >= a.M) break;
+        const int row = mt * 8 + gl;
+        uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+        if (row < a.M) {
+          const unsigned char* xp = st + kUnitBytes + row * kXStride + h * 128 + tl * 32;
+          x0 = *reinterpret_cast<const uint4*>(xp);
+          x1 = *reinterpret_cast<const uint4*>(xp + 16);
+        }
+        const uint32_t xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) mma16816(acc[j % NA][mt], af[j], xv[2 * j], xv[2 * j + 1]);
+      }
+    }
+    __syncwarp();
+    if (lane == 0) mbarArrive(&empty[s]);
+  }
+  if (n > 0) flush(tile, g0, (u0 + n - 1) % G + 1);
+}
+
+template <int MT, bool SUBMUL>
+void gemvT(const Ctx& c, GemvArgs a) {
+  const auto kernel = awqGemvKernel<MT, SUBMUL>;
+  const Tuning& tu = tuning();
+  int bps = std::max(1, std::min(2, tu.awqGemvBlocksPerSM));
+  constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
+  // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
+  constexpr int kSmemPerSM = 220 * 1024;
+  int stages = std::min({kMaxStages, std::max(2, tu.awqGemvStages[MTI]), kSmemPerSM / bps / stageBytes<MT>()});
+  stages = std::max(2, stages);
+  const size_t smem = static_cast<size_t>(stages) * stageBytes<MT>();
+  static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
+  static size_t occSmem = 0;
+  static int occ = 0;
+  if (smem > attr) {
+    MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    attr = smem;
+  }
+  if (smem != occSmem) {  // blocks that can be resident at once: the grid must be one wave
+    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, kThreads, smem));
+    occSmem = smem;
+  }
+  bps = std::max(1, std::min(bps, occ));
+  a.stages = stages;
+  a.sk.P = std::max(1, std::min(a.sk.units, bps * c.numSMs));
+  a.partials = static_cast<float*>(
+      c.splitK->get(static_cast<size_t>(2 * a.sk.P) * MT * 8 * kTileN * sizeof(float), c.stream));
+  a.tickets = static_cast<unsigned*>(c.tickets->getZeroed(static_cast<size_t>(tiles(a.N)) * sizeof(unsigned), c.stream));
+
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(a.sk.P));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = c.stream;
+  cudaLaunchAttribute attrs[1];
+  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attrs;
+  cfg.numAttrs = tu.pdl && c.computeCapability >= 90 ? 1 : 0;
+  MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, a));
+}
+
+template <int MT>
+void gemvM(const Ctx& c, const GemvArgs& a) {
+  if (tuning().awqGemvSubMul) gemvT<MT, true>(c, a);
+  else gemvT<MT, false>(c, a);
+}
+
+}  // namespace
+
+void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M) {
+  if (M <= 0) return;
+  if (M > 64) throw BackendError("awqLinear (CUDA GEMV): M=" + std::to_string(M) + " rows in one launch (at most 64)");
+  if (reinterpret_cast<uintptr_t>(x) & 15 || w.K % kGroup)
+    throw BackendError("awqLinear (CUDA GEMV): x must be 16-byte aligned and K a multiple of 128 (M=" +
+                       std::to_string(M) + " K=" + std::to_string(w.K) + " N=" + std::to_string(w.N) + ")");
+  GemvArgs a = {};
+  a.x = x;
+  a.w = w.data;
+  a.out = out;
+  a.outF16 = outF16;
+  a.M = M;
+  a.K = w.K;
+  a.N = w.N;
+  a.sk.G = w.K / kGroup;
+  a.sk.units = static_cast<int>(units(w.K, w.N));
+  if (M <= 8) gemvM<1>(c, a);
+  else if (M <= 16) gemvM<2>(c, a);
+  else if (M <= 32) gemvM<4>(c, a);
+  else gemvM<8>(c, a);
+}
+
+}  // namespace cuda
+}  // namespace medcluster

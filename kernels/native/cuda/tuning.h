@@ -1,0 +1,42 @@
+// Every tuning knob of the CUDA backend, in one struct. Launchers read tuning() at each
+// launch, so the check program (kernels/gpu/check.cu) can move a switch point to exercise
+// every path, and a benchmark can compare variants in one process. The defaults are the
+// measured choices (kernels/gpu/RESULTS.md says which run chose each).
+#pragma once
+
+namespace medcluster {
+namespace cuda {
+
+struct Tuning {
+  // ---- AWQ matmul (awq_linear.cu) ----
+  // From this M up, where cuBLAS loads, the packed weights are dequantized to an f16 scratch
+  // and multiplied by cuBLAS; below it (and always without cuBLAS) the packed GEMV runs in
+  // passes of up to 64 rows. 0: never use cuBLAS (every M on one kernel: batch-invariant rows).
+  int awqDequantMinM = 256;
+  // Blocks of the persistent GEMV per multiprocessor (each 8 consumer warps + 1 producer warp).
+  int awqGemvBlocksPerSM = 1;
+  // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64).
+  int awqGemvStages[4] = {8, 6, 5, 4};
+  // Dequantize as ((1 + q/16) - (1 + z/16)) * 16s (two f16 ops, no subnormals) instead of the
+  // one FMA (q * 2^-18) * (s * 2^18) - z * s.
+  bool awqGemvSubMul = false;
+  // Programmatic dependent launch (sm_90): the GEMV's blocks start, and prefetch their first
+  // weight stages, while the kernel before it finishes.
+  bool pdl = true;
+
+  // ---- fp16 linear (linear.cu) ----
+  int linearBlasMinM = 9;  // from this M, cuBLAS where it loads (the GEMV re-reads the weights per 8 rows)
+
+  // ---- attention (attention.cu) ----
+  int attnPrefillMinTokensPerSeq = 4;  // tensor-core prefill kernel from this many query tokens per sequence
+};
+
+// The process-wide settings (one per process: every CudaBackend reads the same).
+Tuning& tuning();
+
+// Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
+// MEDCLUSTER_AWQ_SUBMUL=1); called when a backend is created.
+void applyTuningEnv();
+
+}  // namespace cuda
+}  // namespace medcluster
