@@ -5,7 +5,7 @@
 #   base-gpu-check              (optional) the same program built at the baseline commit
 #   node.xz, medcluster.mjs, gpu-parity.mjs, medcluster_kernels.node   scripts/device-bundle.mjs
 #   proto/                      the .proto files (the CLI loads them)
-# Usage: bash device-run.sh [steps...]   steps: info check bench base parity decode decode64 pdl sass
+# Usage: bash device-run.sh [steps...]   steps: info check bench base ab parity decode decode64 sass
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
@@ -28,42 +28,49 @@ for s in "${steps[@]}"; do
   ts=$(date +%s)
   case "$s" in
     info)
-      nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit --format=csv >"$OUT/info.txt" 2>&1
-      uname -r >>"$OUT/info.txt"
-      note "$(tail -n +2 "$OUT/info.txt" | head -1)"
+      note "$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit --format=csv 2>&1 | tail -1); $(uname -r)"
       ;;
     check)
-      timeout 180 ./medcluster-gpu-check >"$OUT/check.txt" 2>&1
+      timeout 120 ./medcluster-gpu-check >"$OUT/check.txt" 2>&1
       rc=$?
       note "check rc=$rc: $(grep -E '^(PASSED|FAILED)' "$OUT/check.txt" | tail -1)"
       grep -E '^FAIL' "$OUT/check.txt" | head -8 | tee -a "$summary"
       ;;
     bench)
-      timeout 240 ./medcluster-gpu-check --bench-only --json "$OUT/bench.json" >"$OUT/bench.txt" 2>&1
+      timeout 150 ./medcluster-gpu-check --bench-only --json "$OUT/bench.json" >"$OUT/bench.txt" 2>&1
       note "bench rc=$?"
       grep -E '^copy bandwidth' "$OUT/bench.txt" | tee -a "$summary"
       grep -E '^\| tp=' "$OUT/bench.txt" | tee -a "$summary"
       ;;
     base)  # the baseline commit's kernels, same machine, same call (its quick benchmark)
-      [ -x ./base-gpu-check ] && MC_BENCH_QUICK=1 timeout 90 ./base-gpu-check --bench-only >"$OUT/base-bench.txt" 2>&1
+      [ -x ./base-gpu-check ] && MC_BENCH_QUICK=1 timeout 45 ./base-gpu-check --bench-only >"$OUT/base-bench.txt" 2>&1
       note "base rc=$?"
       grep -E '^\| tp=1' "$OUT/base-bench.txt" | tee -a "$summary"
       ;;
-    pdl)  # the GEMV without programmatic dependent launch, M <= 16 (A/B in one call)
-      MEDCLUSTER_PDL=0 MC_BENCH_TP1=1 MC_BENCH_MS=1,8,16 timeout 120 ./medcluster-gpu-check --bench-only >"$OUT/bench-nopdl.txt" 2>&1
-      note "no-PDL bench rc=$?"
-      grep -E '^\| tp=' "$OUT/bench-nopdl.txt" | tee -a "$summary"
+    ab)  # tuning variants of the GEMV against the defaults, tp=1 shapes, in one call
+      : >"$OUT/ab.txt"
+      for cfg in "" "MEDCLUSTER_AWQ_GEMV_BLOCKS=1 MEDCLUSTER_AWQ_GEMV_STAGES=8,6,5,4" "MEDCLUSTER_PDL=0" \
+        "MEDCLUSTER_AWQ_SUBMUL=1"; do
+        echo "## ${cfg:-defaults}" >>"$OUT/ab.txt"
+        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS=1,8,16,64 timeout 60 ./medcluster-gpu-check --bench-only 2>&1 |
+          grep -E '^\||^AWQ tuning' >>"$OUT/ab.txt"
+      done
+      echo "## MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 (GEMV passes of 64 rows, no cuBLAS)" >>"$OUT/ab.txt"
+      MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 MC_BENCH_TP1=1 MC_BENCH_MS=128,256,1024 timeout 60 ./medcluster-gpu-check \
+        --bench-only 2>&1 | grep -E '^\|' >>"$OUT/ab.txt"
+      note "ab done"
+      grep -E '^## |^\| tp=1' "$OUT/ab.txt" | tee -a "$summary"
       ;;
     parity)
       node_ready
-      timeout 240 /tmp/node gpu-parity.mjs >"$OUT/parity.txt" 2>&1
+      timeout 100 /tmp/node gpu-parity.mjs >"$OUT/parity.txt" 2>&1
       note "parity rc=$?: $(tail -1 "$OUT/parity.txt")"
       grep -E '^FAIL' "$OUT/parity.txt" | head -8 | tee -a "$summary"
       ;;
     decode | decode64)
       node_ready
       b=$([ "$s" = decode ] && echo 1,16 || echo 1,16,64)
-      timeout 400 /tmp/node medcluster.mjs bench decode --synthetic llama-2-70b --device cuda --batch "$b" \
+      timeout 150 /tmp/node medcluster.mjs bench decode --synthetic llama-2-70b --device cuda --batch "$b" \
         --prompt-tokens 512 --decode-tokens 128 --json "$OUT/$s.json" >"$OUT/$s.txt" 2>&1
       note "$s rc=$?"
       grep -E 'cuda' "$OUT/$s.txt" | tail -4 | tee -a "$summary"

@@ -41,18 +41,22 @@ __device__ __forceinline__ int awqScaleShift(uint32_t maxBits) {
   return e;
 }
 
-// The two f16 constants of one column in one group: the FMA's multiplier and addend, or
-// SubMul's subtrahend (add) and multiplier (mul).
+// The powers of two of a matrix's shift e (once per kernel): the multiplier's and the addend's.
 template <bool SUBMUL>
-__device__ __forceinline__ void awqColumnConstants(__half s, int z, int e, __half& mul, __half& add) {
-  const float sf = __half2float(s), pe = exp2f(static_cast<float>(-e));
-  if (SUBMUL) {
-    mul = __float2half_rn(16.f * sf * pe);
-    add = __float2half_rn(1.f + static_cast<float>(z) * 0.0625f);  // exact
-  } else {
-    mul = __float2half_rn(sf * exp2f(static_cast<float>(18 - e)));  // exact: s times a power of two
-    add = __float2half_rn(-static_cast<float>(z) * sf * pe);
-  }
+__device__ __forceinline__ void awqShiftFactors(int e, float& mulScale, float& addScale) {
+  mulScale = exp2f(static_cast<float>((SUBMUL ? 4 : 18) - e));
+  addScale = exp2f(static_cast<float>(-e));
+}
+
+// The two f16 constants of one column in one group: the FMA's multiplier and addend, or
+// SubMul's multiplier (mul) and subtrahend (add).
+template <bool SUBMUL>
+__device__ __forceinline__ void awqColumnConstants(__half s, int z, float mulScale, float addScale, __half& mul,
+                                                   __half& add) {
+  const float sf = __half2float(s);
+  mul = __float2half_rn(sf * mulScale);  // exact: s times a power of two
+  if (SUBMUL) add = __float2half_rn(1.f + static_cast<float>(z) * 0.0625f);  // exact
+  else add = __float2half_rn(-static_cast<float>(z) * sf * addScale);
 }
 
 __device__ __forceinline__ __half2 u2h2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }

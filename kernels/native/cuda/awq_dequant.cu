@@ -25,33 +25,42 @@ __global__ void __launch_bounds__(256) awqDequantKernel(const unsigned char* __r
   const int G = K / kGroup;
   const int64_t U = tiles(N) * G;
   const int e = awqScaleShift(*reinterpret_cast<const uint32_t*>(w));
+  float mulScale, addScale;
+  awqShiftFactors<SUBMUL>(e, mulScale, addScale);
+  const float outScale = exp2f(static_cast<float>(e));
   const uint32_t* words = reinterpret_cast<const uint32_t*>(unit);
   const unsigned char* bytes = reinterpret_cast<const unsigned char*>(unit);
+  // This thread writes columns c0 .. c0+7 of rows r0, r0 + 16, ... of every unit.
+  const int c0 = (threadIdx.x & 15) * 8, r0 = threadIdx.x >> 4;
   for (int64_t u = blockIdx.x; u < U; u += gridDim.x) {
     __syncthreads();  // the previous unit's readers are done
     const uint4* src = reinterpret_cast<const uint4*>(w + kHeaderBytes + u * kUnitBytes);
     for (int i = threadIdx.x; i < kUnitBytes / 16; i += blockDim.x) unit[i] = __ldg(src + i);
     __syncthreads();
     const int t = static_cast<int>(u / G), g = static_cast<int>(u - static_cast<int64_t>(t) * G);
-    for (int ch = threadIdx.x; ch < kGroup * (kTileN / 8); ch += blockDim.x) {
-      const int kr = ch >> 4, c0 = (ch & 15) * 8;
-      const int n0 = t * kTileN + c0;
-      if (n0 >= N) continue;  // N is a multiple of 8: a run is all in or all out
+    const int n0 = t * kTileN + c0;
+    if (n0 >= N) continue;  // N is a multiple of 8: a run of 8 columns is all in or all out
+    __half2 mul[8], add[8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const int c = c0 + q;
+      const int z = (bytes[kZeroOffset + (c >> 1)] >> ((c & 1) * 4)) & 15;
+      __half m, a;
+      awqColumnConstants<SUBMUL>(reinterpret_cast<const __half*>(bytes + kScaleOffset)[c], z, mulScale, addScale, m, a);
+      mul[q] = __half2half2(m);
+      add[q] = __half2half2(a);
+    }
+    for (int kr = r0; kr < kGroup; kr += 16) {
       uint4 o;
       __half* oh = reinterpret_cast<__half*>(&o);
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
-        const int c = c0 + q;
         int word, bit;
-        locate(kr, c, word, bit);
-        const uint32_t nib = (words[word] >> bit) & 15u;
-        const int z = (bytes[kZeroOffset + (c >> 1)] >> ((c & 1) * 4)) & 15;
-        __half mul, add;
-        awqColumnConstants<SUBMUL>(reinterpret_cast<const __half*>(bytes + kScaleOffset)[c], z, e, mul, add);
+        locate(kr, c0 + q, word, bit);
         // The weight as the GEMV's fragment holds it: the nibble at bits 6-9 of an f16.
-        const uint32_t pair = awqDequantPair<SUBMUL>(nib << 6, __half2half2(mul), __half2half2(add));
-        __half v = __low2half(u2h2(pair));
-        if (e) v = __float2half_rn(__half2float(v) * exp2f(static_cast<float>(e)));
+        const uint32_t nib = ((words[word] >> bit) & 15u) << 6;
+        __half v = __low2half(u2h2(awqDequantPair<SUBMUL>(nib, mul[q], add[q])));
+        if (e) v = __float2half_rn(__half2float(v) * outScale);
         oh[q] = v;
       }
       *reinterpret_cast<uint4*>(out + static_cast<int64_t>(g * kGroup + kr) * N + n0) = o;

@@ -56,8 +56,9 @@ struct GemvArgs {
 };
 
 template <int MT, bool SUBMUL>
-// M <= 16 is compiled for two resident blocks per multiprocessor (registers capped at 113).
-__global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1) awqGemvKernel(const GemvArgs a) {
+// Compiled for two resident blocks per multiprocessor (registers capped at ~100), except MT = 8,
+// whose 64 accumulators need more (two of its blocks per SM then run one after the other).
+__global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const GemvArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t full[kMaxStages], empty[kMaxStages];
   __shared__ int fixupFlag;
@@ -136,7 +137,11 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1) awqGemvKernel(const
   const int colA = warp * 16 + gl, colB = colA + 8;
   const int e = awqScaleShift(*reinterpret_cast<const uint32_t*>(a.w));
   const float outScale = exp2f(static_cast<float>(e));
-  constexpr int NA = MT == 1 ? 2 : 1;  // M <= 8: two accumulator sets break the mma dependency chain
+  float mulScale, addScale;
+  awqShiftFactors<SUBMUL>(e, mulScale, addScale);
+  // Two accumulator sets (even and odd k-steps) break the mma dependency chain; the same for every
+  // MT, so that a row's sums run in the same order whatever the batch size.
+  constexpr int NA = 2;
   float acc[NA][MT][4];
 
   auto zero = [&]() {
@@ -154,16 +159,13 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1) awqGemvKernel(const
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        float s = acc[0][mt][r];
-        if (NA == 2) s += acc[NA - 1][mt][r];
-        v[mt][r] = s * outScale;
+        v[mt][r] = (acc[0][mt][r] + acc[1][mt][r]) * outScale;
       }
     const int nA = t * kTileN + colA, nB = nA + 8;
     const bool whole = g0 == 0 && g1 == G;
     float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      if (mt * 8 >= a.M) break;
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
         const int m = mt * 8 + 2 * tl + q;  // C fragment: (column gl [+8], row 2tl + q)
@@ -196,20 +198,22 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1) awqGemvKernel(const
     mbarWait(&full[s], static_cast<uint32_t>((i / S) & 1));
     const unsigned char* st = smem + s * SB;
 
-    // This lane's two columns: scales, zeros -> the dequantization constants.
+    // Everything this warp reads from the stage, issued before the first use: its weights for
+    // both halves, its two columns' scales and zeros, and x (rows past M read as zeros).
+    const uint4 wq0 = *reinterpret_cast<const uint4*>(st + ((warp * 2 + 0) * 32 + lane) * 16);
+    const uint4 wq1 = *reinterpret_cast<const uint4*>(st + ((warp * 2 + 1) * 32 + lane) * 16);
+    const __half* sc = reinterpret_cast<const __half*>(st + kScaleOffset);
+    const __half sA = sc[colA], sB = sc[colB];
+    const int zA = (st[kZeroOffset + (colA >> 1)] >> ((colA & 1) * 4)) & 15;
+    const int zB = (st[kZeroOffset + (colB >> 1)] >> ((colB & 1) * 4)) & 15;
     __half mulA, addA, mulB, addB;
-    {
-      const __half* sc = reinterpret_cast<const __half*>(st + kScaleOffset);
-      const int zA = (st[kZeroOffset + (colA >> 1)] >> ((colA & 1) * 4)) & 15;
-      const int zB = (st[kZeroOffset + (colB >> 1)] >> ((colB & 1) * 4)) & 15;
-      awqColumnConstants<SUBMUL>(sc[colA], zA, e, mulA, addA);
-      awqColumnConstants<SUBMUL>(sc[colB], zB, e, mulB, addB);
-    }
+    awqColumnConstants<SUBMUL>(sA, zA, mulScale, addScale, mulA, addA);
+    awqColumnConstants<SUBMUL>(sB, zB, mulScale, addScale, mulB, addB);
     const __half2 mA = __half2half2(mulA), dA = __half2half2(addA), mB = __half2half2(mulB), dB = __half2half2(addB);
 
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const uint4 wq = *reinterpret_cast<const uint4*>(st + ((warp * 2 + h) * 32 + lane) * 16);
+      const uint4 wq = h ? wq1 : wq0;
       const uint32_t wv[4] = {wq.x, wq.y, wq.z, wq.w};
       uint32_t af[4][4];
 #pragma unroll
@@ -219,9 +223,10 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1) awqGemvKernel(const
         af[j][2] = awqDequantPair<SUBMUL>(fragNibbles(wv[j], 2), mA, dA);
         af[j][3] = awqDequantPair<SUBMUL>(fragNibbles(wv[j], 3), mB, dB);
       }
+      // Every row tile, unconditionally (no early exit: the loop unrolls and its loads and mmas
+      // interleave; tiles past M multiply zeros).
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        if (mt * 8 >= a.M) break;
         const int row = mt * 8 + gl;
         uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
         if (row < a.M) {
@@ -231,7 +236,7 @@ __global__ void __launch_bounds__(kThreads, MT <= 2 ? 2 : 1) awqGemvKernel(const
         }
         const uint32_t xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
-        for (int j = 0; j < 4; ++j) mma16816(acc[j % NA][mt], af[j], xv[2 * j], xv[2 * j + 1]);
+        for (int j = 0; j < 4; ++j) mma16816(acc[j & 1][mt], af[j], xv[2 * j], xv[2 * j + 1]);
       }
     }
     __syncwarp();
@@ -244,7 +249,9 @@ template <int MT, bool SUBMUL>
 void gemvT(const Ctx& c, GemvArgs a) {
   const auto kernel = awqGemvKernel<MT, SUBMUL>;
   const Tuning& tu = tuning();
-  int bps = std::max(1, std::min(2, tu.awqGemvBlocksPerSM));
+  // The grid depends on the shape and the card only, not on M: one schedule (and summation
+  // order) for every batch size.
+  const int bps = std::max(1, std::min(2, tu.awqGemvBlocksPerSM));
   constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
   // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
   constexpr int kSmemPerSM = 220 * 1024;
@@ -252,17 +259,10 @@ void gemvT(const Ctx& c, GemvArgs a) {
   stages = std::max(2, stages);
   const size_t smem = static_cast<size_t>(stages) * stageBytes<MT>();
   static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
-  static size_t occSmem = 0;
-  static int occ = 0;
   if (smem > attr) {
     MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     attr = smem;
   }
-  if (smem != occSmem) {  // blocks that can be resident at once: the grid must be one wave
-    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, kThreads, smem));
-    occSmem = smem;
-  }
-  bps = std::max(1, std::min(bps, occ));
   a.stages = stages;
   a.sk.P = std::max(1, std::min(a.sk.units, bps * c.numSMs));
   a.partials = static_cast<float*>(

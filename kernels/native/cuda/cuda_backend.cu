@@ -70,6 +70,14 @@ void applyTuningEnv() {
   if (const char* v = env("MEDCLUSTER_PDL")) t.pdl = std::strcmp(v, "0") != 0;
   if (const char* v = env("MEDCLUSTER_AWQ_DEQUANT_MIN_M")) t.awqDequantMinM = std::atoi(v);
   if (const char* v = env("MEDCLUSTER_AWQ_SUBMUL")) t.awqGemvSubMul = std::strcmp(v, "0") != 0;
+  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_BLOCKS")) t.awqGemvBlocksPerSM = std::atoi(v);
+  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_STAGES")) {  // four comma-separated depths, by MT 1, 2, 4, 8
+    for (int i = 0; i < 4 && *v; ++i) {
+      t.awqGemvStages[i] = std::atoi(v);
+      while (*v && *v != ',') ++v;
+      if (*v) ++v;
+    }
+  }
 }
 
 namespace {
