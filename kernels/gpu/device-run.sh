@@ -5,7 +5,7 @@
 #   base-gpu-check              (optional) the same program built at the baseline commit
 #   node.xz, medcluster.mjs, gpu-parity.mjs, medcluster_kernels.node   scripts/device-bundle.mjs
 #   proto/                      the .proto files (the CLI loads them)
-# Usage: bash device-run.sh [steps...]   steps: info check bench base ab parity decode decode64 sass
+# Usage: bash device-run.sh [steps...]   steps: info check bench base ab ncu parity decode decode64 sass
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
@@ -70,10 +70,22 @@ for s in "${steps[@]}"; do
     decode | decode64)
       node_ready
       b=$([ "$s" = decode ] && echo 1,16 || echo 1,16,64)
-      timeout 150 /tmp/node medcluster.mjs bench decode --synthetic llama-2-70b --device cuda --batch "$b" \
-        --prompt-tokens 512 --decode-tokens 128 --json "$OUT/$s.json" >"$OUT/$s.txt" 2>&1
+      timeout 200 /tmp/node medcluster.mjs bench decode --synthetic llama-2-70b --device cuda --batch "$b" \
+        --prompt-tokens 512 --decode-tokens 128 >"$OUT/$s.txt" 2>&1
       note "$s rc=$?"
       grep -E 'cuda' "$OUT/$s.txt" | tail -4 | tee -a "$summary"
+      ;;
+    ncu)  # one gate_up GEMV launch at M = 1 and at M = 64 under Nsight Compute (clocks left alone)
+      NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      : >"$OUT/ncu.txt"
+      for m in 1 64; do
+        MC_BENCH_TP1=1 MC_BENCH_MS=$m timeout 90 "$NCU" --clock-control none -k regex:awqGemv --launch-skip 252 \
+          --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+          --section Occupancy --section LaunchStats ./medcluster-gpu-check --bench-only >>"$OUT/ncu.txt" 2>&1
+      done
+      note "ncu rc=$?"
+      grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Issue Slots Busy|No Eligible|Stall|Achieved Occupancy" \
+        "$OUT/ncu.txt" | head -24 | tee -a "$summary"
       ;;
     sass)
       cuobjdump -sass -fun awqGemvKernel medcluster-gpu-check >"$OUT/gemv-sass.txt" 2>&1 || true

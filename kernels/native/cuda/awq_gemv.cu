@@ -87,27 +87,36 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
     const int pro = min(S, n);
 #if __CUDA_ARCH__ >= 900
     const uint32_t stageTx = kUnitBytes + static_cast<uint32_t>(a.M) * 256u;
-    auto weights = [&](int i) {  // lane 0
-      const int s = i % S;
+    auto weights = [&](int i, int s) {  // lane 0
       mbarArriveExpectTx(&full[s], stageTx);
       bulkCopyG2S(smem + s * SB, units + static_cast<int64_t>(u0 + i) * kUnitBytes, kUnitBytes, &full[s]);
     };
-    auto xRows = [&](int i) {  // every lane, after lane 0's expect_tx for this stage
-      const int s = i % S, g = (u0 + i) % G;
+    auto xRows = [&](int s, int g) {  // every lane, after lane 0's expect_tx for this stage
       for (int r = lane; r < a.M; r += 32)
         bulkCopyG2S(smem + s * SB + kUnitBytes + r * kXStride, a.x + static_cast<int64_t>(r) * a.K + g * kGroup, 256,
                     &full[s]);
     };
     if (lane == 0)
-      for (int i = 0; i < pro; ++i) weights(i);
+      for (int i = 0; i < pro; ++i) weights(i, i);
     pdlWait();  // x is written by the kernel before this one
     __syncwarp();
-    for (int i = 0; i < pro; ++i) xRows(i);
+    int g = u0 % G;
+    for (int i = 0; i < pro; ++i) {
+      xRows(i, g);
+      if (++g == G) g = 0;
+    }
+    int s = pro % S;
+    uint32_t phase = 0;  // of the empty barrier's completions this refill waits for
     for (int i = pro; i < n; ++i) {
-      mbarWait(&empty[i % S], static_cast<uint32_t>((i / S - 1) & 1));
-      if (lane == 0) weights(i);
+      mbarWait(&empty[s], phase);
+      if (lane == 0) weights(i, s);
       __syncwarp();
-      xRows(i);
+      xRows(s, g);
+      if (++g == G) g = 0;
+      if (++s == S) {
+        s = 0;
+        phase ^= 1;
+      }
     }
 #else
     // sm_80: 16-byte cp.async by every lane, then one arrival per lane when its copies land.
@@ -185,17 +194,17 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
   };
 
   zero();
-  int tile = u0 / G, g0 = u0 % G;
+  // Counters instead of divisions in the loop: the unit's tile and group, the ring slot and its phase.
+  int tile = u0 / G, g0 = u0 % G, g = g0, s = 0;
+  uint32_t phase = 0;
   for (int i = 0; i < n; ++i) {
-    const int u = u0 + i, t = u / G;
-    if (t != tile) {
+    if (g == G) {  // the previous unit ended tile `tile`
       flush(tile, g0, G);
       zero();
-      tile = t;
-      g0 = 0;
+      ++tile;
+      g0 = g = 0;
     }
-    const int s = i % S;
-    mbarWait(&full[s], static_cast<uint32_t>((i / S) & 1));
+    mbarWait(&full[s], phase);
     const unsigned char* st = smem + s * SB;
 
     // Everything this warp reads from the stage, issued before the first use: its weights for
@@ -241,8 +250,13 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
     }
     __syncwarp();
     if (lane == 0) mbarArrive(&empty[s]);
+    ++g;
+    if (++s == S) {
+      s = 0;
+      phase ^= 1;
+    }
   }
-  if (n > 0) flush(tile, g0, (u0 + n - 1) % G + 1);
+  if (n > 0) flush(tile, g0, g);
 }
 
 template <int MT, bool SUBMUL>
