@@ -132,12 +132,25 @@ static void report(const std::string& name, const std::vector<double>& out, cons
 // ---- AWQ ----------------------------------------------------------------------------
 static int nib(uint32_t w, int n) { return (w >> ap::autoAwqShift(n)) & 15; }
 
-// The packed bytes against the AutoAWQ tensors they came from, every nibble, scale and zero,
-// the zero padding past N, and the header's largest |scale|. Returns the mismatches.
+// A column's (multiplier, addend) pair as the pack computes it (awqColumnPair), on the host.
+static uint32_t hostPair(uint16_t s, int z, int e) {
+  const float sf = f(s);
+  const uint16_t mul = h(sf * std::ldexp(1.f, 18 - e));
+  const uint16_t add = h(-(float)z * sf * std::ldexp(1.f, -e));
+  return (uint32_t)mul | (uint32_t)add << 16;
+}
+
+// The packed bytes against the AutoAWQ tensors they came from: every nibble, every column's
+// pair (its scale and zero folded), the zero padding past N, and the header (largest |scale|,
+// shift). Returns the mismatches.
 static int64_t verifyPacked(const std::vector<uint32_t>& qw, const std::vector<uint32_t>& qz,
                             const std::vector<uint16_t>& sc, const std::vector<uint8_t>& pk, int K, int N) {
   const int W = N / 8, G = K / ap::kGroup;
   const int64_t U = ap::units(K, N);
+  uint32_t maxBits = 0, hdr[2];
+  for (uint16_t s : sc) maxBits = std::max<uint32_t>(maxBits, s & 0x7fffu);
+  const int e = ap::scaleShiftFor(f((uint16_t)maxBits));
+  memcpy(hdr, pk.data(), 8);
   std::atomic<int64_t> bad{0};
   parallelFor(U, [&](int64_t a, int64_t z) {
     int64_t mine = 0;
@@ -157,19 +170,14 @@ static int64_t verifyPacked(const std::vector<uint32_t>& qw, const std::vector<u
       }
       for (int c = 0; c < ap::kTileN; ++c) {
         const int n = t * ap::kTileN + c;
-        uint16_t s;
-        memcpy(&s, unit + ap::kScaleOffset + 2 * c, 2);
-        mine += s != (n < N ? sc[(size_t)g * N + n] : 0);
-        const int z8 = (unit[ap::kZeroOffset + c / 2] >> ((c & 1) * 4)) & 15;
-        mine += z8 != (n < N ? nib(qz[(size_t)g * W + n / 8], n) : 0);
+        uint32_t pair;
+        memcpy(&pair, unit + ap::kPairOffset + 4 * c, 4);
+        mine += pair != (n < N ? hostPair(sc[(size_t)g * N + n], nib(qz[(size_t)g * W + n / 8], n), e) : 0u);
       }
     }
     bad += mine;
   });
-  uint32_t maxBits = 0, hdr;
-  for (uint16_t s : sc) maxBits = std::max<uint32_t>(maxBits, s & 0x7fffu);
-  memcpy(&hdr, pk.data(), 4);
-  return bad + (hdr != maxBits);
+  return bad + (hdr[0] != maxBits) + (hdr[1] != (uint32_t)e);
 }
 
 struct Packed {
@@ -328,15 +336,15 @@ static void checkAwqAll(Backend& b) {
   printf("-- scales >= 0.25 (s * 2^18 past f16: the power-of-two shift)\n");
   checkAwq(b, 1, 1024, 1024, DType::F32, " scales to 4", 1, 0.01f, 4.f);
   checkAwq(b, 16, 512, 640, DType::F32, " scales to 300", 1, 1.f, 300.f);  // f32: the sums pass 65504
-  printf("-- variants: two-op dequantization, no PDL, the other block count per SM, a 2-stage ring\n");
+  printf("-- variants: no PDL, 1 and 3 blocks per SM, a 2-stage ring\n");
   for (int v = 0; v < 4; ++v) {
     tu = defaults;
     tu.awqDequantMinM = 0;
-    if (v == 0) tu.awqGemvSubMul = true;
-    if (v == 1) tu.pdl = false;
-    if (v == 2) tu.awqGemvBlocksPerSM = 3 - defaults.awqGemvBlocksPerSM;
+    if (v == 0) tu.pdl = false;
+    if (v == 1) tu.awqGemvBlocksPerSM = 1;
+    if (v == 2) tu.awqGemvBlocksPerSM = 3;
     if (v == 3) for (int& s : tu.awqGemvStages) s = 2;
-    const char* note = v == 0 ? " submul" : v == 1 ? " no-pdl" : v == 2 ? " other blocks/SM" : " 2 stages";
+    const char* note = v == 0 ? " no-pdl" : v == 1 ? " 1 block/SM" : v == 2 ? " 3 blocks/SM" : " 2 stages";
     checkAwq(b, 1, 8192, 1024, DType::F16, note);
     checkAwq(b, 8, 1152, 776, DType::F32, note);
     checkAwq(b, 16, 2048, 1536, DType::F16, note);
@@ -729,9 +737,9 @@ static void bench(Backend& b, const char* jsonPath) {
   }
   const int nSets = quick || getenv("MC_BENCH_TP1") ? 1 : 2;
   cuda::Tuning& tu = cuda::tuning();
-  printf("AWQ tuning: dequant+cuBLAS from M=%d, GEMV %d block(s)/SM, stages %d/%d/%d/%d, %s dequantization, PDL %s\n",
+  printf("AWQ tuning: dequant+cuBLAS from M=%d, GEMV %d block(s)/SM, stages %d/%d/%d/%d, PDL %s\n",
          tu.awqDequantMinM, tu.awqGemvBlocksPerSM, tu.awqGemvStages[0], tu.awqGemvStages[1], tu.awqGemvStages[2],
-         tu.awqGemvStages[3], tu.awqGemvSubMul ? "two-op" : "one-FMA", tu.pdl ? "on" : "off");
+         tu.awqGemvStages[3], tu.pdl ? "on" : "off");
   // Issue's targets per tp=1 block (kernels/gpu/RESULTS.md): M = 1, 16, 64, 1024.
   auto target = [](int M) { return M == 1 ? 0.13 : M == 16 ? 0.15 : M == 64 ? 0.22 : M == 1024 ? 2.5 : -1.0; };
   printf("\nisolated: one call between two events (median of 20); chained: 20 calls back to back / 20 (median of 5)\n"

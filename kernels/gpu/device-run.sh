@@ -49,14 +49,14 @@ for s in "${steps[@]}"; do
       ;;
     ab)  # tuning variants of the GEMV against the defaults, tp=1 shapes, in one call
       : >"$OUT/ab.txt"
-      for cfg in "" "MEDCLUSTER_AWQ_GEMV_BLOCKS=1 MEDCLUSTER_AWQ_GEMV_STAGES=8,6,5,4" "MEDCLUSTER_PDL=0" \
-        "MEDCLUSTER_AWQ_SUBMUL=1"; do
+      for cfg in "" "MEDCLUSTER_AWQ_GEMV_BLOCKS=3 MEDCLUSTER_AWQ_GEMV_STAGES=5,4,4,3" \
+        "MEDCLUSTER_AWQ_GEMV_BLOCKS=1 MEDCLUSTER_AWQ_GEMV_STAGES=10,8,6,4" "MEDCLUSTER_PDL=0"; do
         echo "## ${cfg:-defaults}" >>"$OUT/ab.txt"
         env $cfg MC_BENCH_TP1=1 MC_BENCH_MS=1,8,16,64 timeout 60 ./medcluster-gpu-check --bench-only 2>&1 |
           grep -E '^\||^AWQ tuning' >>"$OUT/ab.txt"
       done
       echo "## MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 (GEMV passes of 64 rows, no cuBLAS)" >>"$OUT/ab.txt"
-      MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 MC_BENCH_TP1=1 MC_BENCH_MS=128,256,1024 timeout 60 ./medcluster-gpu-check \
+      MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 MC_BENCH_TP1=1 MC_BENCH_MS=128,256,512 timeout 60 ./medcluster-gpu-check \
         --bench-only 2>&1 | grep -E '^\|' >>"$OUT/ab.txt"
       note "ab done"
       grep -E '^## |^\| tp=1' "$OUT/ab.txt" | tee -a "$summary"

@@ -11,6 +11,9 @@
 //    with its partial slots and block-ordered fix-up (splitk.cuh's StreamK). The dequantized
 //    values are exact ((q - z) * s in double): this tests where every byte goes, not rounding.
 // The result must equal a plain float64 GEMM on the AutoAWQ tensors for every shape.
+#include <cuda_fp16.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -40,11 +43,26 @@ static float halfToFloat(uint16_t h) {
   return s ? -v : v;
 }
 
+static uint16_t floatToHalf(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+// A column's (multiplier, addend) pair, computed as awqColumnPair does on the device.
+static uint32_t hostPair(uint16_t s, int z, int e) {
+  const float sf = halfToFloat(s);
+  const uint16_t mul = floatToHalf(sf * std::ldexp(1.f, 18 - e));
+  const uint16_t add = floatToHalf(-(float)z * sf * std::ldexp(1.f, -e));
+  return (uint32_t)mul | (uint32_t)add << 16;
+}
+
 // The pack kernel's loop, on the host.
 static std::vector<uint8_t> pack(const std::vector<uint32_t>& qw, const std::vector<uint32_t>& qz,
                                  const std::vector<uint16_t>& sc, int K, int N) {
   const int W = N / 8, G = K / kGroup;
   std::vector<uint8_t> out(packedBytes(K, N), 0);
+  uint32_t maxBits = 0;
+  for (uint16_t v : sc) maxBits = std::max<uint32_t>(maxBits, v & 0x7fffu);
+  const int e = scaleShiftFor(halfToFloat((uint16_t)maxBits));
+  std::memcpy(out.data(), &maxBits, 4);
+  std::memcpy(out.data() + 4, &e, 4);
   for (int64_t u = 0; u < units(K, N); ++u) {
     const int t = (int)(u / G), g = (int)(u % G);
     uint8_t* unit = out.data() + kHeaderBytes + u * kUnitBytes;
@@ -60,10 +78,10 @@ static std::vector<uint8_t> pack(const std::vector<uint32_t>& qw, const std::vec
     }
     for (int c = 0; c < kTileN; ++c) {
       const int n = t * kTileN + c;
-      const uint16_t s = n < N ? sc[(size_t)g * N + n] : 0;
-      std::memcpy(unit + kScaleOffset + 2 * c, &s, 2);
-      const uint32_t z = n < N ? (qz[(size_t)g * W + n / 8] >> autoAwqShift(n)) & 15u : 0;
-      unit[kZeroOffset + c / 2] |= (uint8_t)(z << ((c & 1) * 4));
+      if (n >= N) continue;
+      const int z = (int)((qz[(size_t)g * W + n / 8] >> autoAwqShift(n)) & 15u);
+      const uint32_t pair = hostPair(sc[(size_t)g * N + n], z, e);
+      std::memcpy(unit + kPairOffset + 4 * c, &pair, 4);
     }
   }
   return out;
@@ -118,10 +136,12 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
           double A[4][16][16], B[4][16][8];  // per step j: the mma operands in logical coordinates
           for (int lane = 0; lane < 32; ++lane) {
             const int gl = lane >> 2, tl = lane & 3, colA = w * 16 + gl, colB = colA + 8;
-            const double sA = halfToFloat((uint16_t)(st[kScaleOffset + 2 * colA] | st[kScaleOffset + 2 * colA + 1] << 8));
-            const double sB = halfToFloat((uint16_t)(st[kScaleOffset + 2 * colB] | st[kScaleOffset + 2 * colB + 1] << 8));
-            const int zA = (st[kZeroOffset + (colA >> 1)] >> ((colA & 1) * 4)) & 15;
-            const int zB = (st[kZeroOffset + (colB >> 1)] >> ((colB & 1) * 4)) & 15;
+            uint32_t pA, pB;
+            std::memcpy(&pA, st + kPairOffset + 4 * colA, 4);
+            std::memcpy(&pB, st + kPairOffset + 4 * colB, 4);
+            // the weight = q * 2^-18 * mul + add (exact in double; the kernel's FMA rounds once)
+            const double mA = halfToFloat((uint16_t)pA) * std::ldexp(1.0, -18), aA = halfToFloat((uint16_t)(pA >> 16));
+            const double mB = halfToFloat((uint16_t)pB) * std::ldexp(1.0, -18), aB = halfToFloat((uint16_t)(pB >> 16));
             uint32_t wv[4];
             std::memcpy(wv, st + ((w * 2 + h) * 32 + lane) * 16, 16);
             for (int j = 0; j < 4; ++j) {
@@ -130,12 +150,11 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
                 const int lo = (v >> 6) & 15, hi = (v >> 22) & 15;
                 CHECK((v & ~0x03C003C0u) == 0, "fragNibbles leaves stray bits");
                 const bool isB = r & 1;
-                const double s = isB ? sB : sA;
-                const int z = isB ? zB : zA;
+                const double m = isB ? mB : mA, ad = isB ? aB : aA;
                 // PTX A fragment: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
                 const int row = gl + (isB ? 8 : 0), k0 = 2 * tl + (r >= 2 ? 8 : 0);
-                A[j][row][k0] = (lo - z) * s;
-                A[j][row][k0 + 1] = (hi - z) * s;
+                A[j][row][k0] = lo * m + ad;
+                A[j][row][k0 + 1] = hi * m + ad;
               }
               // PTX B fragment: b0 (rows 2t, 2t+1; col g), b1 (rows 2t+8, 2t+9; col g), for each m-tile
             }
@@ -225,12 +244,18 @@ int main() {
     for (auto& v : x) v = ux(rng);
     const std::vector<uint8_t> packed = pack(qw, qz, sc, K, N);
     std::vector<double> ref((size_t)M * N, 0.0);
+    uint32_t maxBits = 0;
+    for (uint16_t v : sc) maxBits = std::max<uint32_t>(maxBits, v & 0x7fffu);
+    const int e = scaleShiftFor(halfToFloat((uint16_t)maxBits));
+    CHECK(e == 0, "shift %d for scales < 0.25", e);
     for (int k = 0; k < K; ++k)
       for (int n = 0; n < N; ++n) {
         const int g = k / kGroup;
         const int q = (qw[(size_t)k * W + n / 8] >> autoAwqShift(n)) & 15;
         const int z = (qz[(size_t)g * W + n / 8] >> autoAwqShift(n)) & 15;
-        const double w = (q - z) * (double)halfToFloat(sc[(size_t)g * N + n]);
+        const uint32_t pr = hostPair(sc[(size_t)g * N + n], z, e);
+        // from the AutoAWQ tensors: (q - z) * s, with -z * s rounded to f16 as the pack does
+        const double w = q * (double)halfToFloat(sc[(size_t)g * N + n]) + halfToFloat((uint16_t)(pr >> 16));
         for (int m = 0; m < M; ++m) ref[(size_t)m * N + n] += x[(size_t)m * K + k] * w;
       }
     const std::vector<double> got = emulateGemv(packed, x, M, K, N, cs.P);

@@ -7,14 +7,14 @@
 // (unit u = tile * groups + group), so a range of units is one contiguous byte range: a
 // stream-K schedule hands each block such a range and the block streams it with bulk copies.
 //
-// One unit (kUnitBytes = 8512):
-//   [0, 8192)     int4 weights, fragment-ordered: [warp w 0..7][half h 0..1][lane 0..31][4 words]
-//   [8192, 8448)  scales, f16, column c of the tile at byte 8192 + 2c
-//   [8448, 8512)  zeros, 4 bits, column c in byte 8448 + c/2 (low nibble for even c)
+// One unit (kUnitBytes = 8704):
+//   [0, 8192)     int4 weights, fragment-ordered: [n16 tile w 0..7][half h 0..1][lane 0..31][4 words]
+//   [8192, 8704)  per column c of the tile, at 8192 + 4c, the f16 pair (s * 2^(18-e), -z * s * 2^-e):
+//                 the zero point folded into the dequantization's one FMA (e: see the header)
 //
 // Fragment order. The GEMV computes out^T = W^T x^T with mma.m16n8k16: the weights are the
 // A operand (16 output columns x 16 k) and x^T the B operand (n = the batch rows). Warp w of
-// a block owns tile columns 16w .. 16w+15; lane (gl = lane/4, tl = lane%4) holds rows
+// a block reads tile columns 16w .. 16w+15; lane (gl = lane/4, tl = lane%4) holds rows
 // (columns of W) nA = 16w + gl and nB = nA + 8. The mma sums over k, so any permutation of k
 // applied to both operands gives the same result: in half h of the group, step j (0..3) of
 // lane tl uses physical rows 64h + 16tl + 4j + e (e = 0..3), so a lane's x operand for a whole
@@ -25,15 +25,20 @@
 //   bits 8-11 / 24-27: W[nA][e=2] / W[nA][e=3]   (a2)
 //   bits 12-15/ 28-31: W[nB][e=2] / W[nB][e=3]   (a3)
 // so register i is (word << 6 >> 4i) masked to bits 6-9 and 22-25 (fragNibbles below): each
-// half holds q * 2^-18 as an exact f16 subnormal, and one FMA with s * 2^18 and -z * s gives
-// (q - z) * s.
+// half holds q * 2^-18 as an exact f16 subnormal, and one FMA with the column's pair gives
+// (q - z) * s * 2^-e (the product exact inside the FMA, -z * s rounded to f16 once).
 //
 // A 16-byte header precedes the units: word 0 holds the largest |scale| of the matrix as f16
-// bits (written by awqPack; the kernels scale by a power of two when s * 2^18 would overflow
-// f16). Columns past N (the last tile of an N that is not a multiple of 128) are zero.
+// bits, word 1 the shift e >= 0, the smallest with (largest |scale|) * 2^(18-e) <= 65504 (0 for
+// any |s| < 0.25): the kernels multiply their fp32 results by 2^e. Columns past N (the last tile
+// of an N that is not a multiple of 128) are zero, their pairs too.
 //
 // Everything here is plain integer arithmetic, shared by the pack, matmul and dequantization
 // kernels, the check program's host reference, and the host-only layout test.
+//
+// The pair costs 4 bytes per column and group where AutoAWQ's scale and zero take 2.5: the
+// packed copy is 2.3% larger than the checkpoint's tensors, and saves the GEMV ~20 of its
+// ~150 instructions per unit and warp (it is bound by instruction issue at M <= 8 on an H200).
 #pragma once
 
 #include <cstdint>
@@ -50,13 +55,20 @@ namespace awqpack {
 constexpr int kGroup = 128;        // input rows per quantization group (the only size the layout supports)
 constexpr int kTileN = 128;        // output columns per unit
 constexpr int kWeightBytes = 8192;  // 128 x 128 nibbles
-constexpr int kScaleOffset = 8192, kZeroOffset = 8448;
-constexpr int kUnitBytes = 8512;    // a multiple of 16: every unit starts 16-byte aligned
+constexpr int kPairOffset = 8192;   // the per-column (multiplier, addend) f16 pairs
+constexpr int kUnitBytes = 8704;    // a multiple of 16: every unit starts 16-byte aligned
 constexpr int kHeaderBytes = 16;
 
 MC_HD int64_t tiles(int64_t N) { return (N + kTileN - 1) / kTileN; }
 MC_HD int64_t units(int64_t K, int64_t N) { return tiles(N) * (K / kGroup); }
 MC_HD int64_t packedBytes(int64_t K, int64_t N) { return kHeaderBytes + units(K, N) * kUnitBytes; }
+
+// The shift e for a matrix whose largest |scale| is maxScale (see the header above).
+MC_HD int scaleShiftFor(float maxScale) {
+  int e = 0;
+  while (e < 24 && maxScale * static_cast<float>(1 << 18) > 65504.f * static_cast<float>(1 << e)) ++e;
+  return e;
+}
 
 // Where weight (kr, c) of a unit lives (kr: row in the group, c: column in the tile, both
 // 0..127): the index of its 32-bit word among the unit's 2048 and the bit of its nibble.

@@ -24,50 +24,32 @@ void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out,
 // out = x @ W through an f16 copy of W and cuBLAS (awq_dequant.cu); needs c.blas.
 void launchAwqDequantGemm(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);
 
-// ---- dequantization, shared by the GEMV and the dequantization kernel ----
+// ---- dequantization, shared by the pack, the GEMV and the dequantization kernel ----
 //
-// The default (one FMA per pair of weights): the fragment nibbles are f16 subnormals
-// q * 2^-18 (exact), so (q * 2^-18) * (s * 2^(18-e)) + (-z * s * 2^-e) = (q - z) * s * 2^-e,
-// where the product is exact inside the FMA and -z * s is rounded to f16 once. e > 0 only when
-// the matrix has a scale so large that s * 2^18 would overflow f16 (|s| >= 0.25): the kernels
-// multiply their fp32 results by 2^e. The SubMul variant computes ((1 + q/16) - (1 + z/16)) * 16s
-// instead: the subtraction is exact and the product is the only rounding (two f16 ops).
+// The fragment nibbles are f16 subnormals q * 2^-18 (exact), so
+// (q * 2^-18) * (s * 2^(18-e)) + (-z * s * 2^-e) = (q - z) * s * 2^-e: the product is exact
+// inside the FMA and -z * s is rounded to f16 once, when the pack computes the column's pair.
+// e > 0 only for a matrix with a scale so large that s * 2^18 would overflow f16 (|s| >= 0.25):
+// the kernels multiply their fp32 results by 2^e.
 
-// e for a matrix whose largest |scale| has f16 bits maxBits (the packed header's word 0).
-__device__ __forceinline__ int awqScaleShift(uint32_t maxBits) {
-  const float maxS = __half2float(__ushort_as_half(static_cast<unsigned short>(maxBits & 0x7fffu)));
-  int e = 0;
-  while (e < 24 && maxS * exp2f(static_cast<float>(18 - e)) > 65504.f) ++e;
-  return e;
-}
-
-// The powers of two of a matrix's shift e (once per kernel): the multiplier's and the addend's.
-template <bool SUBMUL>
-__device__ __forceinline__ void awqShiftFactors(int e, float& mulScale, float& addScale) {
-  mulScale = exp2f(static_cast<float>((SUBMUL ? 4 : 18) - e));
-  addScale = exp2f(static_cast<float>(-e));
-}
-
-// The two f16 constants of one column in one group: the FMA's multiplier and addend, or
-// SubMul's multiplier (mul) and subtrahend (add).
-template <bool SUBMUL>
-__device__ __forceinline__ void awqColumnConstants(__half s, int z, float mulScale, float addScale, __half& mul,
-                                                   __half& add) {
+// A column's pair (multiplier, addend) as the pack writes it (the low half: the multiplier).
+__device__ __forceinline__ uint32_t awqColumnPair(__half s, int z, int e) {
   const float sf = __half2float(s);
-  mul = __float2half_rn(sf * mulScale);  // exact: s times a power of two
-  if (SUBMUL) add = __float2half_rn(1.f + static_cast<float>(z) * 0.0625f);  // exact
-  else add = __float2half_rn(-static_cast<float>(z) * sf * addScale);
+  const __half mul = __float2half_rn(sf * exp2f(static_cast<float>(18 - e)));  // exact: s times a power of two
+  const __half add = __float2half_rn(-static_cast<float>(z) * sf * exp2f(static_cast<float>(-e)));
+  return static_cast<uint32_t>(__half_as_ushort(mul)) | static_cast<uint32_t>(__half_as_ushort(add)) << 16;
 }
 
 __device__ __forceinline__ __half2 u2h2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
 __device__ __forceinline__ uint32_t h22u(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
 
-// Two weights from fragNibbles' output (bits 6-9 and 22-25 of each half).
-template <bool SUBMUL>
-__device__ __forceinline__ uint32_t awqDequantPair(uint32_t nibbles, __half2 mul, __half2 add) {
-  if (SUBMUL) return h22u(__hmul2(__hsub2(u2h2(nibbles | 0x3C003C00u), add), mul));
-  return h22u(__hfma2(u2h2(nibbles), mul, add));
+// Two weights from fragNibbles' output, with the column's pair broadcast: mul2 = (m, m), add2 = (a, a).
+__device__ __forceinline__ uint32_t awqDequantPair(uint32_t nibbles, uint32_t mul2, uint32_t add2) {
+  return h22u(__hfma2(u2h2(nibbles), u2h2(mul2), u2h2(add2)));
 }
+// The pair's halves broadcast to both halves of a register.
+__device__ __forceinline__ uint32_t awqPairMul2(uint32_t pair) { return __byte_perm(pair, 0, 0x1010); }
+__device__ __forceinline__ uint32_t awqPairAdd2(uint32_t pair) { return __byte_perm(pair, 0, 0x3232); }
 
 }  // namespace cuda
 }  // namespace medcluster

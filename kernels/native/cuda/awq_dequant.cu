@@ -5,7 +5,7 @@
 // write K*N*2) is paid once per call. A block per unit: the unit's 8512 bytes are read into
 // shared memory with 16-byte loads, then each thread writes 16-byte runs of 8 columns of one
 // row (every row of the unit's tile: 256 contiguous bytes). The values are exactly the GEMV's:
-// the same f16 operations (awqDequantPair's arithmetic on one weight).
+// the same f16 FMA (awqDequantPair on one weight).
 #include <algorithm>
 
 #include "awq.cuh"
@@ -18,18 +18,14 @@ namespace {
 
 using namespace awqpack;
 
-template <bool SUBMUL>
 __global__ void __launch_bounds__(256) awqDequantKernel(const unsigned char* __restrict__ w, __half* __restrict__ out,
                                                          int K, int N) {
   __shared__ uint4 unit[kUnitBytes / 16];
   const int G = K / kGroup;
   const int64_t U = tiles(N) * G;
-  const int e = awqScaleShift(*reinterpret_cast<const uint32_t*>(w));
-  float mulScale, addScale;
-  awqShiftFactors<SUBMUL>(e, mulScale, addScale);
+  const int e = static_cast<int>(reinterpret_cast<const uint32_t*>(w)[1]);
   const float outScale = exp2f(static_cast<float>(e));
   const uint32_t* words = reinterpret_cast<const uint32_t*>(unit);
-  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(unit);
   // This thread writes columns c0 .. c0+7 of rows r0, r0 + 16, ... of every unit.
   const int c0 = (threadIdx.x & 15) * 8, r0 = threadIdx.x >> 4;
   for (int64_t u = blockIdx.x; u < U; u += gridDim.x) {
@@ -40,15 +36,12 @@ __global__ void __launch_bounds__(256) awqDequantKernel(const unsigned char* __r
     const int t = static_cast<int>(u / G), g = static_cast<int>(u - static_cast<int64_t>(t) * G);
     const int n0 = t * kTileN + c0;
     if (n0 >= N) continue;  // N is a multiple of 8: a run of 8 columns is all in or all out
-    __half2 mul[8], add[8];
+    uint32_t mul[8], add[8];
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
-      const int c = c0 + q;
-      const int z = (bytes[kZeroOffset + (c >> 1)] >> ((c & 1) * 4)) & 15;
-      __half m, a;
-      awqColumnConstants<SUBMUL>(reinterpret_cast<const __half*>(bytes + kScaleOffset)[c], z, mulScale, addScale, m, a);
-      mul[q] = __half2half2(m);
-      add[q] = __half2half2(a);
+      const uint32_t pair = words[kPairOffset / 4 + c0 + q];
+      mul[q] = awqPairMul2(pair);
+      add[q] = awqPairAdd2(pair);
     }
     for (int kr = r0; kr < kGroup; kr += 16) {
       uint4 o;
@@ -59,7 +52,7 @@ __global__ void __launch_bounds__(256) awqDequantKernel(const unsigned char* __r
         locate(kr, c0 + q, word, bit);
         // The weight as the GEMV's fragment holds it: the nibble at bits 6-9 of an f16.
         const uint32_t nib = ((words[word] >> bit) & 15u) << 6;
-        __half v = __low2half(u2h2(awqDequantPair<SUBMUL>(nib, mul[q], add[q])));
+        __half v = __low2half(u2h2(awqDequantPair(nib, mul[q], add[q])));
         if (e) v = __float2half_rn(__half2float(v) * outScale);
         oh[q] = v;
       }
@@ -74,8 +67,7 @@ void launchAwqDequantGemm(const Ctx& c, const __half* x, const PackedAwq& w, voi
   __half* deq = static_cast<__half*>(c.dequant->get(static_cast<size_t>(w.K) * w.N * 2, c.stream));
   const int64_t U = units(w.K, w.N);
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(U, 8 * c.numSMs));
-  if (tuning().awqGemvSubMul) awqDequantKernel<true><<<grid, 256, 0, c.stream>>>(w.data, deq, w.K, w.N);
-  else awqDequantKernel<false><<<grid, 256, 0, c.stream>>>(w.data, deq, w.K, w.N);
+  awqDequantKernel<<<grid, 256, 0, c.stream>>>(w.data, deq, w.K, w.N);
   MC_LAUNCHED("awqDequant");
   blasGemm(*c.blas, x, deq, true, out, outF16, M, w.K, w.N);
 }

@@ -6,19 +6,21 @@
 // for every block, from the first byte to the last, with no second wave and no idle tail.
 //
 // Block = 8 consumer warps + 1 producer warp. The producer fills a ring of `stages` shared-memory
-// stages, one unit (8512 bytes of weights, scales and zeros) plus the unit's 128 columns of x
+// stages, one unit (8704 bytes of weights and column pairs) plus the unit's 128 columns of x
 // (M rows x 256 bytes) per stage, with bulk copies (cp.async.bulk, sm_90) that complete on the
 // stage's `full` mbarrier; consumers release a stage on its `empty` mbarrier. With programmatic
 // dependent launch the weight copies of the first stages are issued before griddepcontrol.wait,
 // so they overlap the kernel before this one; x is copied after it (the kernel before writes x).
 //
-// Consumer warp w owns columns 16w .. 16w+15 of the unit's tile. Per half of the group it reads
-// its 16 bytes of weights (4 mma A fragments, one 128-bit shared load), dequantizes them with
-// one FMA per pair, reads its 32 bytes of each 8-row slice of x (B fragments), and issues
-// mma.m16n8k16 with the weights as A (16 columns x 16 k) and x^T as B (k x 8 rows): the batch
-// rows are the mma's n, so M <= 8 costs one mma per 256 weights and M <= 64 eight, with the
-// same dequantization. Accumulation is fp32 on the tensor cores; each output element's sum runs
-// in a fixed order (the same for every M: rows of the result do not depend on the batch).
+// Consumer warp w owns 32 columns (two n16 tiles, 32 (w % 4) .. +31) of the unit's tile and one
+// half of its 128 rows (w / 4). Per tile it reads its 16 bytes of weights (4 mma A fragments,
+// one 128-bit shared load) and its two columns' pairs, dequantizes with one FMA per pair of
+// weights, reads its 32 bytes of each 8-row slice of x (B fragments, shared by both tiles), and
+// issues mma.m16n8k16 with the weights as A (16 columns x 16 k) and x^T as B (k x 8 rows): the
+// batch rows are the mma's n, so M <= 8 costs one mma per 256 weights and M <= 64 eight, with
+// the same dequantization. The two halves' sums meet in shared memory when a tile ends.
+// Accumulation is fp32 on the tensor cores; each output element's sum runs in a fixed order,
+// the same for every M: rows of the result do not depend on the batch.
 #include <algorithm>
 
 #include "awq.cuh"
@@ -43,6 +45,8 @@ constexpr int kMaxStages = 12;
 constexpr int kXStride = 272;
 
 template <int MT> __host__ __device__ constexpr int stageBytes() { return kUnitBytes + MT * 8 * kXStride; }
+// Shared memory where the second half's warps hand their sums to the first half's: [4][32][2][MT][4] floats.
+template <int MT> __host__ __device__ constexpr int handoffBytes() { return 4 * 32 * 2 * MT * 4 * 4; }
 
 struct GemvArgs {
   const __half* x;            // [M, K] f16, 16-byte aligned rows
@@ -55,7 +59,7 @@ struct GemvArgs {
   bool outF16;
 };
 
-template <int MT, bool SUBMUL>
+template <int MT>
 // Compiled for two resident blocks per multiprocessor (registers capped at ~100), except MT = 8,
 // whose 64 accumulators need more (two of its blocks per SM then run one after the other).
 __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const GemvArgs a) {
@@ -143,54 +147,61 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
   // ---- consumers ----
   pdlWait();  // outputs and partials are written only after the kernel before has finished
   const int gl = lane >> 2, tl = lane & 3;
-  const int colA = warp * 16 + gl, colB = colA + 8;
-  const int e = awqScaleShift(*reinterpret_cast<const uint32_t*>(a.w));
+  const int cp = warp & 3, h = warp >> 2;  // columns 32cp .. 32cp+31 (n16 tiles 2cp, 2cp+1), k half h
+  const int e = static_cast<int>(reinterpret_cast<const uint32_t*>(a.w)[1]);
   const float outScale = exp2f(static_cast<float>(e));
-  float mulScale, addScale;
-  awqShiftFactors<SUBMUL>(e, mulScale, addScale);
-  // Two accumulator sets (even and odd k-steps) break the mma dependency chain; the same for every
-  // MT, so that a row's sums run in the same order whatever the batch size.
-  constexpr int NA = 2;
-  float acc[NA][MT][4];
+  float* handoff = reinterpret_cast<float*>(smem + S * SB);
+  float acc[2][MT][4];  // [n16 tile][row tile][C fragment]
 
   auto zero = [&]() {
 #pragma unroll
-    for (int q = 0; q < NA; ++q)
+    for (int q = 0; q < 2; ++q)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int r = 0; r < 4; ++r) acc[q][mt][r] = 0.f;
   };
-  // End of this block's part of tile t, groups [g0, g1): the output, or a partial and the fix-up.
+  // End of this block's part of tile t, groups [g0, g1): the second half's warps hand their sums
+  // to the first half's, which write the output, or a partial followed by the fix-up.
   auto flush = [&](int t, int g0, int g1) {
-    float v[MT][4];
+    float* mine = handoff + ((cp * 32 + lane) * 2 * MT) * 4;
+    if (h == 1) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+      for (int q = 0; q < 2; ++q)
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        v[mt][r] = (acc[0][mt][r] + acc[1][mt][r]) * outScale;
-      }
-    const int nA = t * kTileN + colA, nB = nA + 8;
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) mine[(q * MT + mt) * 4 + r] = acc[q][mt][r];
+    }
+    namedBarrier(1, kConsumers);
     const bool whole = g0 == 0 && g1 == G;
-    float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
+    if (h == 0) {
+      float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
-        const int m = mt * 8 + 2 * tl + q;  // C fragment: (column gl [+8], row 2tl + q)
-        if (m >= a.M) continue;
-        if (whole) {
-          if (nA < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + nA, v[mt][q]);
-          if (nB < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + nB, v[mt][2 + q]);
-        } else {
-          part[m * kTileN + colA] = v[mt][q];
-          part[m * kTileN + colB] = v[mt][2 + q];
-        }
+        const int colA = cp * 32 + q * 16 + gl, colB = colA + 8;
+        const int nA = t * kTileN + colA, nB = nA + 8;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            // C fragment r: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1); halves added in order.
+            const float v = (acc[q][mt][r] + mine[(q * MT + mt) * 4 + r]) * outScale;
+            const int m = mt * 8 + 2 * tl + (r & 1);
+            const int col = r < 2 ? colA : colB, n = r < 2 ? nA : nB;
+            if (m >= a.M) continue;
+            if (whole) {
+              if (n < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + n, v);
+            } else {
+              part[m * kTileN + col] = v;
+            }
+          }
       }
     }
     if (!whole)
       streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
                    kConsumers);
+    namedBarrier(1, kConsumers);  // the handoff buffer is free again
   };
 
   zero();
@@ -208,45 +219,45 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
     const unsigned char* st = smem + s * SB;
 
     // Everything this warp reads from the stage, issued before the first use: its weights for
-    // both halves, its two columns' scales and zeros, and x (rows past M read as zeros).
-    const uint4 wq0 = *reinterpret_cast<const uint4*>(st + ((warp * 2 + 0) * 32 + lane) * 16);
-    const uint4 wq1 = *reinterpret_cast<const uint4*>(st + ((warp * 2 + 1) * 32 + lane) * 16);
-    const __half* sc = reinterpret_cast<const __half*>(st + kScaleOffset);
-    const __half sA = sc[colA], sB = sc[colB];
-    const int zA = (st[kZeroOffset + (colA >> 1)] >> ((colA & 1) * 4)) & 15;
-    const int zB = (st[kZeroOffset + (colB >> 1)] >> ((colB & 1) * 4)) & 15;
-    __half mulA, addA, mulB, addB;
-    awqColumnConstants<SUBMUL>(sA, zA, mulScale, addScale, mulA, addA);
-    awqColumnConstants<SUBMUL>(sB, zB, mulScale, addScale, mulB, addB);
-    const __half2 mA = __half2half2(mulA), dA = __half2half2(addA), mB = __half2half2(mulB), dB = __half2half2(addB);
-
+    // both n16 tiles, their columns' pairs, and x (rows past M read as zeros).
+    uint4 wq[2];
+    uint32_t pa[2], pb[2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4 wq = h ? wq1 : wq0;
-      const uint32_t wv[4] = {wq.x, wq.y, wq.z, wq.w};
-      uint32_t af[4][4];
+    for (int q = 0; q < 2; ++q) {
+      wq[q] = *reinterpret_cast<const uint4*>(st + (((cp * 2 + q) * 2 + h) * 32 + lane) * 16);
+      const int colA = cp * 32 + q * 16 + gl;
+      pa[q] = reinterpret_cast<const uint32_t*>(st + kPairOffset)[colA];
+      pb[q] = reinterpret_cast<const uint32_t*>(st + kPairOffset)[colA + 8];
+    }
+    uint32_t af[2][4][4];
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const uint32_t mA = awqPairMul2(pa[q]), dA = awqPairAdd2(pa[q]), mB = awqPairMul2(pb[q]), dB = awqPairAdd2(pb[q]);
+      const uint32_t wv[4] = {wq[q].x, wq[q].y, wq[q].z, wq[q].w};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        af[j][0] = awqDequantPair<SUBMUL>(fragNibbles(wv[j], 0), mA, dA);
-        af[j][1] = awqDequantPair<SUBMUL>(fragNibbles(wv[j], 1), mB, dB);
-        af[j][2] = awqDequantPair<SUBMUL>(fragNibbles(wv[j], 2), mA, dA);
-        af[j][3] = awqDequantPair<SUBMUL>(fragNibbles(wv[j], 3), mB, dB);
+        af[q][j][0] = awqDequantPair(fragNibbles(wv[j], 0), mA, dA);
+        af[q][j][1] = awqDequantPair(fragNibbles(wv[j], 1), mB, dB);
+        af[q][j][2] = awqDequantPair(fragNibbles(wv[j], 2), mA, dA);
+        af[q][j][3] = awqDequantPair(fragNibbles(wv[j], 3), mB, dB);
       }
-      // Every row tile, unconditionally (no early exit: the loop unrolls and its loads and mmas
-      // interleave; tiles past M multiply zeros).
+    }
+    // Every row tile, unconditionally (no early exit: the loop unrolls and its loads and mmas
+    // interleave; tiles past M multiply zeros).
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int row = mt * 8 + gl;
-        uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
-        if (row < a.M) {
-          const unsigned char* xp = st + kUnitBytes + row * kXStride + h * 128 + tl * 32;
-          x0 = *reinterpret_cast<const uint4*>(xp);
-          x1 = *reinterpret_cast<const uint4*>(xp + 16);
-        }
-        const uint32_t xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) mma16816(acc[j & 1][mt], af[j], xv[2 * j], xv[2 * j + 1]);
+    for (int mt = 0; mt < MT; ++mt) {
+      const int row = mt * 8 + gl;
+      uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+      if (row < a.M) {
+        const unsigned char* xp = st + kUnitBytes + row * kXStride + h * 128 + tl * 32;
+        x0 = *reinterpret_cast<const uint4*>(xp);
+        x1 = *reinterpret_cast<const uint4*>(xp + 16);
       }
+      const uint32_t xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) mma16816(acc[q][mt], af[q][j], xv[2 * j], xv[2 * j + 1]);
     }
     __syncwarp();
     if (lane == 0) mbarArrive(&empty[s]);
@@ -259,19 +270,20 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
   if (n > 0) flush(tile, g0, g);
 }
 
-template <int MT, bool SUBMUL>
+template <int MT>
 void gemvT(const Ctx& c, GemvArgs a) {
-  const auto kernel = awqGemvKernel<MT, SUBMUL>;
+  const auto kernel = awqGemvKernel<MT>;
   const Tuning& tu = tuning();
   // The grid depends on the shape and the card only, not on M: one schedule (and summation
   // order) for every batch size.
-  const int bps = std::max(1, std::min(2, tu.awqGemvBlocksPerSM));
+  const int bps = std::max(1, std::min(3, tu.awqGemvBlocksPerSM));
   constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
   // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
   constexpr int kSmemPerSM = 220 * 1024;
-  int stages = std::min({kMaxStages, std::max(2, tu.awqGemvStages[MTI]), kSmemPerSM / bps / stageBytes<MT>()});
+  int stages = std::min({kMaxStages, std::max(2, tu.awqGemvStages[MTI]),
+                         (kSmemPerSM / bps - handoffBytes<MT>()) / stageBytes<MT>()});
   stages = std::max(2, stages);
-  const size_t smem = static_cast<size_t>(stages) * stageBytes<MT>();
+  const size_t smem = static_cast<size_t>(stages) * stageBytes<MT>() + handoffBytes<MT>();
   static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
   if (smem > attr) {
     MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -296,12 +308,6 @@ void gemvT(const Ctx& c, GemvArgs a) {
   MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, a));
 }
 
-template <int MT>
-void gemvM(const Ctx& c, const GemvArgs& a) {
-  if (tuning().awqGemvSubMul) gemvT<MT, true>(c, a);
-  else gemvT<MT, false>(c, a);
-}
-
 }  // namespace
 
 void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M) {
@@ -320,10 +326,10 @@ void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out,
   a.N = w.N;
   a.sk.G = w.K / kGroup;
   a.sk.units = static_cast<int>(units(w.K, w.N));
-  if (M <= 8) gemvM<1>(c, a);
-  else if (M <= 16) gemvM<2>(c, a);
-  else if (M <= 32) gemvM<4>(c, a);
-  else gemvM<8>(c, a);
+  if (M <= 8) gemvT<1>(c, a);
+  else if (M <= 16) gemvT<2>(c, a);
+  else if (M <= 32) gemvT<4>(c, a);
+  else gemvT<8>(c, a);
 }
 
 }  // namespace cuda

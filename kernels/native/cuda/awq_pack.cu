@@ -2,8 +2,9 @@
 //
 // One thread per 16 bytes of output: a weight chunk gathers its 32 nibbles from 16 rows x
 // 2 AutoAWQ words (re-reading each word from cache for each of its nibbles: load-time code,
-// written for obviousness), a scale or zero chunk copies 8 scales or 32 zero nibbles. The
-// header's largest |scale| comes from a first pass of atomicMax over the scales' f16 bits.
+// written for obviousness), a pair chunk computes 4 columns' (multiplier, addend) pairs from
+// their scales and zeros. The header's largest |scale| comes from a first pass of atomicMax
+// over the scales' f16 bits, and the shift e from it.
 #include <algorithm>
 
 #include "awq.cuh"
@@ -29,7 +30,10 @@ __global__ void awqPackKernel(const uint32_t* __restrict__ qw,  // [K, N/8]
                               const __half* __restrict__ sc,    // [K/128, N]
                               unsigned char* __restrict__ dst, int K, int N) {
   const int W = N / 8, G = K / kGroup;
-  constexpr int kChunks = kUnitBytes / 16;  // 532: 512 of weights, 16 of scales, 4 of zeros
+  constexpr int kChunks = kUnitBytes / 16;  // 544: 512 of weights, 32 of column pairs
+  const int e = scaleShiftFor(__half2float(__ushort_as_half(static_cast<unsigned short>(
+      *reinterpret_cast<const unsigned*>(dst) & 0x7fffu))));  // header word 0, from awqScaleMaxKernel
+  if (blockIdx.x == 0 && threadIdx.x == 0) reinterpret_cast<unsigned*>(dst)[1] = static_cast<unsigned>(e);
   const int64_t total = tiles(N) * G * kChunks;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -51,18 +55,12 @@ __global__ void awqPackKernel(const uint32_t* __restrict__ qw,  // [K, N/8]
         }
         out[j] = v;
       }
-    } else if (ch < 528) {
-      __half* hs = reinterpret_cast<__half*>(out);
-      for (int q = 0; q < 8; ++q) {
-        const int n = t * kTileN + (ch - 512) * 8 + q;
-        hs[q] = n < N ? sc[static_cast<int64_t>(g) * N + n] : __ushort_as_half(0);
-      }
     } else {
-      unsigned char* zb = reinterpret_cast<unsigned char*>(out);
-      for (int q = 0; q < 32; ++q) {
-        const int n = t * kTileN + (ch - 528) * 32 + q;
-        const uint32_t z = n < N ? (qz[static_cast<int64_t>(g) * W + n / 8] >> autoAwqShift(n)) & 15u : 0u;
-        zb[q >> 1] |= static_cast<unsigned char>(z << ((q & 1) * 4));
+      for (int q = 0; q < 4; ++q) {
+        const int n = t * kTileN + (ch - 512) * 4 + q;
+        if (n >= N) continue;
+        const int z = static_cast<int>((qz[static_cast<int64_t>(g) * W + n / 8] >> autoAwqShift(n)) & 15u);
+        out[q] = awqColumnPair(sc[static_cast<int64_t>(g) * N + n], z, e);
       }
     }
     *reinterpret_cast<uint4*>(dst + kHeaderBytes + u * kUnitBytes + ch * 16) = make_uint4(out[0], out[1], out[2], out[3]);

@@ -69,7 +69,6 @@ void applyTuningEnv() {
   Tuning& t = tuning();
   if (const char* v = env("MEDCLUSTER_PDL")) t.pdl = std::strcmp(v, "0") != 0;
   if (const char* v = env("MEDCLUSTER_AWQ_DEQUANT_MIN_M")) t.awqDequantMinM = std::atoi(v);
-  if (const char* v = env("MEDCLUSTER_AWQ_SUBMUL")) t.awqGemvSubMul = std::strcmp(v, "0") != 0;
   if (const char* v = env("MEDCLUSTER_AWQ_GEMV_BLOCKS")) t.awqGemvBlocksPerSM = std::atoi(v);
   if (const char* v = env("MEDCLUSTER_AWQ_GEMV_STAGES")) {  // four comma-separated depths, by MT 1, 2, 4, 8
     for (int i = 0; i < 4 && *v; ++i) {

@@ -13,15 +13,12 @@ struct Tuning {
   // and multiplied by cuBLAS; below it (and always without cuBLAS) the packed GEMV runs in
   // passes of up to 64 rows. 0: never use cuBLAS (every M on one kernel: batch-invariant rows).
   int awqDequantMinM = 256;
-  // Blocks of the persistent GEMV per multiprocessor (each 8 consumer warps + 1 producer warp):
-  // the grid is this times the SM count for every M (one schedule: batch-invariant rows).
+  // Blocks of the persistent GEMV per multiprocessor (each 8 consumer warps + 1 producer warp),
+  // 1..3: the grid is this times the SM count for every M (one schedule: batch-invariant rows).
   int awqGemvBlocksPerSM = 2;
   // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64):
   // two blocks and the next kernel's first block fit in a multiprocessor's 227 KB.
   int awqGemvStages[4] = {6, 5, 4, 3};
-  // Dequantize as ((1 + q/16) - (1 + z/16)) * 16s (two f16 ops, no subnormals) instead of the
-  // one FMA (q * 2^-18) * (s * 2^18) - z * s.
-  bool awqGemvSubMul = false;
   // Programmatic dependent launch (sm_90): the GEMV's blocks start, and prefetch their first
   // weight stages, while the kernel before it finishes.
   bool pdl = true;
@@ -37,7 +34,7 @@ struct Tuning {
 Tuning& tuning();
 
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
-// MEDCLUSTER_AWQ_SUBMUL=1, MEDCLUSTER_AWQ_GEMV_BLOCKS=1|2, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d);
+// MEDCLUSTER_AWQ_GEMV_BLOCKS=1..3, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d);
 // called when a backend is created.
 void applyTuningEnv();
 
