@@ -224,6 +224,29 @@ int main() {
     }
   for (int i = 0; i < 2048 * 8; ++i) CHECK(seen[i] == 1, "nibble slot %d used %d times", i, seen[i]);
   std::printf("locate/weightAt: a bijection over the unit's 16384 nibbles\n");
+  // The dequantization kernel's reading of a chunk (awq_dequant.cu): chunk ch, word j, register r,
+  // half e2 -> row and column, as weightAt says.
+  for (int ch = 0; ch < 512; ++ch)
+    for (int j = 0; j < 4; ++j)
+      for (int r = 0; r < 4; ++r)
+        for (int hi = 0; hi < 2; ++hi) {
+          const int n16 = ch >> 6, h = (ch >> 5) & 1, lane = ch & 31, gl = lane >> 2, tl = lane & 3;
+          const int col = n16 * 16 + gl + (r & 1) * 8, row = h * 64 + tl * 16 + j * 4 + (r >= 2 ? 2 : 0) + hi;
+          // register r of word j holds bits shifted to 6-9 (low half) and 22-25 (high half)
+          const int bit = (r == 0 ? 0 : r == 1 ? 4 : r == 2 ? 8 : 12) + hi * 16;
+          int kr, c;
+          weightAt(ch * 4 + j, bit, kr, c);
+          CHECK(kr == row && c == col, "dequant kernel chunk %d word %d reg %d: (%d, %d) vs (%d, %d)", ch, j, r, row,
+                col, kr, c);
+        }
+  // fragNibbles(word, r) takes exactly those bits
+  for (int r = 0; r < 4; ++r)
+    for (int hi = 0; hi < 2; ++hi) {
+      const int bit = (r == 0 ? 0 : r == 1 ? 4 : r == 2 ? 8 : 12) + hi * 16;
+      const uint32_t v = fragNibbles(0xFu << bit, r);
+      CHECK(v == (hi ? 0x03C00000u : 0x000003C0u), "fragNibbles(%d) of bit %d = %08x", r, bit, v);
+    }
+  std::printf("the dequantization kernel's and fragNibbles' reading of a chunk agree with weightAt\n");
 
   // 2-3. pack + emulated GEMV against a float64 GEMM
   std::mt19937 rng(7);

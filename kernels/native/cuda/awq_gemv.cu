@@ -1,7 +1,7 @@
 // The AWQ GEMV: out [M, N] = x [M, K] @ W for M <= 64 rows, on the packed layout.
 //
-// Memory-bound for the decode batch sizes, so it is built to stream: a persistent grid (one
-// or two blocks per multiprocessor, tuning().awqGemvBlocksPerSM) on a stream-K schedule
+// Memory-bound for the decode batch sizes, so it is built to stream: a persistent grid (one to
+// three blocks per multiprocessor, tuning().awqGemvBlocksPerSM) on a stream-K schedule
 // (splitk.cuh): block b streams one contiguous byte range of the packed matrix, the same size
 // for every block, from the first byte to the last, with no second wave and no idle tail.
 //
@@ -274,10 +274,10 @@ template <int MT>
 void gemvT(const Ctx& c, GemvArgs a) {
   const auto kernel = awqGemvKernel<MT>;
   const Tuning& tu = tuning();
-  // The grid depends on the shape and the card only, not on M: one schedule (and summation
-  // order) for every batch size.
-  const int bps = std::max(1, std::min(3, tu.awqGemvBlocksPerSM));
   constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
+  // In deterministic mode the grid depends on the shape and the card only, not on M: one
+  // schedule (and summation order) for every batch size.
+  const int bps = tu.deterministic ? 2 : std::max(1, std::min(3, tu.awqGemvBlocksPerSM[MTI]));
   // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
   constexpr int kSmemPerSM = 220 * 1024;
   int stages = std::min({kMaxStages, std::max(2, tu.awqGemvStages[MTI]),

@@ -4,8 +4,8 @@
 //       per 64 rows. Memory-bound up to M ~ 50 (it reads the weights once per launch).
 //   M >= awqDequantMinM with cuBLAS loaded:      dequantize to f16 and one cuBLAS GEMM
 //       (awq_dequant.cu), compute-bound.
-// With awqDequantMinM = 0 every M runs the GEMV, whose per-row sums run in the same order for
-// every M: a row's output does not depend on the other rows of the batch.
+// In deterministic mode (tuning().deterministic) every M runs the GEMV on one grid, whose per-row
+// sums run in the same order for every M: a row's output does not depend on the other rows.
 #include <algorithm>
 
 #include "awq.cuh"
@@ -25,7 +25,7 @@ void launchAwqLinear(const Ctx& c, const View& x, const PackedAwqWeights& w, con
   const PackedAwq pw{static_cast<const unsigned char*>(w.packed.data), K, N};
   const bool f16 = out.dtype == DType::F16;
   const __half* xp = x.as<__half>();
-  const int dq = tuning().awqDequantMinM;
+  const int dq = tuning().deterministic ? 0 : tuning().awqDequantMinM;
   if (c.blas && dq > 0 && M >= dq) {
     launchAwqDequantGemm(c, xp, pw, out.data, f16, M);
     return;

@@ -69,14 +69,19 @@ void applyTuningEnv() {
   Tuning& t = tuning();
   if (const char* v = env("MEDCLUSTER_PDL")) t.pdl = std::strcmp(v, "0") != 0;
   if (const char* v = env("MEDCLUSTER_AWQ_DEQUANT_MIN_M")) t.awqDequantMinM = std::atoi(v);
-  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_BLOCKS")) t.awqGemvBlocksPerSM = std::atoi(v);
-  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_STAGES")) {  // four comma-separated depths, by MT 1, 2, 4, 8
-    for (int i = 0; i < 4 && *v; ++i) {
-      t.awqGemvStages[i] = std::atoi(v);
+  if (const char* v = env("MEDCLUSTER_DETERMINISTIC")) t.deterministic = std::strcmp(v, "0") != 0;
+  // Up to four comma-separated values, by MT 1, 2, 4, 8 (one value: all four).
+  auto list = [](const char* v, int (&out)[4]) {
+    int n = 0;
+    for (; n < 4 && *v; ++n) {
+      out[n] = std::atoi(v);
       while (*v && *v != ',') ++v;
       if (*v) ++v;
     }
-  }
+    for (int i = n; i < 4 && n == 1; ++i) out[i] = out[0];
+  };
+  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_BLOCKS")) list(v, t.awqGemvBlocksPerSM);
+  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_STAGES")) list(v, t.awqGemvStages);
 }
 
 namespace {

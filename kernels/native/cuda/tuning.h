@@ -14,11 +14,15 @@ struct Tuning {
   // passes of up to 64 rows. 0: never use cuBLAS (every M on one kernel: batch-invariant rows).
   int awqDequantMinM = 256;
   // Blocks of the persistent GEMV per multiprocessor (each 8 consumer warps + 1 producer warp),
-  // 1..3: the grid is this times the SM count for every M (one schedule: batch-invariant rows).
-  int awqGemvBlocksPerSM = 2;
+  // 1..3, by row-tile count MT = 1, 2, 4, 8 (measured on an H200 at bd002a3: M <= 8 fastest with
+  // 3 in chained calls, M = 16 with 2, M = 64 with 1, whose 133 registers let only one reside).
+  int awqGemvBlocksPerSM[4] = {3, 2, 2, 1};
+  // Deterministic mode: every M on the GEMV (no cuBLAS path) with one grid (2 blocks per SM), so
+  // a row's output is bit-identical whatever else is in the batch. Costs the large-M speed.
+  bool deterministic = false;
   // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64):
   // two blocks and the next kernel's first block fit in a multiprocessor's 227 KB.
-  int awqGemvStages[4] = {6, 5, 4, 3};
+  int awqGemvStages[4] = {6, 5, 4, 4};
   // Programmatic dependent launch (sm_90): the GEMV's blocks start, and prefetch their first
   // weight stages, while the kernel before it finishes.
   bool pdl = true;
@@ -34,7 +38,7 @@ struct Tuning {
 Tuning& tuning();
 
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
-// MEDCLUSTER_AWQ_GEMV_BLOCKS=1..3, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d);
+// MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d, MEDCLUSTER_DETERMINISTIC=1);
 // called when a backend is created.
 void applyTuningEnv();
 
