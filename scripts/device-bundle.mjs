@@ -1,17 +1,18 @@
 #!/usr/bin/env node
 // Packs what a GPU test machine needs into .device/ (gitignored, well under the 64 MiB a
-// device run may carry): Node itself (xz), the CLI bundled into one file, the kernels addon,
-// and the GPU check program if built.
-// node_modules never travels. On the device: `bash .device/setup.sh` then `/tmp/node ...`.
+// device run may carry): Node itself (xz), the CLI and the GPU tests bundled into one file each,
+// the kernels addon, the .proto files the bundles load at run time, and the GPU check programs
+// if built. `node scripts/device-bundle.mjs [DIR]` packs into DIR instead of .device/.
+// node_modules never travels. On the device: `source DIR/setup.sh` then `/tmp/node ...`.
 
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const out = join(root, '.device');
+const out = process.argv[2] ? resolve(process.argv[2]) : join(root, '.device');
 const require = createRequire(import.meta.url);
 
 mkdirSync(out, { recursive: true });
@@ -26,14 +27,32 @@ const bundle = (entry, outfile) =>
     format: 'esm',
     target: 'node20',
     outfile: join(out, outfile),
+    // Bundled CommonJS that reads files beside itself finds them through __dirname: point it
+    // where @grpc/reflection's protos are copied (step 1b), the only such read at run time.
     banner: {
-      js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",
+      js:
+        "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url); " +
+        "const __dirname = new URL('./grpc-reflection/build/src/implementations', import.meta.url).pathname;",
     },
     external: ['*.node'],
     logLevel: 'warning',
   });
 bundle('coordinator/src/cli/entry.ts', 'medcluster.mjs');
 bundle('test/gpu/gpu-parity.ts', 'gpu-parity.mjs');
+bundle('test/gpu/collective-gpu.ts', 'collective-gpu.mjs');
+// The bundles load the .proto files at run time (MEDCLUSTER_PROTO_ROOT, set by setup.sh).
+for (const dir of ['medcluster', 'grpc'])
+  cpSync(join(root, 'proto', dir), join(out, 'proto', dir), { recursive: true });
+
+// 1b. @grpc/reflection reads its protos at ${__dirname}/../../proto (the gRPC server's reflection).
+cpSync(
+  join(
+    dirname(require.resolve('@grpc/reflection/package.json', { paths: [join(root, 'coordinator')] })),
+    'build/proto',
+  ),
+  join(out, 'grpc-reflection/build/proto'),
+  { recursive: true },
+);
 
 // 2. The addon (CUDA-enabled when built where nvcc exists).
 const addon = join(root, 'kernels/build/Release/medcluster_kernels.node');
@@ -46,15 +65,16 @@ if (!existsSync(nodeXz)) execFileSync('sh', ['-c', `xz -T2 -c "${process.execPat
 
 writeFileSync(
   join(out, 'setup.sh'),
-  `# Unpacks the carried Node and points the CLI at the carried addon.
-set -e
-[ -x /tmp/node ] || { xz -d -c .device/node.xz > /tmp/node && chmod +x /tmp/node; }
-export MEDCLUSTER_KERNELS_ADDON="$PWD/.device/medcluster_kernels.node"
-export MEDCLUSTER_PROTO_ROOT="$PWD/proto"
+  `# Unpacks the carried Node and points the bundles at the carried addon and .proto files.
+# Source it (the exports are for the calling shell).
+d="$(cd "$(dirname "\${BASH_SOURCE[0]}")" && pwd)"
+[ -x /tmp/node ] || { xz -d -c "$d/node.xz" > /tmp/node && chmod +x /tmp/node; }
+export MEDCLUSTER_KERNELS_ADDON="$d/medcluster_kernels.node"
+export MEDCLUSTER_PROTO_ROOT="$d/proto"
 export NCCL_NVLS_ENABLE=0
 `,
 );
 const size = (p) => (existsSync(p) ? `${(statSync(p).size / 1048576).toFixed(1)} MiB` : 'missing');
 console.log(
-  `device-bundle: .device/medcluster.mjs ${size(join(out, 'medcluster.mjs'))}, node.xz ${size(nodeXz)}, addon ${size(join(out, 'medcluster_kernels.node'))}`,
+  `device-bundle: ${out}: medcluster.mjs ${size(join(out, 'medcluster.mjs'))}, node.xz ${size(nodeXz)}, addon ${size(join(out, 'medcluster_kernels.node'))}`,
 );

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -73,6 +74,25 @@ struct AttentionShape {
   float scale = 0.f;       // usually 1/sqrt(headDim)
 };
 
+// One row of a sample call (Device.sample in kernels/src/api.ts says what each field does).
+struct SampleRow {
+  int32_t row = 0;  // the logits row it samples
+  double temperature = 0, topP = 1;
+  int32_t topK = 0;
+  double repetitionPenalty = 1, presencePenalty = 0, frequencyPenalty = 0;
+  double uniform = 0;
+  int32_t logprobs = -1;  // -1: none
+  // Ranges of SampleBatch's lists: the penalized ids (with their counts) and the masked ids.
+  int32_t penaltyBegin = 0, penaltyCount = 0, maskBegin = 0, maskCount = 0;
+};
+
+struct SampleBatch {
+  std::vector<SampleRow> rows;
+  std::vector<int32_t> penaltyIds, penaltyCounts, maskedIds;
+  // L: the most logprobs alternatives any row asked for (the outputs have 1 + L columns).
+  int32_t topLogprobs = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -135,8 +155,28 @@ class Backend {
   // Builds concatCols/splitCols (fused q/k/v weights at load, split outputs at run time).
   virtual void copyCols(const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0,
                         int64_t cols) = 0;
-  // out i32 [T] = argmax over the last dim of x f32 [T, V] (first index on ties)
-  virtual void argmax(const View& x, const View& out) = 0;
+  // Samples batch.rows[i] from its row of logits f32 [R, V]: ids i32 [S, 1+L] gets the token,
+  // then the L most likely by raw logits (-1 past the row's own logprobs count); logprobs f32
+  // [S, 1+L] their log-softmax of the raw logits (0 where the row asked none). Row and list
+  // ranges were checked by the binding.
+  virtual void sample(const View& logits, const SampleBatch& batch, const View& ids,
+                      const View& logprobs) = 0;
+  // dst's first `rows` rows = src's (2-D views of one dtype and column count; either may be an
+  // opened shared buffer of another GPU of the host).
+  virtual void copyRows(const View& src, const View& dst, int64_t rows) = 0;
+  // Memory that another process of this host can map, zero-filled (CUDA IPC): *handle gets the
+  // bytes that process passes to openShared. Backends without it (CPU) throw.
+  virtual std::shared_ptr<Buffer> allocShared(size_t bytes, std::vector<uint8_t>* handle) {
+    (void)bytes;
+    (void)handle;
+    throw BackendError("shared device memory needs the CUDA backend");
+  }
+  // Maps the first `bytes` of a buffer that allocShared made in another process (its handle).
+  virtual std::shared_ptr<Buffer> openShared(const std::vector<uint8_t>& handle, size_t bytes) {
+    (void)handle;
+    (void)bytes;
+    throw BackendError("shared device memory needs the CUDA backend");
+  }
   // Fills buf with deterministic pseudo-random bits from seed (synthetic weights).
   virtual void randomBits(Buffer& buf, uint64_t seed) = 0;
   // Blocks until all work issued so far has finished (no-op for synchronous backends).
@@ -157,6 +197,18 @@ class Backend {
   virtual int64_t endCapture() { return 0; }  // > 0: a graph handle
   virtual void replayGraph(int64_t handle) { (void)handle; }
   virtual void releaseGraph(int64_t handle) { (void)handle; }
+
+  // Checks that run on the device thread after the synchronize() of every sync, read and
+  // memoryInfo (device.cc), and may throw BackendError: failures that device code can only
+  // record in memory, such as a device collective whose peer never arrived (collective.h),
+  // surface there like an asynchronous CUDA fault.
+  void addSyncCheck(std::function<void()> check) { syncChecks_.push_back(std::move(check)); }
+  void runSyncChecks() {
+    for (auto& check : syncChecks_) check();
+  }
+
+ private:
+  std::vector<std::function<void()>> syncChecks_;
 };
 
 std::unique_ptr<Backend> createCpuBackend(int threads);

@@ -18,6 +18,7 @@
 
 #include "awq_layout.h"
 #include "backend.h"
+#include "collective.h"
 #include "cpu/half.h"
 #include "device.h"
 
@@ -76,6 +77,13 @@ struct MemoryCompletion : PromiseCompletion {
   }
 };
 
+// A promise settled with a value that the device thread prepares (collective set-up).
+struct ValueCompletion : PromiseCompletion {
+  using PromiseCompletion::PromiseCompletion;
+  std::function<Napi::Value(Napi::Env)> make;  // set on the device thread, run on the JS thread
+  Napi::Value result(Napi::Env env) override { return make ? make(env) : env.Undefined(); }
+};
+
 struct CloseCompletion : PromiseCompletion {
   using PromiseCompletion::PromiseCompletion;
   std::shared_ptr<Device> device;
@@ -111,6 +119,14 @@ struct TensorRef {
   }
 };
 
+Napi::Value tensorHandle(Napi::Env env, SlotPtr slot, std::weak_ptr<Device> device) {
+  auto* ref = new TensorRef{std::move(slot), std::move(device)};
+  return Napi::External<TensorRef>::New(env, ref, [](Napi::Env, TensorRef* r) {
+    r->drop();
+    delete r;
+  });
+}
+
 // A captured graph and the pool that holds its memory. `handle` is set on the device
 // thread by endCapture (0 if capture failed).
 struct GraphState {
@@ -134,6 +150,38 @@ struct GraphRef {
     }
   }
 };
+
+// A device collective group owned by JS (collective.h). Dropping it releases the group on
+// the device thread, after the queued work that uses it.
+struct CollectiveRef {
+  std::shared_ptr<DeviceGroup> group;
+  std::weak_ptr<Device> device;
+  void drop() {
+    if (!group) return;
+    std::shared_ptr<DeviceGroup> g = std::move(group);
+    if (auto d = device.lock()) d->enqueue("releaseCollective", [g](const std::shared_ptr<Backend>&) {});
+  }
+};
+
+Napi::Value collectiveHandle(Napi::Env env, std::shared_ptr<DeviceGroup> group, std::weak_ptr<Device> device) {
+  auto* ref = new CollectiveRef{std::move(group), std::move(device)};
+  return Napi::External<CollectiveRef>::New(env, ref, [](Napi::Env, CollectiveRef* r) {
+    r->drop();
+    delete r;
+  });
+}
+
+std::shared_ptr<DeviceGroup> collectiveArg(const Napi::Value& v) {
+  if (!v.IsExternal()) throw Napi::TypeError::New(v.Env(), "expected a collective handle");
+  CollectiveRef* ref = v.As<Napi::External<CollectiveRef>>().Data();
+  if (!ref->group) throw Napi::Error::New(v.Env(), "collective was disposed");
+  return ref->group;
+}
+
+std::vector<uint8_t> bytesArg(const Napi::Value& v) {
+  Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+  return std::vector<uint8_t>(a.Data(), a.Data() + a.ByteLength());
+}
 
 DType dtypeArg(const Napi::Value& v) {
   const int32_t t = v.As<Napi::Number>().Int32Value();
@@ -198,7 +246,10 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
             InstanceMethod<&DeviceWrap::GatherRows>("gatherRows"),
             InstanceMethod<&DeviceWrap::ConcatCols>("concatCols"),
             InstanceMethod<&DeviceWrap::SplitCols>("splitCols"),
-            InstanceMethod<&DeviceWrap::Argmax>("argmax"),
+            InstanceMethod<&DeviceWrap::Sample>("sample"),
+            InstanceMethod<&DeviceWrap::CopyRows>("copyRows"),
+            InstanceMethod<&DeviceWrap::AllocShared>("allocShared"),
+            InstanceMethod<&DeviceWrap::OpenShared>("openShared"),
             InstanceMethod<&DeviceWrap::Release>("release"),
             InstanceMethod<&DeviceWrap::Sync>("sync"),
             InstanceMethod<&DeviceWrap::MemoryInfo>("memoryInfo"),
@@ -210,6 +261,14 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
             InstanceMethod<&DeviceWrap::ReleaseGraph>("releaseGraph"),
             InstanceMethod<&DeviceWrap::Read>("read"),
             InstanceMethod<&DeviceWrap::Close>("close"),
+            InstanceMethod<&DeviceWrap::PrepareIpcCollective>("prepareIpcCollective"),
+            InstanceMethod<&DeviceWrap::ConnectIpcCollective>("connectIpcCollective"),
+            InstanceMethod<&DeviceWrap::NcclVersion>("ncclVersion"),
+            InstanceMethod<&DeviceWrap::NcclUniqueId>("ncclUniqueId"),
+            InstanceMethod<&DeviceWrap::OpenNcclCollective>("openNcclCollective"),
+            InstanceMethod<&DeviceWrap::CollectiveAllReduce>("collectiveAllReduce"),
+            InstanceMethod<&DeviceWrap::CollectiveAllGatherCols>("collectiveAllGatherCols"),
+            InstanceMethod<&DeviceWrap::ReleaseCollective>("releaseCollective"),
         });
   }
 
@@ -264,13 +323,7 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     if (closed_) throw Napi::Error::New(env, "device is closed");
   }
 
-  Napi::Value Handle(Napi::Env env, SlotPtr slot) {
-    auto* ref = new TensorRef{std::move(slot), device_};
-    return Napi::External<TensorRef>::New(env, ref, [](Napi::Env, TensorRef* r) {
-      r->drop();
-      delete r;
-    });
-  }
+  Napi::Value Handle(Napi::Env env, SlotPtr slot) { return tensorHandle(env, std::move(slot), device_); }
 
   Napi::Value NewTensor(const Napi::CallbackInfo& info, SlotPtr out, const char* op, Work work) {
     CheckOpen(info.Env());
@@ -573,11 +626,66 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     return result;
   }
 
-  Napi::Value Argmax(const Napi::CallbackInfo& info) {
-    SlotPtr x = slotArg(info[0]);
-    auto out = std::make_shared<Slot>(DType::I32, std::vector<int64_t>{x->shape[0]});
-    return NewTensor(info, out, "argmax",
-                     [=](const std::shared_ptr<Backend>& b) { b->argmax(x->view(b), out->view(b)); });
+  // sample(logits, doubles, ints, penaltyIds, penaltyCounts, maskedIds, topLogprobs): the flat
+  // arrays kernels/src/sample-rows.ts packs (it checked every field); returns [ids, logprobs].
+  Napi::Value Sample(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    NotCapturing(env, "sample");
+    SlotPtr logits = slotArg(info[0]);
+    auto doubles = info[1].As<Napi::Float64Array>();
+    auto ints = info[2].As<Napi::Int32Array>();
+    auto list = [](const Napi::Value& v) {
+      auto a = v.As<Napi::Int32Array>();
+      return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+    };
+    auto batch = std::make_shared<SampleBatch>();
+    batch->penaltyIds = list(info[3]);
+    batch->penaltyCounts = list(info[4]);
+    batch->maskedIds = list(info[5]);
+    batch->topLogprobs = info[6].As<Napi::Number>().Int32Value();
+    const size_t S = ints.ElementLength() / 7;
+    if (S == 0 || ints.ElementLength() != S * 7 || doubles.ElementLength() != S * 6 ||
+        batch->penaltyIds.size() != batch->penaltyCounts.size() || batch->topLogprobs < 0) {
+      throw Napi::Error::New(env, "sample: malformed row arrays");
+    }
+    for (size_t i = 0; i < S; i++) {
+      const double* d = doubles.Data() + i * 6;
+      const int32_t* n = ints.Data() + i * 7;
+      SampleRow r;
+      r.temperature = d[0];
+      r.topP = d[1];
+      r.repetitionPenalty = d[2];
+      r.presencePenalty = d[3];
+      r.frequencyPenalty = d[4];
+      r.uniform = d[5];
+      r.row = n[0];
+      r.topK = n[1];
+      r.logprobs = n[2];
+      r.penaltyBegin = n[3];
+      r.penaltyCount = n[4];
+      r.maskBegin = n[5];
+      r.maskCount = n[6];
+      const auto inRange = [](int64_t begin, int64_t count, size_t size) {
+        return begin >= 0 && count >= 0 && begin + count <= static_cast<int64_t>(size);
+      };
+      if (r.row < 0 || r.row >= logits->shape[0] || r.logprobs > batch->topLogprobs ||
+          !inRange(r.penaltyBegin, r.penaltyCount, batch->penaltyIds.size()) ||
+          !inRange(r.maskBegin, r.maskCount, batch->maskedIds.size())) {
+        throw Napi::Error::New(env, "sample: row " + std::to_string(i) + " is out of range");
+      }
+      batch->rows.push_back(r);
+    }
+    const std::vector<int64_t> shape{static_cast<int64_t>(S), 1 + batch->topLogprobs};
+    auto ids = std::make_shared<Slot>(DType::I32, shape);
+    auto logprobs = std::make_shared<Slot>(DType::F32, shape);
+    CheckOpen(env);
+    device_->enqueue("sample", [=](const std::shared_ptr<Backend>& b) {
+      b->sample(logits->view(b), *batch, ids->view(b), logprobs->view(b));
+    });
+    Napi::Array result = Napi::Array::New(env, 2);
+    result.Set(0u, Handle(env, ids));
+    result.Set(1u, Handle(env, logprobs));
+    return result;
   }
 
   Napi::Value Release(const Napi::CallbackInfo& info) {
@@ -726,6 +834,165 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     state_->began(info.Env());
     device_->complete("close", nullptr, c, true);
     return promise;
+  }
+
+  // ---- device collectives (collective.h): set-up calls settle promises; the ops queue
+  // like any op (graph-capturable).
+
+  void NoHostCollective(Napi::Env env, const char* op) {
+    if (hostMemory_)
+      throw Napi::Error::New(env, std::string(op) +
+                                      ": the cpu backend has no device collective (CPU workers use the host collective)");
+  }
+
+  // Queues work that settles a promise with the value it prepares.
+  Napi::Value Deferred(const Napi::CallbackInfo& info, const char* op,
+                       std::function<void(const std::shared_ptr<Backend>&, ValueCompletion*)> work) {
+    NotCapturing(info.Env(), op);
+    CheckOpen(info.Env());
+    NoHostCollective(info.Env(), op);
+    auto* c = new ValueCompletion(info.Env(), state_);
+    Napi::Promise promise = c->deferred.Promise();
+    state_->began(info.Env());
+    device_->complete(op, [c, work](const std::shared_ptr<Backend>& b) { work(b, c); }, c);
+    return promise;
+  }
+
+  static CollectiveOptions CollectiveArgs(const Napi::CallbackInfo& info) {
+    CollectiveOptions o;
+    o.rank = info[0].As<Napi::Number>().Int32Value();
+    o.size = info[1].As<Napi::Number>().Int32Value();
+    o.bufferBytes = static_cast<size_t>(info[2].As<Napi::Number>().Int64Value());
+    o.timeoutMs = info[3].As<Napi::Number>().Int64Value();
+    return o;
+  }
+
+  // allocShared(shape, dtype) -> Promise<[tensor, handle bytes]>: memory other processes of the
+  // host can map.
+  Napi::Value AllocShared(const Napi::CallbackInfo& info) {
+    auto slot = std::make_shared<Slot>(dtypeArg(info[1]), shapeArg(info[0]));
+    std::weak_ptr<Device> wd = device_;
+    return Deferred(info, "allocShared", [slot, wd](const std::shared_ptr<Backend>& b, ValueCompletion* c) {
+      std::vector<uint8_t> handle;
+      slot->adopt(b, b->allocShared(slot->bytes, &handle));
+      c->make = [slot, handle, wd](Napi::Env env) -> Napi::Value {
+        Napi::Array r = Napi::Array::New(env, 2);
+        r.Set(0u, tensorHandle(env, slot, wd));
+        r.Set(1u, Napi::Buffer<uint8_t>::Copy(env, handle.data(), handle.size()));
+        return r;
+      };
+    });
+  }
+
+  // openShared(handle bytes, shape, dtype) -> Promise<tensor>: another process's shared memory.
+  Napi::Value OpenShared(const Napi::CallbackInfo& info) {
+    std::vector<uint8_t> handle = bytesArg(info[0]);
+    auto slot = std::make_shared<Slot>(dtypeArg(info[2]), shapeArg(info[1]));
+    std::weak_ptr<Device> wd = device_;
+    return Deferred(info, "openShared", [slot, handle, wd](const std::shared_ptr<Backend>& b, ValueCompletion* c) {
+      slot->adopt(b, b->openShared(handle, slot->bytes));
+      c->make = [slot, wd](Napi::Env env) -> Napi::Value { return tensorHandle(env, slot, wd); };
+    });
+  }
+
+  // copyRows(dst, src, rows): checked by device.ts.
+  Napi::Value CopyRows(const Napi::CallbackInfo& info) {
+    SlotPtr dst = slotArg(info[0]);
+    SlotPtr src = slotArg(info[1]);
+    const int64_t rows = info[2].As<Napi::Number>().Int64Value();
+    if (dst->shape.size() != 2 || src->shape.size() != 2 || dst->dtype != src->dtype ||
+        dst->shape[1] != src->shape[1] || rows < 0 || rows > dst->shape[0] || rows > src->shape[0])
+      throw Napi::Error::New(info.Env(), "copyRows: mismatched tensors");
+    CheckOpen(info.Env());
+    device_->enqueue("copyRows",
+                     [=](const std::shared_ptr<Backend>& b) { b->copyRows(src->view(b), dst->view(b), rows); });
+    return info.Env().Undefined();
+  }
+
+  // prepareIpcCollective(rank, size, bufferBytes, timeoutMs) -> Promise<[group, handle bytes]>
+  Napi::Value PrepareIpcCollective(const Napi::CallbackInfo& info) {
+    const CollectiveOptions o = CollectiveArgs(info);
+    std::weak_ptr<Device> wd = device_;
+    return Deferred(info, "prepareIpcCollective", [o, wd](const std::shared_ptr<Backend>& b, ValueCompletion* c) {
+      std::shared_ptr<IpcGroup> g = createIpcGroup(*b, o);
+      std::vector<uint8_t> bytes = g->localHandle();
+      c->make = [g, bytes, wd](Napi::Env env) -> Napi::Value {
+        Napi::Array r = Napi::Array::New(env, 2);
+        r.Set(0u, collectiveHandle(env, g, wd));
+        r.Set(1u, Napi::Buffer<uint8_t>::Copy(env, bytes.data(), bytes.size()));
+        return r;
+      };
+    });
+  }
+
+  // connectIpcCollective(group, handles: Uint8Array[] by rank) -> Promise<void>
+  Napi::Value ConnectIpcCollective(const Napi::CallbackInfo& info) {
+    auto g = std::dynamic_pointer_cast<IpcGroup>(collectiveArg(info[0]));
+    if (!g) throw Napi::Error::New(info.Env(), "connectIpcCollective: not an ipc group");
+    Napi::Array arr = info[1].As<Napi::Array>();
+    std::vector<std::vector<uint8_t>> handles;
+    for (uint32_t i = 0; i < arr.Length(); i++) handles.push_back(bytesArg(arr.Get(i)));
+    return Deferred(info, "connectIpcCollective",
+                    [g, handles](const std::shared_ptr<Backend>&, ValueCompletion*) { g->connect(handles); });
+  }
+
+  // ncclVersion() -> Promise<number>: loads NCCL (a clear error where it is missing).
+  Napi::Value NcclVersion(const Napi::CallbackInfo& info) {
+    return Deferred(info, "ncclVersion", [](const std::shared_ptr<Backend>&, ValueCompletion* c) {
+      const int v = ncclVersionCode();
+      c->make = [v](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, v); };
+    });
+  }
+
+  // ncclUniqueId() -> Promise<Uint8Array> (rank 0 makes it for its group).
+  Napi::Value NcclUniqueId(const Napi::CallbackInfo& info) {
+    return Deferred(info, "ncclUniqueId", [](const std::shared_ptr<Backend>&, ValueCompletion* c) {
+      std::vector<uint8_t> bytes = ncclUniqueIdBytes();
+      c->make = [bytes](Napi::Env env) -> Napi::Value {
+        return Napi::Buffer<uint8_t>::Copy(env, bytes.data(), bytes.size());
+      };
+    });
+  }
+
+  // openNcclCollective(rank, size, bufferBytes, timeoutMs, uniqueId) -> Promise<group>; resolves
+  // once every rank of the group has joined.
+  Napi::Value OpenNcclCollective(const Napi::CallbackInfo& info) {
+    const CollectiveOptions o = CollectiveArgs(info);
+    std::vector<uint8_t> id = bytesArg(info[4]);
+    std::weak_ptr<Device> wd = device_;
+    return Deferred(info, "openNcclCollective", [o, id, wd](const std::shared_ptr<Backend>& b, ValueCompletion* c) {
+      std::shared_ptr<DeviceGroup> g = createNcclGroup(*b, o, id);
+      c->make = [g, wd](Napi::Env env) -> Napi::Value { return collectiveHandle(env, g, wd); };
+    });
+  }
+
+  // collectiveAllReduce(group, x): x f32 [R, C] summed in place across the group.
+  Napi::Value CollectiveAllReduce(const Napi::CallbackInfo& info) {
+    std::shared_ptr<DeviceGroup> g = collectiveArg(info[0]);
+    SlotPtr x = slotArg(info[1]);
+    CheckOpen(info.Env());
+    device_->enqueue("allReduceSum", [g, x](const std::shared_ptr<Backend>& b) { g->allReduceSum(*b, x->view(b)); });
+    return info.Env().Undefined();
+  }
+
+  // collectiveAllGatherCols(group, x, widths[]): x f32 [R, widths[rank]] -> f32 [R, sum widths].
+  Napi::Value CollectiveAllGatherCols(const Napi::CallbackInfo& info) {
+    std::shared_ptr<DeviceGroup> g = collectiveArg(info[0]);
+    SlotPtr x = slotArg(info[1]);
+    std::vector<int64_t> widths = shapeArg(info[2]);
+    int64_t total = 0;
+    for (int64_t w : widths) total += w;
+    if (x->shape.size() != 2 || static_cast<int>(widths.size()) != g->size() || widths[g->rank()] != x->shape[1])
+      throw Napi::Error::New(info.Env(), "allGatherCols: x does not match this rank's width");
+    auto out = std::make_shared<Slot>(DType::F32, std::vector<int64_t>{x->shape[0], total});
+    return NewTensor(info, out, "allGatherCols", [g, x, out, widths](const std::shared_ptr<Backend>& b) {
+      g->allGatherCols(*b, x->view(b), out->view(b), widths);
+    });
+  }
+
+  Napi::Value ReleaseCollective(const Napi::CallbackInfo& info) {
+    if (info[0].IsExternal()) info[0].As<Napi::External<CollectiveRef>>().Data()->drop();
+    return info.Env().Undefined();
   }
 
   std::shared_ptr<Device> device_;

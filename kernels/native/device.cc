@@ -62,6 +62,11 @@ Buffer& Slot::buffer(const std::shared_ptr<Backend>& backend) {
   return *buffer_;
 }
 
+void Slot::adopt(const std::shared_ptr<Backend>& backend, std::shared_ptr<Buffer> buffer) {
+  owner_ = backend;
+  buffer_ = std::move(buffer);
+}
+
 View Slot::view(const std::shared_ptr<Backend>& backend) {
   View v;
   v.data = buffer(backend).data;
@@ -107,7 +112,10 @@ void Device::loop(const Factory& factory, std::promise<std::string>* ready) {
     if (!skip) {
       try {
         if (item.work) item.work(backend_);
-        if (item.completion) backend_->synchronize();
+        if (item.completion) {
+          backend_->synchronize();
+          backend_->runSyncChecks();
+        }
       } catch (const std::exception& e) {
         failure = std::string(item.op) + ": " + e.what();
       } catch (...) {

@@ -57,6 +57,8 @@ struct Slot {
 
   // Device thread only.
   Buffer& buffer(const std::shared_ptr<Backend>& backend);
+  // Holds `buffer` (a shared or opened one, allocated apart from the backend's alloc).
+  void adopt(const std::shared_ptr<Backend>& backend, std::shared_ptr<Buffer> buffer);
   View view(const std::shared_ptr<Backend>& backend);
 
  private:

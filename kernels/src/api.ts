@@ -120,6 +120,97 @@ export interface GraphBuilder<T> {
   capture(): Graph<T>;
 }
 
+/** Device collective transports: CUDA IPC (ranks of one host, also ranks sharing one GPU) and NCCL. */
+export type DeviceTransport = 'ipc' | 'nccl';
+
+/**
+ * One rank's end of a device collective group (CUDA). Its ops queue on the device's stream like
+ * any op, so a graph can capture them; every rank of the group must issue the same calls in the
+ * same order with the same shapes. Every rank gets identical bits: sums are taken in rank order
+ * 0..size-1, rounding to fp32 after each addition (the host collective's order). A peer that does
+ * not arrive within the group's timeout, or whose call differs from this rank's, fails the
+ * device's next sync/read with a KernelError naming that peer; the group then stays failed.
+ */
+export interface DeviceCollective {
+  readonly transport: DeviceTransport;
+  readonly rank: number;
+  readonly size: number;
+  /** In place: x f32 [R, C] becomes the sum over ranks of their x. */
+  allReduceSum(x: Tensor): void;
+  /** x f32 [R, widths[rank]] -> f32 [R, sum widths], rank q's columns after those of ranks < q.
+   * `widths` has one entry per rank, the same on every rank; it may be uneven (a vocabulary split). */
+  allGatherCols(x: Tensor, widths: readonly number[]): Tensor;
+  /** Releases the group once queued work that uses it has run. */
+  dispose(): void;
+}
+
+export interface DeviceCollectiveOptions {
+  rank: number;
+  size: number;
+  /** Bytes of each exchange buffer (IPC: two per rank) or of the staging area (NCCL); larger
+   * messages run in chunks. Default 8 MiB. */
+  bufferBytes?: number;
+  /** IPC: how long a rank waits for a peer inside a call before the call fails (default 5000 ms). */
+  timeoutMs?: number;
+}
+
+/** Step one of an IPC group: this rank's exchange buffers exist; hand `handle` to every peer. */
+export interface IpcCollectiveSetup {
+  /** Bytes that describe this rank's exchange buffers (a CUDA IPC handle), for every peer. */
+  readonly handle: Uint8Array;
+  /** Maps every rank's handle (indexed by rank, this rank's own included) and opens the group. */
+  connect(handles: readonly Uint8Array[]): Promise<DeviceCollective>;
+}
+
+/**
+ * One row of Device.sample: the serving core's sampler (worker/src/sampling/sampler.ts) for one
+ * sequence, its random draw made by the caller. In order: the penalties on the raw logits
+ * (repetition: positive scores divided, negative multiplied; then minus frequency x count, minus
+ * presence), in float64; the masked ids to -inf; temperature 0 is the argmax (first index on
+ * ties); otherwise softmax(scores / temperature) kept to the top k (largest first, lower id first
+ * on ties), then to the shortest most-likely-first prefix whose weight reaches top_p of what is
+ * left, and `uniform` picks by inverse CDF over the kept ids (in id order when nothing is cut).
+ */
+export interface SampleRow {
+  /** The logits row it samples. */
+  row: number;
+  /** 0 is greedy. */
+  temperature: number;
+  /** 0 keeps every id. */
+  topK: number;
+  /** In (0, 1]; 1 keeps every id. */
+  topP: number;
+  repetitionPenalty: number;
+  presencePenalty: number;
+  frequencyPenalty: number;
+  /** The distinct ids the sequence generated, and how often each (empty where no penalty is on). */
+  penalizedIds: readonly number[];
+  penalizedCounts: readonly number[];
+  /** Ids that cannot be picked (stop ids before min_tokens). */
+  maskedIds: readonly number[];
+  /** The draw, in [0, 1); unused at temperature 0. */
+  uniform: number;
+  /** Absent: no logprobs; N >= 0: the chosen id's logprob and the N most likely ids'. */
+  logprobs?: number;
+}
+
+/** What Device.sample queues: S rows (one per SampleRow) of 1 + L columns, L the largest logprobs asked. */
+export interface SampledRows {
+  /** i32 [S, 1 + L]: the sampled id, then the row's most likely ids by raw logits, most likely
+   * first, lower id first on ties (-1 past the row's own logprobs count). */
+  ids: Tensor;
+  /** f32 [S, 1 + L]: the log-softmax of the raw logits at those ids (0 where the row asked none). */
+  logprobs: Tensor;
+}
+
+/** A tensor that another process of this host can map (Device.openShared): CUDA IPC memory. */
+export interface SharedTensor {
+  readonly tensor: Tensor;
+  /** Bytes that name the memory to another process of this host (a CUDA IPC handle and the
+   * buffer's size, process and GPU). */
+  readonly handle: Uint8Array;
+}
+
 export interface Device {
   readonly kind: DeviceKind;
   /** Human-readable device name, e.g. "cpu (8 threads)" or "NVIDIA H100 80GB HBM3". */
@@ -185,8 +276,11 @@ export interface Device {
   /** The inverse of concatCols: x [R, C] -> tensors [R, widths[i]] of consecutive column
    * ranges (any dtype). Widths are positive integers summing to C. */
   splitCols(x: Tensor, widths: readonly number[]): Tensor[];
-  /** i32 [T] argmax over the last dim of f32 [T, V]; first index on ties. */
-  argmax(x: Tensor): Tensor;
+  /** Samples each row of logits f32 [R, V] that `rows` names (see SampleRow). */
+  sample(logits: Tensor, rows: readonly SampleRow[]): SampledRows;
+  /** dst [R, C] rows 0..rows-1 = src [S, C] rows 0..rows-1 (one dtype; rows <= R, S). Either may
+   * be an opened shared tensor, also of another GPU of the host. Graph-capturable. */
+  copyRows(dst: Tensor, src: Tensor, rows: number): void;
 
   /** Resolves when all work queued so far has run; rejects with the first error it raised. */
   sync(): Promise<void>;
@@ -198,6 +292,24 @@ export interface Device {
   buildGraph<T>(issue: () => T, options?: { sharePoolWith?: Graph<unknown> }): GraphBuilder<T>;
   /** Stops the device thread after queued work; the device is unusable afterwards. */
   close(): Promise<void>;
+
+  /** CUDA: a zero-filled tensor that other processes of this host can map (openShared there):
+   * a pipeline stage hands its hidden states to the next stage's process through it. */
+  allocShared(shape: readonly number[], dtype: DType): Promise<SharedTensor>;
+  /** CUDA: another process's shared tensor, named by its handle, as a tensor of this device;
+   * `shape` may cover less than it holds (its leading rows). Rejects, saying why, where the
+   * handle cannot be mapped (this process's own memory, another host's, a freed buffer). */
+  openShared(handle: Uint8Array, shape: readonly number[], dtype: DType): Promise<Tensor>;
+  /** CUDA: allocates this rank's IPC exchange buffers, step one of a same-host device group
+   * (the caller hands every rank's `handle` to every rank, then each calls `connect`). */
+  prepareIpcCollective(options: DeviceCollectiveOptions): Promise<IpcCollectiveSetup>;
+  /** CUDA: the version code of the NCCL loaded at run time (e.g. 22803); rejects with a message
+   * that says how to fix it where libnccl.so.2 cannot be loaded. */
+  ncclVersion(): Promise<number>;
+  /** CUDA: a fresh NCCL unique id (rank 0 makes one per group and hands it to every rank). */
+  ncclUniqueId(): Promise<Uint8Array>;
+  /** CUDA: joins an NCCL group (one rank per GPU); resolves once every rank has joined. */
+  openNcclCollective(options: DeviceCollectiveOptions & { uniqueId: Uint8Array }): Promise<DeviceCollective>;
 }
 
 export interface DeviceOptions {
@@ -214,4 +326,15 @@ export class KernelError extends Error {
     super(message, options);
     this.name = 'KernelError';
   }
+}
+
+/**
+ * Whether an error is the device's own: a CUDA runtime error, which the addon names
+ * `CUDA error <cudaError name> (...)`. Bad arguments and a device collective's missing peer are
+ * not. Whether the device is lost for good (an illegal address, a launch failure, an
+ * uncorrectable ECC error leave the context unusable) is for a fresh call to tell: it fails with
+ * a CUDA error too, where a failed allocation does not.
+ */
+export function isDeviceFault(err: unknown): boolean {
+  return err instanceof Error && /\bCUDA error cuda\w+/.test(err.message);
 }

@@ -7,6 +7,8 @@ import type {
   AwqLinear,
   AwqWeights,
   Device,
+  DeviceCollective,
+  DeviceCollectiveOptions,
   DeviceKind,
   DeviceOptions,
   DType,
@@ -14,11 +16,17 @@ import type {
   Graph,
   GraphBuilder,
   HostArray,
+  IpcCollectiveSetup,
   MemoryInfo,
+  SampledRows,
+  SampleRow,
+  SharedTensor,
   Tensor,
 } from './api.js';
 import { isPackedAwq, KernelError } from './api.js';
+import { ncclUniqueId, ncclVersion, openNcclCollective, prepareIpcCollective } from './collective.js';
 import { DTYPE_CODE, loadAddon, type NativeDevice, type NativeGraph, type NativeHandle } from './native.js';
+import { packSampleRows } from './sample-rows.js';
 import { checkDtype, checkShape, describe, expect, fail, numel, positiveInt, sameShape } from './validate.js';
 
 class NativeTensor implements Tensor {
@@ -552,11 +560,62 @@ class KernelDevice implements Device {
     return handles.map((h, i) => this.#wrap(h, [R, widths[i]], x.dtype));
   }
 
-  argmax(x: Tensor): Tensor {
-    const op = 'argmax';
-    const [T, V] = expect(op, 'x', x, 2, ['f32']);
-    if (V === 0) fail(op, `x ${describe(x)} has no columns`);
-    return this.#wrap(this.#open(op).argmax(this.#arg(op, 'x', x)), [T], 'i32');
+  sample(logits: Tensor, rows: readonly SampleRow[]): SampledRows {
+    const op = 'sample';
+    const [R, V] = expect(op, 'logits', logits, 2, ['f32']);
+    if (V === 0) fail(op, `logits ${describe(logits)} has no columns`);
+    const p = packSampleRows(op, rows, R);
+    const [ids, logprobs] = nativeCall(op, () =>
+      this.#open(op).sample(
+        this.#arg(op, 'logits', logits),
+        p.doubles,
+        p.ints,
+        p.penaltyIds,
+        p.penaltyCounts,
+        p.maskedIds,
+        p.topLogprobs,
+      ),
+    );
+    const shape = [rows.length, 1 + p.topLogprobs];
+    return { ids: this.#wrap(ids, shape, 'i32'), logprobs: this.#wrap(logprobs, shape, 'f32') };
+  }
+
+  copyRows(dst: Tensor, src: Tensor, rows: number): void {
+    const op = 'copyRows';
+    const [R, C] = expect(op, 'dst', dst, 2, ['f16', 'f32', 'i32']);
+    const [S, SC] = expect(op, 'src', src, 2, [dst.dtype]);
+    if (SC !== C) fail(op, `src ${describe(src)} and dst ${describe(dst)} must have the same columns`);
+    if (!Number.isSafeInteger(rows) || rows < 0 || rows > R || rows > S)
+      fail(op, `rows ${rows} must be an integer in 0..${Math.min(R, S)}`);
+    const native = this.#open(op);
+    nativeCall(op, () => native.copyRows(this.#arg(op, 'dst', dst), this.#arg(op, 'src', src), rows));
+  }
+
+  async allocShared(shape: readonly number[], dtype: DType): Promise<SharedTensor> {
+    const op = 'allocShared';
+    this.#sharedMemory(op, shape, dtype);
+    const native = this.#open(op);
+    const [handle, bytes] = await settle(
+      nativeCall(op, () => native.allocShared([...shape], DTYPE_CODE[dtype])),
+    );
+    return { tensor: this.#wrap(handle, shape, dtype), handle: bytes };
+  }
+
+  async openShared(handle: Uint8Array, shape: readonly number[], dtype: DType): Promise<Tensor> {
+    const op = 'openShared';
+    this.#sharedMemory(op, shape, dtype);
+    if (!(handle instanceof Uint8Array)) fail(op, 'handle must be a Uint8Array');
+    const native = this.#open(op);
+    const opened = await settle(
+      nativeCall(op, () => native.openShared(handle, [...shape], DTYPE_CODE[dtype])),
+    );
+    return this.#wrap(opened, shape, dtype);
+  }
+
+  #sharedMemory(op: string, shape: readonly number[], dtype: DType): void {
+    if (this.kind !== 'cuda') fail(op, `shared tensors need the cuda backend (this device is ${this.kind})`);
+    checkShape(op, shape);
+    checkDtype(op, dtype);
   }
 
   sync(): Promise<void> {
@@ -581,6 +640,27 @@ class KernelDevice implements Device {
     const native = this.#open('close');
     this.#closed = true;
     return settle(native.close());
+  }
+
+  // Device collectives: collective.ts validates and calls the addon through these two hooks.
+  tensorHandle(op: string, name: string, t: Tensor): NativeHandle {
+    this.#open(op);
+    return this.#arg(op, name, t);
+  }
+  wrapHandle(handle: NativeHandle, shape: readonly number[], dtype: DType): Tensor {
+    return this.#wrap(handle, shape, dtype);
+  }
+  prepareIpcCollective(options: DeviceCollectiveOptions): Promise<IpcCollectiveSetup> {
+    return prepareIpcCollective(this, this.#open('prepareIpcCollective'), options);
+  }
+  ncclVersion(): Promise<number> {
+    return ncclVersion(this, this.#open('ncclVersion'));
+  }
+  ncclUniqueId(): Promise<Uint8Array> {
+    return ncclUniqueId(this, this.#open('ncclUniqueId'));
+  }
+  openNcclCollective(options: DeviceCollectiveOptions & { uniqueId: Uint8Array }): Promise<DeviceCollective> {
+    return openNcclCollective(this, this.#open('openNcclCollective'), options);
   }
 }
 

@@ -4,7 +4,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { KernelError } from './api.js';
+import { isDeviceFault, KernelError, type SampleRow } from './api.js';
 import { createDevice, cudaCompiledIn, cudaDeviceCount } from './device.js';
 
 const dev = createDevice({ kind: 'cpu', threads: 2 });
@@ -85,11 +85,73 @@ describe('argument errors', () => {
     expect(thrown(() => dev.addInPlace(t as never, t as never)).message).toMatch(/was disposed|must be 2-D/);
     const m = dev.zeros([1, 4], 'f32');
     m.dispose();
-    expect(thrown(() => dev.argmax(m)).message).toBe('argmax: tensor [1, 4] f32 was disposed');
+    expect(thrown(() => dev.rmsNorm(m, dev.zeros([4], 'f16'), 1e-5)).message).toBe(
+      'rmsNorm: tensor [1, 4] f32 was disposed',
+    );
     const other = createDevice({ kind: 'cpu', threads: 1 });
-    expect(thrown(() => dev.argmax(other.zeros([1, 4], 'f32'))).message).toMatch(/belongs to another device/);
+    expect(
+      thrown(() => dev.rmsNorm(other.zeros([1, 4], 'f32'), dev.zeros([4], 'f16'), 1e-5)).message,
+    ).toMatch(/belongs to another device/);
     await other.close();
     expect(thrown(() => other.zeros([1], 'f32')).message).toBe('zeros: device is closed');
+  });
+
+  it('sample names the bad row and its field, and the device carries on', async () => {
+    const logits = dev.zeros([2, 8], 'f32');
+    const ok: SampleRow = {
+      row: 1,
+      temperature: 1,
+      topK: 0,
+      topP: 1,
+      repetitionPenalty: 1,
+      presencePenalty: 0,
+      frequencyPenalty: 0,
+      penalizedIds: [],
+      penalizedCounts: [],
+      maskedIds: [],
+      uniform: 0.5,
+    };
+    // The bad row is the second, so a message naming rows[0] (or no row) fails.
+    const bad = (patch: Partial<SampleRow>) =>
+      thrown(() => dev.sample(logits, [ok, { ...ok, ...patch }])).message;
+    expect(bad({ row: 2 })).toBe('sample: rows[1].row 2 is not a row of the 2 logit rows');
+    expect(bad({ row: -1 })).toMatch(/^sample: rows\[1\]\.row -1 /);
+    expect(bad({ row: 0.5 })).toMatch(/^sample: rows\[1\]\.row 0\.5 /);
+    expect(bad({ temperature: Number.NaN })).toBe(
+      'sample: rows[1].temperature must be a finite number, got NaN',
+    );
+    expect(bad({ temperature: -0.5 })).toBe('sample: rows[1].temperature must be >= 0, got -0.5');
+    expect(bad({ topP: 0 })).toBe('sample: rows[1].topP must be in (0, 1], got 0');
+    expect(bad({ topP: 1.01 })).toMatch(/^sample: rows\[1\]\.topP must be in \(0, 1\]/);
+    expect(bad({ topK: -1 })).toMatch(/^sample: rows\[1\]\.topK must be an integer >= 0/);
+    expect(bad({ topK: 2.5 })).toMatch(/^sample: rows\[1\]\.topK /);
+    expect(bad({ repetitionPenalty: 0 })).toMatch(/^sample: rows\[1\]\.repetitionPenalty must be > 0/);
+    expect(bad({ presencePenalty: Number.POSITIVE_INFINITY })).toBe(
+      'sample: rows[1].presencePenalty must be a finite number, got Infinity',
+    );
+    expect(bad({ frequencyPenalty: Number.NaN })).toMatch(/^sample: rows\[1\]\.frequencyPenalty /);
+    expect(bad({ uniform: 1 })).toBe('sample: rows[1].uniform must be in [0, 1), got 1');
+    expect(bad({ uniform: -0.1 })).toMatch(/^sample: rows\[1\]\.uniform /);
+    expect(bad({ logprobs: 1025 })).toMatch(/^sample: rows\[1\]\.logprobs must be an integer in \[0, 1024\]/);
+    expect(bad({ logprobs: -1 })).toMatch(/^sample: rows\[1\]\.logprobs /);
+    expect(bad({ penalizedIds: [3, -1], penalizedCounts: [1, 1] })).toBe(
+      'sample: rows[1].penalizedIds has -1, not an id',
+    );
+    expect(bad({ penalizedIds: [3], penalizedCounts: [] })).toBe(
+      'sample: rows[1].penalizedCounts has 0 entries for 1 ids',
+    );
+    expect(bad({ maskedIds: [1.5] })).toBe('sample: rows[1].maskedIds has 1.5, not an id');
+    expect(thrown(() => dev.sample(logits, [])).message).toBe('sample: rows must be a non-empty array');
+    expect(thrown(() => dev.sample(dev.zeros([2, 8], 'f16'), [ok])).message).toMatch(
+      /^sample: logits \[2, 8\] f16 must be 2-D f32/,
+    );
+    expect(thrown(() => dev.sample(dev.zeros([8], 'f32'), [ok])).message).toMatch(
+      /^sample: logits \[8\] f32/,
+    );
+    // Nothing was queued by the refused calls: the next one runs. Eight equal logits, draw 0.5:
+    // the walk 4 - 1 - 1 - 1 - 1 reaches 0 (not below it) at id 3, so id 4 is picked.
+    const out = dev.sample(logits, [ok, { ...ok, row: 0, temperature: 0 }]);
+    expect(Array.from(await out.ids.read())).toEqual([4, 0]);
   });
 
   it('counts CUDA devices, and creating one agrees with the count', () => {
@@ -163,5 +225,23 @@ describe('failures of queued work', () => {
     expect(
       thrown(() => dev.readFile({ path, offset: 0, dtype: 'f32', rows: 5, cols: 7, rowEnd: 6 })).message,
     ).toMatch(/^readFile: region rows \[0, 6\)/);
+  });
+});
+
+describe('isDeviceFault', () => {
+  it("knows the addon's CUDA runtime errors from argument and collective errors", () => {
+    // The format of throwCudaError (native/cuda/cuda_backend.cu), as a failed sync reports it.
+    expect(
+      isDeviceFault(
+        new KernelError(
+          'sync: CUDA error cudaErrorIllegalAddress (an illegal memory access was encountered) in cudaStreamSynchronize(s()) at cuda_backend.cu:463',
+        ),
+      ),
+    ).toBe(true);
+    expect(
+      isDeviceFault(thrown(() => dev.rmsNorm(dev.zeros([2, 8], 'f32'), dev.zeros([9], 'f16'), 1e-5))),
+    ).toBe(false);
+    expect(isDeviceFault(new KernelError('allReduceSum: rank 1 did not arrive within 300 ms'))).toBe(false);
+    expect(isDeviceFault('CUDA error cudaErrorLaunchFailure')).toBe(false); // not an Error
   });
 });

@@ -14,6 +14,9 @@ export type NativeHandle = { readonly __nativeTensor: unique symbol };
 /** An opaque captured-graph handle owned by the addon. */
 export type NativeGraph = { readonly __nativeGraph: unique symbol };
 
+/** An opaque device collective group handle owned by the addon. */
+export type NativeCollective = { readonly __nativeCollective: unique symbol };
+
 /** dtype codes shared with backend.h's DType. */
 export const DTYPE_CODE = { f16: 0, f32: 1, i32: 2 } as const;
 
@@ -79,7 +82,18 @@ export interface NativeDevice {
   gatherRows(x: NativeHandle, rows: NativeHandle): NativeHandle;
   concatCols(parts: NativeHandle[]): NativeHandle;
   splitCols(x: NativeHandle, widths: number[]): NativeHandle[];
-  argmax(x: NativeHandle): NativeHandle;
+  /** doubles: per row temperature, topP, repetition, presence, frequency, uniform; ints: per row
+   * row, topK, logprobs (-1 none), penaltyBegin, penaltyCount, maskBegin, maskCount; lists: the
+   * penalized ids, their counts, then the masked ids. Returns [ids, logprobs]. */
+  sample(
+    logits: NativeHandle,
+    doubles: Float64Array,
+    ints: Int32Array,
+    penaltyIds: Int32Array,
+    penaltyCounts: Int32Array,
+    maskedIds: Int32Array,
+    topLogprobs: number,
+  ): [NativeHandle, NativeHandle];
   release(handle: NativeHandle): void;
   write(handle: NativeHandle, data: Float32Array | Int32Array | Uint16Array): void;
   memoryInfo(): Promise<{ freeBytes: number; totalBytes: number }>;
@@ -92,6 +106,29 @@ export interface NativeDevice {
   sync(): Promise<void>;
   read(handle: NativeHandle): Promise<Float32Array | Int32Array>;
   close(): Promise<void>;
+  copyRows(dst: NativeHandle, src: NativeHandle, rows: number): void;
+  allocShared(shape: number[], dtype: number): Promise<[NativeHandle, Uint8Array]>;
+  openShared(handle: Uint8Array, shape: number[], dtype: number): Promise<NativeHandle>;
+  // Device collectives (collective.h): set-up settles promises, the ops queue.
+  prepareIpcCollective(
+    rank: number,
+    size: number,
+    bufferBytes: number,
+    timeoutMs: number,
+  ): Promise<[NativeCollective, Uint8Array]>;
+  connectIpcCollective(group: NativeCollective, handles: Uint8Array[]): Promise<void>;
+  ncclVersion(): Promise<number>;
+  ncclUniqueId(): Promise<Uint8Array>;
+  openNcclCollective(
+    rank: number,
+    size: number,
+    bufferBytes: number,
+    timeoutMs: number,
+    uniqueId: Uint8Array,
+  ): Promise<NativeCollective>;
+  collectiveAllReduce(group: NativeCollective, x: NativeHandle): void;
+  collectiveAllGatherCols(group: NativeCollective, x: NativeHandle, widths: number[]): NativeHandle;
+  releaseCollective(group: NativeCollective): void;
 }
 
 export interface NativeAddon {

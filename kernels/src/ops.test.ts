@@ -1,6 +1,6 @@
 // Every op against a float64 reference on fresh seeded inputs.
 import { afterAll, describe, expect, it } from 'vitest';
-import type { DType } from './api.js';
+import type { DType, SampleRow, Tensor } from './api.js';
 import { dequantizeAwq, packAwqInt4 } from './awq.js';
 import { buildCache } from './cache-fixture.js';
 import { createDevice } from './device.js';
@@ -196,12 +196,33 @@ describe('norms and element-wise ops', () => {
     expect(outF).toEqual(f.subarray(6, 9));
   });
 
-  it('argmax returns the first index on ties', async () => {
+  it('greedy sampling picks the first index of the largest on ties', async () => {
+    const greedy = (row: number): SampleRow => ({
+      row,
+      temperature: 0,
+      topK: 0,
+      topP: 1,
+      repetitionPenalty: 1,
+      presencePenalty: 0,
+      frequencyPenalty: 0,
+      penalizedIds: [],
+      penalizedCounts: [],
+      maskedIds: [],
+      uniform: 0,
+    });
+    const idsOf = async (t: Tensor, rows: number) => {
+      const out = dev.sample(
+        t,
+        Array.from({ length: rows }, (_, r) => greedy(r)),
+      );
+      out.logprobs.dispose();
+      return out.ids.read();
+    };
     const x = Float32Array.from([1, 3, 3, 2, -1, -1, -5, -1, 0, 0, 0, 0]);
-    const out = await dev.argmax(dev.fromArray(x, [3, 4], 'f32')).read();
+    const out = await idsOf(dev.fromArray(x, [3, 4], 'f32'), 3);
     expect(Array.from(out)).toEqual([1, 0, 0]);
     const big = uniform(rng(16), 2 * 32000);
-    const outBig = await dev.argmax(dev.fromArray(big, [2, 32000], 'f32')).read();
+    const outBig = await idsOf(dev.fromArray(big, [2, 32000], 'f32'), 2);
     for (let r = 0; r < 2; r++) {
       const row = Array.from(big.subarray(r * 32000, (r + 1) * 32000));
       expect(outBig[r]).toBe(row.indexOf(Math.max(...row)));

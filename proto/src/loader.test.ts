@@ -160,9 +160,7 @@ describe('proto loaders', () => {
     stream.write({
       step: {
         stepId: 7,
-        seqs: [
-          { seqId: 's1', startPos: 0, numTokens: 2, tokenIds: [1, 2], blockTable: [0], wantLogits: true },
-        ],
+        seqs: [{ seqId: 's1', startPos: 0, numTokens: 2, tokenIds: [1, 2], blockTable: [0], logitRows: 1 }],
       },
       activation: { dtype: 'DTYPE_FLOAT32', shape: [2, 2], data: Buffer.from(hidden.buffer) },
     });
@@ -182,7 +180,11 @@ describe('proto loaders', () => {
 
   it('exposes the Collective service and every Worker RPC', () => {
     const { medcluster } = loadWorkerProto();
-    expect(Object.keys(medcluster.worker.v1.Worker.service).sort()).toEqual(['GetStatus', 'Stage']);
+    expect(Object.keys(medcluster.worker.v1.Worker.service).sort()).toEqual([
+      'GetStatus',
+      'Regroup',
+      'Stage',
+    ]);
     expect(medcluster.worker.v1.Collective.service.Exchange.requestStream).toBe(true);
     expect(medcluster.worker.v1.Collective.service.Exchange.responseStream).toBe(true);
   });

@@ -17,9 +17,18 @@ export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
   oneofs: true,
 };
 
+function definitionOf(files: string | string[]): protoLoader.PackageDefinition {
+  return protoLoader.loadSync(files, { ...PROTO_LOADER_OPTIONS, includeDirs: [protoRoot()] });
+}
+
 function load<T>(file: string): T {
-  const definition = protoLoader.loadSync(file, { ...PROTO_LOADER_OPTIONS, includeDirs: [protoRoot()] });
-  return grpc.loadPackageDefinition(definition) as unknown as T;
+  return grpc.loadPackageDefinition(definitionOf(file)) as unknown as T;
+}
+
+/** The public services' definitions (Inference and Health), for server reflection. */
+export function publicPackageDefinition(): protoLoader.PackageDefinition {
+  const paths = protoPaths();
+  return definitionOf([paths.inference, paths.health]);
 }
 
 let inference: InferenceProtoGrpcType | undefined;

@@ -20,11 +20,15 @@ import {
 import { randomNibbles, relativeError, rng, uniform } from '@medcluster/kernels/testing';
 import {
   type Checkpoint,
+  compareDeviceSampler,
+  GREEDY,
   makeModel,
   openCheckpoint,
   type SeqStep,
   ShardRunner,
   type ShardSpec,
+  sample,
+  sampleRowOf,
 } from '@medcluster/worker';
 
 let passed = 0;
@@ -152,8 +156,6 @@ async function compareOps(cpu: Device, gpu: Device): Promise<void> {
     const rows = Int32Array.from([4, 0, 2]);
     const [rc, rg] = both(cpu, gpu, rows, [3], 'i32');
     checkEqual('gatherRows', await read(gpu.gatherRows(eg, rg)), await read(cpu.gatherRows(ec, rc)));
-    const [lc, lg] = both(cpu, gpu, uniform(rand, 4 * 32019, -5, 5), [4, 32019], 'f32');
-    checkEqual('argmax', await gpu.argmax(lg).read(), await cpu.argmax(lc).read());
   }
 
   // Column concat/split (fused q/k/v weights at load, split outputs at run time): pure copies,
@@ -274,14 +276,14 @@ async function compareTinyModel(): Promise<void> {
         const ids = tokenizer.encode(prompt);
         const table: number[] = [];
         blocks.ensure(table, ids.length + 32);
-        let logits = await executor.execute([
+        let { logits } = await executor.execute([
           {
             seqId: 'p',
             startPos: 0,
             numTokens: ids.length,
             tokens: ids,
             blockTable: table,
-            wantLogits: true,
+            logitRows: 1,
           },
         ]);
         const first = logits;
@@ -291,16 +293,16 @@ async function compareTinyModel(): Promise<void> {
           const order = Array.from(logits.keys()).sort((x, y) => logits[y] - logits[x]);
           tokens.push(order[0]);
           margins.push(logits[order[0]] - logits[order[1]]);
-          logits = await executor.execute([
+          ({ logits } = await executor.execute([
             {
               seqId: 'p',
               startPos: ids.length + s,
               numTokens: 1,
               tokens: [order[0]],
               blockTable: table,
-              wantLogits: true,
+              logitRows: 1,
             },
-          ]);
+          ]));
         }
         blocks.release(table);
         perPrompt.push({ logits: first, tokens, margins });
@@ -365,7 +367,7 @@ async function compareGraphs(checkpoint: Checkpoint, prompts: number[][]): Promi
         for (const r of runners) {
           const out = await r.step(seqs, hidden);
           hidden = out.hidden;
-          if (out.logits) return out.logits;
+          if (out.output) return out.output.logits;
         }
         throw new Error('no stage computed logits');
       };
@@ -385,7 +387,7 @@ async function compareGraphs(checkpoint: Checkpoint, prompts: number[][]): Promi
             numTokens: ids.length,
             tokens: ids,
             blockTable: tables[i],
-            wantLogits: true,
+            logitRows: 1,
           },
         ]);
         last.set(i, argmaxOf(logits));
@@ -409,7 +411,7 @@ async function compareGraphs(checkpoint: Checkpoint, prompts: number[][]): Promi
           numTokens: 1,
           tokens: [record.tokens[i][record.tokens[i].length - 1]],
           blockTable: tables[i],
-          wantLogits: true,
+          logitRows: 1,
         }));
         const logits = await run(seqs);
         record.logits.push(logits);
@@ -460,6 +462,60 @@ function topMargin(v: Float32Array): number {
   return a - b;
 }
 
+/**
+ * Device.sample on CUDA against the serving core's JS sampler (the parity cases, boundaries
+ * included), then its time for a batch of 64 sampled rows against the JS sampler's.
+ */
+async function compareSampler(gpu: Device): Promise<void> {
+  for (const c of await compareDeviceSampler(gpu, Date.now() & 0x7fffffff)) {
+    if (c.ok) passed++;
+    else failed++;
+    console.log(`${c.ok ? 'ok  ' : 'FAIL'} sample on cuda, ${c.name}${c.ok ? '' : `: ${c.detail}`}`);
+  }
+  const V = 32000;
+  const R = 64;
+  const rand = rng(7);
+  const data = Float32Array.from({ length: R * V }, () => (rand() - 0.5) * 16);
+  const logits = gpu.fromArray(data, [R, V], 'f32');
+  for (const [label, params] of [
+    ['greedy', GREEDY],
+    ['temperature 0.7, top-p 0.9', { ...GREEDY, temperature: 0.7, topP: 0.9 }],
+    ['temperature 0.7, top-k 50', { ...GREEDY, temperature: 0.7, topK: 50 }],
+    ['temperature 1', { ...GREEDY, temperature: 1 }],
+  ] as const) {
+    const rows = Array.from({ length: R }, (_, r) =>
+      sampleRowOf(
+        { params, key: { seed: r, choice: 0, position: 100 }, generated: { count: 0, ids: [] } },
+        r,
+      ),
+    );
+    const once = async () => {
+      const out = gpu.sample(logits, rows);
+      await out.ids.read();
+      out.ids.dispose();
+      out.logprobs.dispose();
+    };
+    await once();
+    const t0 = performance.now();
+    for (let i = 0; i < 20; i++) await once();
+    const deviceMs = (performance.now() - t0) / 20;
+    const t1 = performance.now();
+    for (let r = 0; r < 8; r++) {
+      sample(
+        data.subarray(r * V, (r + 1) * V),
+        params,
+        { count: 0, ids: [] },
+        { seed: r, choice: 0, position: 100 },
+      );
+    }
+    const jsMs = ((performance.now() - t1) / 8) * R;
+    console.log(
+      `RESULT sample-64x32000 ${JSON.stringify({ label, cudaMsPerStep: Number(deviceMs.toFixed(3)), jsMsPerStep: Number(jsMs.toFixed(2)) })}`,
+    );
+  }
+  logits.dispose();
+}
+
 async function main(): Promise<void> {
   let gpu: Device;
   try {
@@ -480,6 +536,7 @@ async function main(): Promise<void> {
   console.log(`GPU tests on ${gpu.name}`);
   const cpu = createDevice({ kind: 'cpu' });
   await compareOps(cpu, gpu);
+  await compareSampler(gpu);
   await cpu.close();
   await gpu.close();
   await compareTinyModel();

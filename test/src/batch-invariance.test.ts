@@ -40,9 +40,9 @@ describe('batch invariance of the full model (CPU)', () => {
           numTokens: n,
           tokens: PROMPT.slice(start, start + n),
           blockTable: table,
-          wantLogits: last,
+          logitRows: last ? 1 : 0,
         };
-        const out = await executor.execute(last ? [...others, step] : [step]);
+        const { logits: out } = await executor.execute(last ? [...others, step] : [step]);
         logits = out.subarray(out.length - executor.vocabRows);
         start += n;
       }
@@ -69,9 +69,43 @@ describe('batch invariance of the full model (CPU)', () => {
         numTokens: OTHER.length,
         tokens: OTHER,
         blockTable: table,
-        wantLogits: true,
+        logitRows: 1,
       };
       expect(await prefillInChunks([PROMPT.length], [other])).toEqual(alone);
+    } finally {
+      blocks.release(table);
+    }
+  });
+
+  test("every position's logits (prompt logprobs) equal each prefix's last-position logits", async () => {
+    const table: number[] = [];
+    blocks.ensure(table, PROMPT.length);
+    try {
+      const { logits: all } = await executor.execute([
+        {
+          seqId: 'z',
+          startPos: 0,
+          numTokens: PROMPT.length,
+          tokens: PROMPT,
+          blockTable: table,
+          logitRows: PROMPT.length,
+        },
+      ]);
+      const V = executor.vocabRows;
+      expect(all.length).toBe(PROMPT.length * V);
+      for (const n of [1, 17, PROMPT.length]) {
+        const { logits: prefix } = await executor.execute([
+          {
+            seqId: 'p',
+            startPos: 0,
+            numTokens: n,
+            tokens: PROMPT.slice(0, n),
+            blockTable: table,
+            logitRows: 1,
+          },
+        ]);
+        expect(all.subarray((n - 1) * V, n * V), `position ${n - 1}`).toEqual(prefix);
+      }
     } finally {
       blocks.release(table);
     }

@@ -1,7 +1,7 @@
 // What a user sees when the input is bad: a clear message and a non-zero exit, never a crash
 // (no stack trace, nothing on stdout).
 
-import { cp, mkdtemp, rm, truncate } from 'node:fs/promises';
+import { cp, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -36,5 +36,18 @@ describe('medcluster on bad input', () => {
     const command = await runCli(['serve']);
     expect(command.code).toBe(2);
     expect(command.stderr).toMatch(/unknown command 'serve'/);
+  });
+
+  test('settings from a file or the environment are checked at start like flags', async () => {
+    const file = join(broken, 'settings.json');
+    await writeFile(file, JSON.stringify({ 'max-batch-tokenz': 64 }));
+    const unknown = await runCli(['up', '--config', file]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/unknown setting "max-batch-tokenz"/);
+    const env = await runCli(['up', '--model', broken], 20_000, { MEDCLUSTER_MAX_RUNNING: 'lots' });
+    expect(env.code).toBe(2);
+    expect(env.stderr).toMatch(/--max-running must be an integer, got lots/);
+    const help = await runCli(['coordinator', '--help']);
+    expect(help.stdout).toMatch(/MEDCLUSTER_<FLAG>/);
   });
 });

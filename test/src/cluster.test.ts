@@ -3,13 +3,15 @@
 
 import {
   BlockAllocator,
+  type ClusterHandle,
+  type ClusterWorker,
   LocalExecutor,
   loadTokenizer,
   type PipelineExecutor,
   type StepExecutor,
   startNatsCluster,
 } from '@medcluster/coordinator';
-import { openCheckpoint } from '@medcluster/worker';
+import { GREEDY, openCheckpoint } from '@medcluster/worker';
 import { connect, type NatsConnection } from 'nats';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { agreedPrefix, type GreedyRun, greedy, relativeError } from './greedy.js';
@@ -79,8 +81,55 @@ async function natsCluster(modelDir: string, tp: number, pp: number, cluster: st
   return startNatsCluster({ nc, cluster, modelDir, config, tp, pp, kvCache: KV, workerTimeoutMs: 60_000 });
 }
 
+/** The stages' layer ranges, in order, as the cluster's workers report them. */
+function stagesOf(cluster: ClusterHandle): ClusterWorker[] {
+  const byStage = new Map(cluster.workers().map((w) => [w.stage, w]));
+  return [...byStage.keys()].sort((a, b) => a - b).map((s) => byStage.get(s) as ClusterWorker);
+}
+
 async function expectSameAsOneWorker(executor: StepExecutor, reference: GreedyRun[], promptIds: number[][]) {
   const blocks = new BlockAllocator(KV.numBlocks, KV.blockSize);
+  // Every position's logits (prompt logprobs) come back through every stage and rank, in order.
+  const ids = promptIds[0];
+  const table: number[] = [];
+  blocks.ensure(table, ids.length);
+  const { logits: all } = await executor.execute([
+    {
+      seqId: 'all',
+      startPos: 0,
+      numTokens: ids.length,
+      tokens: ids,
+      blockTable: table,
+      logitRows: ids.length,
+    },
+  ]);
+  blocks.release(table);
+  expect(all.length).toBe(ids.length * executor.vocabRows);
+  expect(
+    relativeError(all.subarray(all.length - executor.vocabRows), reference[0].promptLogits),
+  ).toBeLessThan(LOGITS_REL_TOL);
+  // A sampled step brings back the token (and the logprobs asked for), never the logit row.
+  blocks.ensure(table, ids.length);
+  const sampled = await executor.execute([
+    {
+      seqId: 'sampled',
+      startPos: 0,
+      numTokens: ids.length,
+      tokens: ids,
+      blockTable: table,
+      logitRows: 1,
+      sample: {
+        params: { ...GREEDY, logprobs: 2 },
+        key: { seed: 0, choice: 0, position: ids.length },
+        generated: { count: 0, ids: [] },
+      },
+    },
+  ]);
+  blocks.release(table);
+  expect(sampled.logits).toHaveLength(0);
+  expect(sampled.sampled).toHaveLength(1);
+  expect(sampled.sampled[0].id).toBe(reference[0].tokens[0]);
+  expect(sampled.sampled[0].topLogprobs?.[0].id).toBe(reference[0].tokens[0]);
   for (const [i, ids] of promptIds.entries()) {
     const run = await greedy(executor, blocks, `seq-${i}`, ids, STEPS);
     expect(relativeError(run.promptLogits, reference[i].promptLogits)).toBeLessThan(LOGITS_REL_TOL);
@@ -111,14 +160,17 @@ describe('tiny model over NATS and gRPC', () => {
     test(`tp=${tp} x pp=${pp} gives one worker's greedy tokens and logits`, async () => {
       const cluster = await natsCluster(modelDir, tp, pp, `tp${tp}pp${pp}`);
       try {
-        const stages = cluster.plan.stages;
+        const stages = stagesOf(cluster);
         expect(stages).toHaveLength(pp);
         expect(stages.every((s, i) => s.layerStart === (i === 0 ? 0 : stages[i - 1].layerEnd))).toBe(true);
         expect(stages[pp - 1].layerEnd).toBe(4);
+        // The transport each stage chose reaches the coordinator: CPU ranks use the host's.
+        expect(cluster.workers().map((w) => w.collective)).toEqual(
+          Array(tp * pp).fill(tp > 1 ? 'grpc' : undefined),
+        );
         await expectSameAsOneWorker(cluster.executor, reference, promptIds);
       } finally {
-        await cluster.executor.close();
-        await cluster.close();
+        await cluster.stop();
       }
     });
   }
@@ -133,8 +185,7 @@ describe('tiny model over NATS and gRPC', () => {
       expect(a.tokens).toEqual(reference[0].tokens.slice(0, 4));
       expect(b.tokens).toEqual(reference[1].tokens.slice(0, 4));
     } finally {
-      await cluster.executor.close();
-      await cluster.close();
+      await cluster.stop();
     }
   });
 });
@@ -147,11 +198,10 @@ describe('deep pipelines and refused plans', () => {
     const reference = await oneWorker(modelDir, ids);
     const cluster = await natsCluster(modelDir, 1, 8, 'pp8');
     try {
-      expect(cluster.plan.stages.map((s) => s.layerEnd - s.layerStart)).toEqual([1, 1, 1, 1, 1, 1, 1, 1]);
+      expect(stagesOf(cluster).map((s) => s.layerEnd - s.layerStart)).toEqual([1, 1, 1, 1, 1, 1, 1, 1]);
       await expectSameAsOneWorker(cluster.executor, reference, ids);
     } finally {
-      await cluster.executor.close();
-      await cluster.close();
+      await cluster.stop();
     }
   });
 

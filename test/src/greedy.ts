@@ -31,14 +31,14 @@ export async function greedy(
   const table: number[] = [];
   blocks.ensure(table, promptIds.length + steps);
   try {
-    let logits = await executor.execute([
+    let { logits } = await executor.execute([
       {
         seqId,
         startPos: 0,
         numTokens: promptIds.length,
         tokens: promptIds,
         blockTable: table,
-        wantLogits: true,
+        logitRows: 1,
       },
     ]);
     const promptLogits = logits;
@@ -48,16 +48,16 @@ export async function greedy(
       const { best, margin } = top2(logits);
       tokens.push(best);
       margins.push(margin);
-      logits = await executor.execute([
+      ({ logits } = await executor.execute([
         {
           seqId,
           startPos: promptIds.length + s,
           numTokens: 1,
           tokens: [best],
           blockTable: table,
-          wantLogits: true,
+          logitRows: 1,
         },
-      ]);
+      ]));
     }
     return { promptLogits, tokens, margins };
   } finally {

@@ -86,9 +86,11 @@ describe(`transformers ${fixture.transformers} parity, ${fixture.model.preset} p
       const table: number[] = [];
       blocks.ensure(table, c.promptIds.length + 2 * c.greedyTokens.length);
       const step = async (startPos: number, tokens: number[]) =>
-        executor.execute([
-          { seqId: 'p', startPos, numTokens: tokens.length, tokens, blockTable: table, wantLogits: true },
-        ]);
+        (
+          await executor.execute([
+            { seqId: 'p', startPos, numTokens: tokens.length, tokens, blockTable: table, logitRows: 1 },
+          ])
+        ).logits;
       try {
         const logits = await step(0, c.promptIds);
         const err = relativeError(logits, decodeF32(c.promptLogitsF32Base64));

@@ -23,7 +23,7 @@ import {
 import { connect } from 'nats';
 import { afterEach, describe, expect, test } from 'vitest';
 import { agreedPrefix, greedy, relativeError } from './greedy.js';
-import { runCli, startCli, startNatsServer, stopAll, waitForStderr } from './harness/index.js';
+import { runCli, startCli, startNatsServer, startUp, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
 
 const BLOCK_SIZE = 16;
@@ -99,16 +99,17 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
       workerTimeoutMs: 60_000,
     });
     try {
-      const layers = cluster.plan.stages.map((s) => s.layerEnd - s.layerStart);
+      const workers = [...cluster.workers()].sort((a, b) => a.stage - b.stage);
+      const layers = workers.map((w) => w.layerEnd - w.layerStart);
       expect([...layers].sort()).toEqual([1, 1, 2]);
-      const reported = cluster.plan.stages.map((s) => cluster.registry.get(s.ranks[0].workerId)?.kvBlocks);
+      const reported = workers.map((w) => w.kvBlocks);
       expect(
         reported.every((n) => Number.isInteger(n) && (n as number) > 0),
         `${reported}`,
       ).toBe(true);
       const counts = reported as number[];
       const least = Math.min(...counts);
-      expect(cluster.kvCache).toEqual({ numBlocks: least, blockSize: BLOCK_SIZE });
+      expect(cluster.kvGeometry).toEqual({ numBlocks: least, blockSize: BLOCK_SIZE });
       // The 2-layer stage needs twice the bytes per block: it is the one that sets the count.
       expect(counts[layers.indexOf(2)]).toBe(least);
       expect(Math.max(...counts)).toBeGreaterThan(1.5 * least);
@@ -116,17 +117,19 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
 
       const executor = cluster.executor as PipelineExecutor;
       // The last block id the coordinator may hand out exists on every stage...
-      const step = (block: number) =>
-        executor.execute([
-          {
-            seqId: `b${block}`,
-            startPos: 0,
-            numTokens: ids.length,
-            tokens: ids,
-            blockTable: [block],
-            wantLogits: true,
-          },
-        ]);
+      const step = async (block: number) =>
+        (
+          await executor.execute([
+            {
+              seqId: `b${block}`,
+              startPos: 0,
+              numTokens: ids.length,
+              tokens: ids,
+              blockTable: [block],
+              logitRows: 1,
+            },
+          ])
+        ).logits;
       const top = await step(least - 1);
       expect(relativeError(top, reference.promptLogits)).toBeLessThan(1e-3);
 
@@ -141,8 +144,7 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
         new RegExp(`block ${least} is outside the cache \\(${least} blocks\\)`),
       );
     } finally {
-      await cluster.executor.close();
-      await cluster.close();
+      await cluster.stop();
       await nc.drain();
       await nats.stop();
     }
@@ -152,20 +154,14 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
     const modelDir = await testModel();
     const { config } = await openCheckpoint(modelDir);
     const share = shareFor(config, 2, 128);
-    const up = startCli([
-      'up',
+    const { up, grpc } = await startUp([
       '--model',
       modelDir,
       '--pp',
       '2',
-      '--grpc-port',
-      '0',
-      '--threads',
-      '1',
       '--kv-memory-fraction',
       String(share),
     ]);
-    const served = await waitForStderr(up.child, /medcluster: serving .* on (127\.0\.0\.1:\d+)/, 90_000);
     const line = /KV cache: (\d+) blocks of 16 tokens \(the least the workers allocated: (.*)\)/.exec(
       up.stderr(),
     );
@@ -175,7 +171,7 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
     expect(Number(line?.[1])).toBe(Math.min(...counts));
 
     const [remote, local] = await Promise.all([
-      runCli(['generate', '--server', served[1], '--prompt', PROMPT, '--max-tokens', '6']),
+      runCli(['generate', '--server', grpc, '--prompt', PROMPT, '--max-tokens', '6']),
       runCli(['generate', '--model', modelDir, '--prompt', PROMPT, '--max-tokens', '6']),
     ]);
     expect(remote.code, remote.stderr).toBe(0);

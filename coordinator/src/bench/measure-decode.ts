@@ -66,7 +66,7 @@ async function runDecode(
               numTokens: promptTokens,
               tokens: prompt(s),
               blockTable: tables[s],
-              wantLogits: true,
+              logitRows: 1,
             },
           ]);
         }
@@ -84,7 +84,7 @@ async function runDecode(
               numTokens: 1,
               tokens: [1 + ((step * 31 + s) % (vocab - 1))],
               blockTable: tables[s],
-              wantLogits: true,
+              logitRows: 1,
             })),
           );
         }

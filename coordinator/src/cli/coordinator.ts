@@ -1,37 +1,62 @@
 // `medcluster coordinator`: cluster mode. Waits for workers over NATS, assigns shards, serves.
 
-import { openCheckpoint } from '@medcluster/worker';
-import { connect } from 'nats';
+import { connectNats, describeNatsConnection, openCheckpoint } from '@medcluster/worker';
 import { startNatsCluster } from '../cluster/nats-cluster.js';
-import { intFlag, parseFlags, requiredString } from './args.js';
+import { CONFIG_USAGE, intFlag, parseFlags, requiredString } from './args.js';
+import {
+  INTERNAL_TLS_FLAGS,
+  INTERNAL_TLS_USAGE,
+  internalTlsFromFlags,
+  logInternalTls,
+} from './internal-tls-flags.js';
 import { KV_USAGE, kvCacheFromFlags } from './kv-flags.js';
-import { serveUntilSignal } from './serve.js';
+import { LOG_FLAGS, LOG_USAGE, loggerFor, logSettingsFromFlags } from './log-flags.js';
+import { NATS_FLAGS, NATS_USAGE, natsTargetFromFlags } from './nats-flags.js';
+import { openLoadingPort, serveUntilSignal } from './serve.js';
+import { SERVE_FLAGS, SERVE_USAGE, serveSettingsFromFlags } from './serve-flags.js';
 
 const USAGE = `usage: medcluster coordinator --nats URL --model DIR [--cluster NAME] [--tp N] [--pp N]
-         [--grpc-port 50051] [--host 0.0.0.0] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
-         [--worker-timeout-s 300] [--max-batch-tokens 512]
+         [--host 0.0.0.0] [--kv-blocks N | --kv-memory-fraction F] [--block-size 16]
+         [--worker-timeout-s 300] [--heartbeat-timeout-s 5] [serving flags] [NATS credentials]
+         [internal TLS]
 
-${KV_USAGE}`;
+  --heartbeat-timeout-s 5  a worker silent this long is lost (the cluster is degraded until it
+                           is back; NATS outages do not count)
+
+${SERVE_USAGE}
+
+${NATS_USAGE}
+
+${INTERNAL_TLS_USAGE}
+
+${LOG_USAGE}
+
+${KV_USAGE}
+
+${CONFIG_USAGE}`;
 
 export async function coordinatorCommand(argv: string[]): Promise<void> {
   const flags = parseFlags(
     argv,
     {
-      nats: { type: 'string' },
+      ...SERVE_FLAGS,
+      ...NATS_FLAGS,
       cluster: { type: 'string', default: 'medcluster' },
       model: { type: 'string' },
       tp: { type: 'string', default: '1' },
       pp: { type: 'string', default: '1' },
-      'grpc-port': { type: 'string', default: '50051' },
       host: { type: 'string', default: '0.0.0.0' },
       'kv-blocks': { type: 'string' },
       'kv-memory-fraction': { type: 'string' },
       'block-size': { type: 'string', default: '16' },
-      'max-batch-tokens': { type: 'string', default: '512' },
       'worker-timeout-s': { type: 'string', default: '300' },
+      'heartbeat-timeout-s': { type: 'string', default: '5' },
+      ...INTERNAL_TLS_FLAGS,
+      ...LOG_FLAGS,
       help: { type: 'boolean' },
     },
     USAGE,
+    { env: process.env },
   );
   if (flags.help) {
     console.log(USAGE);
@@ -42,8 +67,24 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
   const pp = intFlag(flags.pp, 'pp');
   // Without --kv-blocks or --kv-memory-fraction each worker's device picks (known once it announces).
   const kvCache = kvCacheFromFlags(flags);
+  const settings = serveSettingsFromFlags(flags);
+  requiredString(flags.nats, 'nats');
+  const internalTls = internalTlsFromFlags(flags);
+  const nats = natsTargetFromFlags(flags, internalTls);
+  const log = loggerFor(logSettingsFromFlags(flags), {});
   const { config } = await openCheckpoint(modelDir);
-  const nc = await connect({ servers: requiredString(flags.nats, 'nats'), name: 'medcluster-coordinator' });
+  const host = flags.host ?? '0.0.0.0';
+  const loading = await openLoadingPort(host, settings);
+  log.info(`HTTP port ${loading.port} answers 503 until every worker is ready`);
+  logInternalTls(log, internalTls);
+  // connectNats reconnects for ever: serving needs no NATS, and membership resynchronizes once
+  // it is back.
+  const target = nats as NonNullable<typeof nats>;
+  const nc = await connectNats(target, 'medcluster-coordinator').catch(async (err) => {
+    await loading.close();
+    throw err;
+  });
+  log.info(`connected to ${describeNatsConnection(target)}`);
   try {
     const cluster = await startNatsCluster({
       nc,
@@ -54,21 +95,17 @@ export async function coordinatorCommand(argv: string[]): Promise<void> {
       pp,
       kvCache,
       workerTimeoutMs: intFlag(flags['worker-timeout-s'], 'worker-timeout-s') * 1000,
-      log: (line) => console.error(line),
+      heartbeatTimeoutMs: intFlag(flags['heartbeat-timeout-s'], 'heartbeat-timeout-s') * 1000,
+      stepTimeoutMs: settings.stepTimeoutMs,
+      collectiveTimeoutMs: settings.collectiveTimeoutMs,
+      internalTls,
+      servedModelName: settings.servedModelName,
+      log: (line) => log.info(line),
     });
-    await serveUntilSignal({
-      modelDir,
-      config,
-      executor: cluster.executor,
-      kvCache: cluster.kvCache,
-      tp,
-      pp,
-      grpcAddress: `${flags.host}:${flags['grpc-port']}`,
-      maxBatchTokens: intFlag(flags['max-batch-tokens'], 'max-batch-tokens'),
-      workers: cluster.workers,
-      healthy: cluster.healthy,
-      stopCluster: cluster.close,
-    });
+    await serveUntilSignal({ modelDir, config, cluster, host, settings, log, loading });
+  } catch (err) {
+    await loading.close();
+    throw err;
   } finally {
     await nc.drain();
   }

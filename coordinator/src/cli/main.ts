@@ -26,7 +26,8 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     load: async () => (await import('./worker.js')).workerCommand,
   },
   bench: {
-    summary: 'benchmarks: `bench kernels` (AWQ linear, memcpy) and `bench decode` (tiny model tokens/s)',
+    summary:
+      'benchmarks: `bench kernels`, `bench decode`, `bench cluster`, `bench serve` (load on an HTTP server)',
     load: async () => (await import('./bench.js')).benchCommand,
   },
 };

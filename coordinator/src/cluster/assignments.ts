@@ -1,7 +1,7 @@
 // Turns a placement plan into each worker's assignment: its shard, the stage's collective
 // peers, and the address of the same rank in the next stage.
 
-import type { Assignment, KvCacheMessage } from '@medcluster/proto';
+import type { Assignment, KvCacheSpec } from '@medcluster/proto';
 import { type PlacementPlan, shardSpecFor } from '../placement/index.js';
 
 /**
@@ -12,7 +12,7 @@ export function assignmentsFor(
   plan: PlacementPlan,
   addresses: ReadonlyMap<string, string>,
   modelDir: string,
-  kvCacheFor: (workerId: string) => KvCacheMessage,
+  kvCacheFor: (workerId: string) => KvCacheSpec,
   clusterRun: string,
 ): Map<string, Assignment> {
   const address = (id: string) => {

@@ -4,7 +4,7 @@
 // every tensor-parallel rank must hold every block id a step names.
 
 import type { DeviceKind } from '@medcluster/kernels';
-import { type KvCacheMessage, kvCacheSchema } from '@medcluster/proto';
+import { type KvCacheSpec, type KvGeometry, kvCacheSchema } from '@medcluster/proto';
 
 /** Blocks a CPU worker allocates when neither a count nor a share is asked for. */
 export const DEFAULT_CPU_KV_BLOCKS = 1024;
@@ -25,22 +25,16 @@ export interface KvCacheRequest {
   memoryFraction?: number;
 }
 
-/** The cache the scheduler allocates from, once every worker has allocated its part. */
-export interface KvGeometry {
-  numBlocks: number;
-  blockSize: number;
-}
-
 /** A worker's KV cache as assigned, and the block count it reported once loaded. */
 export interface KvReport {
   workerId: string;
-  assigned: KvCacheMessage;
+  assigned: KvCacheSpec;
   /** Undefined if the worker did not say, which is refused. */
   kvBlocks: number | undefined;
 }
 
 /** The assignment's kvCache for a worker on `device`: the request, or that device's default. */
-export function kvCacheForDevice(request: KvCacheRequest, device: DeviceKind): KvCacheMessage {
+export function kvCacheForDevice(request: KvCacheRequest, device: DeviceKind): KvCacheSpec {
   const { blockSize, numBlocks, memoryFraction } = request;
   const chosen =
     numBlocks !== undefined || memoryFraction !== undefined

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { localGpuSlots } from './local-cluster.js';
+import { localGpuSlots, workerEnv } from './local-cluster.js';
 
 describe('localGpuSlots', () => {
   test('one worker per GPU where there are enough', () => {
@@ -21,5 +21,26 @@ describe('localGpuSlots', () => {
       { ordinal: 0, sharers: 2 },
       { ordinal: 0, sharers: 2 },
     ]);
+  });
+});
+
+describe('workerEnv', () => {
+  test('keeps how native parts are found and run; drops settings and keys', () => {
+    const env = workerEnv({
+      PATH: '/usr/bin',
+      MEDCLUSTER_KERNELS_ADDON: '/opt/addon.node',
+      MEDCLUSTER_COLLECTIVE: 'grpc',
+      MEDCLUSTER_HAND_OFF: 'bytes',
+      MEDCLUSTER_CONFIG: '/etc/medcluster.json',
+      MEDCLUSTER_LISTEN: '0.0.0.0:50051',
+      MEDCLUSTER_TP: '2',
+      MEDCLUSTER_API_KEYS: 'secret-secret-secret',
+    });
+    expect(env).toEqual({
+      PATH: '/usr/bin',
+      MEDCLUSTER_KERNELS_ADDON: '/opt/addon.node',
+      MEDCLUSTER_COLLECTIVE: 'grpc',
+      MEDCLUSTER_HAND_OFF: 'bytes',
+    });
   });
 });

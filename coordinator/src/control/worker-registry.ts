@@ -1,11 +1,16 @@
 // The coordinator's side of the NATS control plane: which workers exist, whether they are alive,
-// and handing them assignments. Emits joined / returned / progress / ready / failed / lost / left.
+// and handing them assignments. Emits joined / returned / progress / ready / failed / lost / left,
+// and refused for a worker that announced itself but failed the admission check (`admit`).
+// While the coordinator's own NATS connection is down no worker can be heard, so none is declared
+// lost for it: liveness checks pause, and on reconnect every worker's clock restarts and every
+// worker is asked to announce itself again (membership resynchronizes without false losses).
 
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import {
   type Assignment,
   CONTROL_PROTOCOL_VERSION,
+  type CollectiveTransportName,
   type ControlCodec,
   ControlMessageError,
   type ControlSubjects,
@@ -15,7 +20,7 @@ import {
   type LoadEvent,
   type WorkerLifecycleState,
 } from '@medcluster/proto';
-import type { Msg, NatsConnection, Subscription } from 'nats';
+import { Events, type Msg, type NatsConnection, type Status, type Subscription } from 'nats';
 
 /** A control-plane failure on the coordinator side. */
 export class WorkerRegistryError extends Error {
@@ -41,6 +46,8 @@ export type WorkerRecordState = WorkerLifecycleState | 'lost';
 export interface WorkerRecord {
   id: string;
   grpcAddress: string;
+  /** host:port of the worker's /metrics, when it serves one. */
+  metricsAddress?: string;
   devices: DeviceInfo[];
   memoryBytes: number;
   heartbeatIntervalMs: number;
@@ -54,6 +61,8 @@ export interface WorkerRecord {
   error?: string;
   /** KV cache blocks the worker allocated for the current assignment, once it is ready. */
   kvBlocks?: number;
+  /** tp > 1, once ready: the collective transport its stage chose. */
+  collective?: CollectiveTransportName;
   /** performance.now() of the last message from the worker. */
   lastSeenMs: number;
 }
@@ -67,7 +76,11 @@ export interface WorkerRegistryEvents {
   failed: [worker: WorkerRecord, message: string];
   /** No heartbeat within heartbeatTimeoutMs. */
   lost: [worker: WorkerRecord];
+  /** The coordinator's NATS connection dropped (true) or came back (false). */
+  disconnected: [down: boolean];
   left: [worker: WorkerRecord, reason: string];
+  /** A worker that failed `admit`: it is not counted until it restarts (and passes). */
+  refused: [worker: WorkerRecord, reason: string];
   /** A message that failed validation (the registry carries on). */
   invalidMessage: [error: ControlMessageError, subject: string];
 }
@@ -81,6 +94,12 @@ export interface WorkerRegistryOptions {
   heartbeatTimeoutMs?: number;
   /** How often to look for lost workers (default heartbeatTimeoutMs / 4, at most 1000 ms). */
   checkIntervalMs?: number;
+  /**
+   * Asked of every worker that announces itself (first, or after a restart) before it joins; a
+   * rejection refuses that process, with the rejection's message as the reason. The
+   * coordinator's mutual TLS check of the worker's certificate goes here.
+   */
+  admit?: (worker: WorkerRecord) => Promise<void>;
 }
 
 export interface AssignOptions {
@@ -108,6 +127,12 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
   private readonly coordinatorId: string;
   private checkTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** True while the NATS connection is down: nothing can be heard, so nobody is lost for it. */
+  private disconnected = false;
+  private statusIterator: (AsyncIterable<Status> & { stop?: () => void }) | undefined;
+  /** Worker processes (id -> startedAt) being admitted, and those refused. */
+  private readonly admitting = new Map<string, number>();
+  private readonly refused = new Map<string, number>();
 
   private constructor(private readonly options: WorkerRegistryOptions) {
     super();
@@ -151,8 +176,33 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
     const interval = this.options.checkIntervalMs ?? Math.min(this.heartbeatTimeoutMs / 4, 1000);
     this.checkTimer = setInterval(() => this.checkLiveness(), interval);
     this.checkTimer.unref();
+    void this.followConnection(nc);
     await nc.flush();
     this.discover();
+  }
+
+  /** Pauses liveness while the connection is down; resynchronizes membership when it is back. */
+  private async followConnection(nc: NatsConnection): Promise<void> {
+    this.statusIterator = nc.status() as AsyncIterable<Status> & { stop?: () => void };
+    for await (const status of this.statusIterator) {
+      if (this.closed) break;
+      if (status.type === Events.Disconnect && !this.disconnected) {
+        this.disconnected = true;
+        this.emit('disconnected', true);
+      } else if (status.type === Events.Reconnect) {
+        // Silence during the outage says nothing about the workers: their clocks start again.
+        const now = performance.now();
+        for (const record of this.records.values()) record.lastSeenMs = now;
+        this.disconnected = false;
+        this.emit('disconnected', false);
+        this.discover();
+      }
+    }
+  }
+
+  /** Whether the coordinator's NATS connection is down. */
+  get connectionDown(): boolean {
+    return this.disconnected;
   }
 
   /** Asks every worker to announce itself again. */
@@ -183,8 +233,17 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
   private onAnnounce(m: Parameters<typeof controlCodecs.announce.encode>[0]): void {
     const previous = this.records.get(m.workerId);
     const restarted = previous !== undefined && previous.startedAt !== m.startedAt;
-    if (previous !== undefined && !restarted && previous.state !== 'lost' && previous.state !== 'leaving') {
-      this.update(m.workerId, { grpcAddress: m.grpcAddress, lastSeenMs: performance.now() });
+    if (previous !== undefined && !restarted && previous.state !== 'leaving') {
+      const wasLost = previous.state === 'lost';
+      const record = this.update(m.workerId, {
+        grpcAddress: m.grpcAddress,
+        metricsAddress: m.metricsAddress,
+        lastSeenMs: performance.now(),
+        ...(wasLost ? { state: m.state ?? 'idle' } : {}),
+        ...(wasLost && m.assignmentId !== undefined ? { assignmentId: m.assignmentId } : {}),
+      });
+      // The same process, heard again (it hung, or its messages could not get through).
+      if (wasLost && record) this.emit('returned', record);
       return;
     }
     if (previous?.assignmentId !== undefined && restarted) {
@@ -193,23 +252,62 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
         `worker ${m.workerId} restarted while loading assignment ${previous.assignmentId}`,
       );
     }
+    if (this.options.admit) {
+      if (this.admitting.get(m.workerId) === m.startedAt || this.refused.get(m.workerId) === m.startedAt)
+        return;
+    }
     const record: WorkerRecord = {
       id: m.workerId,
       grpcAddress: m.grpcAddress,
+      ...(m.metricsAddress ? { metricsAddress: m.metricsAddress } : {}),
       devices: m.devices,
       memoryBytes: m.memoryBytes,
       heartbeatIntervalMs: m.heartbeatIntervalMs,
       startedAt: m.startedAt,
-      state: 'idle',
+      // A worker that already holds a shard (it outlived the coordinator) says which.
+      state: m.state ?? 'idle',
+      ...(m.assignmentId !== undefined ? { assignmentId: m.assignmentId } : {}),
       bytesLoaded: 0,
       bytesTotal: 0,
       lastSeenMs: performance.now(),
     };
-    this.records.set(m.workerId, record);
+    const { admit } = this.options;
+    if (admit === undefined) {
+      this.join(record);
+      return;
+    }
+    this.admitting.set(m.workerId, m.startedAt);
+    admit({ ...record }).then(
+      () => {
+        if (this.admitting.get(m.workerId) === m.startedAt) this.admitting.delete(m.workerId);
+        if (this.closed) return;
+        this.refused.delete(m.workerId);
+        this.join(record);
+      },
+      (error: unknown) => {
+        if (this.admitting.get(m.workerId) === m.startedAt) this.admitting.delete(m.workerId);
+        if (this.closed) return;
+        this.refused.set(m.workerId, m.startedAt);
+        // A restarted worker that is refused: the process that had joined is gone.
+        const known = this.records.get(m.workerId);
+        if (known && known.state !== 'lost' && known.state !== 'leaving') {
+          known.state = 'lost';
+          this.failWaiter(m.workerId, `worker ${m.workerId} restarted and was refused`);
+          this.emit('lost', { ...known });
+        }
+        this.emit('refused', { ...record }, error instanceof Error ? error.message : String(error));
+      },
+    );
+  }
+
+  private join(record: WorkerRecord): void {
+    this.records.set(record.id, record);
     this.emit('joined', { ...record });
   }
 
   private onHeartbeat(m: Parameters<typeof controlCodecs.heartbeat.encode>[0]): void {
+    // A refused worker is not asked to announce again until it restarts (it announces then).
+    if (this.refused.has(m.workerId) || this.admitting.has(m.workerId)) return;
     const record = this.records.get(m.workerId);
     if (record === undefined || record.state === 'leaving') {
       this.discover(); // a worker we do not know (we started after it): make it announce
@@ -221,6 +319,10 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
       record.state = m.state;
       if (m.assignmentId !== undefined) record.assignmentId = m.assignmentId;
       this.emit('returned', { ...record });
+    } else if (m.state === 'failed' && record.state === 'ready') {
+      // A ready worker whose engine failed says so in its heartbeats.
+      record.state = 'failed';
+      this.emit('failed', { ...record }, record.error ?? 'the worker reports itself failed');
     }
   }
 
@@ -232,6 +334,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
       record.assignmentId = m.assignmentId;
       delete record.error;
       delete record.kvBlocks;
+      delete record.collective;
     }
     record.bytesLoaded = m.bytesLoaded;
     record.bytesTotal = m.bytesTotal;
@@ -245,6 +348,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
       case 'ready':
         record.state = 'ready';
         record.kvBlocks = m.kvBlocks;
+        if (m.collective !== undefined) record.collective = m.collective;
         if (forWaiter) {
           this.waiters.delete(m.workerId);
           forWaiter.resolve({ ...record });
@@ -292,6 +396,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
   }
 
   private checkLiveness(): void {
+    if (this.disconnected) return;
     const now = performance.now();
     for (const record of this.records.values()) {
       if (record.state === 'lost' || record.state === 'leaving') continue;
@@ -414,6 +519,7 @@ export class WorkerRegistry extends EventEmitter<WorkerRegistryEvents> {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.checkTimer);
+    this.statusIterator?.stop?.();
     for (const sub of this.subscriptions.splice(0)) sub.unsubscribe();
     for (const [workerId, waiter] of [...this.waiters]) {
       this.waiters.delete(workerId);

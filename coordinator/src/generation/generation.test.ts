@@ -1,5 +1,4 @@
 import { describe, expect, test } from 'vitest';
-import { argmax, Sampler } from './sampler.js';
 import { StopMatcher } from './stop-matcher.js';
 
 describe('StopMatcher', () => {
@@ -22,34 +21,5 @@ describe('StopMatcher', () => {
   test('with no stop sequences everything passes straight through', () => {
     const m = new StopMatcher([]);
     expect(m.push('abc')).toEqual({ emit: 'abc', stopped: false });
-  });
-});
-
-describe('Sampler', () => {
-  const logits = Float32Array.from([0.1, 3, 2.9, -1, 0.5]);
-
-  test('temperature 0 is greedy, first index on ties', () => {
-    expect(new Sampler({ temperature: 0, topK: 0, topP: 1, seed: 1 }).next(logits)).toBe(1);
-    expect(argmax(Float32Array.from([1, 2, 2]))).toBe(1);
-  });
-
-  test('same seed, same draws; top-k 2 only ever picks the two best', () => {
-    const params = { temperature: 1, topK: 2, topP: 1, seed: 42 };
-    const a = new Sampler(params);
-    const b = new Sampler(params);
-    const draws = Array.from({ length: 200 }, () => a.next(logits));
-    expect(draws).toEqual(Array.from({ length: 200 }, () => b.next(logits)));
-    expect(new Set(draws)).toEqual(new Set([1, 2]));
-  });
-
-  test('a small top-p keeps only the most likely token', () => {
-    const s = new Sampler({ temperature: 1, topK: 0, topP: 0.01, seed: 3 });
-    for (let i = 0; i < 50; i++) expect(s.next(logits)).toBe(1);
-  });
-
-  test('rejects invalid parameters', () => {
-    expect(() => new Sampler({ temperature: -1, topK: 0, topP: 1, seed: 0 })).toThrow(/temperature/);
-    expect(() => new Sampler({ temperature: 1, topK: 0, topP: 0, seed: 0 })).toThrow(/top_p/);
-    expect(() => new Sampler({ temperature: 1, topK: 1.5, topP: 1, seed: 0 })).toThrow(/top_k/);
   });
 });

@@ -1,4 +1,4 @@
-import type { TpModelConfig } from '@medcluster/worker';
+import type { CheckpointShape } from '@medcluster/worker';
 import { describe, expect, it } from 'vitest';
 import { PlacementError } from './placement-error.js';
 import { type PlacementPlan, type PlacementWorker, planPlacement, shardSpecFor } from './plan-placement.js';
@@ -7,7 +7,7 @@ import { layerBytesPerRank } from './weight-bytes.js';
 const GB = 1e9;
 const GIB = 1024 ** 3;
 
-const MEDITRON_70B: TpModelConfig = {
+const MEDITRON_70B: CheckpointShape = {
   numLayers: 80,
   hiddenSize: 8192,
   intermediateSize: 28672,
@@ -18,7 +18,7 @@ const MEDITRON_70B: TpModelConfig = {
   quant: { groupSize: 128 },
 };
 
-const TINY: TpModelConfig = {
+const TINY: CheckpointShape = {
   numLayers: 4,
   hiddenSize: 512,
   intermediateSize: 1536,

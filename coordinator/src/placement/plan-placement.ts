@@ -1,7 +1,7 @@
 // Assigns pipeline stages (contiguous layer ranges) and tensor-parallel ranks to workers,
 // balancing layers by memory. Pure: no I/O.
-import type { ShardSpecMessage } from '@medcluster/proto';
-import type { TpModelConfig } from '@medcluster/worker';
+import type { ShardSpec, StageLayers } from '@medcluster/proto';
+import type { CheckpointShape } from '@medcluster/worker';
 import { PlacementError } from './placement-error.js';
 import { validateTensorParallel } from './validate-tp.js';
 import { embedBytesForRank, layerBytesPerRank, lmHeadBytesForRank } from './weight-bytes.js';
@@ -14,7 +14,7 @@ export interface PlacementWorker {
 }
 
 export interface PlacementRequest {
-  config: TpModelConfig;
+  config: CheckpointShape;
   workers: readonly PlacementWorker[];
   tp: number;
   pp: number;
@@ -29,13 +29,8 @@ export interface StageRank {
   tpRank: number;
 }
 
-export interface PlacedStage {
+export interface PlacedStage extends StageLayers {
   index: number;
-  /** Layers [layerStart, layerEnd). */
-  layerStart: number;
-  layerEnd: number;
-  embeds: boolean;
-  computesLogits: boolean;
   /** Workers of the stage, indexed by tp rank. */
   ranks: StageRank[];
   /** Weight (+ per-layer KV) bytes of the most loaded rank. */
@@ -183,7 +178,7 @@ export function planPlacement(req: PlacementRequest): PlacementPlan {
 /** A worker's part of a plan: its stage index and the ShardSpec it must load. */
 export interface WorkerShard {
   stageIndex: number;
-  shard: ShardSpecMessage;
+  shard: ShardSpec;
   /** Worker ids of the stage, indexed by tp rank (the collective peers). */
   stageWorkers: string[];
 }

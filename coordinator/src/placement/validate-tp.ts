@@ -1,11 +1,17 @@
 // Whether a model can be split over tp ranks at all (independent of workers).
-import { PROJ_NAMES, projShape, TensorParallelError, type TpModelConfig, tpSlice } from '@medcluster/worker';
+import {
+  type CheckpointShape,
+  PROJ_NAMES,
+  projShape,
+  TensorParallelError,
+  tpSlice,
+} from '@medcluster/worker';
 import { PlacementError } from './placement-error.js';
 
 export const SUPPORTED_TP: readonly number[] = [1, 2, 4, 8];
 
 /** Throws PlacementError saying why config cannot be split over tp ranks. */
-export function validateTensorParallel(config: TpModelConfig, tp: number): void {
+export function validateTensorParallel(config: CheckpointShape, tp: number): void {
   if (!SUPPORTED_TP.includes(tp)) {
     throw new PlacementError(`tp ${tp} is not supported: tp must be one of ${SUPPORTED_TP.join(', ')}`);
   }

@@ -1,5 +1,5 @@
 // Bytes of weights each tensor-parallel rank holds, from tensor shapes (AWQ GEMM int4 layout).
-import { PROJ_NAMES, projShape, type TpModelConfig, vocabShard } from '@medcluster/worker';
+import { type CheckpointShape, PROJ_NAMES, projShape, vocabShard } from '@medcluster/worker';
 
 const FP16_BYTES = 2;
 
@@ -10,7 +10,7 @@ export function awqLinearBytes(inFeatures: number, outFeatures: number, groupSiz
 }
 
 /** One decoder block's weights on one of tp ranks: its share of the 7 linears plus both RMSNorms. */
-export function layerBytesPerRank(config: TpModelConfig, tp: number): number {
+export function layerBytesPerRank(config: CheckpointShape, tp: number): number {
   let bytes = 2 * config.hiddenSize * FP16_BYTES; // input_layernorm, post_attention_layernorm: replicated
   for (const proj of PROJ_NAMES) {
     const { inFeatures, outFeatures, split } = projShape(config, proj);
@@ -23,13 +23,13 @@ export function layerBytesPerRank(config: TpModelConfig, tp: number): number {
 }
 
 /** fp16 embed_tokens rows of rank (first stage). */
-export function embedBytesForRank(config: TpModelConfig, tp: number, rank: number): number {
+export function embedBytesForRank(config: CheckpointShape, tp: number, rank: number): number {
   const { start, end } = vocabShard(config.vocabRows, tp, rank);
   return (end - start) * config.hiddenSize * FP16_BYTES;
 }
 
 /** fp16 lm_head rows of rank plus the final norm (last stage). */
-export function lmHeadBytesForRank(config: TpModelConfig, tp: number, rank: number): number {
+export function lmHeadBytesForRank(config: CheckpointShape, tp: number, rank: number): number {
   const { start, end } = vocabShard(config.vocabRows, tp, rank);
   return (end - start) * config.hiddenSize * FP16_BYTES + config.hiddenSize * FP16_BYTES;
 }

@@ -2,7 +2,7 @@
 // in flight when the model is pipelined. Implementations: in-process (one shard holding
 // the whole model) and the cluster's pipeline of remote stages.
 
-import type { SeqStep } from '@medcluster/worker';
+import type { SeqStep, StepOutput } from '@medcluster/worker';
 
 export interface StepExecutor {
   /** Columns of a logits row. */
@@ -10,9 +10,21 @@ export interface StepExecutor {
   /** Steps the executor can overlap (pipeline depth); 1 for a single stage. */
   readonly maxInFlight: number;
   /**
-   * Runs one step. Resolves with the logits of the sequences whose `wantLogits` is set,
-   * one row of `vocabRows` floats each, in the order of `seqs`.
+   * Runs one step. Resolves with the tokens sampled for the sequences that asked (`sample`)
+   * and the logit rows of those that return them (see SeqStep, StepOutput).
    */
-  execute(seqs: SeqStep[]): Promise<Float32Array>;
+  execute(seqs: SeqStep[]): Promise<StepOutput>;
   close(): Promise<void>;
+}
+
+/**
+ * The executor lost part of its pipeline (a worker died or cannot be reached): the step did not
+ * run, and the KV cache of every running sequence may be gone with the worker. Other failures of
+ * a step are plain errors: they concern that step only.
+ */
+export class ExecutorUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ExecutorUnavailableError';
+  }
 }

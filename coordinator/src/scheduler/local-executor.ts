@@ -2,7 +2,8 @@
 // Used by `medcluster generate --model` and by tests as the one-worker reference.
 
 import { createDevice, type Device, type DeviceKind } from '@medcluster/kernels';
-import { type KvCacheSpec, type SeqStep, ShardRunner, type WeightSource } from '@medcluster/worker';
+import type { KvCacheSpec } from '@medcluster/proto';
+import { type SeqStep, ShardRunner, type StepOutput, type WeightSource } from '@medcluster/worker';
 import type { StepExecutor } from './executor.js';
 
 export type LocalExecutorOptions = WeightSource & {
@@ -50,9 +51,8 @@ export class LocalExecutor implements StepExecutor {
     }
   }
 
-  async execute(seqs: SeqStep[]): Promise<Float32Array> {
-    const { logits } = await this.runner.step(seqs);
-    return logits as Float32Array;
+  async execute(seqs: SeqStep[]): Promise<StepOutput> {
+    return (await this.runner.step(seqs)).output as StepOutput;
   }
 
   async close(): Promise<void> {

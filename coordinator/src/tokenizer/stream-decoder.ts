@@ -15,7 +15,17 @@ export class IncrementalDetokenizer {
   /** End of the text already emitted. */
   private readOffset = 0;
 
-  constructor(private readonly decode: DecodeFn) {}
+  /**
+   * `context`: the ids before the first one pushed (the prompt's last few), decoded for context
+   * only, so the first generated token keeps the leading space a decode from scratch would strip.
+   */
+  constructor(
+    private readonly decode: DecodeFn,
+    context: readonly number[] = [],
+  ) {
+    this.ids.push(...context);
+    this.readOffset = context.length;
+  }
 
   /** Adds generated ids and returns the new text they complete (possibly ''). */
   push(...ids: number[]): string {

@@ -97,6 +97,14 @@ describe('streaming detokenizer', () => {
     }
   });
 
+  it('after prompt context, the first token keeps its leading space (a decode from scratch strips it)', () => {
+    const prompt = tok.encode('The patient');
+    const next = tok.encode('The patient presented with', { addBos: false }).slice(2);
+    expect(tok.detokenizer({ skipSpecial: true }).push(next[0])).toBe('presented');
+    const decoder = tok.detokenizer({ skipSpecial: true }, prompt.slice(-4));
+    expect(next.map((id) => decoder.push(id)).join('') + decoder.flush()).toBe(' presented with');
+  });
+
   it('holds back the bytes of a multi-byte character until it is complete', () => {
     const ids = tok.encode(`a${HEART}`, { addBos: false });
     const deltas = stream(ids).slice(0, -1);

@@ -39,6 +39,12 @@ export class LlamaTokenizer {
   readonly eosTokenId: number;
   /** Ids the tokenizer can produce: its vocabulary plus added tokens (may exceed the model's embedding rows). */
   readonly vocabSize: number;
+  /**
+   * UTF-8 bytes of the longest vocabulary entry: no token covers more text than that, so text of
+   * B bytes has at least B / maxPieceBytes tokens (how a prompt too long to fit is refused
+   * before it is tokenized).
+   */
+  readonly maxPieceBytes: number;
   private readonly chatTemplate: ChatTemplate | undefined;
 
   constructor(
@@ -52,8 +58,13 @@ export class LlamaTokenizer {
     this.bosTokenId = this.requireId(bos, 'bos_token');
     this.eosTokenId = this.requireId(eos, 'eos_token');
     let maxId = -1;
-    for (const id of tokenizer.get_vocab(true).values()) maxId = Math.max(maxId, id);
+    let maxBytes = 1;
+    for (const [piece, id] of tokenizer.get_vocab(true)) {
+      maxId = Math.max(maxId, id);
+      maxBytes = Math.max(maxBytes, Buffer.byteLength(piece, 'utf8'));
+    }
     this.vocabSize = maxId + 1;
+    this.maxPieceBytes = maxBytes;
     const template =
       chatTemplate ?? (typeof config.chat_template === 'string' ? config.chat_template : undefined);
     this.chatTemplate =
@@ -84,9 +95,14 @@ export class LlamaTokenizer {
     return this.tokenizer.id_to_token(id);
   }
 
-  /** A streaming detokenizer for one sequence of generated ids. */
-  detokenizer(options: DecodeOptions = {}): IncrementalDetokenizer {
-    return new IncrementalDetokenizer((ids) => this.decode(ids, options));
+  /** The text one token decodes to on its own (what logprob listings show for it). */
+  tokenText(id: number): string {
+    return this.decode([id]);
+  }
+
+  /** A streaming detokenizer for one sequence of generated ids, after `context` (prompt) ids. */
+  detokenizer(options: DecodeOptions = {}, context: readonly number[] = []): IncrementalDetokenizer {
+    return new IncrementalDetokenizer((ids) => this.decode(ids, options), context);
   }
 
   get hasChatTemplate(): boolean {

@@ -72,7 +72,12 @@ class CpuBackend final : public Backend {
   void copyCols(const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0, int64_t cols) override {
     cpu::copyCols(pool_, src, srcCol0, dst, dstCol0, cols);
   }
-  void argmax(const View& x, const View& out) override { cpu::argmax(pool_, x, out); }
+  void copyRows(const View& src, const View& dst, int64_t rows) override {
+    std::memcpy(dst.data, src.data, static_cast<size_t>(rows) * src.dim(1) * dtypeSize(src.dtype));
+  }
+  void sample(const View& logits, const SampleBatch& batch, const View& ids, const View& logprobs) override {
+    cpu::sample(pool_, logits, batch, ids, logprobs);
+  }
   void randomBits(Buffer& buf, uint64_t seed) override { cpu::randomBits(pool_, buf.data, buf.bytes, seed); }
   void synchronize() override {}
   void memoryInfo(size_t* freeBytes, size_t* totalBytes) override { cpu::hostMemoryInfo(freeBytes, totalBytes); }

@@ -1,5 +1,5 @@
 // Row-wise and element-wise ops: RMSNorm (with the fused residual add), residual
-// add, SwiGLU's silu(gate) * up, RoPE, embedding, row gather, column copy, argmax,
+// add, SwiGLU's silu(gate) * up, RoPE, embedding, row gather, column copy,
 // KV writes.
 // All split over rows; reductions within a row run in one fixed order.
 #include <algorithm>
@@ -135,22 +135,6 @@ void copyCols(ThreadPool& pool, const View& src, int64_t srcCol0, const View& ds
   const int64_t grain = std::max<int64_t>(1, static_cast<int64_t>((size_t{1} << 16) / rowBytes));
   pool.parallelFor(R, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) std::memcpy(d + r * dstPitch, s + r * srcPitch, rowBytes);
-  });
-}
-
-void argmax(ThreadPool& pool, const View& x, const View& out) {
-  const int64_t T = x.dim(0), V = x.dim(1);
-  const float* xs = x.as<float>();
-  int32_t* o = out.as<int32_t>();
-  pool.parallelFor(T, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; t++) {
-      const float* row = xs + t * V;
-      int64_t best = 0;
-      for (int64_t i = 1; i < V; i++) {
-        if (row[i] > row[best]) best = i;  // strict: the first index wins ties
-      }
-      o[t] = static_cast<int32_t>(best);
-    }
   });
 }
 

@@ -22,7 +22,9 @@ void embedding(ThreadPool& pool, const View& table, const View& ids, const View&
 void gatherRows(const View& x, const View& rows, const View& out);
 void copyCols(ThreadPool& pool, const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0,
               int64_t cols);
-void argmax(ThreadPool& pool, const View& x, const View& out);
+// Backend::sample: sampler.ts's sample() for each batch row, rows in parallel (sample.cc).
+void sample(ThreadPool& pool, const View& logits, const SampleBatch& batch, const View& ids,
+            const View& logprobs);
 void writeKv(const View& kCache, const View& vCache, const View& k, const View& v, const View& slots);
 void randomBits(ThreadPool& pool, void* data, size_t bytes, uint64_t seed);
 // Available (MemAvailable: free plus reclaimable cache) and total RAM.

@@ -61,7 +61,7 @@ struct Ctx {
   Scratch* tickets;       // zeroed counters for split-K fix-ups (self-resetting)
   Scratch* attnScratch;   // attention partials
   Scratch* dequant;       // f16 weights dequantized for a cuBLAS GEMM
-  const Blas* blas;       // null: cuBLAS unavailable
+  const Blas* blas;       // null: cuBLAS unavailable (or not loadable now: during graph capture)
 };
 
 // out [M, N] (f16 or f32) = x f16 [M, K] @ w f16, where w is [K, N] row-major (wKN) or
@@ -70,13 +70,25 @@ void blasGemm(const Blas& b, const __half* x, const __half* w, bool wKN, void* o
 
 inline int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Launchers implemented in awq_linear.cu (and awq_*.cu), linear.cu and attention.cu.
+// Launchers implemented in awq_linear.cu (and awq_*.cu), linear.cu, attention.cu and sample.cu.
 void launchAwqLinear(const Ctx& c, const View& x, const PackedAwqWeights& w, const View& out);
 void launchAwqPack(const Ctx& c, const AwqWeights& src, const View& dst);
 void launchLinear(const Ctx& c, const View& x, const View& w, const View& out);
 void launchAttention(const Ctx& c, const View& q, const View& kCache, const View& vCache,
                      const View& blockTables, const View& tokenSeq, const View& positions,
                      const AttentionShape& shape, const View& out);
+// Pinned host memory that Device.sample's row specs go through, and the event of its last copy.
+struct SampleStaging {
+  void* host = nullptr;
+  size_t bytes = 0;
+  cudaEvent_t done = nullptr;
+  void reserve(size_t bytes);
+  void release();
+};
+
+// Device.sample (sample.cu): row specs, scores and sort buffers live in `scratch`.
+void launchSample(cudaStream_t s, Scratch& scratch, SampleStaging& staging, const View& logits,
+                  const SampleBatch& batch, const View& ids, const View& logprobs);
 
 }  // namespace cuda
 }  // namespace medcluster

@@ -8,9 +8,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <mutex>
 
 #include "common.cuh"
@@ -198,32 +200,6 @@ __global__ void gatherRowsKernel(const char* x, const int32_t* rows, char* out, 
   }
 }
 
-// One block per row; ties resolve to the first index.
-__global__ void argmaxKernel(const float* x, int32_t* out, int64_t V) {
-  int64_t t = blockIdx.x;
-  const float* row = x + t * V;
-  float best = -INFINITY;
-  int64_t bi = V;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    float v = row[i];
-    if (v > best || (bi == V && v == v && v >= best)) { best = v; bi = i; }
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
-  }
-  __shared__ float sv[32];
-  __shared__ int64_t si[32];
-  if ((threadIdx.x & 31) == 0) { sv[threadIdx.x >> 5] = best; si[threadIdx.x >> 5] = bi; }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
-      if (sv[w] > best || (sv[w] == best && si[w] < bi)) { best = sv[w]; bi = si[w]; }
-    out[t] = (int32_t)(bi == V ? 0 : bi);
-  }
-}
-
 __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -255,29 +231,77 @@ struct StreamHandle {  // shared by the backend and its live buffers
   // invalidate it, as the memory was not allocated there): frees wait until endCapture.
   std::mutex mu;
   bool capturing = false;
-  std::vector<void*> deferredFrees;
+  std::vector<std::function<void()>> deferredFrees;
+
+  // Runs free now, on this stream's device, or after the capture under way ends.
+  void release(std::function<void()> free) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (capturing) {
+        deferredFrees.push_back(std::move(free));
+        return;
+      }
+    }
+    int prev = -1;
+    cudaGetDevice(&prev);
+    if (prev != ordinal) cudaSetDevice(ordinal);
+    free();  // errors here cannot be reported (destructors)
+    if (prev != ordinal && prev >= 0) cudaSetDevice(prev);
+  }
 };
 
 struct CudaBuffer : Buffer {
   std::shared_ptr<StreamHandle> sh;
   ~CudaBuffer() override {
     if (!data) return;
-    {
-      std::lock_guard<std::mutex> lock(sh->mu);
-      if (sh->capturing) {
-        sh->deferredFrees.push_back(data);
-        return;
-      }
-    }
-    int prev = -1;
-    cudaGetDevice(&prev);
-    if (prev != sh->ordinal) cudaSetDevice(sh->ordinal);
-    cudaFreeAsync(data, sh->stream);  // errors here cannot be reported (destructor)
-    if (prev != sh->ordinal && prev >= 0) cudaSetDevice(prev);
+    void* p = data;
+    cudaStream_t stream = sh->stream;
+    sh->release([p, stream] { cudaFreeAsync(p, stream); });
   }
 };
 
+// Device memory that other processes of the host can map: cudaMalloc'd, since memory from the
+// stream-ordered pool has no IPC handle. A peer maps it with openShared.
+struct SharedBuffer : Buffer {
+  std::shared_ptr<StreamHandle> sh;
+  ~SharedBuffer() override {
+    if (!data) return;
+    void* p = data;
+    cudaStream_t stream = sh->stream;
+    // Queued work may still use it: the stream drains first.
+    sh->release([p, stream] {
+      cudaStreamSynchronize(stream);
+      cudaFree(p);
+    });
+  }
+};
+
+// Another process's SharedBuffer, mapped into this one.
+struct OpenedBuffer : Buffer {
+  std::shared_ptr<StreamHandle> sh;
+  ~OpenedBuffer() override {
+    if (!data) return;
+    void* p = data;
+    cudaStream_t stream = sh->stream;
+    sh->release([p, stream] {
+      cudaStreamSynchronize(stream);
+      cudaIpcCloseMemHandle(p);
+    });
+  }
+};
+
+// What a shared buffer's handle carries: the CUDA IPC handle and the facts a peer checks.
+struct SharedHandle {
+  char magic[8];
+  uint32_t pid;
+  int32_t ordinal;
+  uint64_t bytes;
+  cudaIpcMemHandle_t ipc;
+};
+constexpr char kSharedMagic[8] = {'m', 'c', 's', 'h', 'a', 'r', 'e', '1'};
+
 constexpr size_t kStagingBytes = 8u << 20;  // per pinned staging buffer of readFileRegion
+constexpr size_t kTransferBytes = 8u << 20;  // the pinned buffer of upload and download
 
 class CudaBackend final : public Backend {
  public:
@@ -308,14 +332,18 @@ class CudaBackend final : public Backend {
     MC_CUDA(cudaDeviceGetDefaultMemPool(&pool, ordinal));
     uint64_t threshold = UINT64_MAX;
     MC_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+    sampleStaging_.reserve(1u << 20);  // Device.sample's row specs: 64 rows of ~2,000 generated ids
+    MC_CUDA(cudaHostAlloc(&transfer_, kTransferBytes, cudaHostAllocDefault));
     loadBlas();
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(sh_->stream);
     for (auto g : graphs_) if (g) cudaGraphExecDestroy(g);
-    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_}) sc->release(sh_->stream);
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &sampleScratch_}) sc->release(sh_->stream);
+    sampleStaging_.release();
     if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
     cudaStreamSynchronize(sh_->stream);
+    if (transfer_) cudaFreeHost(transfer_);
     for (int i = 0; i < 2; ++i) {
       if (staging_[i]) cudaFreeHost(staging_[i]);
       if (stagingDone_[i]) cudaEventDestroy(stagingDone_[i]);
@@ -336,13 +364,25 @@ class CudaBackend final : public Backend {
     }
     return b;
   }
+  // Host copies go through a pinned buffer and a plain stream wait. A copy from or to pageable
+  // memory waits for the stream inside the driver, and a device thread blocked there can hold
+  // up the other devices of the process, such as a tensor-parallel peer this stream's
+  // all-reduce is waiting for.
   void upload(Buffer& dst, const void* host, size_t bytes) override {
-    MC_CUDA(cudaMemcpyAsync(dst.data, host, bytes, cudaMemcpyHostToDevice, s()));
-    MC_CUDA(cudaStreamSynchronize(s()));  // host memory may be reused as soon as we return
+    for (size_t at = 0; at < bytes; at += kTransferBytes) {
+      const size_t n = std::min(kTransferBytes, bytes - at);
+      std::memcpy(transfer_, static_cast<const char*>(host) + at, n);
+      MC_CUDA(cudaMemcpyAsync(static_cast<char*>(dst.data) + at, transfer_, n, cudaMemcpyHostToDevice, s()));
+      MC_CUDA(cudaStreamSynchronize(s()));  // before the pinned buffer is reused
+    }
   }
   void download(const Buffer& src, void* host, size_t bytes) override {
-    MC_CUDA(cudaMemcpyAsync(host, src.data, bytes, cudaMemcpyDeviceToHost, s()));
-    MC_CUDA(cudaStreamSynchronize(s()));
+    for (size_t at = 0; at < bytes; at += kTransferBytes) {
+      const size_t n = std::min(kTransferBytes, bytes - at);
+      MC_CUDA(cudaMemcpyAsync(transfer_, static_cast<const char*>(src.data) + at, n, cudaMemcpyDeviceToHost, s()));
+      MC_CUDA(cudaStreamSynchronize(s()));
+      std::memcpy(static_cast<char*>(host) + at, transfer_, n);
+    }
   }
 
   // pread into two pinned staging buffers in turn; each chunk goes to the device with
@@ -487,11 +527,53 @@ class CudaBackend final : public Backend {
                               static_cast<const char*>(src.data) + srcCol0 * es, src.dim(1) * es, cols * es, R,
                               cudaMemcpyDeviceToDevice, s()));
   }
-  void argmax(const View& x, const View& out) override {
-    int64_t V = x.dim(-1), T = x.numel() / V;
-    if (!T) return;
-    argmaxKernel<<<T, 1024, 0, s()>>>(x.as<float>(), out.as<int32_t>(), V);
-    MC_LAUNCHED("argmax");
+  std::shared_ptr<Buffer> allocShared(size_t bytes, std::vector<uint8_t>* handle) override {
+    auto b = std::make_shared<SharedBuffer>();
+    b->sh = sh_;
+    b->bytes = bytes;
+    MC_CUDA(cudaMalloc(&b->data, bytes ? bytes : 1));
+    MC_CUDA(cudaMemsetAsync(b->data, 0, bytes, s()));
+    SharedHandle h{};
+    std::memcpy(h.magic, kSharedMagic, sizeof(kSharedMagic));
+    h.pid = (uint32_t)getpid();
+    h.ordinal = sh_->ordinal;
+    h.bytes = bytes;
+    MC_CUDA(cudaIpcGetMemHandle(&h.ipc, b->data));
+    handle->resize(sizeof(h));
+    std::memcpy(handle->data(), &h, sizeof(h));
+    return b;
+  }
+  std::shared_ptr<Buffer> openShared(const std::vector<uint8_t>& handle, size_t bytes) override {
+    SharedHandle h{};
+    if (handle.size() != sizeof(h) || std::memcmp(handle.data(), kSharedMagic, sizeof(kSharedMagic)) != 0)
+      throw BackendError("openShared: the handle is not a shared tensor's (" + std::to_string(handle.size()) +
+                         " bytes)");
+    std::memcpy(&h, handle.data(), sizeof(h));
+    if (h.bytes < bytes)
+      throw BackendError("openShared: the shared buffer holds " + std::to_string(h.bytes) + " bytes, " +
+                         std::to_string(bytes) + " asked for");
+    if (h.pid == (uint32_t)getpid())
+      throw BackendError("openShared: the buffer belongs to this process (CUDA IPC maps other processes' memory)");
+    auto b = std::make_shared<OpenedBuffer>();
+    b->sh = sh_;
+    b->bytes = bytes;
+    cudaError_t e = cudaIpcOpenMemHandle(&b->data, h.ipc, cudaIpcMemLazyEnablePeerAccess);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      b->data = nullptr;
+      throw BackendError("openShared: cannot map the buffer of process " + std::to_string(h.pid) + " on cuda:" +
+                         std::to_string(h.ordinal) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
+                         ")");
+    }
+    return b;
+  }
+  // cudaMemcpyDefault: either side may be another GPU's memory, mapped (unified addressing).
+  void copyRows(const View& src, const View& dst, int64_t rows) override {
+    const size_t bytes = (size_t)rows * src.dim(1) * dtypeSize(src.dtype);
+    if (bytes) MC_CUDA(cudaMemcpyAsync(dst.data, src.data, bytes, cudaMemcpyDefault, s()));
+  }
+  void sample(const View& logits, const SampleBatch& batch, const View& ids, const View& logprobs) override {
+    launchSample(s(), sampleScratch_, sampleStaging_, logits, batch, ids, logprobs);
   }
   void randomBits(Buffer& buf, uint64_t seed) override {
     int64_t nWords = buf.bytes / 8;
@@ -525,13 +607,13 @@ class CudaBackend final : public Backend {
   int64_t endCapture() override {
     cudaGraph_t g = nullptr;
     cudaError_t e = cudaStreamEndCapture(s(), &g);
-    std::vector<void*> deferred;
+    std::vector<std::function<void()>> deferred;
     {
       std::lock_guard<std::mutex> lock(sh_->mu);
       sh_->capturing = false;
       deferred.swap(sh_->deferredFrees);
     }
-    for (void* p : deferred) cudaFreeAsync(p, s());
+    for (auto& free : deferred) free();
     if (e != cudaSuccess) {
       if (g) cudaGraphDestroy(g);
       cudaGetLastError();
@@ -589,9 +671,12 @@ class CudaBackend final : public Backend {
   std::shared_ptr<StreamHandle> sh_;
   int cc_ = 0;
   Scratch splitK_, tickets_, attnScratch_, dequant_;
+  Scratch sampleScratch_;        // Device.sample's scores, sort buffers and row specs
+  SampleStaging sampleStaging_;  // and the pinned memory the specs are copied from
   Blas blas_;
   void* blasWorkspace_ = nullptr;
   std::vector<cudaGraphExec_t> graphs_;  // handle h is graphs_[h - 1]
+  void* transfer_ = nullptr;  // pinned, kTransferBytes: upload and download
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t stagingDone_[2] = {nullptr, nullptr};
 };

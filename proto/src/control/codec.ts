@@ -16,6 +16,7 @@ import {
   workerHeartbeatSchema,
   workerLeaveSchema,
 } from './messages.js';
+import { type PlacementRecord, placementRecordSchema } from './placement.js';
 import { ControlMessageError, type Validator } from './schema.js';
 
 export interface ControlCodec<T> {
@@ -54,4 +55,5 @@ export const controlCodecs = {
   load: jsonCodec<LoadEvent>('LoadEvent', loadEventSchema),
   leave: jsonCodec<WorkerLeave>('WorkerLeave', workerLeaveSchema),
   discover: jsonCodec<DiscoverRequest>('DiscoverRequest', discoverRequestSchema),
+  placement: jsonCodec<PlacementRecord>('PlacementRecord', placementRecordSchema),
 } as const;

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { controlCodecs } from './codec.js';
 import { type Assignment, kvCacheSchema, type LoadEvent } from './messages.js';
+import { placementBucket } from './placement.js';
 import { ControlMessageError } from './schema.js';
 
 const assignment: Assignment = {
@@ -65,12 +66,34 @@ describe('KV cache message', () => {
   });
 });
 
+describe('assignment', () => {
+  it('may name synthetic weights instead of the checkpoint, validated like the rest', () => {
+    const codec = controlCodecs.assignment;
+    const synthetic = { ...assignment, synthetic: { preset: 'llama-2-70b', seed: 1, layers: 2 } };
+    expect(codec.decode(codec.encode(synthetic))).toEqual(synthetic);
+    expect(() => codec.decode(enc({ ...assignment, synthetic: { preset: '', seed: 1 } }))).toThrow(
+      /Assignment\.synthetic\.preset/,
+    );
+    expect(() => codec.decode(enc({ ...assignment, synthetic: { preset: 'tiny', seed: -1 } }))).toThrow(
+      /Assignment\.synthetic\.seed/,
+    );
+  });
+});
+
 describe('load event', () => {
   it('carries the allocated block count when ready', () => {
     const codec = controlCodecs.load;
     expect(codec.decode(codec.encode(ready))).toEqual(ready);
     const { kvBlocks: _, ...loading } = { ...ready, phase: 'loading' as const };
     expect(codec.decode(codec.encode(loading))).toEqual(loading);
+  });
+
+  it('says which transport a tensor-parallel stage chose, and refuses an unknown one', () => {
+    const codec = controlCodecs.load;
+    for (const collective of ['grpc', 'ipc', 'nccl'] as const) {
+      expect(codec.decode(codec.encode({ ...ready, collective }))).toEqual({ ...ready, collective });
+    }
+    expect(() => codec.decode(enc({ ...ready, collective: 'shm' }))).toThrow(/LoadEvent\.collective/);
   });
 
   it('refuses a ready event without a positive block count', () => {
@@ -81,5 +104,45 @@ describe('load event', () => {
     expect(() => controlCodecs.load.encode({ ...ready, kvBlocks: 0 })).toThrow(
       'LoadEvent.kvBlocks: expected a number >= 1, got number 0',
     );
+  });
+});
+
+describe('placement record (the coordinator key-value store)', () => {
+  const record = {
+    v: 1 as const,
+    coordinatorId: 'coordinator-1',
+    updatedAt: 1,
+    modelDir: '/models/tiny',
+    tp: 1,
+    pp: 1,
+    kvCache: { numBlocks: 300, blockSize: 16 },
+    workers: [
+      {
+        workerId: 'w0',
+        grpcAddress: '10.0.0.1:7000',
+        device: 'cuda' as const,
+        assignment: { ...assignment, deadlines: { collectiveMs: 5000, stepMs: 60_000 } },
+        kvBlocks: 321,
+      },
+    ],
+  };
+  const codec = controlCodecs.placement;
+
+  it('round-trips, assignments and deadlines included', () => {
+    expect(codec.decode(codec.encode(record))).toEqual(record);
+    expect(placementBucket('obs')).toBe('medcluster-obs');
+  });
+
+  it('refuses a record whose workers do not fill tp x pp, or hold fewer blocks than it schedules', () => {
+    expect(() => codec.decode(enc({ ...record, tp: 2 }))).toThrow(
+      'PlacementRecord.workers: 1 workers for tp 2 x pp 1',
+    );
+    expect(() => codec.decode(enc({ ...record, kvCache: { numBlocks: 400, blockSize: 16 } }))).toThrow(
+      /worker w0 holds 321 KV blocks, fewer than the 400/,
+    );
+    expect(() =>
+      codec.decode(enc({ ...record, workers: [{ ...record.workers[0], workerId: 'a.b' }] })),
+    ).toThrow(/workers\[0\]\.workerId/);
+    expect(() => placementBucket('a.b')).toThrow(ControlMessageError);
   });
 });

@@ -41,6 +41,8 @@ export interface WorkerAnnounce {
   workerId: string;
   /** host:port of the worker's gRPC server (Worker and Collective services). */
   grpcAddress: string;
+  /** host:port of its /metrics, /health and /ready, when it serves them. */
+  metricsAddress?: string;
   devices: DeviceInfo[];
   /** Memory the worker offers for its shard, in bytes. */
   memoryBytes: number;
@@ -48,6 +50,11 @@ export interface WorkerAnnounce {
   heartbeatIntervalMs: number;
   /** Wall-clock start time, ms since the epoch. */
   startedAt: number;
+  /** What the worker is doing now: a coordinator that starts while workers already hold their
+   * shards (it restarted) re-adopts them from this and assignmentId. Absent: idle. */
+  state?: WorkerLifecycleState;
+  /** The assignment the worker holds (loading, ready or failed). */
+  assignmentId?: string;
 }
 
 /** Lifecycle state of a worker as it reports it. */
@@ -66,14 +73,27 @@ export interface WorkerHeartbeat {
   sentAt: number;
 }
 
-/** Which part of the model a worker holds; the same fields as the engine's ShardSpec. */
-export interface ShardSpecMessage {
+/** The layers of one pipeline stage: [layerStart, layerEnd), and which ends of the model it holds. */
+export interface StageLayers {
   layerStart: number;
   layerEnd: number;
+  /** First pipeline stage: embeds token ids. */
+  embeds: boolean;
+  /** Last pipeline stage: applies the final norm and lm_head. */
+  computesLogits: boolean;
+}
+
+/** Which part of the model a worker holds: its stage's layers and its tensor-parallel rank. */
+export interface ShardSpec extends StageLayers {
   tpRank: number;
   tpSize: number;
-  embeds: boolean;
-  computesLogits: boolean;
+}
+
+/** A paged KV cache of numBlocks blocks of blockSize token positions. */
+export interface KvGeometry {
+  /** Token positions per block. */
+  blockSize: number;
+  numBlocks: number;
 }
 
 /**
@@ -81,30 +101,51 @@ export interface ShardSpecMessage {
  * given as exactly one of a count or a share of the memory its device has free once the shard's
  * weights are loaded. Either way the worker reports the count it allocated (LoadEvent.kvBlocks).
  */
-export type KvCacheMessage = {
-  /** Token positions per block. */
-  blockSize: number;
-} & (
+export type KvCacheSpec =
+  | KvGeometry
   | {
-      /** Blocks to allocate. */
-      numBlocks: number;
-    }
-  | {
+      /** Token positions per block. */
+      blockSize: number;
       /** Share (0, 1] of the memory free after the weights load that the cache may take. */
       memoryFraction: number;
-    }
-);
+    };
+
+/**
+ * Random weights of a generator preset's exact shapes instead of a checkpoint's (performance
+ * measurements where the real checkpoint cannot be had); the worker then reads no file.
+ */
+export interface SyntheticWeightsMessage {
+  /** A generator preset (`tiny`, `llama-2-70b`); the worker refuses one it does not know. */
+  preset: string;
+  /** Seed of the random values. */
+  seed: number;
+  /** Fewer layers than the preset has. */
+  layers?: number;
+}
+
+/** How long a worker waits on its peers before it gives up (every rank of a stage gets the same). */
+export interface DeadlinesMessage {
+  /** A tensor-parallel collective call whose peers do not all arrive within this fails the
+   * stage's group (every transport). */
+  collectiveMs?: number;
+  /** A step relayed to the next stage that has no result within this fails. */
+  stepMs?: number;
+}
 
 /** Sent by the coordinator (request/reply) to give a worker its shard. */
 export interface Assignment {
   v: 1;
   /** Unique per assignment; load events and heartbeats refer to it. */
   assignmentId: string;
-  /** Checkpoint directory on the worker's file system. */
+  /** Checkpoint directory on the worker's file system (not read when `synthetic` is set). */
   modelDir: string;
+  /** Serve random weights of these shapes instead of the checkpoint's. */
+  synthetic?: SyntheticWeightsMessage;
+  /** The name the cluster serves the model under: the `model` label of the worker's metrics. */
+  servedModelName?: string;
   stageIndex: number;
-  shard: ShardSpecMessage;
-  kvCache: KvCacheMessage;
+  shard: ShardSpec;
+  kvCache: KvCacheSpec;
   /** Collective group of the stage (e.g. "stage-0"). */
   collectiveGroup: string;
   /** gRPC addresses of the stage's ranks, indexed by tp rank (this worker's own included). */
@@ -112,6 +153,8 @@ export interface Assignment {
   /** gRPC address of the same tp rank in the next stage, where this stage streams its hidden
    * states; absent on the last stage. */
   downstream?: string;
+  /** Deadlines of the worker's waits on its peers (absent: the worker's defaults). */
+  deadlines?: DeadlinesMessage;
 }
 
 /** The worker's reply to an Assignment: accepted means loading has started. */
@@ -123,6 +166,10 @@ export interface AssignmentReply {
   /** Why the assignment was refused. */
   error?: string;
 }
+
+/** How a tensor-parallel stage's ranks exchange tensors: through the hosts over gRPC, CUDA IPC
+ * (ranks of one host), or NCCL (see the worker's openStageCollective). */
+export type CollectiveTransportName = 'grpc' | 'ipc' | 'nccl';
 
 /** Phase of an assignment's load. */
 export type LoadPhase = 'loading' | 'ready' | 'failed';
@@ -140,6 +187,8 @@ export interface LoadEvent {
   /** KV cache blocks the shard allocated; required when phase is ready. The coordinator
    * hands out only block ids that every worker holds, so it needs every worker's count. */
   kvBlocks?: number;
+  /** Phase ready, tp > 1: the transport the stage's ranks chose for their collectives. */
+  collective?: CollectiveTransportName;
 }
 
 /** Sent by a worker that leaves on purpose. */
@@ -166,10 +215,13 @@ export const workerAnnounceSchema = object<WorkerAnnounce>({
   v: version,
   workerId: id,
   grpcAddress: str({ nonEmpty: true }),
+  metricsAddress: optional(str({ nonEmpty: true })),
   devices: arrayOf(deviceInfo),
   memoryBytes: count,
   heartbeatIntervalMs: num({ min: 1 }),
   startedAt: count,
+  state: optional(oneOf('idle', 'loading', 'ready', 'failed', 'leaving')),
+  assignmentId: optional(str({ nonEmpty: true })),
 });
 
 export const workerHeartbeatSchema = object<WorkerHeartbeat>({
@@ -181,7 +233,7 @@ export const workerHeartbeatSchema = object<WorkerHeartbeat>({
   sentAt: count,
 });
 
-export const shardSpecSchema = object<ShardSpecMessage>({
+export const shardSpecSchema = object<ShardSpec>({
   layerStart: count,
   layerEnd: count,
   tpRank: count,
@@ -191,7 +243,7 @@ export const shardSpecSchema = object<ShardSpecMessage>({
 });
 
 /** Exactly one of numBlocks and memoryFraction: both, or neither, would leave the size ambiguous. */
-export const kvCacheSchema: Validator<KvCacheMessage> = (value, path) => {
+export const kvCacheSchema: Validator<KvCacheSpec> = (value, path) => {
   const { blockSize, numBlocks, memoryFraction } = object<{
     blockSize: number;
     numBlocks?: number;
@@ -213,17 +265,31 @@ export const kvCacheSchema: Validator<KvCacheMessage> = (value, path) => {
   );
 };
 
+const deadlinesSchema = object<DeadlinesMessage>({
+  collectiveMs: optional(positive),
+  stepMs: optional(positive),
+});
+
+const syntheticWeightsSchema = object<SyntheticWeightsMessage>({
+  preset: str({ nonEmpty: true }),
+  seed: count,
+  layers: optional(positive),
+});
+
 export const assignmentSchema: Validator<Assignment> = (value, path) => {
   const parsed = object<Assignment>({
     v: version,
     assignmentId: str({ nonEmpty: true }),
     modelDir: str({ nonEmpty: true }),
+    synthetic: optional(syntheticWeightsSchema),
+    servedModelName: optional(str({ nonEmpty: true })),
     stageIndex: count,
     shard: shardSpecSchema,
     kvCache: kvCacheSchema,
     collectiveGroup: str(),
     peers: arrayOf(str({ nonEmpty: true })),
     downstream: optional(str({ nonEmpty: true })),
+    deadlines: optional(deadlinesSchema),
   })(value, path);
   const { shard, peers } = parsed;
   if (shard.computesLogits === (parsed.downstream !== undefined)) {
@@ -265,6 +331,7 @@ export const loadEventSchema: Validator<LoadEvent> = (value, path) => {
     bytesTotal: count,
     message: optional(str()),
     kvBlocks: optional(positive),
+    collective: optional(oneOf('grpc', 'ipc', 'nccl')),
   })(value, path);
   if (parsed.phase === 'ready' && parsed.kvBlocks === undefined) {
     throw new ControlMessageError(

@@ -1,6 +1,7 @@
 import { freePort } from '@medcluster/worker';
 import { connect } from 'nats';
 import { describe, expect, it } from 'vitest';
+import { startNats } from './nats.js';
 import { findNatsServer, NatsServerError, startNatsServer } from './nats-server.js';
 
 describe('startNatsServer', () => {
@@ -38,5 +39,25 @@ describe('startNatsServer', () => {
     const port = await freePort();
     expect(port).toBeGreaterThan(0);
     expect(port).toBeLessThan(65536);
+  });
+});
+
+describe('startNats', () => {
+  it('chooses a container or the binary, and restarts on the same port with the JetStream store kept', async () => {
+    const server = await startNats({ jetstream: true });
+    try {
+      const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+      const kv = await nc.jetstream().views.kv('harness-restart');
+      await kv.put('k', new TextEncoder().encode('kept'));
+      await server.restart(200);
+      // The client reconnects by itself (JetStream answers once it recovered its streams), and
+      // the store survived.
+      let entry: Awaited<ReturnType<typeof kv.get>> = null;
+      for (let i = 0; i < 20 && entry === null; i++) entry = await kv.get('k', undefined).catch(() => null);
+      expect(new TextDecoder().decode(entry?.value)).toBe('kept');
+      await nc.close();
+    } finally {
+      await server.stop();
+    }
   });
 });

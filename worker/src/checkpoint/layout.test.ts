@@ -16,7 +16,7 @@ describe('llama-2-70b preset shapes (MODEL.md, nothing written)', () => {
       numKvHeads: 8,
       headDim: 128,
       vocabRows: 32000,
-      groupSize: 128,
+      quant: { groupSize: 128 },
       shards: 4,
     });
   });

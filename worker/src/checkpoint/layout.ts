@@ -3,7 +3,10 @@
 
 import type { SafetensorsDType } from './types.js';
 
-/** The dimensions that decide every tensor's shape. */
+/**
+ * The dimensions that decide every tensor's shape. A LlamaConfig is one, so the reader, the
+ * generator, tensor parallelism and the placement planner all size tensors from this.
+ */
 export interface CheckpointShape {
   numLayers: number;
   hiddenSize: number;
@@ -11,8 +14,9 @@ export interface CheckpointShape {
   numHeads: number;
   numKvHeads: number;
   headDim: number;
+  /** Rows of embed_tokens / lm_head. */
   vocabRows: number;
-  groupSize: number;
+  quant: { groupSize: number };
 }
 
 export interface ExpectedTensor {
@@ -31,25 +35,45 @@ export interface LinearSpec {
 
 export const DTYPE_BYTES: Readonly<Record<SafetensorsDType, number>> = { F16: 2, BF16: 2, F32: 4, I32: 4 };
 
+/** AWQ packs 8 int4 values into each int32. */
+export const PACK_FACTOR = 8;
+
 export const ATTENTION_PROJECTIONS = ['q_proj', 'k_proj', 'v_proj', 'o_proj'] as const;
 export const MLP_PROJECTIONS = ['gate_proj', 'up_proj', 'down_proj'] as const;
 
+/** The seven quantized linears of a decoder block. */
+export type ProjName = (typeof ATTENTION_PROJECTIONS)[number] | (typeof MLP_PROJECTIONS)[number];
+export const PROJ_NAMES: readonly ProjName[] = [...ATTENTION_PROJECTIONS, ...MLP_PROJECTIONS];
+
+/** K (input features) and N (output features) of a block linear. */
+export function projFeatures(shape: CheckpointShape, proj: ProjName): { k: number; n: number } {
+  const h = shape.hiddenSize;
+  const q = shape.numHeads * shape.headDim;
+  const kv = shape.numKvHeads * shape.headDim;
+  const i = shape.intermediateSize;
+  switch (proj) {
+    case 'q_proj':
+      return { k: h, n: q };
+    case 'k_proj':
+    case 'v_proj':
+      return { k: h, n: kv };
+    case 'o_proj':
+      return { k: q, n: h };
+    case 'gate_proj':
+    case 'up_proj':
+      return { k: h, n: i };
+    case 'down_proj':
+      return { k: i, n: h };
+  }
+}
+
 /** The seven quantized linears of block i with their K (in) and N (out) features. */
 export function blockLinears(shape: CheckpointShape, layer: number): LinearSpec[] {
-  const h = shape.hiddenSize;
-  const qOut = shape.numHeads * shape.headDim;
-  const kvOut = shape.numKvHeads * shape.headDim;
-  const inter = shape.intermediateSize;
   const attn = `model.layers.${layer}.self_attn`;
   const mlp = `model.layers.${layer}.mlp`;
   return [
-    { prefix: `${attn}.q_proj`, k: h, n: qOut },
-    { prefix: `${attn}.k_proj`, k: h, n: kvOut },
-    { prefix: `${attn}.v_proj`, k: h, n: kvOut },
-    { prefix: `${attn}.o_proj`, k: qOut, n: h },
-    { prefix: `${mlp}.gate_proj`, k: h, n: inter },
-    { prefix: `${mlp}.up_proj`, k: h, n: inter },
-    { prefix: `${mlp}.down_proj`, k: inter, n: h },
+    ...ATTENTION_PROJECTIONS.map((p) => ({ prefix: `${attn}.${p}`, ...projFeatures(shape, p) })),
+    ...MLP_PROJECTIONS.map((p) => ({ prefix: `${mlp}.${p}`, ...projFeatures(shape, p) })),
   ];
 }
 
@@ -57,8 +81,8 @@ export function blockLinears(shape: CheckpointShape, layer: number): LinearSpec[
 export function linearTensors(linear: LinearSpec, groupSize: number): ExpectedTensor[] {
   const { prefix, k, n } = linear;
   return [
-    { name: `${prefix}.qweight`, dtype: 'I32', shape: [k, n / 8] },
-    { name: `${prefix}.qzeros`, dtype: 'I32', shape: [k / groupSize, n / 8] },
+    { name: `${prefix}.qweight`, dtype: 'I32', shape: [k, n / PACK_FACTOR] },
+    { name: `${prefix}.qzeros`, dtype: 'I32', shape: [k / groupSize, n / PACK_FACTOR] },
     { name: `${prefix}.scales`, dtype: 'F16', shape: [k / groupSize, n] },
   ];
 }
@@ -75,7 +99,7 @@ export function expectedTensors(shape: CheckpointShape): ExpectedTensor[] {
   for (let i = 0; i < shape.numLayers; i++) {
     out.push({ name: `model.layers.${i}.input_layernorm.weight`, dtype: 'F16', shape: [h] });
     out.push({ name: `model.layers.${i}.post_attention_layernorm.weight`, dtype: 'F16', shape: [h] });
-    for (const linear of blockLinears(shape, i)) out.push(...linearTensors(linear, shape.groupSize));
+    for (const linear of blockLinears(shape, i)) out.push(...linearTensors(linear, shape.quant.groupSize));
   }
   out.push({ name: 'model.norm.weight', dtype: 'F16', shape: [h] });
   out.push({ name: 'lm_head.weight', dtype: 'F16', shape: [shape.vocabRows, h] });
@@ -96,22 +120,22 @@ export function totalTensorBytes(shape: CheckpointShape): number {
 /** Shape errors a config can have before any tensor is looked at; empty when the shape is usable. */
 export function shapeProblems(shape: CheckpointShape): string[] {
   const problems: string[] = [];
-  const positive: (keyof CheckpointShape)[] = [
-    'numLayers',
-    'hiddenSize',
-    'intermediateSize',
-    'numHeads',
-    'numKvHeads',
-    'headDim',
-    'vocabRows',
-    'groupSize',
+  const g = shape.quant.groupSize;
+  const positive: [string, number][] = [
+    ['numLayers', shape.numLayers],
+    ['hiddenSize', shape.hiddenSize],
+    ['intermediateSize', shape.intermediateSize],
+    ['numHeads', shape.numHeads],
+    ['numKvHeads', shape.numKvHeads],
+    ['headDim', shape.headDim],
+    ['vocabRows', shape.vocabRows],
+    ['groupSize', g],
   ];
-  for (const key of positive) {
-    if (!Number.isSafeInteger(shape[key]) || shape[key] <= 0)
-      problems.push(`${key} must be a positive integer, got ${shape[key]}`);
+  for (const [key, value] of positive) {
+    if (!Number.isSafeInteger(value) || value <= 0)
+      problems.push(`${key} must be a positive integer, got ${value}`);
   }
   if (problems.length > 0) return problems;
-  const g = shape.groupSize;
   if (shape.numHeads % shape.numKvHeads !== 0) {
     problems.push(`heads (${shape.numHeads}) must be a multiple of KV heads (${shape.numKvHeads})`);
   }

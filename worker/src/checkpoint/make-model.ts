@@ -59,8 +59,8 @@ export async function makeModel(options: MakeModelOptions): Promise<MakeModelRes
   const weightBytes = tensors.reduce((sum, t) => sum + tensorByteLength(t.dtype, t.shape), 0);
   const source: TensorSource =
     spec.preset === 'tiny'
-      ? new TinyWeightSource(options.seed, spec.groupSize)
-      : new FastWeightSource(options.seed, spec.groupSize);
+      ? new TinyWeightSource(options.seed, spec.quant.groupSize)
+      : new FastWeightSource(options.seed, spec.quant.groupSize);
 
   const weightMap: Record<string, string> = {};
   shards.forEach((shard, i) => {

@@ -32,7 +32,7 @@ export function configJson(spec: ModelSpec): Record<string, unknown> {
     quantization_config: {
       quant_method: 'awq',
       bits: 4,
-      group_size: spec.groupSize,
+      group_size: spec.quant.groupSize,
       zero_point: true,
       version: 'gemm',
     },
@@ -40,7 +40,7 @@ export function configJson(spec: ModelSpec): Record<string, unknown> {
 }
 
 export function quantConfigJson(spec: ModelSpec): Record<string, unknown> {
-  return { ...QUANT_CONFIG, q_group_size: spec.groupSize };
+  return { ...QUANT_CONFIG, q_group_size: spec.quant.groupSize };
 }
 
 export function generationConfigJson(spec: ModelSpec): Record<string, unknown> {

@@ -82,9 +82,9 @@ function shapeText(shape: readonly number[]): string {
 }
 
 function checkTensors(tensors: ReadonlyMap<string, TensorEntry>, config: LlamaConfig): void {
-  const problems = shapeProblems({ ...config, groupSize: config.quant.groupSize });
+  const problems = shapeProblems(config);
   if (problems.length > 0) throw new CheckpointError(`config.json: ${problems.join('; ')}`);
-  for (const want of expectedTensors({ ...config, groupSize: config.quant.groupSize })) {
+  for (const want of expectedTensors(config)) {
     const got = tensors.get(want.name);
     if (!got)
       throw new CheckpointError(

@@ -35,7 +35,7 @@ const COMMON = {
   rmsNormEps: 1e-5,
   bosTokenId: 1,
   eosTokenId: 2,
-  groupSize: 128,
+  quant: { groupSize: 128 },
 };
 
 /** Dimensions before headDim is derived (headDim = hidden / heads). */

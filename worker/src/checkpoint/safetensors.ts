@@ -61,7 +61,13 @@ export async function readSafetensorsHeader(file: string): Promise<TensorEntry[]
     const { bytesRead } = await handle.read(header, 0, headerBytes, 8);
     if (bytesRead !== headerBytes)
       throw new CheckpointError(`${where}: read ${bytesRead} of ${headerBytes} header bytes`);
-    return parseHeader(where, file, header.toString('utf8'), 8 + headerBytes, size - 8 - headerBytes);
+    let text: string;
+    try {
+      text = new TextDecoder('utf-8', { fatal: true }).decode(header);
+    } catch (cause) {
+      throw new CheckpointError(`${where}: header is not valid UTF-8`, { cause });
+    }
+    return parseHeader(where, file, text, 8 + headerBytes, size - 8 - headerBytes);
   } finally {
     await handle.close();
   }
@@ -85,6 +91,10 @@ function parseHeader(
       `${where}: header must be a JSON object, found ${Array.isArray(json) ? 'an array' : typeof json}`,
     );
   }
+  // JSON.parse keeps the last of two equal keys without a word: a tensor named twice would hide one.
+  const duplicate = firstDuplicateKey(text);
+  if (duplicate !== undefined)
+    throw new CheckpointError(`${where}: tensor ${duplicate} is listed twice in the header`);
   const entries: TensorEntry[] = [];
   const ranges: { name: string; begin: number; end: number }[] = [];
   for (const [name, raw] of Object.entries(json)) {
@@ -137,19 +147,46 @@ function parseHeader(
       byteLength: end - begin,
     });
   }
-  ranges.sort((a, b) => a.begin - b.begin || a.end - b.end);
-  for (let i = 1; i < ranges.length; i++) {
-    const prev = ranges[i - 1];
-    const cur = ranges[i];
-    // Zero-byte tensors occupy no bytes and cannot overlap anything.
-    if (cur.begin < prev.end && cur.end > cur.begin) {
+  // Zero-byte tensors occupy no bytes and overlap nothing; every other range is checked against the
+  // furthest-reaching one before it (not only its neighbour, which may be a zero-byte tensor).
+  const occupied = ranges.filter((r) => r.end > r.begin).sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let reach: (typeof occupied)[number] | undefined;
+  for (const cur of occupied) {
+    if (reach && cur.begin < reach.end) {
       throw new CheckpointError(
-        `${where}: tensors ${prev.name} [${prev.begin}, ${prev.end}) and ${cur.name} [${cur.begin}, ${cur.end}) overlap`,
+        `${where}: tensors ${reach.name} [${reach.begin}, ${reach.end}) and ${cur.name} [${cur.begin}, ${cur.end}) overlap`,
       );
     }
+    if (!reach || cur.end > reach.end) reach = cur;
   }
   entries.sort((a, b) => a.offset - b.offset);
   return entries;
+}
+
+/** The first key of the top-level JSON object that appears twice (the text is valid JSON). */
+function firstDuplicateKey(text: string): string | undefined {
+  const seen = new Set<string>();
+  let depth = 0;
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      if (depth === 1 && expectKey) {
+        const key = JSON.parse(text.slice(i, j + 1)) as string;
+        if (seen.has(key)) return key;
+        seen.add(key);
+        expectKey = false;
+      }
+      i = j;
+    } else if (c === '{' || c === '[') {
+      depth++;
+      expectKey = c === '{' && depth === 1;
+    } else if (c === '}' || c === ']') depth--;
+    else if (c === ',' && depth === 1) expectKey = true;
+  }
+  return undefined;
 }
 
 export interface HeaderEntry {

@@ -31,14 +31,20 @@ async function startServer(): Promise<Rank> {
 }
 
 /** n ranks, each with its own server on port 0; the other ranks start before rank 0 exists. */
-async function startGroup(n: number, group = 'stage-0'): Promise<GrpcCollective[]> {
+async function startGroup(n: number, group = 'stage-0', callTimeoutMs?: number): Promise<GrpcCollective[]> {
   const ranks = await Promise.all(Array.from({ length: n }, () => startServer()));
   const peers = ranks.map((r) => r.address);
-  const members = ranks
-    .slice(1)
-    .map((r, i) =>
-      GrpcCollective.create({ group, rank: i + 1, size: n, peers, host: r.host, connectTimeoutMs: 10_000 }),
-    );
+  const members = ranks.slice(1).map((r, i) =>
+    GrpcCollective.create({
+      group,
+      rank: i + 1,
+      size: n,
+      peers,
+      host: r.host,
+      connectTimeoutMs: 10_000,
+      callTimeoutMs,
+    }),
+  );
   await new Promise((r) => setTimeout(r, 150)); // rank 0 late: the others must retry
   const root = GrpcCollective.create({
     group,
@@ -47,6 +53,7 @@ async function startGroup(n: number, group = 'stage-0'): Promise<GrpcCollective[
     peers,
     host: ranks[0].host,
     connectTimeoutMs: 10_000,
+    callTimeoutMs,
   });
   const all = await Promise.all([root, ...members]);
   collectives.push(...all);
@@ -180,6 +187,25 @@ describe('GrpcCollective', () => {
     await new Promise((r) => setTimeout(r, 20));
     await group[2].close();
     for (const p of pending) await expect(p).rejects.toThrow(/rank 2 \(127\.0\.0\.1:\d+\) left the group/);
+  });
+
+  it('fails a call whose peer does not arrive within the deadline, naming the late rank, on every rank', async () => {
+    // Rank 2 hangs (never calls): rank 0 fails the group at the deadline, and rank 1 hears it.
+    const [root, member] = await startGroup(3, 'g-late', 300);
+    const started = performance.now();
+    const calls = [root.allReduceSum(new Float32Array(8)), member.allReduceSum(new Float32Array(8))];
+    for (const c of calls)
+      await expect(c).rejects.toThrow(
+        /rank 2 \(127\.0\.0\.1:\d+\) did not arrive for call 0 .* within 300 ms/,
+      );
+    const took = performance.now() - started;
+    expect(took).toBeGreaterThanOrEqual(290);
+    expect(took).toBeLessThan(1500);
+    // Rank 0 itself is late: its group says so, and the other ranks hear why.
+    const [, lonely] = await startGroup(2, 'g-late-root', 300);
+    await expect(lonely.allGather(new Float32Array(2))).rejects.toThrow(
+      /reported by rank 0 .*: rank 0 \(127\.0\.0\.1:\d+\) did not arrive for call 0 \(COLLECTIVE_OP_ALL_GATHER\) within 300 ms/,
+    );
   });
 
   it('rejects mismatched lengths and fails to form without rank 0 in time', async () => {

@@ -1,14 +1,32 @@
-// Collective (worker/src/engine/types.ts) among the ranks of one stage over gRPC: rank 0 reduces
+// A host-buffer collective (HostGroup) among the ranks of one stage over gRPC: rank 0 reduces
 // (RootGroup, served by its worker's gRPC server), every other rank keeps one Exchange stream to
 // it. Calls are numbered per rank (0, 1, 2, ...) and may be in flight concurrently; every rank
-// must issue the same sequence of calls.
+// must issue the same sequence of calls. Every call has a deadline (callTimeoutMs): rank 0 fails
+// the group when a rank's part is late, the other ranks (after half as long again) when rank 0's
+// result is.
 import * as grpc from '@grpc/grpc-js';
 import { loadWorkerProto, type workerV1 } from '@medcluster/proto';
-import type { Collective } from '../engine/types.js';
 import { CollectiveError } from './collective-error.js';
 import type { CollectiveHost } from './collective-host.js';
 import { type CollectiveOpName, FrameAssembler, splitByCounts, toFrames } from './float32-frames.js';
-import { RootGroup } from './root-group.js';
+import { DEFAULT_CALL_TIMEOUT_MS, RootGroup, watchdogPeriod } from './root-group.js';
+
+/**
+ * A collective on host buffers among the ranks of one stage: the gRPC group behind the host
+ * transport (HostCollective), and the channel over which device groups exchange their set-up
+ * bytes (openStageCollective).
+ */
+export interface HostGroup {
+  readonly rank: number;
+  readonly size: number;
+  /** Element-wise fp32 sum across ranks, summed in rank order so every rank gets identical bits. */
+  allReduceSum(data: Float32Array): Promise<Float32Array>;
+  /** Every rank's buffer, indexed by rank (copied byte for byte). */
+  allGather(data: Float32Array): Promise<Float32Array[]>;
+  /** float32 payload bytes this rank has contributed to calls so far. */
+  readonly payloadBytes: number;
+  close(): Promise<void>;
+}
 
 export interface GrpcCollectiveOptions {
   /** Group name shared by the stage's ranks, e.g. "stage-0". */
@@ -21,12 +39,18 @@ export interface GrpcCollectiveOptions {
   host?: CollectiveHost;
   /** How long to wait for the group to form: rank 0 for every rank, others for rank 0 (default 30000 ms). */
   connectTimeoutMs?: number;
+  /** How long one call may wait for its peers before the group fails (default 30000 ms). */
+  callTimeoutMs?: number;
+  /** How ranks other than 0 reach rank 0: the internal mutual TLS, or plaintext (the default). */
+  credentials?: grpc.ChannelCredentials;
 }
 
 type ExchangeStream = grpc.ClientDuplexStream<workerV1.CollectiveMessage, workerV1.CollectiveMessage__Output>;
 
 interface PendingCall {
   op: CollectiveOpName;
+  /** performance.now() when the call was made. */
+  since: number;
   resolve: (parts: Float32Array[]) => void;
   reject: (error: Error) => void;
   assembler?: FrameAssembler;
@@ -42,9 +66,10 @@ const RETRY_DELAY_MS = 50;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export class GrpcCollective implements Collective {
+export class GrpcCollective implements HostGroup {
   readonly rank: number;
   readonly size: number;
+  payloadBytes = 0;
   private nextSeq = 0;
   private closed = false;
   private failure: CollectiveError | undefined;
@@ -54,10 +79,13 @@ export class GrpcCollective implements Collective {
   private client: grpc.Client | undefined;
   private stream: ExchangeStream | undefined;
   private readonly pending = new Map<number, PendingCall>();
+  private readonly callTimeoutMs: number;
+  private watchdog: NodeJS.Timeout | undefined;
 
   private constructor(private readonly options: GrpcCollectiveOptions) {
     this.rank = options.rank;
     this.size = options.size;
+    this.callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
   }
 
   /** Forms the group: resolves once rank 0 has every rank joined (rank 0) or has accepted this rank. */
@@ -88,7 +116,7 @@ export class GrpcCollective implements Collective {
     const { host, group, peers } = this.options;
     if (host === undefined)
       throw new CollectiveError(`group ${group}: rank 0 needs a CollectiveHost (addCollectiveService)`);
-    const root = new RootGroup(group, this.size, peers);
+    const root = new RootGroup(group, this.size, peers, this.callTimeoutMs);
     host.register(root);
     this.root = root;
     try {
@@ -106,7 +134,7 @@ export class GrpcCollective implements Collective {
     const { medcluster } = loadWorkerProto();
     this.client = new medcluster.worker.v1.Collective(
       peers[0],
-      grpc.credentials.createInsecure(),
+      this.options.credentials ?? grpc.credentials.createInsecure(),
       CHANNEL_OPTIONS,
     );
     let lastError: Error | undefined;
@@ -172,11 +200,29 @@ export class GrpcCollective implements Collective {
       stream.write({ join: { group: this.options.group, rank: this.rank, size: this.size } });
     });
     this.stream = stream;
+    this.watchdog = setInterval(() => this.checkDeadline(), watchdogPeriod(this.callTimeoutMs));
+    this.watchdog.unref();
     stream.on('data', (message: workerV1.CollectiveMessage__Output) => this.onMessage(message));
     stream.on('error', (error: grpc.ServiceError) =>
       this.fail(`${this.peer(0)} stream failed: ${error.details || error.message}`, error),
     );
     stream.on('end', () => this.fail(`${this.peer(0)} closed the group`));
+  }
+
+  /**
+   * Fails the group when rank 0's result for the oldest call is past the deadline. This side
+   * waits half as long again as rank 0 does, so that when another rank is late rank 0 fails the
+   * group first and names it; this deadline is for a rank 0 that is itself gone or hung.
+   */
+  private checkDeadline(): void {
+    const now = performance.now();
+    const limit = this.callTimeoutMs * 1.5;
+    for (const [seq, call] of this.pending) {
+      if (now - call.since > limit) {
+        this.fail(`${this.peer(0)} did not answer call ${seq} (${call.op}) within ${limit} ms`);
+        return;
+      }
+    }
   }
 
   private onMessage(message: workerV1.CollectiveMessage__Output): void {
@@ -203,6 +249,7 @@ export class GrpcCollective implements Collective {
 
   private fail(message: string, cause?: unknown): void {
     if (this.failure) return;
+    clearInterval(this.watchdog);
     this.failure = new CollectiveError(`group ${this.options.group} rank ${this.rank}: ${message}`, {
       cause,
     });
@@ -217,11 +264,12 @@ export class GrpcCollective implements Collective {
       return Promise.reject(new CollectiveError(`group ${this.options.group} rank ${this.rank}: closed`));
     if (this.failure) return Promise.reject(this.failure);
     const seq = this.nextSeq++;
+    this.payloadBytes += data.byteLength;
     if (this.size === 1) return Promise.resolve([data.slice()]);
     if (this.root) return this.root.local(seq, op, data);
     const stream = this.stream as ExchangeStream;
     return new Promise((resolve, reject) => {
-      this.pending.set(seq, { op, resolve, reject });
+      this.pending.set(seq, { op, since: performance.now(), resolve, reject });
       for (const frame of toFrames(op, seq, this.rank, data)) stream.write({ frame });
     });
   }

@@ -1,12 +1,24 @@
 // Rank 0's side of a collective group: gathers every rank's contribution for a sequence number,
-// reduces in rank order 0..n-1, and sends the result to every rank.
+// reduces in rank order 0..n-1, and sends the result to every rank. A call whose ranks do not all
+// arrive within the call deadline fails the whole group, naming the ranks that did not: a step
+// never waits for ever on a peer that hangs.
 import type { workerV1 } from '@medcluster/proto';
 import { CollectiveError } from './collective-error.js';
 import type { ExchangeCall, HostedGroup } from './collective-host.js';
 import { type CollectiveOpName, FrameAssembler, toFrames } from './float32-frames.js';
 
+/** Default deadline of one collective call: generous, since a slow rank is not a lost one. */
+export const DEFAULT_CALL_TIMEOUT_MS = 30_000;
+
+/** How often to look for calls past their deadline. */
+export function watchdogPeriod(timeoutMs: number): number {
+  return Math.max(20, Math.min(1000, timeoutMs / 4));
+}
+
 interface PendingReduction {
   op: CollectiveOpName;
+  /** performance.now() of the first contribution. */
+  since: number;
   parts: (Float32Array | undefined)[];
   received: number;
   resolve?: (parts: Float32Array[]) => void;
@@ -25,14 +37,32 @@ export class RootGroup implements HostedGroup {
   private joinedCount = 1;
   private onAllJoined: (() => void) | undefined;
   private failure: CollectiveError | undefined;
+  private readonly watchdog: NodeJS.Timeout;
 
   constructor(
     readonly name: string,
     readonly size: number,
     /** Addresses by rank, for error messages. */
     private readonly peers: readonly string[],
+    /** How long a call waits for every rank's part before the group fails. */
+    private readonly callTimeoutMs = DEFAULT_CALL_TIMEOUT_MS,
   ) {
     this.members = new Array(size).fill(undefined);
+    this.watchdog = setInterval(() => this.checkDeadlines(), watchdogPeriod(callTimeoutMs));
+    this.watchdog.unref();
+  }
+
+  /** Fails the group when a call's oldest contribution waited past the deadline. */
+  private checkDeadlines(): void {
+    const now = performance.now();
+    for (const [seq, entry] of this.pending) {
+      if (now - entry.since <= this.callTimeoutMs) continue;
+      const missing = entry.parts.flatMap((p, r) => (p === undefined ? [this.describe(r)] : []));
+      this.fail(
+        `group ${this.name}: ${missing.join(', ')} did not arrive for call ${seq} (${entry.op}) within ${this.callTimeoutMs} ms`,
+      );
+      return;
+    }
   }
 
   private describe(rank: number): string {
@@ -118,7 +148,7 @@ export class RootGroup implements HostedGroup {
   private entry(seq: number, op: CollectiveOpName): PendingReduction {
     let entry = this.pending.get(seq);
     if (entry === undefined) {
-      entry = { op, parts: new Array(this.size).fill(undefined), received: 0 };
+      entry = { op, since: performance.now(), parts: new Array(this.size).fill(undefined), received: 0 };
       this.pending.set(seq, entry);
     }
     return entry;
@@ -182,6 +212,7 @@ export class RootGroup implements HostedGroup {
   /** Fails the whole group: pending calls reject, every rank is told, streams end. */
   fail(message: string): void {
     if (this.failure) return;
+    clearInterval(this.watchdog);
     this.failure = new CollectiveError(message);
     for (const entry of this.pending.values()) entry.reject?.(this.failure);
     this.pending.clear();

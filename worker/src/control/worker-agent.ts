@@ -3,6 +3,7 @@
 import {
   type Assignment,
   CONTROL_PROTOCOL_VERSION,
+  type CollectiveTransportName,
   type ControlSubjects,
   controlCodecs,
   controlSubjects,
@@ -26,6 +27,8 @@ export interface LoadReporter {
 export interface LoadedShard {
   /** KV cache blocks allocated: the count asked for, or what the memory share held. */
   kvBlocks: number;
+  /** tp > 1: the transport the stage's ranks chose for their collectives. */
+  collective?: CollectiveTransportName;
 }
 
 /**
@@ -45,6 +48,8 @@ export interface WorkerAgentOptions {
   workerId: string;
   /** host:port of this worker's gRPC server. */
   grpcAddress: string;
+  /** host:port of its metrics server, when it runs one. */
+  metricsAddress?: string;
   devices: DeviceInfo[];
   memoryBytes: number;
   /** Heartbeat period in ms (default 1000). */
@@ -115,17 +120,21 @@ export class WorkerAgent {
   }
 
   private announce(): void {
-    const { workerId, grpcAddress, devices, memoryBytes } = this.options;
+    const { workerId, grpcAddress, metricsAddress, devices, memoryBytes } = this.options;
     this.publish(
       this.subjects.announce,
       controlCodecs.announce.encode({
         v: CONTROL_PROTOCOL_VERSION,
         workerId,
         grpcAddress,
+        ...(metricsAddress ? { metricsAddress } : {}),
         devices,
         memoryBytes,
         heartbeatIntervalMs: this.heartbeatIntervalMs,
         startedAt: this.startedAt,
+        // A coordinator that restarted re-adopts a worker that still holds its shard.
+        state: this.lifecycle,
+        ...(this.current ? { assignmentId: this.current.assignmentId } : {}),
       }),
     );
   }
@@ -151,6 +160,7 @@ export class WorkerAgent {
     bytesTotal: number,
     message?: string,
     kvBlocks?: number,
+    collective?: CollectiveTransportName,
   ) {
     this.publish(
       this.subjects.load,
@@ -163,6 +173,7 @@ export class WorkerAgent {
         bytesTotal,
         ...(message !== undefined ? { message } : {}),
         ...(kvBlocks !== undefined ? { kvBlocks } : {}),
+        ...(collective !== undefined ? { collective } : {}),
       }),
     );
   }
@@ -234,7 +245,15 @@ export class WorkerAgent {
         );
       }
       this.lifecycle = 'ready';
-      this.loadEvent(assignment, 'ready', lastTotal || lastLoaded, lastTotal, undefined, loaded.kvBlocks);
+      this.loadEvent(
+        assignment,
+        'ready',
+        lastTotal || lastLoaded,
+        lastTotal,
+        undefined,
+        loaded.kvBlocks,
+        loaded.collective,
+      );
     } catch (error) {
       if (this.current !== assignment || this.lifecycle !== 'loading') return;
       this.lifecycle = 'failed';

@@ -8,10 +8,13 @@
 // (token 0 at position 0, writing its K/V into a padding block that no sequence owns).
 // The block-table width is bucketed too, because the attention kernel's split of the
 // context is chosen from it at capture time. The first step of a bucket runs eagerly
-// (the graph's warm-up, a real step) and the next ones replay.
+// (the graph's warm-up, a real step) and the next ones replay. Tensor-parallel ranks whose
+// collective runs on the device capture its all-reduces too; their ranks must agree on every
+// step's shapes, so a bucket whose capture failed keeps its padded shapes (padBrokenBuckets).
 
 import type { Device, Graph, Tensor } from '@medcluster/kernels';
 import type { StepInputs } from './step-inputs.js';
+import type { StageInput } from './types.js';
 
 /** The device tensors a step reads; a graph bucket owns one set and overwrites it per step. */
 export interface StepTensors {
@@ -42,6 +45,10 @@ export interface DecodeGraphsOptions {
   /** Queues one step on `t` (synchronously, the same ops every call); returns its output:
    * logits [B, vocab] on the last stage, hidden states [B, hidden] elsewhere. */
   forward: (t: StepTensors) => Tensor;
+  /** A bucket whose capture failed runs its padded shapes eagerly (instead of the step's own
+   * shapes), so that tensor-parallel ranks issue identical collectives whatever happened to
+   * each rank's capture. */
+  padBrokenBuckets?: boolean;
 }
 
 interface Bucket {
@@ -57,6 +64,8 @@ export class DecodeGraphs {
   private readonly buckets = new Map<string, Bucket>();
   /** The first captured graph; the others draw on its memory pool. */
   private poolOwner?: Graph<Tensor>;
+  /** Steps run as graph replays. */
+  replays = 0;
 
   constructor(private readonly options: DecodeGraphsOptions) {}
 
@@ -70,40 +79,61 @@ export class DecodeGraphs {
     if (!decodeStep || batch === undefined || inputs.numTokens === 0) return false;
     const width = this.widthFor(inputs.maxBlocks);
     if (width === undefined) return false;
-    return !this.buckets.get(`${batch}x${width}`)?.broken;
+    return this.options.padBrokenBuckets === true || !this.buckets.get(`${batch}x${width}`)?.broken;
   }
 
   /**
-   * Runs a decode step (fits() must hold) and returns its output rows for the real
-   * sequences: [n, cols] flattened.
+   * Runs a decode step (fits() must hold) and hands its output tensor to `use`: [B, cols] with
+   * the step's rows first and the bucket's padding rows after them (logits on the last stage,
+   * hidden states elsewhere). The tensor is the bucket's: valid until `use` settles.
    */
-  async run(inputs: StepInputs, hidden?: Float32Array): Promise<Float32Array> {
+  async run<X>(
+    inputs: StepInputs,
+    hidden: StageInput | undefined,
+    use: (t: Tensor) => Promise<X>,
+  ): Promise<X> {
+    return this.step(inputs, hidden, use);
+  }
+
+  private async step<X>(
+    inputs: StepInputs,
+    hidden: StageInput | undefined,
+    use: (t: Tensor) => Promise<X>,
+  ): Promise<X> {
     const n = inputs.numTokens;
     const batch = bucketFor(BATCH_BUCKETS, n) as number;
     const width = this.widthFor(inputs.maxBlocks) as number;
     const bucket = this.bucket(batch, width);
     this.writeInputs(bucket, inputs, hidden);
-    let out: Float32Array;
     if (bucket.graph) {
       bucket.graph.replay();
-      out = (await bucket.graph.outputs.read()) as Float32Array;
-    } else {
-      out = await this.warmupAndCapture(bucket);
+      this.replays++;
+      return use(bucket.graph.outputs);
     }
-    return out.subarray(0, (out.length / batch) * n);
+    if (bucket.broken) return this.eager(bucket, use);
+    return this.warmupAndCapture(bucket, use);
   }
 
-  private async warmupAndCapture(bucket: Bucket): Promise<Float32Array> {
+  /** A step's output tensor, used; disposed unless it is one of the bucket's own inputs (a
+   * middle stage's output is its hidden-state input, updated in place). */
+  private async useOutput<X>(bucket: Bucket, t: Tensor, use: (t: Tensor) => Promise<X>): Promise<X> {
+    try {
+      return await use(t);
+    } finally {
+      if (t !== bucket.tensors.hidden) t.dispose();
+    }
+  }
+
+  /** The bucket's padded step, op by op (a bucket whose capture failed, padBrokenBuckets). */
+  private eager<X>(bucket: Bucket, use: (t: Tensor) => Promise<X>): Promise<X> {
+    return this.useOutput(bucket, this.options.forward(bucket.tensors), use);
+  }
+
+  private async warmupAndCapture<X>(bucket: Bucket, use: (t: Tensor) => Promise<X>): Promise<X> {
     const { device, forward } = this.options;
     // One memory pool for all buckets: their graphs never run at the same time.
     const builder = device.buildGraph(() => forward(bucket.tensors), { sharePoolWith: this.poolOwner });
-    const warm = builder.warmup();
-    let out: Float32Array;
-    try {
-      out = (await warm.read()) as Float32Array;
-    } finally {
-      warm.dispose();
-    }
+    const out = await this.useOutput(bucket, builder.warmup(), use);
     try {
       bucket.graph = builder.capture();
       await device.sync();
@@ -150,7 +180,7 @@ export class DecodeGraphs {
   }
 
   /** Copies the step's inputs into the bucket's tensors, padding rows past the real batch. */
-  private writeInputs(bucket: Bucket, inputs: StepInputs, hidden?: Float32Array): void {
+  private writeInputs(bucket: Bucket, inputs: StepInputs, hidden?: StageInput): void {
     const { device, blockSize, padBlock, hiddenSize } = this.options;
     const { batch, width, tensors } = bucket;
     const n = inputs.numTokens;
@@ -170,16 +200,20 @@ export class DecodeGraphs {
       ids.set(inputs.tokens);
       device.write(tensors.ids, ids);
     }
-    if (tensors.hidden) {
+    if (tensors.hidden && hidden instanceof Float32Array) {
       const h = new Float32Array(batch * hiddenSize);
-      if (hidden) h.set(hidden);
+      h.set(hidden);
       device.write(tensors.hidden, h);
+    } else if (tensors.hidden && hidden && !(hidden instanceof Float32Array)) {
+      // On the device: the padding rows keep an earlier step's (finite) values; their outputs
+      // are never read and their K/V go to the padding block.
+      device.copyRows(tensors.hidden, hidden.tensor, n);
     }
   }
 
   dispose(): void {
     for (const bucket of this.buckets.values()) {
-      bucket.graph?.outputs.dispose();
+      if (bucket.graph?.outputs !== bucket.tensors.hidden) bucket.graph?.outputs.dispose();
       bucket.graph?.dispose();
       for (const t of Object.values(bucket.tensors)) t?.dispose();
     }

@@ -4,11 +4,11 @@
 // the memory.
 
 import type { Device, Tensor } from '@medcluster/kernels';
+import type { KvGeometry } from '@medcluster/proto';
 
-export interface KvCacheShape {
+/** The cache tensors of one shard: its geometry, for each of its layers and local KV heads. */
+export interface KvCacheShape extends KvGeometry {
   numLayers: number;
-  numBlocks: number;
-  blockSize: number;
   numKvHeads: number;
   headDim: number;
 }

@@ -1,15 +1,8 @@
 // How many KV cache blocks a shard allocates: a fixed count, or as many as fit in a
 // fraction of the memory left once its weights are loaded.
 
+import type { ShardSpec } from '@medcluster/proto';
 import type { LlamaConfig } from '../checkpoint/types.js';
-import type { ShardSpec } from './types.js';
-
-/** KV cache geometry of a shard: blocks of blockSize token positions. */
-export type KvCacheSpec = { blockSize: number } & (
-  | { numBlocks: number }
-  /** Share (0, 1] of the memory free after the weights load that the cache may take. */
-  | { memoryFraction: number }
-);
 
 /** Tokens of one step that the activation reserve covers (a long prefill chunk). */
 const RESERVED_STEP_TOKENS = 2048;

@@ -4,13 +4,15 @@
 // held layer (attention and MLP, each closed by a tensor-parallel all-reduce), then either
 // hand the hidden states on or, on the last stage, apply the final norm and lm_head to
 // the rows whose logits are wanted. All kernels are queued on the device; the JS thread
-// only waits at collectives and at the end.
+// waits at the end, and at the collectives only on the host (gRPC) transport.
 
 import type { Device, Tensor } from '@medcluster/kernels';
+import type { KvCacheSpec } from '@medcluster/proto';
 import type { Checkpoint, LlamaConfig } from '../checkpoint/types.js';
+import { finishOnDevice } from '../sampling/device-sample.js';
 import { DecodeGraphs, type StepTensors } from './decode-graphs.js';
 import { KvCache } from './kv-cache.js';
-import { type KvCacheSpec, kvBlocksFromMemory } from './kv-sizing.js';
+import { kvBlocksFromMemory } from './kv-sizing.js';
 import {
   disposeShardWeights,
   type LoadProgress,
@@ -20,7 +22,8 @@ import {
 } from './shard-weights.js';
 import { buildStepInputs, type StepInputs } from './step-inputs.js';
 import { syntheticShardWeights } from './synthetic-weights.js';
-import type { Collective, SeqStep, ShardSpec } from './types.js';
+import { vocabShard } from './tp-slice.js';
+import type { Collective, SeqStep, ShardSpec, StageInput, StepOutput } from './types.js';
 
 /** Where a shard's weights come from: a checkpoint, or random values of a config's shapes. */
 export type WeightSource = { checkpoint: Checkpoint } | { synthetic: { config: LlamaConfig; seed: number } };
@@ -38,10 +41,11 @@ export type ShardRunnerOptions = WeightSource & {
 };
 
 export interface StepResult {
-  /** Hidden states [T, hidden] f32, for the next stage (non-last stages). */
+  /** Hidden states [T, hidden] f32, for the next stage (non-last stages, unless written `into`). */
   hidden?: Float32Array;
-  /** Logits [rows, vocabRows] f32 of the rows that wanted them (last stage). */
-  logits?: Float32Array;
+  /** The last stage's answer, sampled where the logits are (see finishOnDevice): the tokens,
+   * and the logit rows of the sequences that return them. */
+  output?: StepOutput;
 }
 
 function configOf(source: WeightSource): LlamaConfig {
@@ -56,11 +60,15 @@ export class ShardRunner {
   private readonly device: Device;
   private readonly weights: ShardWeights;
   private readonly cache: KvCache;
-  private readonly collective?: Collective;
+  private collective?: Collective;
   private readonly dims: ReturnType<typeof localDims>;
-  /** Decode steps as CUDA graphs; absent where the backend has none or with tp > 1 (the
-   * all-reduce runs on the host between layers, which a graph cannot wait for). */
-  private readonly graphs?: DecodeGraphs;
+  /** Decode steps as CUDA graphs; absent where the backend has none, or with tp > 1 on the
+   * host transport (its all-reduce runs on the host between layers, which a graph cannot wait
+   * for). With a device transport the all-reduces are inside the graph. */
+  private graphs?: DecodeGraphs;
+  private readonly graphsAllowed: boolean;
+  /** Logit columns of each tensor-parallel rank (the vocabulary split, uneven where needed). */
+  private readonly vocabWidths: number[];
 
   private constructor(options: ShardRunnerOptions, weights: ShardWeights, numBlocks: number) {
     this.device = options.device;
@@ -79,17 +87,48 @@ export class ShardRunner {
       numKvHeads: this.dims.numKvHeads,
       headDim: this.config.headDim,
     });
-    if (options.decodeGraphs !== false && this.device.supportsGraphs && this.spec.tpSize === 1) {
-      this.graphs = new DecodeGraphs({
-        device: this.device,
-        embeds: this.spec.embeds,
-        hiddenSize: this.config.hiddenSize,
-        blockSize: this.blockSize,
-        padBlock: numBlocks,
-        maxTableWidth: Math.ceil(this.config.maxPositions / this.blockSize),
-        forward: (t) => this.graphForward(t),
-      });
+    this.vocabWidths = Array.from({ length: this.spec.tpSize }, (_, r) => {
+      const { start, end } = vocabShard(this.config.vocabRows, this.spec.tpSize, r);
+      return end - start;
+    });
+    this.graphsAllowed = options.decodeGraphs !== false && this.device.supportsGraphs;
+    this.graphs = this.makeGraphs();
+  }
+
+  /** Graphs for the current collective (they capture its device group's calls). */
+  private makeGraphs(): DecodeGraphs | undefined {
+    const onDevice = this.spec.tpSize === 1 || this.collective?.device !== undefined;
+    if (!this.graphsAllowed || !onDevice) return undefined;
+    return new DecodeGraphs({
+      // Every rank must take the same path with the same padded sizes, so a rank whose
+      // capture failed still runs the bucket's padded shapes (eagerly).
+      padBrokenBuckets: this.spec.tpSize > 1,
+      device: this.device,
+      embeds: this.spec.embeds,
+      hiddenSize: this.config.hiddenSize,
+      blockSize: this.blockSize,
+      padBlock: this.numBlocks,
+      maxTableWidth: Math.ceil(this.config.maxPositions / this.blockSize),
+      forward: (t) => this.graphForward(t),
+    });
+  }
+
+  /**
+   * Runs later steps on another collective of the same ranks (the stage's group re-formed after
+   * a peer was lost). Captured graphs hold the old group's device calls, so they are dropped and
+   * captured again. The caller closes the old collective, and calls this between steps.
+   */
+  replaceCollective(collective: Collective): void {
+    if (collective.size !== this.spec.tpSize || collective.rank !== this.spec.tpRank) {
+      throw new Error(
+        `collective rank ${collective.rank} of ${collective.size} does not fit shard rank ${this.spec.tpRank} of tp=${this.spec.tpSize}`,
+      );
     }
+    const replays = this.graphs?.replays ?? 0;
+    this.graphs?.dispose();
+    this.collective = collective;
+    this.graphs = this.makeGraphs();
+    if (this.graphs) this.graphs.replays = replays;
   }
 
   /** Loads the shard's weights and allocates its KV cache; resolves once both are on the device. */
@@ -134,32 +173,69 @@ export class ShardRunner {
    * shard embeds. Every rank of a tensor-parallel stage must run the same steps in the same
    * order, one step at a time.
    */
-  async step(seqs: readonly SeqStep[], hidden?: Float32Array): Promise<StepResult> {
+  async step(seqs: readonly SeqStep[], hidden?: StageInput, into?: Tensor): Promise<StepResult> {
     const { config, spec } = this;
     const inputs = buildStepInputs(seqs, this.blockSize, this.numBlocks);
     const T = inputs.numTokens;
+    const H = config.hiddenSize;
     if (spec.embeds) {
       for (const id of inputs.tokens) {
         if (id < 0 || id >= config.vocabRows) {
           throw new RangeError(`token id ${id} is outside the model's ${config.vocabRows} embedding rows`);
         }
       }
-    } else if (!hidden || hidden.length !== T * config.hiddenSize) {
+    } else if (
+      hidden instanceof Float32Array
+        ? hidden.length !== T * H
+        : hidden?.rows !== T || hidden.tensor.shape[1] !== H
+    ) {
+      const got =
+        hidden instanceof Float32Array
+          ? `${hidden.length} floats`
+          : hidden
+            ? `${hidden.rows} device rows`
+            : 'none';
+      throw new RangeError(`stage expects hidden states of ${T} x ${H} floats, got ${got}`);
+    }
+    if (into && (spec.computesLogits || into.shape[0] < T || into.shape[1] !== H)) {
       throw new RangeError(
-        `stage expects hidden states of ${T} x ${config.hiddenSize} floats, got ${hidden?.length ?? 'none'}`,
+        `a step's hidden states need [>= ${T}, ${H}] to be written into, got [${into.shape}]`,
       );
     }
-    const decodeStep = seqs.every((s) => s.numTokens === 1 && (s.wantLogits || !spec.computesLogits));
+    // A middle stage's output: into the caller's tensor (a shared buffer the next stage copies
+    // from; the wait makes it complete before the next stage hears of it), or read to the host.
+    const handOn = async (t: Tensor): Promise<StepResult> => {
+      if (!into) return { hidden: ((await t.read()) as Float32Array).subarray(0, T * H) };
+      this.device.copyRows(into, t, T);
+      await this.device.sync();
+      return {};
+    };
+    const decodeStep = seqs.every((s) => s.numTokens === 1 && (s.logitRows === 1 || !spec.computesLogits));
     if (this.graphs?.fits(inputs, decodeStep)) {
-      const out = await this.graphs.run(inputs, hidden);
-      return spec.computesLogits ? { logits: out } : { hidden: out };
+      if (spec.computesLogits)
+        return { output: await this.graphs.run(inputs, hidden, (t) => finishOnDevice(this.device, t, seqs)) };
+      return this.graphs.run(inputs, hidden, handOn);
     }
-    return this.eagerStep(inputs, hidden);
+    return this.eagerStep(seqs, inputs, hidden, handOn);
+  }
+
+  /** The previous stage's hidden states as a new [T, hidden] tensor (the layers update it in place). */
+  private inputTensor(hidden: StageInput, T: number): Tensor {
+    const { device } = this;
+    if (hidden instanceof Float32Array) return device.fromArray(hidden, [T, this.config.hiddenSize], 'f32');
+    const t = device.zeros([T, this.config.hiddenSize], 'f32');
+    device.copyRows(t, hidden.tensor, T);
+    return t;
   }
 
   /** Queues the step op by op (any step shape, and every tensor-parallel step). */
-  private async eagerStep(inputs: StepInputs, hidden?: Float32Array): Promise<StepResult> {
-    const { config, device, spec } = this;
+  private async eagerStep(
+    seqs: readonly SeqStep[],
+    inputs: StepInputs,
+    hidden: StageInput | undefined,
+    handOn: (x: Tensor) => Promise<StepResult>,
+  ): Promise<StepResult> {
+    const { device, spec } = this;
     const T = inputs.numTokens;
     const owned: Tensor[] = [];
     const keep = <X extends Tensor>(t: X): X => {
@@ -179,22 +255,22 @@ export class ShardRunner {
           ),
         ),
         ids: spec.embeds ? keep(device.fromArray(inputs.tokens, [T], 'i32')) : undefined,
-        hidden: spec.embeds
-          ? undefined
-          : keep(device.fromArray(hidden as Float32Array, [T, config.hiddenSize], 'f32')),
+        hidden: spec.embeds ? undefined : keep(this.inputTensor(hidden as StageInput, T)),
       };
       const layers = this.layers(tensors, keep);
       let next = layers.next();
-      while (!next.done) next = layers.next(await this.allReduce(next.value, keep));
+      while (!next.done) next = layers.next(await this.allReduce(next.value));
       const x = next.value;
-      if (!spec.computesLogits) return { hidden: (await x.read()) as Float32Array };
-      if (inputs.logitRows.length === 0) return { logits: new Float32Array(0) };
+      if (!spec.computesLogits) return await handOn(x);
+      if (inputs.logitRows.length === 0) return { output: await finishOnDevice(device, undefined, seqs) };
       const rows =
         inputs.logitRows.length === T
           ? undefined
           : keep(device.fromArray(inputs.logitRows, [inputs.logitRows.length], 'i32'));
-      const local = (await keep(this.head(x, keep, rows)).read()) as Float32Array;
-      return { logits: await this.gatherVocab(local, inputs.logitRows.length) };
+      const local = keep(this.head(x, keep, rows));
+      const logits =
+        this.spec.tpSize > 1 ? keep(await this.collectiveOf().allGatherCols(local, this.vocabWidths)) : local;
+      return { output: await finishOnDevice(device, logits, seqs) };
     } finally {
       for (const t of owned) t.dispose();
     }
@@ -204,7 +280,8 @@ export class ShardRunner {
    * Queues the held layers; returns the residual stream [T, hidden] f32. At each
    * row-parallel linear it yields the partial output and resumes with the sum across the
    * stage's ranks, so that one body serves both the eager path (which awaits the
-   * collective) and graph capture (tp = 1: the partial is the sum, no await).
+   * collective) and graph capture (no await: a device collective queues the sum in place,
+   * and with tp = 1 the partial is the sum).
    */
   private *layers(t: StepTensors, keep: <X extends Tensor>(t: X) => X): Generator<Tensor, Tensor, Tensor> {
     const { config, device, weights } = this;
@@ -267,17 +344,22 @@ export class ShardRunner {
     return device.linear(normed, weights.lmHead as Tensor, 'f32');
   }
 
-  /** The graph body: one decode step on a bucket's tensors, tp = 1, queued synchronously. */
+  /** The graph body: one decode step on a bucket's tensors, queued synchronously; with tp > 1
+   * the device collective's all-reduces and the logits' all-gather are part of it. */
   private graphForward(t: StepTensors): Tensor {
     const owned: Tensor[] = [];
     const keep = <X extends Tensor>(v: X): X => {
       owned.push(v);
       return v;
     };
+    const group = this.spec.tpSize > 1 ? this.collective?.device : undefined;
     try {
       const layers = this.layers(t, keep);
       let next = layers.next();
-      while (!next.done) next = layers.next(next.value);
+      while (!next.done) {
+        group?.allReduceSum(next.value);
+        next = layers.next(next.value);
+      }
       const x = next.value;
       if (!this.spec.computesLogits) {
         // The output outlives this call (it is the embedding's output, or the input itself).
@@ -285,33 +367,29 @@ export class ShardRunner {
         if (i >= 0) owned.splice(i, 1);
         return x;
       }
-      return this.head(x, keep);
+      const local = this.head(x, keep);
+      if (!group) return local;
+      keep(local);
+      return group.allGatherCols(local, this.vocabWidths);
     } finally {
       for (const v of owned) v.dispose();
     }
   }
 
-  /** Sums a row-parallel layer's partial outputs across the stage's ranks, in fp32. */
-  private async allReduce(partial: Tensor, keep: <X extends Tensor>(t: X) => X): Promise<Tensor> {
-    if (!this.collective || this.spec.tpSize === 1) return partial;
-    const summed = await this.collective.allReduceSum((await partial.read()) as Float32Array);
-    return keep(this.device.fromArray(summed, partial.shape, 'f32'));
+  private collectiveOf(): Collective {
+    if (!this.collective) throw new Error(`shard with tp=${this.spec.tpSize} has no collective`);
+    return this.collective;
   }
 
-  /** Joins each rank's vocabulary slice of the logits into full rows. */
-  private async gatherVocab(local: Float32Array, rows: number): Promise<Float32Array> {
-    if (!this.collective || this.spec.tpSize === 1) return local;
-    const parts = await this.collective.allGather(local);
-    const vocab = this.config.vocabRows;
-    const out = new Float32Array(rows * vocab);
-    let col = 0;
-    for (const part of parts) {
-      const width = part.length / rows;
-      for (let r = 0; r < rows; r++) out.set(part.subarray(r * width, (r + 1) * width), r * vocab + col);
-      col += width;
-    }
-    if (col !== vocab) throw new Error(`gathered ${col} logit columns, expected ${vocab}`);
-    return out;
+  /** Sums a row-parallel layer's partial outputs across the stage's ranks, in fp32, in place. */
+  private async allReduce(partial: Tensor): Promise<Tensor> {
+    if (this.spec.tpSize > 1) await this.collectiveOf().allReduceSum(partial);
+    return partial;
+  }
+
+  /** Decode steps run as graph replays since the shard was loaded. */
+  get graphReplays(): number {
+    return this.graphs?.replays ?? 0;
   }
 
   dispose(): void {

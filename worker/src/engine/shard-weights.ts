@@ -9,8 +9,8 @@ import {
   disposeAwq,
   type Tensor,
 } from '@medcluster/kernels';
+import type { ProjName } from '../checkpoint/layout.js';
 import type { Checkpoint, LlamaConfig, TensorEntry } from '../checkpoint/types.js';
-import type { ProjName } from './model-shape.js';
 import { type IndexRange, type TensorRange, tpSlice, vocabShard } from './tp-slice.js';
 import type { ShardSpec } from './types.js';
 

@@ -43,6 +43,11 @@ export function buildStepInputs(seqs: readonly SeqStep[], blockSize: number, num
         );
       }
     }
+    if (!Number.isInteger(seq.logitRows) || seq.logitRows < 0 || seq.logitRows > seq.numTokens) {
+      throw new RangeError(
+        `sequence ${seq.seqId}: ${seq.logitRows} logit rows for ${seq.numTokens} positions`,
+      );
+    }
     if (seq.tokens && seq.tokens.length !== seq.numTokens) {
       throw new RangeError(
         `sequence ${seq.seqId}: ${seq.tokens.length} token ids for ${seq.numTokens} positions`,
@@ -56,7 +61,7 @@ export function buildStepInputs(seqs: readonly SeqStep[], blockSize: number, num
       tokenSeq[t] = s;
       slots[t] = seq.blockTable[Math.floor(pos / blockSize)] * blockSize + (pos % blockSize);
     }
-    if (seq.wantLogits) logitRows.push(t - 1);
+    for (let r = t - seq.logitRows; r < t; r++) logitRows.push(r);
   });
   return {
     numTokens,

@@ -5,8 +5,9 @@
 
 import type { AwqLinear, Device, Tensor } from '@medcluster/kernels';
 import { f32ToF16Bits } from '@medcluster/kernels';
+import { PROJ_NAMES, type ProjName } from '../checkpoint/layout.js';
 import type { LlamaConfig } from '../checkpoint/types.js';
-import { PROJ_NAMES, type ProjName, projShape } from './model-shape.js';
+import { projShape } from './model-shape.js';
 import { fuseAwqColumns, type LayerWeights, type ShardWeights } from './shard-weights.js';
 import { tpSlice, vocabShard } from './tp-slice.js';
 import type { ShardSpec } from './types.js';

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import type { TpModelConfig } from './model-shape.js';
+import type { CheckpointShape } from '../checkpoint/layout.js';
 import { TensorParallelError, tpSlice, vocabShard } from './tp-slice.js';
 
-const MEDITRON_70B: TpModelConfig = {
+const MEDITRON_70B: CheckpointShape = {
   numLayers: 80,
   hiddenSize: 8192,
   intermediateSize: 28672,

@@ -1,7 +1,8 @@
 // Which part of each tensor a tensor-parallel rank reads (MODEL.md, "Tensor parallel split
 // rules"). Column-parallel q/k/v/gate/up: whole heads / columns of the output dim. Row-parallel
 // o/down: input rows on AWQ group boundaries. Embedding and lm_head: rows of the vocabulary.
-import { PACK_FACTOR, type ProjName, projShape, type SplitKind, type TpModelConfig } from './model-shape.js';
+import { type CheckpointShape, PACK_FACTOR, type ProjName } from '../checkpoint/layout.js';
+import { projShape, type SplitKind } from './model-shape.js';
 /** A tensor-parallel split that the model's shapes do not allow. */
 export class TensorParallelError extends Error {
   constructor(message: string) {
@@ -65,7 +66,7 @@ export function vocabShard(vocabRows: number, tp: number, rank: number): IndexRa
 }
 
 /** The part of proj's qweight, qzeros and scales that rank reads. Throws if the split is invalid. */
-export function tpSlice(config: TpModelConfig, proj: ProjName, tp: number, rank: number): TpSlice {
+export function tpSlice(config: CheckpointShape, proj: ProjName, tp: number, rank: number): TpSlice {
   checkRank(tp, rank);
   const { inFeatures, outFeatures, split } = projShape(config, proj);
   const g = config.quant.groupSize;

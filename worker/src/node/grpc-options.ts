@@ -5,4 +5,8 @@ export const INTERNAL_GRPC_OPTIONS = {
   'grpc.max_send_message_length': 1 << 30,
   'grpc.keepalive_time_ms': 10_000,
   'grpc.keepalive_timeout_ms': 5_000,
+  // A restarted worker comes back at the same address within seconds: retry connecting quickly
+  // (grpc-js would back off up to 2 minutes).
+  'grpc.initial_reconnect_backoff_ms': 250,
+  'grpc.max_reconnect_backoff_ms': 2_000,
 } as const;

@@ -6,12 +6,23 @@ import { freemem, hostname } from 'node:os';
 import * as grpc from '@grpc/grpc-js';
 import type { DeviceKind } from '@medcluster/kernels';
 import type { Assignment } from '@medcluster/proto';
-import { connect, type NatsConnection } from 'nats';
-import { addCollectiveService, type CollectiveHost, GrpcCollective } from '../collective/index.js';
-import { WorkerAgent } from '../control/index.js';
+import type { NatsConnection } from 'nats';
+import { addCollectiveService, type CollectiveHost } from '../collective/index.js';
+import { openStageCollective, type TransportChoice } from '../collective/stage-collective.js';
+import { connectNats, describeNatsConnection, type NatsTarget, WorkerAgent } from '../control/index.js';
+import type { CollectiveTransport } from '../engine/types.js';
+import { failpointsFromEnv } from './failpoints.js';
 import { INTERNAL_GRPC_OPTIONS } from './grpc-options.js';
+import type { InternalTls } from './internal-tls.js';
+import type { Logger } from './log.js';
 import { addWorkerService } from './stage-service.js';
-import { WorkerNode } from './worker-node.js';
+import {
+  serveWorkerMetrics,
+  timedCollective,
+  WorkerMetrics,
+  type WorkerMetricsSource,
+} from './worker-metrics.js';
+import { type CollectiveOpener, WorkerNode } from './worker-node.js';
 
 export interface WorkerProcessOptions {
   workerId: string;
@@ -24,104 +35,204 @@ export interface WorkerProcessOptions {
   ordinal?: number;
   /** Memory offered for the shard, in bytes (default: this machine's free memory for CPU). */
   memoryBytes?: number;
-  /** Cluster mode: announce over NATS and wait for an assignment. */
-  nats?: { url: string; cluster: string };
+  /** Serve /metrics, /health and /ready on this port of the listen host (0 picks one; absent: none). */
+  metricsPort?: number;
+  /** Cluster mode: announce over NATS and wait for an assignment. `url` carries no credentials
+   * (they are in `auth`: parseNatsUrl splits them out), so it can be logged; `tls`: over TLS only. */
+  nats?: { url: string; cluster: string; auth?: NatsTarget['auth']; tls?: NatsTarget['tls'] };
   /** Single-machine mode: load this at start. */
   assignment?: Assignment;
+  /** Where the worker's log lines go (lifecycle; per-step lines at debug). */
+  log?: Logger;
   /** Receives lifecycle events (single-machine mode prints them as JSON lines). */
   onEvent?: (event: WorkerEvent) => void;
+  /** The collective transport a tp > 1 stage asks for (default: $MEDCLUSTER_COLLECTIVE, else
+   * auto). Every rank of a stage must ask for the same. */
+  collectiveTransport?: TransportChoice;
+  /** Mutual TLS on the worker's server and on its clients (next stage, collective); absent: plaintext. */
+  internalTls?: InternalTls;
 }
 
 export type WorkerEvent =
-  | { event: 'listening'; workerId: string; address: string }
+  /** metricsAddress: host:port of /metrics, /health and /ready, when served. */
+  | { event: 'listening'; workerId: string; address: string; metricsAddress?: string }
   | { event: 'progress'; workerId: string; loaded: number; total: number }
-  /** kvBlocks: KV cache blocks allocated (the parent's scheduler uses the least over its workers). */
-  | { event: 'ready'; workerId: string; kvBlocks: number }
+  /** kvBlocks: KV cache blocks allocated (the parent's scheduler uses the least over its workers);
+   * collective: the transport the stage's ranks chose (tp > 1 only). */
+  | { event: 'ready'; workerId: string; kvBlocks: number; collective?: CollectiveTransport }
   | { event: 'failed'; workerId: string; error: string };
 
 export interface RunningWorker {
   address: string;
+  /** host:port of the metrics server, when one was asked for. */
+  metricsAddress?: string;
   node: WorkerNode;
   stop(reason?: string): Promise<void>;
 }
 
-async function loadAssignment(
+/** What a loaded shard reports in its ready event. */
+interface Loaded {
+  kvBlocks: number;
+  collective?: CollectiveTransport;
+}
+
+/** Forms the stage's group on this worker's device, timed into its metrics (load and Regroup). */
+function collectiveOpener(
   node: WorkerNode,
   host: CollectiveHost,
+  transport: TransportChoice,
+  credentials: grpc.ChannelCredentials | undefined,
+): CollectiveOpener {
+  return async (group) => {
+    const collective = await openStageCollective({
+      ...group,
+      host,
+      credentials,
+      device: node.openDevice(),
+      transport,
+      log: (line) => process.emitWarning(line),
+    });
+    return node.metrics ? timedCollective(collective, node.metrics) : collective;
+  };
+}
+
+async function loadAssignment(
+  node: WorkerNode,
+  openCollective: CollectiveOpener,
   assignment: Assignment,
   onProgress: (loaded: number, total: number) => void,
-): Promise<{ kvBlocks: number }> {
+): Promise<Loaded> {
   const { shard } = assignment;
+  node.metrics?.assigned({
+    model:
+      assignment.servedModelName ??
+      assignment.modelDir.split('/').filter(Boolean).at(-1) ??
+      assignment.modelDir,
+    worker: node.options.workerId,
+    stage: assignment.stageIndex,
+    rank: shard.tpRank,
+  });
+  // The stage's device group is opened before the weights load, so that its buffers are
+  // counted before the KV cache is sized from free memory.
   const collective =
     shard.tpSize > 1
-      ? await GrpcCollective.create({
+      ? await openCollective({
           group: assignment.collectiveGroup,
           rank: shard.tpRank,
           size: shard.tpSize,
           peers: assignment.peers,
-          host,
+          connectTimeoutMs: 30_000,
+          timeoutMs: assignment.deadlines?.collectiveMs,
         })
       : undefined;
-  return node.load(assignment, collective, onProgress);
+  const { kvBlocks } = await node.load(assignment, collective, onProgress);
+  return collective ? { kvBlocks, collective: collective.transport } : { kvBlocks };
 }
 
 export async function startWorker(options: WorkerProcessOptions): Promise<RunningWorker> {
   const emit = options.onEvent ?? (() => undefined);
   const { workerId } = options;
-  const node = new WorkerNode({
+  const transport =
+    options.collectiveTransport ??
+    (process.env.MEDCLUSTER_COLLECTIVE as TransportChoice | undefined) ??
+    'auto';
+  const tls = options.internalTls;
+  const credentials = tls?.channelCredentials();
+  if (tls) {
+    options.log?.info(`internal mutual TLS: ${tls.describe()}`);
+    // Peers will refuse this certificate: say so here, where the operator looks for this worker.
+    for (const problem of tls.ownCertificateProblems()) options.log?.error(`internal TLS: ${problem}`);
+  }
+  const nodeOptions = {
     workerId,
     device: options.device,
     threads: options.threads,
     ordinal: options.ordinal,
-  });
+    log: options.log,
+    credentials,
+    failpoints: failpointsFromEnv(),
+  };
+  // Read at scrape time, once `node` exists.
+  const metricsSource: WorkerMetricsSource = { state: () => node.state, kvBlocks: () => node.kvBlocks };
+  const metrics: WorkerMetrics | undefined =
+    options.metricsPort === undefined ? undefined : new WorkerMetrics(workerId, metricsSource);
+  const node: WorkerNode = new WorkerNode(nodeOptions, metrics);
+  void node.deviceLost.then((error) => emit({ event: 'failed', workerId, error }));
   const server = new grpc.Server(INTERNAL_GRPC_OPTIONS);
-  addWorkerService(server, node);
   const host = addCollectiveService(server);
+  const openCollective = collectiveOpener(node, host, transport, credentials);
+  addWorkerService(server, node, openCollective);
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(options.listen, grpc.ServerCredentials.createInsecure(), (err, p) =>
-      err ? reject(err) : resolve(p),
+    server.bindAsync(
+      options.listen,
+      tls?.serverCredentials() ?? grpc.ServerCredentials.createInsecure(),
+      (err, p) => (err ? reject(err) : resolve(p)),
     ),
   );
   const bindHost = options.listen.slice(0, options.listen.lastIndexOf(':'));
-  const address = options.advertise ?? `${bindHost === '0.0.0.0' ? hostname() : bindHost}:${port}`;
-  emit({ event: 'listening', workerId, address });
+  const advertisedHost = bindHost === '0.0.0.0' ? hostname() : bindHost;
+  const address = options.advertise ?? `${advertisedHost}:${port}`;
+  const metricsServer =
+    metrics && options.metricsPort !== undefined
+      ? await serveWorkerMetrics(metrics, metricsSource, bindHost, options.metricsPort)
+      : undefined;
+  const metricsAddress = metricsServer
+    ? `${(options.advertise ?? address).slice(0, (options.advertise ?? address).lastIndexOf(':'))}:${metricsServer.port}`
+    : undefined;
+  emit({ event: 'listening', workerId, address, ...(metricsAddress ? { metricsAddress } : {}) });
+  const progress = (loaded: number, total: number) => metrics?.loadProgress(loaded, total);
 
   let nc: NatsConnection | undefined;
   let agent: WorkerAgent | undefined;
   if (options.nats) {
-    nc = await connect({ servers: options.nats.url, name: `medcluster-worker-${workerId}` });
+    // connectNats reconnects for ever: steps need no NATS, so a worker outlives any NATS outage.
+    const target = { servers: options.nats.url, auth: options.nats.auth, tls: options.nats.tls };
+    try {
+      nc = await connectNats(target, `medcluster-worker-${workerId}`);
+      options.log?.info(`connected to ${describeNatsConnection(target)}`);
+    } catch (err) {
+      // Nothing else may keep the process alive: the CLI reports the error and exits.
+      server.forceShutdown();
+      await metricsServer?.close();
+      throw err;
+    }
     const memoryBytes = options.memoryBytes ?? freemem();
     agent = await WorkerAgent.start({
       nc,
       cluster: options.nats.cluster,
       workerId,
       grpcAddress: address,
+      ...(metricsAddress ? { metricsAddress } : {}),
       devices: [{ kind: options.device, index: options.ordinal ?? 0, name: options.device, memoryBytes }],
       memoryBytes,
       onAssignment: async (assignment, reporter) => {
-        const loaded = await loadAssignment(node, host, assignment, (loaded, total) =>
-          reporter.progress(loaded, total),
-        );
-        emit({ event: 'ready', workerId, kvBlocks: loaded.kvBlocks });
+        const loaded = await loadAssignment(node, openCollective, assignment, (loaded, total) => {
+          progress(loaded, total);
+          reporter.progress(loaded, total);
+        });
+        emit({ event: 'ready', workerId, ...loaded });
         return loaded;
       },
     });
   } else if (options.assignment) {
-    loadAssignment(node, host, options.assignment, (loaded, total) =>
-      emit({ event: 'progress', workerId, loaded, total }),
-    )
-      .then(({ kvBlocks }) => emit({ event: 'ready', workerId, kvBlocks }))
+    loadAssignment(node, openCollective, options.assignment, (loaded, total) => {
+      progress(loaded, total);
+      emit({ event: 'progress', workerId, loaded, total });
+    })
+      .then((loaded) => emit({ event: 'ready', workerId, ...loaded }))
       .catch((err: Error) => emit({ event: 'failed', workerId, error: err.message }));
   }
 
   return {
     address,
+    ...(metricsAddress ? { metricsAddress } : {}),
     node,
     async stop(reason = 'shutting down') {
       await agent?.leave(reason).catch(() => undefined);
       await nc?.drain().catch(() => undefined);
       await node.close().catch(() => undefined);
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      await metricsServer?.close();
     },
   };
 }
