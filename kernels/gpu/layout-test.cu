@@ -4,7 +4,8 @@
 //
 // 1. locate() and weightAt() are inverse bijections over a unit.
 // 2. A host copy of the pack kernel's loop (awq_pack.cu) packs random AutoAWQ tensors.
-// 3. An emulation of the GEMV (awq_gemv.cu) reads the packed bytes exactly as its warps do:
+// 3. An emulation of the GEMV (awq_gemv.cu), in its narrow and wide forms, reads the packed
+//    bytes exactly as its warps do:
 //    per lane the 16-byte weight chunk, fragNibbles() per mma register, the 32 bytes of x per
 //    half, the mma.m16n8k16 fragment layouts of the PTX ISA (A row-major 16x16, B column-major
 //    16x8, C 16x8), the C fragment -> output mapping of the flush, and the stream-K schedule
@@ -87,123 +88,133 @@ static std::vector<uint8_t> pack(const std::vector<uint32_t>& qw, const std::vec
   return out;
 }
 
-// The GEMV, emulated lane by lane. x: [M, K] as floats; returns out [M, N].
+// The GEMV, emulated lane by lane, for its narrow (NT = 2) and wide (NT = 4) forms: NT n16
+// tiles per warp, NT / 2 units per stage. x: [M, K] as floats; returns out [M, N].
 static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const std::vector<float>& x, int M, int K,
-                                       int N, int P) {
-  const int G = K / kGroup, MT = (M + 7) / 8, U = (int)units(K, N);
+                                       int N, int P, int NT) {
+  const int G = K / kGroup, MT = (M + 7) / 8, UPS = NT / 2, SPAN = kTileN * UPS;
+  const int tilesN = (int)tiles(N), spans = (tilesN + UPS - 1) / UPS, U = spans * G;
   StreamK sk{U, P < U ? P : U, G};
-  std::vector<double> out((size_t)M * N, NAN), partials((size_t)2 * sk.P * MT * 8 * kTileN, NAN);
-  auto flush = [&](int b, int t, int g0, int g1, const std::vector<double>& acc /* [8 warps][32 lanes][MT][4] */) {
+  std::vector<double> out((size_t)M * N, NAN), partials((size_t)2 * sk.P * MT * 8 * SPAN, NAN);
+  // acc: [warp column group cp 0..3][half h][lane][q][mt][4]; the flush adds the halves.
+  const size_t accN = (size_t)4 * 2 * 32 * NT * MT * 4;
+  auto accAt = [&](std::vector<double>& acc, int cp, int h, int lane, int q, int mt) {
+    return &acc[(((((size_t)cp * 2 + h) * 32 + lane) * NT + q) * MT + mt) * 4];
+  };
+  auto flush = [&](int b, int t, int g0, int g1, std::vector<double>& acc) {
     const bool whole = g0 == 0 && g1 == G;
-    for (int w = 0; w < 8; ++w)
+    for (int cp = 0; cp < 4; ++cp)
       for (int lane = 0; lane < 32; ++lane) {
-        const int gl = lane >> 2, tl = lane & 3, colA = w * 16 + gl, colB = colA + 8;
-        for (int mt = 0; mt < MT; ++mt)
-          for (int q = 0; q < 2; ++q) {
-            const int m = mt * 8 + 2 * tl + q;
-            if (m >= M) continue;
-            const double* a = &acc[(((size_t)w * 32 + lane) * MT + mt) * 4];
-            if (whole) {
-              const int nA = t * kTileN + colA, nB = nA + 8;
-              if (nA < N) out[(size_t)m * N + nA] = a[q];
-              if (nB < N) out[(size_t)m * N + nB] = a[2 + q];
-            } else {
-              double* part = &partials[(size_t)sk.slot(b, t) * MT * 8 * kTileN];
-              part[m * kTileN + colA] = a[q];
-              part[m * kTileN + colB] = a[2 + q];
+        const int gl = lane >> 2, tl = lane & 3;
+        for (int q = 0; q < NT; ++q) {
+          const int colA = cp * 16 * NT + q * 16 + gl, colB = colA + 8;
+          for (int mt = 0; mt < MT; ++mt)
+            for (int r = 0; r < 4; ++r) {
+              const int m = mt * 8 + 2 * tl + (r & 1);
+              if (m >= M) continue;
+              const double v = accAt(acc, cp, 0, lane, q, mt)[r] + accAt(acc, cp, 1, lane, q, mt)[r];
+              const int col = r < 2 ? colA : colB, n = t * SPAN + col;
+              if (whole) {
+                if (n < N) out[(size_t)m * N + n] = v;
+              } else {
+                partials[((size_t)sk.slot(b, t) * MT * 8 + m) * SPAN + col] = v;
+              }
             }
-          }
+        }
       }
   };
-  std::vector<int> partialTiles;
+  std::vector<int> partialSpans;
   for (int b = 0; b < sk.P; ++b) {
-    const int u0 = sk.start(b), n = sk.start(b + 1) - u0;
-    std::vector<double> acc((size_t)8 * 32 * MT * 4, 0.0);
-    int tile = u0 / G, g0 = u0 % G;
+    const int i0 = sk.start(b), n = sk.start(b + 1) - i0;
+    std::vector<double> acc(accN, 0.0);
+    int span = i0 / G, g0 = i0 % G;
     for (int i = 0; i < n; ++i) {
-      const int u = u0 + i, t = u / G;
-      if (t != tile) {
-        if (g0 != 0) partialTiles.push_back(tile);
-        flush(b, tile, g0, G, acc);
+      const int it = i0 + i, p = it / G, g = it % G;
+      if (p != span) {
+        if (g0 != 0) partialSpans.push_back(span);
+        flush(b, span, g0, G, acc);
         std::fill(acc.begin(), acc.end(), 0.0);
-        tile = t;
+        span = p;
         g0 = 0;
       }
-      const uint8_t* st = packed.data() + kHeaderBytes + (size_t)u * kUnitBytes;
-      for (int w = 0; w < 8; ++w)
-        for (int h = 0; h < 2; ++h) {
-          // Every lane's registers for the 4 steps of this half.
-          double A[4][16][16], B[4][16][8];  // per step j: the mma operands in logical coordinates
-          for (int lane = 0; lane < 32; ++lane) {
-            const int gl = lane >> 2, tl = lane & 3, colA = w * 16 + gl, colB = colA + 8;
-            uint32_t pA, pB;
-            std::memcpy(&pA, st + kPairOffset + 4 * colA, 4);
-            std::memcpy(&pB, st + kPairOffset + 4 * colB, 4);
-            // the weight = q * 2^-18 * mul + add (exact in double; the kernel's FMA rounds once)
-            const double mA = halfToFloat((uint16_t)pA) * std::ldexp(1.0, -18), aA = halfToFloat((uint16_t)(pA >> 16));
-            const double mB = halfToFloat((uint16_t)pB) * std::ldexp(1.0, -18), aB = halfToFloat((uint16_t)(pB >> 16));
-            uint32_t wv[4];
-            std::memcpy(wv, st + ((w * 2 + h) * 32 + lane) * 16, 16);
-            for (int j = 0; j < 4; ++j) {
-              for (int r = 0; r < 4; ++r) {
-                const uint32_t v = fragNibbles(wv[j], r);
-                const int lo = (v >> 6) & 15, hi = (v >> 22) & 15;
-                CHECK((v & ~0x03C003C0u) == 0, "fragNibbles leaves stray bits");
-                const bool isB = r & 1;
-                const double m = isB ? mB : mA, ad = isB ? aB : aA;
-                // PTX A fragment: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
-                const int row = gl + (isB ? 8 : 0), k0 = 2 * tl + (r >= 2 ? 8 : 0);
-                A[j][row][k0] = lo * m + ad;
-                A[j][row][k0 + 1] = hi * m + ad;
-              }
-              // PTX B fragment: b0 (rows 2t, 2t+1; col g), b1 (rows 2t+8, 2t+9; col g), for each m-tile
-            }
-          }
-          for (int mt = 0; mt < MT; ++mt) {
+      for (int cp = 0; cp < 4; ++cp)
+        for (int h = 0; h < 2; ++h)
+          for (int q = 0; q < NT; ++q) {
+            // The kernel's indices: the stage's unit ub of this warp and its n16 tile w0 + q there.
+            const int ub = (NT * cp) >> 3, w0 = (NT * cp) & 7, w = w0 + q;
+            if (p * UPS + ub >= tilesN) continue;  // a unit past N: never stored
+            const uint8_t* st = packed.data() + kHeaderBytes + ((size_t)(p * UPS + ub) * G + g) * kUnitBytes;
+            double A[4][16][16], B[4][16][8];  // per step j: the mma operands in logical coordinates
             for (int lane = 0; lane < 32; ++lane) {
-              const int gl = lane >> 2, tl = lane & 3, row = mt * 8 + gl;
-              const int g = u % G;
+              const int gl = lane >> 2, tl = lane & 3, colA = w * 16 + gl, colB = colA + 8;
+              uint32_t pA, pB;
+              std::memcpy(&pA, st + kPairOffset + 4 * colA, 4);
+              std::memcpy(&pB, st + kPairOffset + 4 * colB, 4);
+              // the weight = q * 2^-18 * mul + add (exact in double; the kernel's FMA rounds once)
+              const double mA = halfToFloat((uint16_t)pA) * std::ldexp(1.0, -18), aA = halfToFloat((uint16_t)(pA >> 16));
+              const double mB = halfToFloat((uint16_t)pB) * std::ldexp(1.0, -18), aB = halfToFloat((uint16_t)(pB >> 16));
+              uint32_t wv[4];
+              std::memcpy(wv, st + ((w * 2 + h) * 32 + lane) * 16, 16);
               for (int j = 0; j < 4; ++j)
-                for (int e = 0; e < 4; ++e) {
-                  // x halves of this lane for the half: [64h + 16tl, +16); step j uses 4j .. 4j+3
-                  const int k = g * kGroup + h * 64 + tl * 16 + 4 * j + e;
-                  const double xv = row < M ? x[(size_t)row * K + k] : 0.0;
-                  const int kk = 2 * tl + (e & 1) + (e >= 2 ? 8 : 0);  // b0 = e 0,1; b1 = e 2,3
-                  B[j][kk][gl] = xv;
+                for (int r = 0; r < 4; ++r) {
+                  const uint32_t v = fragNibbles(wv[j], r);
+                  const int lo = (v >> 6) & 15, hi = (v >> 22) & 15;
+                  CHECK((v & ~0x03C003C0u) == 0, "fragNibbles leaves stray bits");
+                  const bool isB = r & 1;
+                  const double m = isB ? mB : mA, ad = isB ? aB : aA;
+                  // PTX A fragment: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+                  const int row = gl + (isB ? 8 : 0), k0 = 2 * tl + (r >= 2 ? 8 : 0);
+                  A[j][row][k0] = lo * m + ad;
+                  A[j][row][k0 + 1] = hi * m + ad;
                 }
             }
-            for (int j = 0; j < 4; ++j)
+            for (int mt = 0; mt < MT; ++mt) {
+              // PTX B fragment: b0 (rows 2t, 2t+1; col g), b1 (rows 2t+8, 2t+9; col g). The lane's x
+              // halves for the half: [64h + 16tl, +16), step j using 4j .. 4j+3 (the narrow form's
+              // two 16-byte loads, or the wide form's one per step pair jp at +16 jp bytes).
               for (int lane = 0; lane < 32; ++lane) {
-                const int gl = lane >> 2, tl = lane & 3;
-                double* a = &acc[(((size_t)w * 32 + lane) * MT + mt) * 4];
-                // C fragment: c0, c1 (row g, cols 2t, 2t+1); c2, c3 (row g+8, same cols)
-                for (int r = 0; r < 4; ++r) {
-                  const int crow = gl + (r >= 2 ? 8 : 0), ccol = 2 * tl + (r & 1);
-                  double sum = 0;
-                  for (int kk = 0; kk < 16; ++kk) sum += A[j][crow][kk] * B[j][kk][ccol];
-                  a[r] += sum;
-                }
+                const int gl = lane >> 2, tl = lane & 3, row = mt * 8 + gl;
+                for (int j = 0; j < 4; ++j)
+                  for (int e = 0; e < 4; ++e) {
+                    const int byteOff = tl * 32 + j * 8 + e * 2;  // both forms read the same halves
+                    const int k = g * kGroup + h * 64 + byteOff / 2;
+                    const double xv = row < M ? x[(size_t)row * K + k] : 0.0;
+                    const int kk = 2 * tl + (e & 1) + (e >= 2 ? 8 : 0);  // b0 = e 0,1; b1 = e 2,3
+                    B[j][kk][gl] = xv;
+                  }
               }
+              for (int j = 0; j < 4; ++j)
+                for (int lane = 0; lane < 32; ++lane) {
+                  const int gl = lane >> 2, tl = lane & 3;
+                  double* a = accAt(acc, cp, h, lane, q, mt);
+                  // C fragment: c0, c1 (row g, cols 2t, 2t+1); c2, c3 (row g+8, same cols)
+                  for (int r = 0; r < 4; ++r) {
+                    const int crow = gl + (r >= 2 ? 8 : 0), ccol = 2 * tl + (r & 1);
+                    double sum = 0;
+                    for (int kk = 0; kk < 16; ++kk) sum += A[j][crow][kk] * B[j][kk][ccol];
+                    a[r] += sum;
+                  }
+                }
+            }
           }
-        }
     }
     if (n > 0) {
-      const int g1 = (u0 + n - 1) % G + 1;
-      if (!(g0 == 0 && g1 == G)) partialTiles.push_back(tile);
-      flush(b, tile, g0, g1, acc);
+      const int g1 = (i0 + n - 1) % G + 1;
+      if (!(g0 == 0 && g1 == G)) partialSpans.push_back(span);
+      flush(b, span, g0, g1, acc);
     }
   }
-  // The fix-ups: each shared tile summed over its contributors in block order.
-  for (int t : partialTiles) {
-    const int tileEnd = (t + 1) * G < U ? (t + 1) * G : U;
-    const int first = sk.blockOf(t * G), last = sk.blockOf(tileEnd - 1);
-    CHECK(last > first, "a partial tile with one contributor (tile %d)", t);
+  // The fix-ups: each shared span summed over its contributors in block order.
+  for (int t : partialSpans) {
+    const int spanEnd = (t + 1) * G < U ? (t + 1) * G : U;
+    const int first = sk.blockOf(t * G), last = sk.blockOf(spanEnd - 1);
+    CHECK(last > first, "a partial span with one contributor (span %d)", t);
     for (int m = 0; m < M; ++m)
-      for (int c = 0; c < kTileN; ++c) {
-        const int n = t * kTileN + c;
+      for (int c = 0; c < SPAN; ++c) {
+        const int n = t * SPAN + c;
         if (n >= N) continue;
         double v = 0;
-        for (int bb = first; bb <= last; ++bb) v += partials[((size_t)sk.slot(bb, t) * MT * 8 + m) * kTileN + c];
+        for (int bb = first; bb <= last; ++bb) v += partials[((size_t)sk.slot(bb, t) * MT * 8 + m) * SPAN + c];
         out[(size_t)m * N + n] = v;
       }
   }
@@ -281,17 +292,21 @@ int main() {
         const double w = q * (double)halfToFloat(sc[(size_t)g * N + n]) + halfToFloat((uint16_t)(pr >> 16));
         for (int m = 0; m < M; ++m) ref[(size_t)m * N + n] += x[(size_t)m * K + k] * w;
       }
-    const std::vector<double> got = emulateGemv(packed, x, M, K, N, cs.P);
-    double worst = 0;
-    int bad = 0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-      const double d = std::fabs(got[i] - ref[i]);
-      if (!(d <= 1e-9 * (1 + std::fabs(ref[i])))) ++bad;
-      if (d > worst || std::isnan(d)) worst = std::isnan(d) ? INFINITY : d;
+    for (int NT : {2, 4}) {
+      if (NT == 4 && M > 32) continue;  // the wide form runs at most 32 rows a launch
+      const std::vector<double> got = emulateGemv(packed, x, M, K, N, cs.P, NT);
+      double worst = 0;
+      int bad = 0;
+      for (size_t i = 0; i < ref.size(); ++i) {
+        const double d = std::fabs(got[i] - ref[i]);
+        if (!(d <= 1e-9 * (1 + std::fabs(ref[i])))) ++bad;
+        if (d > worst || std::isnan(d)) worst = std::isnan(d) ? INFINITY : d;
+      }
+      CHECK(bad == 0, "NT=%d M=%d K=%d N=%d P=%d: %d of %zu elements differ (worst %.3e)", NT, M, K, N, cs.P, bad,
+            ref.size(), worst);
+      std::printf("%s NT=%d M=%d K=%d N=%d over %d blocks: emulated GEMV on the packed layout = float64 GEMM (max |diff| %.1e)\n",
+                  bad ? "FAIL" : "ok  ", NT, M, K, N, cs.P, worst);
     }
-    CHECK(bad == 0, "M=%d K=%d N=%d P=%d: %d of %zu elements differ (worst %.3e)", M, K, N, cs.P, bad, ref.size(), worst);
-    std::printf("%s M=%d K=%d N=%d over %d blocks: emulated GEMV on the packed layout = float64 GEMM (max |diff| %.1e)\n",
-                bad ? "FAIL" : "ok  ", M, K, N, cs.P, worst);
   }
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
   return failures ? 1 : 0;

@@ -2,25 +2,34 @@
 //
 // Memory-bound for the decode batch sizes, so it is built to stream: a persistent grid (one to
 // three blocks per multiprocessor, tuning().awqGemvBlocksPerSM) on a stream-K schedule
-// (splitk.cuh): block b streams one contiguous byte range of the packed matrix, the same size
-// for every block, from the first byte to the last, with no second wave and no idle tail.
+// (splitk.cuh): block b streams one contiguous range of work items, the same count for every
+// block, with no second wave and no idle tail.
 //
 // Block = 8 consumer warps + 1 producer warp. The producer fills a ring of `stages` shared-memory
-// stages, one unit (8704 bytes of weights and column pairs) plus the unit's 128 columns of x
-// (M rows x 256 bytes) per stage, with bulk copies (cp.async.bulk, sm_90) that complete on the
-// stage's `full` mbarrier; consumers release a stage on its `empty` mbarrier. With programmatic
-// dependent launch the weight copies of the first stages are issued before griddepcontrol.wait,
-// so they overlap the kernel before this one; x is copied after it (the kernel before writes x).
+// stages with bulk copies (cp.async.bulk, sm_90) that complete on the stage's `full` mbarrier;
+// consumers release a stage on its `empty` mbarrier. A stage holds one work item: NT / 2 units
+// of one group (8704 bytes each: weights and column pairs, of adjacent 128-column tiles) and the
+// group's 128 columns of x (M rows x 256 bytes). With programmatic dependent launch the weight
+// copies of the first stages are issued before griddepcontrol.wait, so they overlap the kernel
+// before this one; x is copied after it (the kernel before writes x).
 //
-// Consumer warp w owns 32 columns (two n16 tiles, 32 (w % 4) .. +31) of the unit's tile and one
-// half of its 128 rows (w / 4). Per tile it reads its 16 bytes of weights (4 mma A fragments,
-// one 128-bit shared load) and its two columns' pairs, dequantizes with one FMA per pair of
-// weights, reads its 32 bytes of each 8-row slice of x (B fragments, shared by both tiles), and
-// issues mma.m16n8k16 with the weights as A (16 columns x 16 k) and x^T as B (k x 8 rows): the
-// batch rows are the mma's n, so M <= 8 costs one mma per 256 weights and M <= 64 eight, with
-// the same dequantization. The two halves' sums meet in shared memory when a tile ends.
-// Accumulation is fp32 on the tensor cores; each output element's sum runs in a fixed order,
-// the same for every M: rows of the result do not depend on the batch.
+// Consumer warp w owns NT n16 tiles (16 NT columns, from 16 NT (w % 4) of the item's span) and
+// one half of its 128 rows (w / 4). Per stage it reads its 16 bytes of weights per n16 tile (4
+// mma A fragments, one 128-bit shared load) and the columns' pairs, dequantizes with one FMA per
+// pair of weights, reads its slices of x (B fragments, shared by its NT tiles), and issues
+// mma.m16n8k16 with the weights as A (16 columns x 16 k) and x^T as B (k x 8 rows): the batch
+// rows are the mma's n, so M <= 8 costs one mma per 256 weights and M <= 64 eight, with the same
+// dequantization. The two halves' sums meet in shared memory when a tile ends.
+//
+// Two widths. NT = 2 (one unit per stage, 32 columns per warp) for M <= 8, where the weights'
+// stream sets the pace. NT = 4 (two tiles per stage, 64 columns per warp) from
+// tuning().awqGemvWideMinM rows: each x slice feeds twice the mmas, and x is copied and read
+// half as often per weight, which is what bounds the narrow form from 16 rows on (x is M x 256
+// bytes per unit: at M = 64 twice the unit's weights).
+//
+// Accumulation is fp32 on the tensor cores; each output element's sum runs in a fixed order. For
+// one width and one grid, rows of the result do not depend on the batch; the deterministic mode
+// (tuning().deterministic) keeps NT = 2 and one grid for every M.
 #include <algorithm>
 
 #include "awq.cuh"
@@ -44,32 +53,39 @@ constexpr int kMaxStages = 12;
 // quarter-warp's 128-bit reads (rows gl, gl+1 x 4 lanes 32 bytes apart) hit distinct banks.
 constexpr int kXStride = 272;
 
-template <int MT> __host__ __device__ constexpr int stageBytes() { return kUnitBytes + MT * 8 * kXStride; }
-// Shared memory where the second half's warps hand their sums to the first half's: [4][32][2][MT][4] floats.
-template <int MT> __host__ __device__ constexpr int handoffBytes() { return 4 * 32 * 2 * MT * 4 * 4; }
+// Units (128-column tiles of one group) per stage, and the columns a work item spans.
+template <int NT> __host__ __device__ constexpr int unitsPerStage() { return NT / 2; }
+template <int NT> __host__ __device__ constexpr int spanN() { return kTileN * unitsPerStage<NT>(); }
+template <int MT, int NT> __host__ __device__ constexpr int stageBytes() {
+  return unitsPerStage<NT>() * kUnitBytes + MT * 8 * kXStride;
+}
+// Shared memory where the second half's warps hand their sums to the first half's: [4][32][NT][MT][4] floats.
+template <int MT, int NT> __host__ __device__ constexpr int handoffBytes() { return 4 * 32 * NT * MT * 4 * 4; }
 
 struct GemvArgs {
   const __half* x;            // [M, K] f16, 16-byte aligned rows
   const unsigned char* w;     // packed: header + units
   void* out;                  // [M, N] f16 or f32
-  float* partials;            // [2P][MT * 8][128] fp32 stream-K partials
-  unsigned* tickets;          // [tiles] counters, zero at launch, reset by the kernel
-  StreamK sk;                 // units, P, G (= K / 128)
-  int M, K, N, stages;
+  float* partials;            // [2P][MT * 8][span] fp32 stream-K partials
+  unsigned* tickets;          // [spans] counters, zero at launch, reset by the kernel
+  StreamK sk;                 // work items (span-major, group by group), P, G (= K / 128)
+  int M, K, N, tilesN, stages;
   bool outF16;
 };
 
-template <int MT>
-// Compiled for two resident blocks per multiprocessor (registers capped at ~100), except MT = 8,
-// whose 64 accumulators need more (two of its blocks per SM then run one after the other).
-__global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const GemvArgs a) {
+template <int MT, int NT>
+// Compiled for two resident blocks per multiprocessor (registers capped at ~100) where the
+// accumulators allow it; MT = 8, and the wide form from MT = 4, need more (one block per SM).
+__global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 1 : 2)
+    awqGemvKernel(const GemvArgs a) {
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ __align__(8) uint64_t full[kMaxStages], empty[kMaxStages];
   __shared__ int fixupFlag;
-  constexpr int SB = stageBytes<MT>();
+  constexpr int UPS = unitsPerStage<NT>(), SPAN = spanN<NT>();
+  constexpr int SB = stageBytes<MT, NT>(), XOFF = UPS * kUnitBytes;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.x, S = a.stages, G = a.sk.G;
-  const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
+  const int i0 = a.sk.start(b), n = a.sk.start(b + 1) - i0;
 
   pdlLaunchDependents();
   if (tid == 0) {
@@ -89,34 +105,45 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
     // ---- producer ----
     const unsigned char* units = a.w + kHeaderBytes;
     const int pro = min(S, n);
+    // Item (span p, group g) holds units (p * UPS + k) * G + g of the tiles that exist.
+    auto tilesOf = [&](int p) { return min(UPS, a.tilesN - p * UPS); };
+    auto unitAt = [&](int p, int k, int g) {
+      return units + (static_cast<int64_t>(p * UPS + k) * G + g) * kUnitBytes;
+    };
 #if __CUDA_ARCH__ >= 900
-    const uint32_t stageTx = kUnitBytes + static_cast<uint32_t>(a.M) * 256u;
-    auto weights = [&](int i, int s) {  // lane 0
-      mbarArriveExpectTx(&full[s], stageTx);
-      bulkCopyG2S(smem + s * SB, units + static_cast<int64_t>(u0 + i) * kUnitBytes, kUnitBytes, &full[s]);
+    auto weights = [&](int s, int p, int g) {  // lane 0
+      const int nt = tilesOf(p);
+      mbarArriveExpectTx(&full[s], static_cast<uint32_t>(nt * kUnitBytes) + static_cast<uint32_t>(a.M) * 256u);
+      for (int k = 0; k < nt; ++k) bulkCopyG2S(smem + s * SB + k * kUnitBytes, unitAt(p, k, g), kUnitBytes, &full[s]);
     };
     auto xRows = [&](int s, int g) {  // every lane, after lane 0's expect_tx for this stage
       for (int r = lane; r < a.M; r += 32)
-        bulkCopyG2S(smem + s * SB + kUnitBytes + r * kXStride, a.x + static_cast<int64_t>(r) * a.K + g * kGroup, 256,
+        bulkCopyG2S(smem + s * SB + XOFF + r * kXStride, a.x + static_cast<int64_t>(r) * a.K + g * kGroup, 256,
                     &full[s]);
     };
-    if (lane == 0)
-      for (int i = 0; i < pro; ++i) weights(i, i);
+    // Counters instead of divisions: the item's span and group.
+    int p = i0 / G, g = i0 % G;
+    if (lane == 0) {
+      int pp = p, gg = g;
+      for (int i = 0; i < pro; ++i) {
+        weights(i, pp, gg);
+        if (++gg == G) gg = 0, ++pp;
+      }
+    }
     pdlWait();  // x is written by the kernel before this one
     __syncwarp();
-    int g = u0 % G;
     for (int i = 0; i < pro; ++i) {
       xRows(i, g);
-      if (++g == G) g = 0;
+      if (++g == G) g = 0, ++p;
     }
     int s = pro % S;
     uint32_t phase = 0;  // of the empty barrier's completions this refill waits for
     for (int i = pro; i < n; ++i) {
       mbarWait(&empty[s], phase);
-      if (lane == 0) weights(i, s);
+      if (lane == 0) weights(s, p, g);
       __syncwarp();
       xRows(s, g);
-      if (++g == G) g = 0;
+      if (++g == G) g = 0, ++p;
       if (++s == S) {
         s = 0;
         phase ^= 1;
@@ -125,13 +152,15 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
 #else
     // sm_80: 16-byte cp.async by every lane, then one arrival per lane when its copies land.
     auto stage = [&](int i) {
-      const int s = i % S, g = (u0 + i) % G;
+      const int s = i % S, p = (i0 + i) / G, g = (i0 + i) % G;
       unsigned char* dst = smem + s * SB;
-      const unsigned char* src = units + static_cast<int64_t>(u0 + i) * kUnitBytes;
-      for (int c = lane; c < kUnitBytes / 16; c += 32) cpAsync16(dst + c * 16, src + c * 16);
+      for (int k = 0; k < tilesOf(p); ++k) {
+        const unsigned char* src = unitAt(p, k, g);
+        for (int c = lane; c < kUnitBytes / 16; c += 32) cpAsync16(dst + k * kUnitBytes + c * 16, src + c * 16);
+      }
       for (int c = lane; c < a.M * 16; c += 32) {
         const int r = c >> 4, q = c & 15;
-        cpAsync16(dst + kUnitBytes + r * kXStride + q * 16, a.x + static_cast<int64_t>(r) * a.K + g * kGroup + q * 8);
+        cpAsync16(dst + XOFF + r * kXStride + q * 16, a.x + static_cast<int64_t>(r) * a.K + g * kGroup + q * 8);
       }
       cpAsyncArriveNoinc(&full[s]);
     };
@@ -147,27 +176,29 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
   // ---- consumers ----
   pdlWait();  // outputs and partials are written only after the kernel before has finished
   const int gl = lane >> 2, tl = lane & 3;
-  const int cp = warp & 3, h = warp >> 2;  // columns 32cp .. 32cp+31 (n16 tiles 2cp, 2cp+1), k half h
+  const int cp = warp & 3, h = warp >> 2;  // columns 16 NT cp .. of the span, k half h
+  const int ub = (NT * cp) >> 3;           // the stage's unit this warp reads
+  const int w0 = (NT * cp) & 7;            // and its first n16 tile there
   const int e = static_cast<int>(reinterpret_cast<const uint32_t*>(a.w)[1]);
   const float outScale = exp2f(static_cast<float>(e));
   float* handoff = reinterpret_cast<float*>(smem + S * SB);
-  float acc[2][MT][4];  // [n16 tile][row tile][C fragment]
+  float acc[NT][MT][4];  // [n16 tile][row tile][C fragment]
 
   auto zero = [&]() {
 #pragma unroll
-    for (int q = 0; q < 2; ++q)
+    for (int q = 0; q < NT; ++q)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int r = 0; r < 4; ++r) acc[q][mt][r] = 0.f;
   };
-  // End of this block's part of tile t, groups [g0, g1): the second half's warps hand their sums
+  // End of this block's part of span t, groups [g0, g1): the second half's warps hand their sums
   // to the first half's, which write the output, or a partial followed by the fix-up.
   auto flush = [&](int t, int g0, int g1) {
-    float* mine = handoff + ((cp * 32 + lane) * 2 * MT) * 4;
+    float* mine = handoff + ((cp * 32 + lane) * NT * MT) * 4;
     if (h == 1) {
 #pragma unroll
-      for (int q = 0; q < 2; ++q)
+      for (int q = 0; q < NT; ++q)
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -176,11 +207,11 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
     namedBarrier(1, kConsumers);
     const bool whole = g0 == 0 && g1 == G;
     if (h == 0) {
-      float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
+      float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * SPAN;
 #pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        const int colA = cp * 32 + q * 16 + gl, colB = colA + 8;
-        const int nA = t * kTileN + colA, nB = nA + 8;
+      for (int q = 0; q < NT; ++q) {
+        const int colA = cp * 16 * NT + q * 16 + gl, colB = colA + 8;
+        const int nA = t * SPAN + colA, nB = nA + 8;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -189,75 +220,107 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
             const float v = (acc[q][mt][r] + mine[(q * MT + mt) * 4 + r]) * outScale;
             const int m = mt * 8 + 2 * tl + (r & 1);
             const int col = r < 2 ? colA : colB, n = r < 2 ? nA : nB;
-            if (m >= a.M) continue;
-            if (whole) {
-              if (n < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + n, v);
-            } else {
-              part[m * kTileN + col] = v;
+            if (m < a.M) {
+              if (!whole) part[m * SPAN + col] = v;
+              else if (n < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + n, v);
             }
           }
       }
     }
     if (!whole)
-      streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
+      streamKFixup(a.sk, t, a.partials, MT * 8, SPAN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
                    kConsumers);
     namedBarrier(1, kConsumers);  // the handoff buffer is free again
   };
 
   zero();
-  // Counters instead of divisions in the loop: the unit's tile and group, the ring slot and its phase.
-  int tile = u0 / G, g0 = u0 % G, g = g0, s = 0;
+  // Counters instead of divisions in the loop: the item's span and group, the ring slot and its phase.
+  int span = i0 / G, g0 = i0 % G, g = g0, s = 0;
   uint32_t phase = 0;
   for (int i = 0; i < n; ++i) {
-    if (g == G) {  // the previous unit ended tile `tile`
-      flush(tile, g0, G);
+    if (g == G) {  // the previous item ended span `span`
+      flush(span, g0, G);
       zero();
-      ++tile;
+      ++span;
       g0 = g = 0;
     }
     mbarWait(&full[s], phase);
     const unsigned char* st = smem + s * SB;
+    const unsigned char* ut = st + ub * kUnitBytes;  // (a unit past N holds stale bytes: its columns are not stored)
 
-    // Everything this warp reads from the stage, issued before the first use: its weights for
-    // both n16 tiles, their columns' pairs, and x (rows past M read as zeros).
-    uint4 wq[2];
-    uint32_t pa[2], pb[2];
+    // This warp's weights for its NT n16 tiles and their columns' pairs, issued before the first use.
+    uint4 wq[NT];
+    uint32_t pa[NT], pb[NT];
 #pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      wq[q] = *reinterpret_cast<const uint4*>(st + (((cp * 2 + q) * 2 + h) * 32 + lane) * 16);
-      const int colA = cp * 32 + q * 16 + gl;
-      pa[q] = reinterpret_cast<const uint32_t*>(st + kPairOffset)[colA];
-      pb[q] = reinterpret_cast<const uint32_t*>(st + kPairOffset)[colA + 8];
+    for (int q = 0; q < NT; ++q) {
+      wq[q] = *reinterpret_cast<const uint4*>(ut + (((w0 + q) * 2 + h) * 32 + lane) * 16);
+      const int colA = (w0 + q) * 16 + gl;
+      pa[q] = reinterpret_cast<const uint32_t*>(ut + kPairOffset)[colA];
+      pb[q] = reinterpret_cast<const uint32_t*>(ut + kPairOffset)[colA + 8];
     }
-    uint32_t af[2][4][4];
+    if constexpr (NT == 2) {
+      // Every k step's A fragments first (32 registers), then every row tile unconditionally (no
+      // early exit: the loop unrolls and its loads and mmas interleave; tiles past M multiply zeros).
+      uint32_t af[NT][4][4];
 #pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      const uint32_t mA = awqPairMul2(pa[q]), dA = awqPairAdd2(pa[q]), mB = awqPairMul2(pb[q]), dB = awqPairAdd2(pb[q]);
-      const uint32_t wv[4] = {wq[q].x, wq[q].y, wq[q].z, wq[q].w};
+      for (int q = 0; q < NT; ++q) {
+        const uint32_t mA = awqPairMul2(pa[q]), dA = awqPairAdd2(pa[q]), mB = awqPairMul2(pb[q]),
+                       dB = awqPairAdd2(pb[q]);
+        const uint32_t wv[4] = {wq[q].x, wq[q].y, wq[q].z, wq[q].w};
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        af[q][j][0] = awqDequantPair(fragNibbles(wv[j], 0), mA, dA);
-        af[q][j][1] = awqDequantPair(fragNibbles(wv[j], 1), mB, dB);
-        af[q][j][2] = awqDequantPair(fragNibbles(wv[j], 2), mA, dA);
-        af[q][j][3] = awqDequantPair(fragNibbles(wv[j], 3), mB, dB);
+        for (int j = 0; j < 4; ++j) {
+          af[q][j][0] = awqDequantPair(fragNibbles(wv[j], 0), mA, dA);
+          af[q][j][1] = awqDequantPair(fragNibbles(wv[j], 1), mB, dB);
+          af[q][j][2] = awqDequantPair(fragNibbles(wv[j], 2), mA, dA);
+          af[q][j][3] = awqDequantPair(fragNibbles(wv[j], 3), mB, dB);
+        }
       }
-    }
-    // Every row tile, unconditionally (no early exit: the loop unrolls and its loads and mmas
-    // interleave; tiles past M multiply zeros).
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const int row = mt * 8 + gl;
-      uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
-      if (row < a.M) {
-        const unsigned char* xp = st + kUnitBytes + row * kXStride + h * 128 + tl * 32;
-        x0 = *reinterpret_cast<const uint4*>(xp);
-        x1 = *reinterpret_cast<const uint4*>(xp + 16);
+      for (int mt = 0; mt < MT; ++mt) {
+        const int row = mt * 8 + gl;
+        uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+        if (row < a.M) {
+          const unsigned char* xp = st + XOFF + row * kXStride + h * 128 + tl * 32;
+          x0 = *reinterpret_cast<const uint4*>(xp);
+          x1 = *reinterpret_cast<const uint4*>(xp + 16);
+        }
+        const uint32_t xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int q = 0; q < NT; ++q) mma16816(acc[q][mt], af[q][j], xv[2 * j], xv[2 * j + 1]);
       }
-      const uint32_t xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+    } else {
+      // Two k steps at a time (32 registers of A fragments for the NT tiles), each row tile's x
+      // slice for them one 128-bit load feeding 2 NT mmas.
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int jp = 0; jp < 2; ++jp) {
+        uint32_t af[NT][2][4];
 #pragma unroll
-        for (int q = 0; q < 2; ++q) mma16816(acc[q][mt], af[q][j], xv[2 * j], xv[2 * j + 1]);
+        for (int q = 0; q < NT; ++q) {
+          const uint32_t mA = awqPairMul2(pa[q]), dA = awqPairAdd2(pa[q]), mB = awqPairMul2(pb[q]),
+                         dB = awqPairAdd2(pb[q]);
+          const uint32_t wv[2] = {jp ? wq[q].z : wq[q].x, jp ? wq[q].w : wq[q].y};
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj) {
+            af[q][jj][0] = awqDequantPair(fragNibbles(wv[jj], 0), mA, dA);
+            af[q][jj][1] = awqDequantPair(fragNibbles(wv[jj], 1), mB, dB);
+            af[q][jj][2] = awqDequantPair(fragNibbles(wv[jj], 2), mA, dA);
+            af[q][jj][3] = awqDequantPair(fragNibbles(wv[jj], 3), mB, dB);
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const int row = mt * 8 + gl;
+          uint4 xq = make_uint4(0, 0, 0, 0);
+          if (row < a.M) xq = *reinterpret_cast<const uint4*>(st + XOFF + row * kXStride + h * 128 + tl * 32 + jp * 16);
+#pragma unroll
+          for (int q = 0; q < NT; ++q) {
+            mma16816(acc[q][mt], af[q][0], xq.x, xq.y);
+            mma16816(acc[q][mt], af[q][1], xq.z, xq.w);
+          }
+        }
+      }
     }
     __syncwarp();
     if (lane == 0) mbarArrive(&empty[s]);
@@ -267,33 +330,41 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2) awqGemvKernel(const
       phase ^= 1;
     }
   }
-  if (n > 0) flush(tile, g0, g);
+  if (n > 0) flush(span, g0, g);
 }
 
-template <int MT>
+template <int MT, int NT>
 void gemvT(const Ctx& c, GemvArgs a) {
-  const auto kernel = awqGemvKernel<MT>;
+  const auto kernel = awqGemvKernel<MT, NT>;
   const Tuning& tu = tuning();
   constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
+  constexpr int SB = stageBytes<MT, NT>(), HB = handoffBytes<MT, NT>();
   // In deterministic mode the grid depends on the shape and the card only, not on M: one
   // schedule (and summation order) for every batch size.
-  const int bps = tu.deterministic ? 2 : std::max(1, std::min(3, tu.awqGemvBlocksPerSM[MTI]));
+  const int tuned = NT == 4 ? tu.awqGemvWideBlocksPerSM[MTI] : tu.awqGemvBlocksPerSM[MTI];
+  int bps = tu.deterministic ? 2 : std::max(1, std::min(3, tuned));
   // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
   constexpr int kSmemPerSM = 220 * 1024;
-  int stages = std::min({kMaxStages, std::max(2, tu.awqGemvStages[MTI]),
-                         (kSmemPerSM / bps - handoffBytes<MT>()) / stageBytes<MT>()});
+  const int depth = NT == 4 ? tu.awqGemvWideStages[MTI] : tu.awqGemvStages[MTI];
+  int stages = std::min({kMaxStages, std::max(2, depth), (kSmemPerSM / bps - HB) / SB});
   stages = std::max(2, stages);
-  const size_t smem = static_cast<size_t>(stages) * stageBytes<MT>() + handoffBytes<MT>();
+  const size_t smem = static_cast<size_t>(stages) * SB + HB;
   static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
   if (smem > attr) {
     MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     attr = smem;
   }
+  // A grid larger than what resides would run as two waves: never more blocks per SM than fit.
+  int resident = 0;
+  MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem));
+  bps = std::max(1, std::min(bps, resident));
   a.stages = stages;
+  const int spans = static_cast<int>((a.tilesN + unitsPerStage<NT>() - 1) / unitsPerStage<NT>());
+  a.sk.units = spans * a.sk.G;
   a.sk.P = std::max(1, std::min(a.sk.units, bps * c.numSMs));
   a.partials = static_cast<float*>(
-      c.splitK->get(static_cast<size_t>(2 * a.sk.P) * MT * 8 * kTileN * sizeof(float), c.stream));
-  a.tickets = static_cast<unsigned*>(c.tickets->getZeroed(static_cast<size_t>(tiles(a.N)) * sizeof(unsigned), c.stream));
+      c.splitK->get(static_cast<size_t>(2 * a.sk.P) * MT * 8 * spanN<NT>() * sizeof(float), c.stream));
+  a.tickets = static_cast<unsigned*>(c.tickets->getZeroed(static_cast<size_t>(spans) * sizeof(unsigned), c.stream));
 
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(a.sk.P));
@@ -306,6 +377,28 @@ void gemvT(const Ctx& c, GemvArgs a) {
   cfg.attrs = attrs;
   cfg.numAttrs = tu.pdl && c.computeCapability >= 90 ? 1 : 0;
   MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, a));
+}
+
+void narrow(const Ctx& c, const GemvArgs& a) {
+  if (a.M <= 8) gemvT<1, 2>(c, a);
+  else if (a.M <= 16) gemvT<2, 2>(c, a);
+  else if (a.M <= 32) gemvT<4, 2>(c, a);
+  else gemvT<8, 2>(c, a);
+}
+
+// The wide form takes at most 32 rows a launch: at 64 its 128 accumulators and 32 A-fragment
+// registers per lane pass the 168 registers a 9-warp block may use (one of the four schedulers
+// hosts 3 warps), and it spills; two passes of 32 read the weights twice.
+void wide(const Ctx& c, GemvArgs a) {
+  const int M = a.M;
+  const size_t rowBytes = static_cast<size_t>(a.N) * (a.outF16 ? 2 : 4);
+  for (int m0 = 0; m0 < M; m0 += 32) {
+    a.M = std::min(32, M - m0);
+    if (a.M <= 16) gemvT<2, 4>(c, a);
+    else gemvT<4, 4>(c, a);
+    a.x += static_cast<int64_t>(32) * a.K;
+    a.out = static_cast<char*>(a.out) + 32 * rowBytes;
+  }
 }
 
 }  // namespace
@@ -324,12 +417,11 @@ void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out,
   a.M = M;
   a.K = w.K;
   a.N = w.N;
+  a.tilesN = static_cast<int>(tiles(w.N));
   a.sk.G = w.K / kGroup;
-  a.sk.units = static_cast<int>(units(w.K, w.N));
-  if (M <= 8) gemvT<1>(c, a);
-  else if (M <= 16) gemvT<2>(c, a);
-  else if (M <= 32) gemvT<4>(c, a);
-  else gemvT<8>(c, a);
+  const Tuning& tu = tuning();
+  if (!tu.deterministic && M > 8 && M >= tu.awqGemvWideMinM) wide(c, a);
+  else narrow(c, a);
 }
 
 }  // namespace cuda
