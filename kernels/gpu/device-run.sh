@@ -49,12 +49,17 @@ for s in "${steps[@]}"; do
       ;;
     ab)  # tuning variants of the GEMV against the defaults, tp=1 shapes, in one call
       : >"$OUT/ab.txt"
-      for cfg in "" "MEDCLUSTER_AWQ_GEMV_BLOCKS=3 MEDCLUSTER_AWQ_GEMV_STAGES=5,4,4,3" \
-        "MEDCLUSTER_AWQ_GEMV_BLOCKS=1 MEDCLUSTER_AWQ_GEMV_STAGES=10,8,6,4" "MEDCLUSTER_PDL=0"; do
+      # AB_CONFIGS: one variant per line (environment assignments); AB_MS: the row counts.
+      configs="${AB_CONFIGS:-
+MEDCLUSTER_AWQ_GEMV_WIDE_MIN_M=65
+MEDCLUSTER_AWQ_GEMV_WIDE_BLOCKS=1
+MEDCLUSTER_AWQ_GEMV_WIDE_STAGES=6
+MEDCLUSTER_PDL=0}"
+      while IFS= read -r cfg; do
         echo "## ${cfg:-defaults}" >>"$OUT/ab.txt"
-        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS=1,8,16,64 timeout 60 ./medcluster-gpu-check --bench-only 2>&1 |
+        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS="${AB_MS:-1,8,16,32,64}" timeout 60 ./medcluster-gpu-check --bench-only 2>&1 |
           grep -E '^\||^AWQ tuning' >>"$OUT/ab.txt"
-      done
+      done <<<"$configs"
       echo "## MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 (GEMV passes of 64 rows, no cuBLAS)" >>"$OUT/ab.txt"
       MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 MC_BENCH_TP1=1 MC_BENCH_MS=128,256,512 timeout 60 ./medcluster-gpu-check \
         --bench-only 2>&1 | grep -E '^\|' >>"$OUT/ab.txt"

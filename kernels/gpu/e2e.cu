@@ -97,14 +97,14 @@ PackedAwqWeights makeAwq(Ctx& c, int K, int N, const std::vector<uint16_t>& scal
 enum Cat { C_EMB, C_NORM, C_QKV, C_ROPEKV, C_ATTN, C_O, C_GATEUP, C_SILU, C_DOWN, C_ADD, C_HEAD, C_N };
 const char* catName[C_N] = {"embedding", "rmsNorm/addRmsNorm", "q,k,v awqLinear", "rope+writeKv", "attention",
                             "o awqLinear", "gate,up awqLinear", "siluMul", "down awqLinear", "addInPlace",
-                            "gather+norm+lm_head+argmax"};
+                            "gather+norm+lm_head"};
 
 struct Model {
   int L;
   std::vector<Layer> layers;
   View embed, lmHead, normW;
   // activations (Tmax rows)
-  View x, hN, q, k, v, attn, o, gate, up, m, d, last, lastN, logits, tok;
+  View x, hN, q, k, v, attn, o, gate, up, m, d, last, lastN, logits, tok, lp;
   View ints;  // packed i32 inputs: ids, positions, slots, tokenSeq, rows, blockTables
   int Tmax, Bmax, maxBlocksMax, numBlocks;
   // fp16 baseline
@@ -120,6 +120,20 @@ struct Model {
 };
 
 static View rowsOf(const View& v, int64_t T) { View r = v; r.shape[0] = T; return r; }
+// The next tokens, greedy, with Device.sample on the step's logits (outside the timed graph: the
+// row specs go up from the host, as in the worker).
+static void greedy(const View& logits, const View& tok, const View& logprobs, Backend& b, int rows) {
+  SampleBatch sb;
+  for (int r = 0; r < rows; ++r) {
+    SampleRow sr;
+    sr.row = r;
+    sb.rows.push_back(sr);
+  }
+  View ids = tok, lp = logprobs;
+  ids.shape = {rows, 1};
+  lp.shape = {rows, 1};
+  b.sample(rowsOf(logits, rows), sb, ids, lp);
+}
 static View ints(const Model& M, int off, std::vector<int64_t> shape) {
   View r; r.dtype = DType::I32; r.shape = shape; r.data = M.ints.as<int32_t>() + off; return r;
 }
@@ -192,12 +206,10 @@ static void step(Model& M, Backend& b, int T, int S, int maxBlocks, int nRows, b
     mark(M, C_ADD);
   }
   if (nRows > 0) {
-    View last = rowsOf(M.last, nRows), lastN = rowsOf(M.lastN, nRows), logits = rowsOf(M.logits, nRows),
-         tok = rowsOf(M.tok, nRows);
+    View last = rowsOf(M.last, nRows), lastN = rowsOf(M.lastN, nRows), logits = rowsOf(M.logits, nRows);
     b.gatherRows(x, rows, last);
     b.rmsNorm(last, M.normW, EPS, lastN);
     b.linear(lastN, M.lmHead, logits);
-    b.argmax(logits, tok);
     mark(M, C_HEAD);
   }
 }
@@ -318,6 +330,7 @@ int runE2E(Backend& b) {
   M.d = c.alloc(DType::F32, {T, H});
   M.last = c.alloc(DType::F32, {M.Bmax, H}); M.lastN = c.alloc(DType::F16, {M.Bmax, H});
   M.logits = c.alloc(DType::F32, {M.Bmax, V}); M.tok = c.alloc(DType::I32, {M.Bmax});
+  M.lp = c.alloc(DType::F32, {M.Bmax});
   M.ints = c.alloc(DType::I32, {4 * M.Tmax + M.Bmax + M.Bmax * M.maxBlocksMax});
   // KV cache: fill every slot of every layer with finite random K/V through writeKv.
   {
@@ -371,6 +384,7 @@ int runE2E(Backend& b) {
     for (int i = 0; i < gen; ++i) {
       uploadInts(M, b, decodeInputs(M, B, ctx0 + i, maxBlocksDecode, ids));
       issue();
+      greedy(M.logits, M.tok, M.lp, b, B);
       Buffer tmp; tmp.data = M.tok.data; tmp.bytes = B * 4;
       b.download(tmp, tokHost.data(), B * 4);
       tmp.data = nullptr;
@@ -433,6 +447,7 @@ int runE2E(Backend& b) {
       uploadInts(M, b, prefillInputs(M, p0, Tc, maxBlocks));
       step(M, b, Tc, 1, maxBlocks, p0 + Tc == len ? 1 : 0, false);
     }
+    greedy(M.logits, M.tok, M.lp, b, 1);
     Buffer tmp; tmp.data = M.tok.data; tmp.bytes = 4;
     b.download(tmp, tokHost.data(), 4);
     tmp.data = nullptr;
