@@ -6,6 +6,7 @@
 #   node.xz, medcluster.mjs, gpu-parity.mjs, medcluster_kernels.node   scripts/device-bundle.mjs
 #   proto/                      the .proto files (the CLI loads them)
 # Usage: bash device-run.sh [steps...]   steps: info check bench base ab ncu parity decode decode64 sass
+# (ab: AB_CONFIGS, AB_MS; ncu: NCU_RUNS)
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
@@ -55,9 +56,12 @@ MEDCLUSTER_AWQ_GEMV_WIDE_MIN_M=65
 MEDCLUSTER_AWQ_GEMV_WIDE_BLOCKS=1
 MEDCLUSTER_AWQ_GEMV_WIDE_STAGES=6
 MEDCLUSTER_PDL=0}"
+      # A line starting "prev:" runs ./prev-gpu-check (the same program built at an earlier commit).
       while IFS= read -r cfg; do
         echo "## ${cfg:-defaults}" >>"$OUT/ab.txt"
-        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS="${AB_MS:-1,8,16,32,64}" timeout 60 ./medcluster-gpu-check --bench-only 2>&1 |
+        bin=./medcluster-gpu-check
+        case "$cfg" in prev:*) bin=./prev-gpu-check cfg="${cfg#prev:}" ;; esac
+        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS="${AB_MS:-1,8,16,32,64}" timeout 60 $bin --bench-only 2>&1 |
           grep -E '^\||^AWQ tuning' >>"$OUT/ab.txt"
       done <<<"$configs"
       echo "## MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 (GEMV passes of 64 rows, no cuBLAS)" >>"$OUT/ab.txt"
@@ -83,17 +87,22 @@ MEDCLUSTER_PDL=0}"
     ncu)  # one gate_up GEMV launch at M = 1 and at M = 64 under Nsight Compute (clocks left alone)
       NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
       : >"$OUT/ncu.txt"
-      for m in 1 64; do
-        MC_BENCH_TP1=1 MC_BENCH_MS=$m timeout 90 "$NCU" --clock-control none -k regex:awqGemv --launch-skip 252 \
+      # NCU_RUNS: one "M [environment...]" per line.
+      while read -r m cfg; do
+        [ -n "$m" ] || continue
+        echo "## M=$m ${cfg}" >>"$OUT/ncu.txt"
+        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS=$m timeout 90 "$NCU" --clock-control none -k regex:awqGemv --launch-skip 252 \
           --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
-          --section Occupancy --section LaunchStats ./medcluster-gpu-check --bench-only >>"$OUT/ncu.txt" 2>&1
-      done
+          --section Occupancy --section LaunchStats --section SourceCounters --section InstructionStats \
+          ./medcluster-gpu-check --bench-only >>"$OUT/ncu.txt" 2>&1
+      done <<<"${NCU_RUNS:-1
+64}"
       note "ncu rc=$?"
       grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Issue Slots Busy|No Eligible|Stall|Achieved Occupancy" \
         "$OUT/ncu.txt" | head -24 | tee -a "$summary"
       ;;
     sass)
-      cuobjdump -sass -fun awqGemvKernel medcluster-gpu-check >"$OUT/gemv-sass.txt" 2>&1 || true
+      cuobjdump -sass medcluster-gpu-check 2>&1 | awk '/Function : /{f = /awqGemvKernel/} f' >"$OUT/gemv-sass.txt" || true
       note "sass: $(grep -c HMMA "$OUT/gemv-sass.txt") HMMA lines"
       ;;
   esac

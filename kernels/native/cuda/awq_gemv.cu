@@ -275,20 +275,31 @@ __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 
           af[q][j][3] = awqDequantPair(fragNibbles(wv[j], 3), mB, dB);
         }
       }
+      // x for up to 4 row tiles at a time (8 registers each: all 4 k steps of the half), then the
+      // mmas k step by k step, so consecutive mmas update different accumulators (a chain's next
+      // mma is 2 x (row tiles) mmas later, not 2: the tensor core's latency stays hidden).
+      constexpr int MG = MT == 4 ? 2 : MT < 4 ? MT : 4;  // MT = 4 holds 2 (96 registers: two blocks per SM)
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int row = mt * 8 + gl;
-        uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
-        if (row < a.M) {
-          const unsigned char* xp = st + XOFF + row * kXStride + h * 128 + tl * 32;
-          x0 = *reinterpret_cast<const uint4*>(xp);
-          x1 = *reinterpret_cast<const uint4*>(xp + 16);
+      for (int m0 = 0; m0 < MT; m0 += MG) {
+        uint32_t xv[MG][8];
+#pragma unroll
+        for (int mi = 0; mi < MG; ++mi) {
+          const int row = (m0 + mi) * 8 + gl;
+          uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+          if (row < a.M) {
+            const unsigned char* xp = st + XOFF + row * kXStride + h * 128 + tl * 32;
+            x0 = *reinterpret_cast<const uint4*>(xp);
+            x1 = *reinterpret_cast<const uint4*>(xp + 16);
+          }
+          xv[mi][0] = x0.x, xv[mi][1] = x0.y, xv[mi][2] = x0.z, xv[mi][3] = x0.w;
+          xv[mi][4] = x1.x, xv[mi][5] = x1.y, xv[mi][6] = x1.z, xv[mi][7] = x1.w;
         }
-        const uint32_t xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
-          for (int q = 0; q < NT; ++q) mma16816(acc[q][mt], af[q][j], xv[2 * j], xv[2 * j + 1]);
+          for (int mi = 0; mi < MG; ++mi)
+#pragma unroll
+            for (int q = 0; q < NT; ++q) mma16816(acc[q][m0 + mi], af[q][j], xv[mi][2 * j], xv[mi][2 * j + 1]);
       }
     } else {
       // Two k steps at a time (32 registers of A fragments for the NT tiles), each row tile's x
@@ -309,17 +320,22 @@ __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 
             af[q][jj][3] = awqDequantPair(fragNibbles(wv[jj], 3), mB, dB);
           }
         }
+        uint4 xq[MT];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           const int row = mt * 8 + gl;
-          uint4 xq = make_uint4(0, 0, 0, 0);
-          if (row < a.M) xq = *reinterpret_cast<const uint4*>(st + XOFF + row * kXStride + h * 128 + tl * 32 + jp * 16);
-#pragma unroll
-          for (int q = 0; q < NT; ++q) {
-            mma16816(acc[q][mt], af[q][0], xq.x, xq.y);
-            mma16816(acc[q][mt], af[q][1], xq.z, xq.w);
-          }
+          xq[mt] = make_uint4(0, 0, 0, 0);
+          if (row < a.M) xq[mt] = *reinterpret_cast<const uint4*>(st + XOFF + row * kXStride + h * 128 + tl * 32 + jp * 16);
         }
+        // Step by step over every row tile and n16 tile: a chain's next mma is MT x NT mmas later.
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int q = 0; q < NT; ++q) mma16816(acc[q][mt], af[q][0], xq[mt].x, xq[mt].y);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int q = 0; q < NT; ++q) mma16816(acc[q][mt], af[q][1], xq[mt].z, xq[mt].w);
       }
     }
     __syncwarp();
@@ -354,10 +370,13 @@ void gemvT(const Ctx& c, GemvArgs a) {
     MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     attr = smem;
   }
-  // A grid larger than what resides would run as two waves: never more blocks per SM than fit.
-  int resident = 0;
-  MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem));
-  bps = std::max(1, std::min(bps, resident));
+  // A grid larger than what resides would run as two waves: never more blocks per SM than fit
+  // (except in deterministic mode, whose grid must not depend on M).
+  if (!tu.deterministic) {
+    int resident = 0;
+    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem));
+    bps = std::max(1, std::min(bps, resident));
+  }
   a.stages = stages;
   const int spans = static_cast<int>((a.tilesN + unitsPerStage<NT>() - 1) / unitsPerStage<NT>());
   a.sk.units = spans * a.sk.G;
