@@ -7,11 +7,17 @@
 //
 // Block = 8 consumer warps + 1 producer warp. The producer fills a ring of `stages` shared-memory
 // stages with bulk copies (cp.async.bulk, sm_90) that complete on the stage's `full` mbarrier;
-// consumers release a stage on its `empty` mbarrier. A stage holds one work item: NT / 2 units
-// of one group (8704 bytes each: weights and column pairs, of adjacent 128-column tiles) and the
-// group's 128 columns of x (M rows x 256 bytes). With programmatic dependent launch the weight
-// copies of the first stages are issued before griddepcontrol.wait, so they overlap the kernel
-// before this one; x is copied after it (the kernel before writes x).
+// consumers release a stage on its `empty` mbarrier. A stage holds one work item: the group's
+// 128 columns of x (M rows x 256 bytes: two 2-D tensor copies, one per half of the group, each
+// M rows of 128 bytes in the copy engine's 128-byte swizzle, so the lanes' 16-byte reads hit
+// distinct banks), then NT / 2 units of that group (8704 bytes each: weights and column pairs,
+// of adjacent 128-column tiles). With programmatic dependent launch the weight copies of the
+// first stages are issued before griddepcontrol.wait, so they overlap the kernel before this one;
+// x is copied after it (the kernel before writes x).
+//
+// x goes in with one tensor copy per half, not one bulk copy per row: the copy engine takes
+// ~100 cycles a request whatever its size (measured on an H200 at a47474f: with 64 rows, the
+// per-row copies alone held a 70B block at 1.05 ms against 0.37 for the weights).
 //
 // Consumer warp w owns NT n16 tiles (16 NT columns, from 16 NT (w % 4) of the item's span) and
 // one half of its 128 rows (w / 4). Per stage it reads its 16 bytes of weights per n16 tile (4
@@ -30,6 +36,9 @@
 // Accumulation is fp32 on the tensor cores; each output element's sum runs in a fixed order. For
 // one width and one grid, rows of the result do not depend on the batch; the deterministic mode
 // (tuning().deterministic) keeps NT = 2 and one grid for every M.
+#include <cuda.h>  // CUtensorMap (the encoder is reached through the runtime: no libcuda link)
+#include <cudaTypedefs.h>
+
 #include <algorithm>
 
 #include "awq.cuh"
@@ -49,15 +58,20 @@ constexpr int kConsumerWarps = 8;
 constexpr int kConsumers = kConsumerWarps * 32;
 constexpr int kThreads = kConsumers + 32;
 constexpr int kMaxStages = 12;
-// Bytes per x row in a stage: the unit's 256 bytes + 16 of padding, so the 8 lanes of each
-// quarter-warp's 128-bit reads (rows gl, gl+1 x 4 lanes 32 bytes apart) hit distinct banks.
-constexpr int kXStride = 272;
 
 // Units (128-column tiles of one group) per stage, and the columns a work item spans.
 template <int NT> __host__ __device__ constexpr int unitsPerStage() { return NT / 2; }
 template <int NT> __host__ __device__ constexpr int spanN() { return kTileN * unitsPerStage<NT>(); }
+// A stage: x's two half planes (MT * 8 rows of 128 bytes each, 1024-byte aligned as the swizzle
+// needs), then the units; a multiple of 1024 bytes.
+template <int MT> __host__ __device__ constexpr int xPlaneBytes() { return MT * 8 * 128; }
 template <int MT, int NT> __host__ __device__ constexpr int stageBytes() {
-  return unitsPerStage<NT>() * kUnitBytes + MT * 8 * kXStride;
+  return (2 * xPlaneBytes<MT>() + unitsPerStage<NT>() * kUnitBytes + 1023) / 1024 * 1024;
+}
+// Byte offset in a stage of 16-byte chunk c (0..7) of x row m's half h: the copy engine's 128-byte
+// swizzle puts chunk c of a plane's row m at chunk c ^ (m % 8).
+__device__ __forceinline__ int xChunk(int MT8, int h, int m, int c) {
+  return h * MT8 * 128 + m * 128 + ((c ^ (m & 7)) << 4);
 }
 // Shared memory where the second half's warps hand their sums to the first half's: [4][32][NT][MT][4] floats.
 template <int MT, int NT> __host__ __device__ constexpr int handoffBytes() { return 4 * 32 * NT * MT * 4 * 4; }
@@ -76,13 +90,16 @@ struct GemvArgs {
 template <int MT, int NT>
 // Compiled for two resident blocks per multiprocessor (registers capped at ~100) where the
 // accumulators allow it; MT = 8, and the wide form from MT = 4, need more (one block per SM).
+// xMap: x [M, K] as a 2-D tensor map, boxes of 64 columns x M rows (sm_90; unused on sm_80).
 __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 1 : 2)
-    awqGemvKernel(const GemvArgs a) {
-  extern __shared__ __align__(128) unsigned char smem[];
+    awqGemvKernel(const GemvArgs a, const __grid_constant__ CUtensorMap xMap) {
+  extern __shared__ __align__(128) unsigned char smemRaw[];
+  // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
+  unsigned char* smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
   __shared__ __align__(8) uint64_t full[kMaxStages], empty[kMaxStages];
   __shared__ int fixupFlag;
   constexpr int UPS = unitsPerStage<NT>(), SPAN = spanN<NT>();
-  constexpr int SB = stageBytes<MT, NT>(), XOFF = UPS * kUnitBytes;
+  constexpr int SB = stageBytes<MT, NT>(), WOFF = 2 * xPlaneBytes<MT>();
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.x, S = a.stages, G = a.sk.G;
   const int i0 = a.sk.start(b), n = a.sk.start(b + 1) - i0;
@@ -114,12 +131,12 @@ __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 
     auto weights = [&](int s, int p, int g) {  // lane 0
       const int nt = tilesOf(p);
       mbarArriveExpectTx(&full[s], static_cast<uint32_t>(nt * kUnitBytes) + static_cast<uint32_t>(a.M) * 256u);
-      for (int k = 0; k < nt; ++k) bulkCopyG2S(smem + s * SB + k * kUnitBytes, unitAt(p, k, g), kUnitBytes, &full[s]);
+      for (int k = 0; k < nt; ++k)
+        bulkCopyG2S(smem + s * SB + WOFF + k * kUnitBytes, unitAt(p, k, g), kUnitBytes, &full[s]);
     };
-    auto xRows = [&](int s, int g) {  // every lane, after lane 0's expect_tx for this stage
-      for (int r = lane; r < a.M; r += 32)
-        bulkCopyG2S(smem + s * SB + XOFF + r * kXStride, a.x + static_cast<int64_t>(r) * a.K + g * kGroup, 256,
-                    &full[s]);
+    auto xRows = [&](int s, int g) {  // lane 0, after its expect_tx for this stage
+      for (int h = 0; h < 2; ++h)
+        tensorCopy2dG2S(smem + s * SB + h * xPlaneBytes<MT>(), &xMap, g * kGroup + h * 64, 0, &full[s]);
     };
     // Counters instead of divisions: the item's span and group.
     int p = i0 / G, g = i0 % G;
@@ -133,16 +150,18 @@ __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 
     pdlWait();  // x is written by the kernel before this one
     __syncwarp();
     for (int i = 0; i < pro; ++i) {
-      xRows(i, g);
+      if (lane == 0) xRows(i, g);
       if (++g == G) g = 0, ++p;
     }
     int s = pro % S;
     uint32_t phase = 0;  // of the empty barrier's completions this refill waits for
     for (int i = pro; i < n; ++i) {
       mbarWait(&empty[s], phase);
-      if (lane == 0) weights(s, p, g);
+      if (lane == 0) {
+        weights(s, p, g);
+        xRows(s, g);
+      }
       __syncwarp();
-      xRows(s, g);
       if (++g == G) g = 0, ++p;
       if (++s == S) {
         s = 0;
@@ -156,11 +175,12 @@ __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 
       unsigned char* dst = smem + s * SB;
       for (int k = 0; k < tilesOf(p); ++k) {
         const unsigned char* src = unitAt(p, k, g);
-        for (int c = lane; c < kUnitBytes / 16; c += 32) cpAsync16(dst + k * kUnitBytes + c * 16, src + c * 16);
+        for (int c = lane; c < kUnitBytes / 16; c += 32)
+          cpAsync16(dst + WOFF + k * kUnitBytes + c * 16, src + c * 16);
       }
-      for (int c = lane; c < a.M * 16; c += 32) {
+      for (int c = lane; c < a.M * 16; c += 32) {  // x in the layout the tensor copies make
         const int r = c >> 4, q = c & 15;
-        cpAsync16(dst + XOFF + r * kXStride + q * 16, a.x + static_cast<int64_t>(r) * a.K + g * kGroup + q * 8);
+        cpAsync16(dst + xChunk(MT * 8, q >> 3, r, q & 7), a.x + static_cast<int64_t>(r) * a.K + g * kGroup + q * 8);
       }
       cpAsyncArriveNoinc(&full[s]);
     };
@@ -181,7 +201,7 @@ __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 
   const int w0 = (NT * cp) & 7;            // and its first n16 tile there
   const int e = static_cast<int>(reinterpret_cast<const uint32_t*>(a.w)[1]);
   const float outScale = exp2f(static_cast<float>(e));
-  float* handoff = reinterpret_cast<float*>(smem + S * SB);
+  float* handoff = reinterpret_cast<float*>(smem + S * SB);  // (after the aligned stages)
   float acc[NT][MT][4];  // [n16 tile][row tile][C fragment]
 
   auto zero = [&]() {
@@ -246,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 
     }
     mbarWait(&full[s], phase);
     const unsigned char* st = smem + s * SB;
-    const unsigned char* ut = st + ub * kUnitBytes;  // (a unit past N holds stale bytes: its columns are not stored)
+    const unsigned char* ut = st + WOFF + ub * kUnitBytes;  // (a unit past N holds stale bytes: its columns are not stored)
 
     // This warp's weights for its NT n16 tiles and their columns' pairs, issued before the first use.
     uint4 wq[NT];
@@ -287,9 +307,8 @@ __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 
           const int row = (m0 + mi) * 8 + gl;
           uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
           if (row < a.M) {
-            const unsigned char* xp = st + XOFF + row * kXStride + h * 128 + tl * 32;
-            x0 = *reinterpret_cast<const uint4*>(xp);
-            x1 = *reinterpret_cast<const uint4*>(xp + 16);
+            x0 = *reinterpret_cast<const uint4*>(st + xChunk(MT * 8, h, row, 2 * tl));
+            x1 = *reinterpret_cast<const uint4*>(st + xChunk(MT * 8, h, row, 2 * tl + 1));
           }
           xv[mi][0] = x0.x, xv[mi][1] = x0.y, xv[mi][2] = x0.z, xv[mi][3] = x0.w;
           xv[mi][4] = x1.x, xv[mi][5] = x1.y, xv[mi][6] = x1.z, xv[mi][7] = x1.w;
@@ -325,7 +344,7 @@ __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 
         for (int mt = 0; mt < MT; ++mt) {
           const int row = mt * 8 + gl;
           xq[mt] = make_uint4(0, 0, 0, 0);
-          if (row < a.M) xq[mt] = *reinterpret_cast<const uint4*>(st + XOFF + row * kXStride + h * 128 + tl * 32 + jp * 16);
+          if (row < a.M) xq[mt] = *reinterpret_cast<const uint4*>(st + xChunk(MT * 8, h, row, 2 * tl + jp));
         }
         // Step by step over every row tile and n16 tile: a chain's next mma is MT x NT mmas later.
 #pragma unroll
@@ -349,6 +368,35 @@ __global__ void __launch_bounds__(kThreads, (MT == 8 || (NT == 4 && MT >= 4)) ? 
   if (n > 0) flush(span, g0, g);
 }
 
+// cuTensorMapEncodeTiled, found once through the runtime (the driver's entry point).
+PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    MC_CUDA(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess || !p)
+      throw BackendError("awqLinear (CUDA GEMV): the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// x [M, K] f16 as a 2-D tensor map whose boxes are one half group: 64 columns x M rows, 128-byte
+// swizzle (what the kernel's xChunk reads).
+CUtensorMap xTensorMap(const __half* x, int M, int K) {
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(M)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(K) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(M)}, steps[2] = {1, 1};
+  const CUresult r = tensorMapEncoder()(&m, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(x), dims, strides,
+                                        box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                        CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw BackendError("awqLinear (CUDA GEMV): cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r)) +
+                       ") for x [" + std::to_string(M) + ", " + std::to_string(K) + "]");
+  return m;
+}
+
 template <int MT, int NT>
 void gemvT(const Ctx& c, GemvArgs a) {
   const auto kernel = awqGemvKernel<MT, NT>;
@@ -362,9 +410,9 @@ void gemvT(const Ctx& c, GemvArgs a) {
   // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
   constexpr int kSmemPerSM = 220 * 1024;
   const int depth = NT == 4 ? tu.awqGemvWideStages[MTI] : tu.awqGemvStages[MTI];
-  int stages = std::min({kMaxStages, std::max(2, depth), (kSmemPerSM / bps - HB) / SB});
+  int stages = std::min({kMaxStages, std::max(2, depth), (kSmemPerSM / bps - HB - 1024) / SB});
   stages = std::max(2, stages);
-  const size_t smem = static_cast<size_t>(stages) * SB + HB;
+  const size_t smem = static_cast<size_t>(stages) * SB + HB + 1024;  // + the alignment slack
   static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
   if (smem > attr) {
     MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -395,7 +443,9 @@ void gemvT(const Ctx& c, GemvArgs a) {
   attrs[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attrs;
   cfg.numAttrs = tu.pdl && c.computeCapability >= 90 ? 1 : 0;
-  MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, a));
+  CUtensorMap xMap = {};
+  if (c.computeCapability >= 90) xMap = xTensorMap(a.x, a.M, a.K);
+  MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, a, xMap));
 }
 
 void narrow(const Ctx& c, const GemvArgs& a) {

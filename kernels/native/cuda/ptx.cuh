@@ -54,6 +54,14 @@ __device__ __forceinline__ void bulkCopyG2S(void* dst, const void* src, uint32_t
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                ::"r"(smemAddr(dst)), "l"(src), "r"(bytes), "r"(smemAddr(bar)) : "memory");
 }
+// A 2-D box of a tensor map (a kernel parameter: __grid_constant__ CUtensorMap) -> shared, by
+// the copy engine, at element coordinates (c0 innermost, c1); completes its bytes on `bar`.
+__device__ __forceinline__ void tensorCopy2dG2S(void* dst, const void* tensorMap, int c0, int c1, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+      ::"r"(smemAddr(dst)), "l"(reinterpret_cast<uint64_t>(tensorMap)), "r"(c0), "r"(c1), "r"(smemAddr(bar))
+      : "memory");
+}
 #endif
 
 // ---- cp.async (sm_80): 16-byte global -> shared copies, the pre-Hopper way ----
