@@ -334,12 +334,17 @@ static void checkAwqAll(Backend& b) {
   for (auto& s : shapes) checkAwq(b, s[0], s[1], s[2], DType::F16);
   for (auto& s : {std::array<int, 3>{1, 1024, 2048}, {8, 2048, 1032}, {40, 1024, 2056}, {64, 1024, 2048}})
     checkAwq(b, s[0], s[1], s[2], DType::F32);
-  printf("-- the narrow form above 8 rows (the wide form off: what the deterministic mode runs)\n");
-  tu.awqGemvWideMinM = 65;
-  for (auto& s : shapes)
-    if (s[0] > 8) checkAwq(b, s[0], s[1], s[2], DType::F16, " narrow");
-  checkAwq(b, 40, 1024, 2056, DType::F32, " narrow");
-  tu.awqGemvWideMinM = defaults.awqGemvWideMinM;
+  // Both block shapes above 8 rows: the 8-consumer-warp block everywhere (what the deterministic
+  // mode runs), then the 16-warp block from 9 rows.
+  for (int tallFrom : {65, 9}) {
+    printf("-- the %s block above 8 rows\n", tallFrom == 65 ? "8-warp" : "16-warp");
+    tu.awqGemvTallMinM = tallFrom;
+    const char* note = tallFrom == 65 ? " 8 warps" : " 16 warps";
+    for (auto& s : shapes)
+      if (s[0] > 8) checkAwq(b, s[0], s[1], s[2], DType::F16, note);
+    checkAwq(b, 40, 1024, 2056, DType::F32, note);
+  }
+  tu.awqGemvTallMinM = defaults.awqGemvTallMinM;
   printf("-- scales >= 0.25 (s * 2^18 past f16: the power-of-two shift)\n");
   checkAwq(b, 1, 1024, 1024, DType::F32, " scales to 4", 1, 0.01f, 4.f);
   checkAwq(b, 16, 512, 640, DType::F32, " scales to 300", 1, 1.f, 300.f);  // f32: the sums pass 65504
@@ -348,9 +353,9 @@ static void checkAwqAll(Backend& b) {
     tu = defaults;
     tu.awqDequantMinM = 0;
     if (v == 0) tu.pdl = false;
-    if (v == 1) for (int i = 0; i < 4; ++i) tu.awqGemvBlocksPerSM[i] = tu.awqGemvWideBlocksPerSM[i] = 1;
-    if (v == 2) for (int i = 0; i < 4; ++i) tu.awqGemvBlocksPerSM[i] = tu.awqGemvWideBlocksPerSM[i] = 3;
-    if (v == 3) for (int i = 0; i < 4; ++i) tu.awqGemvStages[i] = tu.awqGemvWideStages[i] = 2;
+    if (v == 1) for (int& x : tu.awqGemvBlocksPerSM) x = 1;
+    if (v == 2) for (int& x : tu.awqGemvBlocksPerSM) x = 3;
+    if (v == 3) for (int& s : tu.awqGemvStages) s = 2;
     const char* note = v == 0 ? " no-pdl" : v == 1 ? " 1 block/SM" : v == 2 ? " 3 blocks/SM" : " 2 stages";
     checkAwq(b, 1, 8192, 1024, DType::F16, note);
     checkAwq(b, 8, 1152, 776, DType::F32, note);
@@ -731,12 +736,11 @@ static void bench(Backend& b, const char* jsonPath) {
   }
   const int nSets = quick || getenv("MC_BENCH_TP1") ? 1 : 2;
   cuda::Tuning& tu = cuda::tuning();
-  printf("AWQ tuning: dequant+cuBLAS from M=%d, GEMV blocks/SM %d/%d/%d/%d, stages %d/%d/%d/%d, wide from M=%d "
-         "(blocks/SM %d/%d, stages %d/%d), PDL %s%s\n",
+  printf("AWQ tuning: dequant+cuBLAS from M=%d, GEMV blocks/SM %d/%d/%d/%d, stages %d/%d/%d/%d, 16-warp block "
+         "from M=%d, PDL %s%s\n",
          tu.awqDequantMinM, tu.awqGemvBlocksPerSM[0], tu.awqGemvBlocksPerSM[1], tu.awqGemvBlocksPerSM[2],
          tu.awqGemvBlocksPerSM[3], tu.awqGemvStages[0], tu.awqGemvStages[1], tu.awqGemvStages[2], tu.awqGemvStages[3],
-         tu.awqGemvWideMinM, tu.awqGemvWideBlocksPerSM[1], tu.awqGemvWideBlocksPerSM[2], tu.awqGemvWideStages[1],
-         tu.awqGemvWideStages[2], tu.pdl ? "on" : "off", tu.deterministic ? ", deterministic" : "");
+         tu.awqGemvTallMinM, tu.pdl ? "on" : "off", tu.deterministic ? ", deterministic" : "");
   // Issue's targets per tp=1 block (kernels/gpu/RESULTS.md): M = 1, 16, 64, 1024.
   auto target = [](int M) { return M == 1 ? 0.13 : M == 16 ? 0.15 : M == 64 ? 0.22 : M == 1024 ? 2.5 : -1.0; };
   printf("\nisolated: one call between two events (median of 20); chained: 20 calls back to back / 20 (median of 5)\n"

@@ -94,6 +94,9 @@ MEDCLUSTER_PDL=0}"
         env $cfg MC_BENCH_TP1=1 MC_BENCH_MS=$m timeout 90 "$NCU" --clock-control none -k regex:awqGemv --launch-skip 252 \
           --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
           --section Occupancy --section LaunchStats --section SourceCounters --section InstructionStats \
+          --metrics "$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard \
+            short_scoreboard mio_throttle math_pipe_throttle wait barrier membar lg_throttle dispatch_stall \
+            not_selected selected no_instruction sleeping branch_resolving misc tex_throttle imc_miss drain)sm__inst_executed_pipe_tensor_op_hmma.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,smsp__inst_executed.sum" \
           ./medcluster-gpu-check --bench-only >>"$OUT/ncu.txt" 2>&1
       done <<<"${NCU_RUNS:-1
 64}"

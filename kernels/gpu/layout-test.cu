@@ -4,8 +4,8 @@
 //
 // 1. locate() and weightAt() are inverse bijections over a unit.
 // 2. A host copy of the pack kernel's loop (awq_pack.cu) packs random AutoAWQ tensors.
-// 3. An emulation of the GEMV (awq_gemv.cu), in its narrow and wide forms, reads the packed
-//    bytes exactly as its warps do:
+// 3. An emulation of the GEMV (awq_gemv.cu), in both block shapes, reads the packed bytes
+//    exactly as its warps do:
 //    per lane the 16-byte weight chunk, fragNibbles() per mma register, the 32 bytes of x per
 //    half, the mma.m16n8k16 fragment layouts of the PTX ISA (A row-major 16x16, B column-major
 //    16x8, C 16x8), the C fragment -> output mapping of the flush, and the stream-K schedule
@@ -88,22 +88,22 @@ static std::vector<uint8_t> pack(const std::vector<uint32_t>& qw, const std::vec
   return out;
 }
 
-// The GEMV, emulated lane by lane, for its narrow (NT = 2) and wide (NT = 4) forms: NT n16
-// tiles per warp, NT / 2 units per stage. x: [M, K] as floats; returns out [M, N].
+// The GEMV, emulated lane by lane, for both block shapes: NT = 2 (8 consumer warps of 2 n16
+// tiles) and NT = 1 (16 warps of 1). x: [M, K] as floats; returns out [M, N].
 static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const std::vector<float>& x, int M, int K,
                                        int N, int P, int NT) {
-  const int G = K / kGroup, MT = (M + 7) / 8, UPS = NT / 2, SPAN = kTileN * UPS;
-  const int tilesN = (int)tiles(N), spans = (tilesN + UPS - 1) / UPS, U = spans * G;
+  const int G = K / kGroup, MT = (M + 7) / 8, CG = 8 / NT;
+  const int U = (int)units(K, N);
   StreamK sk{U, P < U ? P : U, G};
-  std::vector<double> out((size_t)M * N, NAN), partials((size_t)2 * sk.P * MT * 8 * SPAN, NAN);
+  std::vector<double> out((size_t)M * N, NAN), partials((size_t)2 * sk.P * MT * 8 * kTileN, NAN);
   // acc: [warp column group cp 0..3][half h][lane][q][mt][4]; the flush adds the halves.
-  const size_t accN = (size_t)4 * 2 * 32 * NT * MT * 4;
+  const size_t accN = (size_t)CG * 2 * 32 * NT * MT * 4;
   auto accAt = [&](std::vector<double>& acc, int cp, int h, int lane, int q, int mt) {
     return &acc[(((((size_t)cp * 2 + h) * 32 + lane) * NT + q) * MT + mt) * 4];
   };
   auto flush = [&](int b, int t, int g0, int g1, std::vector<double>& acc) {
     const bool whole = g0 == 0 && g1 == G;
-    for (int cp = 0; cp < 4; ++cp)
+    for (int cp = 0; cp < CG; ++cp)
       for (int lane = 0; lane < 32; ++lane) {
         const int gl = lane >> 2, tl = lane & 3;
         for (int q = 0; q < NT; ++q) {
@@ -113,37 +113,36 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
               const int m = mt * 8 + 2 * tl + (r & 1);
               if (m >= M) continue;
               const double v = accAt(acc, cp, 0, lane, q, mt)[r] + accAt(acc, cp, 1, lane, q, mt)[r];
-              const int col = r < 2 ? colA : colB, n = t * SPAN + col;
+              const int col = r < 2 ? colA : colB, n = t * kTileN + col;
               if (whole) {
                 if (n < N) out[(size_t)m * N + n] = v;
               } else {
-                partials[((size_t)sk.slot(b, t) * MT * 8 + m) * SPAN + col] = v;
+                partials[((size_t)sk.slot(b, t) * MT * 8 + m) * kTileN + col] = v;
               }
             }
         }
       }
   };
-  std::vector<int> partialSpans;
+  std::vector<int> partialTiles;
   for (int b = 0; b < sk.P; ++b) {
     const int i0 = sk.start(b), n = sk.start(b + 1) - i0;
     std::vector<double> acc(accN, 0.0);
-    int span = i0 / G, g0 = i0 % G;
+    int tile = i0 / G, g0 = i0 % G;
     for (int i = 0; i < n; ++i) {
       const int it = i0 + i, p = it / G, g = it % G;
-      if (p != span) {
-        if (g0 != 0) partialSpans.push_back(span);
-        flush(b, span, g0, G, acc);
+      if (p != tile) {
+        if (g0 != 0) partialTiles.push_back(tile);
+        flush(b, tile, g0, G, acc);
         std::fill(acc.begin(), acc.end(), 0.0);
-        span = p;
+        tile = p;
         g0 = 0;
       }
-      for (int cp = 0; cp < 4; ++cp)
+      for (int cp = 0; cp < CG; ++cp)
         for (int h = 0; h < 2; ++h)
           for (int q = 0; q < NT; ++q) {
-            // The kernel's indices: the stage's unit ub of this warp and its n16 tile w0 + q there.
-            const int ub = (NT * cp) >> 3, w0 = (NT * cp) & 7, w = w0 + q;
-            if (p * UPS + ub >= tilesN) continue;  // a unit past N: never stored
-            const uint8_t* st = packed.data() + kHeaderBytes + ((size_t)(p * UPS + ub) * G + g) * kUnitBytes;
+            // The kernel's indices: n16 tile w0 + q of the unit (tile p, group g).
+            const int w0 = NT * cp, w = w0 + q;
+            const uint8_t* st = packed.data() + kHeaderBytes + ((size_t)p * G + g) * kUnitBytes;
             double A[4][16][16], B[4][16][8];  // per step j: the mma operands in logical coordinates
             for (int lane = 0; lane < 32; ++lane) {
               const int gl = lane >> 2, tl = lane & 3, colA = w * 16 + gl, colB = colA + 8;
@@ -200,21 +199,21 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
     }
     if (n > 0) {
       const int g1 = (i0 + n - 1) % G + 1;
-      if (!(g0 == 0 && g1 == G)) partialSpans.push_back(span);
-      flush(b, span, g0, g1, acc);
+      if (!(g0 == 0 && g1 == G)) partialTiles.push_back(tile);
+      flush(b, tile, g0, g1, acc);
     }
   }
-  // The fix-ups: each shared span summed over its contributors in block order.
-  for (int t : partialSpans) {
-    const int spanEnd = (t + 1) * G < U ? (t + 1) * G : U;
-    const int first = sk.blockOf(t * G), last = sk.blockOf(spanEnd - 1);
-    CHECK(last > first, "a partial span with one contributor (span %d)", t);
+  // The fix-ups: each shared tile summed over its contributors in block order.
+  for (int t : partialTiles) {
+    const int tileEnd = (t + 1) * G < U ? (t + 1) * G : U;
+    const int first = sk.blockOf(t * G), last = sk.blockOf(tileEnd - 1);
+    CHECK(last > first, "a partial tile with one contributor (tile %d)", t);
     for (int m = 0; m < M; ++m)
-      for (int c = 0; c < SPAN; ++c) {
-        const int n = t * SPAN + c;
+      for (int c = 0; c < kTileN; ++c) {
+        const int n = t * kTileN + c;
         if (n >= N) continue;
         double v = 0;
-        for (int bb = first; bb <= last; ++bb) v += partials[((size_t)sk.slot(bb, t) * MT * 8 + m) * SPAN + c];
+        for (int bb = first; bb <= last; ++bb) v += partials[((size_t)sk.slot(bb, t) * MT * 8 + m) * kTileN + c];
         out[(size_t)m * N + n] = v;
       }
   }
@@ -292,8 +291,7 @@ int main() {
         const double w = q * (double)halfToFloat(sc[(size_t)g * N + n]) + halfToFloat((uint16_t)(pr >> 16));
         for (int m = 0; m < M; ++m) ref[(size_t)m * N + n] += x[(size_t)m * K + k] * w;
       }
-    for (int NT : {2, 4}) {
-      if (NT == 4 && M > 32) continue;  // the wide form runs at most 32 rows a launch
+    for (int NT : {1, 2}) {
       const std::vector<double> got = emulateGemv(packed, x, M, K, N, cs.P, NT);
       double worst = 0;
       int bad = 0;

@@ -84,9 +84,7 @@ void applyTuningEnv() {
   };
   if (const char* v = env("MEDCLUSTER_AWQ_GEMV_BLOCKS")) list(v, t.awqGemvBlocksPerSM);
   if (const char* v = env("MEDCLUSTER_AWQ_GEMV_STAGES")) list(v, t.awqGemvStages);
-  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_WIDE_MIN_M")) t.awqGemvWideMinM = std::atoi(v);
-  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_WIDE_BLOCKS")) list(v, t.awqGemvWideBlocksPerSM);
-  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_WIDE_STAGES")) list(v, t.awqGemvWideStages);
+  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_TALL_MIN_M")) t.awqGemvTallMinM = std::atoi(v);
 }
 
 namespace {

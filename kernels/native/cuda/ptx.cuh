@@ -68,6 +68,11 @@ __device__ __forceinline__ void tensorCopy2dG2S(void* dst, const void* tensorMap
 __device__ __forceinline__ void cpAsync16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smemAddr(dst)), "l"(src) : "memory");
 }
+// The same, or 16 zero bytes (nothing read) where !ok.
+__device__ __forceinline__ void cpAsync16OrZero(void* dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smemAddr(dst)), "l"(src), "r"(ok ? 16 : 0)
+               : "memory");
+}
 // The barrier counts one arrival once this thread's earlier cp.asyncs have landed (the
 // arrival is one of the count the barrier was initialized with).
 __device__ __forceinline__ void cpAsyncArriveNoinc(uint64_t* bar) {

@@ -23,12 +23,11 @@ struct Tuning {
   // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64):
   // two blocks and the next kernel's first block fit in a multiprocessor's 227 KB.
   int awqGemvStages[4] = {6, 5, 4, 4};
-  // From this M (up to 64 rows a launch), the GEMV's wide form: 64 columns per warp, two tiles
-  // per stage, so each x slice feeds twice the mmas (65: never). Its blocks per SM and ring depth
-  // by MT as above (MT = 1 is never wide); fewer blocks reside where the registers do not allow.
-  int awqGemvWideMinM = 9;
-  int awqGemvWideBlocksPerSM[4] = {1, 2, 1, 1};  // MT = 8 is never wide either (see awq_gemv.cu)
-  int awqGemvWideStages[4] = {4, 4, 4, 4};
+  // From this M, the GEMV's 16-consumer-warp block (16 columns a warp) instead of 8 (32 columns a
+  // warp): twice the warps to hide a unit's latency where one 9-warp block per SM is all that fits
+  // (on an H200, kernels/gpu/RESULTS.md 2026-12-01: M = 64 0.505 against 0.561 ms per 70B block).
+  // 65: never.
+  int awqGemvTallMinM = 33;
   // Programmatic dependent launch (sm_90): the GEMV's blocks start, and prefetch their first
   // weight stages, while the kernel before it finishes.
   bool pdl = true;
@@ -44,8 +43,8 @@ struct Tuning {
 Tuning& tuning();
 
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
-// MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d, MEDCLUSTER_AWQ_GEMV_WIDE_MIN_M=N,
-// MEDCLUSTER_AWQ_GEMV_WIDE_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_WIDE_STAGES=a,b,c,d, MEDCLUSTER_DETERMINISTIC=1);
+// MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d, MEDCLUSTER_AWQ_GEMV_TALL_MIN_M=N,
+// MEDCLUSTER_DETERMINISTIC=1);
 // called when a backend is created.
 void applyTuningEnv();
 
