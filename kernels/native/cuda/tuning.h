@@ -24,10 +24,9 @@ struct Tuning {
   // two blocks and the next kernel's first block fit in a multiprocessor's 227 KB.
   int awqGemvStages[4] = {6, 5, 4, 4};
   // From this M, the GEMV's 16-consumer-warp block (16 columns a warp) instead of 8 (32 columns a
-  // warp): twice the warps to hide a unit's latency where one 9-warp block per SM is all that fits
-  // (on an H200, kernels/gpu/RESULTS.md 2026-12-01: M = 64 0.505 against 0.561 ms per 70B block).
-  // 65: never.
-  int awqGemvTallMinM = 33;
+  // warp): twice the warps to hide a unit's latency (measured on an H200 at e33e618, per 70B block:
+  // M = 24 / 32 / 64 0.329 / 0.342 / 0.498 ms against 0.377 / 0.414 / 0.550; M = 16 the same). 65: never.
+  int awqGemvTallMinM = 17;
   // Programmatic dependent launch (sm_90): the GEMV's blocks start, and prefetch their first
   // weight stages, while the kernel before it finishes.
   bool pdl = true;
