@@ -1,6 +1,7 @@
 // End-to-end Llama-2-70B (Meditron-70B-AWQ shapes) decode/prefill benchmark over the
-// CudaBackend's public Backend methods only (exactly the op sequence the worker's
-// shard-runner issues: 7 awqLinear calls per block), with synthetic weights.
+// CudaBackend's public Backend methods only, with synthetic weights packed as at load. It
+// issues q, k, v, gate and up as separate matmuls (7 per block); the worker fuses them
+// (4 per block), and `medcluster bench decode --synthetic llama-2-70b` measures that path.
 //   ./medcluster-gpu-check --e2e        (MC_E2E_LAYERS=n to shorten, MC_E2E_FP16=0 to skip cuBLAS)
 // Also: --readpat, a read-pattern microbenchmark (contiguous bytes per row vs bandwidth).
 #include <cuda_fp16.h>
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "../native/awq_layout.h"
 #include "../native/backend.h"
 #include "../native/cuda/common.cuh"
 #include "../native/cuda/cublas_loader.h"
@@ -70,17 +72,26 @@ static std::vector<uint16_t> pattern(size_t n, float lo, float hi) {
 }
 
 struct Layer {
-  AwqWeights q, k, v, o, gate, up, down;
+  PackedAwqWeights q, k, v, o, gate, up, down;
   View ln1, ln2, kc, vc;
 };
 
-AwqWeights makeAwq(Ctx& c, int K, int N, const std::vector<uint16_t>& scalePat) {
+// Random AutoAWQ tensors, packed; the AutoAWQ copies are freed.
+PackedAwqWeights makeAwq(Ctx& c, int K, int N, const std::vector<uint16_t>& scalePat) {
   AwqWeights w;
+  const size_t mark = c.keep.size();
   w.qweight = c.random(DType::I32, {K, N / 8});
   w.qzeros = c.random(DType::I32, {K / 128, N / 8});
   w.scales = c.alloc(DType::F16, {K / 128, N});
   c.fill(w.scales, scalePat);
-  return w;
+  PackedAwqWeights p;
+  p.K = K;
+  p.N = N;
+  p.packed = c.alloc(DType::I32, {awqpack::packedBytes(K, N) / 4});
+  c.b.awqPack(w, p.packed);
+  c.b.synchronize();
+  c.keep.erase(c.keep.begin() + mark, c.keep.end() - 1);  // keep the packed buffer only
+  return p;
 }
 
 enum Cat { C_EMB, C_NORM, C_QKV, C_ROPEKV, C_ATTN, C_O, C_GATEUP, C_SILU, C_DOWN, C_ADD, C_HEAD, C_N };
@@ -167,9 +178,9 @@ static void step(Model& M, Backend& b, int T, int S, int maxBlocks, int nRows, b
     mark(M, C_NORM);
     const __half* w16 = useFp16 ? M.w16[l % M.L16].as<__half>() : nullptr;
     size_t off = 0;
-    auto mm = [&](const View& in, const AwqWeights& w, const View& out, int K, int N) {
+    auto mm = [&](const View& in, const PackedAwqWeights& w, const View& out, int K, int N) {
       if (useFp16) { gemm16(M, in, w16 + off, K, N, out); off += (size_t)K * N; }
-      else b.awqLinear(in, w, out);
+      else b.awqLinearPacked(in, w, out);
     };
     mm(hN, Ly.q, q, H, NH * HD);
     mm(hN, Ly.k, k, H, NKV * HD);

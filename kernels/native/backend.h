@@ -58,6 +58,14 @@ struct AwqWeights {
   int64_t groupSize = 128;
 };
 
+// The same layer repacked once at load (Backend::awqPack) into the layout of awq_layout.h,
+// which the CUDA kernels read. A copy: the AutoAWQ tensors are never rewritten.
+struct PackedAwqWeights {
+  View packed;  // awqpack::packedBytes(K, N) bytes
+  int64_t K = 0, N = 0;
+  int64_t groupSize = 128;
+};
+
 // Attention geometry for one op call.
 struct AttentionShape {
   int64_t numHeads = 0;    // query heads held by this rank
@@ -109,8 +117,20 @@ class Backend {
                           const View& out) = 0;
   // residual f32 [T, H] += delta f32 [T, H]
   virtual void addInPlace(const View& residual, const View& delta) = 0;
-  // out [T, N] (f16 or f32) = x f16 [T, K] @ dequant(w) [K, N], fp32 accumulation.
+  // out [T, N] (f16 or f32) = x f16 [T, K] @ dequant(w) [K, N], fp32 accumulation, on weights
+  // in the AutoAWQ layout (the CPU backend's) ...
   virtual void awqLinear(const View& x, const AwqWeights& w, const View& out) = 0;
+  // ... or packed at load (the CUDA backend's). A backend implements the layout it reads.
+  virtual void awqLinearPacked(const View& x, const PackedAwqWeights& w, const View& out) {
+    (void)x; (void)w; (void)out;
+    throw BackendError("awqLinear: the " + name() + " backend reads the AutoAWQ layout, not packed weights");
+  }
+  // Writes src, repacked, into dst (awqpack::packedBytes(K, N) bytes). Only backends whose
+  // kernels read the packed layout implement it.
+  virtual void awqPack(const AwqWeights& src, const View& dst) {
+    (void)src; (void)dst;
+    throw BackendError("packAwq: the " + name() + " backend reads the AutoAWQ layout; nothing to pack");
+  }
   // out [T, N] (f16 or f32) = x f16 [T, K] @ w f16 [N, K]^T (nn.Linear layout), fp32 accumulation.
   virtual void linear(const View& x, const View& w, const View& out) = 0;
   // In place, HF rotate-half RoPE on q f16 [T, nq*hd] and k f16 [T, nk*hd] at positions i32 [T].

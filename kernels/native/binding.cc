@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "awq_layout.h"
 #include "backend.h"
 #include "collective.h"
 #include "cpu/half.h"
@@ -235,6 +236,8 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
             InstanceMethod<&DeviceWrap::AddRmsNorm>("addRmsNorm"),
             InstanceMethod<&DeviceWrap::AddInPlace>("addInPlace"),
             InstanceMethod<&DeviceWrap::AwqLinear>("awqLinear"),
+            InstanceMethod<&DeviceWrap::PackAwq>("packAwq"),
+            InstanceMethod<&DeviceWrap::AwqLinearPacked>("awqLinearPacked"),
             InstanceMethod<&DeviceWrap::Linear>("linear"),
             InstanceMethod<&DeviceWrap::Rope>("rope"),
             InstanceMethod<&DeviceWrap::WriteKv>("writeKv"),
@@ -445,6 +448,34 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     return NewTensor(info, out, "awqLinear", [=](const std::shared_ptr<Backend>& b) {
       AwqWeights w{qw->view(b), qz->view(b), sc->view(b), group};
       b->awqLinear(x->view(b), w, out->view(b));
+    });
+  }
+
+  // packAwq(qweight, qzeros, scales, groupSize): the weights in the packed layout
+  // (awq_layout.h), as an i32 [words] tensor.
+  Napi::Value PackAwq(const Napi::CallbackInfo& info) {
+    SlotPtr qw = slotArg(info[0]), qz = slotArg(info[1]), sc = slotArg(info[2]);
+    const int64_t group = info[3].As<Napi::Number>().Int64Value();
+    const int64_t K = qw->shape[0], N = sc->shape[1];
+    const int64_t words = awqpack::packedBytes(K, N) / 4;
+    auto out = std::make_shared<Slot>(DType::I32, std::vector<int64_t>{words});
+    return NewTensor(info, out, "packAwq", [=](const std::shared_ptr<Backend>& b) {
+      AwqWeights w{qw->view(b), qz->view(b), sc->view(b), group};
+      b->awqPack(w, out->view(b));
+    });
+  }
+
+  // awqLinearPacked(x, packed, K, N, groupSize, outDtype)
+  Napi::Value AwqLinearPacked(const Napi::CallbackInfo& info) {
+    SlotPtr x = slotArg(info[0]), packed = slotArg(info[1]);
+    const int64_t K = info[2].As<Napi::Number>().Int64Value(), N = info[3].As<Napi::Number>().Int64Value();
+    const int64_t group = info[4].As<Napi::Number>().Int64Value();
+    if (static_cast<int64_t>(packed->bytes) < awqpack::packedBytes(K, N))
+      throw Napi::Error::New(info.Env(), "awqLinear: the packed tensor is smaller than a K x N matrix");
+    auto out = std::make_shared<Slot>(dtypeArg(info[5]), std::vector<int64_t>{x->shape[0], N});
+    return NewTensor(info, out, "awqLinear", [=](const std::shared_ptr<Backend>& b) {
+      PackedAwqWeights w{packed->view(b), K, N, group};
+      b->awqLinearPacked(x->view(b), w, out->view(b));
     });
   }
 
@@ -981,7 +1012,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaDeviceCount", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 return Napi::Number::New(info.Env(), cudaDeviceCount());
               }));
-  exports.Set("abiVersion", Napi::Number::New(env, 2));
+  // i32 words of a packed K x N AWQ matrix (awq_layout.h), for the tensor's shape.
+  exports.Set("awqPackedWords", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                const int64_t K = info[0].As<Napi::Number>().Int64Value(), N = info[1].As<Napi::Number>().Int64Value();
+                return Napi::Number::New(info.Env(), static_cast<double>(awqpack::packedBytes(K, N) / 4));
+              }));
+  // 3: packAwq, awqLinearPacked, awqPackedWords.
+  exports.Set("abiVersion", Napi::Number::New(env, 3));
   return exports;
 }
 

@@ -30,6 +30,41 @@ export interface AwqLinear {
   groupSize: number;
 }
 
+/**
+ * An AWQ linear layer repacked once at load (Device.packAwq) into the layout a device's matmul
+ * kernels read (kernels/native/awq_layout.h: fragment-ordered int4, 128-column x 128-row units
+ * that a kernel streams with contiguous bulk copies). A copy in device memory of the same size;
+ * the checkpoint is never rewritten.
+ */
+export interface PackedAwqLinear {
+  /** The packed bytes, i32 [words]; only the device's kernels interpret them. */
+  readonly packed: Tensor;
+  /** K */
+  readonly inFeatures: number;
+  /** N */
+  readonly outFeatures: number;
+  readonly groupSize: number;
+}
+
+/** What awqLinear multiplies by: the AutoAWQ tensors (CPU) or their packed copy (CUDA). */
+export type AwqWeights = AwqLinear | PackedAwqLinear;
+
+/** Whether w is the packed form (else it is the AutoAWQ tensors). */
+export function isPackedAwq(w: AwqWeights): w is PackedAwqLinear {
+  return 'packed' in w;
+}
+
+/** Frees an AWQ layer's tensors, in either layout. */
+export function disposeAwq(w: AwqWeights): void {
+  if (isPackedAwq(w)) {
+    w.packed.dispose();
+  } else {
+    w.qweight.dispose();
+    w.qzeros.dispose();
+    w.scales.dispose();
+  }
+}
+
 export interface AttentionShape {
   numHeads: number;
   numKvHeads: number;
@@ -204,8 +239,17 @@ export interface Device {
   addRmsNorm(residual: Tensor, delta: Tensor, weight: Tensor, eps: number): Tensor;
   /** residual f32 [T, H] += delta f32 [T, H] */
   addInPlace(residual: Tensor, delta: Tensor): void;
-  /** x f16 [T, K] @ dequant(awq) -> [T, N] in outDtype (f16 or f32); never materializes fp16 weights. */
-  awqLinear(x: Tensor, weights: AwqLinear, outDtype: DType): Tensor;
+  /**
+   * The AWQ layer in the layout this device's awqLinear reads, made once at load. Takes
+   * ownership of `weights`: where the kernels read the AutoAWQ layout (CPU) it returns
+   * `weights` itself; elsewhere (CUDA) a packed copy, and `weights`' tensors are disposed
+   * (freed once the copy has been made). qweight i32 [K, N/8], qzeros i32 [K/G, N/8],
+   * scales f16 [K/G, N] -> packed (K, N, G).
+   */
+  packAwq(weights: AwqLinear): AwqWeights;
+  /** x f16 [T, K] @ dequant(weights) [K, N] -> [T, N] in outDtype (f16 or f32), fp32 accumulation.
+   * `weights` in the layout packAwq returned for this device (CUDA rejects the AutoAWQ tensors). */
+  awqLinear(x: Tensor, weights: AwqWeights, outDtype: DType): Tensor;
   /** x f16 [T, K] @ w f16 [N, K]^T -> [T, N] in outDtype. */
   linear(x: Tensor, weight: Tensor, outDtype: DType): Tensor;
   /** In place rotate-half RoPE on q f16 [T, nq*hd] and k f16 [T, nk*hd]. */

@@ -5,6 +5,7 @@ import { availableParallelism } from 'node:os';
 import type {
   AttentionShape,
   AwqLinear,
+  AwqWeights,
   Device,
   DeviceCollective,
   DeviceCollectiveOptions,
@@ -22,7 +23,7 @@ import type {
   SharedTensor,
   Tensor,
 } from './api.js';
-import { KernelError } from './api.js';
+import { isPackedAwq, KernelError } from './api.js';
 import { ncclUniqueId, ncclVersion, openNcclCollective, prepareIpcCollective } from './collective.js';
 import { DTYPE_CODE, loadAddon, type NativeDevice, type NativeGraph, type NativeHandle } from './native.js';
 import { packSampleRows } from './sample-rows.js';
@@ -312,16 +313,37 @@ class KernelDevice implements Device {
     this.#open(op).addInPlace(this.#arg(op, 'residual', residual), this.#arg(op, 'delta', delta));
   }
 
-  awqLinear(x: Tensor, weights: AwqLinear, outDtype: DType): Tensor {
-    const op = 'awqLinear';
+  packAwq(weights: AwqLinear): AwqWeights {
+    const op = 'packAwq';
+    const [K, N] = this.#checkAwq(op, weights);
+    if (this.kind === 'cpu') return weights; // the CPU kernels read the AutoAWQ layout
+    const { qweight, qzeros, scales, groupSize } = weights;
+    if (groupSize !== 128)
+      fail(op, `groupSize ${groupSize} is not supported on ${this.kind} (the packed layout is for 128)`);
+    const native = this.#open(op);
+    const h = nativeCall(op, () =>
+      native.packAwq(
+        this.#arg(op, 'qweight', qweight),
+        this.#arg(op, 'qzeros', qzeros),
+        this.#arg(op, 'scales', scales),
+        groupSize,
+      ),
+    );
+    // The copy is queued; the sources are freed once it has run.
+    qweight.dispose();
+    qzeros.dispose();
+    scales.dispose();
+    const packed = this.#wrap(h, [loadAddon().awqPackedWords(K, N)], 'i32');
+    return { packed, inFeatures: K, outFeatures: N, groupSize };
+  }
+
+  /** Checks an AutoAWQ layer's tensors; returns [K, N]. */
+  #checkAwq(op: string, weights: AwqLinear): [number, number] {
     const { qweight, qzeros, scales, groupSize: G } = weights;
-    const [T, K] = expect(op, 'x', x, 2, ['f16']);
-    const [qK, N8] = expect(op, 'qweight', qweight, 2, ['i32']);
+    const [K, N8] = expect(op, 'qweight', qweight, 2, ['i32']);
     const [zG, zN8] = expect(op, 'qzeros', qzeros, 2, ['i32']);
     const [sG, N] = expect(op, 'scales', scales, 2, ['f16']);
-    checkDtype(op, outDtype, ['f16', 'f32']);
     positiveInt(op, 'groupSize', G);
-    if (qK !== K) fail(op, `x ${describe(x)} does not match qweight ${describe(qweight)} (K=${qK})`);
     if (K % G !== 0) fail(op, `K=${K} is not a multiple of groupSize ${G}`);
     if (N !== N8 * 8)
       fail(op, `scales ${describe(scales)} does not match qweight ${describe(qweight)} (N=${N8 * 8})`);
@@ -330,6 +352,36 @@ class KernelDevice implements Device {
     }
     if (sG !== K / G)
       fail(op, `scales ${describe(scales)} must be [${K / G}, ${N}] for K=${K}, groupSize ${G}`);
+    return [K, N];
+  }
+
+  awqLinear(x: Tensor, weights: AwqWeights, outDtype: DType): Tensor {
+    const op = 'awqLinear';
+    const [T, K] = expect(op, 'x', x, 2, ['f16']);
+    checkDtype(op, outDtype, ['f16', 'f32']);
+    if (isPackedAwq(weights)) {
+      const { packed, inFeatures, outFeatures: N, groupSize: G } = weights;
+      if (this.kind === 'cpu') fail(op, 'the cpu device reads the AutoAWQ tensors, not packed weights');
+      expect(op, 'packed', packed, 1, ['i32']);
+      if (inFeatures !== K) fail(op, `x ${describe(x)} does not match the packed weights (K=${inFeatures})`);
+      if (packed.shape[0] !== loadAddon().awqPackedWords(K, N))
+        fail(op, `packed ${describe(packed)} does not hold a ${K} x ${N} matrix`);
+      const h = this.#open(op).awqLinearPacked(
+        this.#arg(op, 'x', x),
+        this.#arg(op, 'packed', packed),
+        K,
+        N,
+        G,
+        DTYPE_CODE[outDtype],
+      );
+      return this.#wrap(h, [T, N], outDtype);
+    }
+    if (this.kind !== 'cpu') {
+      fail(op, `the ${this.kind} device reads AWQ weights packed at load: pass device.packAwq(weights)`);
+    }
+    const { qweight, qzeros, scales, groupSize: G } = weights;
+    const [qK, N] = this.#checkAwq(op, weights);
+    if (qK !== K) fail(op, `x ${describe(x)} does not match qweight ${describe(qweight)} (K=${qK})`);
     const h = this.#open(op).awqLinear(
       this.#arg(op, 'x', x),
       this.#arg(op, 'qweight', qweight),

@@ -28,6 +28,18 @@ describe('argument errors', () => {
     groupSize: g,
   });
 
+  it('keeps the AutoAWQ tensors on the CPU: packAwq returns them, packed weights are refused', () => {
+    const w = awq(256, 128, 128);
+    expect(dev.packAwq(w)).toBe(w);
+    expect(
+      thrown(() => dev.packAwq({ ...awq(256, 128, 128), qzeros: dev.zeros([3, 16], 'i32') })).message,
+    ).toBe('packAwq: qzeros [3, 16] i32 must be [2, 16] for K=256, N=128, groupSize 128');
+    const packed = { packed: dev.zeros([16], 'i32'), inFeatures: 256, outFeatures: 128, groupSize: 128 };
+    expect(thrown(() => dev.awqLinear(dev.zeros([1, 256], 'f16'), packed, 'f32')).message).toBe(
+      'awqLinear: the cpu device reads the AutoAWQ tensors, not packed weights',
+    );
+  });
+
   it('names the op, the arguments and their shapes', () => {
     const x = dev.zeros([3, 512], 'f16');
     expect(thrown(() => dev.awqLinear(x, awq(1024, 512, 128), 'f16')).message).toBe(

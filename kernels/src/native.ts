@@ -48,6 +48,15 @@ export interface NativeDevice {
     groupSize: number,
     outDtype: number,
   ): NativeHandle;
+  packAwq(qweight: NativeHandle, qzeros: NativeHandle, scales: NativeHandle, groupSize: number): NativeHandle;
+  awqLinearPacked(
+    x: NativeHandle,
+    packed: NativeHandle,
+    k: number,
+    n: number,
+    groupSize: number,
+    outDtype: number,
+  ): NativeHandle;
   linear(x: NativeHandle, w: NativeHandle, outDtype: number): NativeHandle;
   rope(q: NativeHandle, k: NativeHandle, positions: NativeHandle, headDim: number, theta: number): void;
   writeKv(
@@ -126,10 +135,12 @@ export interface NativeAddon {
   Device: new (kind: string, threads: number, ordinal: number) => NativeDevice;
   cudaCompiledIn(): boolean;
   cudaDeviceCount(): number;
+  /** i32 words of a packed K x N AWQ matrix (kernels/native/awq_layout.h). */
+  awqPackedWords(k: number, n: number): number;
   abiVersion: number;
 }
 
-const ABI_VERSION = 2;
+const ABI_VERSION = 3;
 const BUILD_HINT = 'build it with `npm run build -w @medcluster/kernels` (needs cmake and a C++17 compiler)';
 
 let cached: NativeAddon | undefined;

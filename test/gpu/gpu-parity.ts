@@ -1,13 +1,22 @@
 // GPU tests, run on demand (`npm run test:gpu`, or bundled onto the GPU machine): every kernel
 // of the CUDA backend against the CPU backend on fresh random inputs (odd shapes included),
-// then the tiny model's greedy tokens and logits on CUDA against CPU. Where there is no CUDA
-// device it says so and exits 0.
+// then the tiny model's greedy tokens and logits on CUDA against CPU. Where there is no GPU
+// it says so and exits 0; where nvidia-smi lists a GPU but the CUDA backend cannot be used
+// (an addon built without CUDA, a driver mismatch) it fails.
 
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlockAllocator, LocalExecutor, loadTokenizer } from '@medcluster/coordinator';
-import { createDevice, type Device, type DType, packAwqInt4, type Tensor } from '@medcluster/kernels';
+import {
+  createDevice,
+  type Device,
+  type DType,
+  disposeAwq,
+  packAwqInt4,
+  type Tensor,
+} from '@medcluster/kernels';
 import { randomNibbles, relativeError, rng, uniform } from '@medcluster/kernels/testing';
 import {
   type Checkpoint,
@@ -73,11 +82,21 @@ async function compareOps(cpu: Device, gpu: Device): Promise<void> {
     const [qc, qg] = both(cpu, gpu, qweight, [k, n / 8], 'i32');
     const [zc, zg] = both(cpu, gpu, qzeros, [k / g, n / 8], 'i32');
     const [sc, sg] = both(cpu, gpu, scales, [k / g, n], 'f16');
+    // The CUDA kernels read the weights packed at load; packAwq consumes the AutoAWQ tensors
+    // there (on the CPU it returns them unchanged).
+    const onCpu = cpu.packAwq({ qweight: qc, qzeros: zc, scales: sc, groupSize: g });
+    const onGpu = gpu.packAwq({ qweight: qg, qzeros: zg, scales: sg, groupSize: g });
     for (const out of ['f16', 'f32'] as const) {
-      const a = await read(cpu.awqLinear(xc, { qweight: qc, qzeros: zc, scales: sc, groupSize: g }, out));
-      const b = await read(gpu.awqLinear(xg, { qweight: qg, qzeros: zg, scales: sg, groupSize: g }, out));
-      check(`awqLinear M=${m} K=${k} N=${n} -> ${out}`, relativeError(b, a), out === 'f16' ? 3e-3 : 2e-3);
+      const a = await read(cpu.awqLinear(xc, onCpu, out));
+      const b = await read(gpu.awqLinear(xg, onGpu, out));
+      check(
+        `awqLinear M=${m} K=${k} N=${n} -> ${out} (packed on cuda)`,
+        relativeError(b, a),
+        out === 'f16' ? 3e-3 : 2e-3,
+      );
     }
+    disposeAwq(onCpu);
+    disposeAwq(onGpu);
   }
 
   {
@@ -502,7 +521,16 @@ async function main(): Promise<void> {
   try {
     gpu = createDevice({ kind: 'cuda' });
   } catch (err) {
-    console.log(`GPU tests skipped: ${(err as Error).message}`);
+    const smi = spawnSync('nvidia-smi', ['-L'], { encoding: 'utf8' });
+    if (!smi.error && smi.status === 0 && /GPU \d+:/.test(smi.stdout ?? '')) {
+      console.log(
+        `FAIL nvidia-smi lists a GPU but the CUDA backend cannot be used: ${(err as Error).message}`,
+      );
+      console.log('0 passed, 1 failed');
+      process.exitCode = 1;
+      return;
+    }
+    console.log(`GPU tests skipped (no GPU): ${(err as Error).message}`);
     return;
   }
   console.log(`GPU tests on ${gpu.name}`);

@@ -12,6 +12,8 @@
 // (attnPrefill below): tiles of query rows against chunks of keys, mma.sync.
 #include "common.cuh"
 #include "mma.cuh"
+#include "ptx.cuh"
+#include "tuning.h"
 
 namespace medcluster {
 namespace cuda {
@@ -31,6 +33,7 @@ struct AttnArgs {
 template <int GT, int EPL>  // GT >= G query heads per KV head; EPL = headDim / 32
 __global__ void __launch_bounds__(kWarps * 32) attnKernel(AttnArgs a) {
   constexpr int HD = EPL * 32;
+  pdlLaunchDependents();  // the o matmul after attention may start prefetching its weights
   __shared__ __align__(16) float qs[GT][HD];
   __shared__ float ps[kWarps][32][GT];
   __shared__ float wm[kWarps][GT], wl[kWarps][GT];
@@ -168,6 +171,7 @@ __global__ void __launch_bounds__(kWarps * 32) attnKernel(AttnArgs a) {
 
 // grid (T, nh), block HD threads: merges the splits of one (token, head).
 __global__ void attnCombine(const float* wsAcc, const float* wsML, __half* out, int nh, int splits, int hd) {
+  pdlLaunchDependents();
   const int t = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
   const int64_t o0 = ((int64_t)t * nh + h) * splits;
   float M = -INFINITY;
@@ -198,6 +202,7 @@ constexpr int kPfKeys = 64;   // keys per chunk
 template <int HD>
 __global__ void __launch_bounds__(128) attnPrefill(AttnArgs a, int T, int gShift) {
   constexpr int LD = HD + 8;  // padded smem row (halves): conflict-free fragment loads
+  pdlLaunchDependents();
   __shared__ __align__(16) __half ks[kPfKeys][LD];
   __shared__ __align__(16) __half vs[kPfKeys][LD];
   __shared__ int tokSeq[kPfRows], tokPos[kPfRows];
@@ -385,7 +390,6 @@ void launchG(int gt, dim3 grid, const AttnArgs& a, cudaStream_t s) {
 
 // Tokens per sequence (T / number of block-table rows) from which a step's attention runs on
 // the tensor-core prefill kernel (0: never; the check program moves it to test both kernels).
-int attnPrefillMinTokensPerSeq = 4;
 
 void launchAttention(const Ctx& c, const View& q, const View& kCache, const View& vCache,
                      const View& blockTables, const View& tokenSeq, const View& positions,
@@ -409,7 +413,7 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
   a.scale = shape.scale;
   // Several tokens per sequence on average (prefill): the tensor-core flash kernel.
   const int64_t numSeqs = blockTables.dim(0);
-  if (attnPrefillMinTokensPerSeq > 0 && T >= attnPrefillMinTokensPerSeq * numSeqs && (hd == 64 || hd == 128) &&
+  if (tuning().attnPrefillMinTokensPerSeq > 0 && T >= tuning().attnPrefillMinTokensPerSeq * numSeqs && (hd == 64 || hd == 128) &&
       G <= 8 && (G & (G - 1)) == 0) {
     const int gShift = G == 1 ? 0 : G == 2 ? 1 : G == 4 ? 2 : 3;
     dim3 grid((unsigned)ceilDiv(T, kPfRows >> gShift), (unsigned)nkv);
@@ -429,7 +433,7 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
   if (splits > 1) {
     size_t accBytes = (size_t)T * nh * splits * hd * 4;
     size_t mlBytes = (size_t)T * nh * splits * 2 * 4;
-    char* ws = static_cast<char*>(c.scratch2->get(accBytes + mlBytes, c.stream));
+    char* ws = static_cast<char*>(c.attnScratch->get(accBytes + mlBytes, c.stream));
     a.wsAcc = reinterpret_cast<float*>(ws);
     a.wsML = reinterpret_cast<float*>(ws + accBytes);
   }

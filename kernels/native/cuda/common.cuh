@@ -32,6 +32,9 @@ namespace cuda {
 class Scratch {
  public:
   void* get(size_t bytes, cudaStream_t s);
+  // The same, zero-filled when it grows (cross-block counters that kernels reset to zero
+  // themselves after use, so they are zero at every launch).
+  void* getZeroed(size_t bytes, cudaStream_t s);
   void release(cudaStream_t s);
   // Called when a capture begins: the current buffer may be baked into a graph.
   void pin() { pinned_ = ptr_ != nullptr; }
@@ -48,20 +51,18 @@ struct Blas {
   cublasdl::cublasHandle_t handle = nullptr;
 };
 
+// What a launcher needs: the stream, the device's size, and workspaces the backend owns
+// (kernels keep no state of their own between launches).
 struct Ctx {
   cudaStream_t stream;
   int numSMs;
-  Scratch* scratch;   // fp32 workspace for split-K reductions
-  Scratch* scratch2;  // attention partials
-  Scratch* scratch3;  // f16 weights dequantized for a cuBLAS GEMM
-  const Blas* blas;   // null: cuBLAS unavailable (or not loadable now: during graph capture)
-  // kTicketSlots zeroed split-K counters owned by this stream's backend: the last block of a
-  // column tile takes the last ticket and resets it, so calls on one stream reuse them.
-  unsigned int* tickets;
+  int computeCapability;  // major * 10 + minor
+  Scratch* splitK;        // fp32 partial sums of split-K / stream-K matmuls
+  Scratch* tickets;       // zeroed counters for split-K fix-ups (self-resetting)
+  Scratch* attnScratch;   // attention partials
+  Scratch* dequant;       // f16 weights dequantized for a cuBLAS GEMM
+  const Blas* blas;       // null: cuBLAS unavailable (or not loadable now: during graph capture)
 };
-
-// Split-K counters per backend (Ctx::tickets).
-constexpr int kTicketSlots = 1 << 14;
 
 // out [M, N] (f16 or f32) = x f16 [M, K] @ w f16, where w is [K, N] row-major (wKN) or
 // [N, K] row-major (nn.Linear layout); fp32 accumulation. Throws on a cuBLAS error.
@@ -69,8 +70,9 @@ void blasGemm(const Blas& b, const __half* x, const __half* w, bool wKN, void* o
 
 inline int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Launchers implemented in awq_linear.cu, linear.cu, attention.cu and sample.cu.
-void launchAwqLinear(const Ctx& c, const View& x, const AwqWeights& w, const View& out);
+// Launchers implemented in awq_linear.cu (and awq_*.cu), linear.cu, attention.cu and sample.cu.
+void launchAwqLinear(const Ctx& c, const View& x, const PackedAwqWeights& w, const View& out);
+void launchAwqPack(const Ctx& c, const AwqWeights& src, const View& dst);
 void launchLinear(const Ctx& c, const View& x, const View& w, const View& out);
 void launchAttention(const Ctx& c, const View& q, const View& kCache, const View& vCache,
                      const View& blockTables, const View& tokenSeq, const View& positions,

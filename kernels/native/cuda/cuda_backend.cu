@@ -16,6 +16,8 @@
 #include <mutex>
 
 #include "common.cuh"
+#include "ptx.cuh"
+#include "tuning.h"
 
 namespace medcluster {
 namespace cuda {
@@ -41,6 +43,12 @@ void* Scratch::get(size_t bytes, cudaStream_t s) {
   bytes_ = grown;
   return ptr_;
 }
+void* Scratch::getZeroed(size_t bytes, cudaStream_t s) {
+  const bool grows = bytes > bytes_;
+  void* p = get(bytes, s);
+  if (grows) MC_CUDA(cudaMemsetAsync(p, 0, bytes_, s));
+  return p;
+}
 void Scratch::release(cudaStream_t s) {
   if (ptr_) cudaFreeAsync(ptr_, s);
   for (void* p : retired_) cudaFreeAsync(p, s);
@@ -48,6 +56,35 @@ void Scratch::release(cudaStream_t s) {
   ptr_ = nullptr;
   bytes_ = 0;
   pinned_ = false;
+}
+
+Tuning& tuning() {
+  static Tuning t;
+  return t;
+}
+
+void applyTuningEnv() {
+  auto env = [](const char* name) -> const char* {
+    const char* v = std::getenv(name);
+    return v && *v ? v : nullptr;
+  };
+  Tuning& t = tuning();
+  if (const char* v = env("MEDCLUSTER_PDL")) t.pdl = std::strcmp(v, "0") != 0;
+  if (const char* v = env("MEDCLUSTER_AWQ_DEQUANT_MIN_M")) t.awqDequantMinM = std::atoi(v);
+  if (const char* v = env("MEDCLUSTER_DETERMINISTIC")) t.deterministic = std::strcmp(v, "0") != 0;
+  // Up to four comma-separated values, by MT 1, 2, 4, 8 (one value: all four).
+  auto list = [](const char* v, int (&out)[4]) {
+    int n = 0;
+    for (; n < 4 && *v; ++n) {
+      out[n] = std::atoi(v);
+      while (*v && *v != ',') ++v;
+      if (*v) ++v;
+    }
+    for (int i = n; i < 4 && n == 1; ++i) out[i] = out[0];
+  };
+  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_BLOCKS")) list(v, t.awqGemvBlocksPerSM);
+  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_STAGES")) list(v, t.awqGemvStages);
+  if (const char* v = env("MEDCLUSTER_AWQ_GEMV_TALL_MIN_M")) t.awqGemvTallMinM = std::atoi(v);
 }
 
 namespace {
@@ -80,6 +117,7 @@ __device__ float blockSum(float v) {
 // One block per row. With delta != nullptr the residual is updated first (fused addRmsNorm).
 __global__ void rmsNormKernel(float* x, const float* delta, const __half* w, float eps,
                               __half* out, int64_t H) {
+  pdlLaunchDependents();  // the matmul after a norm may start prefetching its weights
   int64_t t = blockIdx.x;
   float* row = x + t * H;
   float ss = 0.f;
@@ -102,6 +140,7 @@ __global__ void addKernel(float* r, const float* d, int64_t n) {
 }
 
 __global__ void siluMulKernel(const __half2* g, const __half2* u, __half2* out, int64_t n2) {
+  pdlLaunchDependents();  // the down matmul may start prefetching its weights
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n2; i += (int64_t)gridDim.x * blockDim.x) {
     float2 a = __half22float2(g[i]), b = __half22float2(u[i]);
     out[i] = __floats2half2_rn(a.x / (1.f + expf(-a.x)) * b.x, a.y / (1.f + expf(-a.y)) * b.y);
@@ -284,6 +323,8 @@ class CudaBackend final : public Backend {
     MC_CUDA(cudaGetDeviceProperties(&prop, ordinal));
     name_ = std::string("cuda:") + std::to_string(ordinal) + " (" + prop.name + ")";
     numSMs_ = prop.multiProcessorCount;
+    cc_ = prop.major * 10 + prop.minor;
+    applyTuningEnv();
     sh_ = std::make_shared<StreamHandle>();
     sh_->ordinal = ordinal;
     MC_CUDA(cudaStreamCreateWithFlags(&sh_->stream, cudaStreamNonBlocking));
@@ -292,8 +333,6 @@ class CudaBackend final : public Backend {
     MC_CUDA(cudaDeviceGetDefaultMemPool(&pool, ordinal));
     uint64_t threshold = UINT64_MAX;
     MC_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
-    MC_CUDA(cudaMalloc(&tickets_, kTicketSlots * sizeof(unsigned int)));
-    MC_CUDA(cudaMemset(tickets_, 0, kTicketSlots * sizeof(unsigned int)));
     sampleStaging_.reserve(1u << 20);  // Device.sample's row specs: 64 rows of ~2,000 generated ids
     MC_CUDA(cudaHostAlloc(&transfer_, kTransferBytes, cudaHostAllocDefault));
     loadBlas();
@@ -301,14 +340,10 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(sh_->stream);
     for (auto g : graphs_) if (g) cudaGraphExecDestroy(g);
-    scratch_.release(sh_->stream);
-    scratch2_.release(sh_->stream);
-    scratch3_.release(sh_->stream);
-    sampleScratch_.release(sh_->stream);
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &sampleScratch_}) sc->release(sh_->stream);
     sampleStaging_.release();
     if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
     cudaStreamSynchronize(sh_->stream);
-    if (tickets_) cudaFree(tickets_);
     if (transfer_) cudaFreeHost(transfer_);
     for (int i = 0; i < 2; ++i) {
       if (staging_[i]) cudaFreeHost(staging_[i]);
@@ -432,8 +467,14 @@ class CudaBackend final : public Backend {
     MC_LAUNCHED("addInPlace");
   }
   void awqLinear(const View& x, const AwqWeights& w, const View& out) override {
+    (void)x; (void)w; (void)out;
+    throw BackendError("awqLinear (CUDA): the CUDA kernels read AWQ weights packed at load (Device.packAwq), "
+                       "not the AutoAWQ tensors");
+  }
+  void awqLinearPacked(const View& x, const PackedAwqWeights& w, const View& out) override {
     launchAwqLinear(ctx(), x, w, out);
   }
+  void awqPack(const AwqWeights& src, const View& dst) override { launchAwqPack(ctx(), src, dst); }
   void linear(const View& x, const View& w, const View& out) override { launchLinear(ctx(), x, w, out); }
   void rope(const View& q, const View& k, const View& positions, int64_t headDim, float theta) override {
     int64_t T = positions.numel();
@@ -558,9 +599,7 @@ class CudaBackend final : public Backend {
   }
 
   bool beginCapture() override {
-    scratch_.pin();
-    scratch2_.pin();
-    scratch3_.pin();
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_}) sc->pin();
     MC_CUDA(cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal));
     std::lock_guard<std::mutex> lock(sh_->mu);
     sh_->capturing = true;
@@ -604,7 +643,7 @@ class CudaBackend final : public Backend {
 
  private:
   Ctx ctx() {
-    return Ctx{s(), numSMs_, &scratch_, &scratch2_, &scratch3_, blas_.handle ? &blas_ : nullptr, tickets_};
+    return Ctx{s(), numSMs_, cc_, &splitK_, &tickets_, &attnScratch_, &dequant_, blas_.handle ? &blas_ : nullptr};
   }
 
   // cuBLAS runs the large-M matmuls where the library is present (MEDCLUSTER_CUBLAS=0 turns
@@ -631,12 +670,12 @@ class CudaBackend final : public Backend {
   std::string name_;
   int numSMs_ = 0;
   std::shared_ptr<StreamHandle> sh_;
-  Scratch scratch_, scratch2_, scratch3_;
+  int cc_ = 0;
+  Scratch splitK_, tickets_, attnScratch_, dequant_;
   Scratch sampleScratch_;        // Device.sample's scores, sort buffers and row specs
   SampleStaging sampleStaging_;  // and the pinned memory the specs are copied from
   Blas blas_;
   void* blasWorkspace_ = nullptr;
-  unsigned int* tickets_ = nullptr;  // split-K counters of this backend's stream (Ctx::tickets)
   std::vector<cudaGraphExec_t> graphs_;  // handle h is graphs_[h - 1]
   void* transfer_ = nullptr;  // pinned, kTransferBytes: upload and download
   void* staging_[2] = {nullptr, nullptr};

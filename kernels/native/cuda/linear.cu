@@ -3,6 +3,7 @@
 // up to 8 rows of x per launch (larger M launches passes of 8; lm_head usually runs on
 // the few rows gathered for sampling).
 #include "common.cuh"
+#include "tuning.h"
 
 namespace medcluster {
 namespace cuda {
@@ -89,14 +90,13 @@ void blasGemm(const Blas& b, const __half* x, const __half* w, bool wKN, void* o
 
 // Rows above which the fp16 linear runs through cuBLAS (when loaded): the GEMV below
 // re-reads the weights once per 8 rows (the 70B lm_head at M = 64: 4.0 ms per step).
-int linearBlasMinM = 9;
 
 void launchLinear(const Ctx& c, const View& x, const View& w, const View& out) {
   const int N = (int)w.dim(0), K = (int)w.dim(1);
   const int M = (int)(x.numel() / K);
   const bool f16 = out.dtype == DType::F16;
   if (M == 0) return;
-  if (c.blas && M >= linearBlasMinM) {
+  if (c.blas && M >= tuning().linearBlasMinM) {
     blasGemm(*c.blas, x.as<__half>(), w.as<__half>(), false, out.data, f16, M, K, N);
     return;
   }

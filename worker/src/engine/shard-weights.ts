@@ -1,7 +1,14 @@
 // Loads one shard's weights (a layer range, one tensor-parallel slice) straight from the
 // checkpoint's byte ranges into device memory. Only the bytes this shard needs are read.
 
-import type { AwqLinear, Device, DType, Tensor } from '@medcluster/kernels';
+import {
+  type AwqLinear,
+  type AwqWeights,
+  type Device,
+  type DType,
+  disposeAwq,
+  type Tensor,
+} from '@medcluster/kernels';
 import type { ProjName } from '../checkpoint/layout.js';
 import type { Checkpoint, LlamaConfig, TensorEntry } from '../checkpoint/types.js';
 import { type IndexRange, type TensorRange, tpSlice, vocabShard } from './tp-slice.js';
@@ -11,17 +18,18 @@ import type { ShardSpec } from './types.js';
  * One decoder block. q/k/v and gate/up are each concatenated along their outputs into one
  * AWQ matrix at load time (this rank's columns of each, in that order): one matmul reads
  * them, where separate calls pay each matrix's ramp and tail (the 8192 x 1024 k and v above
- * all), and the engine splits the fused output's columns.
+ * all), and the engine splits the fused output's columns. Every matrix is then in the layout
+ * the device's kernels read (Device.packAwq: packed on CUDA, the AutoAWQ tensors on CPU).
  */
 export interface LayerWeights {
   inputNorm: Tensor;
   postAttentionNorm: Tensor;
   /** [q | k | v] columns. */
-  qkv: AwqLinear;
-  o: AwqLinear;
+  qkv: AwqWeights;
+  o: AwqWeights;
   /** [gate | up] columns. */
-  gateUp: AwqLinear;
-  down: AwqLinear;
+  gateUp: AwqWeights;
+  down: AwqWeights;
 }
 
 /** One AWQ matrix holding the parts' output columns side by side; the parts are freed. */
@@ -34,12 +42,6 @@ export function fuseAwqColumns(device: Device, parts: AwqLinear[]): AwqLinear {
   };
   for (const p of parts) disposeAwq(p);
   return fused;
-}
-
-function disposeAwq(w: AwqLinear): void {
-  w.qweight.dispose();
-  w.qzeros.dispose();
-  w.scales.dispose();
 }
 
 export interface ShardWeights {
@@ -161,15 +163,17 @@ export function loadShardWeights(
       reader.awq(`${p}.${module}.${proj}`, proj, config, spec);
     layers.push({
       inputNorm: reader.read(`${p}.input_layernorm.weight`),
-      qkv: fuseAwqColumns(device, [
-        awq('q_proj', 'self_attn'),
-        awq('k_proj', 'self_attn'),
-        awq('v_proj', 'self_attn'),
-      ]),
-      o: awq('o_proj', 'self_attn'),
+      qkv: device.packAwq(
+        fuseAwqColumns(device, [
+          awq('q_proj', 'self_attn'),
+          awq('k_proj', 'self_attn'),
+          awq('v_proj', 'self_attn'),
+        ]),
+      ),
+      o: device.packAwq(awq('o_proj', 'self_attn')),
       postAttentionNorm: reader.read(`${p}.post_attention_layernorm.weight`),
-      gateUp: fuseAwqColumns(device, [awq('gate_proj', 'mlp'), awq('up_proj', 'mlp')]),
-      down: awq('down_proj', 'mlp'),
+      gateUp: device.packAwq(fuseAwqColumns(device, [awq('gate_proj', 'mlp'), awq('up_proj', 'mlp')])),
+      down: device.packAwq(awq('down_proj', 'mlp')),
     });
   }
   const weights: ShardWeights = { layers };

@@ -75,10 +75,10 @@ export function syntheticShardWeights(
     layers.push({
       inputNorm: half([config.hiddenSize], 0.9, 1.1),
       postAttentionNorm: half([config.hiddenSize], 0.9, 1.1),
-      qkv: fuseAwqColumns(device, [q, k, v]),
-      o,
-      gateUp: fuseAwqColumns(device, [gate, up]),
-      down,
+      qkv: device.packAwq(fuseAwqColumns(device, [q, k, v])),
+      o: device.packAwq(o),
+      gateUp: device.packAwq(fuseAwqColumns(device, [gate, up])),
+      down: device.packAwq(down),
     });
   }
   const weights: ShardWeights = { layers };

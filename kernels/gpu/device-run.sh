@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# One GPU-machine call: the checks, then the benchmarks, full logs under $OUT, a short table last.
+# Runs from a folder holding what it needs (nothing is built there; there is no Node there):
+#   medcluster-gpu-check        kernels/gpu/build.sh (this commit)
+#   base-gpu-check              (optional) the same program built at the baseline commit
+#   node.xz, medcluster.mjs, gpu-parity.mjs, medcluster_kernels.node   scripts/device-bundle.mjs
+#   proto/                      the .proto files (the CLI loads them)
+# Usage: bash device-run.sh [steps...]   steps: info check bench base ab ncu parity decode decode64 sass
+# (ab: AB_CONFIGS, AB_MS; ncu: NCU_RUNS)
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cd "$here"
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(info check bench base parity decode)
+summary="$OUT/summary.txt"
+: >"$summary"
+note() { echo "$*" | tee -a "$summary"; }
+node_ready() {
+  [ -x /tmp/node ] || { xz -d -c node.xz >/tmp/node && chmod +x /tmp/node; }
+  export MEDCLUSTER_KERNELS_ADDON="$here/medcluster_kernels.node"
+  export MEDCLUSTER_PROTO_ROOT="$here/proto"
+  export MEDCLUSTER_GPU_CHECK="$here/medcluster-gpu-check"
+}
+t0=$(date +%s)
+for s in "${steps[@]}"; do
+  ts=$(date +%s)
+  case "$s" in
+    info)
+      note "$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit --format=csv 2>&1 | tail -1); $(uname -r)"
+      ;;
+    check)
+      timeout 120 ./medcluster-gpu-check >"$OUT/check.txt" 2>&1
+      rc=$?
+      note "check rc=$rc: $(grep -E '^(PASSED|FAILED)' "$OUT/check.txt" | tail -1)"
+      grep -E '^FAIL' "$OUT/check.txt" | head -8 | tee -a "$summary"
+      ;;
+    bench)
+      timeout 150 ./medcluster-gpu-check --bench-only --json "$OUT/bench.json" >"$OUT/bench.txt" 2>&1
+      note "bench rc=$?"
+      grep -E '^copy bandwidth' "$OUT/bench.txt" | tee -a "$summary"
+      grep -E '^\| tp=' "$OUT/bench.txt" | tee -a "$summary"
+      ;;
+    base)  # the baseline commit's kernels, same machine, same call (its quick benchmark)
+      [ -x ./base-gpu-check ] && MC_BENCH_QUICK=1 timeout 45 ./base-gpu-check --bench-only >"$OUT/base-bench.txt" 2>&1
+      note "base rc=$?"
+      grep -E '^\| tp=1' "$OUT/base-bench.txt" | tee -a "$summary"
+      ;;
+    ab)  # tuning variants of the GEMV against the defaults, tp=1 shapes, in one call
+      : >"$OUT/ab.txt"
+      # AB_CONFIGS: one variant per line (environment assignments); AB_MS: the row counts.
+      configs="${AB_CONFIGS:-
+MEDCLUSTER_AWQ_GEMV_WIDE_MIN_M=65
+MEDCLUSTER_AWQ_GEMV_WIDE_BLOCKS=1
+MEDCLUSTER_AWQ_GEMV_WIDE_STAGES=6
+MEDCLUSTER_PDL=0}"
+      # A line starting "prev:" runs ./prev-gpu-check (the same program built at an earlier commit).
+      while IFS= read -r cfg; do
+        echo "## ${cfg:-defaults}" >>"$OUT/ab.txt"
+        bin=./medcluster-gpu-check
+        case "$cfg" in prev:*) bin=./prev-gpu-check cfg="${cfg#prev:}" ;; esac
+        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS="${AB_MS:-1,8,16,32,64}" timeout 60 $bin --bench-only 2>&1 |
+          grep -E '^\||^AWQ tuning' >>"$OUT/ab.txt"
+      done <<<"$configs"
+      echo "## MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 (GEMV passes of 64 rows, no cuBLAS)" >>"$OUT/ab.txt"
+      MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 MC_BENCH_TP1=1 MC_BENCH_MS=128,256,512 timeout 60 ./medcluster-gpu-check \
+        --bench-only 2>&1 | grep -E '^\|' >>"$OUT/ab.txt"
+      note "ab done"
+      grep -E '^## |^\| tp=1' "$OUT/ab.txt" | tee -a "$summary"
+      ;;
+    parity)
+      node_ready
+      timeout 100 /tmp/node gpu-parity.mjs >"$OUT/parity.txt" 2>&1
+      note "parity rc=$?: $(tail -1 "$OUT/parity.txt")"
+      grep -E '^FAIL' "$OUT/parity.txt" | head -8 | tee -a "$summary"
+      ;;
+    decode | decode64)
+      node_ready
+      b=$([ "$s" = decode ] && echo 1,16 || echo 1,16,64)
+      timeout 200 /tmp/node medcluster.mjs bench decode --synthetic llama-2-70b --device cuda --batch "$b" \
+        --prompt-tokens 512 --decode-tokens 128 >"$OUT/$s.txt" 2>&1
+      note "$s rc=$?"
+      grep -E 'cuda' "$OUT/$s.txt" | tail -4 | tee -a "$summary"
+      ;;
+    ncu)  # one gate_up GEMV launch at M = 1 and at M = 64 under Nsight Compute (clocks left alone)
+      NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      : >"$OUT/ncu.txt"
+      # NCU_RUNS: one "M [environment...]" per line.
+      while read -r m cfg; do
+        [ -n "$m" ] || continue
+        echo "## M=$m ${cfg}" >>"$OUT/ncu.txt"
+        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS=$m timeout 90 "$NCU" --clock-control none -k regex:awqGemv --launch-skip 252 \
+          --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+          --section Occupancy --section LaunchStats --section SourceCounters --section InstructionStats \
+          --metrics "$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard \
+            short_scoreboard mio_throttle math_pipe_throttle wait barrier membar lg_throttle dispatch_stall \
+            not_selected selected no_instruction sleeping branch_resolving misc tex_throttle imc_miss drain)sm__inst_executed_pipe_tensor_op_hmma.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,smsp__inst_executed.sum" \
+          ./medcluster-gpu-check --bench-only >>"$OUT/ncu.txt" 2>&1
+      done <<<"${NCU_RUNS:-1
+64}"
+      note "ncu rc=$?"
+      grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Issue Slots Busy|No Eligible|Stall|Achieved Occupancy" \
+        "$OUT/ncu.txt" | head -24 | tee -a "$summary"
+      ;;
+    sass)
+      cuobjdump -sass medcluster-gpu-check 2>&1 | awk '/Function : /{f = /awqGemvKernel/} f' >"$OUT/gemv-sass.txt" || true
+      note "sass: $(grep -c HMMA "$OUT/gemv-sass.txt") HMMA lines"
+      ;;
+  esac
+  echo "[$s: $(($(date +%s) - ts)) s]" | tee -a "$summary"
+done
+echo "total $(($(date +%s) - t0)) s" | tee -a "$summary"

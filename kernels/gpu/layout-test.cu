@@ -1,0 +1,311 @@
+// Host-only test of the packed AWQ layout and of the GEMV's index arithmetic, runnable on a
+// machine without a GPU (nvcc compiles it; nothing runs on a device):
+//   nvcc -std=c++17 -O2 -x cu kernels/gpu/layout-test.cu -o /tmp/layout-test && /tmp/layout-test
+//
+// 1. locate() and weightAt() are inverse bijections over a unit.
+// 2. A host copy of the pack kernel's loop (awq_pack.cu) packs random AutoAWQ tensors.
+// 3. An emulation of the GEMV (awq_gemv.cu), in both block shapes, reads the packed bytes
+//    exactly as its warps do:
+//    per lane the 16-byte weight chunk, fragNibbles() per mma register, the 32 bytes of x per
+//    half, the mma.m16n8k16 fragment layouts of the PTX ISA (A row-major 16x16, B column-major
+//    16x8, C 16x8), the C fragment -> output mapping of the flush, and the stream-K schedule
+//    with its partial slots and block-ordered fix-up (splitk.cuh's StreamK). The dequantized
+//    values are exact ((q - z) * s in double): this tests where every byte goes, not rounding.
+// The result must equal a plain float64 GEMM on the AutoAWQ tensors for every shape.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "../native/awq_layout.h"
+#include "../native/cuda/splitk.cuh"
+
+using namespace medcluster;
+using namespace medcluster::awqpack;
+using medcluster::cuda::StreamK;
+
+static int failures = 0;
+#define CHECK(cond, ...)            \
+  do {                              \
+    if (!(cond)) {                  \
+      ++failures;                   \
+      std::printf("FAIL " __VA_ARGS__); \
+      std::printf("\n");            \
+    }                               \
+  } while (0)
+
+static float halfToFloat(uint16_t h) {
+  const int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
+  float v = e == 0 ? std::ldexp((float)m, -24) : std::ldexp((float)(m | 1024), e - 25);
+  return s ? -v : v;
+}
+
+static uint16_t floatToHalf(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+// A column's (multiplier, addend) pair, computed as awqColumnPair does on the device.
+static uint32_t hostPair(uint16_t s, int z, int e) {
+  const float sf = halfToFloat(s);
+  const uint16_t mul = floatToHalf(sf * std::ldexp(1.f, 18 - e));
+  const uint16_t add = floatToHalf(-(float)z * sf * std::ldexp(1.f, -e));
+  return (uint32_t)mul | (uint32_t)add << 16;
+}
+
+// The pack kernel's loop, on the host.
+static std::vector<uint8_t> pack(const std::vector<uint32_t>& qw, const std::vector<uint32_t>& qz,
+                                 const std::vector<uint16_t>& sc, int K, int N) {
+  const int W = N / 8, G = K / kGroup;
+  std::vector<uint8_t> out(packedBytes(K, N), 0);
+  uint32_t maxBits = 0;
+  for (uint16_t v : sc) maxBits = std::max<uint32_t>(maxBits, v & 0x7fffu);
+  const int e = scaleShiftFor(halfToFloat((uint16_t)maxBits));
+  std::memcpy(out.data(), &maxBits, 4);
+  std::memcpy(out.data() + 4, &e, 4);
+  for (int64_t u = 0; u < units(K, N); ++u) {
+    const int t = (int)(u / G), g = (int)(u % G);
+    uint8_t* unit = out.data() + kHeaderBytes + u * kUnitBytes;
+    for (int word = 0; word < 2048; ++word) {
+      uint32_t v = 0;
+      for (int bit = 0; bit < 32; bit += 4) {
+        int kr, c;
+        weightAt(word, bit, kr, c);
+        const int n = t * kTileN + c, k = g * kGroup + kr;
+        if (n < N) v |= ((qw[(size_t)k * W + n / 8] >> autoAwqShift(n)) & 15u) << bit;
+      }
+      std::memcpy(unit + word * 4, &v, 4);
+    }
+    for (int c = 0; c < kTileN; ++c) {
+      const int n = t * kTileN + c;
+      if (n >= N) continue;
+      const int z = (int)((qz[(size_t)g * W + n / 8] >> autoAwqShift(n)) & 15u);
+      const uint32_t pair = hostPair(sc[(size_t)g * N + n], z, e);
+      std::memcpy(unit + kPairOffset + 4 * c, &pair, 4);
+    }
+  }
+  return out;
+}
+
+// The GEMV, emulated lane by lane, for both block shapes: NT = 2 (8 consumer warps of 2 n16
+// tiles) and NT = 1 (16 warps of 1). x: [M, K] as floats; returns out [M, N].
+static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const std::vector<float>& x, int M, int K,
+                                       int N, int P, int NT) {
+  const int G = K / kGroup, MT = (M + 7) / 8, CG = 8 / NT;
+  const int U = (int)units(K, N);
+  StreamK sk{U, P < U ? P : U, G};
+  std::vector<double> out((size_t)M * N, NAN), partials((size_t)2 * sk.P * MT * 8 * kTileN, NAN);
+  // acc: [warp column group cp 0..3][half h][lane][q][mt][4]; the flush adds the halves.
+  const size_t accN = (size_t)CG * 2 * 32 * NT * MT * 4;
+  auto accAt = [&](std::vector<double>& acc, int cp, int h, int lane, int q, int mt) {
+    return &acc[(((((size_t)cp * 2 + h) * 32 + lane) * NT + q) * MT + mt) * 4];
+  };
+  auto flush = [&](int b, int t, int g0, int g1, std::vector<double>& acc) {
+    const bool whole = g0 == 0 && g1 == G;
+    for (int cp = 0; cp < CG; ++cp)
+      for (int lane = 0; lane < 32; ++lane) {
+        const int gl = lane >> 2, tl = lane & 3;
+        for (int q = 0; q < NT; ++q) {
+          const int colA = cp * 16 * NT + q * 16 + gl, colB = colA + 8;
+          for (int mt = 0; mt < MT; ++mt)
+            for (int r = 0; r < 4; ++r) {
+              const int m = mt * 8 + 2 * tl + (r & 1);
+              if (m >= M) continue;
+              const double v = accAt(acc, cp, 0, lane, q, mt)[r] + accAt(acc, cp, 1, lane, q, mt)[r];
+              const int col = r < 2 ? colA : colB, n = t * kTileN + col;
+              if (whole) {
+                if (n < N) out[(size_t)m * N + n] = v;
+              } else {
+                partials[((size_t)sk.slot(b, t) * MT * 8 + m) * kTileN + col] = v;
+              }
+            }
+        }
+      }
+  };
+  std::vector<int> partialTiles;
+  for (int b = 0; b < sk.P; ++b) {
+    const int i0 = sk.start(b), n = sk.start(b + 1) - i0;
+    std::vector<double> acc(accN, 0.0);
+    int tile = i0 / G, g0 = i0 % G;
+    for (int i = 0; i < n; ++i) {
+      const int it = i0 + i, p = it / G, g = it % G;
+      if (p != tile) {
+        if (g0 != 0) partialTiles.push_back(tile);
+        flush(b, tile, g0, G, acc);
+        std::fill(acc.begin(), acc.end(), 0.0);
+        tile = p;
+        g0 = 0;
+      }
+      for (int cp = 0; cp < CG; ++cp)
+        for (int h = 0; h < 2; ++h)
+          for (int q = 0; q < NT; ++q) {
+            // The kernel's indices: n16 tile w0 + q of the unit (tile p, group g).
+            const int w0 = NT * cp, w = w0 + q;
+            const uint8_t* st = packed.data() + kHeaderBytes + ((size_t)p * G + g) * kUnitBytes;
+            double A[4][16][16], B[4][16][8];  // per step j: the mma operands in logical coordinates
+            for (int lane = 0; lane < 32; ++lane) {
+              const int gl = lane >> 2, tl = lane & 3, colA = w * 16 + gl, colB = colA + 8;
+              uint32_t pA, pB;
+              std::memcpy(&pA, st + kPairOffset + 4 * colA, 4);
+              std::memcpy(&pB, st + kPairOffset + 4 * colB, 4);
+              // the weight = q * 2^-18 * mul + add (exact in double; the kernel's FMA rounds once)
+              const double mA = halfToFloat((uint16_t)pA) * std::ldexp(1.0, -18), aA = halfToFloat((uint16_t)(pA >> 16));
+              const double mB = halfToFloat((uint16_t)pB) * std::ldexp(1.0, -18), aB = halfToFloat((uint16_t)(pB >> 16));
+              uint32_t wv[4];
+              std::memcpy(wv, st + ((w * 2 + h) * 32 + lane) * 16, 16);
+              for (int j = 0; j < 4; ++j)
+                for (int r = 0; r < 4; ++r) {
+                  const uint32_t v = fragNibbles(wv[j], r);
+                  const int lo = (v >> 6) & 15, hi = (v >> 22) & 15;
+                  CHECK((v & ~0x03C003C0u) == 0, "fragNibbles leaves stray bits");
+                  const bool isB = r & 1;
+                  const double m = isB ? mB : mA, ad = isB ? aB : aA;
+                  // PTX A fragment: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+                  const int row = gl + (isB ? 8 : 0), k0 = 2 * tl + (r >= 2 ? 8 : 0);
+                  A[j][row][k0] = lo * m + ad;
+                  A[j][row][k0 + 1] = hi * m + ad;
+                }
+            }
+            for (int mt = 0; mt < MT; ++mt) {
+              // PTX B fragment: b0 (rows 2t, 2t+1; col g), b1 (rows 2t+8, 2t+9; col g). The lane's x
+              // halves for the half: [64h + 16tl, +16), step j using 4j .. 4j+3 (the narrow form's
+              // two 16-byte loads, or the wide form's one per step pair jp at +16 jp bytes).
+              for (int lane = 0; lane < 32; ++lane) {
+                const int gl = lane >> 2, tl = lane & 3, row = mt * 8 + gl;
+                for (int j = 0; j < 4; ++j)
+                  for (int e = 0; e < 4; ++e) {
+                    const int byteOff = tl * 32 + j * 8 + e * 2;  // both forms read the same halves
+                    const int k = g * kGroup + h * 64 + byteOff / 2;
+                    const double xv = row < M ? x[(size_t)row * K + k] : 0.0;
+                    const int kk = 2 * tl + (e & 1) + (e >= 2 ? 8 : 0);  // b0 = e 0,1; b1 = e 2,3
+                    B[j][kk][gl] = xv;
+                  }
+              }
+              for (int j = 0; j < 4; ++j)
+                for (int lane = 0; lane < 32; ++lane) {
+                  const int gl = lane >> 2, tl = lane & 3;
+                  double* a = accAt(acc, cp, h, lane, q, mt);
+                  // C fragment: c0, c1 (row g, cols 2t, 2t+1); c2, c3 (row g+8, same cols)
+                  for (int r = 0; r < 4; ++r) {
+                    const int crow = gl + (r >= 2 ? 8 : 0), ccol = 2 * tl + (r & 1);
+                    double sum = 0;
+                    for (int kk = 0; kk < 16; ++kk) sum += A[j][crow][kk] * B[j][kk][ccol];
+                    a[r] += sum;
+                  }
+                }
+            }
+          }
+    }
+    if (n > 0) {
+      const int g1 = (i0 + n - 1) % G + 1;
+      if (!(g0 == 0 && g1 == G)) partialTiles.push_back(tile);
+      flush(b, tile, g0, g1, acc);
+    }
+  }
+  // The fix-ups: each shared tile summed over its contributors in block order.
+  for (int t : partialTiles) {
+    const int tileEnd = (t + 1) * G < U ? (t + 1) * G : U;
+    const int first = sk.blockOf(t * G), last = sk.blockOf(tileEnd - 1);
+    CHECK(last > first, "a partial tile with one contributor (tile %d)", t);
+    for (int m = 0; m < M; ++m)
+      for (int c = 0; c < kTileN; ++c) {
+        const int n = t * kTileN + c;
+        if (n >= N) continue;
+        double v = 0;
+        for (int bb = first; bb <= last; ++bb) v += partials[((size_t)sk.slot(bb, t) * MT * 8 + m) * kTileN + c];
+        out[(size_t)m * N + n] = v;
+      }
+  }
+  return out;
+}
+
+int main() {
+  // 1. locate / weightAt
+  std::vector<int> seen(2048 * 8, 0);
+  for (int kr = 0; kr < 128; ++kr)
+    for (int c = 0; c < 128; ++c) {
+      int word, bit, kr2, c2;
+      locate(kr, c, word, bit);
+      CHECK(word >= 0 && word < 2048 && bit % 4 == 0 && bit < 32, "locate(%d, %d) out of range", kr, c);
+      seen[word * 8 + bit / 4]++;
+      weightAt(word, bit, kr2, c2);
+      CHECK(kr2 == kr && c2 == c, "weightAt(locate(%d, %d)) = (%d, %d)", kr, c, kr2, c2);
+    }
+  for (int i = 0; i < 2048 * 8; ++i) CHECK(seen[i] == 1, "nibble slot %d used %d times", i, seen[i]);
+  std::printf("locate/weightAt: a bijection over the unit's 16384 nibbles\n");
+  // The dequantization kernel's reading of a chunk (awq_dequant.cu): chunk ch, word j, register r,
+  // half e2 -> row and column, as weightAt says.
+  for (int ch = 0; ch < 512; ++ch)
+    for (int j = 0; j < 4; ++j)
+      for (int r = 0; r < 4; ++r)
+        for (int hi = 0; hi < 2; ++hi) {
+          const int n16 = ch >> 6, h = (ch >> 5) & 1, lane = ch & 31, gl = lane >> 2, tl = lane & 3;
+          const int col = n16 * 16 + gl + (r & 1) * 8, row = h * 64 + tl * 16 + j * 4 + (r >= 2 ? 2 : 0) + hi;
+          // register r of word j holds bits shifted to 6-9 (low half) and 22-25 (high half)
+          const int bit = (r == 0 ? 0 : r == 1 ? 4 : r == 2 ? 8 : 12) + hi * 16;
+          int kr, c;
+          weightAt(ch * 4 + j, bit, kr, c);
+          CHECK(kr == row && c == col, "dequant kernel chunk %d word %d reg %d: (%d, %d) vs (%d, %d)", ch, j, r, row,
+                col, kr, c);
+        }
+  // fragNibbles(word, r) takes exactly those bits
+  for (int r = 0; r < 4; ++r)
+    for (int hi = 0; hi < 2; ++hi) {
+      const int bit = (r == 0 ? 0 : r == 1 ? 4 : r == 2 ? 8 : 12) + hi * 16;
+      const uint32_t v = fragNibbles(0xFu << bit, r);
+      CHECK(v == (hi ? 0x03C00000u : 0x000003C0u), "fragNibbles(%d) of bit %d = %08x", r, bit, v);
+    }
+  std::printf("the dequantization kernel's and fragNibbles' reading of a chunk agree with weightAt\n");
+
+  // 2-3. pack + emulated GEMV against a float64 GEMM
+  std::mt19937 rng(7);
+  struct Case { int M, K, N, P; } cases[] = {
+      {1, 128, 128, 1}, {3, 256, 296, 5}, {8, 384, 1032, 7}, {9, 1280, 384, 4}, {16, 512, 256, 3},
+      {17, 1024, 520, 9}, {40, 640, 768, 6}, {64, 256, 136, 2}, {5, 2048, 256, 132}, {2, 896, 1024, 13}};
+  for (const Case& cs : cases) {
+    const int M = cs.M, K = cs.K, N = cs.N, W = N / 8, G = K / kGroup;
+    std::vector<uint32_t> qw((size_t)K * W), qz((size_t)G * W);
+    for (auto& v : qw) v = rng();
+    for (auto& v : qz) v = rng();
+    std::vector<uint16_t> sc((size_t)G * N);
+    std::uniform_real_distribution<float> us(0.001f, 0.02f), ux(-1.f, 1.f);
+    for (auto& v : sc) {  // an f16 in [2^-10, 2^-6): exponent 5..8, random mantissa
+      v = (uint16_t)(((5 + rng() % 4) << 10) | (rng() & 1023));
+    }
+    std::vector<float> x((size_t)M * K);
+    for (auto& v : x) v = ux(rng);
+    const std::vector<uint8_t> packed = pack(qw, qz, sc, K, N);
+    std::vector<double> ref((size_t)M * N, 0.0);
+    uint32_t maxBits = 0;
+    for (uint16_t v : sc) maxBits = std::max<uint32_t>(maxBits, v & 0x7fffu);
+    const int e = scaleShiftFor(halfToFloat((uint16_t)maxBits));
+    CHECK(e == 0, "shift %d for scales < 0.25", e);
+    for (int k = 0; k < K; ++k)
+      for (int n = 0; n < N; ++n) {
+        const int g = k / kGroup;
+        const int q = (qw[(size_t)k * W + n / 8] >> autoAwqShift(n)) & 15;
+        const int z = (qz[(size_t)g * W + n / 8] >> autoAwqShift(n)) & 15;
+        const uint32_t pr = hostPair(sc[(size_t)g * N + n], z, e);
+        // from the AutoAWQ tensors: (q - z) * s, with -z * s rounded to f16 as the pack does
+        const double w = q * (double)halfToFloat(sc[(size_t)g * N + n]) + halfToFloat((uint16_t)(pr >> 16));
+        for (int m = 0; m < M; ++m) ref[(size_t)m * N + n] += x[(size_t)m * K + k] * w;
+      }
+    for (int NT : {1, 2}) {
+      const std::vector<double> got = emulateGemv(packed, x, M, K, N, cs.P, NT);
+      double worst = 0;
+      int bad = 0;
+      for (size_t i = 0; i < ref.size(); ++i) {
+        const double d = std::fabs(got[i] - ref[i]);
+        if (!(d <= 1e-9 * (1 + std::fabs(ref[i])))) ++bad;
+        if (d > worst || std::isnan(d)) worst = std::isnan(d) ? INFINITY : d;
+      }
+      CHECK(bad == 0, "NT=%d M=%d K=%d N=%d P=%d: %d of %zu elements differ (worst %.3e)", NT, M, K, N, cs.P, bad,
+            ref.size(), worst);
+      std::printf("%s NT=%d M=%d K=%d N=%d over %d blocks: emulated GEMV on the packed layout = float64 GEMM (max |diff| %.1e)\n",
+                  bad ? "FAIL" : "ok  ", NT, M, K, N, cs.P, worst);
+    }
+  }
+  std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,422 @@
+// The AWQ GEMV: out [M, N] = x [M, K] @ W for M <= 64 rows, on the packed layout.
+//
+// Memory-bound for the decode batch sizes, so it is built to stream: a persistent grid (one to
+// three blocks per multiprocessor, tuning().awqGemvBlocksPerSM) on a stream-K schedule
+// (splitk.cuh): block b streams one contiguous range of work items, the same count for every
+// block, with no second wave and no idle tail.
+//
+// Block = 8 (or 16) consumer warps + 1 producer warp. The producer fills a ring of `stages`
+// shared-memory stages with copies that complete on the stage's `full` mbarrier (sm_90: the
+// copy engine); consumers release a stage on its `empty` mbarrier. A stage holds one unit: the
+// group's 128 columns of x (two 2-D tensor copies, one per half of the group, each 8 MT rows of
+// 128 bytes in the copy engine's 128-byte swizzle, so the lanes' 16-byte reads hit distinct
+// banks; rows past M arrive as zeros), then the unit's 8704 bytes (weights and column pairs, one
+// bulk copy). With programmatic dependent launch the weight copies of the first stages are issued
+// before griddepcontrol.wait, so they overlap the kernel before this one; x is copied after it
+// (the kernel before writes x).
+//
+// x goes in by one tensor copy per half group, not one bulk copy per row: the copy engine takes
+// ~100 cycles a request whatever its size (measured on an H200 at a47474f: with 64 rows the
+// per-row copies alone held a 70B block at 1.05 ms, against 0.37 for the weights).
+//
+// Consumer warp w owns NT n16 tiles of the unit (16 NT columns, from 16 NT (w % (8 / NT))) and one
+// half of its 128 rows (w / (8 / NT)). Per stage it reads its 16 bytes of weights per n16 tile (4
+// mma A fragments, one 128-bit shared load) and the columns' pairs, dequantizes with one FMA per
+// pair of weights, reads its slices of x (B fragments, shared by its NT tiles), and issues
+// mma.m16n8k16 with the weights as A (16 columns x 16 k) and x^T as B (k x 8 rows): the batch
+// rows are the mma's n, so M <= 8 costs one mma per 256 weights and M <= 64 eight, with the same
+// dequantization. The two halves' sums meet in shared memory when a tile ends.
+//
+// Two shapes of block. NT = 2: 8 consumer warps of 32 columns. NT = 1 (tuning().awqGemvTallMinM
+// rows on): 16 consumer warps of 16 columns, twice the warps to hide the latency of a unit's
+// work, which at M = 64 (one 9-warp block per SM, 160 registers) is what bounds the NT = 2 block.
+//
+// Accumulation is fp32 on the tensor cores; each output element's sum runs in a fixed order. For
+// one block shape and one grid, rows of the result do not depend on the batch; the
+// deterministic mode (tuning().deterministic) keeps NT = 2 and one grid for every M.
+#include <cuda.h>  // CUtensorMap (the encoder is reached through the runtime: no libcuda link)
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+
+#include "awq.cuh"
+#include "mma.cuh"
+#include "ptx.cuh"
+#include "splitk.cuh"
+#include "tuning.h"
+
+namespace medcluster {
+namespace cuda {
+
+namespace {
+
+using namespace awqpack;
+
+constexpr int kMaxStages = 12;
+
+// Warps per k half (each NT of the unit's 8 n16 tiles), consumer warps (both halves), block size.
+template <int NT> __host__ __device__ constexpr int colGroups() { return 8 / NT; }
+template <int NT> __host__ __device__ constexpr int consumerWarps() { return 2 * colGroups<NT>(); }
+template <int NT> __host__ __device__ constexpr int threadsOf() { return consumerWarps<NT>() * 32 + 32; }
+// A stage: x's two half planes (MT * 8 rows of 128 bytes each, 1024-byte aligned as the swizzle
+// needs), then the unit; a multiple of 1024 bytes.
+template <int MT> __host__ __device__ constexpr int xPlaneBytes() { return MT * 8 * 128; }
+template <int MT> __host__ __device__ constexpr int stageBytes() {
+  return (2 * xPlaneBytes<MT>() + kUnitBytes + 1023) / 1024 * 1024;
+}
+// Byte offset in a stage of 16-byte chunk c (0..7) of x row m's half h: the copy engine's 128-byte
+// swizzle puts chunk c of a plane's row m at chunk c ^ (m % 8).
+__device__ __forceinline__ int xChunk(int MT8, int h, int m, int c) {
+  return h * MT8 * 128 + m * 128 + ((c ^ (m & 7)) << 4);
+}
+// Shared memory where the second half's warps hand their sums to the first half's:
+// [colGroups][32][NT][MT][4] floats.
+template <int MT, int NT> __host__ __device__ constexpr int handoffBytes() {
+  return colGroups<NT>() * 32 * NT * MT * 4 * 4;
+}
+
+struct GemvArgs {
+  const __half* x;            // [M, K] f16, 16-byte aligned rows
+  const unsigned char* w;     // packed: header + units
+  void* out;                  // [M, N] f16 or f32
+  float* partials;            // [2P][MT * 8][128] fp32 stream-K partials
+  unsigned* tickets;          // [tiles] counters, zero at launch, reset by the kernel
+  StreamK sk;                 // units (tile by tile, group by group), P, G (= K / 128)
+  int M, K, N, stages;
+  bool outF16;
+};
+
+template <int MT, int NT>
+// Compiled for two resident blocks per multiprocessor (registers capped at ~100) where the
+// accumulators allow it; MT = 8 and the 17-warp block need more (one block per SM).
+// xMap: x [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows (sm_90; unused on sm_80).
+__global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
+    awqGemvKernel(const GemvArgs a, const __grid_constant__ CUtensorMap xMap) {
+  extern __shared__ __align__(128) unsigned char smemRaw[];
+  // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
+  unsigned char* smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
+  __shared__ __align__(8) uint64_t full[kMaxStages], empty[kMaxStages];
+  __shared__ int fixupFlag;
+  constexpr int CG = colGroups<NT>();
+  constexpr int kConsumerWarps = consumerWarps<NT>(), kConsumers = kConsumerWarps * 32;
+  constexpr int SB = stageBytes<MT>(), WOFF = 2 * xPlaneBytes<MT>();
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int b = blockIdx.x, S = a.stages, G = a.sk.G;
+  const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
+
+  pdlLaunchDependents();
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) {
+#if __CUDA_ARCH__ >= 900
+      mbarInit(&full[s], 1);  // the producer's arrive.expect_tx; the bytes complete the phase
+#else
+      mbarInit(&full[s], 32);  // one cp.async arrival per producer lane
+#endif
+      mbarInit(&empty[s], kConsumerWarps);
+    }
+    fenceMbarInit();
+  }
+  __syncthreads();
+
+  if (warp == kConsumerWarps) {
+    // ---- producer ----
+    const unsigned char* units = a.w + kHeaderBytes;
+    const int pro = min(S, n);
+#if __CUDA_ARCH__ >= 900
+    auto weights = [&](int i, int s) {  // lane 0
+      mbarArriveExpectTx(&full[s], static_cast<uint32_t>(kUnitBytes + 2 * xPlaneBytes<MT>()));
+      bulkCopyG2S(smem + s * SB + WOFF, units + static_cast<int64_t>(u0 + i) * kUnitBytes, kUnitBytes, &full[s]);
+    };
+    auto xRows = [&](int s, int g) {  // lane 0, after its expect_tx for this stage
+      for (int h = 0; h < 2; ++h)
+        tensorCopy2dG2S(smem + s * SB + h * xPlaneBytes<MT>(), &xMap, g * kGroup + h * 64, 0, &full[s]);
+    };
+    if (lane == 0) {
+      for (int i = 0; i < pro; ++i) weights(i, i);
+      pdlWait();  // x is written by the kernel before this one
+      int g = u0 % G;  // counters instead of divisions: the unit's group, the ring slot, its phase
+      for (int i = 0; i < pro; ++i) {
+        xRows(i, g);
+        if (++g == G) g = 0;
+      }
+      int s = pro % S;
+      uint32_t phase = 0;  // of the empty barrier's completions this refill waits for
+      for (int i = pro; i < n; ++i) {
+        mbarWait(&empty[s], phase);
+        weights(i, s);
+        xRows(s, g);
+        if (++g == G) g = 0;
+        if (++s == S) {
+          s = 0;
+          phase ^= 1;
+        }
+      }
+    }
+#else
+    // sm_80: 16-byte cp.async by every lane, then one arrival per lane when its copies land.
+    auto stage = [&](int i) {
+      const int s = i % S, g = (u0 + i) % G;
+      unsigned char* dst = smem + s * SB;
+      const unsigned char* src = units + static_cast<int64_t>(u0 + i) * kUnitBytes;
+      for (int c = lane; c < kUnitBytes / 16; c += 32) cpAsync16(dst + WOFF + c * 16, src + c * 16);
+      for (int c = lane; c < MT * 8 * 16; c += 32) {  // x in the layout the tensor copies make
+        const int r = c >> 4, q = c & 15;
+        cpAsync16OrZero(dst + xChunk(MT * 8, q >> 3, r, q & 7),
+                        a.x + static_cast<int64_t>(r < a.M ? r : 0) * a.K + g * kGroup + q * 8, r < a.M);
+      }
+      cpAsyncArriveNoinc(&full[s]);
+    };
+    for (int i = 0; i < pro; ++i) stage(i);
+    for (int i = pro; i < n; ++i) {
+      mbarWait(&empty[i % S], static_cast<uint32_t>((i / S - 1) & 1));
+      stage(i);
+    }
+#endif
+    return;
+  }
+
+  // ---- consumers ----
+  pdlWait();  // outputs and partials are written only after the kernel before has finished
+  const int gl = lane >> 2, tl = lane & 3;
+  const int cp = warp % CG, h = warp / CG;  // n16 tiles NT cp .. NT cp + NT - 1, k half h
+  const int w0 = NT * cp;
+  const int e = static_cast<int>(reinterpret_cast<const uint32_t*>(a.w)[1]);
+  const float outScale = exp2f(static_cast<float>(e));
+  float* handoff = reinterpret_cast<float*>(smem + S * SB);  // (after the aligned stages)
+  float acc[NT][MT][4];  // [n16 tile][row tile][C fragment]
+
+  auto zero = [&]() {
+#pragma unroll
+    for (int q = 0; q < NT; ++q)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[q][mt][r] = 0.f;
+  };
+  // End of this block's part of tile t, groups [g0, g1): the second half's warps hand their sums
+  // to the first half's, which write the output, or a partial followed by the fix-up.
+  auto flush = [&](int t, int g0, int g1) {
+    // [element][cp][lane]: a warp's 32 lanes store to consecutive words (no bank conflicts).
+    float* mine = handoff + cp * 32 + lane;
+    constexpr int kStride = CG * 32;
+    if (h == 1) {
+#pragma unroll
+      for (int q = 0; q < NT; ++q)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) mine[((q * MT + mt) * 4 + r) * kStride] = acc[q][mt][r];
+    }
+    namedBarrier(1, kConsumers);
+    const bool whole = g0 == 0 && g1 == G;
+    if (h == 0) {
+      float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
+#pragma unroll
+      for (int q = 0; q < NT; ++q) {
+        const int colA = cp * 16 * NT + q * 16 + gl, colB = colA + 8;
+        const int nA = t * kTileN + colA, nB = nA + 8;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            // C fragment r: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1); halves added in order.
+            const float v = (acc[q][mt][r] + mine[((q * MT + mt) * 4 + r) * kStride]) * outScale;
+            const int m = mt * 8 + 2 * tl + (r & 1);
+            const int col = r < 2 ? colA : colB, n = r < 2 ? nA : nB;
+            if (m < a.M) {
+              if (!whole) part[m * kTileN + col] = v;
+              else if (n < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + n, v);
+            }
+          }
+      }
+    }
+    if (!whole)
+      streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
+                   kConsumers);
+    namedBarrier(1, kConsumers);  // the handoff buffer is free again
+  };
+
+  zero();
+  // Counters instead of divisions in the loop: the unit's tile and group, the ring slot and its phase.
+  int tile = u0 / G, g0 = u0 % G, g = g0, s = 0;
+  uint32_t phase = 0;
+  for (int i = 0; i < n; ++i) {
+    if (g == G) {  // the previous unit ended tile `tile`
+      flush(tile, g0, G);
+      zero();
+      ++tile;
+      g0 = g = 0;
+    }
+    mbarWait(&full[s], phase);
+    const unsigned char* st = smem + s * SB;
+    const unsigned char* ut = st + WOFF;
+
+    // This warp's weights for its NT n16 tiles and their columns' pairs, issued before the first use.
+    uint4 wq[NT];
+    uint32_t pa[NT], pb[NT];
+#pragma unroll
+    for (int q = 0; q < NT; ++q) {
+      wq[q] = *reinterpret_cast<const uint4*>(ut + (((w0 + q) * 2 + h) * 32 + lane) * 16);
+      const int colA = (w0 + q) * 16 + gl;
+      pa[q] = reinterpret_cast<const uint32_t*>(ut + kPairOffset)[colA];
+      pb[q] = reinterpret_cast<const uint32_t*>(ut + kPairOffset)[colA + 8];
+    }
+    // Every k step's A fragments first (32 registers), then every row tile unconditionally (no
+    // early exit: the loop unrolls and its loads and mmas interleave; tiles past M multiply zeros).
+    uint32_t af[NT][4][4];
+#pragma unroll
+    for (int q = 0; q < NT; ++q) {
+      const uint32_t mA = awqPairMul2(pa[q]), dA = awqPairAdd2(pa[q]), mB = awqPairMul2(pb[q]),
+                     dB = awqPairAdd2(pb[q]);
+      const uint32_t wv[4] = {wq[q].x, wq[q].y, wq[q].z, wq[q].w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        af[q][j][0] = awqDequantPair(fragNibbles(wv[j], 0), mA, dA);
+        af[q][j][1] = awqDequantPair(fragNibbles(wv[j], 1), mB, dB);
+        af[q][j][2] = awqDequantPair(fragNibbles(wv[j], 2), mA, dA);
+        af[q][j][3] = awqDequantPair(fragNibbles(wv[j], 3), mB, dB);
+      }
+    }
+    // x for up to 4 row tiles at a time (8 registers each: all 4 k steps of the half), then the
+    // mmas k step by k step, so consecutive mmas update different accumulators (a chain's next
+    // mma is 2 x (row tiles) mmas later, not 2: the tensor core's latency stays hidden).
+    constexpr int MG = MT == 4 ? 2 : MT < 4 ? MT : 4;  // MT = 4 holds 2 (96 registers: two blocks per SM)
+#pragma unroll
+    for (int m0 = 0; m0 < MT; m0 += MG) {
+      uint32_t xv[MG][8];
+#pragma unroll
+      for (int mi = 0; mi < MG; ++mi) {
+        const int row = (m0 + mi) * 8 + gl;
+        const uint4 x0 = *reinterpret_cast<const uint4*>(st + xChunk(MT * 8, h, row, 2 * tl));
+        const uint4 x1 = *reinterpret_cast<const uint4*>(st + xChunk(MT * 8, h, row, 2 * tl + 1));
+        xv[mi][0] = x0.x, xv[mi][1] = x0.y, xv[mi][2] = x0.z, xv[mi][3] = x0.w;
+        xv[mi][4] = x1.x, xv[mi][5] = x1.y, xv[mi][6] = x1.z, xv[mi][7] = x1.w;
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int mi = 0; mi < MG; ++mi)
+#pragma unroll
+          for (int q = 0; q < NT; ++q) mma16816(acc[q][m0 + mi], af[q][j], xv[mi][2 * j], xv[mi][2 * j + 1]);
+    }
+    __syncwarp();
+    if (lane == 0) mbarArrive(&empty[s]);
+    ++g;
+    if (++s == S) {
+      s = 0;
+      phase ^= 1;
+    }
+  }
+  if (n > 0) flush(tile, g0, g);
+}
+
+// cuTensorMapEncodeTiled, found once through the runtime (the driver's entry point).
+PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    MC_CUDA(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
+    if (q != cudaDriverEntryPointSuccess || !p)
+      throw BackendError("awqLinear (CUDA GEMV): the driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// x [M, K] f16 as a 2-D tensor map whose boxes are one half group: 64 columns x `boxRows` rows
+// (the row tiles' 8 MT: the copy engine writes zeros for rows past M, so the kernel reads every
+// row tile without a test), 128-byte swizzle (what the kernel's xChunk reads).
+CUtensorMap xTensorMap(const __half* x, int M, int K, int boxRows) {
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(M)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(K) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(boxRows)}, steps[2] = {1, 1};
+  const CUresult r = tensorMapEncoder()(&m, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(x), dims, strides,
+                                        box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                        CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw BackendError("awqLinear (CUDA GEMV): cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r)) +
+                       ") for x [" + std::to_string(M) + ", " + std::to_string(K) + "]");
+  return m;
+}
+
+template <int MT, int NT>
+void gemvT(const Ctx& c, GemvArgs a) {
+  const auto kernel = awqGemvKernel<MT, NT>;
+  const Tuning& tu = tuning();
+  constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
+  constexpr int SB = stageBytes<MT>(), HB = handoffBytes<MT, NT>();
+  // In deterministic mode the grid depends on the shape and the card only, not on M: one
+  // schedule (and summation order) for every batch size.
+  int bps = tu.deterministic ? 2 : std::max(1, std::min(3, tu.awqGemvBlocksPerSM[MTI]));
+  // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
+  constexpr int kSmemPerSM = 220 * 1024;
+  int stages = std::min({kMaxStages, std::max(2, tu.awqGemvStages[MTI]), (kSmemPerSM / bps - HB - 1024) / SB});
+  stages = std::max(2, stages);
+  const size_t smem = static_cast<size_t>(stages) * SB + HB + 1024;  // + the alignment slack
+  static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
+  if (smem > attr) {
+    MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    attr = smem;
+  }
+  // A grid larger than what resides would run as two waves: never more blocks per SM than fit
+  // (except in deterministic mode, whose grid must not depend on M).
+  if (!tu.deterministic) {
+    int resident = 0;
+    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threadsOf<NT>(), smem));
+    bps = std::max(1, std::min(bps, resident));
+  }
+  a.stages = stages;
+  a.sk.P = std::max(1, std::min(a.sk.units, bps * c.numSMs));
+  a.partials = static_cast<float*>(
+      c.splitK->get(static_cast<size_t>(2 * a.sk.P) * MT * 8 * kTileN * sizeof(float), c.stream));
+  a.tickets = static_cast<unsigned*>(c.tickets->getZeroed(static_cast<size_t>(tiles(a.N)) * sizeof(unsigned), c.stream));
+
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(a.sk.P));
+  cfg.blockDim = dim3(threadsOf<NT>());
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = c.stream;
+  cudaLaunchAttribute attrs[1];
+  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attrs;
+  cfg.numAttrs = tu.pdl && c.computeCapability >= 90 ? 1 : 0;
+  CUtensorMap xMap = {};
+  if (c.computeCapability >= 90) xMap = xTensorMap(a.x, a.M, a.K, MT * 8);
+  MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, a, xMap));
+}
+
+// The block shape by row count: 8 consumer warps up to tuning().awqGemvTallMinM rows, 16 from there.
+template <int MT>
+void gemvRows(const Ctx& c, const GemvArgs& a) {
+  if (!tuning().deterministic && a.M >= tuning().awqGemvTallMinM) gemvT<MT, 1>(c, a);
+  else gemvT<MT, 2>(c, a);
+}
+
+}  // namespace
+
+void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M) {
+  if (M <= 0) return;
+  if (M > 64) throw BackendError("awqLinear (CUDA GEMV): M=" + std::to_string(M) + " rows in one launch (at most 64)");
+  if (reinterpret_cast<uintptr_t>(x) & 15 || w.K % kGroup)
+    throw BackendError("awqLinear (CUDA GEMV): x must be 16-byte aligned and K a multiple of 128 (M=" +
+                       std::to_string(M) + " K=" + std::to_string(w.K) + " N=" + std::to_string(w.N) + ")");
+  GemvArgs a = {};
+  a.x = x;
+  a.w = w.data;
+  a.out = out;
+  a.outF16 = outF16;
+  a.M = M;
+  a.K = w.K;
+  a.N = w.N;
+  a.sk.G = w.K / kGroup;
+  a.sk.units = static_cast<int>(units(w.K, w.N));
+  if (M <= 8) gemvT<1, 2>(c, a);  // (never the 16-warp block: the weights' stream sets the pace)
+  else if (M <= 16) gemvRows<2>(c, a);
+  else if (M <= 32) gemvRows<4>(c, a);
+  else gemvRows<8>(c, a);
+}
+
+}  // namespace cuda
+}  // namespace medcluster

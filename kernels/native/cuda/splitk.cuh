@@ -1,0 +1,70 @@
+// The stream-K schedule and its fix-up: the one split-K epilogue of the CUDA matmuls.
+//
+// A matmul's work is a row of `units` (for the AWQ GEMV: 128 columns x one 128-row group,
+// ordered tile by tile, group by group). Block b of P persistent blocks takes the contiguous
+// range [start(b), start(b + 1)): every block gets the same work to within one unit, however
+// the units fall into tiles, so no block waits for a second wave and none idles at the end.
+// A block whose range covers a whole tile writes that tile's output itself. A tile shared by
+// several blocks (at most the first and the last tile of each block's range) is finished by
+// the fix-up: each contributor stores its fp32 partial in its own slot (block, 0 for the first
+// tile of its range / 1 for the last), takes a ticket from the tile's counter, and the last to
+// arrive sums the slots in block order (a fixed order: the result does not depend on which
+// block arrived last) and writes the output, then resets the counter for the next launch.
+// Partials and counters live in scratch the caller owns (Ctx::splitK, Ctx::tickets).
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "ptx.cuh"
+
+namespace medcluster {
+namespace cuda {
+
+struct StreamK {
+  int units;  // work units, tile-major
+  int P;      // blocks (P <= units)
+  int G;      // units per tile
+  __host__ __device__ int start(int b) const { return static_cast<int>(static_cast<int64_t>(b) * units / P); }
+  // The block whose range holds unit u.
+  __host__ __device__ int blockOf(int u) const {
+    return static_cast<int>((static_cast<int64_t>(u + 1) * P - 1) / units);
+  }
+  // Slot of block b's partial of tile t (t is the first or the last tile of b's range).
+  __host__ __device__ int slot(int b, int t) const { return 2 * b + (start(b) / G == t ? 0 : 1); }
+};
+
+__device__ __forceinline__ void storeOut(void* out, bool outF16, int64_t i, float v) {
+  if (outF16) static_cast<__half*>(out)[i] = __float2half_rn(v);
+  else static_cast<float*>(out)[i] = v;
+}
+
+// Called by all `threads` threads of the block's computing warps (named barrier 1) once this
+// block has stored its partial of tile t (rows x tileN fp32 at partials + slot * rowsCap * tileN).
+// `flag` is a shared int the barrier-protected handoff uses.
+__device__ __forceinline__ void streamKFixup(const StreamK& sk, int t, const float* partials, int rowsCap,
+                                             int tileN, unsigned* tickets, void* out, bool outF16, int M, int N,
+                                             int* flag, int tid, int threads) {
+  __threadfence();  // this block's partial is visible before its ticket
+  namedBarrier(1, threads);
+  const int tileEnd = (t + 1) * sk.G < sk.units ? (t + 1) * sk.G : sk.units;
+  const int first = sk.blockOf(t * sk.G), last = sk.blockOf(tileEnd - 1);
+  if (tid == 0) *flag = atomicAdd(&tickets[t], 1u) == static_cast<unsigned>(last - first);
+  namedBarrier(1, threads);
+  if (!*flag) return;
+  __threadfence();  // the other contributors' partials, published before their tickets
+  for (int i = tid; i < M * tileN; i += threads) {
+    const int m = i / tileN, c = i - m * tileN;
+    const int n = t * tileN + c;
+    if (n >= N) continue;
+    float v = 0.f;
+    for (int b = first; b <= last; ++b)
+      v += __ldcg(partials + (static_cast<int64_t>(sk.slot(b, t)) * rowsCap + m) * tileN + c);
+    storeOut(out, outF16, static_cast<int64_t>(m) * N + n, v);
+  }
+  if (tid == 0) tickets[t] = 0;
+}
+
+}  // namespace cuda
+}  // namespace medcluster

@@ -1,0 +1,51 @@
+// Every tuning knob of the CUDA backend, in one struct. Launchers read tuning() at each
+// launch, so the check program (kernels/gpu/check.cu) can move a switch point to exercise
+// every path, and a benchmark can compare variants in one process. The defaults are the
+// measured choices (kernels/gpu/RESULTS.md says which run chose each).
+#pragma once
+
+namespace medcluster {
+namespace cuda {
+
+struct Tuning {
+  // ---- AWQ matmul (awq_linear.cu) ----
+  // From this M up, where cuBLAS loads, the packed weights are dequantized to an f16 scratch
+  // and multiplied by cuBLAS; below it (and always without cuBLAS) the packed GEMV runs in
+  // passes of up to 64 rows. 0: never use cuBLAS (every M on one kernel: batch-invariant rows).
+  int awqDequantMinM = 256;
+  // Blocks of the persistent GEMV per multiprocessor (each 8 consumer warps + 1 producer warp),
+  // 1..3, by row-tile count MT = 1, 2, 4, 8 (measured on an H200 at bd002a3: M <= 8 fastest with
+  // 3 in chained calls, M = 16 with 2, M = 64 with 1, whose 133 registers let only one reside).
+  int awqGemvBlocksPerSM[4] = {3, 2, 2, 1};
+  // Deterministic mode: every M on the GEMV (no cuBLAS path) with one grid (2 blocks per SM), so
+  // a row's output is bit-identical whatever else is in the batch. Costs the large-M speed.
+  bool deterministic = false;
+  // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64):
+  // two blocks and the next kernel's first block fit in a multiprocessor's 227 KB.
+  int awqGemvStages[4] = {6, 5, 4, 4};
+  // From this M, the GEMV's 16-consumer-warp block (16 columns a warp) instead of 8 (32 columns a
+  // warp): twice the warps to hide a unit's latency (measured on an H200 at e33e618, per 70B block:
+  // M = 24 / 32 / 64 0.329 / 0.342 / 0.498 ms against 0.377 / 0.414 / 0.550; M = 16 the same). 65: never.
+  int awqGemvTallMinM = 17;
+  // Programmatic dependent launch (sm_90): the GEMV's blocks start, and prefetch their first
+  // weight stages, while the kernel before it finishes.
+  bool pdl = true;
+
+  // ---- fp16 linear (linear.cu) ----
+  int linearBlasMinM = 9;  // from this M, cuBLAS where it loads (the GEMV re-reads the weights per 8 rows)
+
+  // ---- attention (attention.cu) ----
+  int attnPrefillMinTokensPerSeq = 4;  // tensor-core prefill kernel from this many query tokens per sequence
+};
+
+// The process-wide settings (one per process: every CudaBackend reads the same).
+Tuning& tuning();
+
+// Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
+// MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d, MEDCLUSTER_AWQ_GEMV_TALL_MIN_M=N,
+// MEDCLUSTER_DETERMINISTIC=1);
+// called when a backend is created.
+void applyTuningEnv();
+
+}  // namespace cuda
+}  // namespace medcluster
