@@ -24,6 +24,7 @@ import {
   GREEDY,
   makeModel,
   openCheckpoint,
+  presetConfig,
   type SeqStep,
   ShardRunner,
   type ShardSpec,
@@ -257,6 +258,10 @@ async function compareTinyModel(): Promise<void> {
     await makeModel({ out: dir, preset: 'tiny', seed: 0 });
     const checkpoint = await openCheckpoint(dir);
     const tokenizer = await loadTokenizer(dir);
+    await compareDeterministicRows('tiny model', { checkpoint });
+    await compareDeterministicRows('two 70B-shaped layers', {
+      synthetic: { config: presetConfig('llama-2-70b', { layers: 2 }), seed: 1 },
+    });
     await compareGraphs(
       checkpoint,
       ['The patient presented with', 'Question: What causes anemia?\nAnswer:', 'Hello'].map((p) =>
@@ -441,6 +446,87 @@ async function compareGraphs(checkpoint: Checkpoint, prompts: number[][]): Promi
       clear.map(Number),
       eager.picks.map(() => 1),
     );
+  }
+}
+
+/**
+ * Deterministic mode (MEDCLUSTER_DETERMINISTIC=1): one sequence's logits in a decode step are
+ * bit-identical whether it decodes alone or with 1, 15, 63 or 255 others (every AWQ block-shape,
+ * lm_head and attention-split switch point), on the tiny model and on two 70B-shaped layers.
+ * The others have contexts of 1..60 tokens, so the block table's width changes with the batch.
+ */
+async function compareDeterministicRows(
+  label: string,
+  weights:
+    | { checkpoint: Checkpoint }
+    | { synthetic: { config: ReturnType<typeof presetConfig>; seed: number } },
+): Promise<void> {
+  const batches = [1, 2, 16, 64, 256];
+  const blockSize = 16;
+  const lengths = [7, ...Array.from({ length: 255 }, (_, i) => 1 + ((i * 37 + 11) % 60))];
+  const numBlocks = lengths.reduce((n, len) => n + Math.ceil((len + 1) / blockSize), 0);
+  const previous = process.env.MEDCLUSTER_DETERMINISTIC;
+  process.env.MEDCLUSTER_DETERMINISTIC = '1';
+  const device = createDevice({ kind: 'cuda' });
+  try {
+    const L = ('checkpoint' in weights ? weights.checkpoint.config : weights.synthetic.config).numLayers;
+    const spec: ShardSpec = {
+      layerStart: 0,
+      layerEnd: L,
+      tpRank: 0,
+      tpSize: 1,
+      embeds: true,
+      computesLogits: true,
+    };
+    const runner = await ShardRunner.load({ ...weights, device, spec, kvCache: { numBlocks, blockSize } });
+    const vocab = runner.config.vocabRows;
+    const blocks = new BlockAllocator(numBlocks, blockSize);
+    const seqs = lengths.map((len, i) => {
+      const table: number[] = [];
+      blocks.ensure(table, len + 1);
+      const tokens = Array.from({ length: len }, (_, k) => 1 + ((i * 131 + k * 17) % (vocab - 1)));
+      return { seqId: `d${i}`, tokens, table };
+    });
+    const logitsOf = async (step: SeqStep[]): Promise<Float32Array> => {
+      const out = await runner.step(step);
+      if (!('output' in out) || !out.output) throw new Error('the shard computed no logits');
+      return out.output.logits;
+    };
+    for (const s of seqs)
+      await logitsOf([
+        {
+          seqId: s.seqId,
+          startPos: 0,
+          numTokens: s.tokens.length,
+          tokens: s.tokens,
+          blockTable: s.table,
+          logitRows: 1,
+        },
+      ]);
+    let alone: Uint32Array | undefined;
+    const same: number[] = [];
+    for (const B of batches) {
+      const step = seqs.slice(0, B).map((s) => ({
+        seqId: s.seqId,
+        startPos: s.tokens.length,
+        numTokens: 1,
+        tokens: [2],
+        blockTable: s.table,
+        logitRows: 1,
+      }));
+      const row0 = new Uint32Array((await logitsOf(step)).slice(0, vocab).buffer);
+      alone ??= row0;
+      same.push(row0.every((v, i) => v === (alone as Uint32Array)[i]) ? 1 : 0);
+    }
+    runner.dispose();
+    checkEqual(
+      `deterministic mode, ${label}: row 0's logits bit-identical at batch ${batches.join(', ')}`,
+      same,
+      batches.map(() => 1),
+    );
+  } finally {
+    await device.close();
+    process.env.MEDCLUSTER_DETERMINISTIC = previous ?? '0';
   }
 }
 

@@ -427,6 +427,10 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
   const int64_t base = (int64_t)T * nkv;
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceilDiv(cap, 128), ceilDiv(8 * c.numSMs, base)));
   int64_t chunk = ceilDiv(ceilDiv(cap, splits), 128) * 128;
+  // Deterministic mode: splits of a fixed 256 keys, so a row's sums do not depend on the batch
+  // (T) or on the block table's width; splits past a row's context are skipped by the combine,
+  // and one non-empty split combines to exactly the unsplit result.
+  if (tuning().deterministic) chunk = 256;
   splits = ceilDiv(cap, chunk);
   a.chunk = (int)chunk;
   a.splits = (int)splits;

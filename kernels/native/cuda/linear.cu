@@ -96,7 +96,8 @@ void launchLinear(const Ctx& c, const View& x, const View& w, const View& out) {
   const int M = (int)(x.numel() / K);
   const bool f16 = out.dtype == DType::F16;
   if (M == 0) return;
-  if (c.blas && M >= tuning().linearBlasMinM) {
+  // (Never in deterministic mode: each row's sums then run in the GEMV's order whatever M is.)
+  if (c.blas && !tuning().deterministic && M >= tuning().linearBlasMinM) {
     blasGemm(*c.blas, x.as<__half>(), w.as<__half>(), false, out.data, f16, M, K, N);
     return;
   }

@@ -11,14 +11,15 @@ struct Tuning {
   // ---- AWQ matmul (awq_linear.cu) ----
   // From this M up, where cuBLAS loads, the packed weights are dequantized to an f16 scratch
   // and multiplied by cuBLAS; below it (and always without cuBLAS) the packed GEMV runs in
-  // passes of up to 64 rows. 0: never use cuBLAS (every M on one kernel: batch-invariant rows).
+  // passes of up to 64 rows. 0: never use cuBLAS (every M on the GEMV).
   int awqDequantMinM = 256;
   // Blocks of the persistent GEMV per multiprocessor (each 8 consumer warps + 1 producer warp),
   // 1..3, by row-tile count MT = 1, 2, 4, 8 (measured on an H200 at bd002a3: M <= 8 fastest with
   // 3 in chained calls, M = 16 with 2, M = 64 with 1, whose 133 registers let only one reside).
   int awqGemvBlocksPerSM[4] = {3, 2, 2, 1};
-  // Deterministic mode: every M on the GEMV (no cuBLAS path) with one grid (2 blocks per SM), so
-  // a row's output is bit-identical whatever else is in the batch. Costs the large-M speed.
+  // Deterministic mode: a row's output is bit-identical whatever else is in the batch. Every M
+  // runs the AWQ GEMV with one block shape and one grid (2 blocks per SM), the fp16 linear never
+  // through cuBLAS, decode attention in splits of a fixed 256 keys. Costs the large-M speed.
   bool deterministic = false;
   // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64):
   // two blocks and the next kernel's first block fit in a multiprocessor's 227 KB.
