@@ -2,7 +2,7 @@
 //
 // Memory-bound for the decode batch sizes, so it is built to stream: a persistent grid (one to
 // three blocks per multiprocessor, tuning().awqGemvBlocksPerSM) on a stream-K schedule
-// (splitk.cuh): block b streams one contiguous range of work items, the same count for every
+// (splitk.cuh): block b streams one contiguous range of units, the same count for every
 // block, with no second wave and no idle tail.
 //
 // Block = 8 (or 16) consumer warps + 1 producer warp. The producer fills a ring of `stages`
