@@ -5,7 +5,7 @@
 //   ./medcluster-gpu-check --json PATH     also write the benchmark as JSON (bench kernels --device cuda)
 //   ./medcluster-gpu-check --e2e           the 80-layer C++ decode/prefill loop (e2e.cu)
 // Benchmark environment: MC_BENCH_QUICK=1 (tp=1 shapes, M <= 64, no cuBLAS), MC_BENCH_MS=1,4,16
-// (the M values), MC_BENCH_TP1=1 (tp=1 shapes only).
+// (the M values), MC_BENCH_TP1=1 (tp=1 shapes only), MC_BENCH_ATTENTION_ONLY=1 (the decode attention rows only).
 //
 // Every check bounds each element, |got - ref| <= atol + rtol |ref| with atol a multiple of the
 // reference's RMS (a check of an fp16 kernel cannot bound elements near zero relatively), and the
@@ -661,9 +661,11 @@ __global__ void fillHalfKernel(__half* p, int64_t n, uint64_t seed, float scale)
 // Rows of the benchmark, also written as JSON with --json PATH (for `medcluster bench kernels --device cuda`).
 struct BenchRow { std::string shape; int K, N, M; double awqMs, chainMs, gbs, chainGbs, pctCopy, chainPctCopy, tflops, cublasMs; };
 struct BlockRow { std::string tp; int M; double awqMs, chainMs, targetMs, cublasMs; };
+struct AttnRow { std::string tp; int T, ctx; double us, chainUs, gbs, chainGbs, pctRead, chainPctRead; };
 
 static void writeBenchJson(const char* path, const std::string& device, double copyBw, double readBw,
-                           const std::vector<BenchRow>& rows, const std::vector<BlockRow>& blocks) {
+                           const std::vector<BenchRow>& rows, const std::vector<BlockRow>& blocks,
+                           const std::vector<AttnRow>& attn) {
   FILE* fp = fopen(path, "w");
   if (!fp) { fprintf(stderr, "cannot write %s\n", path); return; }
   auto num = [](double v) { return v < 0 ? std::string("null") : std::to_string(v); };
@@ -684,9 +686,77 @@ static void writeBenchJson(const char* path, const std::string& device, double c
             r.tp.c_str(), r.M, r.awqMs, r.chainMs, num(r.targetMs).c_str(), num(r.cublasMs > 0 ? r.cublasMs : -1).c_str(),
             i + 1 < blocks.size() ? "," : "");
   }
+  fprintf(fp, "  ],\n  \"decodeAttention\": [\n");
+  for (size_t i = 0; i < attn.size(); ++i) {
+    const AttnRow& r = attn[i];
+    fprintf(fp, "    {\"tp\": \"%s\", \"sequences\": %d, \"context\": %d, \"us\": %.2f, \"chainedUs\": %.2f, "
+                "\"GBs\": %.1f, \"chainedGBs\": %.1f, \"pctOfRead\": %.1f, \"chainedPctOfRead\": %.1f}%s\n",
+            r.tp.c_str(), r.T, r.ctx, r.us, r.chainUs, r.gbs, r.chainGbs, r.pctRead, r.chainPctRead,
+            i + 1 < attn.size() ? "," : "");
+  }
   fprintf(fp, "  ]\n}\n");
   fclose(fp);
   printf("wrote %s\n", path);
+}
+
+// Decode attention at the 70B's head shapes: T sequences of `ctx` tokens, one query token each (a
+// decode step), K and V read once per KV head. Each call reads its own blocks (tables over
+// disjoint block ranges of a ~512 MB cache), so the KV bytes come from memory, as in a decode
+// step where a layer's weights stream through the L2 between two attention calls.
+static std::vector<AttnRow> benchDecodeAttention(Backend& b, int nSets, double readBw) {
+  std::vector<AttnRow> out;
+  cudaStream_t s = cuda::backendStream(b);
+  struct HeadShape { const char* tp; int nh, nkv; };
+  const HeadShape shapes[2] = {{"tp=1", 64, 8}, {"tp=2", 32, 4}};
+  const int hd = 128, bs = 16, ctx = 640, blocksPerSeq = ctx / bs;
+  printf("\ndecode attention, %d-token contexts (isolated: median of 20; chained: 20 calls back to back); GB/s: K and V "
+         "bytes read; %% of the %.0f GB/s plain read\n", ctx, readBw);
+  printf("| heads | sequences | us | GB/s | %% read | chained us | chained GB/s | chained %% read |\n"
+         "|---|---|---|---|---|---|---|---|\n");
+  for (int si = 0; si < nSets; ++si) {
+    const HeadShape& sh = shapes[si];
+    const size_t blockBytes = (size_t)bs * sh.nkv * hd * 2;
+    const int numBlocks = (int)((256ull << 20) / blockBytes);
+    View kc{nullptr, DType::F16, {numBlocks, bs, sh.nkv, hd}}, vc = kc;
+    auto kb = b.alloc(numBlocks * blockBytes), vb = b.alloc(numBlocks * blockBytes);
+    kc.data = kb->data;
+    vc.data = vb->data;
+    int dev = 0;
+    cudaGetDevice(&dev);
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    fillHalfKernel<<<16 * sms, 256, 0, s>>>(static_cast<__half*>(kb->data), (int64_t)numBlocks * blockBytes / 2, 11, 1.f);
+    fillHalfKernel<<<16 * sms, 256, 0, s>>>(static_cast<__half*>(vb->data), (int64_t)numBlocks * blockBytes / 2, 12, 1.f);
+    for (int T : {1, 16, 64}) {
+      const int R = numBlocks / (T * blocksPerSeq);  // tables over disjoint blocks
+      std::vector<int> perm(numBlocks);
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng);
+      std::vector<View> tables;
+      for (int r = 0; r < R; ++r) {
+        std::vector<int32_t> t((size_t)T * blocksPerSeq);
+        for (size_t i = 0; i < t.size(); ++i) t[i] = perm[(size_t)r * t.size() + i];
+        tables.push_back(up(b, t, DType::I32, {T, blocksPerSeq}));
+      }
+      std::vector<int32_t> seq(T), pos(T, ctx - 1);
+      std::iota(seq.begin(), seq.end(), 0);
+      std::vector<uint16_t> q((size_t)T * sh.nh * hd);
+      for (auto& v : q) v = h(urand(-1, 1));
+      View qv = up(b, q, DType::F16, {T, sh.nh * hd}), sv = up(b, seq, DType::I32, {T}), pv = up(b, pos, DType::I32, {T});
+      View ov = poisoned(b, (size_t)T * sh.nh * hd * 2, DType::F16, {T, sh.nh * hd});
+      AttentionShape ash{sh.nh, sh.nkv, hd, 1.f / std::sqrt((float)hd)};
+      auto call = [&](int i) { b.attention(qv, kc, vc, tables[i % R], sv, pv, ash, ov); };
+      const float ms = timeIt(s, 20, call), chain = timeChain(s, 20, call);
+      const double bytes = 2.0 * T * ctx * sh.nkv * hd * 2;
+      const double gbs = bytes / (ms * 1e-3) / 1e9, cgbs = bytes / (chain * 1e-3) / 1e9;
+      out.push_back({sh.tp, T, ctx, ms * 1e3, chain * 1e3, gbs, cgbs, 100 * gbs / readBw, 100 * cgbs / readBw});
+      printf("| %s (%d/%d) | %d | %.1f | %.0f | %.0f%% | %.1f | %.0f | %.0f%% |\n", sh.tp, sh.nh, sh.nkv, T, ms * 1e3, gbs,
+             100 * gbs / readBw, chain * 1e3, cgbs, 100 * cgbs / readBw);
+      fflush(stdout);
+    }
+    MC_CUDA(cudaGetLastError());
+  }
+  return out;
 }
 
 static void bench(Backend& b, const char* jsonPath) {
@@ -717,6 +787,10 @@ static void bench(Backend& b, const char* jsonPath) {
   }
   MC_CUDA(cudaGetLastError());
   printf("\ncopy bandwidth (read + written): %.0f GB/s; plain read: %.0f GB/s\n", copyBw, readBw);
+  if (getenv("MC_BENCH_ATTENTION_ONLY")) {  // the decode attention rows alone
+    benchDecodeAttention(b, getenv("MC_BENCH_TP1") ? 1 : 2, readBw);
+    return;
+  }
   cublasdl::Api cb_{};
   cublasdl::cublasHandle_t hnd = nullptr;
   bool haveCublas = true;
@@ -838,7 +912,8 @@ static void bench(Backend& b, const char* jsonPath) {
       blockRows.push_back({si ? "tp=2" : "tp=1", Ms[mi], blockSum[si][mi], blockChain[si][mi],
                            si == 0 ? target(Ms[mi]) : -1.0, blockCublas[si][mi]});
     }
-  if (jsonPath) writeBenchJson(jsonPath, b.name(), copyBw, readBw, rows, blockRows);
+  std::vector<AttnRow> attnRows = benchDecodeAttention(b, nSets, readBw);
+  if (jsonPath) writeBenchJson(jsonPath, b.name(), copyBw, readBw, rows, blockRows, attnRows);
 }
 
 int main(int argc, char** argv) {
@@ -904,6 +979,10 @@ int main(int argc, char** argv) {
       }
       checkAttention(*b, 8, 2, 128, {1, 37, 300}, 1, "decode");
       checkAttention(*b, 64, 8, 128, {5, 200}, 1, "decode GQA 8");
+      // Contexts around the 16-key tiles, the 64-key rounds and the splits, in one step.
+      checkAttention(*b, 64, 8, 128, {1, 15, 16, 17, 63, 64, 65, 100, 128, 129, 255, 256, 257, 511, 640, 700, 1023, 1025, 3, 31},
+                     1, "decode GQA 8, 20 contexts");
+      checkAttention(*b, 4, 4, 64, {1, 17, 64, 65, 333}, 1, "decode MHA hd 64, 5 contexts");
       checkAttention(*b, 6, 2, 64, {19, 70}, 19, "prefill+partial blocks");
       checkAttention(*b, 8, 8, 128, {3000}, 2, "long context (split)");
       checkAttention(*b, 64, 8, 128, {2500, 17}, 1, "long context GQA 8");

@@ -1,15 +1,13 @@
 // Causal attention over the paged KV cache (backend.h semantics).
 //
-// One block per (token, KV head, split of the context): the G query heads that share
-// the KV head are handled together, so each K/V row is read once for all of them (GQA).
-// Each of the 4 warps takes tiles of 32 keys: a lane scores one key against the G
-// queries, the warp updates its online softmax (running max m, sum l, per head), then
-// the lanes switch to owning head dimensions and accumulate P x V. The block merges its
-// warps; with several splits the partial (m, l, unnormalized O) goes to a workspace and
-// a combine kernel merges the splits. The score matrix is never materialized.
+// Steps of one query token per sequence (decode, and mixed steps) run attnDecode: one block per
+// (token, KV head, split of the context) on tensor cores, the G query heads that share a KV head
+// taken together so each K/V row is read once for all of them (GQA). With several splits the
+// partial (m, l, unnormalized O) goes to a workspace and attnCombine merges the splits. The
+// score matrix is never materialized.
 //
 // Steps with several tokens per sequence (prefill) use a tensor-core flash kernel instead
-// (attnPrefill below): tiles of query rows against chunks of keys, mma.sync.
+// (attnPrefill below): tiles of query rows against chunks of keys.
 #include "common.cuh"
 #include "mma.cuh"
 #include "ptx.cuh"
@@ -19,152 +17,197 @@ namespace medcluster {
 namespace cuda {
 namespace {
 
-constexpr int kWarps = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct AttnArgs {
   const __half* q; const __half* kc; const __half* vc;
   const int32_t* blockTables; const int32_t* tokenSeq; const int32_t* positions;
   __half* out; float* wsAcc; float* wsML;
-  int nh, nkv, G, blockSize, maxBlocks, chunk, splits;
+  int nh, nkv, G, blockSize, maxBlocks;
+  int chunk;   // keys per split; 0: each token's context in `splits` equal parts of whole tiles
+  int splits;
   float scale;
 };
 
-template <int GT, int EPL>  // GT >= G query heads per KV head; EPL = headDim / 32
-__global__ void __launch_bounds__(kWarps * 32) attnKernel(AttnArgs a) {
-  constexpr int HD = EPL * 32;
-  pdlLaunchDependents();  // the o matmul after attention may start prefetching its weights
-  __shared__ __align__(16) float qs[GT][HD];
-  __shared__ float ps[kWarps][32][GT];
-  __shared__ float wm[kWarps][GT], wl[kWarps][GT];
-  __shared__ float wacc[kWarps][GT][HD];
+// ---- decode: tensor-core attention, one query token per block -----------------------
+//
+// Decode attention reads each K/V row once for the G <= 8 query heads that share it, so it is
+// an m16n8k16 problem with the heads as the n = 8 side: S^T = K Q^T (keys x heads) and
+// O^T = V^T P^T (dims x heads); no mma work is padding for G = 8. One block per (token, KV
+// head, split of the context); its 4 warps take tiles of 16 keys in turn, each with its own
+// online softmax, merged at the end. K and V go from global memory straight into fragments:
+// a sum over head dims may take the dims in any order (A and B agreeing), so a lane loads whole
+// 16-byte chunks of two K rows (chunk 4p + tq feeds k-steps 2p and 2p + 1) and of four V rows
+// (chunks g and g + 8), and a byte permute pairs two keys' halves of one dim into V^T's
+// fragment register. P^T reaches the B fragments through 256 bytes of shared memory per warp:
+// the lanes that hold a head's scores (by tq) are not those that need them as B (by g).
+constexpr int kDecWarps = 4;
+constexpr int kDecKeys = 16;                      // keys per warp tile
+constexpr int kDecKeysPerRound = kDecWarps * kDecKeys;
+
+template <int HD>
+__global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
+  constexpr int KSTEPS = HD / 16;  // k-steps of S (over dims) = m16 tiles of O^T (dims)
+  constexpr int KCH = HD / 32;     // 16-byte K chunks per lane and row: chunks 4p + tq
+  constexpr int VCH = HD / 64;     // 16-byte V chunks per lane and row: chunks g + 8r
+  pdlLaunchDependents();           // the o matmul after attention may start prefetching its weights
+  __shared__ __align__(16) __half pT[kDecWarps][8][kDecKeys];  // P as [head][key]
+  __shared__ float wm[kDecWarps][8], wl[kDecWarps][8];
+  __shared__ __align__(16) float wacc[kDecWarps][8][HD];
 
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
   const int ctx = a.positions[t] + 1;
-  const int start = split * a.chunk, end = min(ctx, start + a.chunk);
-  const int64_t rowStride = (int64_t)a.nkv * HD;
-
+  const int perSplit = (ctx + a.splits - 1) / a.splits;
+  const int chunk = a.chunk > 0 ? a.chunk : (perSplit + kDecKeysPerRound - 1) / kDecKeysPerRound * kDecKeysPerRound;
+  const int start = split * chunk, end = min(ctx, start + chunk);
   if (start >= end) {  // this split holds none of the token's keys
-    for (int g = threadIdx.x; g < a.G; g += blockDim.x) {
-      int64_t o = ((int64_t)t * a.nh + kvh * a.G + g) * a.splits + split;
+    for (int h = threadIdx.x; h < a.G; h += blockDim.x) {
+      const int64_t o = ((int64_t)t * a.nh + kvh * a.G + h) * a.splits + split;
       a.wsML[2 * o] = -INFINITY;
       a.wsML[2 * o + 1] = 0.f;
     }
     return;
   }
-  for (int i = threadIdx.x; i < GT * HD; i += blockDim.x) {
-    int g = i / HD, e = i % HD;
-    qs[g][e] = g < a.G ? __half2float(a.q[((int64_t)t * a.nh + kvh * a.G + g) * HD + e]) * a.scale * kLog2e : 0.f;
-  }
-  __syncthreads();
-
+  const int64_t rowStride = (int64_t)a.nkv * HD;
+  const __half* kBase = a.kc + (int64_t)kvh * HD;
+  const __half* vBase = a.vc + (int64_t)kvh * HD;
   const int32_t* table = a.blockTables + (int64_t)a.tokenSeq[t] * a.maxBlocks;
-  float m[GT], l[GT], acc[GT][EPL];
+  const float scaleLog2 = a.scale * kLog2e;
+
+  // Q^T as B fragments: head g's chunks 4p + tq (zero for the padding heads past G).
+  uint4 qb[KCH];
 #pragma unroll
-  for (int g = 0; g < GT; ++g) {
-    m[g] = -INFINITY; l[g] = 0.f;
+  for (int p = 0; p < KCH; ++p)
+    qb[p] = g < a.G ? __ldg(reinterpret_cast<const uint4*>(a.q + ((int64_t)t * a.nh + kvh * a.G + g) * HD) + 4 * p + tq)
+                    : make_uint4(0, 0, 0, 0);
+
+  // The lane's heads are 2tq and 2tq + 1: running max (warp-uniform per head), this lane's
+  // part of the sum, and O^T's fragments (o[τ][j]: head 2tq + j; [j + 2]: the tile's row g + 8).
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float o[KSTEPS][4];
 #pragma unroll
-    for (int e = 0; e < EPL; ++e) acc[g][e] = 0.f;
+  for (int i = 0; i < KSTEPS; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+
+  for (int base = start + warp * kDecKeys; base < end; base += kDecKeysPerRound) {
+    // Lane i < 16 looks up key base + i's slot; -1 past the split's end (loads zeros).
+    const int myKey = base + (lane & 15);
+    const int mySlot = myKey < end ? table[myKey / a.blockSize] * a.blockSize + myKey % a.blockSize : -1;
+    const int kSlot[2] = {__shfl_sync(0xffffffffu, mySlot, g), __shfl_sync(0xffffffffu, mySlot, g + 8)};
+    const int vSlot[4] = {__shfl_sync(0xffffffffu, mySlot, 2 * tq), __shfl_sync(0xffffffffu, mySlot, 2 * tq + 1),
+                          __shfl_sync(0xffffffffu, mySlot, 2 * tq + 8), __shfl_sync(0xffffffffu, mySlot, 2 * tq + 9)};
+    uint4 kr[2][KCH], vr[4][VCH];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const uint4* src = reinterpret_cast<const uint4*>(kBase + (int64_t)kSlot[r] * rowStride);
+#pragma unroll
+      for (int p = 0; p < KCH; ++p) kr[r][p] = kSlot[r] >= 0 ? __ldg(src + 4 * p + tq) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const uint4* src = reinterpret_cast<const uint4*>(vBase + (int64_t)vSlot[r] * rowStride);
+#pragma unroll
+      for (int c = 0; c < VCH; ++c) vr[r][c] = vSlot[r] >= 0 ? __ldg(src + g + 8 * c) : make_uint4(0, 0, 0, 0);
+    }
+
+    // S^T = K Q^T: k-step 2p + j takes words 2j, 2j + 1 of chunk p (K rows g, g + 8; Q head g).
+    float sc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int p = 0; p < KCH; ++p)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const uint32_t* k0 = reinterpret_cast<const uint32_t*>(&kr[0][p]);
+        const uint32_t* k1 = reinterpret_cast<const uint32_t*>(&kr[1][p]);
+        const uint32_t* qw = reinterpret_cast<const uint32_t*>(&qb[p]);
+        const uint32_t af[4] = {k0[2 * j], k1[2 * j], k0[2 * j + 1], k1[2 * j + 1]};
+        mma16816(sc, af, qw[2 * j], qw[2 * j + 1]);
+      }
+
+    // Online softmax (base 2) per head column: keys base + g (sc[0], sc[1]) and + g + 8 (sc[2], sc[3]).
+    const bool valid[2] = {base + g < end, base + g + 8 < end};
+    float pr[4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const float s0 = valid[0] ? sc[j] * scaleLog2 : -INFINITY;
+      const float s1 = valid[1] ? sc[2 + j] * scaleLog2 : -INFINITY;
+      float mx = fmaxf(s0, s1);
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+      const float mNew = fmaxf(m[j], mx);  // finite: key `base` is in the split
+      const float corr = exp2f(m[j] - mNew);
+      pr[j] = exp2f(s0 - mNew);
+      pr[2 + j] = exp2f(s1 - mNew);
+      l[j] = l[j] * corr + pr[j] + pr[2 + j];
+      m[j] = mNew;
+#pragma unroll
+      for (int i = 0; i < KSTEPS; ++i) {
+        o[i][j] *= corr;
+        o[i][2 + j] *= corr;
+      }
+    }
+    __half* pw = &pT[warp][0][0];
+    pw[(2 * tq) * kDecKeys + g] = __float2half(pr[0]);
+    pw[(2 * tq + 1) * kDecKeys + g] = __float2half(pr[1]);
+    pw[(2 * tq) * kDecKeys + g + 8] = __float2half(pr[2]);
+    pw[(2 * tq + 1) * kDecKeys + g + 8] = __float2half(pr[3]);
+    __syncwarp();
+    const uint32_t pb0 = *reinterpret_cast<const uint32_t*>(pw + g * kDecKeys + 2 * tq);
+    const uint32_t pb1 = *reinterpret_cast<const uint32_t*>(pw + g * kDecKeys + 2 * tq + 8);
+    __syncwarp();  // read before the next tile writes
+
+    // O^T += V^T P^T: tile τ's row g is the lane's dim e = τ, row g + 8 is e = KSTEPS + τ, where
+    // the lane's dim e is 8 (g + 8 (e / 8)) + e % 8; keys 2tq, 2tq + 1 (+ 8) pair up in a register.
+#pragma unroll
+    for (int tau = 0; tau < KSTEPS; ++tau) {
+      uint32_t af[4];
+#pragma unroll
+      for (int hi = 0; hi < 2; ++hi) {
+        const int e = hi * KSTEPS + tau;
+        const uint32_t sel = (e & 1) ? 0x7632u : 0x5410u;
+        const int c = e / 8, w = (e % 8) / 2;
+        af[hi] = __byte_perm(reinterpret_cast<const uint32_t*>(&vr[0][c])[w],
+                             reinterpret_cast<const uint32_t*>(&vr[1][c])[w], sel);
+        af[2 + hi] = __byte_perm(reinterpret_cast<const uint32_t*>(&vr[2][c])[w],
+                                 reinterpret_cast<const uint32_t*>(&vr[3][c])[w], sel);
+      }
+      mma16816(o[tau], af, pb0, pb1);
+    }
   }
 
-  for (int base = start + warp * 32; base < end; base += kWarps * 32) {
-    // Scores: lane owns key base + lane.
-    const int j = base + lane;
-    const bool valid = j < end;
-    float s[GT];
+  // Merge the warps: each lane's part of l, then every warp's (m, l, O) through shared memory.
 #pragma unroll
-    for (int g = 0; g < GT; ++g) s[g] = 0.f;
-    // This lane's key slot, looked up once: the P x V loop below takes each key's from its lane.
-    const int slot = valid ? table[j / a.blockSize] * a.blockSize + j % a.blockSize : 0;
-    if (valid) {
-      const uint4* kr = reinterpret_cast<const uint4*>(a.kc + (int64_t)slot * rowStride + (int64_t)kvh * HD);
-#pragma unroll 4
-      for (int c = 0; c < HD / 8; ++c) {
-        uint4 kv = __ldg(kr + c);
-        const __half2* k2 = reinterpret_cast<const __half2*>(&kv);
-        float kf[8];
+  for (int j = 0; j < 2; ++j) {
+    l[j] += __shfl_xor_sync(0xffffffffu, l[j], 4);
+    l[j] += __shfl_xor_sync(0xffffffffu, l[j], 8);
+    l[j] += __shfl_xor_sync(0xffffffffu, l[j], 16);
+    if (g == 0) { wm[warp][2 * tq + j] = m[j]; wl[warp][2 * tq + j] = l[j]; }
 #pragma unroll
-        for (int i = 0; i < 4; ++i) { float2 f = __half22float2(k2[i]); kf[2 * i] = f.x; kf[2 * i + 1] = f.y; }
+    for (int i = 0; i < KSTEPS; ++i)
 #pragma unroll
-        for (int g = 0; g < GT; ++g) {
-          float4 q0 = *reinterpret_cast<const float4*>(&qs[g][c * 8]);
-          float4 q1 = *reinterpret_cast<const float4*>(&qs[g][c * 8 + 4]);
-          s[g] += q0.x * kf[0] + q0.y * kf[1] + q0.z * kf[2] + q0.w * kf[3] +
-                  q1.x * kf[4] + q1.y * kf[5] + q1.z * kf[6] + q1.w * kf[7];
-        }
+      for (int hi = 0; hi < 2; ++hi) {
+        const int e = hi * KSTEPS + i;
+        wacc[warp][2 * tq + j][8 * (g + 8 * (e / 8)) + e % 8] = o[i][2 * hi + j];
       }
-    }
-    // Online softmax per head (base-2 exponent: the scores carry log2(e)).
-#pragma unroll
-    for (int g = 0; g < GT; ++g) {
-      float sv = valid ? s[g] : -INFINITY;
-      float mt = sv;
-      for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
-      float mNew = fmaxf(m[g], mt);
-      float p = valid ? exp2f(sv - mNew) : 0.f;
-      float corr = exp2f(m[g] - mNew);
-      float ps_ = p;
-      for (int o = 16; o > 0; o >>= 1) ps_ += __shfl_xor_sync(0xffffffffu, ps_, o);
-      l[g] = l[g] * corr + ps_;
-      m[g] = mNew;
-#pragma unroll
-      for (int e = 0; e < EPL; ++e) acc[g][e] *= corr;
-      ps[warp][lane][g] = p;
-    }
-    __syncwarp();
-    // P x V: lane owns dims [lane*EPL, lane*EPL + EPL). Unrolled so that several V rows are
-    // in flight at once (one row at a time made decode latency-bound: ~30 us per layer at batch 1).
-    const int nKeys = min(32, end - base);
-#pragma unroll 8
-    for (int jj = 0; jj < nKeys; ++jj) {
-      const int64_t keySlot = __shfl_sync(0xffffffffu, slot, jj);
-      const __half* vr = a.vc + keySlot * rowStride + (int64_t)kvh * HD + lane * EPL;
-      float vf[EPL];
-      if constexpr (EPL == 4) {
-        uint2 vv = __ldg(reinterpret_cast<const uint2*>(vr));
-        float2 f0 = __half22float2(*reinterpret_cast<__half2*>(&vv.x));
-        float2 f1 = __half22float2(*reinterpret_cast<__half2*>(&vv.y));
-        vf[0] = f0.x; vf[1] = f0.y; vf[2] = f1.x; vf[3] = f1.y;
-      } else {
-#pragma unroll
-        for (int e = 0; e < EPL; ++e) vf[e] = __half2float(vr[e]);
-      }
-#pragma unroll
-      for (int g = 0; g < GT; ++g) {
-        float p = ps[warp][jj][g];
-#pragma unroll
-        for (int e = 0; e < EPL; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
-      }
-    }
-    __syncwarp();
-  }
-
-  // Merge the warps.
-#pragma unroll
-  for (int g = 0; g < GT; ++g) {
-    if (lane == 0) { wm[warp][g] = m[g]; wl[warp][g] = l[g]; }
-#pragma unroll
-    for (int e = 0; e < EPL; ++e) wacc[warp][g][lane * EPL + e] = acc[g][e];
   }
   __syncthreads();
   for (int i = threadIdx.x; i < a.G * HD; i += blockDim.x) {
-    int g = i / HD, e = i % HD;
+    const int h = i / HD, e = i % HD;
     float M = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, wm[w][g]);
+    for (int w = 0; w < kDecWarps; ++w) M = fmaxf(M, wm[w][h]);
     float L = 0.f, O = 0.f;
-    for (int w = 0; w < kWarps; ++w) {
-      float f = exp2f(wm[w][g] - M);  // 0 for a warp that saw no keys
-      L += wl[w][g] * f;
-      O += wacc[w][g][e] * f;
+    for (int w = 0; w < kDecWarps; ++w) {
+      const float f = exp2f(wm[w][h] - M);  // 0 for a warp that saw no keys
+      L += wl[w][h] * f;
+      O += wacc[w][h][e] * f;
     }
-    const int head = kvh * a.G + g;
+    const int head = kvh * a.G + h;
     if (a.splits == 1) {
       a.out[((int64_t)t * a.nh + head) * HD + e] = __float2half(O / L);
     } else {
-      int64_t o = ((int64_t)t * a.nh + head) * a.splits + split;
-      a.wsAcc[o * HD + e] = O;
-      if (e == 0) { a.wsML[2 * o] = M; a.wsML[2 * o + 1] = L; }
+      const int64_t so = ((int64_t)t * a.nh + head) * a.splits + split;
+      a.wsAcc[so * HD + e] = O;
+      if (e == 0) { a.wsML[2 * so] = M; a.wsML[2 * so + 1] = L; }
     }
   }
 }
@@ -372,24 +415,7 @@ __global__ void __launch_bounds__(128) attnPrefill(AttnArgs a, int T, int gShift
   }
 }
 
-template <int GT, int EPL>
-void launchT(dim3 grid, const AttnArgs& a, cudaStream_t s) {
-  attnKernel<GT, EPL><<<grid, kWarps * 32, 0, s>>>(a);
-}
-template <int EPL>
-void launchG(int gt, dim3 grid, const AttnArgs& a, cudaStream_t s) {
-  switch (gt) {
-    case 1: return launchT<1, EPL>(grid, a, s);
-    case 2: return launchT<2, EPL>(grid, a, s);
-    case 4: return launchT<4, EPL>(grid, a, s);
-    default: return launchT<8, EPL>(grid, a, s);
-  }
-}
-
 }  // namespace
-
-// Tokens per sequence (T / number of block-table rows) from which a step's attention runs on
-// the tensor-core prefill kernel (0: never; the check program moves it to test both kernels).
 
 void launchAttention(const Ctx& c, const View& q, const View& kCache, const View& vCache,
                      const View& blockTables, const View& tokenSeq, const View& positions,
@@ -402,7 +428,6 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
   if (G > 8 || (hd != 64 && hd != 128))
     throw BackendError("attention (CUDA): supports headDim 64 or 128 and at most 8 query heads per KV head; got headDim " +
                        std::to_string(hd) + ", " + std::to_string(G) + " heads per KV head");
-  const int gt = G == 1 ? 1 : G == 2 ? 2 : G <= 4 ? 4 : 8;
   AttnArgs a{};
   a.q = q.as<__half>(); a.kc = kCache.as<__half>(); a.vc = vCache.as<__half>();
   a.blockTables = blockTables.as<int32_t>(); a.tokenSeq = tokenSeq.as<int32_t>(); a.positions = positions.as<int32_t>();
@@ -422,17 +447,21 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
     MC_LAUNCHED("attnPrefill");
     return;
   }
-  // The longest context a row of blockTables can hold; the real lengths live on the GPU.
+  // Decode: enough splits for ~attnDecodeBlocksPerSM blocks per multiprocessor, each token's
+  // context cut on the GPU into that many parts of whole 64-key rounds (the real lengths live
+  // there; a row of blockTables only bounds them).
   const int64_t cap = (int64_t)a.maxBlocks * a.blockSize;
   const int64_t base = (int64_t)T * nkv;
-  int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceilDiv(cap, 128), ceilDiv(8 * c.numSMs, base)));
-  int64_t chunk = ceilDiv(ceilDiv(cap, splits), 128) * 128;
+  int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceilDiv(cap, kDecKeysPerRound),
+                                                          ceilDiv((int64_t)tuning().attnDecodeBlocksPerSM * c.numSMs, base)));
+  a.chunk = 0;
   // Deterministic mode: splits of a fixed 256 keys, so a row's sums do not depend on the batch
   // (T) or on the block table's width; splits past a row's context are skipped by the combine,
   // and one non-empty split combines to exactly the unsplit result.
-  if (tuning().deterministic) chunk = 256;
-  splits = ceilDiv(cap, chunk);
-  a.chunk = (int)chunk;
+  if (tuning().deterministic) {
+    a.chunk = 256;
+    splits = ceilDiv(cap, a.chunk);
+  }
   a.splits = (int)splits;
   if (splits > 1) {
     size_t accBytes = (size_t)T * nh * splits * hd * 4;
@@ -442,8 +471,8 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
     a.wsML = reinterpret_cast<float*>(ws + accBytes);
   }
   dim3 grid(T, nkv, (unsigned)splits);
-  if (hd == 128) launchG<4>(gt, grid, a, c.stream);
-  else launchG<2>(gt, grid, a, c.stream);
+  if (hd == 128) attnDecode<128><<<grid, kDecWarps * 32, 0, c.stream>>>(a);
+  else attnDecode<64><<<grid, kDecWarps * 32, 0, c.stream>>>(a);
   MC_LAUNCHED("attention");
   if (splits > 1) {
     attnCombine<<<dim3(T, nh), hd, 0, c.stream>>>(a.wsAcc, a.wsML, a.out, nh, (int)splits, hd);

@@ -85,6 +85,7 @@ void applyTuningEnv() {
   if (const char* v = env("MEDCLUSTER_AWQ_GEMV_BLOCKS")) list(v, t.awqGemvBlocksPerSM);
   if (const char* v = env("MEDCLUSTER_AWQ_GEMV_STAGES")) list(v, t.awqGemvStages);
   if (const char* v = env("MEDCLUSTER_AWQ_GEMV_TALL_MIN_M")) t.awqGemvTallMinM = std::atoi(v);
+  if (const char* v = env("MEDCLUSTER_ATTN_DECODE_BLOCKS")) t.attnDecodeBlocksPerSM = std::max(1, std::atoi(v));
 }
 
 namespace {

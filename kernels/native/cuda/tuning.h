@@ -37,6 +37,9 @@ struct Tuning {
 
   // ---- attention (attention.cu) ----
   int attnPrefillMinTokensPerSeq = 4;  // tensor-core prefill kernel from this many query tokens per sequence
+  // Decode attention splits each token's context so the grid has about this many blocks per
+  // multiprocessor (at most one split per 64 keys).
+  int attnDecodeBlocksPerSM = 8;
 };
 
 // The process-wide settings (one per process: every CudaBackend reads the same).
@@ -44,7 +47,7 @@ Tuning& tuning();
 
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
 // MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d, MEDCLUSTER_AWQ_GEMV_TALL_MIN_M=N,
-// MEDCLUSTER_DETERMINISTIC=1);
+// MEDCLUSTER_ATTN_DECODE_BLOCKS=N, MEDCLUSTER_DETERMINISTIC=1);
 // called when a backend is created.
 void applyTuningEnv();
 
