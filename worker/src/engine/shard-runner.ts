@@ -300,10 +300,18 @@ export class ShardRunner {
       owned.push(v);
       return v;
     };
+    // A layer's down projection, added to x by the next layer's norm (one fused kernel instead of
+    // an add and a norm); the stage's last one is added before x leaves.
+    let pendingDown: Tensor | undefined;
     try {
       for (let l = 0; l < weights.layers.length; l++) {
         const w = weights.layers[l];
-        const h = local(device.rmsNorm(x, w.inputNorm, config.rmsNormEps));
+        const h = local(
+          pendingDown
+            ? device.addRmsNorm(x, local(pendingDown), w.inputNorm, config.rmsNormEps)
+            : device.rmsNorm(x, w.inputNorm, config.rmsNormEps),
+        );
+        pendingDown = undefined;
         const qkv = local(device.awqLinear(h, w.qkv, 'f16'));
         const [q, k, v] = device.splitCols(qkv, qkvWidths).map(local);
         device.rope(q, k, t.positions, config.headDim, config.ropeTheta);
@@ -324,14 +332,17 @@ export class ShardRunner {
         const gateUp = local(device.awqLinear(h2, w.gateUp, 'f16'));
         const [gate, up] = device.splitCols(gateUp, gateUpWidths).map(local);
         const m = local(device.siluMul(gate, up));
-        const d = local(yield local(device.awqLinear(m, w.down, 'f32')));
-        device.addInPlace(x, d);
-        // Free the layer's intermediates now: memory is reused layer to layer.
-        for (const v of new Set(owned)) v.dispose();
+        const d = yield local(device.awqLinear(m, w.down, 'f32'));
+        // Free the layer's intermediates now (memory is reused layer to layer), all but d.
+        for (const v of new Set(owned)) if (v !== d) v.dispose();
         owned.length = 0;
+        pendingDown = d;
       }
+      if (pendingDown) device.addInPlace(x, local(pendingDown));
+      pendingDown = undefined;
     } finally {
       for (const v of new Set(owned)) v.dispose();
+      pendingDown?.dispose();
     }
     return x;
   }
