@@ -426,14 +426,23 @@ static void checkNorms(Backend& b, int T, int H) {
 }
 
 static void checkElementwise(Backend& b) {
-  // RoPE
-  int T = 5, nq = 8, nk = 2, hd = 128;
-  std::vector<uint16_t> q((size_t)T * nq * hd), k((size_t)T * nk * hd);
-  for (auto& v : q) v = h(urand(-1, 1));
-  for (auto& v : k) v = h(urand(-1, 1));
-  std::vector<int32_t> pos = {0, 1, 17, 1000, 4095};
-  View qv = up(b, q, DType::F16, {T, nq * hd}), kv = up(b, k, DType::F16, {T, nk * hd}), pv = up(b, pos, DType::I32, {T});
-  b.rope(qv, kv, pv, hd, 10000.f);
+  // RoPE on the fused q/k/v rows, k and v into the cache (slot -1: a padding token, not cached)
+  int T = 5, nq = 8, nk = 2, hd = 128, W = (nq + 2 * nk) * hd, numSlots = 8;
+  std::vector<uint16_t> qkv((size_t)T * W), q((size_t)T * nq * hd), k((size_t)T * nk * hd), v((size_t)T * nk * hd);
+  for (auto& x : qkv) x = h(urand(-1, 1));
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < W; ++c) {
+      const uint16_t x = qkv[(size_t)t * W + c];
+      if (c < nq * hd) q[(size_t)t * nq * hd + c] = x;
+      else if (c < (nq + nk) * hd) k[(size_t)t * nk * hd + c - nq * hd] = x;
+      else v[(size_t)t * nk * hd + c - (nq + nk) * hd] = x;
+    }
+  std::vector<int32_t> pos = {0, 1, 17, 1000, 4095}, slots = {6, 0, -1, 3, 7};
+  View pv = up(b, pos, DType::I32, {T});
+  View qv = poisoned(b, (size_t)T * nq * hd * 2, DType::F16, {T, nq * hd});
+  View kc = poisoned(b, (size_t)numSlots * nk * hd * 2, DType::F16, {numSlots, 1, nk, hd});
+  View vc = poisoned(b, (size_t)numSlots * nk * hd * 2, DType::F16, {numSlots, 1, nk, hd});
+  b.ropeWriteKv(up(b, qkv, DType::F16, {T, W}), kc, vc, pv, up(b, slots, DType::I32, {T}), 10000.f, qv);
   auto ropeRef = [&](const std::vector<uint16_t>& src, int nh) {
     std::vector<double> o(src.size());
     for (int t = 0; t < T; ++t)
@@ -447,18 +456,40 @@ static void checkElementwise(Backend& b) {
         }
     return o;
   };
-  report("rope q (positions up to 4095)", toD(qv, b), ropeRef(q, nq), 2e-3);
-  report("rope k", toD(kv, b), ropeRef(k, nk), 2e-3);
-  // SiLU-gate
+  report("ropeWriteKv q (positions up to 4095)", toD(qv, b), ropeRef(q, nq), 2e-3);
+  // The cached rows of the tokens with a slot: k rotated, v exact; the skipped slots untouched.
+  {
+    const std::vector<double> kRef = ropeRef(k, nk), kGot = toD(kc, b), vGot = toD(vc, b);
+    std::vector<double> kr, kg;
+    bool vOk = true;
+    const int rowE = nk * hd;
+    for (int t = 0; t < T; ++t) {
+      if (slots[t] < 0) continue;
+      for (int i = 0; i < rowE; ++i) {
+        kr.push_back(kRef[(size_t)t * rowE + i]);
+        kg.push_back(kGot[(size_t)slots[t] * rowE + i]);
+        vOk = vOk && vGot[(size_t)slots[t] * rowE + i] == f(v[(size_t)t * rowE + i]);
+      }
+    }
+    for (int s : {1, 2, 4, 5}) vOk = vOk && std::isnan(vGot[(size_t)s * rowE]);  // never written (poisoned)
+    report("ropeWriteKv k in the cache", kg, kr, 2e-3);
+    verdict(vOk);
+    printf("%-4s %-58s\n", vOk ? "ok" : "FAIL", "ropeWriteKv v in the cache (exact; slot -1 skipped)");
+  }
+  // SiLU-gate, gate and up read from the fused [T, 2I] output
   int n = 3 * 1000;
-  std::vector<uint16_t> g(n), u(n);
-  for (auto& v : g) v = h(urand(-6, 6));
-  for (auto& v : u) v = h(urand(-2, 2));
-  View gv = up(b, g, DType::F16, {3, 1000}), uv = up(b, u, DType::F16, {3, 1000});
+  std::vector<uint16_t> gu(2 * n);
+  for (int t = 0; t < 3; ++t)
+    for (int c = 0; c < 2000; ++c) gu[t * 2000 + c] = c < 1000 ? h(urand(-6, 6)) : h(urand(-2, 2));
+  View guv = up(b, gu, DType::F16, {3, 2000});
   View o = poisoned(b, n * 2, DType::F16, {3, 1000});
-  b.siluMul(gv, uv, o);
+  b.siluMul(guv, o);
   std::vector<double> ref(n);
-  for (int i = 0; i < n; ++i) { double a = f(g[i]); ref[i] = a / (1 + std::exp(-a)) * f(u[i]); }
+  for (int i = 0; i < n; ++i) {
+    const int t = i / 1000, c = i % 1000;
+    double a = f(gu[t * 2000 + c]);
+    ref[i] = a / (1 + std::exp(-a)) * f(gu[t * 2000 + 1000 + c]);
+  }
   report("siluMul", toD(o, b), ref, 2e-3);
   // embedding
   int V = 300, H = 520;

@@ -1,7 +1,7 @@
 // End-to-end Llama-2-70B (Meditron-70B-AWQ shapes) decode/prefill benchmark over the
 // CudaBackend's public Backend methods only, with synthetic weights packed as at load. It
-// issues q, k, v, gate and up as separate matmuls (7 per block); the worker fuses them
-// (4 per block), and `medcluster bench decode --synthetic llama-2-70b` measures that path.
+// issues the fused q/k/v and gate/up matmuls as the worker does (4 per block); `medcluster bench
+// decode --synthetic llama-2-70b` measures the worker's own path.
 //   ./medcluster-gpu-check --e2e        (MC_E2E_LAYERS=n to shorten, MC_E2E_FP16=0 to skip cuBLAS)
 // Also: --readpat, a read-pattern microbenchmark (contiguous bytes per row vs bandwidth).
 #include <cuda_fp16.h>
@@ -72,7 +72,7 @@ static std::vector<uint16_t> pattern(size_t n, float lo, float hi) {
 }
 
 struct Layer {
-  PackedAwqWeights q, k, v, o, gate, up, down;
+  PackedAwqWeights qkv, o, gateUp, down;
   View ln1, ln2, kc, vc;
 };
 
@@ -95,7 +95,7 @@ PackedAwqWeights makeAwq(Ctx& c, int K, int N, const std::vector<uint16_t>& scal
 }
 
 enum Cat { C_EMB, C_NORM, C_QKV, C_ROPEKV, C_ATTN, C_O, C_GATEUP, C_SILU, C_DOWN, C_ADD, C_HEAD, C_N };
-const char* catName[C_N] = {"embedding", "rmsNorm/addRmsNorm", "q,k,v awqLinear", "rope+writeKv", "attention",
+const char* catName[C_N] = {"embedding", "rmsNorm/addRmsNorm", "qkv awqLinear", "ropeWriteKv", "attention",
                             "o awqLinear", "gate,up awqLinear", "siluMul", "down awqLinear", "addInPlace",
                             "gather+norm+lm_head"};
 
@@ -104,7 +104,7 @@ struct Model {
   std::vector<Layer> layers;
   View embed, lmHead, normW;
   // activations (Tmax rows)
-  View x, hN, q, k, v, attn, o, gate, up, m, d, last, lastN, logits, tok, lp;
+  View x, hN, qkv, q, attn, o, gateUp, m, d, last, lastN, logits, tok, lp;
   View ints;  // packed i32 inputs: ids, positions, slots, tokenSeq, rows, blockTables
   int Tmax, Bmax, maxBlocksMax, numBlocks;
   // fp16 baseline
@@ -165,8 +165,8 @@ static void step(Model& M, Backend& b, int T, int S, int maxBlocks, int nRows, b
   Offs of = offs(M);
   View ids = ints(M, of.ids, {T}), pos = ints(M, of.pos, {T}), slots = ints(M, of.slots, {T}),
        seq = ints(M, of.seq, {T}), rows = ints(M, of.rows, {nRows}), bt = ints(M, of.bt, {S, maxBlocks});
-  View x = rowsOf(M.x, T), hN = rowsOf(M.hN, T), q = rowsOf(M.q, T), k = rowsOf(M.k, T), v = rowsOf(M.v, T),
-       attn = rowsOf(M.attn, T), o = rowsOf(M.o, T), gate = rowsOf(M.gate, T), up = rowsOf(M.up, T),
+  View x = rowsOf(M.x, T), hN = rowsOf(M.hN, T), qkv = rowsOf(M.qkv, T), q = rowsOf(M.q, T),
+       attn = rowsOf(M.attn, T), o = rowsOf(M.o, T), gateUp = rowsOf(M.gateUp, T),
        m = rowsOf(M.m, T), d = rowsOf(M.d, T);
   AttentionShape ash{NH, NKV, HD, 1.f / std::sqrt((float)HD)};
   mark(M, -1);
@@ -174,7 +174,9 @@ static void step(Model& M, Backend& b, int T, int S, int maxBlocks, int nRows, b
   mark(M, C_EMB);
   for (int l = 0; l < M.L; ++l) {
     Layer& Ly = M.layers[l];
-    b.rmsNorm(x, Ly.ln1, EPS, hN);
+    // The previous layer's down projection joins the residual in this layer's norm (as in the worker).
+    if (l == 0) b.rmsNorm(x, Ly.ln1, EPS, hN);
+    else b.addRmsNorm(x, d, Ly.ln1, EPS, hN);
     mark(M, C_NORM);
     const __half* w16 = useFp16 ? M.w16[l % M.L16].as<__half>() : nullptr;
     size_t off = 0;
@@ -182,12 +184,9 @@ static void step(Model& M, Backend& b, int T, int S, int maxBlocks, int nRows, b
       if (useFp16) { gemm16(M, in, w16 + off, K, N, out); off += (size_t)K * N; }
       else b.awqLinearPacked(in, w, out);
     };
-    mm(hN, Ly.q, q, H, NH * HD);
-    mm(hN, Ly.k, k, H, NKV * HD);
-    mm(hN, Ly.v, v, H, NKV * HD);
+    mm(hN, Ly.qkv, qkv, H, (NH + 2 * NKV) * HD);
     mark(M, C_QKV);
-    b.rope(q, k, pos, HD, 10000.f);
-    b.writeKv(Ly.kc, Ly.vc, k, v, slots);
+    b.ropeWriteKv(qkv, Ly.kc, Ly.vc, pos, slots, 10000.f, q);
     mark(M, C_ROPEKV);
     b.attention(q, Ly.kc, Ly.vc, bt, seq, pos, ash, attn);
     mark(M, C_ATTN);
@@ -195,16 +194,15 @@ static void step(Model& M, Backend& b, int T, int S, int maxBlocks, int nRows, b
     mark(M, C_O);
     b.addRmsNorm(x, o, Ly.ln2, EPS, hN);
     mark(M, C_NORM);
-    mm(hN, Ly.gate, gate, H, I);
-    mm(hN, Ly.up, up, H, I);
+    mm(hN, Ly.gateUp, gateUp, H, 2 * I);
     mark(M, C_GATEUP);
-    b.siluMul(gate, up, m);
+    b.siluMul(gateUp, m);
     mark(M, C_SILU);
     mm(m, Ly.down, d, I, H);
     mark(M, C_DOWN);
-    b.addInPlace(x, d);
-    mark(M, C_ADD);
   }
+  b.addInPlace(x, d);
+  mark(M, C_ADD);
   if (nRows > 0) {
     View last = rowsOf(M.last, nRows), lastN = rowsOf(M.lastN, nRows), logits = rowsOf(M.logits, nRows);
     b.gatherRows(x, rows, last);
@@ -307,12 +305,9 @@ int runE2E(Backend& b) {
   M.layers.resize(M.L);
   for (int l = 0; l < M.L; ++l) {
     Layer& Ly = M.layers[l];
-    Ly.q = makeAwq(c, H, NH * HD, scalePat);
-    Ly.k = makeAwq(c, H, NKV * HD, scalePat);
-    Ly.v = makeAwq(c, H, NKV * HD, scalePat);
+    Ly.qkv = makeAwq(c, H, (NH + 2 * NKV) * HD, scalePat);
     Ly.o = makeAwq(c, NH * HD, H, scalePat);
-    Ly.gate = makeAwq(c, H, I, scalePat);
-    Ly.up = makeAwq(c, H, I, scalePat);
+    Ly.gateUp = makeAwq(c, H, 2 * I, scalePat);
     Ly.down = makeAwq(c, I, H, scalePat);
     Ly.ln1 = c.alloc(DType::F16, {H}); c.fill(Ly.ln1, normPat);
     Ly.ln2 = c.alloc(DType::F16, {H}); c.fill(Ly.ln2, normPat);
@@ -324,9 +319,9 @@ int runE2E(Backend& b) {
   M.normW = c.alloc(DType::F16, {H}); c.fill(M.normW, normPat);
   int T = M.Tmax;
   M.x = c.alloc(DType::F32, {T, H}); M.hN = c.alloc(DType::F16, {T, H});
-  M.q = c.alloc(DType::F16, {T, NH * HD}); M.k = c.alloc(DType::F16, {T, NKV * HD}); M.v = c.alloc(DType::F16, {T, NKV * HD});
+  M.qkv = c.alloc(DType::F16, {T, (NH + 2 * NKV) * HD}); M.q = c.alloc(DType::F16, {T, NH * HD});
   M.attn = c.alloc(DType::F16, {T, NH * HD}); M.o = c.alloc(DType::F32, {T, H});
-  M.gate = c.alloc(DType::F16, {T, I}); M.up = c.alloc(DType::F16, {T, I}); M.m = c.alloc(DType::F16, {T, I});
+  M.gateUp = c.alloc(DType::F16, {T, 2 * I}); M.m = c.alloc(DType::F16, {T, I});
   M.d = c.alloc(DType::F32, {T, H});
   M.last = c.alloc(DType::F32, {M.Bmax, H}); M.lastN = c.alloc(DType::F16, {M.Bmax, H});
   M.logits = c.alloc(DType::F32, {M.Bmax, V}); M.tok = c.alloc(DType::I32, {M.Bmax});

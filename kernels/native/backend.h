@@ -133,9 +133,11 @@ class Backend {
   }
   // out [T, N] (f16 or f32) = x f16 [T, K] @ w f16 [N, K]^T (nn.Linear layout), fp32 accumulation.
   virtual void linear(const View& x, const View& w, const View& out) = 0;
-  // In place, HF rotate-half RoPE on q f16 [T, nq*hd] and k f16 [T, nk*hd] at positions i32 [T].
-  virtual void rope(const View& q, const View& k, const View& positions, int64_t headDim,
-                    float theta) = 0;
+  // The fused q/k/v matmul's output qkv f16 [T, (nq + 2 nkv) hd] (q, k, v columns; nkv and hd
+  // from the caches below): HF rotate-half RoPE on q and k at positions i32 [T]; q goes to
+  // qOut f16 [T, nq hd], k and v into the caches at slots i32 [T], as writeKv writes them.
+  virtual void ropeWriteKv(const View& qkv, const View& kCache, const View& vCache, const View& positions,
+                           const View& slots, float theta, const View& qOut) = 0;
   // Paged KV cache: cache f16 [numBlocks, blockSize, numKvHeads, headDim].
   // Writes k, v f16 [T, numKvHeads*headDim] into flat slots i32 [T] (block*blockSize + offset).
   virtual void writeKv(const View& kCache, const View& vCache, const View& k, const View& v,
@@ -146,13 +148,13 @@ class Backend {
   virtual void attention(const View& q, const View& kCache, const View& vCache,
                          const View& blockTables, const View& tokenSeq, const View& positions,
                          const AttentionShape& shape, const View& out) = 0;
-  // out f16 [T, I] = silu(gate f16 [T, I]) * up f16 [T, I]
-  virtual void siluMul(const View& gate, const View& up, const View& out) = 0;
+  // out f16 [T, I] = silu(gate) * up, with gateUp f16 [T, 2I] = [gate | up] (the fused matmul's output)
+  virtual void siluMul(const View& gateUp, const View& out) = 0;
   // out [R, C] = x [T, C] rows at rows i32 [R] (any dtype)
   virtual void gatherRows(const View& x, const View& rows, const View& out) = 0;
   // Copies columns [srcCol0, srcCol0+cols) of every row of src [R, Cs] into columns
   // [dstCol0, dstCol0+cols) of dst [R, Cd] (both row-major 2-D, same dtype and R).
-  // Builds concatCols/splitCols (fused q/k/v weights at load, split outputs at run time).
+  // Builds concatCols (fused q/k/v and gate/up weights at load).
   virtual void copyCols(const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0,
                         int64_t cols) = 0;
   // Samples batch.rows[i] from its row of logits f32 [R, V]: ids i32 [S, 1+L] gets the token,

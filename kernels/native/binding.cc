@@ -239,13 +239,12 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
             InstanceMethod<&DeviceWrap::PackAwq>("packAwq"),
             InstanceMethod<&DeviceWrap::AwqLinearPacked>("awqLinearPacked"),
             InstanceMethod<&DeviceWrap::Linear>("linear"),
-            InstanceMethod<&DeviceWrap::Rope>("rope"),
+            InstanceMethod<&DeviceWrap::RopeWriteKv>("ropeWriteKv"),
             InstanceMethod<&DeviceWrap::WriteKv>("writeKv"),
             InstanceMethod<&DeviceWrap::Attention>("attention"),
             InstanceMethod<&DeviceWrap::SiluMul>("siluMul"),
             InstanceMethod<&DeviceWrap::GatherRows>("gatherRows"),
             InstanceMethod<&DeviceWrap::ConcatCols>("concatCols"),
-            InstanceMethod<&DeviceWrap::SplitCols>("splitCols"),
             InstanceMethod<&DeviceWrap::Sample>("sample"),
             InstanceMethod<&DeviceWrap::CopyRows>("copyRows"),
             InstanceMethod<&DeviceWrap::AllocShared>("allocShared"),
@@ -487,16 +486,18 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     });
   }
 
-  // rope(q, k, positions, headDim, theta)
-  Napi::Value Rope(const Napi::CallbackInfo& info) {
-    SlotPtr q = slotArg(info[0]), k = slotArg(info[1]), pos = slotArg(info[2]);
-    const int64_t hd = info[3].As<Napi::Number>().Int64Value();
-    const float theta = info[4].As<Napi::Number>().FloatValue();
-    CheckOpen(info.Env());
-    device_->enqueue("rope", [=](const std::shared_ptr<Backend>& b) {
-      b->rope(q->view(b), k->view(b), pos->view(b), hd, theta);
+  // ropeWriteKv(qkv, kCache, vCache, positions, slots, theta) -> q [T, nq * hd]
+  Napi::Value RopeWriteKv(const Napi::CallbackInfo& info) {
+    SlotPtr qkv = slotArg(info[0]), kc = slotArg(info[1]), vc = slotArg(info[2]), pos = slotArg(info[3]),
+            slots = slotArg(info[4]);
+    const float theta = info[5].As<Napi::Number>().FloatValue();
+    const int64_t kvWidth = kc->shape[2] * kc->shape[3];
+    auto out = std::make_shared<Slot>(DType::F16, std::vector<int64_t>{qkv->shape[0], qkv->shape[1] - 2 * kvWidth});
+    const bool check = hostMemory_;
+    return NewTensor(info, out, "ropeWriteKv", [=](const std::shared_ptr<Backend>& b) {
+      if (check) checkRange(hostInts(*slots, b), kc->shape[0] * kc->shape[1], "slot", "the cache's slots");
+      b->ropeWriteKv(qkv->view(b), kc->view(b), vc->view(b), pos->view(b), slots->view(b), theta, out->view(b));
     });
-    return info.Env().Undefined();
   }
 
   Napi::Value WriteKv(const Napi::CallbackInfo& info) {
@@ -548,10 +549,10 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
   }
 
   Napi::Value SiluMul(const Napi::CallbackInfo& info) {
-    SlotPtr g = slotArg(info[0]), u = slotArg(info[1]);
-    auto out = std::make_shared<Slot>(DType::F16, g->shape);
+    SlotPtr gu = slotArg(info[0]);
+    auto out = std::make_shared<Slot>(DType::F16, std::vector<int64_t>{gu->shape[0], gu->shape[1] / 2});
     return NewTensor(info, out, "siluMul", [=](const std::shared_ptr<Backend>& b) {
-      b->siluMul(g->view(b), u->view(b), out->view(b));
+      b->siluMul(gu->view(b), out->view(b));
     });
   }
 
@@ -565,7 +566,7 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     });
   }
 
-  // A 2-D operand of concatCols/splitCols. TS validated the shapes; this re-checks the
+  // A 2-D operand of concatCols. TS validated the shapes; this re-checks the
   // few facts the strided copies rely on, so a bad direct call throws instead of overrunning.
   static void Check2D(Napi::Env env, const char* op, const Slot& s, const Slot& like) {
     if (s.shape.size() != 2 || s.dtype != like.dtype || s.shape[0] != like.shape[0]) {
@@ -593,37 +594,6 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
         col += p->shape[1];
       }
     });
-  }
-
-  // splitCols(x, widths[]): tensors [R, widths[i]] holding consecutive column ranges of x.
-  Napi::Value SplitCols(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    SlotPtr x = slotArg(info[0]);
-    Napi::Array ws = info[1].As<Napi::Array>();
-    std::vector<int64_t> widths(ws.Length());
-    int64_t total = 0;
-    for (uint32_t i = 0; i < ws.Length(); i++) {
-      widths[i] = ws.Get(i).As<Napi::Number>().Int64Value();
-      if (widths[i] <= 0) throw Napi::Error::New(env, "splitCols: widths must be positive");
-      total += widths[i];
-    }
-    Check2D(env, "splitCols", *x, *x);
-    if (widths.empty() || total != x->shape[1]) {
-      throw Napi::Error::New(env, "splitCols: widths must sum to x's column count");
-    }
-    CheckOpen(env);
-    Napi::Array result = Napi::Array::New(env, widths.size());
-    int64_t col = 0;
-    for (uint32_t i = 0; i < widths.size(); i++) {
-      auto out = std::make_shared<Slot>(x->dtype, std::vector<int64_t>{x->shape[0], widths[i]});
-      const int64_t c0 = col, n = widths[i];
-      Napi::Value h = NewTensor(info, out, "splitCols", [x, out, c0, n](const std::shared_ptr<Backend>& b) {
-        b->copyCols(x->view(b), c0, out->view(b), 0, n);
-      });
-      result.Set(i, h);
-      col += n;
-    }
-    return result;
   }
 
   // sample(logits, doubles, ints, penaltyIds, penaltyCounts, maskedIds, topLogprobs): the flat

@@ -252,8 +252,17 @@ export interface Device {
   awqLinear(x: Tensor, weights: AwqWeights, outDtype: DType): Tensor;
   /** x f16 [T, K] @ w f16 [N, K]^T -> [T, N] in outDtype. */
   linear(x: Tensor, weight: Tensor, outDtype: DType): Tensor;
-  /** In place rotate-half RoPE on q f16 [T, nq*hd] and k f16 [T, nk*hd]. */
-  rope(q: Tensor, k: Tensor, positions: Tensor, headDim: number, theta: number): void;
+  /** The fused q/k/v matmul's output qkv f16 [T, (nh + 2 nkv) hd] (q, k, v columns; nkv and hd
+   * are the caches'): rotate-half RoPE on q and k at positions i32 [T], k and v written into the
+   * caches at slots i32 [T] as writeKv writes them. Returns q f16 [T, nh hd]. One kernel on CUDA. */
+  ropeWriteKv(
+    qkv: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+    positions: Tensor,
+    slots: Tensor,
+    theta: number,
+  ): Tensor;
   /** Writes k, v f16 [T, nkv*hd] into paged caches f16 [blocks, blockSize, nkv, hd] at slots i32 [T]. */
   writeKv(kCache: Tensor, vCache: Tensor, k: Tensor, v: Tensor, slots: Tensor): void;
   /** Causal paged attention: q f16 [T, nh*hd] -> f16 [T, nh*hd]. */
@@ -266,16 +275,14 @@ export interface Device {
     positions: Tensor,
     shape: AttentionShape,
   ): Tensor;
-  /** f16 silu(gate) * up */
-  siluMul(gate: Tensor, up: Tensor): Tensor;
+  /** The fused gate/up matmul's output f16 [T, 2I] (gate columns, then up) -> f16 [T, I]
+   * = silu(gate) * up, read in place (no split copies). */
+  siluMul(gateUp: Tensor): Tensor;
   /** Selects rows of a 2-D tensor: out [R, C] = x[rows i32 [R]]. */
   gatherRows(x: Tensor, rows: Tensor): Tensor;
   /** Concatenates 2-D tensors of one dtype and row count R along columns: parts [R, C_i] ->
    * [R, sum C_i], part i's columns at its offset (any dtype; fuses q/k/v weights at load time). */
   concatCols(parts: readonly Tensor[]): Tensor;
-  /** The inverse of concatCols: x [R, C] -> tensors [R, widths[i]] of consecutive column
-   * ranges (any dtype). Widths are positive integers summing to C. */
-  splitCols(x: Tensor, widths: readonly number[]): Tensor[];
   /** Samples each row of logits f32 [R, V] that `rows` names (see SampleRow). */
   sample(logits: Tensor, rows: readonly SampleRow[]): SampledRows;
   /** dst [R, C] rows 0..rows-1 = src [S, C] rows 0..rows-1 (one dtype; rows <= R, S). Either may

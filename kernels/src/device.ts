@@ -407,30 +407,45 @@ class KernelDevice implements Device {
     return this.#wrap(h, [T, N], outDtype);
   }
 
-  rope(q: Tensor, k: Tensor, positions: Tensor, headDim: number, theta: number): void {
-    const op = 'rope';
-    const [T, qw] = expect(op, 'q', q, 2, ['f16']);
-    const [kT, kw] = expect(op, 'k', k, 2, ['f16']);
+  ropeWriteKv(
+    qkv: Tensor,
+    kCache: Tensor,
+    vCache: Tensor,
+    positions: Tensor,
+    slots: Tensor,
+    theta: number,
+  ): Tensor {
+    const op = 'ropeWriteKv';
+    const [, , nkv, hd] = this.#checkCaches(op, kCache, vCache);
+    const [T, width] = expect(op, 'qkv', qkv, 2, ['f16']);
     const [pT] = expect(op, 'positions', positions, 1, ['i32']);
-    positiveInt(op, 'headDim', headDim);
-    if (headDim % 2 !== 0) fail(op, `headDim ${headDim} must be even`);
+    const [sT] = expect(op, 'slots', slots, 1, ['i32']);
+    if (hd % 2 !== 0) fail(op, `kCache ${describe(kCache)}'s headDim ${hd} must be even`);
     if (!(theta > 0) || !Number.isFinite(theta)) fail(op, `theta ${theta} must be a positive number`);
-    if (kT !== T || pT !== T) {
+    const qWidth = width - 2 * nkv * hd;
+    if (width % hd !== 0 || qWidth <= 0) {
       fail(
         op,
-        `q ${describe(q)}, k ${describe(k)} and positions ${describe(positions)} must have the same T`,
+        `qkv ${describe(qkv)} is not q, k and v heads of ${hd} with ${nkv} KV heads (kCache ${describe(kCache)})`,
       );
     }
-    if (qw % headDim !== 0 || kw % headDim !== 0) {
-      fail(op, `q ${describe(q)} and k ${describe(k)} widths must be multiples of headDim ${headDim}`);
+    if (pT !== T || sT !== T) {
+      fail(
+        op,
+        `qkv ${describe(qkv)}, positions ${describe(positions)} and slots ${describe(slots)} must have the same T`,
+      );
     }
-    this.#open(op).rope(
-      this.#arg(op, 'q', q),
-      this.#arg(op, 'k', k),
-      this.#arg(op, 'positions', positions),
-      headDim,
-      theta,
+    const h = nativeCall(op, () =>
+      this.#open(op).ropeWriteKv(
+        this.#arg(op, 'qkv', qkv),
+        this.#arg(op, 'kCache', kCache),
+        this.#arg(op, 'vCache', vCache),
+        this.#arg(op, 'positions', positions),
+        this.#arg(op, 'slots', slots),
+        theta,
+      ),
     );
+    return this.#wrap(h, [T, qWidth], 'f16');
   }
 
   #checkCaches(op: string, kCache: Tensor, vCache: Tensor): number[] {
@@ -505,16 +520,11 @@ class KernelDevice implements Device {
     return this.#wrap(h, [T, width], 'f16');
   }
 
-  siluMul(gate: Tensor, up: Tensor): Tensor {
+  siluMul(gateUp: Tensor): Tensor {
     const op = 'siluMul';
-    const dims = expect(op, 'gate', gate, 2, ['f16']);
-    expect(op, 'up', up, 2, ['f16']);
-    sameShape(op, 'gate', gate, 'up', up);
-    return this.#wrap(
-      this.#open(op).siluMul(this.#arg(op, 'gate', gate), this.#arg(op, 'up', up)),
-      dims,
-      'f16',
-    );
+    const [T, C] = expect(op, 'gateUp', gateUp, 2, ['f16']);
+    if (C % 2) fail(op, `gateUp ${describe(gateUp)} must have an even column count (gate, then up)`);
+    return this.#wrap(this.#open(op).siluMul(this.#arg(op, 'gateUp', gateUp)), [T, C / 2], 'f16');
   }
 
   gatherRows(x: Tensor, rows: Tensor): Tensor {
@@ -547,17 +557,6 @@ class KernelDevice implements Device {
       [R, width],
       first.dtype,
     );
-  }
-
-  splitCols(x: Tensor, widths: readonly number[]): Tensor[] {
-    const op = 'splitCols';
-    const [R, C] = expect(op, 'x', x, 2, ['f16', 'f32', 'i32']);
-    if (!Array.isArray(widths) || widths.length === 0) fail(op, 'widths must be a non-empty array');
-    for (const [i, w] of widths.entries()) positiveInt(op, `widths[${i}]`, w);
-    const total = widths.reduce((a, b) => a + b, 0);
-    if (total !== C) fail(op, `widths [${widths.join(', ')}] sum to ${total}, not x ${describe(x)}'s C=${C}`);
-    const handles = nativeCall(op, () => this.#open(op).splitCols(this.#arg(op, 'x', x), [...widths]));
-    return handles.map((h, i) => this.#wrap(h, [R, widths[i]], x.dtype));
   }
 
   sample(logits: Tensor, rows: readonly SampleRow[]): SampledRows {

@@ -58,7 +58,14 @@ export interface NativeDevice {
     outDtype: number,
   ): NativeHandle;
   linear(x: NativeHandle, w: NativeHandle, outDtype: number): NativeHandle;
-  rope(q: NativeHandle, k: NativeHandle, positions: NativeHandle, headDim: number, theta: number): void;
+  ropeWriteKv(
+    qkv: NativeHandle,
+    kCache: NativeHandle,
+    vCache: NativeHandle,
+    positions: NativeHandle,
+    slots: NativeHandle,
+    theta: number,
+  ): NativeHandle;
   writeKv(
     kCache: NativeHandle,
     vCache: NativeHandle,
@@ -78,10 +85,9 @@ export interface NativeDevice {
     headDim: number,
     scale: number,
   ): NativeHandle;
-  siluMul(gate: NativeHandle, up: NativeHandle): NativeHandle;
+  siluMul(gateUp: NativeHandle): NativeHandle;
   gatherRows(x: NativeHandle, rows: NativeHandle): NativeHandle;
   concatCols(parts: NativeHandle[]): NativeHandle;
-  splitCols(x: NativeHandle, widths: number[]): NativeHandle[];
   /** doubles: per row temperature, topP, repetition, presence, frequency, uniform; ints: per row
    * row, topK, logprobs (-1 none), penaltyBegin, penaltyCount, maskBegin, maskCount; lists: the
    * penalized ids, their counts, then the masked ids. Returns [ids, logprobs]. */

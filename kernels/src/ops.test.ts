@@ -161,12 +161,21 @@ describe('norms and element-wise ops', () => {
     expect(await r.read()).toEqual(a.map((v, i) => Math.fround(v + b[i])));
   });
 
-  it('siluMul', async () => {
+  it('siluMul reads gate and up from the fused [T, 2I] output', async () => {
     const rand = rng(13);
     const g = roundToF16(uniform(rand, 3 * 77, -6, 6));
     const u = roundToF16(uniform(rand, 3 * 77, -2, 2));
-    const out = await dev.siluMul(dev.fromArray(g, [3, 77], 'f16'), dev.fromArray(u, [3, 77], 'f16')).read();
-    expect(relativeError(out, siluMulRef(g, u))).toBeLessThan(F16_TOL);
+    const gateUp = new Float32Array(3 * 154);
+    for (let t = 0; t < 3; t++) {
+      gateUp.set(g.subarray(t * 77, (t + 1) * 77), t * 154);
+      gateUp.set(u.subarray(t * 77, (t + 1) * 77), t * 154 + 77);
+    }
+    const out = dev.siluMul(dev.fromArray(gateUp, [3, 154], 'f16'));
+    expect(out.shape).toEqual([3, 77]);
+    expect(relativeError(await out.read(), siluMulRef(g, u))).toBeLessThan(F16_TOL);
+    expect(() => dev.siluMul(dev.zeros([2, 5], 'f16'))).toThrow(
+      /^siluMul: gateUp \[2, 5\] f16 must have an even column count/,
+    );
   });
 
   it('embedding copies f16 rows into f32', async () => {
@@ -229,25 +238,54 @@ describe('norms and element-wise ops', () => {
     }
   });
 
-  it('rope rotates q and k with HF rotate-half at each position', async () => {
+  it('ropeWriteKv rotates q and k of the fused q/k/v rows and caches k and v at their slots', async () => {
     const rand = rng(17);
-    const [t, hd, nq, nk, theta] = [5, 64, 4, 2, 10000];
-    const q = roundToF16(uniform(rand, t * nq * hd));
-    const k = roundToF16(uniform(rand, t * nk * hd));
+    const [t, hd, nq, nk, theta, blockSize, blocks] = [5, 64, 4, 2, 10000, 4, 3];
+    const [qw, kw] = [nq * hd, nk * hd];
+    const qkv = roundToF16(uniform(rand, t * (qw + 2 * kw)));
+    const cols = (c0: number, w: number) => {
+      const out = new Float32Array(t * w);
+      for (let r = 0; r < t; r++)
+        out.set(qkv.subarray(r * (qw + 2 * kw) + c0, r * (qw + 2 * kw) + c0 + w), r * w);
+      return out;
+    };
+    const [q, k, v] = [cols(0, qw), cols(qw, kw), cols(qw + kw, kw)];
     const positions = Int32Array.from([0, 1, 7, 300, 4095]);
-    const qt = dev.fromArray(q, [t, nq * hd], 'f16');
-    const kt = dev.fromArray(k, [t, nk * hd], 'f16');
-    dev.rope(qt, kt, dev.fromArray(positions, [t], 'i32'), hd, theta);
-    expect(relativeError(await qt.read(), ropeRef(q, positions, t, nq * hd, hd, theta))).toBeLessThan(
-      F16_TOL,
+    const slots = Int32Array.from([11, 0, 5, 6, 2]);
+    const kCache = dev.zeros([blocks, blockSize, nk, hd], 'f16');
+    const vCache = dev.zeros([blocks, blockSize, nk, hd], 'f16');
+    const qOut = dev.ropeWriteKv(
+      dev.fromArray(qkv, [t, qw + 2 * kw], 'f16'),
+      kCache,
+      vCache,
+      dev.fromArray(positions, [t], 'i32'),
+      dev.fromArray(slots, [t], 'i32'),
+      theta,
     );
-    expect(relativeError(await kt.read(), ropeRef(k, positions, t, nk * hd, hd, theta))).toBeLessThan(
-      F16_TOL,
-    );
+    expect(qOut.shape).toEqual([t, qw]);
+    expect(relativeError(await qOut.read(), ropeRef(q, positions, t, qw, hd, theta))).toBeLessThan(F16_TOL);
+    const [kc, vc] = [await kCache.read(), await vCache.read()];
+    const atSlots = (cache: Float32Array) => {
+      const out = new Float32Array(t * kw);
+      for (const [r, s] of slots.entries()) out.set(cache.subarray(s * kw, (s + 1) * kw), r * kw);
+      return out;
+    };
+    expect(relativeError(atSlots(kc), ropeRef(k, positions, t, kw, hd, theta))).toBeLessThan(F16_TOL);
+    expect(atSlots(vc)).toEqual(v);
+    expect(() =>
+      dev.ropeWriteKv(
+        dev.zeros([t, 2 * kw], 'f16'),
+        kCache,
+        vCache,
+        dev.zeros([t], 'i32'),
+        dev.zeros([t], 'i32'),
+        theta,
+      ),
+    ).toThrow(/^ropeWriteKv: qkv \[5, 256\] f16 is not q, k and v heads of 64 with 2 KV heads/);
   });
 });
 
-describe('column concat and split', () => {
+describe('column concat', () => {
   type Host = Float32Array | Int32Array;
   const hostData = (dtype: DType, n: number, seed: number): Host => {
     const rand = rng(seed);
@@ -255,13 +293,7 @@ describe('column concat and split', () => {
     const v = uniform(rand, n, -10, 10);
     return dtype === 'f16' ? roundToF16(v) : v;
   };
-  // Host references (typed like what read() returns): columns [c0, c0 + w) of a row-major
-  // [rows, cols] matrix, and parts [rows, widths[i]] side by side.
-  const hostCols = (x: Host, rows: number, cols: number, c0: number, w: number): Host => {
-    const out = x instanceof Int32Array ? new Int32Array(rows * w) : new Float32Array(rows * w);
-    for (let r = 0; r < rows; r++) out.set(x.subarray(r * cols + c0, r * cols + c0 + w), r * w);
-    return out;
-  };
+  // Host reference (typed like what read() returns): parts [rows, widths[i]] side by side.
   const hostConcat = (parts: Host[], rows: number, widths: readonly number[]): Host => {
     const cols = widths.reduce((a, b) => a + b, 0);
     const out = parts[0] instanceof Int32Array ? new Int32Array(rows * cols) : new Float32Array(rows * cols);
@@ -300,39 +332,15 @@ describe('column concat and split', () => {
         expect(out.dtype).toBe(dtype);
         expect(diff(await out.read(), hostConcat(host, rows, widths))).toBeUndefined();
       });
-
-      it(`splitCols of ${dtype} [${rows}, ${cols}] into [${widths}] matches host slices`, async () => {
-        const host = hostData(dtype, rows * cols, 200);
-        const x = dev.fromArray(host, [rows, cols], dtype);
-        const outs = dev.splitCols(x, widths);
-        expect(outs).toHaveLength(widths.length);
-        let c0 = 0;
-        for (let i = 0; i < widths.length; i++) {
-          expect(outs[i].shape).toEqual([rows, widths[i]]);
-          expect(outs[i].dtype).toBe(dtype);
-          expect(diff(await outs[i].read(), hostCols(host, rows, cols, c0, widths[i]))).toBeUndefined();
-          c0 += widths[i];
-        }
-      });
     }
   }
 
-  it('concatCols and splitCols are inverses', async () => {
-    const [rows, widths] = [7, [8, 1, 16, 3]];
-    const cols = widths.reduce((a, b) => a + b, 0);
-    const host = hostData('i32', rows * cols, 300);
-    const x = dev.fromArray(host, [rows, cols], 'i32');
-    expect(await dev.concatCols(dev.splitCols(x, widths)).read()).toEqual(host);
-    const partsHost = widths.map((w, i) => hostData('f16', rows * w, 310 + i));
-    const parts = partsHost.map((h, i) => dev.fromArray(h, [rows, widths[i]], 'f16'));
-    const back = dev.splitCols(dev.concatCols(parts), widths);
-    for (let i = 0; i < widths.length; i++) expect(await back[i].read()).toEqual(partsHost[i]);
-    // A single part / a single width is a plain copy.
-    expect(await dev.concatCols([x]).read()).toEqual(host);
-    expect(await dev.splitCols(x, [cols])[0].read()).toEqual(host);
+  it('concatCols of a single part is a plain copy', async () => {
+    const host = hostData('i32', 7 * 28, 300);
+    expect(await dev.concatCols([dev.fromArray(host, [7, 28], 'i32')]).read()).toEqual(host);
   });
 
-  it('rejects bad parts and widths with the op and the shapes', () => {
+  it('rejects bad parts with the op and the shapes', () => {
     const a = dev.zeros([4, 3], 'f16');
     expect(() => dev.concatCols([])).toThrow(/^concatCols: parts must be a non-empty array of tensors$/);
     expect(() => dev.concatCols([a, dev.zeros([4, 2], 'f32')])).toThrow(
@@ -344,18 +352,6 @@ describe('column concat and split', () => {
     expect(() => dev.concatCols([a, dev.zeros([4], 'f16')])).toThrow(
       /^concatCols: parts\[1\] \[4\] f16 must be 2-D f16 or f32 or i32$/,
     );
-    expect(() => dev.splitCols(dev.zeros([2, 3, 4], 'f32'), [4])).toThrow(
-      /^splitCols: x \[2, 3, 4\] f32 must be 2-D/,
-    );
-    expect(() => dev.splitCols(a, [])).toThrow(/^splitCols: widths must be a non-empty array$/);
-    expect(() => dev.splitCols(a, [3, 0])).toThrow(/^splitCols: widths\[1\] 0 must be a positive integer$/);
-    expect(() => dev.splitCols(a, [1.5, 1.5])).toThrow(
-      /^splitCols: widths\[0\] 1.5 must be a positive integer$/,
-    );
-    expect(() => dev.splitCols(a, [1, 1])).toThrow(
-      /^splitCols: widths \[1, 1\] sum to 2, not x \[4, 3\] f16's C=3$/,
-    );
-    expect(() => dev.splitCols(a, [2, 2])).toThrow(/sum to 4, not x \[4, 3\] f16's C=3/);
   });
 });
 

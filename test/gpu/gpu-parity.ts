@@ -128,22 +128,26 @@ async function compareOps(cpu: Device, gpu: Device): Promise<void> {
   }
 
   {
-    const [t, nq, nk, hd] = [9, 8, 4, 64];
-    const [qc, qg] = both(cpu, gpu, uniform(rand, t * nq * hd), [t, nq * hd], 'f16');
-    const [kc, kg] = both(cpu, gpu, uniform(rand, t * nk * hd), [t, nk * hd], 'f16');
+    const [t, nq, nk, hd, blocks, blockSize] = [9, 8, 4, 64, 4, 4];
+    const width = (nq + 2 * nk) * hd;
+    const [xc, xg] = both(cpu, gpu, uniform(rand, t * width), [t, width], 'f16');
     const pos = Int32Array.from({ length: t }, (_, i) => 3 + i * 37);
     const [pc, pg] = both(cpu, gpu, pos, [t], 'i32');
-    cpu.rope(qc, kc, pc, hd, 10000);
-    gpu.rope(qg, kg, pg, hd, 10000);
-    check('rope q', relativeError(await read(qg), await read(qc)), 2e-3);
-    check('rope k', relativeError(await read(kg), await read(kc)), 2e-3);
+    const [sc, sg] = both(cpu, gpu, Int32Array.from([15, 0, 3, 4, 9, 12, 1, 7, 8]), [t], 'i32');
+    const caches = (d: Device) => [0, 1].map(() => d.zeros([blocks, blockSize, nk, hd], 'f16'));
+    const [kcC, vcC] = caches(cpu);
+    const [kcG, vcG] = caches(gpu);
+    const qc = cpu.ropeWriteKv(xc, kcC, vcC, pc, sc, 10000);
+    const qg = gpu.ropeWriteKv(xg, kcG, vcG, pg, sg, 10000);
+    check('ropeWriteKv q', relativeError(await read(qg), await read(qc)), 2e-3);
+    check('ropeWriteKv k cache', relativeError(await read(kcG), await read(kcC)), 2e-3);
+    checkEqual('ropeWriteKv v cache', await read(vcG), await read(vcC));
   }
 
   {
     const [t, i] = [6, 1536];
-    const [gc, gg] = both(cpu, gpu, uniform(rand, t * i, -4, 4), [t, i], 'f16');
-    const [uc, ug] = both(cpu, gpu, uniform(rand, t * i), [t, i], 'f16');
-    check('siluMul', relativeError(await read(gpu.siluMul(gg, ug)), await read(cpu.siluMul(gc, uc))), 2e-3);
+    const [gc, gg] = both(cpu, gpu, uniform(rand, t * 2 * i, -4, 4), [t, 2 * i], 'f16');
+    check('siluMul', relativeError(await read(gpu.siluMul(gg)), await read(cpu.siluMul(gc))), 2e-3);
   }
 
   {
@@ -159,14 +163,13 @@ async function compareOps(cpu: Device, gpu: Device): Promise<void> {
     checkEqual('gatherRows', await read(gpu.gatherRows(eg, rg)), await read(cpu.gatherRows(ec, rc)));
   }
 
-  // Column concat/split (fused q/k/v weights at load, split outputs at run time): pure copies,
-  // so identical. Odd widths and rows exercise unaligned pitches.
+  // Column concat (fused q/k/v weights at load): pure copies, so identical. Odd widths and rows
+  // exercise unaligned pitches.
   for (const [dtype, rows, widths] of [
     ['f16', 37, [1024, 128, 128]],
     ['f32', 5, [3, 7, 1]],
     ['i32', 64, [128, 16, 16]],
   ] as const) {
-    const cols = widths.reduce((a, b) => a + b, 0);
     const host = (n: number) =>
       dtype === 'i32'
         ? Int32Array.from({ length: n }, () => Math.floor((rand() - 0.5) * 2 ** 32))
@@ -175,16 +178,6 @@ async function compareOps(cpu: Device, gpu: Device): Promise<void> {
     const cc = cpu.concatCols(parts.map(([c]) => c));
     const cg = gpu.concatCols(parts.map(([, g]) => g));
     checkEqual(`concatCols ${dtype} [${rows}, ${widths}]`, await cg.read(), await cc.read());
-    const [xc, xg] = both(cpu, gpu, host(rows * cols), [rows, cols], dtype);
-    const sc = cpu.splitCols(xc, widths);
-    const sg = gpu.splitCols(xg, widths);
-    for (let i = 0; i < widths.length; i++) {
-      checkEqual(`splitCols ${dtype} [${rows}, ${cols}] part ${i}`, await sg[i].read(), await sc[i].read());
-    }
-    const back = gpu.splitCols(cg, widths);
-    for (let i = 0; i < widths.length; i++) {
-      checkEqual(`splitCols(concatCols) ${dtype} part ${i}`, await back[i].read(), await parts[i][1].read());
-    }
   }
 
   // Paged attention: three sequences (prefill, decode, long context with a partial last block), GQA 8:1 and 2:1.

@@ -51,8 +51,17 @@ class CpuBackend final : public Backend {
     cpu::awqLinear(pool_, x, w, out);
   }
   void linear(const View& x, const View& w, const View& out) override { cpu::linear(pool_, x, w, out); }
-  void rope(const View& q, const View& k, const View& positions, int64_t headDim, float theta) override {
-    cpu::rope(pool_, q, k, positions, headDim, theta);
+  // The unfused steps on copies: q, k and v out of qkv, RoPE on q and k, then writeKv.
+  void ropeWriteKv(const View& qkv, const View& kCache, const View& vCache, const View& positions,
+                   const View& slots, float theta, const View& qOut) override {
+    const int64_t T = qkv.dim(0), hd = kCache.dim(3), kvWidth = kCache.dim(2) * hd, qWidth = qOut.dim(1);
+    std::vector<uint16_t> kv(static_cast<size_t>(2 * T * kvWidth));
+    View k{kv.data(), DType::F16, {T, kvWidth}}, v{kv.data() + T * kvWidth, DType::F16, {T, kvWidth}};
+    cpu::copyCols(pool_, qkv, 0, qOut, 0, qWidth);
+    cpu::copyCols(pool_, qkv, qWidth, k, 0, kvWidth);
+    cpu::copyCols(pool_, qkv, qWidth + kvWidth, v, 0, kvWidth);
+    cpu::rope(pool_, qOut, k, positions, hd, theta);
+    cpu::writeKv(kCache, vCache, k, v, slots);
   }
   void writeKv(const View& kCache, const View& vCache, const View& k, const View& v,
                const View& slots) override {
@@ -63,8 +72,8 @@ class CpuBackend final : public Backend {
                  const View& out) override {
     cpu::attention(pool_, q, kCache, vCache, blockTables, tokenSeq, positions, shape, out);
   }
-  void siluMul(const View& gate, const View& up, const View& out) override {
-    cpu::siluMul(pool_, gate, up, out);
+  void siluMul(const View& gateUp, const View& out) override {
+    cpu::siluMul(pool_, gateUp, out);
   }
   void gatherRows(const View& x, const View& rows, const View& out) override {
     cpu::gatherRows(x, rows, out);

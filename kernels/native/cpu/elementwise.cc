@@ -52,15 +52,16 @@ void addInPlace(ThreadPool& pool, const View& residual, const View& delta) {
   });
 }
 
-void siluMul(ThreadPool& pool, const View& gate, const View& up, const View& out) {
-  const uint16_t* g = gate.as<uint16_t>();
-  const uint16_t* u = up.as<uint16_t>();
+void siluMul(ThreadPool& pool, const View& gateUp, const View& out) {
+  const uint16_t* gu = gateUp.as<uint16_t>();
   uint16_t* o = out.as<uint16_t>();
-  pool.parallelFor(gate.numel(), 4096, [&](int64_t i0, int64_t i1) {
+  const int64_t I = out.dim(1);
+  pool.parallelFor(out.numel(), 4096, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; i++) {
-      const float gv = halfToFloat(g[i]);
+      const int64_t t = i / I, c = i % I;
+      const float gv = halfToFloat(gu[t * 2 * I + c]);
       const float silu = gv / (1.0f + std::exp(-gv));
-      o[i] = floatToHalf(silu * halfToFloat(u[i]));
+      o[i] = floatToHalf(silu * halfToFloat(gu[t * 2 * I + I + c]));
     }
   });
 }

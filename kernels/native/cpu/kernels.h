@@ -17,7 +17,7 @@ void rope(ThreadPool& pool, const View& q, const View& k, const View& positions,
 void rmsNorm(ThreadPool& pool, const View& x, const View* delta, const View& w, float eps,
              const View& out);
 void addInPlace(ThreadPool& pool, const View& residual, const View& delta);
-void siluMul(ThreadPool& pool, const View& gate, const View& up, const View& out);
+void siluMul(ThreadPool& pool, const View& gateUp, const View& out);
 void embedding(ThreadPool& pool, const View& table, const View& ids, const View& out);
 void gatherRows(const View& x, const View& rows, const View& out);
 void copyCols(ThreadPool& pool, const View& src, int64_t srcCol0, const View& dst, int64_t dstCol0,

@@ -140,27 +140,42 @@ __global__ void addKernel(float* r, const float* d, int64_t n) {
     r[i] += d[i];
 }
 
-__global__ void siluMulKernel(const __half2* g, const __half2* u, __half2* out, int64_t n2) {
+// gateUp [T, 2 I] = [gate | up] -> out [T, I], in pairs of halves (I2 = I / 2 pairs a row).
+__global__ void siluMulKernel(const __half2* gateUp, __half2* out, int64_t I2, int64_t n2) {
   pdlLaunchDependents();  // the down matmul may start prefetching its weights
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n2; i += (int64_t)gridDim.x * blockDim.x) {
-    float2 a = __half22float2(g[i]), b = __half22float2(u[i]);
+    const int64_t t = i / I2, c = i % I2;
+    float2 a = __half22float2(gateUp[t * 2 * I2 + c]), b = __half22float2(gateUp[t * 2 * I2 + I2 + c]);
     out[i] = __floats2half2_rn(a.x / (1.f + expf(-a.x)) * b.x, a.y / (1.f + expf(-a.y)) * b.y);
   }
 }
 
-// grid (T, heads of q + heads of k); HF rotate-half on pairs (i, i + hd/2), fp32 math.
-__global__ void ropeKernel(__half* q, __half* k, const int32_t* pos, int nq, int nk, int hd, float theta) {
-  int t = blockIdx.x, h = blockIdx.y;
-  __half* base = h < nq ? q + ((int64_t)t * nq + h) * hd : k + ((int64_t)t * nk + (h - nq)) * hd;
-  int half = hd / 2;
-  float p = (float)pos[t];
+// grid (T, nq + 2 nkv heads): one head of the fused q/k/v row. q heads are rotated into qOut,
+// k heads rotated into the cache slot, v heads copied there (a negative slot: not cached). HF
+// rotate-half on pairs (i, i + hd/2), fp32 math.
+__global__ void ropeWriteKvKernel(const __half* qkv, __half* qOut, __half* kc, __half* vc, const int32_t* pos,
+                                  const int32_t* slots, int nq, int nkv, int hd, float theta) {
+  const int t = blockIdx.x, h = blockIdx.y, half = hd / 2;
+  const int64_t kvWidth = (int64_t)nkv * hd;
+  const __half* src = qkv + (int64_t)t * (nq * hd + 2 * kvWidth) + (int64_t)h * hd;
+  const int64_t slot = slots[t];
+  __half* dst;
+  if (h < nq) dst = qOut + ((int64_t)t * nq + h) * hd;
+  else if (slot < 0) return;
+  else if (h < nq + nkv) dst = kc + slot * kvWidth + (int64_t)(h - nq) * hd;
+  else dst = vc + slot * kvWidth + (int64_t)(h - nq - nkv) * hd;
+  if (h >= nq + nkv) {
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = src[i];
+    return;
+  }
+  const float p = (float)pos[t];
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     float invFreq = 1.f / powf(theta, (float)(2 * i) / (float)hd);
     float s, c;
     sincosf(p * invFreq, &s, &c);
-    float x1 = __half2float(base[i]), x2 = __half2float(base[i + half]);
-    base[i] = __float2half(x1 * c - x2 * s);
-    base[i + half] = __float2half(x2 * c + x1 * s);
+    float x1 = __half2float(src[i]), x2 = __half2float(src[i + half]);
+    dst[i] = __float2half(x1 * c - x2 * s);
+    dst[i + half] = __float2half(x2 * c + x1 * s);
   }
 }
 
@@ -477,14 +492,15 @@ class CudaBackend final : public Backend {
   }
   void awqPack(const AwqWeights& src, const View& dst) override { launchAwqPack(ctx(), src, dst); }
   void linear(const View& x, const View& w, const View& out) override { launchLinear(ctx(), x, w, out); }
-  void rope(const View& q, const View& k, const View& positions, int64_t headDim, float theta) override {
-    int64_t T = positions.numel();
+  void ropeWriteKv(const View& qkv, const View& kCache, const View& vCache, const View& positions,
+                   const View& slots, float theta, const View& qOut) override {
+    const int64_t T = qkv.dim(0), hd = kCache.dim(3), nkv = kCache.dim(2), nq = qOut.dim(1) / hd;
     if (!T) return;
-    int nq = (int)(q.numel() / T / headDim), nk = (int)(k.numel() / T / headDim);
-    dim3 grid((unsigned)T, nq + nk);
-    ropeKernel<<<grid, 64, 0, s()>>>(q.as<__half>(), k.as<__half>(), positions.as<int32_t>(), nq, nk,
-                                      (int)headDim, theta);
-    MC_LAUNCHED("rope");
+    dim3 grid((unsigned)T, (unsigned)(nq + 2 * nkv));
+    ropeWriteKvKernel<<<grid, 64, 0, s()>>>(qkv.as<__half>(), qOut.as<__half>(), kCache.as<__half>(),
+                                             vCache.as<__half>(), positions.as<int32_t>(), slots.as<int32_t>(),
+                                             (int)nq, (int)nkv, (int)hd, theta);
+    MC_LAUNCHED("ropeWriteKv");
   }
   void writeKv(const View& kCache, const View& vCache, const View& k, const View& v,
                const View& slots) override {
@@ -504,12 +520,12 @@ class CudaBackend final : public Backend {
                  const View& out) override {
     launchAttention(ctx(), q, kCache, vCache, blockTables, tokenSeq, positions, shape, out);
   }
-  void siluMul(const View& gate, const View& up, const View& out) override {
-    int64_t n = gate.numel();
+  void siluMul(const View& gateUp, const View& out) override {
+    const int64_t n = out.numel(), I = out.dim(1);
     if (!n) return;
-    if (n % 2) throw BackendError("siluMul: odd element count " + std::to_string(n) + " is not supported on CUDA");
-    siluMulKernel<<<gridFor(n / 2, 256, numSMs_), 256, 0, s()>>>(gate.as<__half2>(), up.as<__half2>(),
-                                                                 out.as<__half2>(), n / 2);
+    if (I % 2) throw BackendError("siluMul: an odd column count " + std::to_string(I) + " is not supported on CUDA");
+    siluMulKernel<<<gridFor(n / 2, 256, numSMs_), 256, 0, s()>>>(gateUp.as<__half2>(), out.as<__half2>(), I / 2,
+                                                                 n / 2);
     MC_LAUNCHED("siluMul");
   }
   void gatherRows(const View& x, const View& rows, const View& out) override {

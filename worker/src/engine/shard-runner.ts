@@ -292,9 +292,6 @@ export class ShardRunner {
       numKvHeads: this.dims.numKvHeads,
       headDim: config.headDim,
     };
-    const kvWidth = this.dims.numKvHeads * config.headDim;
-    const qkvWidths = [this.dims.numHeads * config.headDim, kvWidth, kvWidth];
-    const gateUpWidths = [this.dims.intermediate, this.dims.intermediate];
     const owned: Tensor[] = [];
     const local = <X extends Tensor>(v: X): X => {
       owned.push(v);
@@ -313,9 +310,16 @@ export class ShardRunner {
         );
         pendingDown = undefined;
         const qkv = local(device.awqLinear(h, w.qkv, 'f16'));
-        const [q, k, v] = device.splitCols(qkv, qkvWidths).map(local);
-        device.rope(q, k, t.positions, config.headDim, config.ropeTheta);
-        device.writeKv(this.cache.keys[l], this.cache.values[l], k, v, t.slots);
+        const q = local(
+          device.ropeWriteKv(
+            qkv,
+            this.cache.keys[l],
+            this.cache.values[l],
+            t.positions,
+            t.slots,
+            config.ropeTheta,
+          ),
+        );
         const a = local(
           device.attention(
             q,
@@ -330,8 +334,7 @@ export class ShardRunner {
         const o = local(yield local(device.awqLinear(a, w.o, 'f32')));
         const h2 = local(device.addRmsNorm(x, o, w.postAttentionNorm, config.rmsNormEps));
         const gateUp = local(device.awqLinear(h2, w.gateUp, 'f16'));
-        const [gate, up] = device.splitCols(gateUp, gateUpWidths).map(local);
-        const m = local(device.siluMul(gate, up));
+        const m = local(device.siluMul(gateUp));
         const d = yield local(device.awqLinear(m, w.down, 'f32'));
         // Free the layer's intermediates now (memory is reused layer to layer), all but d.
         for (const v of new Set(owned)) if (v !== d) v.dispose();
