@@ -993,6 +993,7 @@ int main(int argc, char** argv) {
       checkLinear(*b, 17, 512, 1000, DType::F32);
       checkNorms(*b, 3, 8192);
       checkNorms(*b, 2, 1000);
+      checkNorms(*b, 2, 12288);  // the 16-vector block, its last vectors past the row
       checkElementwise(*b);
       // The tensor-core prefill kernel (>= 4 tokens per sequence): G = 8, 4, 2, 1, head dims 128
       // and 64, several sequences per step (a 64-row tile spans two), contexts past the new

@@ -52,34 +52,56 @@ constexpr int kDecTableSlots = 512;               // block-table entries a split
 
 // With several splits: the block that finishes a (token, KV head) last merges every split's
 // partial into the output, in split order (so the sums do not depend on which block is last),
-// and resets the counter for the next launch.
+// and resets the counter for the next launch. The splits' (m, l) go through shared memory in one
+// pass; each thread then sums its outputs' columns over the splits, its loads independent.
+constexpr int kDecMaxSplits = 256;
+
 template <int HD>
 __device__ __forceinline__ void mergeIfLast(const AttnArgs& a, int t, int kvh) {
+  constexpr int kPerThread = 8 * HD / (kDecWarps * 32);  // outputs per thread at G = 8
   __shared__ bool last;
-  __threadfence();  // this thread's part of the partial is visible device-wide
-  __syncthreads();
+  __shared__ float weight[8][kDecMaxSplits];  // exp2(m_s - M) / L per head and split
+  __syncthreads();  // the block's partial is written (thread 0's fence below releases it)
   if (threadIdx.x == 0) {
+    __threadfence();
     unsigned* c = a.done + (int64_t)t * a.nkv + kvh;
     last = atomicAdd(c, 1u) == (unsigned)a.splits - 1;
     if (last) *c = 0u;
   }
   __syncthreads();
   if (!last) return;
-  __threadfence();  // the other splits' partials are visible
-  for (int i = threadIdx.x; i < a.G * HD; i += blockDim.x) {
-    const int head = kvh * a.G + i / HD, e = i % HD;
-    const int64_t o0 = ((int64_t)t * a.nh + head) * a.splits;
+  __threadfence();  // acquire: the other splits' partials are visible
+  const int64_t headBase = (int64_t)t * a.nh + kvh * a.G;
+  for (int i = threadIdx.x; i < a.G * a.splits; i += blockDim.x)
+    weight[i / a.splits][i % a.splits] = __ldcg(&a.wsML[2 * (headBase * a.splits + i)]);
+  __syncthreads();
+  if (threadIdx.x < a.G) {
+    const int h = threadIdx.x;
+    const float* ml = a.wsML + 2 * (headBase + h) * a.splits;
     float M = -INFINITY;
-    for (int s = 0; s < a.splits; ++s) M = fmaxf(M, __ldcg(&a.wsML[2 * (o0 + s)]));
-    float L = 0.f, O = 0.f;
+    for (int s = 0; s < a.splits; ++s) M = fmaxf(M, weight[h][s]);
+    float L = 0.f;
     for (int s = 0; s < a.splits; ++s) {
-      const float ms = __ldcg(&a.wsML[2 * (o0 + s)]);
-      if (ms == -INFINITY) continue;
-      const float f = exp2f(ms - M);
-      L += __ldcg(&a.wsML[2 * (o0 + s) + 1]) * f;
-      O += __ldcg(&a.wsAcc[(o0 + s) * HD + e]) * f;
+      const float f = weight[h][s] == -INFINITY ? 0.f : exp2f(weight[h][s] - M);  // empty splits: 0
+      L += __ldcg(&ml[2 * s + 1]) * f;
+      weight[h][s] = f;
     }
-    a.out[((int64_t)t * a.nh + head) * HD + e] = __float2half(O / L);
+    for (int s = 0; s < a.splits; ++s) weight[h][s] /= L;
+  }
+  __syncthreads();
+  float O[kPerThread];
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) O[j] = 0.f;
+  for (int s = 0; s < a.splits; ++s)
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int i = threadIdx.x + j * blockDim.x, h = i / HD, e = i % HD;
+      if (h < a.G) O[j] += weight[h][s] * __ldcg(&a.wsAcc[((headBase + h) * a.splits + s) * HD + e]);
+    }
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const int i = threadIdx.x + j * blockDim.x, h = i / HD, e = i % HD;
+    if (h < a.G) a.out[(headBase + h) * HD + e] = __float2half(O[j]);
   }
 }
 
@@ -487,7 +509,7 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
   const int64_t maxSplitKeys = (int64_t)(kDecTableSlots - 2) * a.blockSize - kDecKeysPerRound;
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceilDiv(cap, kDecKeysPerRound),
                                                           ceilDiv((int64_t)tuning().attnDecodeBlocksPerSM * c.numSMs, base)));
-  splits = std::max(splits, ceilDiv(cap, maxSplitKeys));
+  splits = std::min<int64_t>(std::max(splits, ceilDiv(cap, maxSplitKeys)), kDecMaxSplits);
   a.chunk = 0;
   // Deterministic mode: splits of a fixed 256 keys, so a row's sums do not depend on the batch
   // (T) or on the block table's width; splits past a row's context are skipped by the combine,
@@ -496,6 +518,9 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
     a.chunk = 256;
     splits = ceilDiv(cap, a.chunk);
   }
+  if (ceilDiv(cap, splits) > maxSplitKeys || splits > kDecMaxSplits)
+    throw BackendError("attention (CUDA): a block table of " + std::to_string(cap) +
+                       " positions is past the decode kernel's reach");
   a.splits = (int)splits;
   if (splits > 1) {
     size_t accBytes = (size_t)T * nh * splits * hd * 4;
