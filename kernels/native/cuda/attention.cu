@@ -53,14 +53,14 @@ constexpr int kDecTableSlots = 512;               // block-table entries a split
 // With several splits: the block that finishes a (token, KV head) last merges every split's
 // partial into the output, in split order (so the sums do not depend on which block is last),
 // and resets the counter for the next launch. The splits' (m, l) go through shared memory in one
-// pass; each thread then sums its outputs' columns over the splits, its loads independent.
+// pass; each thread then sums its outputs' columns over the splits, several splits' loads in flight.
 constexpr int kDecMaxSplits = 256;
 
 template <int HD>
 __device__ __forceinline__ void mergeIfLast(const AttnArgs& a, int t, int kvh) {
   constexpr int kPerThread = 8 * HD / (kDecWarps * 32);  // outputs per thread at G = 8
   __shared__ bool last;
-  __shared__ float weight[8][kDecMaxSplits];  // exp2(m_s - M) / L per head and split
+  __shared__ float2 weight[8][kDecMaxSplits];  // the splits' (m, l), then exp2(m_s - M) / L in .x
   __syncthreads();  // the block's partial is written (thread 0's fence below releases it)
   if (threadIdx.x == 0) {
     __threadfence();
@@ -72,31 +72,32 @@ __device__ __forceinline__ void mergeIfLast(const AttnArgs& a, int t, int kvh) {
   if (!last) return;
   __threadfence();  // acquire: the other splits' partials are visible
   const int64_t headBase = (int64_t)t * a.nh + kvh * a.G;
-  for (int i = threadIdx.x; i < a.G * a.splits; i += blockDim.x)
-    weight[i / a.splits][i % a.splits] = __ldcg(&a.wsML[2 * (headBase * a.splits + i)]);
+  const float2* ml = reinterpret_cast<const float2*>(a.wsML) + headBase * a.splits;
+  for (int i = threadIdx.x; i < a.G * a.splits; i += blockDim.x) weight[i / a.splits][i % a.splits] = __ldcg(&ml[i]);
   __syncthreads();
   if (threadIdx.x < a.G) {
-    const int h = threadIdx.x;
-    const float* ml = a.wsML + 2 * (headBase + h) * a.splits;
+    float2* w = weight[threadIdx.x];
     float M = -INFINITY;
-    for (int s = 0; s < a.splits; ++s) M = fmaxf(M, weight[h][s]);
+    for (int s = 0; s < a.splits; ++s) M = fmaxf(M, w[s].x);
     float L = 0.f;
     for (int s = 0; s < a.splits; ++s) {
-      const float f = weight[h][s] == -INFINITY ? 0.f : exp2f(weight[h][s] - M);  // empty splits: 0
-      L += __ldcg(&ml[2 * s + 1]) * f;
-      weight[h][s] = f;
+      w[s].x = w[s].x == -INFINITY ? 0.f : exp2f(w[s].x - M);  // an empty split weighs 0
+      L += w[s].y * w[s].x;
     }
-    for (int s = 0; s < a.splits; ++s) weight[h][s] /= L;
+    for (int s = 0; s < a.splits; ++s) w[s].x /= L;
   }
   __syncthreads();
+  // An empty split never wrote its O (its scratch may hold anything): skipped, not multiplied by 0.
   float O[kPerThread];
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) O[j] = 0.f;
+#pragma unroll 4
   for (int s = 0; s < a.splits; ++s)
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
       const int i = threadIdx.x + j * blockDim.x, h = i / HD, e = i % HD;
-      if (h < a.G) O[j] += weight[h][s] * __ldcg(&a.wsAcc[((headBase + h) * a.splits + s) * HD + e]);
+      if (h < a.G && weight[h][s].x != 0.f)
+        O[j] += weight[h][s].x * __ldcg(&a.wsAcc[((headBase + h) * a.splits + s) * HD + e]);
     }
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
