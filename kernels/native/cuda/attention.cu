@@ -3,8 +3,8 @@
 // Steps of one query token per sequence (decode, and mixed steps) run attnDecode: one block per
 // (token, KV head, split of the context) on tensor cores, the G query heads that share a KV head
 // taken together so each K/V row is read once for all of them (GQA). With several splits the
-// partial (m, l, unnormalized O) goes to a workspace, and the last split to finish merges them.
-// The score matrix is never materialized.
+// partial (m, l, unnormalized O) goes to a workspace and attnCombine merges the splits. The
+// score matrix is never materialized.
 //
 // Steps with several tokens per sequence (prefill) use a tensor-core flash kernel instead
 // (attnPrefill below): tiles of query rows against chunks of keys.
@@ -23,7 +23,6 @@ struct AttnArgs {
   const __half* q; const __half* kc; const __half* vc;
   const int32_t* blockTables; const int32_t* tokenSeq; const int32_t* positions;
   __half* out; float* wsAcc; float* wsML;
-  unsigned* done;  // [T * nkv] split counters: the last split of a (token, KV head) merges them
   int nh, nkv, G, blockSize, maxBlocks;
   int chunk;   // keys per split; 0: each token's context in `splits` equal parts of whole tiles
   int splits;
@@ -41,70 +40,10 @@ struct AttnArgs {
 // 16-byte chunks of two K rows (chunk 4p + tq feeds k-steps 2p and 2p + 1) and of four V rows
 // (chunks g and g + 8), and a byte permute pairs two keys' halves of one dim into V^T's
 // fragment register. P^T reaches the B fragments through 256 bytes of shared memory per warp:
-// the lanes that hold a head's scores (by tq) are not those that need them as B (by g). The
-// split's block-table entries are read once, up front, so a tile's K/V loads wait on nothing
-// else. With several splits, each writes its partial (m, l, O) and the last to finish (a counter
-// per token and KV head) merges them all, in split order: no second kernel.
+// the lanes that hold a head's scores (by tq) are not those that need them as B (by g).
 constexpr int kDecWarps = 4;
 constexpr int kDecKeys = 16;                      // keys per warp tile
 constexpr int kDecKeysPerRound = kDecWarps * kDecKeys;
-constexpr int kDecTableSlots = 512;               // block-table entries a split may span
-
-// With several splits: the block that finishes a (token, KV head) last merges every split's
-// partial into the output, in split order (so the sums do not depend on which block is last),
-// and resets the counter for the next launch. The splits' (m, l) go through shared memory in one
-// pass; each thread then sums its outputs' columns over the splits, several splits' loads in flight.
-constexpr int kDecMaxSplits = 256;
-
-template <int HD>
-__device__ __forceinline__ void mergeIfLast(const AttnArgs& a, int t, int kvh) {
-  constexpr int kPerThread = 8 * HD / (kDecWarps * 32);  // outputs per thread at G = 8
-  __shared__ bool last;
-  __shared__ float2 weight[8][kDecMaxSplits];  // the splits' (m, l), then exp2(m_s - M) / L in .x
-  __syncthreads();  // the block's partial is written (thread 0's fence below releases it)
-  if (threadIdx.x == 0) {
-    __threadfence();
-    unsigned* c = a.done + (int64_t)t * a.nkv + kvh;
-    last = atomicAdd(c, 1u) == (unsigned)a.splits - 1;
-    if (last) *c = 0u;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();  // acquire: the other splits' partials are visible
-  const int64_t headBase = (int64_t)t * a.nh + kvh * a.G;
-  const float2* ml = reinterpret_cast<const float2*>(a.wsML) + headBase * a.splits;
-  for (int i = threadIdx.x; i < a.G * a.splits; i += blockDim.x) weight[i / a.splits][i % a.splits] = __ldcg(&ml[i]);
-  __syncthreads();
-  if (threadIdx.x < a.G) {
-    float2* w = weight[threadIdx.x];
-    float M = -INFINITY;
-    for (int s = 0; s < a.splits; ++s) M = fmaxf(M, w[s].x);
-    float L = 0.f;
-    for (int s = 0; s < a.splits; ++s) {
-      w[s].x = w[s].x == -INFINITY ? 0.f : exp2f(w[s].x - M);  // an empty split weighs 0
-      L += w[s].y * w[s].x;
-    }
-    for (int s = 0; s < a.splits; ++s) w[s].x /= L;
-  }
-  __syncthreads();
-  // An empty split never wrote its O (its scratch may hold anything): skipped, not multiplied by 0.
-  float O[kPerThread];
-#pragma unroll
-  for (int j = 0; j < kPerThread; ++j) O[j] = 0.f;
-#pragma unroll 4
-  for (int s = 0; s < a.splits; ++s)
-#pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      const int i = threadIdx.x + j * blockDim.x, h = i / HD, e = i % HD;
-      if (h < a.G && weight[h][s].x != 0.f)
-        O[j] += weight[h][s].x * __ldcg(&a.wsAcc[((headBase + h) * a.splits + s) * HD + e]);
-    }
-#pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {
-    const int i = threadIdx.x + j * blockDim.x, h = i / HD, e = i % HD;
-    if (h < a.G) a.out[(headBase + h) * HD + e] = __float2half(O[j]);
-  }
-}
 
 template <int HD>
 __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
@@ -128,21 +67,13 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
       a.wsML[2 * o] = -INFINITY;
       a.wsML[2 * o + 1] = 0.f;
     }
-    mergeIfLast<HD>(a, t, kvh);
     return;
   }
   const int64_t rowStride = (int64_t)a.nkv * HD;
   const __half* kBase = a.kc + (int64_t)kvh * HD;
   const __half* vBase = a.vc + (int64_t)kvh * HD;
+  const int32_t* table = a.blockTables + (int64_t)a.tokenSeq[t] * a.maxBlocks;
   const float scaleLog2 = a.scale * kLog2e;
-  // The split's block-table entries (the launcher keeps a split within kDecTableSlots of them).
-  __shared__ int tableRow[kDecTableSlots];
-  const int firstBlock = start / a.blockSize;
-  {
-    const int32_t* table = a.blockTables + (int64_t)a.tokenSeq[t] * a.maxBlocks;
-    for (int i = threadIdx.x, n = (end - 1) / a.blockSize - firstBlock + 1; i < n; i += blockDim.x)
-      tableRow[i] = table[firstBlock + i];
-  }
 
   // Q^T as B fragments: head g's chunks 4p + tq (zero for the padding heads past G).
   uint4 qb[KCH];
@@ -153,7 +84,6 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
 
   // The lane's heads are 2tq and 2tq + 1: running max (warp-uniform per head), this lane's
   // part of the sum, and O^T's fragments (o[τ][j]: head 2tq + j; [j + 2]: the tile's row g + 8).
-  __syncthreads();  // tableRow
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   float o[KSTEPS][4];
 #pragma unroll
@@ -162,8 +92,7 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
   for (int base = start + warp * kDecKeys; base < end; base += kDecKeysPerRound) {
     // Lane i < 16 looks up key base + i's slot; -1 past the split's end (loads zeros).
     const int myKey = base + (lane & 15);
-    const int mySlot =
-        myKey < end ? tableRow[myKey / a.blockSize - firstBlock] * a.blockSize + myKey % a.blockSize : -1;
+    const int mySlot = myKey < end ? table[myKey / a.blockSize] * a.blockSize + myKey % a.blockSize : -1;
     const int kSlot[2] = {__shfl_sync(0xffffffffu, mySlot, g), __shfl_sync(0xffffffffu, mySlot, g + 8)};
     const int vSlot[4] = {__shfl_sync(0xffffffffu, mySlot, 2 * tq), __shfl_sync(0xffffffffu, mySlot, 2 * tq + 1),
                           __shfl_sync(0xffffffffu, mySlot, 2 * tq + 8), __shfl_sync(0xffffffffu, mySlot, 2 * tq + 9)};
@@ -281,7 +210,24 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
       if (e == 0) { a.wsML[2 * so] = M; a.wsML[2 * so + 1] = L; }
     }
   }
-  if (a.splits > 1) mergeIfLast<HD>(a, t, kvh);
+}
+
+// grid (T, nh), block HD threads: merges the splits of one (token, head).
+__global__ void attnCombine(const float* wsAcc, const float* wsML, __half* out, int nh, int splits, int hd) {
+  pdlLaunchDependents();
+  const int t = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
+  const int64_t o0 = ((int64_t)t * nh + h) * splits;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, wsML[2 * (o0 + s)]);
+  float L = 0.f, O = 0.f;
+  for (int s = 0; s < splits; ++s) {
+    float ms = wsML[2 * (o0 + s)];
+    if (ms == -INFINITY) continue;
+    float f = exp2f(ms - M);
+    L += wsML[2 * (o0 + s) + 1] * f;
+    O += wsAcc[(o0 + s) * hd + e] * f;
+  }
+  out[((int64_t)t * nh + h) * hd + e] = __float2half(O / L);
 }
 
 // ---- prefill: tensor-core flash attention -------------------------------------------
@@ -506,11 +452,8 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
   // there; a row of blockTables only bounds them).
   const int64_t cap = (int64_t)a.maxBlocks * a.blockSize;
   const int64_t base = (int64_t)T * nkv;
-  // A split spans at most kDecTableSlots table entries (its keys rounded up to a 64-key round).
-  const int64_t maxSplitKeys = (int64_t)(kDecTableSlots - 2) * a.blockSize - kDecKeysPerRound;
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceilDiv(cap, kDecKeysPerRound),
                                                           ceilDiv((int64_t)tuning().attnDecodeBlocksPerSM * c.numSMs, base)));
-  splits = std::min<int64_t>(std::max(splits, ceilDiv(cap, maxSplitKeys)), kDecMaxSplits);
   a.chunk = 0;
   // Deterministic mode: splits of a fixed 256 keys, so a row's sums do not depend on the batch
   // (T) or on the block table's width; splits past a row's context are skipped by the combine,
@@ -519,9 +462,6 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
     a.chunk = 256;
     splits = ceilDiv(cap, a.chunk);
   }
-  if (ceilDiv(cap, splits) > maxSplitKeys || splits > kDecMaxSplits)
-    throw BackendError("attention (CUDA): a block table of " + std::to_string(cap) +
-                       " positions is past the decode kernel's reach");
   a.splits = (int)splits;
   if (splits > 1) {
     size_t accBytes = (size_t)T * nh * splits * hd * 4;
@@ -529,12 +469,15 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
     char* ws = static_cast<char*>(c.attnScratch->get(accBytes + mlBytes, c.stream));
     a.wsAcc = reinterpret_cast<float*>(ws);
     a.wsML = reinterpret_cast<float*>(ws + accBytes);
-    a.done = static_cast<unsigned*>(c.tickets->getZeroed((size_t)T * nkv * sizeof(unsigned), c.stream));
   }
   dim3 grid(T, nkv, (unsigned)splits);
   if (hd == 128) attnDecode<128><<<grid, kDecWarps * 32, 0, c.stream>>>(a);
   else attnDecode<64><<<grid, kDecWarps * 32, 0, c.stream>>>(a);
   MC_LAUNCHED("attention");
+  if (splits > 1) {
+    attnCombine<<<dim3(T, nh), hd, 0, c.stream>>>(a.wsAcc, a.wsML, a.out, nh, (int)splits, hd);
+    MC_LAUNCHED("attnCombine");
+  }
 }
 
 }  // namespace cuda

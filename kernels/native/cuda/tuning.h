@@ -38,8 +38,9 @@ struct Tuning {
   // ---- attention (attention.cu) ----
   int attnPrefillMinTokensPerSeq = 4;  // tensor-core prefill kernel from this many query tokens per sequence
   // Decode attention splits each token's context so the grid has about this many blocks per
-  // multiprocessor (at most one split per 64 keys); 4 reside. Measured on an H200 at 6f8e8ce
-  // (70B heads, 640-token contexts, 64 / 16 sequences): 4 58.8 / 29.2 us, 8 63.7 / 32.7, 16 71.4 / 34.8.
+  // multiprocessor (at most one split per 64 keys); 4 reside. Measured on an H200 at db4ecb1
+  // (70B heads, 640-token contexts, 64 / 16 sequences, chained): 4 59.6 / 27.2 us, 8 62.9 / 27.5,
+  // 16 71.0 / 31.2.
   int attnDecodeBlocksPerSM = 4;
 };
 
