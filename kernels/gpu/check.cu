@@ -738,7 +738,11 @@ static std::vector<AttnRow> benchDecodeAttention(Backend& b, int nSets, double r
   std::vector<AttnRow> out;
   cudaStream_t s = cuda::backendStream(b);
   struct HeadShape { const char* tp; int nh, nkv; };
-  const HeadShape shapes[2] = {{"tp=1", 64, 8}, {"tp=2", 32, 4}};
+  // MC_BENCH_ATTENTION_LAYOUT_PROBE=1 adds 8 heads of one KV head at 8x the sequences: tp = 1's
+  // bytes, but each block's K (and V) rows of a head are one contiguous 4 KB run instead of
+  // 256-byte rows 2 KB apart (the cache's [block][slot][kv head][dim] order).
+  const HeadShape shapes[3] = {{"tp=1", 64, 8}, {"tp=2", 32, 4}, {"1 KV head, 8x sequences", 8, 1}};
+  if (getenv("MC_BENCH_ATTENTION_LAYOUT_PROBE")) nSets = 3;
   const int hd = 128, bs = 16, ctx = 640, blocksPerSeq = ctx / bs;
   printf("\ndecode attention, %d-token contexts (isolated: median of 20; chained: 20 calls back to back); GB/s: K and V "
          "bytes read; %% of the %.0f GB/s plain read\n", ctx, readBw);
@@ -758,7 +762,8 @@ static std::vector<AttnRow> benchDecodeAttention(Backend& b, int nSets, double r
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     fillHalfKernel<<<16 * sms, 256, 0, s>>>(static_cast<__half*>(kb->data), (int64_t)numBlocks * blockBytes / 2, 11, 1.f);
     fillHalfKernel<<<16 * sms, 256, 0, s>>>(static_cast<__half*>(vb->data), (int64_t)numBlocks * blockBytes / 2, 12, 1.f);
-    for (int T : {1, 16, 64}) {
+    for (int T0 : {1, 16, 64}) {
+      const int T = si == 2 ? 8 * T0 : T0;
       const int R = numBlocks / (T * blocksPerSeq);  // tables over disjoint blocks
       std::vector<int> perm(numBlocks);
       std::iota(perm.begin(), perm.end(), 0);
