@@ -38,10 +38,10 @@ struct Tuning {
   // ---- attention (attention.cu) ----
   int attnPrefillMinTokensPerSeq = 4;  // tensor-core prefill kernel from this many query tokens per sequence
   // Decode attention splits each token's context so the grid has about this many blocks per
-  // multiprocessor (at most one split per 64 keys); 4 reside. Measured on an H200 at db4ecb1
-  // (70B heads, 640-token contexts, 64 / 16 sequences, chained): 4 59.6 / 27.2 us, 8 62.9 / 27.5,
-  // 16 71.0 / 31.2.
-  int attnDecodeBlocksPerSM = 4;
+  // multiprocessor (at most one split per 64 keys); 4 reside, so 1 keeps the grid to one wave.
+  // Measured on an H200 at fd6f20d (70B heads, 640-token contexts, 64 / 16 sequences, chained):
+  // 1 47.8 / 21.6 us, 2 48.0 / 21.6, 3 47.9 / 21.8, 4 60.4 / 27.6 (1.94 waves at 64).
+  int attnDecodeBlocksPerSM = 1;
 };
 
 // The process-wide settings (one per process: every CudaBackend reads the same).
