@@ -5,8 +5,8 @@
 #   base-gpu-check              (optional) the same program built at the baseline commit
 #   node.xz, medcluster.mjs, gpu-parity.mjs, medcluster_kernels.node   scripts/device-bundle.mjs
 #   proto/                      the .proto files (the CLI loads them)
-# Usage: bash device-run.sh [steps...]   steps: info check bench base ab ncu parity decode decode64 sass
-# (ab: AB_CONFIGS, AB_MS; ncu: NCU_RUNS)
+# Usage: bash device-run.sh [steps...]   steps: info check bench base ab attn ncu parity decode decode64 sass
+# (ab: AB_CONFIGS, AB_MS; attn: ATTN_BLOCKS; ncu: NCU_RUNS)
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
@@ -52,9 +52,8 @@ for s in "${steps[@]}"; do
       : >"$OUT/ab.txt"
       # AB_CONFIGS: one variant per line (environment assignments); AB_MS: the row counts.
       configs="${AB_CONFIGS:-
-MEDCLUSTER_AWQ_GEMV_WIDE_MIN_M=65
-MEDCLUSTER_AWQ_GEMV_WIDE_BLOCKS=1
-MEDCLUSTER_AWQ_GEMV_WIDE_STAGES=6
+MEDCLUSTER_AWQ_GEMV_TALL_MIN_M=65
+MEDCLUSTER_AWQ_GEMV_BLOCKS=2
 MEDCLUSTER_PDL=0}"
       # A line starting "prev:" runs ./prev-gpu-check (the same program built at an earlier commit).
       while IFS= read -r cfg; do
@@ -69,6 +68,21 @@ MEDCLUSTER_PDL=0}"
         --bench-only 2>&1 | grep -E '^\|' >>"$OUT/ab.txt"
       note "ab done"
       grep -E '^## |^\| tp=1' "$OUT/ab.txt" | tee -a "$summary"
+      ;;
+    attn)  # decode attention alone (its own rows of the benchmark); a prev-gpu-check beside it; split targets
+      : >"$OUT/attn.txt"
+      for bin in ./prev-gpu-check ./medcluster-gpu-check; do
+        [ -x "$bin" ] || continue
+        echo "## $bin" >>"$OUT/attn.txt"
+        MC_BENCH_ATTENTION_ONLY=1 timeout 60 $bin --bench-only 2>&1 | grep -E '^\| tp|^\| 1 KV' >>"$OUT/attn.txt"
+      done
+      for nb in ${ATTN_BLOCKS:-}; do  # MEDCLUSTER_ATTN_DECODE_BLOCKS values to compare
+        echo "## MEDCLUSTER_ATTN_DECODE_BLOCKS=$nb" >>"$OUT/attn.txt"
+        MEDCLUSTER_ATTN_DECODE_BLOCKS=$nb MC_BENCH_ATTENTION_ONLY=1 MC_BENCH_TP1=1 timeout 60 ./medcluster-gpu-check \
+          --bench-only 2>&1 | grep -E '^\| tp' >>"$OUT/attn.txt"
+      done
+      note "attn done"
+      grep -E '^## |^\| tp=1' "$OUT/attn.txt" | tee -a "$summary"
       ;;
     parity)
       node_ready
