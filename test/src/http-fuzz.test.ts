@@ -2,7 +2,7 @@
 // takes one (OpenAI: /v1/chat/completions, /v1/completions; TGI: /generate, /generate_stream,
 // /): random bytes, truncated JSON, valid bodies with a field given a value of the wrong type,
 // odd top-level values (deep nesting, duplicate keys, lone surrogates, __proto__), bodies over
-// the size limit, and requests cut off mid-body on the socket. Each case must get a response
+// the size limit (just over, and 4x over while the sender still writes), and requests cut off mid-body on the socket. Each case must get a response
 // within its deadline, a 4xx in its API's error convention (or a 200 when the mutation happened
 // to stay valid), never a 5xx or a dropped connection; every kind of 4xx the routes document is
 // reached; and afterwards the server still serves, with no request or KV block left over.
@@ -261,6 +261,19 @@ describe('fuzzed HTTP bodies', () => {
         const valid = JSON.stringify(route.valid);
         for (let k = 0; k < 10; k++)
           await cutOff(route.path, valid.length + 1 + k * 100, valid.slice(0, r.int(valid.length)));
+        // Bodies 4x over the limit: most of one is still being written when the 413 goes out, and
+        // its sender must read the 413, not a reset (the server reads the rest and discards it).
+        const far = JSON.stringify({ ...route.valid, prompt: 'z'.repeat(4 * BODY_LIMIT), inputs: 'z' });
+        for (let k = 0; k < 8; k++) {
+          const what = `${route.path} far oversized ${k}`;
+          const res = await fetch(`${base}${route.path}`, { method: 'POST', body: far }).catch(
+            (err: Error) => {
+              throw new Error(`${what}: no response (${err.message}: ${(err.cause as Error)?.message})`);
+            },
+          );
+          expect(res.status, what).toBe(413);
+          expect(errorShape(route.style, await res.json()), what).toBe(true);
+        }
         report.push(
           `${route.path} ${CASES} (+10 cut off): ${[...statuses]
             .sort(([a], [b]) => a - b)

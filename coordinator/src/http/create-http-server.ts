@@ -61,6 +61,28 @@ export function fastifyFor(
     : Fastify(common);
 }
 
+/** The most of a refused body read and thrown away so that its sender can read the 413. */
+const REFUSED_BODY_DISCARD_BYTES = 64 << 20;
+
+/**
+ * A body refused as too large is usually still arriving when the 413 is sent. Fastify closes the
+ * connection then; the kernel answers the bytes still coming with a reset, and a client that has
+ * not yet read the 413 sees only the reset (fetch: EPIPE or ECONNRESET, no status). So the rest of
+ * the body is read and discarded and the connection kept for its next request; a body declared,
+ * or found, larger than REFUSED_BODY_DISCARD_BYTES is cut off instead.
+ */
+function discardRefusedBody(req: FastifyRequest, reply: FastifyReply): void {
+  const raw = req.raw;
+  if (Number(raw.headers['content-length']) > REFUSED_BODY_DISCARD_BYTES) return;
+  reply.removeHeader('connection');
+  let discarded = 0;
+  raw.on('data', (chunk: Buffer) => {
+    discarded += chunk.length;
+    if (discarded > REFUSED_BODY_DISCARD_BYTES) raw.socket.destroy();
+  });
+  raw.resume();
+}
+
 /** The field a message about the prompt refers to, by route. */
 function promptFieldOf(url: string | undefined): string {
   if (url === '/v1/chat/completions') return 'messages';
@@ -114,6 +136,7 @@ export function createHttpServer(
     if (status >= 500 && !(err instanceof HttpError) && err.name !== 'RequestFailedError') {
       console.error(`medcluster http: ${req.method} ${req.url}: ${err.stack ?? err.message}`);
     }
+    if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') discardRefusedBody(req, reply);
     return reply.code(status).send(body);
   };
   app.setErrorHandler(handler('tgi'));

@@ -461,6 +461,25 @@ describe('invalid requests', () => {
     expect((await fetch(`${s.base}/v1/embeddings`)).status).toBe(404);
   });
 
+  test('a chunked body is refused with 413 when the bytes read pass the limit; the server goes on serving', async () => {
+    const s = await serve({ bodyLimit: 64 << 10 });
+    const chunks = 64;
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (let k = 0; k < chunks; k++) controller.enqueue(new TextEncoder().encode('x'.repeat(64 << 10)));
+        controller.close();
+      },
+    });
+    const chunked = await fetch(`${s.base}/v1/completions`, {
+      method: 'POST',
+      body: stream,
+      duplex: 'half',
+    } as RequestInit);
+    expect(chunked.status).toBe(413);
+    expect((await chunked.json()).error.code).toBe('request_too_large');
+    expect((await post(s, '/generate', { inputs: 'x', parameters: { max_new_tokens: 1 } })).status).toBe(200);
+  });
+
   test('unknown fields are ignored; a body sent without a JSON content type is still read', async () => {
     const s = await serve();
     const res = await fetch(`${s.base}/v1/completions`, {
