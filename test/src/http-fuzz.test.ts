@@ -2,10 +2,11 @@
 // takes one (OpenAI: /v1/chat/completions, /v1/completions; TGI: /generate, /generate_stream,
 // /): random bytes, truncated JSON, valid bodies with a field given a value of the wrong type,
 // odd top-level values (deep nesting, duplicate keys, lone surrogates, __proto__), bodies over
-// the size limit (just over, and 4x over while the sender still writes), and requests cut off mid-body on the socket. Each case must get a response
-// within its deadline, a 4xx in its API's error convention (or a 200 when the mutation happened
-// to stay valid), never a 5xx or a dropped connection; every kind of 4xx the routes document is
-// reached; and afterwards the server still serves, with no request or KV block left over.
+// the size limit (just over, and 4x over while the sender still writes), and requests cut off
+// mid-body on the socket. Each case must get a response within its deadline, a 4xx in its API's
+// error convention (or a 200 when the mutation happened to stay valid), never a 5xx or a dropped
+// connection; every kind of 4xx the routes document is reached; and afterwards the server still
+// serves, with no request or KV block left over.
 // MEDCLUSTER_FUZZ_CASES sets the cases per route (default 160).
 
 import { connect } from 'node:net';

@@ -7,8 +7,9 @@
 // route's convention otherwise); with a certificate the port serves HTTPS only.
 //
 // Every body is read as JSON whatever its content type (curl without -H, a browser's text/plain
-// fetch), up to `bodyLimit` bytes (413 past it); an empty body reads as none. Errors are answered in the convention of the
-// API the route belongs to (errors.ts).
+// fetch), up to `bodyLimit` bytes (413 past it, the rest of the body discarded); an empty body
+// reads as none. Errors are answered in the convention of the API the route belongs to
+// (errors.ts).
 
 import type { AddressInfo } from 'node:net';
 import cors from '@fastify/cors';
