@@ -5,19 +5,8 @@
 // (splitk.cuh): block b streams one contiguous range of units, the same count for every
 // block, with no second wave and no idle tail.
 //
-// Block = 8 (or 16) consumer warps + 1 producer warp. The producer fills a ring of `stages`
-// shared-memory stages with copies that complete on the stage's `full` mbarrier (sm_90: the
-// copy engine); consumers release a stage on its `empty` mbarrier. A stage holds one unit: the
-// group's 128 columns of x (two 2-D tensor copies, one per half of the group, each 8 MT rows of
-// 128 bytes in the copy engine's 128-byte swizzle, so the lanes' 16-byte reads hit distinct
-// banks; rows past M arrive as zeros), then the unit's 8704 bytes (weights and column pairs, one
-// bulk copy). With programmatic dependent launch the weight copies of the first stages are issued
-// before griddepcontrol.wait, so they overlap the kernel before this one; x is copied after it
-// (the kernel before writes x).
-//
-// x goes in by one tensor copy per half group, not one bulk copy per row: the copy engine takes
-// ~100 cycles a request whatever its size (measured on an H200 at a47474f: with 64 rows the
-// per-row copies alone held a 70B block at 1.05 ms, against 0.37 for the weights).
+// Block = 8 (or 16) consumer warps + 1 producer warp, which streams units and x through a ring of
+// shared-memory stages (awq_stream.cuh).
 //
 // Consumer warp w owns NT n16 tiles of the unit (16 NT columns, from 16 NT (w % (8 / NT))) and one
 // half of its 128 rows (w / (8 / NT)). Per stage it reads its 16 bytes of weights per n16 tile (4
@@ -34,12 +23,10 @@
 // Accumulation is fp32 on the tensor cores; each output element's sum runs in a fixed order. For
 // one block shape and one grid, rows of the result do not depend on the batch; the
 // deterministic mode (tuning().deterministic) keeps NT = 2 and one grid for every M.
-#include <cuda.h>  // CUtensorMap (the encoder is reached through the runtime: no libcuda link)
-#include <cudaTypedefs.h>
-
 #include <algorithm>
 
 #include "awq.cuh"
+#include "awq_stream.cuh"
 #include "mma.cuh"
 #include "ptx.cuh"
 #include "splitk.cuh"
@@ -52,23 +39,10 @@ namespace {
 
 using namespace awqpack;
 
-constexpr int kMaxStages = 12;
-
 // Warps per k half (each NT of the unit's 8 n16 tiles), consumer warps (both halves), block size.
 template <int NT> __host__ __device__ constexpr int colGroups() { return 8 / NT; }
 template <int NT> __host__ __device__ constexpr int consumerWarps() { return 2 * colGroups<NT>(); }
 template <int NT> __host__ __device__ constexpr int threadsOf() { return consumerWarps<NT>() * 32 + 32; }
-// A stage: x's two half planes (MT * 8 rows of 128 bytes each, 1024-byte aligned as the swizzle
-// needs), then the unit; a multiple of 1024 bytes.
-template <int MT> __host__ __device__ constexpr int xPlaneBytes() { return MT * 8 * 128; }
-template <int MT> __host__ __device__ constexpr int stageBytes() {
-  return (2 * xPlaneBytes<MT>() + kUnitBytes + 1023) / 1024 * 1024;
-}
-// Byte offset in a stage of 16-byte chunk c (0..7) of x row m's half h: the copy engine's 128-byte
-// swizzle puts chunk c of a plane's row m at chunk c ^ (m % 8).
-__device__ __forceinline__ int xChunk(int MT8, int h, int m, int c) {
-  return h * MT8 * 128 + m * 128 + ((c ^ (m & 7)) << 4);
-}
 // Shared memory where the second half's warps hand their sums to the first half's:
 // [colGroups][32][NT][MT][4] floats.
 template <int MT, int NT> __host__ __device__ constexpr int handoffBytes() {
@@ -95,11 +69,11 @@ __global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
   extern __shared__ __align__(128) unsigned char smemRaw[];
   // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
   unsigned char* smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
-  __shared__ __align__(8) uint64_t full[kMaxStages], empty[kMaxStages];
+  __shared__ __align__(8) uint64_t full[kAwqMaxStages], empty[kAwqMaxStages];
   __shared__ int fixupFlag;
   constexpr int CG = colGroups<NT>();
   constexpr int kConsumerWarps = consumerWarps<NT>(), kConsumers = kConsumerWarps * 32;
-  constexpr int SB = stageBytes<MT>(), WOFF = 2 * xPlaneBytes<MT>();
+  constexpr int SB = awqStageBytes<MT>(), WOFF = 2 * awqXPlaneBytes<MT>();
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.x, S = a.stages, G = a.sk.G;
   const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
@@ -118,60 +92,9 @@ __global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
   }
   __syncthreads();
 
-  if (warp == kConsumerWarps) {
-    // ---- producer ----
-    const unsigned char* units = a.w + kHeaderBytes;
-    const int pro = min(S, n);
-#if __CUDA_ARCH__ >= 900
-    auto weights = [&](int i, int s) {  // lane 0
-      mbarArriveExpectTx(&full[s], static_cast<uint32_t>(kUnitBytes + 2 * xPlaneBytes<MT>()));
-      bulkCopyG2S(smem + s * SB + WOFF, units + static_cast<int64_t>(u0 + i) * kUnitBytes, kUnitBytes, &full[s]);
-    };
-    auto xRows = [&](int s, int g) {  // lane 0, after its expect_tx for this stage
-      for (int h = 0; h < 2; ++h)
-        tensorCopy2dG2S(smem + s * SB + h * xPlaneBytes<MT>(), &xMap, g * kGroup + h * 64, 0, &full[s]);
-    };
-    if (lane == 0) {
-      for (int i = 0; i < pro; ++i) weights(i, i);
-      pdlWait();  // x is written by the kernel before this one
-      int g = u0 % G;  // counters instead of divisions: the unit's group, the ring slot, its phase
-      for (int i = 0; i < pro; ++i) {
-        xRows(i, g);
-        if (++g == G) g = 0;
-      }
-      int s = pro % S;
-      uint32_t phase = 0;  // of the empty barrier's completions this refill waits for
-      for (int i = pro; i < n; ++i) {
-        mbarWait(&empty[s], phase);
-        weights(i, s);
-        xRows(s, g);
-        if (++g == G) g = 0;
-        if (++s == S) {
-          s = 0;
-          phase ^= 1;
-        }
-      }
-    }
-#else
-    // sm_80: 16-byte cp.async by every lane, then one arrival per lane when its copies land.
-    auto stage = [&](int i) {
-      const int s = i % S, g = (u0 + i) % G;
-      unsigned char* dst = smem + s * SB;
-      const unsigned char* src = units + static_cast<int64_t>(u0 + i) * kUnitBytes;
-      for (int c = lane; c < kUnitBytes / 16; c += 32) cpAsync16(dst + WOFF + c * 16, src + c * 16);
-      for (int c = lane; c < MT * 8 * 16; c += 32) {  // x in the layout the tensor copies make
-        const int r = c >> 4, q = c & 15;
-        cpAsync16OrZero(dst + xChunk(MT * 8, q >> 3, r, q & 7),
-                        a.x + static_cast<int64_t>(r < a.M ? r : 0) * a.K + g * kGroup + q * 8, r < a.M);
-      }
-      cpAsyncArriveNoinc(&full[s]);
-    };
-    for (int i = 0; i < pro; ++i) stage(i);
-    for (int i = pro; i < n; ++i) {
-      mbarWait(&empty[i % S], static_cast<uint32_t>((i / S - 1) & 1));
-      stage(i);
-    }
-#endif
+  if (warp == kConsumerWarps) {  // the producer
+    const AwqStream p{a.w + kHeaderBytes, a.x, &xMap, a.M, a.K, G, u0, n, S};
+    awqProduce<MT>(p, smem, full, empty, lane);
     return;
   }
 
@@ -287,8 +210,8 @@ __global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
 #pragma unroll
       for (int mi = 0; mi < MG; ++mi) {
         const int row = (m0 + mi) * 8 + gl;
-        const uint4 x0 = *reinterpret_cast<const uint4*>(st + xChunk(MT * 8, h, row, 2 * tl));
-        const uint4 x1 = *reinterpret_cast<const uint4*>(st + xChunk(MT * 8, h, row, 2 * tl + 1));
+        const uint4 x0 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl));
+        const uint4 x1 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl + 1));
         xv[mi][0] = x0.x, xv[mi][1] = x0.y, xv[mi][2] = x0.z, xv[mi][3] = x0.w;
         xv[mi][4] = x1.x, xv[mi][5] = x1.y, xv[mi][6] = x1.z, xv[mi][7] = x1.w;
       }
@@ -310,48 +233,18 @@ __global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
   if (n > 0) flush(tile, g0, g);
 }
 
-// cuTensorMapEncodeTiled, found once through the runtime (the driver's entry point).
-PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    MC_CUDA(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
-    if (q != cudaDriverEntryPointSuccess || !p)
-      throw BackendError("awqLinear (CUDA GEMV): the driver has no cuTensorMapEncodeTiled");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
-  }();
-  return fn;
-}
-
-// x [M, K] f16 as a 2-D tensor map whose boxes are one half group: 64 columns x `boxRows` rows
-// (the row tiles' 8 MT: the copy engine writes zeros for rows past M, so the kernel reads every
-// row tile without a test), 128-byte swizzle (what the kernel's xChunk reads).
-CUtensorMap xTensorMap(const __half* x, int M, int K, int boxRows) {
-  CUtensorMap m;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(M)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(K) * 2};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(boxRows)}, steps[2] = {1, 1};
-  const CUresult r = tensorMapEncoder()(&m, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(x), dims, strides,
-                                        box, steps, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                        CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    throw BackendError("awqLinear (CUDA GEMV): cuTensorMapEncodeTiled failed (" + std::to_string(static_cast<int>(r)) +
-                       ") for x [" + std::to_string(M) + ", " + std::to_string(K) + "]");
-  return m;
-}
-
 template <int MT, int NT>
 void gemvT(const Ctx& c, GemvArgs a) {
   const auto kernel = awqGemvKernel<MT, NT>;
   const Tuning& tu = tuning();
   constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
-  constexpr int SB = stageBytes<MT>(), HB = handoffBytes<MT, NT>();
+  constexpr int SB = awqStageBytes<MT>(), HB = handoffBytes<MT, NT>();
   // In deterministic mode the grid depends on the shape and the card only, not on M: one
   // schedule (and summation order) for every batch size.
   int bps = tu.deterministic ? 2 : std::max(1, std::min(3, tu.awqGemvBlocksPerSM[MTI]));
   // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
   constexpr int kSmemPerSM = 220 * 1024;
-  int stages = std::min({kMaxStages, std::max(2, tu.awqGemvStages[MTI]), (kSmemPerSM / bps - HB - 1024) / SB});
+  int stages = std::min({kAwqMaxStages, std::max(2, tu.awqGemvStages[MTI]), (kSmemPerSM / bps - HB - 1024) / SB});
   stages = std::max(2, stages);
   const size_t smem = static_cast<size_t>(stages) * SB + HB + 1024;  // + the alignment slack
   static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
@@ -383,7 +276,7 @@ void gemvT(const Ctx& c, GemvArgs a) {
   cfg.attrs = attrs;
   cfg.numAttrs = tu.pdl && c.computeCapability >= 90 ? 1 : 0;
   CUtensorMap xMap = {};
-  if (c.computeCapability >= 90) xMap = xTensorMap(a.x, a.M, a.K, MT * 8);
+  if (c.computeCapability >= 90) xMap = awqXTensorMap(a.x, a.M, a.K, MT * 8, "awqLinear (CUDA GEMV)");
   MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, a, xMap));
 }
 

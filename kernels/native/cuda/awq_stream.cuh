@@ -1,0 +1,115 @@
+// How the AWQ matmuls on the packed layout stream their operands: one producer warp fills a ring
+// of shared-memory stages, each holding one unit (128 columns x one 128-row group) of packed
+// weights and the group's 128 columns of x, for the consumer warps of awq_gemv.cu (mma.sync) and
+// awq_wgmma.cu (wgmma) alike.
+//
+// A stage: x's two half planes (one per 64 rows of the group: MT * 8 rows of 128 bytes each, in
+// the copy engine's 128-byte swizzle, 1024-byte aligned as the swizzle needs; rows past M arrive
+// as zeros), then the unit's 8704 bytes; a multiple of 1024 bytes. On sm_90 x goes in by one 2-D
+// tensor copy per half plane and the unit by one bulk copy, completing on the stage's `full`
+// mbarrier; consumers release a stage on its `empty` mbarrier. With programmatic dependent launch
+// the weight copies of the first stages are issued before griddepcontrol.wait, so they overlap the
+// kernel before this one; x is copied after it (the kernel before writes x).
+//
+// x goes in by one tensor copy per half group, not one bulk copy per row: the copy engine takes
+// ~100 cycles a request whatever its size (measured on an H200 at a47474f: with 64 rows the
+// per-row copies alone held a 70B block at 1.05 ms, against 0.37 for the weights).
+#pragma once
+
+#include <cuda.h>  // CUtensorMap (the encoder is reached through the runtime: no libcuda link)
+
+#include "awq.cuh"
+#include "ptx.cuh"
+
+namespace medcluster {
+namespace cuda {
+
+constexpr int kAwqMaxStages = 12;
+
+template <int MT> __host__ __device__ constexpr int awqXPlaneBytes() { return MT * 8 * 128; }
+template <int MT> __host__ __device__ constexpr int awqStageBytes() {
+  return (2 * awqXPlaneBytes<MT>() + awqpack::kUnitBytes + 1023) / 1024 * 1024;
+}
+// Byte offset in a stage of 16-byte chunk c (0..7) of x row m's half h: the copy engine's 128-byte
+// swizzle puts chunk c of a plane's row m at chunk c ^ (m % 8).
+__device__ __forceinline__ int awqXChunk(int MT8, int h, int m, int c) {
+  return h * MT8 * 128 + m * 128 + ((c ^ (m & 7)) << 4);
+}
+
+// What the producer streams: units [u0, u0 + n) of the packed matrix `units` (after the header),
+// x [M, K] (xMap on sm_90, x itself on sm_80), into S stages at `smem`.
+struct AwqStream {
+  const unsigned char* units;
+  const __half* x;
+  const CUtensorMap* xMap;
+  int M, K, G, u0, n, S;
+};
+
+// The producer warp's whole work (all 32 lanes call it).
+template <int MT>
+__device__ __forceinline__ void awqProduce(const AwqStream& p, unsigned char* smem, uint64_t* full, uint64_t* empty,
+                                           int lane) {
+  using namespace awqpack;
+  constexpr int SB = awqStageBytes<MT>(), WOFF = 2 * awqXPlaneBytes<MT>();
+  const int S = p.S, G = p.G, n = p.n, u0 = p.u0;
+  const int pro = min(S, n);
+#if __CUDA_ARCH__ >= 900
+  auto weights = [&](int i, int s) {  // lane 0
+    mbarArriveExpectTx(&full[s], static_cast<uint32_t>(kUnitBytes + 2 * awqXPlaneBytes<MT>()));
+    bulkCopyG2S(smem + s * SB + WOFF, p.units + static_cast<int64_t>(u0 + i) * kUnitBytes, kUnitBytes, &full[s]);
+  };
+  auto xRows = [&](int s, int g) {  // lane 0, after its expect_tx for this stage
+    for (int h = 0; h < 2; ++h)
+      tensorCopy2dG2S(smem + s * SB + h * awqXPlaneBytes<MT>(), p.xMap, g * kGroup + h * 64, 0, &full[s]);
+  };
+  if (lane == 0) {
+    for (int i = 0; i < pro; ++i) weights(i, i);
+    pdlWait();  // x is written by the kernel before this one
+    int g = u0 % G;  // counters instead of divisions: the unit's group, the ring slot, its phase
+    for (int i = 0; i < pro; ++i) {
+      xRows(i, g);
+      if (++g == G) g = 0;
+    }
+    int s = pro % S;
+    uint32_t phase = 0;  // of the empty barrier's completions this refill waits for
+    for (int i = pro; i < n; ++i) {
+      mbarWait(&empty[s], phase);
+      weights(i, s);
+      xRows(s, g);
+      if (++g == G) g = 0;
+      if (++s == S) {
+        s = 0;
+        phase ^= 1;
+      }
+    }
+  }
+#else
+  // sm_80: 16-byte cp.async by every lane, then one arrival per lane when its copies land.
+  auto stage = [&](int i) {
+    const int s = i % S, g = (u0 + i) % G;
+    unsigned char* dst = smem + s * SB;
+    const unsigned char* src = p.units + static_cast<int64_t>(u0 + i) * kUnitBytes;
+    for (int c = lane; c < kUnitBytes / 16; c += 32) cpAsync16(dst + WOFF + c * 16, src + c * 16);
+    for (int c = lane; c < MT * 8 * 16; c += 32) {  // x in the layout the tensor copies make
+      const int r = c >> 4, q = c & 15;
+      cpAsync16OrZero(dst + awqXChunk(MT * 8, q >> 3, r, q & 7),
+                      p.x + static_cast<int64_t>(r < p.M ? r : 0) * p.K + g * kGroup + q * 8, r < p.M);
+    }
+    cpAsyncArriveNoinc(&full[s]);
+  };
+  for (int i = 0; i < pro; ++i) stage(i);
+  for (int i = pro; i < n; ++i) {
+    mbarWait(&empty[i % S], static_cast<uint32_t>((i / S - 1) & 1));
+    stage(i);
+  }
+#endif
+}
+
+// x [M, K] f16 as a 2-D tensor map whose boxes are one half group: 64 columns x `boxRows` rows
+// (the row tiles' 8 MT: the copy engine writes zeros for rows past M, so the consumers read every
+// row tile without a test), 128-byte swizzle (what awqXChunk and the wgmma descriptors read).
+// `who` names the caller in errors.
+CUtensorMap awqXTensorMap(const __half* x, int M, int K, int boxRows, const char* who);
+
+}  // namespace cuda
+}  // namespace medcluster
