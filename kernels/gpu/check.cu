@@ -345,6 +345,34 @@ static void checkAwqAll(Backend& b) {
     checkAwq(b, 40, 1024, 2056, DType::F32, note);
   }
   tu.awqGemvTallMinM = defaults.awqGemvTallMinM;
+  // The wgmma kernel (compute capability 9.0 only): every M from 1 on the same shapes, then its
+  // variants. Its x goes through the k-order copy, so a wrong order fails every shape.
+  int dev = 0, major = 0, minor = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (major * 10 + minor == 90) {
+    printf("-- the wgmma kernel for every M (awqWgmmaMinM = 1), the same shapes\n");
+    tu.awqWgmmaMinM = 1;
+    for (auto& s : shapes) checkAwq(b, s[0], s[1], s[2], DType::F16, " wgmma");
+    for (auto& s : {std::array<int, 3>{1, 1024, 2048}, {8, 2048, 1032}, {40, 1024, 2056}, {64, 1024, 2048}})
+      checkAwq(b, s[0], s[1], s[2], DType::F32, " wgmma");
+    checkAwq(b, 16, 512, 640, DType::F32, " wgmma, scales to 300", 1, 1.f, 300.f);
+    for (int v = 0; v < 2; ++v) {
+      const char* note = v == 0 ? " wgmma no-pdl" : " wgmma 1 block/SM";
+      if (v == 0) tu.pdl = false;
+      if (v == 1) tu.awqWgmmaBlocksPerSM = 1;
+      checkAwq(b, 1, 8192, 1024, DType::F16, note);
+      checkAwq(b, 24, 2048, 1160, DType::F16, note);
+      checkAwq(b, 64, 1024, 520, DType::F16, note);
+      checkAwq(b, 70, 2048, 1024, DType::F32, note);
+      tu.pdl = defaults.pdl;
+      tu.awqWgmmaBlocksPerSM = defaults.awqWgmmaBlocksPerSM;
+    }
+    tu.awqWgmmaMinM = defaults.awqWgmmaMinM;
+  } else {
+    printf("   (the wgmma kernel: not on compute capability %d.%d)\n", major, minor);
+  }
   printf("-- scales >= 0.25 (s * 2^18 past f16: the power-of-two shift)\n");
   checkAwq(b, 1, 1024, 1024, DType::F32, " scales to 4", 1, 0.01f, 4.f);
   checkAwq(b, 16, 512, 640, DType::F32, " scales to 300", 1, 1.f, 300.f);  // f32: the sums pass 65504
@@ -847,10 +875,11 @@ static void bench(Backend& b, const char* jsonPath) {
   const int nSets = quick || getenv("MC_BENCH_TP1") ? 1 : 2;
   cuda::Tuning& tu = cuda::tuning();
   printf("AWQ tuning: dequant+cuBLAS from M=%d, GEMV blocks/SM %d/%d/%d/%d, stages %d/%d/%d/%d, 16-warp block "
-         "from M=%d, PDL %s%s\n",
+         "from M=%d, wgmma from M=%d (%d blocks/SM), PDL %s%s\n",
          tu.awqDequantMinM, tu.awqGemvBlocksPerSM[0], tu.awqGemvBlocksPerSM[1], tu.awqGemvBlocksPerSM[2],
          tu.awqGemvBlocksPerSM[3], tu.awqGemvStages[0], tu.awqGemvStages[1], tu.awqGemvStages[2], tu.awqGemvStages[3],
-         tu.awqGemvTallMinM, tu.pdl ? "on" : "off", tu.deterministic ? ", deterministic" : "");
+         tu.awqGemvTallMinM, tu.awqWgmmaMinM, tu.awqWgmmaBlocksPerSM, tu.pdl ? "on" : "off",
+         tu.deterministic ? ", deterministic" : "");
   // Issue's targets per tp=1 block (kernels/gpu/RESULTS.md): M = 1, 16, 64, 1024.
   auto target = [](int M) { return M == 1 ? 0.13 : M == 16 ? 0.15 : M == 64 ? 0.22 : M == 1024 ? 2.5 : -1.0; };
   printf("\nisolated: one call between two events (median of 20); chained: 20 calls back to back / 20 (median of 5)\n"

@@ -11,6 +11,9 @@
 //    16x8, C 16x8), the C fragment -> output mapping of the flush, and the stream-K schedule
 //    with its partial slots and block-ordered fix-up (splitk.cuh's StreamK). The dequantized
 //    values are exact ((q - z) * s in double): this tests where every byte goes, not rounding.
+// 4. An emulation of the wgmma kernel (awq_wgmma.cu): x through its k-order copy, the stage's
+//    swizzled planes as the tensor copy writes them, B read back through the kernel's matrix
+//    descriptors, the A and D fragments of its warps, the same stream-K schedule.
 // The result must equal a plain float64 GEMM on the AutoAWQ tensors for every shape.
 #include <cuda_fp16.h>
 
@@ -23,6 +26,7 @@
 
 #include "../native/awq_layout.h"
 #include "../native/cuda/splitk.cuh"
+#include "../native/cuda/wgmma.cuh"
 
 using namespace medcluster;
 using namespace medcluster::awqpack;
@@ -88,40 +92,28 @@ static std::vector<uint8_t> pack(const std::vector<uint32_t>& qw, const std::vec
   return out;
 }
 
-// The GEMV, emulated lane by lane, for both block shapes: NT = 2 (8 consumer warps of 2 n16
-// tiles) and NT = 1 (16 warps of 1). x: [M, K] as floats; returns out [M, N].
-static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const std::vector<float>& x, int M, int K,
-                                       int N, int P, int NT) {
-  const int G = K / kGroup, MT = (M + 7) / 8, CG = 8 / NT;
+// The stream-K schedule (splitk.cuh's StreamK) as both kernels run it: block b of P takes its
+// range of units; `unit(acc, tile, group)` adds one unit into the block's accumulators, and
+// `flushed(acc, emit)` hands out each of a tile's sums as emit(m, column in the tile, value). A
+// tile the block covers whole is written to out; the others go to the block's partial slot and
+// are summed over their contributors in block order (the fix-up). Returns out [M, N].
+template <class Unit, class Flushed>
+static std::vector<double> emulateStreamK(int M, int K, int N, int P, size_t accN, Unit unit, Flushed flushed) {
+  const int G = K / kGroup, MT = (M + 7) / 8;
   const int U = (int)units(K, N);
   StreamK sk{U, P < U ? P : U, G};
   std::vector<double> out((size_t)M * N, NAN), partials((size_t)2 * sk.P * MT * 8 * kTileN, NAN);
-  // acc: [warp column group cp 0..3][half h][lane][q][mt][4]; the flush adds the halves.
-  const size_t accN = (size_t)CG * 2 * 32 * NT * MT * 4;
-  auto accAt = [&](std::vector<double>& acc, int cp, int h, int lane, int q, int mt) {
-    return &acc[(((((size_t)cp * 2 + h) * 32 + lane) * NT + q) * MT + mt) * 4];
-  };
-  auto flush = [&](int b, int t, int g0, int g1, std::vector<double>& acc) {
+  auto flush = [&](int b, int t, int g0, int g1, const std::vector<double>& acc) {
     const bool whole = g0 == 0 && g1 == G;
-    for (int cp = 0; cp < CG; ++cp)
-      for (int lane = 0; lane < 32; ++lane) {
-        const int gl = lane >> 2, tl = lane & 3;
-        for (int q = 0; q < NT; ++q) {
-          const int colA = cp * 16 * NT + q * 16 + gl, colB = colA + 8;
-          for (int mt = 0; mt < MT; ++mt)
-            for (int r = 0; r < 4; ++r) {
-              const int m = mt * 8 + 2 * tl + (r & 1);
-              if (m >= M) continue;
-              const double v = accAt(acc, cp, 0, lane, q, mt)[r] + accAt(acc, cp, 1, lane, q, mt)[r];
-              const int col = r < 2 ? colA : colB, n = t * kTileN + col;
-              if (whole) {
-                if (n < N) out[(size_t)m * N + n] = v;
-              } else {
-                partials[((size_t)sk.slot(b, t) * MT * 8 + m) * kTileN + col] = v;
-              }
-            }
-        }
+    flushed(acc, [&](int m, int col, double v) {
+      if (m >= M) return;
+      const int n = t * kTileN + col;
+      if (whole) {
+        if (n < N) out[(size_t)m * N + n] = v;
+      } else {
+        partials[((size_t)sk.slot(b, t) * MT * 8 + m) * kTileN + col] = v;
       }
+    });
   };
   std::vector<int> partialTiles;
   for (int b = 0; b < sk.P; ++b) {
@@ -137,65 +129,7 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
         tile = p;
         g0 = 0;
       }
-      for (int cp = 0; cp < CG; ++cp)
-        for (int h = 0; h < 2; ++h)
-          for (int q = 0; q < NT; ++q) {
-            // The kernel's indices: n16 tile w0 + q of the unit (tile p, group g).
-            const int w0 = NT * cp, w = w0 + q;
-            const uint8_t* st = packed.data() + kHeaderBytes + ((size_t)p * G + g) * kUnitBytes;
-            double A[4][16][16], B[4][16][8];  // per step j: the mma operands in logical coordinates
-            for (int lane = 0; lane < 32; ++lane) {
-              const int gl = lane >> 2, tl = lane & 3, colA = w * 16 + gl, colB = colA + 8;
-              uint32_t pA, pB;
-              std::memcpy(&pA, st + kPairOffset + 4 * colA, 4);
-              std::memcpy(&pB, st + kPairOffset + 4 * colB, 4);
-              // the weight = q * 2^-18 * mul + add (exact in double; the kernel's FMA rounds once)
-              const double mA = halfToFloat((uint16_t)pA) * std::ldexp(1.0, -18), aA = halfToFloat((uint16_t)(pA >> 16));
-              const double mB = halfToFloat((uint16_t)pB) * std::ldexp(1.0, -18), aB = halfToFloat((uint16_t)(pB >> 16));
-              uint32_t wv[4];
-              std::memcpy(wv, st + ((w * 2 + h) * 32 + lane) * 16, 16);
-              for (int j = 0; j < 4; ++j)
-                for (int r = 0; r < 4; ++r) {
-                  const uint32_t v = fragNibbles(wv[j], r);
-                  const int lo = (v >> 6) & 15, hi = (v >> 22) & 15;
-                  CHECK((v & ~0x03C003C0u) == 0, "fragNibbles leaves stray bits");
-                  const bool isB = r & 1;
-                  const double m = isB ? mB : mA, ad = isB ? aB : aA;
-                  // PTX A fragment: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
-                  const int row = gl + (isB ? 8 : 0), k0 = 2 * tl + (r >= 2 ? 8 : 0);
-                  A[j][row][k0] = lo * m + ad;
-                  A[j][row][k0 + 1] = hi * m + ad;
-                }
-            }
-            for (int mt = 0; mt < MT; ++mt) {
-              // PTX B fragment: b0 (rows 2t, 2t+1; col g), b1 (rows 2t+8, 2t+9; col g). The lane's x
-              // halves for the half: [64h + 16tl, +16), step j using 4j .. 4j+3 (the narrow form's
-              // two 16-byte loads, or the wide form's one per step pair jp at +16 jp bytes).
-              for (int lane = 0; lane < 32; ++lane) {
-                const int gl = lane >> 2, tl = lane & 3, row = mt * 8 + gl;
-                for (int j = 0; j < 4; ++j)
-                  for (int e = 0; e < 4; ++e) {
-                    const int byteOff = tl * 32 + j * 8 + e * 2;  // both forms read the same halves
-                    const int k = g * kGroup + h * 64 + byteOff / 2;
-                    const double xv = row < M ? x[(size_t)row * K + k] : 0.0;
-                    const int kk = 2 * tl + (e & 1) + (e >= 2 ? 8 : 0);  // b0 = e 0,1; b1 = e 2,3
-                    B[j][kk][gl] = xv;
-                  }
-              }
-              for (int j = 0; j < 4; ++j)
-                for (int lane = 0; lane < 32; ++lane) {
-                  const int gl = lane >> 2, tl = lane & 3;
-                  double* a = accAt(acc, cp, h, lane, q, mt);
-                  // C fragment: c0, c1 (row g, cols 2t, 2t+1); c2, c3 (row g+8, same cols)
-                  for (int r = 0; r < 4; ++r) {
-                    const int crow = gl + (r >= 2 ? 8 : 0), ccol = 2 * tl + (r & 1);
-                    double sum = 0;
-                    for (int kk = 0; kk < 16; ++kk) sum += A[j][crow][kk] * B[j][kk][ccol];
-                    a[r] += sum;
-                  }
-                }
-            }
-          }
+      unit(acc, p, g);
     }
     if (n > 0) {
       const int g1 = (i0 + n - 1) % G + 1;
@@ -218,6 +152,166 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
       }
   }
   return out;
+}
+
+// Lane `lane`'s A fragments of n16 tile w, half h of a unit (the four k steps of its 16-byte chunk)
+// as mma.m16n8k16 and wgmma's A (per warp) lay them out: A[j][row][k] in logical coordinates,
+// row = column of the tile - 16 w. a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..).
+static void laneAFragments(const uint8_t* unit, int w, int h, int lane, double (&A)[4][16][16]) {
+  const int gl = lane >> 2, tl = lane & 3, colA = w * 16 + gl, colB = colA + 8;
+  uint32_t pA, pB;
+  std::memcpy(&pA, unit + kPairOffset + 4 * colA, 4);
+  std::memcpy(&pB, unit + kPairOffset + 4 * colB, 4);
+  // the weight = q * 2^-18 * mul + add (exact in double; the kernel's FMA rounds once)
+  const double mA = halfToFloat((uint16_t)pA) * std::ldexp(1.0, -18), aA = halfToFloat((uint16_t)(pA >> 16));
+  const double mB = halfToFloat((uint16_t)pB) * std::ldexp(1.0, -18), aB = halfToFloat((uint16_t)(pB >> 16));
+  uint32_t wv[4];
+  std::memcpy(wv, unit + ((w * 2 + h) * 32 + lane) * 16, 16);
+  for (int j = 0; j < 4; ++j)
+    for (int r = 0; r < 4; ++r) {
+      const uint32_t v = fragNibbles(wv[j], r);
+      const int lo = (v >> 6) & 15, hi = (v >> 22) & 15;
+      CHECK((v & ~0x03C003C0u) == 0, "fragNibbles leaves stray bits");
+      const bool isB = r & 1;
+      const double m = isB ? mB : mA, ad = isB ? aB : aA;
+      const int row = gl + (isB ? 8 : 0), k0 = 2 * tl + (r >= 2 ? 8 : 0);
+      A[j][row][k0] = lo * m + ad;
+      A[j][row][k0 + 1] = hi * m + ad;
+    }
+}
+
+// The GEMV, emulated lane by lane, for both block shapes: NT = 2 (8 consumer warps of 2 n16
+// tiles) and NT = 1 (16 warps of 1). x: [M, K] as floats; returns out [M, N].
+static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const std::vector<float>& x, int M, int K,
+                                       int N, int P, int NT) {
+  const int G = K / kGroup, MT = (M + 7) / 8, CG = 8 / NT;
+  // acc: [warp column group cp 0..3][half h][lane][q][mt][4]; the flush adds the halves.
+  const size_t accN = (size_t)CG * 2 * 32 * NT * MT * 4;
+  auto accAt = [=](std::vector<double>& acc, int cp, int h, int lane, int q, int mt) {
+    return &acc[(((((size_t)cp * 2 + h) * 32 + lane) * NT + q) * MT + mt) * 4];
+  };
+  auto unit = [&](std::vector<double>& acc, int p, int g) {
+    for (int cp = 0; cp < CG; ++cp)
+      for (int h = 0; h < 2; ++h)
+        for (int q = 0; q < NT; ++q) {
+          // The kernel's indices: n16 tile w0 + q of the unit (tile p, group g).
+          const int w0 = NT * cp, w = w0 + q;
+          const uint8_t* st = packed.data() + kHeaderBytes + ((size_t)p * G + g) * kUnitBytes;
+          double A[4][16][16], B[4][16][8];  // per step j: the mma operands in logical coordinates
+          for (int lane = 0; lane < 32; ++lane) laneAFragments(st, w, h, lane, A);
+          for (int mt = 0; mt < MT; ++mt) {
+            // PTX B fragment: b0 (rows 2t, 2t+1; col g), b1 (rows 2t+8, 2t+9; col g). The lane's x
+            // halves for the half: [64h + 16tl, +16), step j using 4j .. 4j+3 (its two 16-byte loads).
+            for (int lane = 0; lane < 32; ++lane) {
+              const int gl = lane >> 2, tl = lane & 3, row = mt * 8 + gl;
+              for (int j = 0; j < 4; ++j)
+                for (int e = 0; e < 4; ++e) {
+                  const int byteOff = tl * 32 + j * 8 + e * 2;
+                  const int k = g * kGroup + h * 64 + byteOff / 2;
+                  const double xv = row < M ? x[(size_t)row * K + k] : 0.0;
+                  const int kk = 2 * tl + (e & 1) + (e >= 2 ? 8 : 0);  // b0 = e 0,1; b1 = e 2,3
+                  B[j][kk][gl] = xv;
+                }
+            }
+            for (int j = 0; j < 4; ++j)
+              for (int lane = 0; lane < 32; ++lane) {
+                const int gl = lane >> 2, tl = lane & 3;
+                double* a = accAt(acc, cp, h, lane, q, mt);
+                // C fragment: c0, c1 (row g, cols 2t, 2t+1); c2, c3 (row g+8, same cols)
+                for (int r = 0; r < 4; ++r) {
+                  const int crow = gl + (r >= 2 ? 8 : 0), ccol = 2 * tl + (r & 1);
+                  double sum = 0;
+                  for (int kk = 0; kk < 16; ++kk) sum += A[j][crow][kk] * B[j][kk][ccol];
+                  a[r] += sum;
+                }
+              }
+          }
+        }
+  };
+  auto flushed = [&](const std::vector<double>& accC, auto emit) {
+    std::vector<double>& acc = const_cast<std::vector<double>&>(accC);
+    for (int cp = 0; cp < CG; ++cp)
+      for (int lane = 0; lane < 32; ++lane) {
+        const int gl = lane >> 2, tl = lane & 3;
+        for (int q = 0; q < NT; ++q) {
+          const int colA = cp * 16 * NT + q * 16 + gl, colB = colA + 8;
+          for (int mt = 0; mt < MT; ++mt)
+            for (int r = 0; r < 4; ++r)
+              emit(mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB,
+                   accAt(acc, cp, 0, lane, q, mt)[r] + accAt(acc, cp, 1, lane, q, mt)[r]);
+        }
+      }
+  };
+  return emulateStreamK(M, K, N, P, accN, unit, flushed);
+}
+
+// The wgmma kernel (awq_wgmma.cu), emulated: x through its k-order copy (xOrderedSource), into a
+// stage's two planes as a 2-D tensor copy in the 128-byte swizzle writes them (16-byte chunk c of
+// row n at chunk c ^ (n % 8)); B read back through wgmmaDescK128's descriptor as the tensor cores
+// read a K-major 128-byte-swizzled operand (element (k, n) at start + (n / 8) SBO + (n % 8) 128 +
+// 2k, then bits 4-6 of the address XORed with bits 7-9); warp w's A fragments and its D fragments
+// (wgmma's D: per 8 columns the C fragment of mma.m16n8k16), and the flush's mapping.
+static std::vector<double> emulateWgmma(const std::vector<uint8_t>& packed, const std::vector<float>& x, int M, int K,
+                                        int N, int P) {
+  const int G = K / kGroup, MT = (M + 7) / 8, NR = MT * 8;  // NR: the MMA's N (rows of x, padded)
+  std::vector<double> xo((size_t)M * K);
+  for (int m = 0; m < M; ++m)
+    for (int k0 = 0; k0 < K; k0 += 64)
+      for (int q = 0; q < 32; ++q)
+        for (int e0 = 0; e0 < 2; ++e0)
+          xo[(size_t)m * K + k0 + 2 * q + e0] = x[(size_t)m * K + k0 + 2 * xOrderedSource(q) + e0];
+  const size_t accN = (size_t)8 * 32 * MT * 4;  // [warp][lane][mt * 4 + r], the kernel's registers
+  auto unit = [&](std::vector<double>& acc, int p, int g) {
+    const uint8_t* st = packed.data() + kHeaderBytes + ((size_t)p * G + g) * kUnitBytes;
+    // The stage's x planes, by byte address / 2 (the stage at address 0: 1024-byte aligned).
+    std::vector<double> planes((size_t)2 * NR * 64, NAN);
+    for (int h = 0; h < 2; ++h)
+      for (int n = 0; n < NR; ++n)
+        for (int c = 0; c < 64; ++c) {
+          const int addr = h * NR * 128 + n * 128 + ((((c >> 3) ^ (n & 7))) << 4) + (c & 7) * 2;
+          planes[addr / 2] = n < M ? xo[(size_t)n * K + g * kGroup + h * 64 + c] : 0.0;  // zeros past M
+        }
+    for (int w = 0; w < 8; ++w)
+      for (int h = 0; h < 2; ++h) {
+        double A[4][16][16];
+        for (int lane = 0; lane < 32; ++lane) laneAFragments(st, w, h, lane, A);
+        for (int j = 0; j < 4; ++j) {
+          const uint64_t desc = cuda::wgmmaDescK128(static_cast<uint32_t>(h * NR * 128), j);
+          const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4, sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+          CHECK((desc >> 62) == 1 && ((desc >> 49) & 7) == 0, "descriptor %016llx: not the 128-byte swizzle",
+                (unsigned long long)desc);
+          std::vector<double> B((size_t)16 * NR);
+          for (int kk = 0; kk < 16; ++kk)
+            for (int n = 0; n < NR; ++n) {
+              uint32_t a = start + (n >> 3) * sbo + (n & 7) * 128 + 2 * kk;
+              a ^= ((a >> 7) & 7) << 4;
+              CHECK(a / 2 < planes.size(), "B address %u past the stage's planes", a);
+              B[(size_t)kk * NR + n] = planes[a / 2];
+            }
+          for (int lane = 0; lane < 32; ++lane) {
+            const int gl = lane >> 2, tl = lane & 3;
+            double* d = &acc[((size_t)w * 32 + lane) * MT * 4];
+            for (int mt = 0; mt < MT; ++mt)
+              for (int r = 0; r < 4; ++r) {
+                const int row = gl + (r >= 2 ? 8 : 0), col = mt * 8 + 2 * tl + (r & 1);
+                double sum = 0;
+                for (int kk = 0; kk < 16; ++kk) sum += A[j][row][kk] * B[(size_t)kk * NR + col];
+                d[mt * 4 + r] += sum;
+              }
+          }
+        }
+      }
+  };
+  auto flushed = [&](const std::vector<double>& acc, auto emit) {
+    for (int w = 0; w < 8; ++w)
+      for (int lane = 0; lane < 32; ++lane) {
+        const int gl = lane >> 2, tl = lane & 3, colA = w * 16 + gl, colB = colA + 8;
+        for (int mt = 0; mt < MT; ++mt)
+          for (int r = 0; r < 4; ++r)
+            emit(mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB, acc[((size_t)w * 32 + lane) * MT * 4 + mt * 4 + r]);
+      }
+  };
+  return emulateStreamK(M, K, N, P, accN, unit, flushed);
 }
 
 int main() {
@@ -291,8 +385,9 @@ int main() {
         const double w = q * (double)halfToFloat(sc[(size_t)g * N + n]) + halfToFloat((uint16_t)(pr >> 16));
         for (int m = 0; m < M; ++m) ref[(size_t)m * N + n] += x[(size_t)m * K + k] * w;
       }
-    for (int NT : {1, 2}) {
-      const std::vector<double> got = emulateGemv(packed, x, M, K, N, cs.P, NT);
+    for (int NT : {0, 1, 2}) {  // 0: the wgmma kernel
+      const std::vector<double> got =
+          NT ? emulateGemv(packed, x, M, K, N, cs.P, NT) : emulateWgmma(packed, x, M, K, N, cs.P);
       double worst = 0;
       int bad = 0;
       for (size_t i = 0; i < ref.size(); ++i) {
@@ -300,10 +395,11 @@ int main() {
         if (!(d <= 1e-9 * (1 + std::fabs(ref[i])))) ++bad;
         if (d > worst || std::isnan(d)) worst = std::isnan(d) ? INFINITY : d;
       }
-      CHECK(bad == 0, "NT=%d M=%d K=%d N=%d P=%d: %d of %zu elements differ (worst %.3e)", NT, M, K, N, cs.P, bad,
+      const char* what = NT == 0 ? "wgmma  " : NT == 1 ? "GEMV NT=1" : "GEMV NT=2";
+      CHECK(bad == 0, "%s M=%d K=%d N=%d P=%d: %d of %zu elements differ (worst %.3e)", what, M, K, N, cs.P, bad,
             ref.size(), worst);
-      std::printf("%s NT=%d M=%d K=%d N=%d over %d blocks: emulated GEMV on the packed layout = float64 GEMM (max |diff| %.1e)\n",
-                  bad ? "FAIL" : "ok  ", NT, M, K, N, cs.P, worst);
+      std::printf("%s %s M=%d K=%d N=%d over %d blocks: emulated on the packed layout = float64 GEMM (max |diff| %.1e)\n",
+                  bad ? "FAIL" : "ok  ", what, M, K, N, cs.P, worst);
     }
   }
   std::printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);

@@ -96,6 +96,13 @@ MC_HD uint32_t fragNibbles(uint32_t word, int i) {
   return v & 0x03C003C0u;
 }
 
+// The wgmma kernel's copy of x in the fragments' k order (awq_wgmma.cu): 32-bit word q (0..31) of
+// each 64-row half of a group holds word xOrderedSource(q) of the same half of x. Word q covers k
+// step j = q / 8 of the half, positions 2 tl + 8 e1 .. + 1 (tl = q % 4, e1 = q / 4 % 2) of the
+// step's 16, which register j of lane tl's weights holds at e = 2 e1 + 0, 1: physical rows
+// 16 tl + 4 j + 2 e1 + 0, 1 (see "Fragment order" above).
+MC_HD int xOrderedSource(int q) { return 8 * (q & 3) + 2 * (q >> 3) + ((q >> 2) & 1); }
+
 // The AutoAWQ layout (MODEL.md): nibble i of qweight word [k][n/8] holds column 8(n/8) + order[i].
 MC_HD int autoAwqShift(int n) {
   const int j = n & 7;  // column within the word -> nibble index [0,4,1,5,2,6,3,7][j]

@@ -1,6 +1,7 @@
-// The packed AWQ layout and the CUDA GEMV's index arithmetic, tested on the host: the C++
+// The packed AWQ layout and the CUDA matmuls' index arithmetic, tested on the host: the C++
 // program kernels/gpu/layout-test.cu packs random AutoAWQ tensors as the pack kernel does and
-// emulates the GEMV lane by lane (fragments, x, output mapping, stream-K fix-up) against a
+// emulates the GEMV and the wgmma kernel lane by lane (fragments, x and its k-order copy, the
+// swizzled shared memory and the wgmma descriptors, output mapping, stream-K fix-up) against a
 // float64 GEMM. It needs nvcc to compile (not a GPU); without nvcc the test is skipped.
 
 import { spawnSync } from 'node:child_process';
@@ -13,7 +14,7 @@ import { describe, expect, it } from 'vitest';
 const source = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'gpu', 'layout-test.cu');
 const haveNvcc = spawnSync('nvcc', ['--version']).status === 0;
 
-describe.skipIf(!haveNvcc)('packed AWQ layout (host emulation of the CUDA GEMV)', () => {
+describe.skipIf(!haveNvcc)('packed AWQ layout (host emulation of the CUDA GEMV and wgmma kernel)', () => {
   it('packs and reads back every shape exactly', () => {
     const dir = mkdtempSync(join(tmpdir(), 'medcluster-layout-'));
     try {

@@ -1,6 +1,9 @@
 // The AWQ matmul family on the packed layout (../awq_layout.h): what its kernels share.
 //   awq_pack.cu     AutoAWQ tensors -> packed bytes (once, at load)
-//   awq_gemv.cu     the persistent stream-K tensor-core GEMV, up to 64 rows per launch
+//   awq_stream.cuh  the producer warp that streams units and x to the consumers of both matmuls
+//   awq_gemv.cu     the persistent stream-K tensor-core GEMV (mma.sync), up to 64 rows per launch
+//   awq_wgmma.cu    the same schedule on Hopper's warpgroup MMA, x read by the tensor cores from
+//                   shared memory (sm_90a)
 //   awq_dequant.cu  packed -> f16 [K, N] for a cuBLAS GEMM (large M)
 //   awq_linear.cu   launchAwqLinear: picks between them
 #pragma once
@@ -21,6 +24,8 @@ struct PackedAwq {
 
 // out [M, N] (f16 or f32) = x f16 [M, K] @ W, M <= 64 rows in one launch (awq_gemv.cu).
 void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);
+// The same on Hopper's warpgroup MMA (awq_wgmma.cu): compute capability 9.0 only, M <= 64.
+void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);
 // out = x @ W through an f16 copy of W and cuBLAS (awq_dequant.cu); needs c.blas.
 void launchAwqDequantGemm(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);
 

@@ -2,6 +2,8 @@
 //
 //   M < tuning().awqDequantMinM, or no cuBLAS:  the stream-K GEMV (awq_gemv.cu), one launch
 //       per 64 rows. Memory-bound up to M ~ 50 (it reads the weights once per launch).
+//       From tuning().awqWgmmaMinM rows on a compute capability 9.0 device, the wgmma kernel
+//       (awq_wgmma.cu) instead, on the same schedule.
 //   M >= awqDequantMinM with cuBLAS loaded:      dequantize to f16 and one cuBLAS GEMM
 //       (awq_dequant.cu), compute-bound.
 // In deterministic mode (tuning().deterministic) every M runs the GEMV on one grid, whose per-row
@@ -32,8 +34,13 @@ void launchAwqLinear(const Ctx& c, const View& x, const PackedAwqWeights& w, con
   }
   char* op = static_cast<char*>(out.data);
   const size_t rowBytes = static_cast<size_t>(N) * dtypeSize(out.dtype);
-  for (int m0 = 0; m0 < M; m0 += 64)
-    launchAwqGemv(c, xp + static_cast<int64_t>(m0) * K, pw, op + m0 * rowBytes, f16, std::min(64, M - m0));
+  const bool wgmma = !tuning().deterministic && c.computeCapability == 90;
+  for (int m0 = 0; m0 < M; m0 += 64) {
+    const int rows = std::min(64, M - m0);
+    if (wgmma && rows >= tuning().awqWgmmaMinM)
+      launchAwqWgmma(c, xp + static_cast<int64_t>(m0) * K, pw, op + m0 * rowBytes, f16, rows);
+    else launchAwqGemv(c, xp + static_cast<int64_t>(m0) * K, pw, op + m0 * rowBytes, f16, rows);
+  }
 }
 
 }  // namespace cuda

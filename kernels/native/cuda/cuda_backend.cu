@@ -85,6 +85,8 @@ void applyTuningEnv() {
   if (const char* v = env("MEDCLUSTER_AWQ_GEMV_BLOCKS")) list(v, t.awqGemvBlocksPerSM);
   if (const char* v = env("MEDCLUSTER_AWQ_GEMV_STAGES")) list(v, t.awqGemvStages);
   if (const char* v = env("MEDCLUSTER_AWQ_GEMV_TALL_MIN_M")) t.awqGemvTallMinM = std::atoi(v);
+  if (const char* v = env("MEDCLUSTER_AWQ_WGMMA_MIN_M")) t.awqWgmmaMinM = std::atoi(v);
+  if (const char* v = env("MEDCLUSTER_AWQ_WGMMA_BLOCKS")) t.awqWgmmaBlocksPerSM = std::max(1, std::atoi(v));
   if (const char* v = env("MEDCLUSTER_ATTN_DECODE_BLOCKS")) t.attnDecodeBlocksPerSM = std::max(1, std::atoi(v));
 }
 
@@ -389,7 +391,8 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(sh_->stream);
     for (auto g : graphs_) if (g) cudaGraphExecDestroy(g);
-    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &sampleScratch_}) sc->release(sh_->stream);
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_, &sampleScratch_})
+      sc->release(sh_->stream);
     sampleStaging_.release();
     if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
     cudaStreamSynchronize(sh_->stream);
@@ -659,7 +662,7 @@ class CudaBackend final : public Backend {
   }
 
   bool beginCapture() override {
-    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_}) sc->pin();
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_}) sc->pin();
     MC_CUDA(cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal));
     std::lock_guard<std::mutex> lock(sh_->mu);
     sh_->capturing = true;
@@ -703,7 +706,8 @@ class CudaBackend final : public Backend {
 
  private:
   Ctx ctx() {
-    return Ctx{s(), numSMs_, cc_, &splitK_, &tickets_, &attnScratch_, &dequant_, blas_.handle ? &blas_ : nullptr};
+    return Ctx{s(), numSMs_, cc_, &splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_,
+               blas_.handle ? &blas_ : nullptr};
   }
 
   // cuBLAS runs the large-M matmuls where the library is present (MEDCLUSTER_CUBLAS=0 turns
@@ -731,7 +735,7 @@ class CudaBackend final : public Backend {
   int numSMs_ = 0;
   std::shared_ptr<StreamHandle> sh_;
   int cc_ = 0;
-  Scratch splitK_, tickets_, attnScratch_, dequant_;
+  Scratch splitK_, tickets_, attnScratch_, dequant_, xOrdered_;
   Scratch sampleScratch_;        // Device.sample's scores, sort buffers and row specs
   SampleStaging sampleStaging_;  // and the pinned memory the specs are copied from
   Blas blas_;

@@ -1,0 +1,265 @@
+// The AWQ matmul on Hopper's warpgroup MMA: out [M, N] = x [M, K] @ W for M <= 64 rows a launch,
+// on the packed layout (../awq_layout.h), sm_90a only (launchAwqLinear picks it from
+// tuning().awqWgmmaMinM rows on a compute capability 9.0 device).
+//
+// Why: the mma.sync GEMV (awq_gemv.cu) loads x's B fragments from shared memory and issues one
+// mma per 8 rows of x for every 16 x 16 weights, so from ~16 rows its consumer warps are bound by
+// instruction issue, not by the weights' stream (at M = 64 a 70B block takes 0.47 ms against 0.14
+// for its FLOPs). Here x stays in shared memory where the producer's tensor copies put it and the
+// tensor cores read it through a descriptor: per unit (128 columns x 128 k) a warpgroup issues 8
+// wgmma (m64 nN k16, N = 8 MT rows), whatever M is.
+//
+// Same stream as the GEMV: a persistent grid on the stream-K schedule (splitk.cuh) and the one
+// producer warp (awq_stream.cuh) per block. The consumers are two warpgroups; warp w (0..7) owns
+// n16 tile w of the unit (its A rows: 16 columns), over the whole group of 128 k. Per stage it
+// reads its 32 bytes of weights (two 128-bit shared loads) and its columns' pairs, dequantizes with
+// one FMA per pair of weights into eight A fragments (as the GEMV does), then its warpgroup issues
+// the unit's 8 wgmma against the two x planes and waits for them before releasing the stage.
+//
+// The k order. The packed layout puts in register j of a lane the weights of physical rows
+// 64h + 16tl + 4j + e (tl = lane % 4, e = 0..3) (awq_layout.h), while the MMA's B operand takes the
+// rows of k step j in the order they sit in shared memory. So x goes in through a copy in that
+// order, `xo`: within each 64-row half of a group, position 16j + 8e1 + 2tl + e0 holds physical row
+// 16tl + 4j + 2e1 + e0 (e = 2e1 + e0). A small kernel writes it before the matmul (M x K f16 read
+// and written once: ~2 MB at M = 64, K = 8192), with programmatic dependent launch on both sides.
+//
+// Accumulation is fp32; each output element's sum over k runs in a fixed order, the stream-K
+// fix-up too.
+#include <algorithm>
+
+#include "awq.cuh"
+#include "awq_stream.cuh"
+#include "ptx.cuh"
+#include "splitk.cuh"
+#include "tuning.h"
+#include "wgmma.cuh"
+
+namespace medcluster {
+namespace cuda {
+
+namespace {
+
+using namespace awqpack;
+
+constexpr int kConsumerWarps = 8;  // two warpgroups of 64 columns
+constexpr int kConsumers = kConsumerWarps * 32;
+constexpr int kThreads = kConsumers + 32;  // + the producer warp
+
+// xo = x with each half group's rows in the packed layout's k order (see above), by 32-bit words
+// (e0 pairs stay together: awqpack::xOrderedSource).
+__global__ void awqOrderXKernel(const uint32_t* __restrict__ x, uint32_t* __restrict__ xo, int64_t words) {
+  pdlLaunchDependents();
+  pdlWait();  // x is written by the kernel before this one
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < words;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    xo[i] = x[(i & ~int64_t{31}) + xOrderedSource(static_cast<int>(i & 31))];
+  }
+}
+
+struct WgmmaArgs {
+  const unsigned char* w;  // packed: header + units
+  void* out;               // [M, N] f16 or f32
+  float* partials;         // [2P][MT * 8][128] fp32 stream-K partials
+  unsigned* tickets;       // [tiles] counters, zero at launch, reset by the kernel
+  StreamK sk;              // units (tile by tile, group by group), P, G (= K / 128)
+  int M, K, N, stages;
+  bool outF16;
+};
+
+// xMap: xo [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows.
+template <int MT>
+__global__ void __launch_bounds__(kThreads, 2) awqWgmmaKernel(const WgmmaArgs a, const __grid_constant__ CUtensorMap xMap) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(128) unsigned char smemRaw[];
+  // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
+  unsigned char* smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
+  __shared__ __align__(8) uint64_t full[kAwqMaxStages], empty[kAwqMaxStages];
+  __shared__ int fixupFlag;
+  constexpr int SB = awqStageBytes<MT>(), WOFF = 2 * awqXPlaneBytes<MT>();
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int b = blockIdx.x, S = a.stages, G = a.sk.G;
+  const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
+
+  pdlLaunchDependents();
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbarInit(&full[s], 1);  // the producer's arrive.expect_tx; the bytes complete the phase
+      mbarInit(&empty[s], kConsumerWarps);
+    }
+    fenceMbarInit();
+  }
+  __syncthreads();
+
+  if (warp == kConsumerWarps) {  // the producer
+    const AwqStream p{a.w + kHeaderBytes, nullptr, &xMap, a.M, a.K, G, u0, n, S};
+    awqProduce<MT>(p, smem, full, empty, lane);
+    return;
+  }
+
+  // ---- consumers ----
+  pdlWait();  // outputs and partials are written only after the kernel before has finished
+  const int gl = lane >> 2, tl = lane & 3;
+  const int colA = warp * 16 + gl, colB = colA + 8;  // this lane's two columns of the unit
+  const int e = static_cast<int>(reinterpret_cast<const uint32_t*>(a.w)[1]);
+  const float outScale = exp2f(static_cast<float>(e));
+  float acc[MT * 4];  // D fragment: [row tile (8 rows of x)][column A / B x 2 rows]
+
+  auto zero = [&]() {
+#pragma unroll
+    for (int r = 0; r < MT * 4; ++r) acc[r] = 0.f;
+  };
+  // End of this block's part of tile t, groups [g0, g1): the output, or a partial and the fix-up.
+  auto flush = [&](int t, int g0, int g1) {
+    const bool whole = g0 == 0 && g1 == G;
+    float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
+    const int nA = t * kTileN + colA, nB = nA + 8;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        // D fragment r of row tile mt: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1).
+        const float v = acc[mt * 4 + r] * outScale;
+        const int m = mt * 8 + 2 * tl + (r & 1);
+        const int col = r < 2 ? colA : colB, nn = r < 2 ? nA : nB;
+        if (m < a.M) {
+          if (!whole) part[m * kTileN + col] = v;
+          else if (nn < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + nn, v);
+        }
+      }
+    if (!whole)
+      streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
+                   kConsumers);
+  };
+
+  zero();
+  // Counters instead of divisions in the loop: the unit's tile and group, the ring slot and its phase.
+  int tile = u0 / G, g0 = u0 % G, g = g0, s = 0;
+  uint32_t phase = 0;
+  for (int i = 0; i < n; ++i) {
+    if (g == G) {  // the previous unit ended tile `tile`
+      flush(tile, g0, G);
+      zero();
+      ++tile;
+      g0 = g = 0;
+    }
+    mbarWait(&full[s], phase);
+    const unsigned char* st = smem + s * SB;
+    const unsigned char* ut = st + WOFF;
+    // This warp's weights (n16 tile `warp`, both halves of the group) and its columns' pairs.
+    const uint4 wq0 = *reinterpret_cast<const uint4*>(ut + ((warp * 2 + 0) * 32 + lane) * 16);
+    const uint4 wq1 = *reinterpret_cast<const uint4*>(ut + ((warp * 2 + 1) * 32 + lane) * 16);
+    const uint32_t pa = reinterpret_cast<const uint32_t*>(ut + kPairOffset)[colA];
+    const uint32_t pb = reinterpret_cast<const uint32_t*>(ut + kPairOffset)[colB];
+    const uint32_t mA = awqPairMul2(pa), dA = awqPairAdd2(pa), mB = awqPairMul2(pb), dB = awqPairAdd2(pb);
+    const uint32_t wv[8] = {wq0.x, wq0.y, wq0.z, wq0.w, wq1.x, wq1.y, wq1.z, wq1.w};
+    uint32_t af[8][4];  // k step 4h + j: half h, register j of the lane's 16 bytes
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      af[k][0] = awqDequantPair(fragNibbles(wv[k], 0), mA, dA);
+      af[k][1] = awqDequantPair(fragNibbles(wv[k], 1), mB, dB);
+      af[k][2] = awqDequantPair(fragNibbles(wv[k], 2), mA, dA);
+      af[k][3] = awqDequantPair(fragNibbles(wv[k], 3), mB, dB);
+    }
+    const uint32_t xs = smemAddr(st);
+    wgmmaFence();  // the A fragments (and, after a flush, the zeroed accumulators) are ordinary writes
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      wgmmaRegA<MT * 8>(acc, af[k], wgmmaDescK128(xs + (k >> 2) * awqXPlaneBytes<MT>(), k & 3));
+    wgmmaCommit();
+    wgmmaWait<0>();  // the stage's x and the A registers are free again
+    __syncwarp();
+    if (lane == 0) mbarArrive(&empty[s]);
+    ++g;
+    if (++s == S) {
+      s = 0;
+      phase ^= 1;
+    }
+  }
+  if (n > 0) flush(tile, g0, g);
+#else
+  __trap();  // launched only where the sm_90a code exists (launchAwqWgmma checks)
+#endif
+}
+
+template <int MT>
+void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
+  const auto kernel = awqWgmmaKernel<MT>;
+  const Tuning& tu = tuning();
+  constexpr int SB = awqStageBytes<MT>();
+  int bps = std::max(1, std::min(2, tu.awqWgmmaBlocksPerSM));
+  // The ring: as deep as the shared memory of bps blocks per multiprocessor allows.
+  constexpr int kSmemPerSM = 220 * 1024;
+  const int stages = std::max(2, std::min(kAwqMaxStages, (kSmemPerSM / bps - 1024) / SB));
+  const size_t smem = static_cast<size_t>(stages) * SB + 1024;  // + the alignment slack
+  static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
+  if (smem > attr) {
+    MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    attr = smem;
+  }
+  int resident = 0;
+  MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem));
+  bps = std::max(1, std::min(bps, resident));
+  a.stages = stages;
+  a.sk.P = std::max(1, std::min(a.sk.units, bps * c.numSMs));
+  a.partials = static_cast<float*>(
+      c.splitK->get(static_cast<size_t>(2 * a.sk.P) * MT * 8 * kTileN * sizeof(float), c.stream));
+  a.tickets = static_cast<unsigned*>(c.tickets->getZeroed(static_cast<size_t>(tiles(a.N)) * sizeof(unsigned), c.stream));
+
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(a.sk.P));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = c.stream;
+  cudaLaunchAttribute attrs[1];
+  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attrs;
+  cfg.numAttrs = tu.pdl ? 1 : 0;
+  const CUtensorMap xMap = awqXTensorMap(xo, a.M, a.K, MT * 8, "awqLinear (CUDA wgmma)");
+  MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, a, xMap));
+}
+
+}  // namespace
+
+void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M) {
+  if (M <= 0) return;
+  if (c.computeCapability != 90)
+    throw BackendError("awqLinear (CUDA wgmma): needs a compute capability 9.0 device (this one is " +
+                       std::to_string(c.computeCapability) + ")");
+  if (M > 64) throw BackendError("awqLinear (CUDA wgmma): M=" + std::to_string(M) + " rows in one launch (at most 64)");
+  if (reinterpret_cast<uintptr_t>(x) & 15 || w.K % kGroup)
+    throw BackendError("awqLinear (CUDA wgmma): x must be 16-byte aligned and K a multiple of 128 (M=" +
+                       std::to_string(M) + " K=" + std::to_string(w.K) + " N=" + std::to_string(w.N) + ")");
+  // x in the packed layout's k order, in scratch the backend owns.
+  const int64_t words = static_cast<int64_t>(M) * w.K / 2;
+  __half* xo = static_cast<__half*>(c.xOrdered->get(static_cast<size_t>(words) * 4, c.stream));
+  {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(ceilDiv(words, 256), 4 * c.numSMs)));
+    cfg.blockDim = dim3(256);
+    cfg.stream = c.stream;
+    cudaLaunchAttribute attrs[1];
+    attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attrs;
+    cfg.numAttrs = tuning().pdl ? 1 : 0;
+    MC_CUDA(cudaLaunchKernelEx(&cfg, awqOrderXKernel, reinterpret_cast<const uint32_t*>(x),
+                               reinterpret_cast<uint32_t*>(xo), words));
+  }
+  WgmmaArgs a = {};
+  a.w = w.data;
+  a.out = out;
+  a.outF16 = outF16;
+  a.M = M;
+  a.K = w.K;
+  a.N = w.N;
+  a.sk.G = w.K / kGroup;
+  a.sk.units = static_cast<int>(units(w.K, w.N));
+  if (M <= 8) wgmmaT<1>(c, a, xo);
+  else if (M <= 16) wgmmaT<2>(c, a, xo);
+  else if (M <= 32) wgmmaT<4>(c, a, xo);
+  else wgmmaT<8>(c, a, xo);
+}
+
+}  // namespace cuda
+}  // namespace medcluster

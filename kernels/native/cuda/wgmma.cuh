@@ -1,0 +1,103 @@
+// Hopper's warpgroup MMA (wgmma, sm_90a) as the AWQ wgmma kernel uses it: A (64 x 16 f16) from
+// registers, B (16 x N f16) from shared memory through a matrix descriptor, D (64 x N) fp32 in
+// registers. The four warps of a warpgroup issue each instruction together; warp w of the group
+// holds rows 16w .. 16w + 15 of A and D in the layout of mma.m16n8k16's A and C fragments
+// (mma.cuh), repeated for each 8 columns of D.
+//
+// The instructions are asynchronous: wgmmaFence() before the first one whose A or D registers were
+// written by ordinary instructions, wgmmaCommit() to close a group, wgmmaWait<n>() until at most n
+// groups are in flight (then their registers, and the shared memory B was read from, are free).
+// Compiled for sm_90a only (the arch-specific target); elsewhere they trap, and launchers pick
+// them only on a compute capability 9.0 device.
+#pragma once
+
+#include <cstdint>
+
+namespace medcluster {
+namespace cuda {
+
+__device__ __forceinline__ void wgmmaFence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmmaCommit() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void wgmmaWait() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+#endif
+}
+
+// The descriptor of a K-major B operand in the 128-byte swizzle (what a 2-D tensor copy with
+// CU_TENSOR_MAP_SWIZZLE_128B writes): rows of 128 bytes (64 f16 of k), the swizzle's 8-row atoms
+// 1024 bytes apart (the stride byte offset), the leading byte offset unused (one k step of 16
+// elements stays inside a 128-byte row). `atom` is 1024-byte aligned; k step j (16 elements, 32
+// bytes) of its rows starts `32 j` bytes in, which the swizzle applies to like any address.
+// (Host-callable: kernels/gpu/layout-test.cu reads B back through it.)
+__host__ __device__ __forceinline__ uint64_t wgmmaDescK128(uint32_t atomSmemAddr, int kStep) {
+  const uint64_t start = ((atomSmemAddr + 32u * static_cast<uint32_t>(kStep)) & 0x3FFFFu) >> 4;
+  return start | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+}
+
+// D (64 x N, fp32) += A (64 x 16, f16 registers) B (16 x N, f16 in shared memory, K-major).
+template <int N> __device__ __forceinline__ void wgmmaRegA(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t descB);
+
+template <> __device__ __forceinline__ void wgmmaRegA<8>(float (&d)[4], const uint32_t (&a)[4], uint64_t descB) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{ .reg .pred acc; setp.ne.b32 acc, %9, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 "
+      "{%0,%1,%2,%3}, "
+      "{%4,%5,%6,%7}, %8, acc, 1, 1, 0; }"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(1));
+#else
+  __trap();
+#endif
+}
+template <> __device__ __forceinline__ void wgmmaRegA<16>(float (&d)[8], const uint32_t (&a)[4], uint64_t descB) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{ .reg .pred acc; setp.ne.b32 acc, %13, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7}, "
+      "{%8,%9,%10,%11}, %12, acc, 1, 1, 0; }"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(1));
+#else
+  __trap();
+#endif
+}
+template <> __device__ __forceinline__ void wgmmaRegA<32>(float (&d)[16], const uint32_t (&a)[4], uint64_t descB) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{ .reg .pred acc; setp.ne.b32 acc, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+      "{%16,%17,%18,%19}, %20, acc, 1, 1, 0; }"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(1));
+#else
+  __trap();
+#endif
+}
+template <> __device__ __forceinline__ void wgmmaRegA<64>(float (&d)[32], const uint32_t (&a)[4], uint64_t descB) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{ .reg .pred acc; setp.ne.b32 acc, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      "{%32,%33,%34,%35}, %36, acc, 1, 1, 0; }"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(1));
+#else
+  __trap();
+#endif
+}
+
+}  // namespace cuda
+}  // namespace medcluster
