@@ -6,7 +6,7 @@
 #   node.xz, medcluster.mjs, gpu-parity.mjs, medcluster_kernels.node   scripts/device-bundle.mjs
 #   proto/                      the .proto files (the CLI loads them)
 # Usage: bash device-run.sh [steps...]   steps: info check bench base ab attn ncu parity decode decode64 sass
-# (ab: AB_CONFIGS, AB_MS; attn: ATTN_BLOCKS; ncu: NCU_RUNS)
+# (ab: AB_CONFIGS, AB_MS; attn: ATTN_BLOCKS; ncu: NCU_RUNS; decode, decode64: DECODE_ENV)
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
@@ -94,19 +94,20 @@ MEDCLUSTER_PDL=0}"
     decode | decode64)
       node_ready
       b=$([ "$s" = decode ] && echo 1,16 || echo 1,16,64)
-      timeout 200 /tmp/node medcluster.mjs bench decode --synthetic llama-2-70b --device cuda --batch "$b" \
-        --prompt-tokens 512 --decode-tokens 128 >"$OUT/$s.txt" 2>&1
-      note "$s rc=$?"
+      # DECODE_ENV: environment assignments for the run (e.g. MEDCLUSTER_AWQ_WGMMA_MIN_M=9).
+      env ${DECODE_ENV:-} timeout 200 /tmp/node medcluster.mjs bench decode --synthetic llama-2-70b --device cuda \
+        --batch "$b" --prompt-tokens 512 --decode-tokens 128 >"$OUT/$s.txt" 2>&1
+      note "$s ${DECODE_ENV:-} rc=$?"
       grep -E 'cuda' "$OUT/$s.txt" | tail -4 | tee -a "$summary"
       ;;
-    ncu)  # one gate_up GEMV launch at M = 1 and at M = 64 under Nsight Compute (clocks left alone)
+    ncu)  # one gate_up matmul launch (GEMV, or wgmma where NCU_RUNS turns it on) at M = 1 and 64 under Nsight Compute
       NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
       : >"$OUT/ncu.txt"
       # NCU_RUNS: one "M [environment...]" per line.
       while read -r m cfg; do
         [ -n "$m" ] || continue
         echo "## M=$m ${cfg}" >>"$OUT/ncu.txt"
-        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS=$m timeout 90 "$NCU" --clock-control none -k regex:awqGemv --launch-skip 252 \
+        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS=$m timeout 90 "$NCU" --clock-control none -k regex:'awq(Gemv|Wgmma)Kernel' --launch-skip 252 \
           --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
           --section Occupancy --section LaunchStats --section SourceCounters --section InstructionStats \
           --metrics "$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard \
