@@ -32,7 +32,7 @@ for s in "${steps[@]}"; do
       note "$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit --format=csv 2>&1 | tail -1); $(uname -r)"
       ;;
     check)
-      timeout 120 ./medcluster-gpu-check >"$OUT/check.txt" 2>&1
+      timeout 240 ./medcluster-gpu-check >"$OUT/check.txt" 2>&1
       rc=$?
       note "check rc=$rc: $(grep -E '^(PASSED|FAILED)' "$OUT/check.txt" | tail -1)"
       grep -E '^FAIL' "$OUT/check.txt" | head -8 | tee -a "$summary"
