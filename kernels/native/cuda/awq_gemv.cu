@@ -79,17 +79,7 @@ __global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
   const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
 
   pdlLaunchDependents();
-  if (tid == 0) {
-    for (int s = 0; s < S; ++s) {
-#if __CUDA_ARCH__ >= 900
-      mbarInit(&full[s], 1);  // the producer's arrive.expect_tx; the bytes complete the phase
-#else
-      mbarInit(&full[s], 32);  // one cp.async arrival per producer lane
-#endif
-      mbarInit(&empty[s], kConsumerWarps);
-    }
-    fenceMbarInit();
-  }
+  if (tid == 0) awqRingInit(full, empty, S, kConsumerWarps);
   __syncthreads();
 
   if (warp == kConsumerWarps) {  // the producer
@@ -117,7 +107,8 @@ __global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
         for (int r = 0; r < 4; ++r) acc[q][mt][r] = 0.f;
   };
   // End of this block's part of tile t, groups [g0, g1): the second half's warps hand their sums
-  // to the first half's, which write the output, or a partial followed by the fix-up.
+  // to the first half's, which write the output, or a partial followed by the fix-up; then the
+  // accumulators start again from zero.
   auto flush = [&](int t, int g0, int g1) {
     // [element][cp][lane]: a warp's 32 lanes store to consecutive words (no bank conflicts).
     float* mine = handoff + cp * 32 + lane;
@@ -144,12 +135,8 @@ __global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
           for (int r = 0; r < 4; ++r) {
             // C fragment r: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1); halves added in order.
             const float v = (acc[q][mt][r] + mine[((q * MT + mt) * 4 + r) * kStride]) * outScale;
-            const int m = mt * 8 + 2 * tl + (r & 1);
-            const int col = r < 2 ? colA : colB, n = r < 2 ? nA : nB;
-            if (m < a.M) {
-              if (!whole) part[m * kTileN + col] = v;
-              else if (n < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + n, v);
-            }
+            streamKStore(whole, part, kTileN, mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB, r < 2 ? nA : nB,
+                         a.out, a.outF16, a.M, a.N, v);
           }
       }
     }
@@ -157,20 +144,11 @@ __global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
       streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
                    kConsumers);
     namedBarrier(1, kConsumers);  // the handoff buffer is free again
+    zero();
   };
 
   zero();
-  // Counters instead of divisions in the loop: the unit's tile and group, the ring slot and its phase.
-  int tile = u0 / G, g0 = u0 % G, g = g0, s = 0;
-  uint32_t phase = 0;
-  for (int i = 0; i < n; ++i) {
-    if (g == G) {  // the previous unit ended tile `tile`
-      flush(tile, g0, G);
-      zero();
-      ++tile;
-      g0 = g = 0;
-    }
-    mbarWait(&full[s], phase);
+  awqConsume(u0, n, G, S, full, empty, lane, [&](int s) {
     const unsigned char* st = smem + s * SB;
     const unsigned char* ut = st + WOFF;
 
@@ -222,15 +200,7 @@ __global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
 #pragma unroll
           for (int q = 0; q < NT; ++q) mma16816(acc[q][m0 + mi], af[q][j], xv[mi][2 * j], xv[mi][2 * j + 1]);
     }
-    __syncwarp();
-    if (lane == 0) mbarArrive(&empty[s]);
-    ++g;
-    if (++s == S) {
-      s = 0;
-      phase ^= 1;
-    }
-  }
-  if (n > 0) flush(tile, g0, g);
+  }, flush);
 }
 
 template <int MT, int NT>
@@ -260,24 +230,11 @@ void gemvT(const Ctx& c, GemvArgs a) {
     bps = std::max(1, std::min(bps, resident));
   }
   a.stages = stages;
-  a.sk.P = std::max(1, std::min(a.sk.units, bps * c.numSMs));
-  a.partials = static_cast<float*>(
-      c.splitK->get(static_cast<size_t>(2 * a.sk.P) * MT * 8 * kTileN * sizeof(float), c.stream));
-  a.tickets = static_cast<unsigned*>(c.tickets->getZeroed(static_cast<size_t>(tiles(a.N)) * sizeof(unsigned), c.stream));
+  awqStreamKGrid(c, a, bps, MT * 8);
 
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(a.sk.P));
-  cfg.blockDim = dim3(threadsOf<NT>());
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = c.stream;
-  cudaLaunchAttribute attrs[1];
-  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attrs[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attrs;
-  cfg.numAttrs = tu.pdl && c.computeCapability >= 90 ? 1 : 0;
   CUtensorMap xMap = {};
   if (c.computeCapability >= 90) xMap = awqXTensorMap(a.x, a.M, a.K, MT * 8, "awqLinear (CUDA GEMV)");
-  MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, a, xMap));
+  awqLaunch(c, kernel, static_cast<unsigned>(a.sk.P), threadsOf<NT>(), smem, a, xMap);
 }
 
 // The block shape by row count: 8 consumer warps up to tuning().awqGemvTallMinM rows, 16 from there.

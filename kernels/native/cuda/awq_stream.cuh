@@ -18,8 +18,12 @@
 
 #include <cuda.h>  // CUtensorMap (the encoder is reached through the runtime: no libcuda link)
 
+#include <algorithm>
+#include <utility>
+
 #include "awq.cuh"
 #include "ptx.cuh"
+#include "tuning.h"
 
 namespace medcluster {
 namespace cuda {
@@ -34,6 +38,21 @@ template <int MT> __host__ __device__ constexpr int awqStageBytes() {
 // swizzle puts chunk c of a plane's row m at chunk c ^ (m % 8).
 __device__ __forceinline__ int awqXChunk(int MT8, int h, int m, int c) {
   return h * MT8 * 128 + m * 128 + ((c ^ (m & 7)) << 4);
+}
+
+// The ring's barriers, set up by one thread before the block's __syncthreads(): a stage's `full`
+// completes on the producer's copies (sm_90: its one arrive.expect_tx and the bytes; sm_80: one
+// cp.async arrival per producer lane), its `empty` on one arrival per consumer warp.
+__device__ __forceinline__ void awqRingInit(uint64_t* full, uint64_t* empty, int S, int consumerWarps) {
+  for (int s = 0; s < S; ++s) {
+#if __CUDA_ARCH__ >= 900
+    mbarInit(&full[s], 1);
+#else
+    mbarInit(&full[s], 32);
+#endif
+    mbarInit(&empty[s], consumerWarps);
+  }
+  fenceMbarInit();
 }
 
 // What the producer streams: units [u0, u0 + n) of the packed matrix `units` (after the header),
@@ -103,6 +122,64 @@ __device__ __forceinline__ void awqProduce(const AwqStream& p, unsigned char* sm
     stage(i);
   }
 #endif
+}
+
+// The consumers' side of the ring, for every consumer warp: units [u0, u0 + n) in order, each
+// `unit(s)` once stage s has landed, then the stage released (one arrival per warp on `empty`);
+// `tileEnd(t, g0, g1)` after the block's last unit of tile t (groups [g0, g1) of it), which writes
+// the tile's sums and clears the accumulators.
+template <class Unit, class TileEnd>
+__device__ __forceinline__ void awqConsume(int u0, int n, int G, int S, uint64_t* full, uint64_t* empty, int lane,
+                                           Unit unit, TileEnd tileEnd) {
+  // Counters instead of divisions in the loop: the unit's tile and group, the ring slot and its phase.
+  int tile = u0 / G, g0 = u0 % G, g = g0, s = 0;
+  uint32_t phase = 0;
+  for (int i = 0; i < n; ++i) {
+    if (g == G) {  // the previous unit ended tile `tile`
+      tileEnd(tile, g0, G);
+      ++tile;
+      g0 = g = 0;
+    }
+    mbarWait(&full[s], phase);
+    unit(s);
+    __syncwarp();
+    if (lane == 0) mbarArrive(&empty[s]);
+    ++g;
+    if (++s == S) {
+      s = 0;
+      phase ^= 1;
+    }
+  }
+  if (n > 0) tileEnd(tile, g0, g);
+}
+
+// The stream-K grid of a launch with `bps` blocks per multiprocessor (a.sk.P) and its scratch:
+// two partial slots of `rows` x 128 fp32 per block, one zeroed counter per tile (Ctx::splitK,
+// Ctx::tickets). Args: the kernel's arguments (sk, partials, tickets, N).
+template <class Args>
+void awqStreamKGrid(const Ctx& c, Args& a, int bps, int rows) {
+  a.sk.P = std::max(1, std::min(a.sk.units, bps * c.numSMs));
+  a.partials = static_cast<float*>(
+      c.splitK->get(static_cast<size_t>(2 * a.sk.P) * rows * awqpack::kTileN * sizeof(float), c.stream));
+  a.tickets = static_cast<unsigned*>(
+      c.tickets->getZeroed(static_cast<size_t>(awqpack::tiles(a.N)) * sizeof(unsigned), c.stream));
+}
+
+// Launches kernel<<<grid, block, smem, c.stream>>>(args...) with programmatic dependent launch
+// where tuning().pdl and the device (sm_90) allow it.
+template <class... Params, class... Args>
+void awqLaunch(const Ctx& c, void (*kernel)(Params...), unsigned grid, unsigned block, size_t smem, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = c.stream;
+  cudaLaunchAttribute attrs[1];
+  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attrs;
+  cfg.numAttrs = tuning().pdl && c.computeCapability >= 90 ? 1 : 0;
+  MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
 // x [M, K] f16 as a 2-D tensor map whose boxes are one half group: 64 columns x `boxRows` rows

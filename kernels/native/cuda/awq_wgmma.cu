@@ -81,13 +81,7 @@ __global__ void __launch_bounds__(kThreads, 2) awqWgmmaKernel(const WgmmaArgs a,
   const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
 
   pdlLaunchDependents();
-  if (tid == 0) {
-    for (int s = 0; s < S; ++s) {
-      mbarInit(&full[s], 1);  // the producer's arrive.expect_tx; the bytes complete the phase
-      mbarInit(&empty[s], kConsumerWarps);
-    }
-    fenceMbarInit();
-  }
+  if (tid == 0) awqRingInit(full, empty, S, kConsumerWarps);
   __syncthreads();
 
   if (warp == kConsumerWarps) {  // the producer
@@ -108,7 +102,8 @@ __global__ void __launch_bounds__(kThreads, 2) awqWgmmaKernel(const WgmmaArgs a,
 #pragma unroll
     for (int r = 0; r < MT * 4; ++r) acc[r] = 0.f;
   };
-  // End of this block's part of tile t, groups [g0, g1): the output, or a partial and the fix-up.
+  // End of this block's part of tile t, groups [g0, g1): the output, or a partial and the fix-up;
+  // then the accumulators start again from zero.
   auto flush = [&](int t, int g0, int g1) {
     const bool whole = g0 == 0 && g1 == G;
     float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
@@ -119,30 +114,17 @@ __global__ void __launch_bounds__(kThreads, 2) awqWgmmaKernel(const WgmmaArgs a,
       for (int r = 0; r < 4; ++r) {
         // D fragment r of row tile mt: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1).
         const float v = acc[mt * 4 + r] * outScale;
-        const int m = mt * 8 + 2 * tl + (r & 1);
-        const int col = r < 2 ? colA : colB, nn = r < 2 ? nA : nB;
-        if (m < a.M) {
-          if (!whole) part[m * kTileN + col] = v;
-          else if (nn < a.N) storeOut(a.out, a.outF16, static_cast<int64_t>(m) * a.N + nn, v);
-        }
+        streamKStore(whole, part, kTileN, mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB, r < 2 ? nA : nB, a.out,
+                     a.outF16, a.M, a.N, v);
       }
     if (!whole)
       streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
                    kConsumers);
+    zero();
   };
 
   zero();
-  // Counters instead of divisions in the loop: the unit's tile and group, the ring slot and its phase.
-  int tile = u0 / G, g0 = u0 % G, g = g0, s = 0;
-  uint32_t phase = 0;
-  for (int i = 0; i < n; ++i) {
-    if (g == G) {  // the previous unit ended tile `tile`
-      flush(tile, g0, G);
-      zero();
-      ++tile;
-      g0 = g = 0;
-    }
-    mbarWait(&full[s], phase);
+  awqConsume(u0, n, G, S, full, empty, lane, [&](int s) {
     const unsigned char* st = smem + s * SB;
     const unsigned char* ut = st + WOFF;
     // This warp's weights (n16 tile `warp`, both halves of the group) and its columns' pairs.
@@ -167,15 +149,7 @@ __global__ void __launch_bounds__(kThreads, 2) awqWgmmaKernel(const WgmmaArgs a,
       wgmmaRegA<MT * 8>(acc, af[k], wgmmaDescK128(xs + (k >> 2) * awqXPlaneBytes<MT>(), k & 3));
     wgmmaCommit();
     wgmmaWait<0>();  // the stage's x and the A registers are free again
-    __syncwarp();
-    if (lane == 0) mbarArrive(&empty[s]);
-    ++g;
-    if (++s == S) {
-      s = 0;
-      phase ^= 1;
-    }
-  }
-  if (n > 0) flush(tile, g0, g);
+  }, flush);
 #else
   __trap();  // launched only where the sm_90a code exists (launchAwqWgmma checks)
 #endif
@@ -200,23 +174,10 @@ void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
   MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem));
   bps = std::max(1, std::min(bps, resident));
   a.stages = stages;
-  a.sk.P = std::max(1, std::min(a.sk.units, bps * c.numSMs));
-  a.partials = static_cast<float*>(
-      c.splitK->get(static_cast<size_t>(2 * a.sk.P) * MT * 8 * kTileN * sizeof(float), c.stream));
-  a.tickets = static_cast<unsigned*>(c.tickets->getZeroed(static_cast<size_t>(tiles(a.N)) * sizeof(unsigned), c.stream));
+  awqStreamKGrid(c, a, bps, MT * 8);
 
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(a.sk.P));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = c.stream;
-  cudaLaunchAttribute attrs[1];
-  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attrs[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attrs;
-  cfg.numAttrs = tu.pdl ? 1 : 0;
   const CUtensorMap xMap = awqXTensorMap(xo, a.M, a.K, MT * 8, "awqLinear (CUDA wgmma)");
-  MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, a, xMap));
+  awqLaunch(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
 }
 
 }  // namespace
@@ -233,19 +194,8 @@ void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out
   // x in the packed layout's k order, in scratch the backend owns.
   const int64_t words = static_cast<int64_t>(M) * w.K / 2;
   __half* xo = static_cast<__half*>(c.xOrdered->get(static_cast<size_t>(words) * 4, c.stream));
-  {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(static_cast<unsigned>(std::min<int64_t>(ceilDiv(words, 256), 4 * c.numSMs)));
-    cfg.blockDim = dim3(256);
-    cfg.stream = c.stream;
-    cudaLaunchAttribute attrs[1];
-    attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attrs;
-    cfg.numAttrs = tuning().pdl ? 1 : 0;
-    MC_CUDA(cudaLaunchKernelEx(&cfg, awqOrderXKernel, reinterpret_cast<const uint32_t*>(x),
-                               reinterpret_cast<uint32_t*>(xo), words));
-  }
+  awqLaunch(c, awqOrderXKernel, static_cast<unsigned>(std::min<int64_t>(ceilDiv(words, 256), 4 * c.numSMs)), 256, 0,
+            reinterpret_cast<const uint32_t*>(x), reinterpret_cast<uint32_t*>(xo), words);
   WgmmaArgs a = {};
   a.w = w.data;
   a.out = out;

@@ -40,6 +40,16 @@ __device__ __forceinline__ void storeOut(void* out, bool outF16, int64_t i, floa
   else static_cast<float*>(out)[i] = v;
 }
 
+// Where one fp32 sum of tile t goes (row m, column col of the tile, n = t * tileN + col): to the
+// output when this block covers the whole tile, else to the block's partial (part: its slot),
+// which the fix-up sums. Rows past M and columns past N go nowhere.
+__device__ __forceinline__ void streamKStore(bool whole, float* part, int tileN, int m, int col, int n, void* out,
+                                             bool outF16, int M, int N, float v) {
+  if (m >= M) return;
+  if (!whole) part[m * tileN + col] = v;
+  else if (n < N) storeOut(out, outF16, static_cast<int64_t>(m) * N + n, v);
+}
+
 // Called by all `threads` threads of the block's computing warps (named barrier 1) once this
 // block has stored its partial of tile t (rows x tileN fp32 at partials + slot * rowsCap * tileN).
 // `flag` is a shared int the barrier-protected handoff uses.
