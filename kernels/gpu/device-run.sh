@@ -6,7 +6,8 @@
 #   node.xz, medcluster.mjs, gpu-parity.mjs, medcluster_kernels.node   scripts/device-bundle.mjs
 #   proto/                      the .proto files (the CLI loads them)
 # Usage: bash device-run.sh [steps...]   steps: info check bench base ab attn ncu parity decode decode64 sass
-# (ab: AB_CONFIGS, AB_MS; attn: ATTN_BLOCKS; ncu: NCU_RUNS; decode, decode64: DECODE_ENV)
+# (ab: AB_CONFIGS, AB_MS; attn: ATTN_BLOCKS; ncu: NCU_RUNS; decode, decode64: DECODE_ENV;
+# parity: PARITY_ENV)
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
@@ -87,8 +88,9 @@ MEDCLUSTER_PDL=0}"
       ;;
     parity)
       node_ready
-      timeout 100 /tmp/node gpu-parity.mjs >"$OUT/parity.txt" 2>&1
-      note "parity rc=$?: $(tail -1 "$OUT/parity.txt")"
+      # PARITY_ENV: environment assignments for the run (e.g. MEDCLUSTER_AWQ_WGMMA_MIN_M=1).
+      env ${PARITY_ENV:-} timeout 100 /tmp/node gpu-parity.mjs >"$OUT/parity.txt" 2>&1
+      note "parity ${PARITY_ENV:-} rc=$?: $(tail -1 "$OUT/parity.txt")"
       grep -E '^FAIL' "$OUT/parity.txt" | head -8 | tee -a "$summary"
       ;;
     decode | decode64)
