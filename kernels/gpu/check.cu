@@ -358,6 +358,11 @@ static void checkAwqAll(Backend& b) {
     for (auto& s : {std::array<int, 3>{1, 1024, 2048}, {8, 2048, 1032}, {40, 1024, 2056}, {64, 1024, 2048}})
       checkAwq(b, s[0], s[1], s[2], DType::F32, " wgmma");
     checkAwq(b, 16, 512, 640, DType::F32, " wgmma, scales to 300", 1, 1.f, 300.f);
+    checkAwq(b, 128, 2048, 1032, DType::F16, " wgmma");  // one launch of 128 rows
+    checkAwq(b, 96, 1024, 2056, DType::F32, " wgmma");
+    tu.awqWgmmaMinM = 100;  // 200 rows: 128 on the wgmma kernel, then 72 in two GEMV passes
+    checkAwq(b, 200, 1024, 776, DType::F16, " wgmma from 100 rows");
+    tu.awqWgmmaMinM = 1;
     for (int v = 0; v < 2; ++v) {
       const char* note = v == 0 ? " wgmma no-pdl" : " wgmma 1 block/SM";
       if (v == 0) tu.pdl = false;
@@ -366,6 +371,7 @@ static void checkAwqAll(Backend& b) {
       checkAwq(b, 24, 2048, 1160, DType::F16, note);
       checkAwq(b, 64, 1024, 520, DType::F16, note);
       checkAwq(b, 70, 2048, 1024, DType::F32, note);
+      checkAwq(b, 128, 1024, 1024, DType::F16, note);
       tu.pdl = defaults.pdl;
       tu.awqWgmmaBlocksPerSM = defaults.awqWgmmaBlocksPerSM;
     }

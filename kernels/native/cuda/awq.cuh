@@ -24,7 +24,8 @@ struct PackedAwq {
 
 // out [M, N] (f16 or f32) = x f16 [M, K] @ W, M <= 64 rows in one launch (awq_gemv.cu).
 void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);
-// The same on Hopper's warpgroup MMA (awq_wgmma.cu): compute capability 9.0 only, M <= 64.
+// The same on Hopper's warpgroup MMA (awq_wgmma.cu): compute capability 9.0 only, M <= 128.
+constexpr int kAwqWgmmaMaxRows = 128;
 void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);
 // out = x @ W through an f16 copy of W and cuBLAS (awq_dequant.cu); needs c.blas.
 void launchAwqDequantGemm(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);

@@ -1,4 +1,4 @@
-// The AWQ matmul on Hopper's warpgroup MMA: out [M, N] = x [M, K] @ W for M <= 64 rows a launch,
+// The AWQ matmul on Hopper's warpgroup MMA: out [M, N] = x [M, K] @ W for M <= 128 rows a launch,
 // on the packed layout (../awq_layout.h), sm_90a only (launchAwqLinear picks it from
 // tuning().awqWgmmaMinM rows on a compute capability 9.0 device).
 //
@@ -67,8 +67,9 @@ struct WgmmaArgs {
 };
 
 // xMap: xo [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows.
+// Two blocks a multiprocessor, but one at MT = 16 (64 accumulators a thread).
 template <int MT>
-__global__ void __launch_bounds__(kThreads, 2) awqWgmmaKernel(const WgmmaArgs a, const __grid_constant__ CUtensorMap xMap) {
+__global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(const WgmmaArgs a, const __grid_constant__ CUtensorMap xMap) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(128) unsigned char smemRaw[];
   // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
@@ -160,7 +161,7 @@ void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
   const auto kernel = awqWgmmaKernel<MT>;
   const Tuning& tu = tuning();
   constexpr int SB = awqStageBytes<MT>();
-  int bps = std::max(1, std::min(2, tu.awqWgmmaBlocksPerSM));
+  int bps = MT == 16 ? 1 : std::max(1, std::min(2, tu.awqWgmmaBlocksPerSM));
   // The ring: as deep as the shared memory of bps blocks per multiprocessor allows.
   constexpr int kSmemPerSM = 220 * 1024;
   const int stages = std::max(2, std::min(kAwqMaxStages, (kSmemPerSM / bps - 1024) / SB));
@@ -187,7 +188,9 @@ void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out
   if (c.computeCapability != 90)
     throw BackendError("awqLinear (CUDA wgmma): needs a compute capability 9.0 device (this one is " +
                        std::to_string(c.computeCapability) + ")");
-  if (M > 64) throw BackendError("awqLinear (CUDA wgmma): M=" + std::to_string(M) + " rows in one launch (at most 64)");
+  if (M > kAwqWgmmaMaxRows)
+    throw BackendError("awqLinear (CUDA wgmma): M=" + std::to_string(M) + " rows in one launch (at most " +
+                       std::to_string(kAwqWgmmaMaxRows) + ")");
   if (reinterpret_cast<uintptr_t>(x) & 15 || w.K % kGroup)
     throw BackendError("awqLinear (CUDA wgmma): x must be 16-byte aligned and K a multiple of 128 (M=" +
                        std::to_string(M) + " K=" + std::to_string(w.K) + " N=" + std::to_string(w.N) + ")");
@@ -208,7 +211,8 @@ void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out
   if (M <= 8) wgmmaT<1>(c, a, xo);
   else if (M <= 16) wgmmaT<2>(c, a, xo);
   else if (M <= 32) wgmmaT<4>(c, a, xo);
-  else wgmmaT<8>(c, a, xo);
+  else if (M <= 64) wgmmaT<8>(c, a, xo);
+  else wgmmaT<16>(c, a, xo);
 }
 
 }  // namespace cuda

@@ -28,10 +28,12 @@ struct Tuning {
   // warp): twice the warps to hide a unit's latency (measured on an H200 at e33e618, per 70B block:
   // M = 24 / 32 / 64 0.329 / 0.342 / 0.498 ms against 0.377 / 0.414 / 0.550; M = 16 the same). 65: never.
   int awqGemvTallMinM = 17;
-  // From this M (up to 64 rows a launch), the wgmma kernel (awq_wgmma.cu) on a compute capability
-  // 9.0 device instead of the GEMV; 65: never. Off until measured against the GEMV on an H200.
-  int awqWgmmaMinM = 65;
-  // Blocks of the wgmma kernel per multiprocessor (each 8 consumer warps + 1 producer warp), 1..2.
+  // From this M (below awqDequantMinM; up to 128 rows a launch), the wgmma kernel (awq_wgmma.cu) on
+  // a compute capability 9.0 device instead of the GEMV; 0: never. Off until measured against the
+  // GEMV on an H200.
+  int awqWgmmaMinM = 0;
+  // Blocks of the wgmma kernel per multiprocessor (each 8 consumer warps + 1 producer warp), 1..2
+  // (always 1 above 64 rows).
   int awqWgmmaBlocksPerSM = 2;
   // Programmatic dependent launch (sm_90): the GEMV's blocks start, and prefetch their first
   // weight stages, while the kernel before it finishes.
