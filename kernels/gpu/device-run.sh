@@ -62,7 +62,7 @@ MEDCLUSTER_PDL=0}"
         echo "## ${cfg:-defaults}" >>"$OUT/ab.txt"
         bin=./medcluster-gpu-check
         case "$cfg" in prev:*) bin=./prev-gpu-check cfg="${cfg#prev:}" ;; esac
-        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS="${AB_MS:-1,8,16,32,64}" timeout 60 $bin --bench-only 2>&1 |
+        env $cfg MC_BENCH_TP1=1 MC_BENCH_MS="${AB_MS:-1,8,16,32,64,128}" timeout 60 $bin --bench-only 2>&1 |
           grep -E '^\||^AWQ tuning' >>"$OUT/ab.txt"
       done <<<"$configs"
       echo "## MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 (GEMV passes of 64 rows, no cuBLAS)" >>"$OUT/ab.txt"
