@@ -128,7 +128,8 @@ MEDCLUSTER_PDL=0}"
       ;;
     sass)
       cuobjdump -sass medcluster-gpu-check 2>&1 | awk '/Function : /{f = /awqGemvKernel/} f' >"$OUT/gemv-sass.txt" || true
-      note "sass: $(grep -c HMMA "$OUT/gemv-sass.txt") HMMA lines"
+      cuobjdump -sass medcluster-gpu-check 2>&1 | awk '/Function : /{f = /awqWgmmaKernel/} f' >"$OUT/wgmma-sass.txt" || true
+      note "sass: $(grep -c HMMA "$OUT/gemv-sass.txt") HMMA lines; wgmma kernel: $(grep -c HGMMA "$OUT/wgmma-sass.txt") HGMMA, $(grep -c WARPSYNC "$OUT/wgmma-sass.txt") WARPSYNC lines"
       ;;
   esac
   echo "[$s: $(($(date +%s) - ts)) s]" | tee -a "$summary"
