@@ -279,7 +279,10 @@ static std::vector<double> emulateWgmma(const std::vector<uint8_t>& packed, cons
         double A[4][16][16];
         for (int lane = 0; lane < 32; ++lane) laneAFragments(st, w, h, lane, A);
         for (int j = 0; j < 4; ++j) {
-          const uint64_t desc = cuda::wgmmaDescK128(static_cast<uint32_t>(h * NR * 128), j);
+          // As the kernel forms it: stage 0's descriptor advanced to plane h, k step j.
+          const uint64_t desc = cuda::wgmmaDescK128(0, 0) + cuda::wgmmaDescAdvance(h * NR * 128 + 32 * j);
+          CHECK(desc == cuda::wgmmaDescK128(static_cast<uint32_t>(h * NR * 128), j),
+                "descriptor %016llx: advancing it is not addressing the operand", (unsigned long long)desc);
           const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4, sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
           CHECK((desc >> 62) == 1 && ((desc >> 49) & 7) == 0, "descriptor %016llx: not the 128-byte swizzle",
                 (unsigned long long)desc);

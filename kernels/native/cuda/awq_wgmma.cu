@@ -124,15 +124,19 @@ __global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(con
     zero();
   };
 
+  // Per lane, the same in every stage: its weights' and its columns' pairs' byte offsets, and
+  // the descriptor of stage 0's first x plane (a stage's and a k step's are offsets from it).
+  const int wOff = WOFF + (warp * 2 * 32 + lane) * 16, pOff = WOFF + kPairOffset + colA * 4;
+  const uint64_t desc0 = wgmmaDescK128(smemAddr(smem), 0);
+
   zero();
   awqConsume(u0, n, G, S, full, empty, lane, [&](int s) {
     const unsigned char* st = smem + s * SB;
-    const unsigned char* ut = st + WOFF;
     // This warp's weights (n16 tile `warp`, both halves of the group) and its columns' pairs.
-    const uint4 wq0 = *reinterpret_cast<const uint4*>(ut + ((warp * 2 + 0) * 32 + lane) * 16);
-    const uint4 wq1 = *reinterpret_cast<const uint4*>(ut + ((warp * 2 + 1) * 32 + lane) * 16);
-    const uint32_t pa = reinterpret_cast<const uint32_t*>(ut + kPairOffset)[colA];
-    const uint32_t pb = reinterpret_cast<const uint32_t*>(ut + kPairOffset)[colB];
+    const uint4 wq0 = *reinterpret_cast<const uint4*>(st + wOff);
+    const uint4 wq1 = *reinterpret_cast<const uint4*>(st + wOff + 32 * 16);
+    const uint32_t pa = *reinterpret_cast<const uint32_t*>(st + pOff);
+    const uint32_t pb = *reinterpret_cast<const uint32_t*>(st + pOff + 8 * 4);  // column colB = colA + 8
     const uint32_t mA = awqPairMul2(pa), dA = awqPairAdd2(pa), mB = awqPairMul2(pb), dB = awqPairAdd2(pb);
     const uint32_t wv[8] = {wq0.x, wq0.y, wq0.z, wq0.w, wq1.x, wq1.y, wq1.z, wq1.w};
     uint32_t af[8][4];  // k step 4h + j: half h, register j of the lane's 16 bytes
@@ -143,11 +147,11 @@ __global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(con
       af[k][2] = awqDequantPair(fragNibbles(wv[k], 2), mA, dA);
       af[k][3] = awqDequantPair(fragNibbles(wv[k], 3), mB, dB);
     }
-    const uint32_t xs = smemAddr(st);
+    const uint64_t desc = desc0 + wgmmaDescAdvance(s * SB);
     wgmmaFence();  // the A fragments (and, after a flush, the zeroed accumulators) are ordinary writes
 #pragma unroll
     for (int k = 0; k < 8; ++k)
-      wgmmaRegA<MT * 8>(acc, af[k], wgmmaDescK128(xs + (k >> 2) * awqXPlaneBytes<MT>(), k & 3));
+      wgmmaRegA<MT * 8>(acc, af[k], desc + wgmmaDescAdvance((k >> 2) * awqXPlaneBytes<MT>() + (k & 3) * 32));
     wgmmaCommit();
     wgmmaWait<0>();  // the stage's x and the A registers are free again
   }, flush);

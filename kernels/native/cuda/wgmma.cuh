@@ -43,6 +43,12 @@ __host__ __device__ __forceinline__ uint64_t wgmmaDescK128(uint32_t atomSmemAddr
   return start | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
 }
 
+// The same descriptor for an operand `bytes` further on: the start address field (bits 0-13,
+// address / 16) advanced, which cannot carry into the next field while the address stays below
+// 2^18 (every shared-memory address does). wgmmaDescK128(a, 0) + wgmmaDescAdvance(b) is
+// wgmmaDescK128(a + b, 0), without the address arithmetic per instruction.
+__host__ __device__ constexpr uint64_t wgmmaDescAdvance(int bytes) { return static_cast<uint64_t>(bytes) >> 4; }
+
 // D (64 x N, fp32) += A (64 x 16, f16 registers) B (16 x N, f16 in shared memory, K-major).
 template <int N> __device__ __forceinline__ void wgmmaRegA(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t descB);
 
