@@ -116,6 +116,7 @@ MEDCLUSTER_PDL=0}"
         env $cfg MC_BENCH_TP1=1 MC_BENCH_MS=$m timeout 90 "$NCU" --clock-control none -k regex:'awq(Gemv|Wgmma)Kernel' --launch-skip 252 \
           --launch-count 1 --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
           --section Occupancy --section LaunchStats --section SourceCounters --section InstructionStats \
+          --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
           --metrics "$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard \
             short_scoreboard mio_throttle math_pipe_throttle wait barrier membar lg_throttle dispatch_stall \
             not_selected selected no_instruction sleeping branch_resolving misc tex_throttle imc_miss drain)sm__inst_executed_pipe_tensor_op_hmma.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,smsp__inst_executed.sum" \
@@ -123,8 +124,8 @@ MEDCLUSTER_PDL=0}"
       done <<<"${NCU_RUNS:-1
 64}"
       note "ncu rc=$?"
-      grep -E "Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Issue Slots Busy|No Eligible|Stall|Achieved Occupancy" \
-        "$OUT/ncu.txt" | head -24 | tee -a "$summary"
+      grep -E "^## |Duration|Memory Throughput|DRAM Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|Compute \(SM\)|Issue Slots Busy|No Eligible|Achieved Occupancy|Mem Busy|Max Bandwidth|L2 Hit Rate|tensor_op|stalled_(long|short|mio|math|wait|barrier|lg)" \
+        "$OUT/ncu.txt" | head -${NCU_LINES:-120} | tee -a "$summary"
       ;;
     sass)
       cuobjdump -sass medcluster-gpu-check 2>&1 | awk '/Function : /{f = /awqGemvKernel/} f' >"$OUT/gemv-sass.txt" || true
