@@ -399,11 +399,17 @@ static void checkAwqAll(Backend& b) {
     checkAwq(b, 70, 2048, 1024, DType::F32, note);
   }
   tu = defaults;
-  printf("-- large M: dequantization + cuBLAS GEMM where cuBLAS loads (M >= %d)\n", tu.awqDequantMinM);
+  printf("-- large M, the default path (dequantization + cuBLAS GEMM where cuBLAS loads from M = %d)\n",
+         tu.awqDequantMinM);
   checkAwq(b, 256, 1024, 2048, DType::F16, " default path", 1);
   checkAwq(b, 300, 768, 1544, DType::F32, " default path", 1);
   checkAwq(b, 1024, 8192, 1024, DType::F16, " default path", 1);
   checkAwq(b, 256, 1024, 2048, DType::F16, " scales to 4, default path", 1, 0.01f, 4.f);
+  printf("-- dequantization + cuBLAS from M = 256\n");
+  tu.awqDequantMinM = 256;
+  checkAwq(b, 256, 1024, 2048, DType::F16, " dequant+cuBLAS", 1);
+  checkAwq(b, 300, 768, 1544, DType::F32, " dequant+cuBLAS", 1);
+  checkAwq(b, 256, 1024, 2048, DType::F16, " scales to 4, dequant+cuBLAS", 1, 0.01f, 4.f);
   printf("-- batch invariance of the GEMV\n");
   checkRowInvariance(b, 4096, 1536);
   checkRowInvariance(b, 8192, 1024);

@@ -10,9 +10,11 @@ namespace cuda {
 struct Tuning {
   // ---- AWQ matmul (awq_linear.cu) ----
   // From this M up, where cuBLAS loads, the packed weights are dequantized to an f16 scratch
-  // and multiplied by cuBLAS; below it (and always without cuBLAS) the packed GEMV runs in
-  // passes of up to 64 rows. 0: never use cuBLAS (every M on the GEMV).
-  int awqDequantMinM = 256;
+  // and multiplied by cuBLAS; below it (and always without cuBLAS) the packed kernels run in
+  // passes (awq_linear.cu). 0: never use cuBLAS. Measured on an H200 at c99f91b, per 70B block
+  // chained, wgmma passes against dequantization + cuBLAS: M = 256 0.94 / 1.47 ms, M = 512
+  // 1.91 / 1.97, M = 1024 3.78 / 3.32.
+  int awqDequantMinM = 512;
   // Blocks of the persistent GEMV per multiprocessor (each 8 consumer warps + 1 producer warp),
   // 1..3, by row-tile count MT = 1, 2, 4, 8 (measured on an H200 at bd002a3: M <= 8 fastest with
   // 3 in chained calls, M = 16 with 2, M = 64 with 1, whose 133 registers let only one reside).
@@ -29,9 +31,10 @@ struct Tuning {
   // M = 24 / 32 / 64 0.329 / 0.342 / 0.498 ms against 0.377 / 0.414 / 0.550; M = 16 the same). 65: never.
   int awqGemvTallMinM = 17;
   // From this M (below awqDequantMinM; up to 128 rows a launch), the wgmma kernel (awq_wgmma.cu) on
-  // a compute capability 9.0 device instead of the GEMV; 0: never. Off until measured against the
-  // GEMV on an H200.
-  int awqWgmmaMinM = 0;
+  // a compute capability 9.0 device instead of the GEMV; 0: never. Measured on an H200 at c99f91b,
+  // per 70B block chained, wgmma against the GEMV's 8-warp block: M = 16 0.203 / 0.183 ms, M = 24
+  // 0.222 / 0.244, 32 0.228 / 0.249, 48 0.283 / 0.352, 64 0.292 / 0.368, 128 0.433 / 0.754.
+  int awqWgmmaMinM = 17;
   // Blocks of the wgmma kernel per multiprocessor (each 8 consumer warps + 1 producer warp), 1..2
   // (always 1 above 64 rows).
   int awqWgmmaBlocksPerSM = 2;
