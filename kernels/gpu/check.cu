@@ -326,6 +326,7 @@ static void checkAwqAll(Backend& b) {
          "   K of 1..224 groups, N not a multiple of the 128-column tile, fewer units than blocks and many more,\n"
          "   passes of 64 rows (cuBLAS off), f16 and f32 out, each call twice (self-resetting tickets)\n");
   tu.awqDequantMinM = 0;
+  tu.awqWgmmaMinM = 0;  // the GEMV alone here, at every M; the wgmma kernel has its own pass below
   const int shapes[][3] = {{1, 128, 128},   {1, 256, 296},    {1, 1024, 2048},  {2, 8192, 1032}, {3, 384, 1024},
                            {7, 2048, 1536}, {8, 512, 640},    {9, 640, 520},    {16, 1152, 776}, {17, 512, 264},
                            {31, 768, 520},  {32, 2048, 1024}, {33, 384, 1056},  {48, 768, 544},  {63, 1024, 1024},
@@ -334,17 +335,6 @@ static void checkAwqAll(Backend& b) {
   for (auto& s : shapes) checkAwq(b, s[0], s[1], s[2], DType::F16);
   for (auto& s : {std::array<int, 3>{1, 1024, 2048}, {8, 2048, 1032}, {40, 1024, 2056}, {64, 1024, 2048}})
     checkAwq(b, s[0], s[1], s[2], DType::F32);
-  // Both block shapes above 8 rows: the 8-consumer-warp block everywhere (what the deterministic
-  // mode runs), then the 16-warp block from 9 rows.
-  for (int tallFrom : {65, 9}) {
-    printf("-- the %s block above 8 rows\n", tallFrom == 65 ? "8-warp" : "16-warp");
-    tu.awqGemvTallMinM = tallFrom;
-    const char* note = tallFrom == 65 ? " 8 warps" : " 16 warps";
-    for (auto& s : shapes)
-      if (s[0] > 8) checkAwq(b, s[0], s[1], s[2], DType::F16, note);
-    checkAwq(b, 40, 1024, 2056, DType::F32, note);
-  }
-  tu.awqGemvTallMinM = defaults.awqGemvTallMinM;
   // The wgmma kernel (compute capability 9.0 only): every M from 1 on the same shapes, then its
   // variants. Its x goes through the k-order copy, so a wrong order fails every shape.
   int dev = 0, major = 0, minor = 0;
@@ -386,6 +376,7 @@ static void checkAwqAll(Backend& b) {
   for (int v = 0; v < 4; ++v) {
     tu = defaults;
     tu.awqDequantMinM = 0;
+    tu.awqWgmmaMinM = 0;
     if (v == 0) tu.pdl = false;
     if (v == 1) for (int& x : tu.awqGemvBlocksPerSM) x = 1;
     if (v == 2) for (int& x : tu.awqGemvBlocksPerSM) x = 3;
@@ -886,11 +877,11 @@ static void bench(Backend& b, const char* jsonPath) {
   }
   const int nSets = quick || getenv("MC_BENCH_TP1") ? 1 : 2;
   cuda::Tuning& tu = cuda::tuning();
-  printf("AWQ tuning: dequant+cuBLAS from M=%d, GEMV blocks/SM %d/%d/%d/%d, stages %d/%d/%d/%d, 16-warp block "
-         "from M=%d, wgmma from M=%d (%d blocks/SM), PDL %s%s\n",
+  printf("AWQ tuning: dequant+cuBLAS from M=%d, GEMV blocks/SM %d/%d/%d/%d, stages %d/%d/%d/%d, "
+         "wgmma from M=%d (%d blocks/SM), PDL %s%s\n",
          tu.awqDequantMinM, tu.awqGemvBlocksPerSM[0], tu.awqGemvBlocksPerSM[1], tu.awqGemvBlocksPerSM[2],
          tu.awqGemvBlocksPerSM[3], tu.awqGemvStages[0], tu.awqGemvStages[1], tu.awqGemvStages[2], tu.awqGemvStages[3],
-         tu.awqGemvTallMinM, tu.awqWgmmaMinM, tu.awqWgmmaBlocksPerSM, tu.pdl ? "on" : "off",
+         tu.awqWgmmaMinM, tu.awqWgmmaBlocksPerSM, tu.pdl ? "on" : "off",
          tu.deterministic ? ", deterministic" : "");
   // Issue's targets per tp=1 block (kernels/gpu/RESULTS.md): M = 1, 16, 64, 1024.
   auto target = [](int M) { return M == 1 ? 0.13 : M == 16 ? 0.15 : M == 64 ? 0.22 : M == 1024 ? 2.5 : -1.0; };

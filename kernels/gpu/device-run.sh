@@ -55,7 +55,7 @@ for s in "${steps[@]}"; do
       configs="${AB_CONFIGS:-
 MEDCLUSTER_AWQ_WGMMA_MIN_M=1
 MEDCLUSTER_AWQ_WGMMA_MIN_M=1 MEDCLUSTER_AWQ_WGMMA_BLOCKS=1
-MEDCLUSTER_AWQ_GEMV_TALL_MIN_M=65
+MEDCLUSTER_AWQ_WGMMA_MIN_M=0
 MEDCLUSTER_PDL=0}"
       # A line starting "prev:" runs ./prev-gpu-check (the same program built at an earlier commit).
       while IFS= read -r cfg; do

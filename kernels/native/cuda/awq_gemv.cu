@@ -5,24 +5,25 @@
 // (splitk.cuh): block b streams one contiguous range of units, the same count for every
 // block, with no second wave and no idle tail.
 //
-// Block = 8 (or 16) consumer warps + 1 producer warp, which streams units and x through a ring of
+// Block = 8 consumer warps + 1 producer warp, which streams units and x through a ring of
 // shared-memory stages (awq_stream.cuh).
 //
-// Consumer warp w owns NT n16 tiles of the unit (16 NT columns, from 16 NT (w % (8 / NT))) and one
-// half of its 128 rows (w / (8 / NT)). Per stage it reads its 16 bytes of weights per n16 tile (4
+// Consumer warp w owns NT = 2 n16 tiles of the unit (32 columns, from 32 (w % 4)) and one half of
+// its 128 rows (w / 4). Per stage it reads its 16 bytes of weights per n16 tile (4
 // mma A fragments, one 128-bit shared load) and the columns' pairs, dequantizes with one FMA per
 // pair of weights, reads its slices of x (B fragments, shared by its NT tiles), and issues
 // mma.m16n8k16 with the weights as A (16 columns x 16 k) and x^T as B (k x 8 rows): the batch
 // rows are the mma's n, so M <= 8 costs one mma per 256 weights and M <= 64 eight, with the same
 // dequantization. The two halves' sums meet in shared memory when a tile ends.
 //
-// Two shapes of block. NT = 2: 8 consumer warps of 32 columns. NT = 1 (tuning().awqGemvTallMinM
-// rows on): 16 consumer warps of 16 columns, twice the warps to hide the latency of a unit's
-// work, which at M = 64 (one 9-warp block per SM, 160 registers) is what bounds the NT = 2 block.
+// One shape of block for every M. (A 16-warp block of 16 columns a warp, once faster from 17 rows,
+// was slower at every M once the stream-K fix-up stopped stalling the tail: measured on an H200
+// at c99f91b, per 70B block, M = 24 / 32 / 48 / 64 0.244 / 0.249 / 0.352 / 0.368 ms for this
+// block against 0.262 / 0.263 / 0.369 / 0.381; it was deleted.)
 //
 // Accumulation is fp32 on the tensor cores; each output element's sum runs in a fixed order. For
 // one block shape and one grid, rows of the result do not depend on the batch; the
-// deterministic mode (tuning().deterministic) keeps NT = 2 and one grid for every M.
+// deterministic mode (tuning().deterministic) keeps one grid for every M.
 #include <algorithm>
 
 #include "awq.cuh"
@@ -39,15 +40,15 @@ namespace {
 
 using namespace awqpack;
 
-// Warps per k half (each NT of the unit's 8 n16 tiles), consumer warps (both halves), block size.
-template <int NT> __host__ __device__ constexpr int colGroups() { return 8 / NT; }
-template <int NT> __host__ __device__ constexpr int consumerWarps() { return 2 * colGroups<NT>(); }
-template <int NT> __host__ __device__ constexpr int threadsOf() { return consumerWarps<NT>() * 32 + 32; }
+// n16 tiles per consumer warp; warps per k half (each NT of the unit's 8 n16 tiles), consumer
+// warps (both halves), block size.
+constexpr int NT = 2;
+constexpr int kColGroups = 8 / NT;
+constexpr int kConsumerWarps = 2 * kColGroups;
+constexpr int kThreads = kConsumerWarps * 32 + 32;
 // Shared memory where the second half's warps hand their sums to the first half's:
-// [colGroups][32][NT][MT][4] floats.
-template <int MT, int NT> __host__ __device__ constexpr int handoffBytes() {
-  return colGroups<NT>() * 32 * NT * MT * 4 * 4;
-}
+// [kColGroups][32][NT][MT][4] floats.
+template <int MT> __host__ __device__ constexpr int handoffBytes() { return kColGroups * 32 * NT * MT * 4 * 4; }
 
 struct GemvArgs {
   const __half* x;            // [M, K] f16, 16-byte aligned rows
@@ -60,19 +61,18 @@ struct GemvArgs {
   bool outF16;
 };
 
-template <int MT, int NT>
+template <int MT>
 // Compiled for two resident blocks per multiprocessor (registers capped at ~100) where the
-// accumulators allow it; MT = 8 and the 17-warp block need more (one block per SM).
+// accumulators allow it; MT = 8 needs more (one block per SM).
 // xMap: x [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows (sm_90; unused on sm_80).
-__global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
+__global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
     awqGemvKernel(const GemvArgs a, const __grid_constant__ CUtensorMap xMap) {
   extern __shared__ __align__(128) unsigned char smemRaw[];
   // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
   unsigned char* smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
   __shared__ __align__(8) uint64_t full[kAwqMaxStages], empty[kAwqMaxStages];
   __shared__ int fixupFlag;
-  constexpr int CG = colGroups<NT>();
-  constexpr int kConsumerWarps = consumerWarps<NT>(), kConsumers = kConsumerWarps * 32;
+  constexpr int CG = kColGroups, kConsumers = kConsumerWarps * 32;
   constexpr int SB = awqStageBytes<MT>(), WOFF = 2 * awqXPlaneBytes<MT>();
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.x, S = a.stages, G = a.sk.G;
@@ -203,12 +203,12 @@ __global__ void __launch_bounds__(threadsOf<NT>(), (MT == 8 || NT == 1) ? 1 : 2)
   }, flush);
 }
 
-template <int MT, int NT>
+template <int MT>
 void gemvT(const Ctx& c, GemvArgs a) {
-  const auto kernel = awqGemvKernel<MT, NT>;
+  const auto kernel = awqGemvKernel<MT>;
   const Tuning& tu = tuning();
   constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
-  constexpr int SB = awqStageBytes<MT>(), HB = handoffBytes<MT, NT>();
+  constexpr int SB = awqStageBytes<MT>(), HB = handoffBytes<MT>();
   // In deterministic mode the grid depends on the shape and the card only, not on M: one
   // schedule (and summation order) for every batch size.
   int bps = tu.deterministic ? 2 : std::max(1, std::min(3, tu.awqGemvBlocksPerSM[MTI]));
@@ -226,7 +226,7 @@ void gemvT(const Ctx& c, GemvArgs a) {
   // (except in deterministic mode, whose grid must not depend on M).
   if (!tu.deterministic) {
     int resident = 0;
-    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threadsOf<NT>(), smem));
+    MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem));
     bps = std::max(1, std::min(bps, resident));
   }
   a.stages = stages;
@@ -234,14 +234,7 @@ void gemvT(const Ctx& c, GemvArgs a) {
 
   CUtensorMap xMap = {};
   if (c.computeCapability >= 90) xMap = awqXTensorMap(a.x, a.M, a.K, MT * 8, "awqLinear (CUDA GEMV)");
-  awqLaunch(c, kernel, static_cast<unsigned>(a.sk.P), threadsOf<NT>(), smem, a, xMap);
-}
-
-// The block shape by row count: 8 consumer warps up to tuning().awqGemvTallMinM rows, 16 from there.
-template <int MT>
-void gemvRows(const Ctx& c, const GemvArgs& a) {
-  if (!tuning().deterministic && a.M >= tuning().awqGemvTallMinM) gemvT<MT, 1>(c, a);
-  else gemvT<MT, 2>(c, a);
+  awqLaunch(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
 }
 
 }  // namespace
@@ -262,10 +255,10 @@ void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out,
   a.N = w.N;
   a.sk.G = w.K / kGroup;
   a.sk.units = static_cast<int>(units(w.K, w.N));
-  if (M <= 8) gemvT<1, 2>(c, a);  // (never the 16-warp block: the weights' stream sets the pace)
-  else if (M <= 16) gemvRows<2>(c, a);
-  else if (M <= 32) gemvRows<4>(c, a);
-  else gemvRows<8>(c, a);
+  if (M <= 8) gemvT<1>(c, a);
+  else if (M <= 16) gemvT<2>(c, a);
+  else if (M <= 32) gemvT<4>(c, a);
+  else gemvT<8>(c, a);
 }
 
 }  // namespace cuda

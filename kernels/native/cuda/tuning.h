@@ -26,10 +26,6 @@ struct Tuning {
   // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64):
   // two blocks and the next kernel's first block fit in a multiprocessor's 227 KB.
   int awqGemvStages[4] = {6, 5, 4, 4};
-  // From this M, the GEMV's 16-consumer-warp block (16 columns a warp) instead of 8 (32 columns a
-  // warp): twice the warps to hide a unit's latency (measured on an H200 at e33e618, per 70B block:
-  // M = 24 / 32 / 64 0.329 / 0.342 / 0.498 ms against 0.377 / 0.414 / 0.550; M = 16 the same). 65: never.
-  int awqGemvTallMinM = 17;
   // From this M (below awqDequantMinM; up to 128 rows a launch), the wgmma kernel (awq_wgmma.cu) on
   // a compute capability 9.0 device instead of the GEMV; 0: never. Measured on an H200 at c99f91b,
   // per 70B block chained, wgmma against the GEMV's 8-warp block: M = 16 0.203 / 0.183 ms, M = 24
@@ -58,7 +54,7 @@ struct Tuning {
 Tuning& tuning();
 
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
-// MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d, MEDCLUSTER_AWQ_GEMV_TALL_MIN_M=N,
+// MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d,
 // MEDCLUSTER_AWQ_WGMMA_MIN_M=N, MEDCLUSTER_AWQ_WGMMA_BLOCKS=N,
 // MEDCLUSTER_ATTN_DECODE_BLOCKS=N, MEDCLUSTER_DETERMINISTIC=1);
 // called when a backend is created.
