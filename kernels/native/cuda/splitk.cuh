@@ -76,7 +76,8 @@ __device__ __forceinline__ void streamKFixup(const StreamK& sk, int t, const flo
 #pragma unroll
     for (int j = 0; j < kFixupVectors; ++j) v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int b = first; b <= last; ++b) {  // in block order: the sum does not depend on arrival
-      const float4* src = reinterpret_cast<const float4*>(partials + static_cast<int64_t>(sk.slot(b, t)) * rowsCap * tileN);
+      const float4* src =
+          reinterpret_cast<const float4*>(partials + static_cast<int64_t>(sk.slot(b, t)) * rowsCap * tileN);
       float4 p[kFixupVectors];
 #pragma unroll
       for (int j = 0; j < kFixupVectors; ++j) {
