@@ -51,6 +51,7 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
   constexpr int KCH = HD / 32;     // 16-byte K chunks per lane and row: chunks 4p + tq
   constexpr int VCH = HD / 64;     // 16-byte V chunks per lane and row: chunks g + 8r
   pdlLaunchDependents();           // the o matmul after attention may start prefetching its weights
+  pdlWait();
   __shared__ __align__(16) __half pT[kDecWarps][8][kDecKeys];  // P as [head][key]
   __shared__ float wm[kDecWarps][8], wl[kDecWarps][8];
   __shared__ __align__(16) float wacc[kDecWarps][8][HD];
@@ -215,6 +216,7 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
 // grid (T, nh), block HD threads: merges the splits of one (token, head).
 __global__ void attnCombine(const float* wsAcc, const float* wsML, __half* out, int nh, int splits, int hd) {
   pdlLaunchDependents();
+  pdlWait();
   const int t = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
   const int64_t o0 = ((int64_t)t * nh + h) * splits;
   float M = -INFINITY;
@@ -246,6 +248,7 @@ template <int HD>
 __global__ void __launch_bounds__(128) attnPrefill(AttnArgs a, int T, int gShift) {
   constexpr int LD = HD + 8;  // padded smem row (halves): conflict-free fragment loads
   pdlLaunchDependents();
+  pdlWait();
   __shared__ __align__(16) __half ks[kPfKeys][LD];
   __shared__ __align__(16) __half vs[kPfKeys][LD];
   __shared__ int tokSeq[kPfRows], tokPos[kPfRows];
@@ -442,8 +445,7 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
       G <= 8 && (G & (G - 1)) == 0) {
     const int gShift = G == 1 ? 0 : G == 2 ? 1 : G == 4 ? 2 : 3;
     dim3 grid((unsigned)ceilDiv(T, kPfRows >> gShift), (unsigned)nkv);
-    if (hd == 128) attnPrefill<128><<<grid, 128, 0, c.stream>>>(a, T, gShift);
-    else attnPrefill<64><<<grid, 128, 0, c.stream>>>(a, T, gShift);
+    launchKernel(c, hd == 128 ? attnPrefill<128> : attnPrefill<64>, grid, dim3(128), 0, a, T, gShift);
     MC_LAUNCHED("attnPrefill");
     return;
   }
@@ -471,11 +473,11 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
     a.wsML = reinterpret_cast<float*>(ws + accBytes);
   }
   dim3 grid(T, nkv, (unsigned)splits);
-  if (hd == 128) attnDecode<128><<<grid, kDecWarps * 32, 0, c.stream>>>(a);
-  else attnDecode<64><<<grid, kDecWarps * 32, 0, c.stream>>>(a);
+  launchKernel(c, hd == 128 ? attnDecode<128> : attnDecode<64>, grid, dim3(kDecWarps * 32), 0, a);
   MC_LAUNCHED("attention");
   if (splits > 1) {
-    attnCombine<<<dim3(T, nh), hd, 0, c.stream>>>(a.wsAcc, a.wsML, a.out, nh, (int)splits, hd);
+    launchKernel(c, attnCombine, dim3((unsigned)T, (unsigned)nh), dim3((unsigned)hd), 0, a.wsAcc, a.wsML, a.out, nh,
+                 (int)splits, hd);
     MC_LAUNCHED("attnCombine");
   }
 }

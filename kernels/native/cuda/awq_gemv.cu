@@ -234,7 +234,7 @@ void gemvT(const Ctx& c, GemvArgs a) {
 
   CUtensorMap xMap = {};
   if (c.computeCapability >= 90) xMap = awqXTensorMap(a.x, a.M, a.K, MT * 8, "awqLinear (CUDA GEMV)");
-  awqLaunch(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
+  launchKernel(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
 }
 
 }  // namespace

@@ -19,7 +19,6 @@
 #include <cuda.h>  // CUtensorMap (the encoder is reached through the runtime: no libcuda link)
 
 #include <algorithm>
-#include <utility>
 
 #include "awq.cuh"
 #include "ptx.cuh"
@@ -163,23 +162,6 @@ void awqStreamKGrid(const Ctx& c, Args& a, int bps, int rows) {
       c.splitK->get(static_cast<size_t>(2 * a.sk.P) * rows * awqpack::kTileN * sizeof(float), c.stream));
   a.tickets = static_cast<unsigned*>(
       c.tickets->getZeroed(static_cast<size_t>(awqpack::tiles(a.N)) * sizeof(unsigned), c.stream));
-}
-
-// Launches kernel<<<grid, block, smem, c.stream>>>(args...) with programmatic dependent launch
-// where tuning().pdl and the device (sm_90) allow it.
-template <class... Params, class... Args>
-void awqLaunch(const Ctx& c, void (*kernel)(Params...), unsigned grid, unsigned block, size_t smem, Args&&... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(block);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = c.stream;
-  cudaLaunchAttribute attrs[1];
-  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attrs[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attrs;
-  cfg.numAttrs = tuning().pdl && c.computeCapability >= 90 ? 1 : 0;
-  MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
 // x [M, K] f16 as a 2-D tensor map whose boxes are one half group: 64 columns x `boxRows` rows

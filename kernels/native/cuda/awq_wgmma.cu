@@ -182,7 +182,7 @@ void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
   awqStreamKGrid(c, a, bps, MT * 8);
 
   const CUtensorMap xMap = awqXTensorMap(xo, a.M, a.K, MT * 8, "awqLinear (CUDA wgmma)");
-  awqLaunch(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
+  launchKernel(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
 }
 
 }  // namespace
@@ -201,7 +201,7 @@ void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out
   // x in the packed layout's k order, in scratch the backend owns.
   const int64_t words = static_cast<int64_t>(M) * w.K / 2;
   __half* xo = static_cast<__half*>(c.xOrdered->get(static_cast<size_t>(words) * 4, c.stream));
-  awqLaunch(c, awqOrderXKernel, static_cast<unsigned>(std::min<int64_t>(ceilDiv(words, 256), 4 * c.numSMs)), 256, 0,
+  launchKernel(c, awqOrderXKernel, static_cast<unsigned>(std::min<int64_t>(ceilDiv(words, 256), 4 * c.numSMs)), 256, 0,
             reinterpret_cast<const uint32_t*>(x), reinterpret_cast<uint32_t*>(xo), words);
   WgmmaArgs a = {};
   a.w = w.data;

@@ -94,6 +94,7 @@ namespace {
 // ---- element-wise and row kernels ----------------------------------------------
 
 __global__ void embeddingKernel(const __half* table, const int32_t* ids, float* out, int64_t H) {
+  pdlWait();
   int64_t t = blockIdx.x;
   const __half* row = table + (int64_t)ids[t] * H;
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) out[t * H + h] = __half2float(row[h]);
@@ -125,6 +126,7 @@ __global__ void __launch_bounds__(256) rmsNormKernel(float* __restrict__ x, cons
                                                      const __half* __restrict__ w, float eps,
                                                      __half* __restrict__ out, int64_t H) {
   pdlLaunchDependents();  // the matmul after a norm may start prefetching its weights
+  pdlWait();
   const int64_t t = blockIdx.x;
   const int n4 = (int)(H / 4);
   float4* row = reinterpret_cast<float4*>(x + t * H);
@@ -170,6 +172,7 @@ __global__ void __launch_bounds__(256) rmsNormKernel(float* __restrict__ x, cons
 }
 
 __global__ void addKernel(float* r, const float* d, int64_t n) {
+  pdlWait();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
     r[i] += d[i];
 }
@@ -177,6 +180,7 @@ __global__ void addKernel(float* r, const float* d, int64_t n) {
 // gateUp [T, 2 I] = [gate | up] -> out [T, I], in pairs of halves (I2 = I / 2 pairs a row).
 __global__ void siluMulKernel(const __half2* gateUp, __half2* out, int64_t I2, int64_t n2) {
   pdlLaunchDependents();  // the down matmul may start prefetching its weights
+  pdlWait();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n2; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t t = i / I2, c = i % I2;
     float2 a = __half22float2(gateUp[t * 2 * I2 + c]), b = __half22float2(gateUp[t * 2 * I2 + I2 + c]);
@@ -189,6 +193,8 @@ __global__ void siluMulKernel(const __half2* gateUp, __half2* out, int64_t I2, i
 // rotate-half on pairs (i, i + hd/2), fp32 math.
 __global__ void ropeWriteKvKernel(const __half* qkv, __half* qOut, __half* kc, __half* vc, const int32_t* pos,
                                   const int32_t* slots, int nq, int nkv, int hd, float theta) {
+  pdlLaunchDependents();  // attention may start
+  pdlWait();
   const int t = blockIdx.x, h = blockIdx.y, half = hd / 2;
   const int64_t kvWidth = (int64_t)nkv * hd;
   const __half* src = qkv + (int64_t)t * (nq * hd + 2 * kvWidth) + (int64_t)h * hd;
@@ -216,6 +222,7 @@ __global__ void ropeWriteKvKernel(const __half* qkv, __half* qOut, __half* kc, _
 // grid T; copies one token's K and V rows (rowElems halves each) into its slot.
 __global__ void writeKvKernel(__half* kc, __half* vc, const __half* k, const __half* v,
                               const int32_t* slots, int64_t rowElems) {
+  pdlWait();
   int64_t t = blockIdx.x;
   int64_t s = slots[t];
   if (s < 0) return;  // padding token: nothing to cache
@@ -230,6 +237,7 @@ __global__ void writeKvKernel(__half* kc, __half* vc, const __half* k, const __h
 }
 __global__ void writeKvKernelScalar(__half* kc, __half* vc, const __half* k, const __half* v,
                                     const int32_t* slots, int64_t rowElems) {
+  pdlWait();
   int64_t t = blockIdx.x;
   int64_t s = slots[t];
   if (s < 0) return;
@@ -240,6 +248,7 @@ __global__ void writeKvKernelScalar(__half* kc, __half* vc, const __half* k, con
 }
 
 __global__ void gatherRowsKernel(const char* x, const int32_t* rows, char* out, int64_t rowBytes) {
+  pdlWait();
   int64_t r = blockIdx.x;
   const char* src = x + (int64_t)rows[r] * rowBytes;
   char* dst = out + r * rowBytes;
@@ -494,7 +503,8 @@ class CudaBackend final : public Backend {
   void embedding(const View& table, const View& ids, const View& out) override {
     int64_t T = ids.numel(), H = table.dim(1);
     if (!T) return;
-    embeddingKernel<<<T, 256, 0, s()>>>(table.as<__half>(), ids.as<int32_t>(), out.as<float>(), H);
+    launchKernel(ctx(), embeddingKernel, dim3((unsigned)T), dim3(256), 0, table.as<__half>(), ids.as<int32_t>(),
+                 out.as<float>(), H);
     MC_LAUNCHED("embedding");
   }
   void rmsNorm(const View& x, const View& w, float eps, const View& out) override {
@@ -514,17 +524,19 @@ class CudaBackend final : public Backend {
     float* xp = x.as<float>();
     const __half* wp = w.as<__half>();
     __half* op16 = out.as<__half>();
-    if (v <= 1) rmsNormKernel<1><<<T, 256, 0, s()>>>(xp, delta, wp, eps, op16, H);
-    else if (v <= 2) rmsNormKernel<2><<<T, 256, 0, s()>>>(xp, delta, wp, eps, op16, H);
-    else if (v <= 4) rmsNormKernel<4><<<T, 256, 0, s()>>>(xp, delta, wp, eps, op16, H);
-    else if (v <= 8) rmsNormKernel<8><<<T, 256, 0, s()>>>(xp, delta, wp, eps, op16, H);
-    else rmsNormKernel<16><<<T, 256, 0, s()>>>(xp, delta, wp, eps, op16, H);
+    const auto kernel = v <= 1   ? rmsNormKernel<1>
+                        : v <= 2 ? rmsNormKernel<2>
+                        : v <= 4 ? rmsNormKernel<4>
+                        : v <= 8 ? rmsNormKernel<8>
+                                 : rmsNormKernel<16>;
+    launchKernel(ctx(), kernel, dim3((unsigned)T), dim3(256), 0, xp, delta, wp, eps, op16, H);
     MC_LAUNCHED(op);
   }
   void addInPlace(const View& residual, const View& delta) override {
     int64_t n = residual.numel();
     if (!n) return;
-    addKernel<<<gridFor(n, 256, numSMs_), 256, 0, s()>>>(residual.as<float>(), delta.as<float>(), n);
+    launchKernel(ctx(), addKernel, dim3(gridFor(n, 256, numSMs_)), dim3(256), 0, residual.as<float>(),
+                 delta.as<float>(), n);
     MC_LAUNCHED("addInPlace");
   }
   void awqLinear(const View& x, const AwqWeights& w, const View& out) override {
@@ -542,9 +554,9 @@ class CudaBackend final : public Backend {
     const int64_t T = qkv.dim(0), hd = kCache.dim(3), nkv = kCache.dim(2), nq = qOut.dim(1) / hd;
     if (!T) return;
     dim3 grid((unsigned)T, (unsigned)(nq + 2 * nkv));
-    ropeWriteKvKernel<<<grid, 64, 0, s()>>>(qkv.as<__half>(), qOut.as<__half>(), kCache.as<__half>(),
-                                             vCache.as<__half>(), positions.as<int32_t>(), slots.as<int32_t>(),
-                                             (int)nq, (int)nkv, (int)hd, theta);
+    launchKernel(ctx(), ropeWriteKvKernel, grid, dim3(64), 0, qkv.as<__half>(), qOut.as<__half>(),
+                 kCache.as<__half>(), vCache.as<__half>(), positions.as<int32_t>(), slots.as<int32_t>(), (int)nq,
+                 (int)nkv, (int)hd, theta);
     MC_LAUNCHED("ropeWriteKv");
   }
   void writeKv(const View& kCache, const View& vCache, const View& k, const View& v,
@@ -552,12 +564,9 @@ class CudaBackend final : public Backend {
     int64_t T = slots.numel();
     if (!T) return;
     int64_t rowElems = k.numel() / T;
-    if (rowElems % 8 == 0)
-      writeKvKernel<<<T, 128, 0, s()>>>(kCache.as<__half>(), vCache.as<__half>(), k.as<__half>(),
-                                        v.as<__half>(), slots.as<int32_t>(), rowElems);
-    else
-      writeKvKernelScalar<<<T, 128, 0, s()>>>(kCache.as<__half>(), vCache.as<__half>(), k.as<__half>(),
-                                              v.as<__half>(), slots.as<int32_t>(), rowElems);
+    launchKernel(ctx(), rowElems % 8 == 0 ? writeKvKernel : writeKvKernelScalar, dim3((unsigned)T), dim3(128), 0,
+                 kCache.as<__half>(), vCache.as<__half>(), k.as<__half>(), v.as<__half>(), slots.as<int32_t>(),
+                 rowElems);
     MC_LAUNCHED("writeKv");
   }
   void attention(const View& q, const View& kCache, const View& vCache, const View& blockTables,
@@ -569,16 +578,16 @@ class CudaBackend final : public Backend {
     const int64_t n = out.numel(), I = out.dim(1);
     if (!n) return;
     if (I % 2) throw BackendError("siluMul: an odd column count " + std::to_string(I) + " is not supported on CUDA");
-    siluMulKernel<<<gridFor(n / 2, 256, numSMs_), 256, 0, s()>>>(gateUp.as<__half2>(), out.as<__half2>(), I / 2,
-                                                                 n / 2);
+    launchKernel(ctx(), siluMulKernel, dim3(gridFor(n / 2, 256, numSMs_)), dim3(256), 0, gateUp.as<__half2>(),
+                 out.as<__half2>(), I / 2, n / 2);
     MC_LAUNCHED("siluMul");
   }
   void gatherRows(const View& x, const View& rows, const View& out) override {
     int64_t R = rows.numel();
     if (!R) return;
     int64_t rowBytes = (x.numel() / x.dim(0)) * (int64_t)dtypeSize(x.dtype);
-    gatherRowsKernel<<<R, 128, 0, s()>>>(static_cast<const char*>(x.data), rows.as<int32_t>(),
-                                         static_cast<char*>(out.data), rowBytes);
+    launchKernel(ctx(), gatherRowsKernel, dim3((unsigned)R), dim3(128), 0, static_cast<const char*>(x.data),
+                 rows.as<int32_t>(), static_cast<char*>(out.data), rowBytes);
     MC_LAUNCHED("gatherRows");
   }
   // One strided 2-D copy: device-to-device, on the stream, so it is graph-capturable.
