@@ -4,8 +4,7 @@
 //
 // 1. locate() and weightAt() are inverse bijections over a unit.
 // 2. A host copy of the pack kernel's loop (awq_pack.cu) packs random AutoAWQ tensors.
-// 3. An emulation of the GEMV (awq_gemv.cu), in both block shapes, reads the packed bytes
-//    exactly as its warps do:
+// 3. An emulation of the GEMV (awq_gemv.cu) reads the packed bytes exactly as its warps do:
 //    per lane the 16-byte weight chunk, fragNibbles() per mma register, the 32 bytes of x per
 //    half, the mma.m16n8k16 fragment layouts of the PTX ISA (A row-major 16x16, B column-major
 //    16x8, C 16x8), the C fragment -> output mapping of the flush, and the stream-K schedule
@@ -183,11 +182,12 @@ static void laneAFragments(const uint8_t* unit, int w, int h, int lane, double (
     }
 }
 
-// The GEMV, emulated lane by lane, for both block shapes: NT = 2 (8 consumer warps of 2 n16
-// tiles) and NT = 1 (16 warps of 1). x: [M, K] as floats; returns out [M, N].
+// The GEMV, emulated lane by lane: 8 consumer warps of NT = 2 n16 tiles. x: [M, K] as floats;
+// returns out [M, N].
 static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const std::vector<float>& x, int M, int K,
-                                       int N, int P, int NT) {
-  const int G = K / kGroup, MT = rowTiles(M), CG = 8 / NT;
+                                       int N, int P) {
+  constexpr int NT = 2, CG = 8 / NT;
+  const int G = K / kGroup, MT = rowTiles(M);
   // acc: [warp column group cp 0..3][half h][lane][q][mt][4]; the flush adds the halves.
   const size_t accN = (size_t)CG * 2 * 32 * NT * MT * 4;
   auto accAt = [=](std::vector<double>& acc, int cp, int h, int lane, int q, int mt) {
@@ -392,10 +392,9 @@ int main() {
         const double w = q * (double)halfToFloat(sc[(size_t)g * N + n]) + halfToFloat((uint16_t)(pr >> 16));
         for (int m = 0; m < M; ++m) ref[(size_t)m * N + n] += x[(size_t)m * K + k] * w;
       }
-    for (int NT : {0, 1, 2}) {  // 0: the wgmma kernel (up to 128 rows a launch; the GEMV 64)
-      if (NT && M > 64) continue;
-      const std::vector<double> got =
-          NT ? emulateGemv(packed, x, M, K, N, cs.P, NT) : emulateWgmma(packed, x, M, K, N, cs.P);
+    for (int gemv = 0; gemv < 2; ++gemv) {  // 0: the wgmma kernel (up to 128 rows a launch; the GEMV 64)
+      if (gemv && M > 64) continue;
+      const std::vector<double> got = gemv ? emulateGemv(packed, x, M, K, N, cs.P) : emulateWgmma(packed, x, M, K, N, cs.P);
       double worst = 0;
       int bad = 0;
       for (size_t i = 0; i < ref.size(); ++i) {
@@ -403,7 +402,7 @@ int main() {
         if (!(d <= 1e-9 * (1 + std::fabs(ref[i])))) ++bad;
         if (d > worst || std::isnan(d)) worst = std::isnan(d) ? INFINITY : d;
       }
-      const char* what = NT == 0 ? "wgmma  " : NT == 1 ? "GEMV NT=1" : "GEMV NT=2";
+      const char* what = gemv ? "GEMV " : "wgmma";
       CHECK(bad == 0, "%s M=%d K=%d N=%d P=%d: %d of %zu elements differ (worst %.3e)", what, M, K, N, cs.P, bad,
             ref.size(), worst);
       std::printf("%s %s M=%d K=%d N=%d over %d blocks: emulated on the packed layout = float64 GEMM (max |diff| %.1e)\n",
