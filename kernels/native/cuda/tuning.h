@@ -34,8 +34,9 @@ struct Tuning {
   // Blocks of the wgmma kernel per multiprocessor (each 8 consumer warps + 1 producer warp), 1..2
   // (always 1 above 64 rows).
   int awqWgmmaBlocksPerSM = 2;
-  // Programmatic dependent launch (sm_90): the GEMV's blocks start, and prefetch their first
-  // weight stages, while the kernel before it finishes.
+  // Programmatic dependent launch (sm_90) for every kernel launchKernel starts (common.cuh): its
+  // blocks start while the kernel before finishes (the AWQ matmuls prefetch their first weight
+  // stages meanwhile).
   bool pdl = true;
 
   // ---- fp16 linear (linear.cu) ----
