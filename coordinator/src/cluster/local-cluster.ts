@@ -18,7 +18,7 @@ import { createInterface } from 'node:readline';
 import { cudaDeviceCount, type DeviceKind } from '@medcluster/kernels';
 import type { Assignment, KvCacheSpec, SyntheticWeightsMessage } from '@medcluster/proto';
 import type { InternalTls, LlamaConfig, WorkerEvent } from '@medcluster/worker';
-import { freePort, regroupWorker, workerStatus } from '@medcluster/worker';
+import { freePorts, regroupWorker, workerStatus } from '@medcluster/worker';
 import { planPlacement } from '../placement/index.js';
 import { assignmentsFor, firstStageAddresses } from './assignments.js';
 import type { ClusterEvents, ClusterHandle } from './cluster-handle.js';
@@ -133,8 +133,12 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
     tp,
     pp,
   });
-  const addresses = new Map<string, string>();
-  for (const id of ids) addresses.set(id, `127.0.0.1:${await freePort()}`);
+  // Every worker's gRPC port and metrics port, chosen together so that no two are the same (a
+  // metrics server left to pick its own port could take a gRPC port chosen here before its worker
+  // binds it).
+  const ports = await freePorts(options.workerMetrics ? 2 * count : count);
+  const addresses = new Map(ids.map((id, i) => [id, `127.0.0.1:${ports[i]}`]));
+  const metricsPorts = new Map(ids.map((id, i) => [id, ports[count + i]]));
   const kvCache = kvCacheForDevice(options.kvCache, options.device);
   const slots =
     options.device === 'cuda'
@@ -206,7 +210,7 @@ export async function startLocalCluster(options: LocalClusterOptions): Promise<C
       '--assignment',
       JSON.stringify(assignments.get(id)),
       ...(threads ? ['--threads', String(threads)] : []),
-      ...(options.workerMetrics ? ['--metrics-port', '0'] : []),
+      ...(options.workerMetrics ? ['--metrics-port', String(metricsPorts.get(id))] : []),
       ...(options.workerArgs ?? []),
       ...internalTlsArgs,
       // stdin stays an open pipe that we never write: it closes when this process ends, however.
