@@ -372,8 +372,9 @@ static void checkAwqAll(Backend& b) {
   printf("-- scales >= 0.25 (s * 2^18 past f16: the power-of-two shift)\n");
   checkAwq(b, 1, 1024, 1024, DType::F32, " scales to 4", 1, 0.01f, 4.f);
   checkAwq(b, 16, 512, 640, DType::F32, " scales to 300", 1, 1.f, 300.f);  // f32: the sums pass 65504
-  printf("-- variants: no PDL, 1 and 3 blocks per SM, a 2-stage ring\n");
-  for (int v = 0; v < 4; ++v) {
+  printf("-- variants: no PDL, 1 and 3 blocks per SM, a 2-stage ring, the deterministic mode (2 blocks per SM\n"
+         "   whatever M: from 33 rows, where one resides, two waves; a tile shared by ~130 blocks)\n");
+  for (int v = 0; v < 5; ++v) {
     tu = defaults;
     tu.awqDequantMinM = 0;
     tu.awqWgmmaMinM = 0;
@@ -381,13 +382,19 @@ static void checkAwqAll(Backend& b) {
     if (v == 1) for (int& x : tu.awqGemvBlocksPerSM) x = 1;
     if (v == 2) for (int& x : tu.awqGemvBlocksPerSM) x = 3;
     if (v == 3) for (int& s : tu.awqGemvStages) s = 2;
-    const char* note = v == 0 ? " no-pdl" : v == 1 ? " 1 block/SM" : v == 2 ? " 3 blocks/SM" : " 2 stages";
+    if (v == 4) tu.deterministic = true;
+    const char* note = v == 0   ? " no-pdl"
+                       : v == 1 ? " 1 block/SM"
+                       : v == 2 ? " 3 blocks/SM"
+                       : v == 3 ? " 2 stages"
+                                : " deterministic";
     checkAwq(b, 1, 8192, 1024, DType::F16, note);
     checkAwq(b, 8, 1152, 776, DType::F32, note);
     checkAwq(b, 16, 2048, 1536, DType::F16, note);
     checkAwq(b, 24, 2048, 1160, DType::F16, note);
     checkAwq(b, 64, 1024, 520, DType::F16, note);
     checkAwq(b, 70, 2048, 1024, DType::F32, note);
+    if (v == 4) checkAwq(b, 64, 28672, 256, DType::F32, note);
   }
   tu = defaults;
   printf("-- large M, the default path (dequantization + cuBLAS GEMM where cuBLAS loads from M = %d)\n",
@@ -456,9 +463,9 @@ static void checkNorms(Backend& b, int T, int H) {
   report("addInPlace", toD(xv, b), xd, 1e-7);
 }
 
-static void checkElementwise(Backend& b) {
-  // RoPE on the fused q/k/v rows, k and v into the cache (slot -1: a padding token, not cached)
-  int T = 5, nq = 8, nk = 2, hd = 128, W = (nq + 2 * nk) * hd, numSlots = 8;
+// RoPE on the fused q/k/v rows, k and v into the cache (slot -1: a padding token, not cached).
+static void checkRope(Backend& b, int T, int nq, int nk, int hd) {
+  const int W = (nq + 2 * nk) * hd, numSlots = T + 3;
   std::vector<uint16_t> qkv((size_t)T * W), q((size_t)T * nq * hd), k((size_t)T * nk * hd), v((size_t)T * nk * hd);
   for (auto& x : qkv) x = h(urand(-1, 1));
   for (int t = 0; t < T; ++t)
@@ -468,7 +475,13 @@ static void checkElementwise(Backend& b) {
       else if (c < (nq + nk) * hd) k[(size_t)t * nk * hd + c - nq * hd] = x;
       else v[(size_t)t * nk * hd + c - (nq + nk) * hd] = x;
     }
-  std::vector<int32_t> pos = {0, 1, 17, 1000, 4095}, slots = {6, 0, -1, 3, 7};
+  // Positions up to 4095; token 2 a padding token; the slots a permutation with gaps.
+  std::vector<int32_t> pos(T), slots(T);
+  const int32_t somePos[] = {0, 1, 17, 1000, 4095, 77, 2048};
+  for (int t = 0; t < T; ++t) {
+    pos[t] = somePos[t % 7];
+    slots[t] = t == 2 ? -1 : (t * 5 + 3) % numSlots;
+  }
   View pv = up(b, pos, DType::I32, {T});
   View qv = poisoned(b, (size_t)T * nq * hd * 2, DType::F16, {T, nq * hd});
   View kc = poisoned(b, (size_t)numSlots * nk * hd * 2, DType::F16, {numSlots, 1, nk, hd});
@@ -487,41 +500,57 @@ static void checkElementwise(Backend& b) {
         }
     return o;
   };
-  report("ropeWriteKv q (positions up to 4095)", toD(qv, b), ropeRef(q, nq), 2e-3);
-  // The cached rows of the tokens with a slot: k rotated, v exact; the skipped slots untouched.
-  {
-    const std::vector<double> kRef = ropeRef(k, nk), kGot = toD(kc, b), vGot = toD(vc, b);
-    std::vector<double> kr, kg;
-    bool vOk = true;
-    const int rowE = nk * hd;
-    for (int t = 0; t < T; ++t) {
-      if (slots[t] < 0) continue;
-      for (int i = 0; i < rowE; ++i) {
-        kr.push_back(kRef[(size_t)t * rowE + i]);
-        kg.push_back(kGot[(size_t)slots[t] * rowE + i]);
-        vOk = vOk && vGot[(size_t)slots[t] * rowE + i] == f(v[(size_t)t * rowE + i]);
-      }
+  const std::string shape = " T=" + std::to_string(T) + " heads " + std::to_string(nq) + "/" + std::to_string(nk) +
+                            " hd=" + std::to_string(hd);
+  report("ropeWriteKv q" + shape, toD(qv, b), ropeRef(q, nq), 2e-3);
+  // The cached rows of the tokens with a slot: k rotated, v exact; the other slots untouched.
+  const std::vector<double> kRef = ropeRef(k, nk), kGot = toD(kc, b), vGot = toD(vc, b);
+  std::vector<double> kr, kg;
+  std::vector<bool> written(numSlots, false);
+  bool vOk = true;
+  const int rowE = nk * hd;
+  for (int t = 0; t < T; ++t) {
+    if (slots[t] < 0) continue;
+    written[slots[t]] = true;
+    for (int i = 0; i < rowE; ++i) {
+      kr.push_back(kRef[(size_t)t * rowE + i]);
+      kg.push_back(kGot[(size_t)slots[t] * rowE + i]);
+      vOk = vOk && vGot[(size_t)slots[t] * rowE + i] == f(v[(size_t)t * rowE + i]);
     }
-    for (int s : {1, 2, 4, 5}) vOk = vOk && std::isnan(vGot[(size_t)s * rowE]);  // never written (poisoned)
-    report("ropeWriteKv k in the cache", kg, kr, 2e-3);
-    verdict(vOk);
-    printf("%-4s %-58s\n", vOk ? "ok" : "FAIL", "ropeWriteKv v in the cache (exact; slot -1 skipped)");
   }
-  // SiLU-gate, gate and up read from the fused [T, 2I] output
-  int n = 3 * 1000;
-  std::vector<uint16_t> gu(2 * n);
-  for (int t = 0; t < 3; ++t)
-    for (int c = 0; c < 2000; ++c) gu[t * 2000 + c] = c < 1000 ? h(urand(-6, 6)) : h(urand(-2, 2));
-  View guv = up(b, gu, DType::F16, {3, 2000});
-  View o = poisoned(b, n * 2, DType::F16, {3, 1000});
+  for (int s = 0; s < numSlots; ++s)
+    if (!written[s])
+      for (int i = 0; i < rowE; ++i) vOk = vOk && std::isnan(vGot[(size_t)s * rowE + i]) && std::isnan(kGot[(size_t)s * rowE + i]);
+  report("ropeWriteKv k in the cache" + shape, kg, kr, 2e-3);
+  verdict(vOk);
+  printf("%-4s %-58s\n", vOk ? "ok" : "FAIL", ("ropeWriteKv v in the cache (exact; others untouched)" + shape).c_str());
+}
+
+// SiLU-gate, gate and up read from the fused [T, 2I] output.
+static void checkSiluMul(Backend& b, int T, int I) {
+  const int n = T * I;
+  std::vector<uint16_t> gu((size_t)2 * n);
+  for (int t = 0; t < T; ++t)
+    for (int c = 0; c < 2 * I; ++c) gu[(size_t)t * 2 * I + c] = c < I ? h(urand(-6, 6)) : h(urand(-2, 2));
+  View guv = up(b, gu, DType::F16, {T, 2 * I});
+  View o = poisoned(b, (size_t)n * 2, DType::F16, {T, I});
   b.siluMul(guv, o);
   std::vector<double> ref(n);
   for (int i = 0; i < n; ++i) {
-    const int t = i / 1000, c = i % 1000;
-    double a = f(gu[t * 2000 + c]);
-    ref[i] = a / (1 + std::exp(-a)) * f(gu[t * 2000 + 1000 + c]);
+    const int t = i / I, c = i % I;
+    double a = f(gu[(size_t)t * 2 * I + c]);
+    ref[i] = a / (1 + std::exp(-a)) * f(gu[(size_t)t * 2 * I + I + c]);
   }
-  report("siluMul", toD(o, b), ref, 2e-3);
+  report("siluMul T=" + std::to_string(T) + " I=" + std::to_string(I), toD(o, b), ref, 2e-3);
+}
+
+static void checkElementwise(Backend& b) {
+  checkRope(b, 5, 8, 2, 128);   // 12 heads: one full block of 8 and one of 4
+  checkRope(b, 3, 64, 8, 128);  // a 70B rank at tp = 1
+  checkRope(b, 4, 3, 1, 40);    // hd / 2 not a multiple of 8: the scalar path
+  checkSiluMul(b, 3, 1000);     // 500 pairs a row: 16-byte loads
+  checkSiluMul(b, 2, 1002);     // 501 pairs: one pair a thread
+  checkSiluMul(b, 64, 3584);    // a 70B rank's decode rows at tp = 8
   // embedding
   int V = 300, H = 520;
   std::vector<uint16_t> tab((size_t)V * H);

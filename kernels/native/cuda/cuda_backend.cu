@@ -14,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <type_traits>
 
 #include "common.cuh"
 #include "ptx.cuh"
@@ -177,45 +178,88 @@ __global__ void addKernel(float* r, const float* d, int64_t n) {
     r[i] += d[i];
 }
 
-// gateUp [T, 2 I] = [gate | up] -> out [T, I], in pairs of halves (I2 = I / 2 pairs a row).
-__global__ void siluMulKernel(const __half2* gateUp, __half2* out, int64_t I2, int64_t n2) {
+// gateUp [T, 2 I] = [gate | up] -> out [T, I]. grid (column blocks, rows): row t = blockIdx.y (and
+// every gridDim.y-th after it), V pairs of halves a thread (V = 4: 16-byte loads and stores, I2 a
+// multiple of 4), so no thread divides a flat index by the row width.
+template <int V>
+__global__ void siluMulKernel(const __half2* gateUp, __half2* out, int I2, int T) {
   pdlLaunchDependents();  // the down matmul may start prefetching its weights
   pdlWait();
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n2; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t t = i / I2, c = i % I2;
-    float2 a = __half22float2(gateUp[t * 2 * I2 + c]), b = __half22float2(gateUp[t * 2 * I2 + I2 + c]);
-    out[i] = __floats2half2_rn(a.x / (1.f + expf(-a.x)) * b.x, a.y / (1.f + expf(-a.y)) * b.y);
+  using Vec = typename std::conditional<V == 4, uint4, __half2>::type;
+  const int cols = I2 / V;
+  for (int t = blockIdx.y; t < T; t += gridDim.y) {
+    const Vec* gate = reinterpret_cast<const Vec*>(gateUp + static_cast<int64_t>(t) * 2 * I2);
+    const Vec* up = reinterpret_cast<const Vec*>(gateUp + static_cast<int64_t>(t) * 2 * I2 + I2);
+    Vec* o = reinterpret_cast<Vec*>(out + static_cast<int64_t>(t) * I2);
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
+      Vec gv = gate[c], uv = up[c], ov;
+      const __half2* g2 = reinterpret_cast<const __half2*>(&gv);
+      const __half2* u2 = reinterpret_cast<const __half2*>(&uv);
+      __half2* o2 = reinterpret_cast<__half2*>(&ov);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float2 a = __half22float2(g2[j]), b = __half22float2(u2[j]);
+        o2[j] = __floats2half2_rn(a.x / (1.f + expf(-a.x)) * b.x, a.y / (1.f + expf(-a.y)) * b.y);
+      }
+      o[c] = ov;
+    }
   }
 }
 
-// grid (T, nq + 2 nkv heads): one head of the fused q/k/v row. q heads are rotated into qOut,
-// k heads rotated into the cache slot, v heads copied there (a negative slot: not cached). HF
-// rotate-half on pairs (i, i + hd/2), fp32 math.
+// Heads of one token's fused q/k/v row a block of ropeWriteKvKernel.
+constexpr int kRopeHeads = 8;
+// grid (T, ceil((nq + 2 nkv) / kRopeHeads)), 64 threads: kRopeHeads heads of token t's fused
+// q/k/v row. The token's hd/2 angles are computed once a block, into shared memory (every head
+// rotates by the same ones), then each thread takes V consecutive pairs (i, i + hd/2) of a head
+// (V = 8: 16-byte loads and stores, hd a multiple of 16). q heads are rotated into qOut, k heads
+// rotated into the cache slot, v heads copied there (a negative slot: not cached). HF rotate-half,
+// fp32 math.
+template <int V>
 __global__ void ropeWriteKvKernel(const __half* qkv, __half* qOut, __half* kc, __half* vc, const int32_t* pos,
                                   const int32_t* slots, int nq, int nkv, int hd, float theta) {
+  extern __shared__ float2 angles[];  // [hd / 2]: (cos, sin)
   pdlLaunchDependents();  // attention may start
   pdlWait();
-  const int t = blockIdx.x, h = blockIdx.y, half = hd / 2;
-  const int64_t kvWidth = (int64_t)nkv * hd;
-  const __half* src = qkv + (int64_t)t * (nq * hd + 2 * kvWidth) + (int64_t)h * hd;
-  const int64_t slot = slots[t];
-  __half* dst;
-  if (h < nq) dst = qOut + ((int64_t)t * nq + h) * hd;
-  else if (slot < 0) return;
-  else if (h < nq + nkv) dst = kc + slot * kvWidth + (int64_t)(h - nq) * hd;
-  else dst = vc + slot * kvWidth + (int64_t)(h - nq - nkv) * hd;
-  if (h >= nq + nkv) {
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = src[i];
-    return;
-  }
-  const float p = (float)pos[t];
+  const int t = blockIdx.x, half = hd / 2;
+  const float p = static_cast<float>(pos[t]);
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float invFreq = 1.f / powf(theta, (float)(2 * i) / (float)hd);
+    const float invFreq = 1.f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(hd));
     float s, c;
     sincosf(p * invFreq, &s, &c);
-    float x1 = __half2float(src[i]), x2 = __half2float(src[i + half]);
-    dst[i] = __float2half(x1 * c - x2 * s);
-    dst[i + half] = __float2half(x2 * c + x1 * s);
+    angles[i] = make_float2(c, s);
+  }
+  __syncthreads();
+  const int64_t kvWidth = static_cast<int64_t>(nkv) * hd, slot = slots[t];
+  const int h0 = blockIdx.y * kRopeHeads, nh = min(kRopeHeads, nq + 2 * nkv - h0), perHead = half / V;
+  using Vec = typename std::conditional<V == 8, uint4, __half>::type;
+  for (int idx = threadIdx.x; idx < nh * perHead; idx += blockDim.x) {
+    const int h = h0 + idx / perHead, i0 = idx % perHead * V;
+    const __half* src = qkv + static_cast<int64_t>(t) * (nq * hd + 2 * kvWidth) + static_cast<int64_t>(h) * hd;
+    __half* dst;
+    if (h < nq) dst = qOut + (static_cast<int64_t>(t) * nq + h) * hd;
+    else if (slot < 0) continue;
+    else if (h < nq + nkv) dst = kc + slot * kvWidth + static_cast<int64_t>(h - nq) * hd;
+    else dst = vc + slot * kvWidth + static_cast<int64_t>(h - nq - nkv) * hd;
+    const Vec a = *reinterpret_cast<const Vec*>(src + i0), b = *reinterpret_cast<const Vec*>(src + i0 + half);
+    if (h >= nq + nkv) {
+      *reinterpret_cast<Vec*>(dst + i0) = a;
+      *reinterpret_cast<Vec*>(dst + i0 + half) = b;
+      continue;
+    }
+    const __half* x1 = reinterpret_cast<const __half*>(&a);
+    const __half* x2 = reinterpret_cast<const __half*>(&b);
+    Vec ra, rb;
+    __half* r1 = reinterpret_cast<__half*>(&ra);
+    __half* r2 = reinterpret_cast<__half*>(&rb);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const float2 cs = angles[i0 + e];
+      const float u = __half2float(x1[e]), w = __half2float(x2[e]);
+      r1[e] = __float2half(u * cs.x - w * cs.y);
+      r2[e] = __float2half(w * cs.x + u * cs.y);
+    }
+    *reinterpret_cast<Vec*>(dst + i0) = ra;
+    *reinterpret_cast<Vec*>(dst + i0 + half) = rb;
   }
 }
 
@@ -553,10 +597,13 @@ class CudaBackend final : public Backend {
                    const View& slots, float theta, const View& qOut) override {
     const int64_t T = qkv.dim(0), hd = kCache.dim(3), nkv = kCache.dim(2), nq = qOut.dim(1) / hd;
     if (!T) return;
-    dim3 grid((unsigned)T, (unsigned)(nq + 2 * nkv));
-    launchKernel(ctx(), ropeWriteKvKernel, grid, dim3(64), 0, qkv.as<__half>(), qOut.as<__half>(),
-                 kCache.as<__half>(), vCache.as<__half>(), positions.as<int32_t>(), slots.as<int32_t>(), (int)nq,
-                 (int)nkv, (int)hd, theta);
+    const dim3 grid((unsigned)T, (unsigned)ceilDiv(nq + 2 * nkv, kRopeHeads));
+    const size_t smem = (size_t)hd / 2 * sizeof(float2);
+    const bool wide = hd % 16 == 0 && (reinterpret_cast<uintptr_t>(qkv.data) | reinterpret_cast<uintptr_t>(qOut.data) |
+                                       reinterpret_cast<uintptr_t>(kCache.data) | reinterpret_cast<uintptr_t>(vCache.data)) % 16 == 0;
+    const auto kernel = wide ? ropeWriteKvKernel<8> : ropeWriteKvKernel<1>;
+    launchKernel(ctx(), kernel, grid, dim3(64), smem, qkv.as<__half>(), qOut.as<__half>(), kCache.as<__half>(),
+                 vCache.as<__half>(), positions.as<int32_t>(), slots.as<int32_t>(), (int)nq, (int)nkv, (int)hd, theta);
     MC_LAUNCHED("ropeWriteKv");
   }
   void writeKv(const View& kCache, const View& vCache, const View& k, const View& v,
@@ -578,8 +625,13 @@ class CudaBackend final : public Backend {
     const int64_t n = out.numel(), I = out.dim(1);
     if (!n) return;
     if (I % 2) throw BackendError("siluMul: an odd column count " + std::to_string(I) + " is not supported on CUDA");
-    launchKernel(ctx(), siluMulKernel, dim3(gridFor(n / 2, 256, numSMs_)), dim3(256), 0, gateUp.as<__half2>(),
-                 out.as<__half2>(), I / 2, n / 2);
+    const int64_t T = out.dim(0), I2 = I / 2;
+    const bool wide = I2 % 4 == 0 && (reinterpret_cast<uintptr_t>(gateUp.data) | reinterpret_cast<uintptr_t>(out.data)) % 16 == 0;
+    const dim3 grid(static_cast<unsigned>(ceilDiv(wide ? I2 / 4 : I2, 256)), static_cast<unsigned>(std::min<int64_t>(T, 65535)));
+    if (wide)
+      launchKernel(ctx(), siluMulKernel<4>, grid, dim3(256), 0, gateUp.as<__half2>(), out.as<__half2>(), (int)I2, (int)T);
+    else
+      launchKernel(ctx(), siluMulKernel<1>, grid, dim3(256), 0, gateUp.as<__half2>(), out.as<__half2>(), (int)I2, (int)T);
     MC_LAUNCHED("siluMul");
   }
   void gatherRows(const View& x, const View& rows, const View& out) override {
