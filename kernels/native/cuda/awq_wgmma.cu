@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(con
   // Per lane, the same in every stage: its weights' and its columns' pairs' byte offsets, and
   // the descriptor of stage 0's first x plane (a stage's and a k step's are offsets from it).
   const int wOff = WOFF + (warp * 2 * 32 + lane) * 16, pOff = WOFF + kPairOffset + colA * 4;
-  const uint64_t desc0 = wgmmaDescK128(smemAddr(smem), 0);
+  const uint32_t desc0 = static_cast<uint32_t>(wgmmaDescK128(smemAddr(smem), 0));  // its low word
 
   zero();
   awqConsume(u0, n, G, S, full, empty, lane, [&](int s) {
@@ -147,11 +147,12 @@ __global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(con
       af[k][2] = awqDequantPair(fragNibbles(wv[k], 2), mA, dA);
       af[k][3] = awqDequantPair(fragNibbles(wv[k], 3), mB, dB);
     }
-    const uint64_t desc = desc0 + wgmmaDescAdvance(s * SB);
+    const uint32_t desc = desc0 + static_cast<uint32_t>(wgmmaDescAdvance(s * SB));
     wgmmaFence();  // the A fragments (and, after a flush, the zeroed accumulators) are ordinary writes
 #pragma unroll
     for (int k = 0; k < 8; ++k)
-      wgmmaRegA<MT * 8>(acc, af[k], desc + wgmmaDescAdvance((k >> 2) * awqXPlaneBytes<MT>() + (k & 3) * 32));
+      wgmmaRegA<MT * 8>(acc, af[k],
+                        desc + static_cast<uint32_t>(wgmmaDescAdvance((k >> 2) * awqXPlaneBytes<MT>() + (k & 3) * 32)));
     wgmmaCommit();
     wgmmaWait<0>();  // the stage's x and the A registers are free again
   }, flush);

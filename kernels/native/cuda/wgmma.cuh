@@ -38,9 +38,13 @@ template <int N> __device__ __forceinline__ void wgmmaWait() {
 // elements stays inside a 128-byte row). `atom` is 1024-byte aligned; k step j (16 elements, 32
 // bytes) of its rows starts `32 j` bytes in, which the swizzle applies to like any address.
 // (Host-callable: kernels/gpu/layout-test.cu reads B back through it.)
+// Its high word is the same for every operand (bits 32-45: the stride byte offset, 1024 / 16; bits
+// 62-63: the 128-byte swizzle), and adding bytes to its low word cannot carry into it (below): the
+// MMAs take the low word alone, one 32-bit add per instruction instead of 64-bit adds and moves.
+constexpr uint32_t kWgmmaDescHi = (1024u >> 4) | (1u << 30);
 __host__ __device__ __forceinline__ uint64_t wgmmaDescK128(uint32_t atomSmemAddr, int kStep) {
   const uint64_t start = ((atomSmemAddr + 32u * static_cast<uint32_t>(kStep)) & 0x3FFFFu) >> 4;
-  return start | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+  return start | (uint64_t{1} << 16) | (uint64_t{kWgmmaDescHi} << 32);
 }
 
 // The same descriptor for an operand `bytes` further on: the start address field (bits 0-13,
@@ -49,76 +53,77 @@ __host__ __device__ __forceinline__ uint64_t wgmmaDescK128(uint32_t atomSmemAddr
 // wgmmaDescK128(a + b, 0), without the address arithmetic per instruction.
 __host__ __device__ constexpr uint64_t wgmmaDescAdvance(int bytes) { return static_cast<uint64_t>(bytes) >> 4; }
 
-// D (64 x N, fp32) += A (64 x 16, f16 registers) B (16 x N, f16 in shared memory, K-major).
-template <int N> __device__ __forceinline__ void wgmmaRegA(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t descB);
+// D (64 x N, fp32) += A (64 x 16, f16 registers) B (16 x N, f16 in shared memory, K-major), B's
+// descriptor given by its low word (the high word is kWgmmaDescHi).
+template <int N> __device__ __forceinline__ void wgmmaRegA(float (&d)[N / 2], const uint32_t (&a)[4], uint32_t descLo);
 
-template <> __device__ __forceinline__ void wgmmaRegA<8>(float (&d)[4], const uint32_t (&a)[4], uint64_t descB) {
+template <> __device__ __forceinline__ void wgmmaRegA<8>(float (&d)[4], const uint32_t (&a)[4], uint32_t descLo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile(
-      "{ .reg .pred acc; setp.ne.b32 acc, %9, 0;\n"
+      "{ .reg .pred acc; .reg .b64 desc; mov.b64 desc, {%8, %9}; setp.ne.b32 acc, %10, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {"
       "%0,%1,%2,%3"
-      "}, {%4,%5,%6,%7}, %8, acc, 1, 1, 0; }"
+      "}, {%4,%5,%6,%7}, desc, acc, 1, 1, 0; }"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(descLo), "r"(kWgmmaDescHi), "r"(1));
 #else
   __trap();
 #endif
 }
-template <> __device__ __forceinline__ void wgmmaRegA<16>(float (&d)[8], const uint32_t (&a)[4], uint64_t descB) {
+template <> __device__ __forceinline__ void wgmmaRegA<16>(float (&d)[8], const uint32_t (&a)[4], uint32_t descLo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile(
-      "{ .reg .pred acc; setp.ne.b32 acc, %13, 0;\n"
+      "{ .reg .pred acc; .reg .b64 desc; mov.b64 desc, {%12, %13}; setp.ne.b32 acc, %14, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {"
       "%0,%1,%2,%3,%4,%5,%6,%7"
-      "}, {%8,%9,%10,%11}, %12, acc, 1, 1, 0; }"
+      "}, {%8,%9,%10,%11}, desc, acc, 1, 1, 0; }"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(descLo), "r"(kWgmmaDescHi), "r"(1));
 #else
   __trap();
 #endif
 }
-template <> __device__ __forceinline__ void wgmmaRegA<32>(float (&d)[16], const uint32_t (&a)[4], uint64_t descB) {
+template <> __device__ __forceinline__ void wgmmaRegA<32>(float (&d)[16], const uint32_t (&a)[4], uint32_t descLo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile(
-      "{ .reg .pred acc; setp.ne.b32 acc, %21, 0;\n"
+      "{ .reg .pred acc; .reg .b64 desc; mov.b64 desc, {%20, %21}; setp.ne.b32 acc, %22, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {"
       "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
-      "}, {%16,%17,%18,%19}, %20, acc, 1, 1, 0; }"
+      "}, {%16,%17,%18,%19}, desc, acc, 1, 1, 0; }"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(descLo), "r"(kWgmmaDescHi), "r"(1));
 #else
   __trap();
 #endif
 }
-template <> __device__ __forceinline__ void wgmmaRegA<64>(float (&d)[32], const uint32_t (&a)[4], uint64_t descB) {
+template <> __device__ __forceinline__ void wgmmaRegA<64>(float (&d)[32], const uint32_t (&a)[4], uint32_t descLo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile(
-      "{ .reg .pred acc; setp.ne.b32 acc, %37, 0;\n"
+      "{ .reg .pred acc; .reg .b64 desc; mov.b64 desc, {%36, %37}; setp.ne.b32 acc, %38, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
       "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
       "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
-      "}, {%32,%33,%34,%35}, %36, acc, 1, 1, 0; }"
+      "}, {%32,%33,%34,%35}, desc, acc, 1, 1, 0; }"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(descLo), "r"(kWgmmaDescHi), "r"(1));
 #else
   __trap();
 #endif
 }
-template <> __device__ __forceinline__ void wgmmaRegA<128>(float (&d)[64], const uint32_t (&a)[4], uint64_t descB) {
+template <> __device__ __forceinline__ void wgmmaRegA<128>(float (&d)[64], const uint32_t (&a)[4], uint32_t descLo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile(
-      "{ .reg .pred acc; setp.ne.b32 acc, %69, 0;\n"
+      "{ .reg .pred acc; .reg .b64 desc; mov.b64 desc, {%68, %69}; setp.ne.b32 acc, %70, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
       "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
       "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
       "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
       "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
-      "}, {%64,%65,%66,%67}, %68, acc, 1, 1, 0; }"
+      "}, {%64,%65,%66,%67}, desc, acc, 1, 1, 0; }"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -127,7 +132,7 @@ template <> __device__ __forceinline__ void wgmmaRegA<128>(float (&d)[64], const
         "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "r"(1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(descLo), "r"(kWgmmaDescHi), "r"(1));
 #else
   __trap();
 #endif
