@@ -5,7 +5,8 @@
 // 1. locate() and weightAt() are inverse bijections over a unit.
 // 2. A host copy of the pack kernel's loop (awq_pack.cu) packs random AutoAWQ tensors.
 // 3. An emulation of the GEMV (awq_gemv.cu) reads the packed bytes exactly as its warps do:
-//    per lane the 16-byte weight chunk, fragNibbles() per mma register, the 32 bytes of x per
+//    per lane the 16-byte weight chunk, fragNibbles() per mma register (M > 8) or fragRawNibbles()
+//    with the columns' pairs applied to the half group's sums of x q and of x (M <= 8), the 32 bytes of x per
 //    half, the mma.m16n8k16 fragment layouts of the PTX ISA (A row-major 16x16, B column-major
 //    16x8, C 16x8), the C fragment -> output mapping of the flush, and the stream-K schedule
 //    with its partial slots and block-ordered fix-up (splitk.cuh's StreamK). The dequantized
@@ -182,12 +183,39 @@ static void laneAFragments(const uint8_t* unit, int w, int h, int lane, double (
     }
 }
 
-// The GEMV, emulated lane by lane: 8 consumer warps of NT = 2 n16 tiles. x: [M, K] as floats;
-// returns out [M, N].
+// The same fragments as the GEMV reads them (fragRawNibbles): A[j][row][k] = q * 2^-24 (rows 0-7)
+// or q * 2^-20 (rows 8-15), and each row's (mul, add) pair as f16 values.
+static void laneRawFragments(const uint8_t* unit, int w, int h, int lane, double (&A)[4][16][16], double (&mul)[16],
+                             double (&add)[16]) {
+  const int gl = lane >> 2, tl = lane & 3;
+  for (int isB = 0; isB < 2; ++isB) {
+    uint32_t pr;
+    std::memcpy(&pr, unit + kPairOffset + 4 * (w * 16 + gl + 8 * isB), 4);
+    mul[gl + 8 * isB] = halfToFloat((uint16_t)pr);
+    add[gl + 8 * isB] = halfToFloat((uint16_t)(pr >> 16));
+  }
+  uint32_t wv[4];
+  std::memcpy(wv, unit + ((w * 2 + h) * 32 + lane) * 16, 16);
+  for (int j = 0; j < 4; ++j)
+    for (int r = 0; r < 4; ++r) {
+      const uint32_t v = fragRawNibbles(wv[j], r);
+      const bool isB = r & 1;
+      CHECK((v & ~(isB ? 0x00F000F0u : 0x000F000Fu)) == 0, "fragRawNibbles leaves stray bits");
+      // the halves as f16 bits: subnormals m * 2^-24
+      const int row = gl + (isB ? 8 : 0), k0 = 2 * tl + (r >= 2 ? 8 : 0);
+      A[j][row][k0] = std::ldexp((double)(v & 0xFFFFu), -24);
+      A[j][row][k0 + 1] = std::ldexp((double)(v >> 16), -24);
+    }
+}
+
+// The GEMV, emulated lane by lane: 8 consumer warps of NT = 2 n16 tiles; at M <= 8 the raw nibbles
+// as A, a half group's sums of x q and (from the constant A of 2^-6 / 2^-2) of x, and the columns'
+// pairs applied to them. x: [M, K] as floats; returns out [M, N].
 static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const std::vector<float>& x, int M, int K,
                                        int N, int P) {
   constexpr int NT = 2, CG = 8 / NT;
   const int G = K / kGroup, MT = rowTiles(M);
+  const bool raw = MT == 1;  // the kernel's Raw reading (M <= 8; deterministic mode aside)
   // acc: [warp column group cp 0..3][half h][lane][q][mt][4]; the flush adds the halves.
   const size_t accN = (size_t)CG * 2 * 32 * NT * MT * 4;
   auto accAt = [=](std::vector<double>& acc, int cp, int h, int lane, int q, int mt) {
@@ -201,7 +229,11 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
           const int w0 = NT * cp, w = w0 + q;
           const uint8_t* st = packed.data() + kHeaderBytes + ((size_t)p * G + g) * kUnitBytes;
           double A[4][16][16], B[4][16][8];  // per step j: the mma operands in logical coordinates
-          for (int lane = 0; lane < 32; ++lane) laneAFragments(st, w, h, lane, A);
+          double mul[16], add[16];               // each A row's (column's) pair
+          for (int lane = 0; lane < 32; ++lane) {
+            if (raw) laneRawFragments(st, w, h, lane, A, mul, add);
+            else laneAFragments(st, w, h, lane, A);
+          }
           for (int mt = 0; mt < MT; ++mt) {
             // PTX B fragment: b0 (rows 2t, 2t+1; col g), b1 (rows 2t+8, 2t+9; col g). The lane's x
             // halves for the half: [64h + 16tl, +16), step j using 4j .. 4j+3 (its two 16-byte loads).
@@ -216,18 +248,22 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
                   B[j][kk][gl] = xv;
                 }
             }
-            for (int j = 0; j < 4; ++j)
-              for (int lane = 0; lane < 32; ++lane) {
-                const int gl = lane >> 2, tl = lane & 3;
-                double* a = accAt(acc, cp, h, lane, q, mt);
-                // C fragment: c0, c1 (row g, cols 2t, 2t+1); c2, c3 (row g+8, same cols)
-                for (int r = 0; r < 4; ++r) {
-                  const int crow = gl + (r >= 2 ? 8 : 0), ccol = 2 * tl + (r & 1);
-                  double sum = 0;
-                  for (int kk = 0; kk < 16; ++kk) sum += A[j][crow][kk] * B[j][kk][ccol];
-                  a[r] += sum;
-                }
+            for (int lane = 0; lane < 32; ++lane) {
+              const int gl = lane >> 2, tl = lane & 3;
+              double* a = accAt(acc, cp, h, lane, q, mt);
+              // C fragment: c0, c1 (row g, cols 2t, 2t+1); c2, c3 (row g+8, same cols)
+              for (int r = 0; r < 4; ++r) {
+                const int crow = gl + (r >= 2 ? 8 : 0), ccol = 2 * tl + (r & 1);
+                const double ones = std::ldexp(1.0, crow < 8 ? -6 : -2);  // kXSumA's rows
+                double sq = 0, sx = 0;
+                for (int j = 0; j < 4; ++j)
+                  for (int kk = 0; kk < 16; ++kk) {
+                    sq += A[j][crow][kk] * B[j][kk][ccol];
+                    sx += ones * B[j][kk][ccol];
+                  }
+                a[r] += raw ? mul[crow] * sq + add[crow] * sx : sq;
               }
+            }
           }
         }
   };
@@ -241,7 +277,7 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
           for (int mt = 0; mt < MT; ++mt)
             for (int r = 0; r < 4; ++r)
               emit(mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB,
-                   accAt(acc, cp, 0, lane, q, mt)[r] + accAt(acc, cp, 1, lane, q, mt)[r]);
+                   (accAt(acc, cp, 0, lane, q, mt)[r] + accAt(acc, cp, 1, lane, q, mt)[r]) * (raw ? (r < 2 ? 64 : 4) : 1));
         }
       }
   };

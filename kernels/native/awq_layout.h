@@ -24,9 +24,17 @@
 //   bits  4-7 / 20-23: W[nB][e=0] / W[nB][e=1]   (a1)
 //   bits 8-11 / 24-27: W[nA][e=2] / W[nA][e=3]   (a2)
 //   bits 12-15/ 28-31: W[nB][e=2] / W[nB][e=3]   (a3)
-// so register i is (word << 6 >> 4i) masked to bits 6-9 and 22-25 (fragNibbles below): each
-// half holds q * 2^-18 as an exact f16 subnormal, and one FMA with the column's pair gives
-// (q - z) * s * 2^-e (the product exact inside the FMA, -z * s rounded to f16 once).
+// The kernels read a word in one of two ways:
+// - dequantized (the wgmma and dequantization kernels, the GEMV above 8 rows): register i is (word << 6 >> 4i) masked
+//   to bits 6-9 and 22-25 (fragNibbles below): each half holds q * 2^-18 as an exact f16
+//   subnormal, and one FMA with the column's pair gives (q - z) * s * 2^-e (the product exact
+//   inside the FMA, -z * s rounded to f16 once).
+// - raw (the GEMV up to 8 rows): registers 0 and 1 are the word masked to bits 0-3 / 16-19 and 4-7 / 20-23,
+//   registers 2 and 3 the same of word >> 8 (fragRawNibbles below): f16 subnormals q * 2^-24 in
+//   rows nA and q * 2^-20 in rows nB, multiplied as they are. The pair is applied to the group's
+//   sums instead: sum_k x (q mul 2^-18 + add) = mul 2^-18 sum_k x q + add sum_k x, sum_k x from
+//   one more mma with a constant A (2^-6 in rows nA, 2^-2 in rows nB: both sums then carry the
+//   same power of two, which the flush multiplies away).
 //
 // A 16-byte header precedes the units: word 0 holds the largest |scale| of the matrix as f16
 // bits, word 1 the shift e >= 0, the smallest with (largest |scale|) * 2^(18-e) <= 65504 (0 for
@@ -37,8 +45,9 @@
 // kernels, the check program's host reference, and the host-only layout test.
 //
 // The pair costs 4 bytes per column and group where AutoAWQ's scale and zero take 2.5: the
-// packed copy is 2.3% larger than the checkpoint's tensors, and saves the GEMV ~20 of its
-// ~150 instructions per unit and warp (it is bound by instruction issue at M <= 8 on an H200).
+// packed copy is 2.3% larger than the checkpoint's tensors, and it keeps the dequantization one
+// FMA per two weights (the wgmma kernel) or two FMAs per sum and group (the GEMV, bound by
+// instruction issue at M <= 8 on an H200).
 #pragma once
 
 #include <cstdint>
@@ -94,6 +103,12 @@ MC_HD void weightAt(int word, int bit, int& kr, int& c) {
 MC_HD uint32_t fragNibbles(uint32_t word, int i) {
   const uint32_t v = i == 0 ? word << 6 : i == 1 ? word << 2 : i == 2 ? word >> 2 : word >> 6;
   return v & 0x03C003C0u;
+}
+
+// Register i (0..3) of an mma A fragment from its word, the nibbles left in place (the GEMV's
+// reading): bits 0-3 and 16-19 (i = 0, 2) or 4-7 and 20-23 (i = 1, 3) of word (i < 2) or word >> 8.
+MC_HD uint32_t fragRawNibbles(uint32_t word, int i) {
+  return (i < 2 ? word : word >> 8) & (i & 1 ? 0x00F000F0u : 0x000F000Fu);
 }
 
 // The wgmma kernel's copy of x in the fragments' k order (awq_wgmma.cu): 32-bit word q (0..31) of

@@ -10,11 +10,21 @@
 //
 // Consumer warp w owns NT = 2 n16 tiles of the unit (32 columns, from 32 (w % 4)) and one half of
 // its 128 rows (w / 4). Per stage it reads its 16 bytes of weights per n16 tile (4
-// mma A fragments, one 128-bit shared load) and the columns' pairs, dequantizes with one FMA per
-// pair of weights, reads its slices of x (B fragments, shared by its NT tiles), and issues
-// mma.m16n8k16 with the weights as A (16 columns x 16 k) and x^T as B (k x 8 rows): the batch
-// rows are the mma's n, so M <= 8 costs one mma per 256 weights and M <= 64 eight, with the same
-// dequantization. The two halves' sums meet in shared memory when a tile ends.
+// mma A fragments, one 128-bit shared load) and the columns' pairs, reads its slices of x (B
+// fragments, shared by its NT tiles), and issues mma.m16n8k16 with the weights as A (16 columns x
+// 16 k) and x^T as B (k x 8 rows): the batch rows are the mma's n, so M <= 8 costs one mma per 256
+// weights and M <= 64 eight. The two halves' sums meet in shared memory when a tile ends.
+//
+// Two ways to read the weights (the template's Raw):
+// - dequantized (M > 8, and every M in deterministic mode): one FMA with the column's pair per two
+//   weights, 12 instructions per 8 weights whatever M.
+// - raw (M <= 8): the nibbles go in as they lie (one mask each, f16 subnormals: awq_layout.h) and
+//   the column's pair acts on the half group's sums, two FMAs a sum, with sum_k x from one more
+//   mma per k step, shared by the NT tiles: 5 instructions per 8 weights, plus what grows with M.
+//   Measured on an H200 against the dequantized reading (per 70B block chained): M = 1
+//   0.154 -> 0.148 ms, M = 8 0.158 -> 0.153, but M = 16 0.184 -> 0.189, deterministic M = 64
+//   0.44 -> 0.64 and M = 17-32 0.24 -> 0.44 (spills): so only at M <= 8, and the deterministic
+//   mode keeps one arithmetic for every M.
 //
 // One shape of block for every M. (A 16-warp block of 16 columns a warp, once faster from 17 rows,
 // was slower at every M once the stream-K fix-up stopped stalling the tail: measured on an H200
@@ -61,7 +71,9 @@ struct GemvArgs {
   bool outF16;
 };
 
-template <int MT>
+// Raw: the weights as raw nibbles, the pairs applied to the sums (M <= 8 outside deterministic mode);
+// otherwise dequantized with one FMA per two weights (awq.cuh).
+template <int MT, bool Raw>
 // Compiled for two resident blocks per multiprocessor (registers capped at ~100) where the
 // accumulators allow it; MT = 8 needs more (one block per SM).
 // xMap: x [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows (sm_90; unused on sm_80).
@@ -94,9 +106,13 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
   const int cp = warp % CG, h = warp / CG;  // n16 tiles NT cp .. NT cp + NT - 1, k half h
   const int w0 = NT * cp;
   const int e = static_cast<int>(reinterpret_cast<const uint32_t*>(a.w)[1]);
-  const float outScale = exp2f(static_cast<float>(e));
+  // Raw sums carry 2^-6 (rows nA) and 2^-2 (rows nB) beside the matrix's scale shift 2^-e.
+  const float scaleA = exp2f(static_cast<float>(e + (Raw ? 6 : 0))), scaleB = exp2f(static_cast<float>(e + (Raw ? 2 : 0)));
   float* handoff = reinterpret_cast<float*>(smem + S * SB);  // (after the aligned stages)
   float acc[NT][MT][4];  // [n16 tile][row tile][C fragment]
+  // The A operand whose mma sums x over a k step: f16 2^-6 in rows nA (registers 0, 2), 2^-2 in
+  // rows nB (1, 3), the powers of two the raw nibbles carry beyond 2^-18 (awq_layout.h).
+  const uint32_t kXSumA[4] = {0x24002400u, 0x34003400u, 0x24002400u, 0x34003400u};
 
   auto zero = [&]() {
 #pragma unroll
@@ -134,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
             // C fragment r: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1); halves added in order.
-            const float v = (acc[q][mt][r] + mine[((q * MT + mt) * 4 + r) * kStride]) * outScale;
+            const float v = (acc[q][mt][r] + mine[((q * MT + mt) * 4 + r) * kStride]) * (r < 2 ? scaleA : scaleB);
             streamKStore(whole, part, kTileN, mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB, r < 2 ? nA : nB,
                          a.out, a.outF16, a.M, a.N, v);
           }
@@ -162,50 +178,110 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
       pa[q] = reinterpret_cast<const uint32_t*>(ut + kPairOffset)[colA];
       pb[q] = reinterpret_cast<const uint32_t*>(ut + kPairOffset)[colA + 8];
     }
-    // Every k step's A fragments first (32 registers), then every row tile unconditionally (no
-    // early exit: the loop unrolls and its loads and mmas interleave; tiles past M multiply zeros).
-    uint32_t af[NT][4][4];
-#pragma unroll
-    for (int q = 0; q < NT; ++q) {
-      const uint32_t mA = awqPairMul2(pa[q]), dA = awqPairAdd2(pa[q]), mB = awqPairMul2(pb[q]),
-                     dB = awqPairAdd2(pb[q]);
-      const uint32_t wv[4] = {wq[q].x, wq[q].y, wq[q].z, wq[q].w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        af[q][j][0] = awqDequantPair(fragNibbles(wv[j], 0), mA, dA);
-        af[q][j][1] = awqDequantPair(fragNibbles(wv[j], 1), mB, dB);
-        af[q][j][2] = awqDequantPair(fragNibbles(wv[j], 2), mA, dA);
-        af[q][j][3] = awqDequantPair(fragNibbles(wv[j], 3), mB, dB);
-      }
-    }
-    // x for up to 4 row tiles at a time (8 registers each: all 4 k steps of the half), then the
-    // mmas k step by k step, so consecutive mmas update different accumulators (a chain's next
-    // mma is 2 x (row tiles) mmas later, not 2: the tensor core's latency stays hidden).
-    constexpr int MG = MT == 4 ? 2 : MT < 4 ? MT : 4;  // MT = 4 holds 2 (96 registers: two blocks per SM)
-#pragma unroll
-    for (int m0 = 0; m0 < MT; m0 += MG) {
-      uint32_t xv[MG][8];
-#pragma unroll
-      for (int mi = 0; mi < MG; ++mi) {
-        const int row = (m0 + mi) * 8 + gl;
-        const uint4 x0 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl));
-        const uint4 x1 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl + 1));
-        xv[mi][0] = x0.x, xv[mi][1] = x0.y, xv[mi][2] = x0.z, xv[mi][3] = x0.w;
-        xv[mi][4] = x1.x, xv[mi][5] = x1.y, xv[mi][6] = x1.z, xv[mi][7] = x1.w;
-      }
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
+    if constexpr (Raw) {
+      // The A fragments are the nibbles as they lie (fragRawNibbles, one mask each, made where an
+      // mma takes them): f16 subnormals q * 2^-24 (rows nA) and q * 2^-20 (rows nB); the columns'
+      // pairs act on the sums below.
+      auto aFragment = [&](int q, int j, uint32_t (&f)[4]) {
+        const uint32_t word = j == 0 ? wq[q].x : j == 1 ? wq[q].y : j == 2 ? wq[q].z : wq[q].w;
+  #pragma unroll
+        for (int i = 0; i < 4; ++i) f[i] = fragRawNibbles(word, i);
+      };
+      float2 colA[NT], colB[NT];  // (mul, add) of the lane's columns nA and nB
+  #pragma unroll
+      for (int q = 0; q < NT; ++q) colA[q] = __half22float2(u2h2(pa[q])), colB[q] = __half22float2(u2h2(pb[q]));
+      // x for up to 2 row tiles at a time (8 registers each: all 4 k steps of the half), then the
+      // mmas k step by k step, so consecutive mmas update different accumulators (a chain's next
+      // mma is 2 x (row tiles) mmas later, not 2: the tensor core's latency stays hidden). Every
+      // row tile unconditionally (no early exit: the loop unrolls and its loads and mmas interleave;
+      // tiles past M multiply zeros).
+      constexpr int MG = MT < 4 ? MT : 2;  // within the registers of two blocks per SM (MT = 4), one (8)
+  #pragma unroll
+      for (int m0 = 0; m0 < MT; m0 += MG) {
+        uint32_t xv[MG][8];
+  #pragma unroll
+        for (int mi = 0; mi < MG; ++mi) {
+          const int row = (m0 + mi) * 8 + gl;
+          const uint4 x0 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl));
+          const uint4 x1 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl + 1));
+          xv[mi][0] = x0.x, xv[mi][1] = x0.y, xv[mi][2] = x0.z, xv[mi][3] = x0.w;
+          xv[mi][4] = x1.x, xv[mi][5] = x1.y, xv[mi][6] = x1.z, xv[mi][7] = x1.w;
+        }
+        // sq: the half group's sums of x q (scaled as the rows' nibbles); sx: of x, 2^-6 (C fragment
+        // 0, 1: rows nA) and 2^-2 (2, 3: rows nB) times, from A = kXSumA.
+        float sq[NT][MG][4], sx[MG][4];
+  #pragma unroll
+        for (int j = 0; j < 4; ++j)
+  #pragma unroll
+          for (int mi = 0; mi < MG; ++mi) {
+            if (j == 0) mma16816First(sx[mi], kXSumA, xv[mi][0], xv[mi][1]);
+            else mma16816(sx[mi], kXSumA, xv[mi][2 * j], xv[mi][2 * j + 1]);
+  #pragma unroll
+            for (int q = 0; q < NT; ++q) {
+              uint32_t af[4];
+              aFragment(q, j, af);
+              if (j == 0) mma16816First(sq[q][mi], af, xv[mi][0], xv[mi][1]);
+              else mma16816(sq[q][mi], af, xv[mi][2 * j], xv[mi][2 * j + 1]);
+            }
+          }
+        // acc += mul sq + add sx: the group's (q - z) s, times 2^-6 (rows nA) or 2^-2 (rows nB).
+  #pragma unroll
         for (int mi = 0; mi < MG; ++mi)
-#pragma unroll
-          for (int q = 0; q < NT; ++q) mma16816(acc[q][m0 + mi], af[q][j], xv[mi][2 * j], xv[mi][2 * j + 1]);
+  #pragma unroll
+          for (int q = 0; q < NT; ++q)
+  #pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              const float2 p = r < 2 ? colA[q] : colB[q];
+              float& d = acc[q][m0 + mi][r];
+              d = fmaf(p.x, sq[q][mi][r], fmaf(p.y, sx[mi][r], d));
+            }
+      }
+    } else {
+      // Every k step's A fragments first (32 registers), then every row tile unconditionally (no
+      // early exit: the loop unrolls and its loads and mmas interleave; tiles past M multiply zeros).
+      uint32_t af[NT][4][4];
+  #pragma unroll
+      for (int q = 0; q < NT; ++q) {
+        const uint32_t mA = awqPairMul2(pa[q]), dA = awqPairAdd2(pa[q]), mB = awqPairMul2(pb[q]),
+                       dB = awqPairAdd2(pb[q]);
+        const uint32_t wv[4] = {wq[q].x, wq[q].y, wq[q].z, wq[q].w};
+  #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          af[q][j][0] = awqDequantPair(fragNibbles(wv[j], 0), mA, dA);
+          af[q][j][1] = awqDequantPair(fragNibbles(wv[j], 1), mB, dB);
+          af[q][j][2] = awqDequantPair(fragNibbles(wv[j], 2), mA, dA);
+          af[q][j][3] = awqDequantPair(fragNibbles(wv[j], 3), mB, dB);
+        }
+      }
+      // x for up to 4 row tiles at a time (8 registers each: all 4 k steps of the half), then the
+      // mmas k step by k step, so consecutive mmas update different accumulators (a chain's next
+      // mma is 2 x (row tiles) mmas later, not 2: the tensor core's latency stays hidden).
+      constexpr int MG = MT == 4 ? 2 : MT < 4 ? MT : 4;  // MT = 4 holds 2 (96 registers: two blocks per SM)
+  #pragma unroll
+      for (int m0 = 0; m0 < MT; m0 += MG) {
+        uint32_t xv[MG][8];
+  #pragma unroll
+        for (int mi = 0; mi < MG; ++mi) {
+          const int row = (m0 + mi) * 8 + gl;
+          const uint4 x0 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl));
+          const uint4 x1 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl + 1));
+          xv[mi][0] = x0.x, xv[mi][1] = x0.y, xv[mi][2] = x0.z, xv[mi][3] = x0.w;
+          xv[mi][4] = x1.x, xv[mi][5] = x1.y, xv[mi][6] = x1.z, xv[mi][7] = x1.w;
+        }
+  #pragma unroll
+        for (int j = 0; j < 4; ++j)
+  #pragma unroll
+          for (int mi = 0; mi < MG; ++mi)
+  #pragma unroll
+            for (int q = 0; q < NT; ++q) mma16816(acc[q][m0 + mi], af[q][j], xv[mi][2 * j], xv[mi][2 * j + 1]);
+      }
     }
   }, flush);
 }
 
-template <int MT>
+template <int MT, bool Raw = false>
 void gemvT(const Ctx& c, GemvArgs a) {
-  const auto kernel = awqGemvKernel<MT>;
+  const auto kernel = awqGemvKernel<MT, Raw>;
   const Tuning& tu = tuning();
   constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
   constexpr int SB = awqStageBytes<MT>(), HB = handoffBytes<MT>();
@@ -255,7 +331,9 @@ void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out,
   a.N = w.N;
   a.sk.G = w.K / kGroup;
   a.sk.units = static_cast<int>(units(w.K, w.N));
-  if (M <= 8) gemvT<1>(c, a);
+  // Raw nibbles only where they pay, and never in deterministic mode (one arithmetic for every M).
+  if (M <= 8 && !tuning().deterministic) gemvT<1, true>(c, a);
+  else if (M <= 8) gemvT<1>(c, a);
   else if (M <= 16) gemvT<2>(c, a);
   else if (M <= 32) gemvT<4>(c, a);
   else gemvT<8>(c, a);
