@@ -23,6 +23,10 @@ struct Tuning {
   // runs the AWQ GEMV with one block shape and one grid (2 blocks per SM), the fp16 linear never
   // through cuBLAS, decode attention in splits of a fixed 256 keys. Costs the large-M speed.
   bool deterministic = false;
+  // The GEMV in thread-block clusters (sm_90, outside deterministic mode): each cluster a range of
+  // whole tiles, a shared tile summed in its contributors' shared memory instead of the global
+  // stream-K fix-up (splitk.cuh, awq_gemv.cu).
+  bool awqGemvCluster = false;
   // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64):
   // two blocks and the next kernel's first block fit in a multiprocessor's 227 KB.
   int awqGemvStages[4] = {6, 5, 4, 4};
@@ -55,7 +59,7 @@ struct Tuning {
 Tuning& tuning();
 
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
-// MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d,
+// MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d, MEDCLUSTER_AWQ_GEMV_CLUSTER=0|1,
 // MEDCLUSTER_AWQ_WGMMA_MIN_M=N, MEDCLUSTER_AWQ_WGMMA_BLOCKS=N,
 // MEDCLUSTER_ATTN_DECODE_BLOCKS=N, MEDCLUSTER_DETERMINISTIC=1);
 // called when a backend is created.
