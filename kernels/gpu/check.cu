@@ -324,17 +324,12 @@ static void checkAwqAll(Backend& b) {
   if (getenv("MC_CHECK_SKIP_PACK_SHAPES")) printf("   (skipped: MC_CHECK_SKIP_PACK_SHAPES)\n");
   else checkPackShapes(b);
   printf("-- the GEMV's tuned blocks per SM reside (registers and shared memory; a launch caps the grid at what does)\n");
-  for (int cl = 0; cl < 2; ++cl) {
-    tu.awqGemvCluster = cl == 1;
-    for (int M : {1, 8, 16, 32, 64}) {
-      const int MTI = M <= 8 ? 0 : M <= 16 ? 1 : M <= 32 ? 2 : 3;
-      const int want = std::min(3, tu.awqGemvBlocksPerSM[MTI]), got = cuda::awqGemvResidentBlocks(M);
-      verdict(got >= want);
-      printf("%-4s GEMV M=%d%s: %d blocks/SM resident, %d tuned\n", got >= want ? "ok" : "FAIL", M,
-             cl ? " (clusters)" : "", got, want);
-    }
+  for (int M : {1, 8, 16, 32, 64}) {
+    const int MTI = M <= 8 ? 0 : M <= 16 ? 1 : M <= 32 ? 2 : 3;
+    const int want = std::min(3, tu.awqGemvBlocksPerSM[MTI]), got = cuda::awqGemvResidentBlocks(M);
+    verdict(got >= want);
+    printf("%-4s GEMV M=%d: %d blocks/SM resident, %d tuned\n", got >= want ? "ok" : "FAIL", M, got, want);
   }
-  tu.awqGemvCluster = defaults.awqGemvCluster;
   printf("-- awqLinear, GEMV (M <= 64 per launch): every row-tile count and switch point (8/9, 16/17, 32/33, 64/65),\n"
          "   K of 1..224 groups, N not a multiple of the 128-column tile, fewer units than blocks and many more,\n"
          "   passes of 64 rows (cuBLAS off), f16 and f32 out, each call twice (self-resetting tickets)\n");
@@ -387,7 +382,7 @@ static void checkAwqAll(Backend& b) {
   checkAwq(b, 16, 512, 640, DType::F32, " scales to 300", 1, 1.f, 300.f);  // f32: the sums pass 65504
   printf("-- variants: no PDL, 1 and 3 blocks per SM, a 2-stage ring, the deterministic mode (2 blocks per SM\n"
          "   whatever M: from 33 rows, where one resides, two waves; a tile shared by ~130 blocks)\n");
-  for (int v = 0; v < 7; ++v) {
+  for (int v = 0; v < 5; ++v) {
     tu = defaults;
     tu.awqDequantMinM = 0;
     tu.awqWgmmaMinM = 0;
@@ -396,14 +391,11 @@ static void checkAwqAll(Backend& b) {
     if (v == 2) for (int& x : tu.awqGemvBlocksPerSM) x = 3;
     if (v == 3) for (int& s : tu.awqGemvStages) s = 2;
     if (v == 4) tu.deterministic = true;
-    if (v >= 5) tu.awqGemvCluster = v == 5;  // both schedules, whichever the default is
     const char* note = v == 0   ? " no-pdl"
                        : v == 1 ? " 1 block/SM"
                        : v == 2 ? " 3 blocks/SM"
                        : v == 3 ? " 2 stages"
-                       : v == 4 ? " deterministic"
-                       : v == 5 ? " clusters"
-                                : " no clusters";
+                                : " deterministic";
     checkAwq(b, 1, 8192, 1024, DType::F16, note);
     checkAwq(b, 8, 1152, 776, DType::F32, note);
     checkAwq(b, 16, 2048, 1536, DType::F16, note);
@@ -411,13 +403,6 @@ static void checkAwqAll(Backend& b) {
     checkAwq(b, 64, 1024, 520, DType::F16, note);
     checkAwq(b, 70, 2048, 1024, DType::F32, note);
     if (v == 4) checkAwq(b, 64, 28672, 256, DType::F32, note);
-    if (v == 5) {  // the cluster schedule's other shapes: one tile, tiles by the hundred, 224 groups, K = 128
-      checkAwq(b, 1, 1024, 128, DType::F16, note);
-      checkAwq(b, 3, 8192, 10240, DType::F16, note);
-      checkAwq(b, 1, 28672, 1024, DType::F32, note);
-      checkAwq(b, 12, 128, 2056, DType::F16, note);
-      checkAwq(b, 5, 8192, 57344, DType::F16, note);
-    }
   }
   tu = defaults;
   printf("-- large M, the default path (dequantization + cuBLAS GEMM where cuBLAS loads from M = %d)\n",
@@ -930,10 +915,10 @@ static void bench(Backend& b, const char* jsonPath) {
   const int nSets = quick || getenv("MC_BENCH_TP1") ? 1 : 2;
   cuda::Tuning& tu = cuda::tuning();
   printf("AWQ tuning: dequant+cuBLAS from M=%d, GEMV blocks/SM %d/%d/%d/%d, stages %d/%d/%d/%d, "
-         "wgmma from M=%d (%d blocks/SM), PDL %s, GEMV clusters %s%s\n",
+         "wgmma from M=%d (%d blocks/SM), PDL %s%s\n",
          tu.awqDequantMinM, tu.awqGemvBlocksPerSM[0], tu.awqGemvBlocksPerSM[1], tu.awqGemvBlocksPerSM[2],
          tu.awqGemvBlocksPerSM[3], tu.awqGemvStages[0], tu.awqGemvStages[1], tu.awqGemvStages[2], tu.awqGemvStages[3],
-         tu.awqWgmmaMinM, tu.awqWgmmaBlocksPerSM, tu.pdl ? "on" : "off", tu.awqGemvCluster ? "on" : "off",
+         tu.awqWgmmaMinM, tu.awqWgmmaBlocksPerSM, tu.pdl ? "on" : "off",
          tu.deterministic ? ", deterministic" : "");
   // Issue's targets per tp=1 block (kernels/gpu/RESULTS.md): M = 1, 16, 64, 1024.
   auto target = [](int M) { return M == 1 ? 0.13 : M == 16 ? 0.15 : M == 64 ? 0.22 : M == 1024 ? 2.5 : -1.0; };

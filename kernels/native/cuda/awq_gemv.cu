@@ -31,11 +31,6 @@
 // at c99f91b, per 70B block, M = 24 / 32 / 48 / 64 0.244 / 0.249 / 0.352 / 0.368 ms for this
 // block against 0.262 / 0.263 / 0.369 / 0.381; it was deleted.)
 //
-// Cluster mode (tuning().awqGemvCluster, sm_90): the grid runs in thread-block clusters, each a
-// range of whole tiles (splitk.cuh), and a shared tile's partials stay in its contributors' shared
-// memory, summed by its first contributor after one cluster barrier (clusterFinish), not through
-// global memory and the fix-up's fence and ticket.
-//
 // Accumulation is fp32 on the tensor cores; each output element's sum runs in a fixed order. For
 // one block shape and one grid, rows of the result do not depend on the batch; the
 // deterministic mode (tuning().deterministic) keeps one grid for every M.
@@ -71,28 +66,41 @@ struct GemvArgs {
   void* out;                  // [M, N] f16 or f32
   float* partials;            // [2P][MT * 8][128] fp32 stream-K partials
   unsigned* tickets;          // [tiles] counters, zero at launch, reset by the kernel
-  StreamK sk;                 // units (tile by tile, group by group), P, G (= K / 128), Q clusters
+  StreamK sk;                 // units (tile by tile, group by group), P, G (= K / 128)
   int M, K, N, stages;
   bool outF16;
-  // sm_90, launched in clusters of sk.P / sk.Q blocks: a shared tile's partials stay in its
-  // contributors' shared memory (two slots a block, after the handoff) and the tile's first
-  // contributor sums them there once the cluster has synchronized; no global partials, no tickets.
-  bool cluster;
 };
-// A block's two partial slots in cluster mode (its range's first and last tile): MT * 8 rows of
-// 128 fp32 sums each.
-template <int MT> __host__ __device__ constexpr int clusterSlotBytes() { return MT * 8 * kTileN * 4; }
 
-// The consumer warps' whole work: units [u0, u0 + n) of the ring, each tile's sums written out
-// or, for a tile shared with other blocks, left as a partial (global scratch and the fix-up, or
-// in cluster mode this block's slot).
+// Raw: the weights as raw nibbles, the pairs applied to the sums (M <= 8 outside deterministic mode);
+// otherwise dequantized with one FMA per two weights (awq.cuh).
 template <int MT, bool Raw>
-__device__ __forceinline__ void consume(const GemvArgs& a, unsigned char* smem, float* handoff, float* slots,
-                                        uint64_t* full, uint64_t* empty, int u0, int n, int warp, int lane, int tid) {
+// Compiled for two resident blocks per multiprocessor (registers capped at ~100) where the
+// accumulators allow it; MT = 8 needs more (one block per SM).
+// xMap: x [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows (sm_90; unused on sm_80).
+__global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
+    awqGemvKernel(const GemvArgs a, const __grid_constant__ CUtensorMap xMap) {
+  extern __shared__ __align__(128) unsigned char smemRaw[];
+  // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
+  unsigned char* smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
+  __shared__ __align__(8) uint64_t full[kAwqMaxStages], empty[kAwqMaxStages];
   __shared__ int fixupFlag;
   constexpr int CG = kColGroups, kConsumers = kConsumerWarps * 32;
   constexpr int SB = awqStageBytes<MT>(), WOFF = 2 * awqXPlaneBytes<MT>();
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.x, S = a.stages, G = a.sk.G;
+  const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
+
+  pdlLaunchDependents();
+  if (tid == 0) awqRingInit(full, empty, S, kConsumerWarps);
+  __syncthreads();
+
+  if (warp == kConsumerWarps) {  // the producer
+    const AwqStream p{a.w + kHeaderBytes, a.x, &xMap, a.M, a.K, G, u0, n, S};
+    awqProduce<MT>(p, smem, full, empty, lane);
+    return;
+  }
+
+  // ---- consumers ----
   pdlWait();  // outputs and partials are written only after the kernel before has finished
   const int gl = lane >> 2, tl = lane & 3;
   const int cp = warp % CG, h = warp / CG;  // n16 tiles NT cp .. NT cp + NT - 1, k half h
@@ -100,6 +108,7 @@ __device__ __forceinline__ void consume(const GemvArgs& a, unsigned char* smem, 
   const int e = static_cast<int>(reinterpret_cast<const uint32_t*>(a.w)[1]);
   // Raw sums carry 2^-6 (rows nA) and 2^-2 (rows nB) beside the matrix's scale shift 2^-e.
   const float scaleA = exp2f(static_cast<float>(e + (Raw ? 6 : 0))), scaleB = exp2f(static_cast<float>(e + (Raw ? 2 : 0)));
+  float* handoff = reinterpret_cast<float*>(smem + S * SB);  // (after the aligned stages)
   float acc[NT][MT][4];  // [n16 tile][row tile][C fragment]
   // The A operand whose mma sums x over a k step: f16 2^-6 in rows nA (registers 0, 2), 2^-2 in
   // rows nB (1, 3), the powers of two the raw nibbles carry beyond 2^-18 (awq_layout.h).
@@ -131,8 +140,7 @@ __device__ __forceinline__ void consume(const GemvArgs& a, unsigned char* smem, 
     namedBarrier(1, kConsumers);
     const bool whole = g0 == 0 && g1 == G;
     if (h == 0) {
-      float* part = a.cluster ? slots + (a.sk.slot(b, t) & 1) * (MT * 8) * kTileN
-                              : a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
+      float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
 #pragma unroll
       for (int q = 0; q < NT; ++q) {
         const int colA = cp * 16 * NT + q * 16 + gl, colB = colA + 8;
@@ -148,7 +156,7 @@ __device__ __forceinline__ void consume(const GemvArgs& a, unsigned char* smem, 
           }
       }
     }
-    if (!whole && !a.cluster)
+    if (!whole)
       streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
                    kConsumers);
     namedBarrier(1, kConsumers);  // the handoff buffer is free again
@@ -271,98 +279,24 @@ __device__ __forceinline__ void consume(const GemvArgs& a, unsigned char* smem, 
   }, flush);
 }
 
-#if __CUDA_ARCH__ >= 900
-// Cluster mode, after the stream, by every thread of the block: once the cluster has synchronized
-// (every block's slots written), the first contributor of each shared tile reads its
-// contributors' slots from their shared memory, sums them in block order (as the global fix-up
-// does: the sum does not depend on timing) and writes the output; the second synchronization keeps
-// every block resident until the reads of its slots are done.
-template <int MT>
-__device__ __forceinline__ void clusterFinish(const GemvArgs& a, float* slots) {
-  constexpr int kConsumers = kConsumerWarps * 32, kSlotFloats = MT * 8 * kTileN;
-  clusterSync();
-  const StreamK& sk = a.sk;
-  const int b = blockIdx.x, tid = threadIdx.x, end = sk.start(b + 1);
-  const int t = end > sk.start(b) ? (end - 1) / sk.G : -1;  // this block's last tile
-  if (t >= 0 && tid < kConsumers && sk.blockOf(t * sk.G) == b) {
-    const int tileEnd = (t + 1) * sk.G < sk.units ? (t + 1) * sk.G : sk.units;
-    const int last = sk.blockOf(tileEnd - 1), C = sk.P / sk.Q, rank0 = b - b % C;
-    const int vecs = a.M * kTileN / 4;  // 16-byte vectors of the tile's rows below M
-    // This block's partial of tile t is in its slot 1 unless its range starts at the tile; every
-    // later contributor's is in its slot 0 (its range starts in tile t).
-    const float* own = slots + (sk.slot(b, t) & 1) * kSlotFloats;
-    for (int i = tid; last > b && i < vecs; i += kConsumers) {
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int c = b; c <= last; ++c) {  // in block order
-        const float* slot = c == b ? own : slots;
-        const float4 p = ldClusterF4(clusterSmemAddr(slot + 4 * i, static_cast<uint32_t>(c - rank0)));
-        v.x += p.x;
-        v.y += p.y;
-        v.z += p.z;
-        v.w += p.w;
-      }
-      streamKStoreVector(v, i, t, kTileN, a.out, a.outF16, a.N);
-    }
-  }
-  clusterSync();
-}
-#endif
-
-// Raw: the weights as raw nibbles, the pairs applied to the sums (M <= 8 outside deterministic mode);
-// otherwise dequantized with one FMA per two weights (awq.cuh).
-template <int MT, bool Raw>
-// Compiled for the blocks per multiprocessor the tuning asks (tuning.h): three for the raw
-// reading at MT = 1 (72 registers; at 80 only two resided, whatever the tuning said), two at
-// MT = 2, 4 and for the deterministic mode's MT = 1 (whose grid is two a multiprocessor: a kernel
-// that fits three would let the next launch's blocks into the third place early), one at MT = 8.
-// xMap: x [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows (sm_90; unused on sm_80).
-__global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : MT == 1 && Raw ? 3 : 2)
-    awqGemvKernel(const GemvArgs a, const __grid_constant__ CUtensorMap xMap) {
-  extern __shared__ __align__(128) unsigned char smemRaw[];
-  // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
-  unsigned char* smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
-  __shared__ __align__(8) uint64_t full[kAwqMaxStages], empty[kAwqMaxStages];
-  constexpr int SB = awqStageBytes<MT>();
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int b = blockIdx.x, S = a.stages, G = a.sk.G;
-  const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
-
-  pdlLaunchDependents();
-  if (tid == 0) awqRingInit(full, empty, S, kConsumerWarps);
-  __syncthreads();
-
-  float* handoff = reinterpret_cast<float*>(smem + S * SB);  // (after the aligned stages)
-  float* slots = handoff + handoffBytes<MT>() / 4;            // cluster mode: [2][MT * 8][128]
-  if (warp == kConsumerWarps) {  // the producer
-    const AwqStream p{a.w + kHeaderBytes, a.x, &xMap, a.M, a.K, G, u0, n, S};
-    awqProduce<MT>(p, smem, full, empty, lane);
-  } else {
-    consume<MT, Raw>(a, smem, handoff, slots, full, empty, u0, n, warp, lane, tid);
-  }
-#if __CUDA_ARCH__ >= 900
-  if (a.cluster) clusterFinish<MT>(a, slots);
-#endif
-}
-
-// A launch's ring depth and dynamic shared memory for `bps` blocks per multiprocessor (cluster
-// mode adds the two partial slots), and how many such blocks reside (registers and shared memory).
+// A launch's ring depth and dynamic shared memory for `bps` blocks per multiprocessor, and how
+// many such blocks reside (registers and shared memory).
 struct GemvSmem {
   int stages;
   size_t bytes;
   int resident;
 };
 template <int MT, bool Raw>
-GemvSmem gemvSmem(int bps, bool cluster) {
+GemvSmem gemvSmem(int bps) {
   const auto kernel = awqGemvKernel<MT, Raw>;
   constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
   constexpr int SB = awqStageBytes<MT>(), HB = handoffBytes<MT>();
-  const int extra = cluster ? 2 * clusterSlotBytes<MT>() : 0;
   // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
   constexpr int kSmemPerSM = 220 * 1024;
-  int stages = std::min(
-      {kAwqMaxStages, std::max(2, tuning().awqGemvStages[MTI]), (kSmemPerSM / bps - HB - extra - 1024) / SB});
+  int stages =
+      std::min({kAwqMaxStages, std::max(2, tuning().awqGemvStages[MTI]), (kSmemPerSM / bps - HB - 1024) / SB});
   stages = std::max(2, stages);
-  const size_t smem = static_cast<size_t>(stages) * SB + HB + extra + 1024;  // + the alignment slack
+  const size_t smem = static_cast<size_t>(stages) * SB + HB + 1024;  // + the alignment slack
   static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
   if (smem > attr) {
     MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -373,42 +307,42 @@ GemvSmem gemvSmem(int bps, bool cluster) {
   return {stages, smem, resident};
 }
 
+// The blocks per multiprocessor a launch of MT row tiles asks: the tuning's, or 2 in deterministic
+// mode, whose grid depends on the shape and the card only, not on M (one schedule and summation
+// order for every batch size).
+inline int gemvBlocksPerSM(int MTI) {
+  const Tuning& tu = tuning();
+  return tu.deterministic ? 2 : std::max(1, std::min(3, tu.awqGemvBlocksPerSM[MTI]));
+}
+
 template <int MT, bool Raw = false>
 void gemvT(const Ctx& c, GemvArgs a) {
   const auto kernel = awqGemvKernel<MT, Raw>;
-  const Tuning& tu = tuning();
   constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
-  // In deterministic mode the grid depends on the shape and the card only, not on M: one
-  // schedule (and summation order) for every batch size.
-  int bps = tu.deterministic ? 2 : std::max(1, std::min(3, tu.awqGemvBlocksPerSM[MTI]));
-  const bool cluster = tu.awqGemvCluster && !tu.deterministic && c.computeCapability >= 90;
-  const GemvSmem sm = gemvSmem<MT, Raw>(bps, cluster);
+  int bps = gemvBlocksPerSM(MTI);
+  const GemvSmem sm = gemvSmem<MT, Raw>(bps);
   const size_t smem = sm.bytes;
   // A grid larger than what resides would run as two waves: never more blocks per SM than fit
   // (except in deterministic mode, whose grid must not depend on M).
-  if (!tu.deterministic) bps = std::max(1, std::min(bps, sm.resident));
+  if (!tuning().deterministic) bps = std::max(1, std::min(bps, sm.resident));
   a.stages = sm.stages;
   awqStreamKGrid(c, a, bps, MT * 8);
-  const int C = cluster ? awqClusterGrid(c, kernel, kThreads, smem, a) : 0;
-  a.cluster = C > 1;
 
   CUtensorMap xMap = {};
   if (c.computeCapability >= 90) xMap = awqXTensorMap(a.x, a.M, a.K, MT * 8, "awqLinear (CUDA GEMV)");
-  launchKernelClusters(c, a.cluster ? C : 1, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
+  launchKernel(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
 }
 
 }  // namespace
 
 int awqGemvResidentBlocks(int M) {
-  const Tuning& tu = tuning();
-  const int MTI = M <= 8 ? 0 : M <= 16 ? 1 : M <= 32 ? 2 : 3;
-  const int bps = std::max(1, std::min(3, tu.awqGemvBlocksPerSM[MTI]));
-  const bool raw = M <= 8 && !tu.deterministic, cluster = tu.awqGemvCluster && !tu.deterministic;
-  return raw        ? gemvSmem<1, true>(bps, cluster).resident
-         : M <= 8   ? gemvSmem<1, false>(bps, cluster).resident
-         : M <= 16  ? gemvSmem<2, false>(bps, cluster).resident
-         : M <= 32  ? gemvSmem<4, false>(bps, cluster).resident
-                    : gemvSmem<8, false>(bps, cluster).resident;
+  const int MTI = M <= 8 ? 0 : M <= 16 ? 1 : M <= 32 ? 2 : 3, bps = gemvBlocksPerSM(MTI);
+  const bool raw = M <= 8 && !tuning().deterministic;  // launchAwqGemv's choice below
+  return raw        ? gemvSmem<1, true>(bps).resident
+         : M <= 8   ? gemvSmem<1, false>(bps).resident
+         : M <= 16  ? gemvSmem<2, false>(bps).resident
+         : M <= 32  ? gemvSmem<4, false>(bps).resident
+                    : gemvSmem<8, false>(bps).resident;
 }
 
 void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M) {

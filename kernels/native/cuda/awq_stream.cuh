@@ -20,9 +20,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <map>
-#include <tuple>
-#include <utility>
+#include <string>
 
 #include "awq.cuh"
 #include "ptx.cuh"
@@ -162,7 +160,7 @@ __device__ __forceinline__ void awqConsume(int u0, int n, int G, int S, uint64_t
 template <class Args>
 void awqStreamKGrid(const Ctx& c, Args& a, int bps, int rows) {
   a.sk.P = std::max(1, std::min(a.sk.units, bps * c.numSMs));
-  // StreamK's 32-bit arithmetic: units x blocks must fit (the clusters' grids are no larger).
+  // StreamK's 32-bit arithmetic: units x blocks must fit.
   if (static_cast<int64_t>(a.sk.units) * a.sk.P >= (int64_t{1} << 31))
     throw BackendError("awqLinear (CUDA): " + std::to_string(a.sk.units) + " units over " + std::to_string(a.sk.P) +
                        " blocks: past the stream-K schedule's 32-bit arithmetic");
@@ -170,58 +168,6 @@ void awqStreamKGrid(const Ctx& c, Args& a, int bps, int rows) {
       c.splitK->get(static_cast<size_t>(2 * a.sk.P) * rows * awqpack::kTileN * sizeof(float), c.stream));
   a.tickets = static_cast<unsigned*>(
       c.tickets->getZeroed(static_cast<size_t>(awqpack::tiles(a.N)) * sizeof(unsigned), c.stream));
-}
-
-// The cluster schedule's grid (StreamK::Q > 1, sm_90): the cluster size C (2..16) and count Q
-// whose largest block share, ceil(ceil(T / Q) G / C) units of T tiles of G, is the smallest, among
-// the Q clusters of C that reside at once (cudaOccupancyMaxActiveClusters for this kernel, block
-// and dynamic shared memory); ties go to the larger grid. Sets a.sk.P = Q C and a.sk.Q; returns C,
-// or 0 where no cluster of two resides (the caller then runs the plain schedule). The choice is
-// kept per kernel, shared memory, device and shape: the search runs once each.
-template <class Kernel, class Args>
-int awqClusterGrid(const Ctx& c, Kernel kernel, int threads, size_t smem, Args& a) {
-  using Key = std::tuple<const void*, size_t, int, int, int>;
-  static std::map<Key, std::pair<int, int>> chosen;  // -> (C, Q)
-  static std::map<std::tuple<const void*, size_t, int, int>, int> resident;  // (kernel, smem, SMs, C) -> clusters
-  const int T = a.sk.units / a.sk.G, G = a.sk.G;
-  const Key key{reinterpret_cast<const void*>(kernel), smem, c.numSMs, a.sk.units, G};
-  auto it = chosen.find(key);
-  if (it == chosen.end()) {
-    int bestC = 0, bestQ = 0;
-    int64_t best = INT64_MAX;
-    for (int C = 2; C <= 16; ++C) {
-      const std::tuple<const void*, size_t, int, int> rk{reinterpret_cast<const void*>(kernel), smem, c.numSMs, C};
-      auto r = resident.find(rk);
-      if (r == resident.end()) {
-        if (C > 8) MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(C);
-        cfg.blockDim = dim3(threads);
-        cfg.dynamicSmemBytes = smem;
-        cudaLaunchAttribute attr;
-        attr.id = cudaLaunchAttributeClusterDimension;
-        attr.val.clusterDim = {static_cast<unsigned>(C), 1, 1};
-        cfg.attrs = &attr;
-        cfg.numAttrs = 1;
-        int n = 0;
-        if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
-          (void)cudaGetLastError();  // a size this device does not take: none of it resides
-          n = 0;
-        }
-        r = resident.emplace(rk, n).first;
-      }
-      for (int Q = 1; Q <= std::min(r->second, T) && Q * C <= a.sk.units; ++Q) {
-        const int64_t share = ((T + Q - 1) / Q * static_cast<int64_t>(G) + C - 1) / C;
-        if (share < best || (share == best && Q * C > bestQ * bestC)) best = share, bestC = C, bestQ = Q;
-      }
-    }
-    it = chosen.emplace(key, std::make_pair(bestC, bestQ)).first;
-  }
-  const auto [C, Q] = it->second;
-  if (C == 0) return 0;
-  a.sk.P = Q * C;
-  a.sk.Q = Q;
-  return C;
 }
 
 // x [M, K] f16 as a 2-D tensor map whose boxes are one half group: 64 columns x `boxRows` rows

@@ -11,13 +11,6 @@
 // arrive sums the slots in block order (a fixed order: the result does not depend on which
 // block arrived last) and writes the output, then resets the counter for the next launch.
 // Partials and counters live in scratch the caller owns (Ctx::splitK, Ctx::tickets).
-//
-// With clusters (sm_90, StreamK::Q > 1) the blocks come in Q clusters of P / Q, each cluster a
-// contiguous range of whole tiles (the tiles dealt as evenly as they go) split evenly among its
-// blocks. Every contributor of a tile then sits in the tile's cluster, which sums it in its
-// blocks' shared memory (awq_gemv.cu) instead of through global memory: no fence, no ticket,
-// no round trip to L2 while the memory system is loaded with the stream. The price is balance:
-// a cluster's range is whole tiles, so the blocks' shares differ by up to a tile over C blocks.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -30,27 +23,16 @@ namespace medcluster {
 namespace cuda {
 
 struct StreamK {
-  int units;  // work units, tile-major (tiles x G)
+  int units;  // work units, tile-major
   int P;      // blocks (P <= units)
   int G;      // units per tile
-  int Q = 1;  // clusters, each of P / Q blocks and a range of whole tiles; 1: the plain schedule
-  // The first unit of block b's range (b = P: units). 32-bit arithmetic (the launch checks that
-  // units x P fits): a 64-bit division is a long dependent subroutine on the GPU, and the fix-up
-  // takes several of these on its critical path.
-  __host__ __device__ int start(int b) const {
-    if (Q == 1) return b * units / P;
-    const int C = P / Q, q = b / C, r = b - q * C, T = units / G;
-    const int t0 = T * q / Q, t1 = T * (q + 1) / Q;
-    return t0 * G + r * ((t1 - t0) * G) / C;
-  }
-  // The block whose range holds unit u (the inverse of start, cluster by cluster).
-  __host__ __device__ int blockOf(int u) const {
-    if (Q == 1) return ((u + 1) * P - 1) / units;
-    const int C = P / Q, T = units / G, t = u / G;
-    const int q = ((t + 1) * Q - 1) / T;
-    const int t0 = T * q / Q, t1 = T * (q + 1) / Q;
-    return q * C + ((u - t0 * G + 1) * C - 1) / ((t1 - t0) * G);
-  }
+  // 32-bit arithmetic (awqStreamKGrid checks that units x P fits): a 64-bit division is a long
+  // dependent subroutine on the GPU, and the fix-up took several on its critical path (measured
+  // on an H200 against 848c4be: M = 16 0.183 -> 0.176 ms a 70B block, the wgmma kernel's M = 64
+  // 0.277 -> 0.262).
+  __host__ __device__ int start(int b) const { return b * units / P; }
+  // The block whose range holds unit u.
+  __host__ __device__ int blockOf(int u) const { return ((u + 1) * P - 1) / units; }
   // Slot of block b's partial of tile t (t is the first or the last tile of b's range).
   __host__ __device__ int slot(int b, int t) const { return 2 * b + (start(b) / G == t ? 0 : 1); }
 };
@@ -68,18 +50,6 @@ __device__ __forceinline__ void streamKStore(bool whole, float* part, int tileN,
   if (m >= M) return;
   if (!whole) part[m * tileN + col] = v;
   else if (n < N) storeOut(out, outF16, static_cast<int64_t>(m) * N + n, v);
-}
-
-// Writes the 16-byte vector i of a summed tile t (rows of tileN fp32, row-major from its row 0)
-// to the output, columns past N left out.
-__device__ __forceinline__ void streamKStoreVector(const float4& v, int i, int t, int tileN, void* out, bool outF16,
-                                                   int N) {
-  const int m = i * 4 / tileN, c = i * 4 - m * tileN;
-  const int64_t o = static_cast<int64_t>(m) * N + t * tileN + c;
-  const float e[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-    if (t * tileN + c + q < N) storeOut(out, outF16, o + q, e[q]);
 }
 
 // Called by all `threads` threads of the block's computing warps (named barrier 1) once this
@@ -128,8 +98,16 @@ __device__ __forceinline__ void streamKFixup(const StreamK& sk, int t, const flo
       }
     }
 #pragma unroll
-    for (int j = 0; j < kFixupVectors; ++j)
-      if (i0 + j * threads < vecs) streamKStoreVector(v[j], i0 + j * threads, t, tileN, out, outF16, N);
+    for (int j = 0; j < kFixupVectors; ++j) {
+      const int i = i0 + j * threads;
+      if (i >= vecs) continue;
+      const int m = i * 4 / tileN, c = i * 4 - m * tileN;
+      const int64_t o = static_cast<int64_t>(m) * N + t * tileN + c;
+      const float e[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        if (t * tileN + c + q < N) storeOut(out, outF16, o + q, e[q]);
+    }
   }
   if (tid == 0) tickets[t] = 0;
 }

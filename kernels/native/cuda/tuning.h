@@ -16,17 +16,15 @@ struct Tuning {
   // 1.91 / 1.97, M = 1024 3.78 / 3.32.
   int awqDequantMinM = 512;
   // Blocks of the persistent GEMV per multiprocessor (each 8 consumer warps + 1 producer warp),
-  // 1..3, by row-tile count MT = 1, 2, 4, 8 (measured on an H200 at bd002a3: M <= 8 fastest with
-  // 3 in chained calls, M = 16 with 2, M = 64 with 1, whose 133 registers let only one reside).
-  int awqGemvBlocksPerSM[4] = {3, 2, 2, 1};
+  // 1..3, by row-tile count MT = 1, 2, 4, 8: as many as its registers let reside (the check fails
+  // where fewer do). M <= 8 at 2: three were fastest at bd002a3, but the raw reading's kernel took
+  // 80 registers and two resided; compiled for three (72 registers) it was slower, measured on an
+  // H200 against 848c4be, per 70B block chained: 0.148 ms against 0.140 for two.
+  int awqGemvBlocksPerSM[4] = {2, 2, 2, 1};
   // Deterministic mode: a row's output is bit-identical whatever else is in the batch. Every M
   // runs the AWQ GEMV with one block shape and one grid (2 blocks per SM), the fp16 linear never
   // through cuBLAS, decode attention in splits of a fixed 256 keys. Costs the large-M speed.
   bool deterministic = false;
-  // The GEMV in thread-block clusters (sm_90, outside deterministic mode): each cluster a range of
-  // whole tiles, a shared tile summed in its contributors' shared memory instead of the global
-  // stream-K fix-up (splitk.cuh, awq_gemv.cu).
-  bool awqGemvCluster = false;
   // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64):
   // two blocks and the next kernel's first block fit in a multiprocessor's 227 KB.
   int awqGemvStages[4] = {6, 5, 4, 4};
@@ -59,7 +57,7 @@ struct Tuning {
 Tuning& tuning();
 
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
-// MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d, MEDCLUSTER_AWQ_GEMV_CLUSTER=0|1,
+// MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d,
 // MEDCLUSTER_AWQ_WGMMA_MIN_M=N, MEDCLUSTER_AWQ_WGMMA_BLOCKS=N,
 // MEDCLUSTER_ATTN_DECODE_BLOCKS=N, MEDCLUSTER_DETERMINISTIC=1);
 // called when a backend is created.
