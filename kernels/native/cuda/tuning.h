@@ -25,9 +25,11 @@ struct Tuning {
   // runs the AWQ GEMV with one block shape and one grid (2 blocks per SM), the fp16 linear never
   // through cuBLAS, decode attention in splits of a fixed 256 keys. Costs the large-M speed.
   bool deterministic = false;
-  // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64):
-  // two blocks and the next kernel's first block fit in a multiprocessor's 227 KB.
-  int awqGemvStages[4] = {6, 5, 4, 4};
+  // Shared-memory ring depth of the GEMV per row-tile count MT = 1, 2, 4, 8 (M <= 8, 16, 32, 64).
+  // Deeper rings lose at two blocks per SM: measured on an H200 at 43099db, per 70B block chained,
+  // M = 1 with 3 / 4 / 5 (6 before) / 8 / 10 stages 0.139 / 0.137 / 0.137 / 0.139 / 0.141 / 0.144 ms,
+  // M = 16 with 4 and 5 (before) 0.175 either way.
+  int awqGemvStages[4] = {4, 4, 4, 4};
   // From this M (below awqDequantMinM; up to 128 rows a launch), the wgmma kernel (awq_wgmma.cu) on
   // a compute capability 9.0 device instead of the GEMV; 0: never. Measured on an H200 at c99f91b,
   // per 70B block chained, wgmma against the GEMV's 8-warp block: M = 16 0.203 / 0.183 ms, M = 24
