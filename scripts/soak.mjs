@@ -132,6 +132,12 @@ const PROMPTS = [
 ];
 const counts = { requests: 0, failed: 0, cancelled: 0, tokens: 0 };
 const failures = [];
+// A failed request is logged as it happens (stderr, which a failing CI run prints), not only counted.
+const fail = (what) => {
+  counts.failed++;
+  failures.push(what);
+  log(`request failed: ${what}`);
+};
 let running = true;
 let seq = 0;
 
@@ -160,8 +166,7 @@ async function once(client) {
   });
   counts.requests++;
   if (res.status !== 200) {
-    counts.failed++;
-    failures.push(`${res.status} ${(await res.text()).slice(0, 200)}`);
+    fail(`${res.status} ${(await res.text()).slice(0, 200)}`);
     return;
   }
   if (!stream) {
@@ -174,10 +179,7 @@ async function once(client) {
     const { value, done } = await reader.read().catch(() => ({ done: true }));
     if (done) break;
     const text = new TextDecoder().decode(value);
-    if (text.includes('"error"')) {
-      counts.failed++;
-      failures.push(text.slice(0, 200));
-    }
+    if (text.includes('"error"')) fail(text.slice(0, 200));
     counts.tokens += (text.match(/"text":/g) ?? []).length;
     if (kind === 4 && text.includes('"text":')) {
       counts.cancelled++;
@@ -191,8 +193,7 @@ const clients = Array.from({ length: Number(flags.concurrency) }, async (_, c) =
   while (running) {
     await once(c).catch((err) => {
       if (err.name === 'AbortError') return;
-      counts.failed++;
-      failures.push(String(err.message));
+      fail(String(err.message));
     });
   }
 });
