@@ -325,10 +325,10 @@ static void checkAwqAll(Backend& b) {
   else checkPackShapes(b);
   printf("-- the GEMV's tuned blocks per SM reside (registers and shared memory; a launch caps the grid at what does)\n");
   for (int M : {1, 8, 16, 32, 64}) {
-    const int MTI = M <= 8 ? 0 : M <= 16 ? 1 : M <= 32 ? 2 : 3;
-    const int want = std::min(3, tu.awqGemvBlocksPerSM[MTI]), got = cuda::awqGemvResidentBlocks(M);
-    verdict(got >= want);
-    printf("%-4s GEMV M=%d: %d blocks/SM resident, %d tuned\n", got >= want ? "ok" : "FAIL", M, got, want);
+    const cuda::GemvOccupancy o = cuda::awqGemvOccupancy(M);
+    verdict(o.resident >= o.tuned);
+    printf("%-4s GEMV M=%d: %d blocks/SM resident, %d tuned\n", o.resident >= o.tuned ? "ok" : "FAIL", M, o.resident,
+           o.tuned);
   }
   printf("-- awqLinear, GEMV (M <= 64 per launch): every row-tile count and switch point (8/9, 16/17, 32/33, 64/65),\n"
          "   K of 1..224 groups, N not a multiple of the 128-column tile, fewer units than blocks and many more,\n"

@@ -24,9 +24,12 @@ struct PackedAwq {
 
 // out [M, N] (f16 or f32) = x f16 [M, K] @ W, M <= 64 rows in one launch (awq_gemv.cu).
 void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);
-// How many blocks of the GEMV an M-row launch finds resident per multiprocessor with the current
-// tuning (its registers and shared memory), beside tuning().awqGemvBlocksPerSM (which it caps).
-int awqGemvResidentBlocks(int M);
+// The blocks per multiprocessor an M-row GEMV launch asks with the current tuning, and how many
+// of its kernel reside (registers and shared memory); the launch caps its grid at the latter.
+struct GemvOccupancy {
+  int tuned, resident;
+};
+GemvOccupancy awqGemvOccupancy(int M);
 // The same on Hopper's warpgroup MMA (awq_wgmma.cu): compute capability 9.0 only, M <= 128.
 constexpr int kAwqWgmmaMaxRows = 128;
 void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);

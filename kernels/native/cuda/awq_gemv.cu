@@ -35,6 +35,7 @@
 // one block shape and one grid, rows of the result do not depend on the batch; the
 // deterministic mode (tuning().deterministic) keeps one grid for every M.
 #include <algorithm>
+#include <type_traits>
 
 #include "awq.cuh"
 #include "awq_stream.cuh"
@@ -279,6 +280,9 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
   }, flush);
 }
 
+// The tuning's index of a row-tile count MT = 1, 2, 4, 8.
+constexpr int tuningIndex(int MT) { return MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3; }
+
 // A launch's ring depth and dynamic shared memory for `bps` blocks per multiprocessor, and how
 // many such blocks reside (registers and shared memory).
 struct GemvSmem {
@@ -289,7 +293,7 @@ struct GemvSmem {
 template <int MT, bool Raw>
 GemvSmem gemvSmem(int bps) {
   const auto kernel = awqGemvKernel<MT, Raw>;
-  constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
+  constexpr int MTI = tuningIndex(MT);
   constexpr int SB = awqStageBytes<MT>(), HB = handoffBytes<MT>();
   // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
   constexpr int kSmemPerSM = 220 * 1024;
@@ -315,10 +319,10 @@ inline int gemvBlocksPerSM(int MTI) {
   return tu.deterministic ? 2 : std::max(1, std::min(3, tu.awqGemvBlocksPerSM[MTI]));
 }
 
-template <int MT, bool Raw = false>
+template <int MT, bool Raw>
 void gemvT(const Ctx& c, GemvArgs a) {
   const auto kernel = awqGemvKernel<MT, Raw>;
-  constexpr int MTI = MT == 1 ? 0 : MT == 2 ? 1 : MT == 4 ? 2 : 3;
+  constexpr int MTI = tuningIndex(MT);
   int bps = gemvBlocksPerSM(MTI);
   const GemvSmem sm = gemvSmem<MT, Raw>(bps);
   const size_t smem = sm.bytes;
@@ -333,16 +337,27 @@ void gemvT(const Ctx& c, GemvArgs a) {
   launchKernel(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
 }
 
+// The one choice of kernel for an M-row launch: f(integral_constant<MT>, bool_constant<Raw>).
+// Raw nibbles only where they pay, and never in deterministic mode (one arithmetic for every M).
+template <class F>
+void withGemvKernel(int M, F f) {
+  if (M <= 8 && !tuning().deterministic) f(std::integral_constant<int, 1>{}, std::true_type{});
+  else if (M <= 8) f(std::integral_constant<int, 1>{}, std::false_type{});
+  else if (M <= 16) f(std::integral_constant<int, 2>{}, std::false_type{});
+  else if (M <= 32) f(std::integral_constant<int, 4>{}, std::false_type{});
+  else f(std::integral_constant<int, 8>{}, std::false_type{});
+}
+
 }  // namespace
 
-int awqGemvResidentBlocks(int M) {
-  const int MTI = M <= 8 ? 0 : M <= 16 ? 1 : M <= 32 ? 2 : 3, bps = gemvBlocksPerSM(MTI);
-  const bool raw = M <= 8 && !tuning().deterministic;  // launchAwqGemv's choice below
-  return raw        ? gemvSmem<1, true>(bps).resident
-         : M <= 8   ? gemvSmem<1, false>(bps).resident
-         : M <= 16  ? gemvSmem<2, false>(bps).resident
-         : M <= 32  ? gemvSmem<4, false>(bps).resident
-                    : gemvSmem<8, false>(bps).resident;
+GemvOccupancy awqGemvOccupancy(int M) {
+  GemvOccupancy o = {};
+  withGemvKernel(M, [&](auto mt, auto raw) {
+    constexpr int MT = decltype(mt)::value;
+    o.tuned = gemvBlocksPerSM(tuningIndex(MT));
+    o.resident = gemvSmem<MT, decltype(raw)::value>(o.tuned).resident;
+  });
+  return o;
 }
 
 void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M) {
@@ -361,12 +376,7 @@ void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out,
   a.N = w.N;
   a.sk.G = w.K / kGroup;
   a.sk.units = static_cast<int>(units(w.K, w.N));
-  // Raw nibbles only where they pay, and never in deterministic mode (one arithmetic for every M).
-  if (M <= 8 && !tuning().deterministic) gemvT<1, true>(c, a);
-  else if (M <= 8) gemvT<1>(c, a);
-  else if (M <= 16) gemvT<2>(c, a);
-  else if (M <= 32) gemvT<4>(c, a);
-  else gemvT<8>(c, a);
+  withGemvKernel(M, [&](auto mt, auto raw) { gemvT<decltype(mt)::value, decltype(raw)::value>(c, a); });
 }
 
 }  // namespace cuda
