@@ -373,22 +373,6 @@ static void checkAwqAll(Backend& b) {
       tu.pdl = defaults.pdl;
       tu.awqWgmmaBlocksPerSM = defaults.awqWgmmaBlocksPerSM;
     }
-    printf("-- the wgmma kernel with wide tiles (two packed tiles a work item) from 9 rows, the same shapes\n"
-           "   (odd tile counts: the last item's second tile past N)\n");
-    tu.awqWgmmaWideMinM = 9;
-    for (auto& s : shapes) checkAwq(b, s[0], s[1], s[2], DType::F16, " wgmma wide");
-    for (auto& s : {std::array<int, 3>{16, 1024, 2048}, {8, 2048, 1032}, {40, 1024, 2056}, {64, 1024, 2048}})
-      checkAwq(b, s[0], s[1], s[2], DType::F32, " wgmma wide");
-    checkAwq(b, 16, 512, 640, DType::F32, " wgmma wide, scales to 300", 1, 1.f, 300.f);
-    checkAwq(b, 128, 2048, 1032, DType::F16, " wgmma wide");  // one launch of 128 rows, a producer warpgroup
-    checkAwq(b, 128, 8192, 2304, DType::F16, " wgmma wide");  // K of 64 groups at 128 rows
-    checkAwq(b, 96, 1024, 2056, DType::F32, " wgmma wide");
-    checkAwq(b, 512, 1024, 1160, DType::F16, " wgmma wide");  // four passes of 128
-    tu.pdl = false;
-    checkAwq(b, 24, 2048, 1160, DType::F16, " wgmma wide no-pdl");
-    checkAwq(b, 128, 1024, 1024, DType::F16, " wgmma wide no-pdl");
-    tu.pdl = defaults.pdl;
-    tu.awqWgmmaWideMinM = defaults.awqWgmmaWideMinM;
     tu.awqWgmmaMinM = defaults.awqWgmmaMinM;
   } else {
     printf("   (the wgmma kernel: not on compute capability %d.%d)\n", major, minor);

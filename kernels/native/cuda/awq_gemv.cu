@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
   __syncthreads();
 
   if (warp == kConsumerWarps) {  // the producer
-    const AwqStream p{a.w + kHeaderBytes, a.x, &xMap, a.M, a.K, G, static_cast<int>(tiles(a.N)), u0, n, S};
+    const AwqStream p{a.w + kHeaderBytes, a.x, &xMap, a.M, a.K, G, u0, n, S};
     awqProduce<MT>(p, smem, full, empty, lane);
     return;
   }

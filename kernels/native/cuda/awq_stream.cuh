@@ -5,9 +5,7 @@
 //
 // A stage: x's two half planes (one per 64 rows of the group: MT * 8 rows of 128 bytes each, in
 // the copy engine's 128-byte swizzle, 1024-byte aligned as the swizzle needs; rows past M arrive
-// as zeros), then the unit's 8704 bytes; a multiple of 1024 bytes. With wide tiles (TW = 2, the
-// wgmma kernel) a work item is one group of TW adjacent packed tiles: the stage holds the group's x
-// once and the TW units after it, so x crosses from L2 once for 256 columns, not once for 128. On sm_90 x goes in by one 2-D
+// as zeros), then the unit's 8704 bytes; a multiple of 1024 bytes. On sm_90 x goes in by one 2-D
 // tensor copy per half plane and the unit by one bulk copy, completing on the stage's `full`
 // mbarrier; consumers release a stage on its `empty` mbarrier. With programmatic dependent launch
 // the weight copies of the first stages are issued before griddepcontrol.wait, so they overlap the
@@ -34,8 +32,8 @@ namespace cuda {
 constexpr int kAwqMaxStages = 12;
 
 template <int MT> __host__ __device__ constexpr int awqXPlaneBytes() { return MT * 8 * 128; }
-template <int MT, int TW = 1> __host__ __device__ constexpr int awqStageBytes() {
-  return (2 * awqXPlaneBytes<MT>() + TW * awqpack::kUnitBytes + 1023) / 1024 * 1024;
+template <int MT> __host__ __device__ constexpr int awqStageBytes() {
+  return (2 * awqXPlaneBytes<MT>() + awqpack::kUnitBytes + 1023) / 1024 * 1024;
 }
 // Byte offset in a stage of 16-byte chunk c (0..7) of x row m's half h: the copy engine's 128-byte
 // swizzle puts chunk c of a plane's row m at chunk c ^ (m % 8).
@@ -58,40 +56,27 @@ __device__ __forceinline__ void awqRingInit(uint64_t* full, uint64_t* empty, int
   fenceMbarInit();
 }
 
-// What the producer streams: work items [u0, u0 + n) (each one group of TW adjacent packed tiles,
-// tile-major) of the packed matrix `units` (after the header; `tiles` packed tiles of G groups),
+// What the producer streams: units [u0, u0 + n) of the packed matrix `units` (after the header),
 // x [M, K] (xMap on sm_90, x itself on sm_80), into S stages at `smem`.
 struct AwqStream {
   const unsigned char* units;
   const __half* x;
   const CUtensorMap* xMap;
-  int M, K, G, tiles, u0, n, S;
+  int M, K, G, u0, n, S;
 };
 
 // The producer warp's whole work (all 32 lanes call it).
-template <int MT, int TW = 1>
+template <int MT>
 __device__ __forceinline__ void awqProduce(const AwqStream& p, unsigned char* smem, uint64_t* full, uint64_t* empty,
                                            int lane) {
   using namespace awqpack;
-  constexpr int SB = awqStageBytes<MT, TW>(), WOFF = 2 * awqXPlaneBytes<MT>();
+  constexpr int SB = awqStageBytes<MT>(), WOFF = 2 * awqXPlaneBytes<MT>();
   const int S = p.S, G = p.G, n = p.n, u0 = p.u0;
   const int pro = min(S, n);
 #if __CUDA_ARCH__ >= 900
   auto weights = [&](int i, int s) {  // lane 0
-    mbarArriveExpectTx(&full[s], static_cast<uint32_t>(TW * kUnitBytes + 2 * awqXPlaneBytes<MT>()));
-    if constexpr (TW == 1) {
-      bulkCopyG2S(smem + s * SB + WOFF, p.units + static_cast<int64_t>(u0 + i) * kUnitBytes, kUnitBytes, &full[s]);
-    } else {
-      // Item v: group v % G of tiles TW (v / G) + j. A tile past the matrix's last one repeats the
-      // item's first tile: its columns are past N, so its sums are never stored.
-      const int v = u0 + i, wide = v / G, g = v - wide * G;
-#pragma unroll
-      for (int j = 0; j < TW; ++j) {
-        const int t = TW * wide + j < p.tiles ? TW * wide + j : TW * wide;
-        bulkCopyG2S(smem + s * SB + WOFF + j * kUnitBytes,
-                    p.units + (static_cast<int64_t>(t) * G + g) * kUnitBytes, kUnitBytes, &full[s]);
-      }
-    }
+    mbarArriveExpectTx(&full[s], static_cast<uint32_t>(kUnitBytes + 2 * awqXPlaneBytes<MT>()));
+    bulkCopyG2S(smem + s * SB + WOFF, p.units + static_cast<int64_t>(u0 + i) * kUnitBytes, kUnitBytes, &full[s]);
   };
   auto xRows = [&](int s, int g) {  // lane 0, after its expect_tx for this stage
     for (int h = 0; h < 2; ++h)
@@ -120,7 +105,6 @@ __device__ __forceinline__ void awqProduce(const AwqStream& p, unsigned char* sm
   }
 #else
   // sm_80: 16-byte cp.async by every lane, then one arrival per lane when its copies land.
-  static_assert(TW == 1, "wide tiles are the wgmma kernel's (sm_90a)");
   auto stage = [&](int i) {
     const int s = i % S, g = (u0 + i) % G;
     unsigned char* dst = smem + s * SB;
@@ -171,19 +155,19 @@ __device__ __forceinline__ void awqConsume(int u0, int n, int G, int S, uint64_t
 }
 
 // The stream-K grid of a launch with `bps` blocks per multiprocessor (a.sk.P) and its scratch:
-// two partial slots of `rows` x 128 TW fp32 per block, one zeroed counter per tile of TW packed
-// tiles (Ctx::splitK, Ctx::tickets). Args: the kernel's arguments (sk, partials, tickets, N).
+// two partial slots of `rows` x 128 fp32 per block, one zeroed counter per tile (Ctx::splitK,
+// Ctx::tickets). Args: the kernel's arguments (sk, partials, tickets, N).
 template <class Args>
-void awqStreamKGrid(const Ctx& c, Args& a, int bps, int rows, int TW = 1) {
+void awqStreamKGrid(const Ctx& c, Args& a, int bps, int rows) {
   a.sk.P = std::max(1, std::min(a.sk.units, bps * c.numSMs));
   // StreamK's 32-bit arithmetic: units x blocks must fit.
   if (static_cast<int64_t>(a.sk.units) * a.sk.P >= (int64_t{1} << 31))
     throw BackendError("awqLinear (CUDA): " + std::to_string(a.sk.units) + " units over " + std::to_string(a.sk.P) +
                        " blocks: past the stream-K schedule's 32-bit arithmetic");
   a.partials = static_cast<float*>(
-      c.splitK->get(static_cast<size_t>(2 * a.sk.P) * rows * TW * awqpack::kTileN * sizeof(float), c.stream));
+      c.splitK->get(static_cast<size_t>(2 * a.sk.P) * rows * awqpack::kTileN * sizeof(float), c.stream));
   a.tickets = static_cast<unsigned*>(
-      c.tickets->getZeroed(static_cast<size_t>(ceilDiv(awqpack::tiles(a.N), TW)) * sizeof(unsigned), c.stream));
+      c.tickets->getZeroed(static_cast<size_t>(awqpack::tiles(a.N)) * sizeof(unsigned), c.stream));
 }
 
 // x [M, K] f16 as a 2-D tensor map whose boxes are one half group: 64 columns x `boxRows` rows

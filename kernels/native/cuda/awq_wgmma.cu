@@ -23,12 +23,6 @@
 // 16tl + 4j + 2e1 + e0 (e = 2e1 + e0). A small kernel writes it before the matmul (M x K f16 read
 // and written once: ~2 MB at M = 64, K = 8192), with programmatic dependent launch on both sides.
 //
-// Wide tiles (TW = 2, from tuning().awqWgmmaWideMinM rows): a work item is one group of two
-// adjacent packed tiles, 256 columns; each warp owns n16 tile w of both units and keeps both
-// accumulator sets. Why: the stage's x (MT * 2 KB) crosses from L2 once for 256 columns instead
-// of once per 128, and from 32 rows x is most of a stage (at 128 rows 32 KB against 8.5 KB of
-// weights): the x reads, not the tensor cores, set the pace there.
-//
 // Accumulation is fp32; each output element's sum over k runs in a fixed order, the stream-K
 // fix-up too.
 #include <algorithm>
@@ -49,12 +43,7 @@ using namespace awqpack;
 
 constexpr int kConsumerWarps = 8;  // two warpgroups of 64 columns
 constexpr int kConsumers = kConsumerWarps * 32;
-// + the producer: one warp, or at 16 row tiles with wide tiles a whole warpgroup (one warp of it
-// copies) that hands its registers to the consumers: 2 x 64 accumulators and the fragments do
-// not fit the 168 registers a thread of 9 warps gets (ptxas serializes the MMAs).
-template <int MT, int TW> __host__ __device__ constexpr bool wgmmaProducerWarpgroup() { return MT == 16 && TW == 2; }
-template <int MT, int TW> __host__ __device__ constexpr int wgmmaThreads() { return kConsumers + (wgmmaProducerWarpgroup<MT, TW>() ? 128 : 32); }
-constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;  // (40 + 2 x 232) x 128 <= 65536
+constexpr int kThreads = kConsumers + 32;  // + the producer warp
 
 // xo = x with each half group's rows in the packed layout's k order (see above), by 32-bit words
 // (e0 pairs stay together: awqpack::xOrderedSource).
@@ -70,27 +59,24 @@ __global__ void awqOrderXKernel(const uint32_t* __restrict__ x, uint32_t* __rest
 struct WgmmaArgs {
   const unsigned char* w;  // packed: header + units
   void* out;               // [M, N] f16 or f32
-  float* partials;         // [2P][MT * 8][128 TW] fp32 stream-K partials
-  unsigned* tickets;       // [tiles / TW] counters, zero at launch, reset by the kernel
-  StreamK sk;              // items (wide tile by wide tile, group by group), P, G (= K / 128)
+  float* partials;         // [2P][MT * 8][128] fp32 stream-K partials
+  unsigned* tickets;       // [tiles] counters, zero at launch, reset by the kernel
+  StreamK sk;              // units (tile by tile, group by group), P, G (= K / 128)
   int M, K, N, stages;
   bool outF16;
 };
 
-// One block a multiprocessor where a thread's accumulators pass 32 (MT * 4 TW): its registers.
-template <int MT, int TW> __host__ __device__ constexpr int wgmmaMaxBlocksPerSM() { return MT * 4 * TW > 32 ? 1 : 2; }
-
 // xMap: xo [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows.
-template <int MT, int TW>
-__global__ void __launch_bounds__((wgmmaThreads<MT, TW>()), (wgmmaMaxBlocksPerSM<MT, TW>()))
-    awqWgmmaKernel(const WgmmaArgs a, const __grid_constant__ CUtensorMap xMap) {
+// Two blocks a multiprocessor, but one at MT = 16 (64 accumulators a thread).
+template <int MT>
+__global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(const WgmmaArgs a, const __grid_constant__ CUtensorMap xMap) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(128) unsigned char smemRaw[];
   // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
   unsigned char* smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
   __shared__ __align__(8) uint64_t full[kAwqMaxStages], empty[kAwqMaxStages];
   __shared__ int fixupFlag;
-  constexpr int SB = awqStageBytes<MT, TW>(), WOFF = 2 * awqXPlaneBytes<MT>(), TN = TW * kTileN;
+  constexpr int SB = awqStageBytes<MT>(), WOFF = 2 * awqXPlaneBytes<MT>();
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.x, S = a.stages, G = a.sk.G;
   const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
@@ -99,51 +85,42 @@ __global__ void __launch_bounds__((wgmmaThreads<MT, TW>()), (wgmmaMaxBlocksPerSM
   if (tid == 0) awqRingInit(full, empty, S, kConsumerWarps);
   __syncthreads();
 
-  if (warp >= kConsumerWarps) {  // the producer
-    if constexpr (wgmmaProducerWarpgroup<MT, TW>()) {
-      warpgroupRegistersDown<kProducerRegisters>();
-      if (warp != kConsumerWarps) return;
-    }
-    const AwqStream p{a.w + kHeaderBytes, nullptr, &xMap, a.M, a.K, G, static_cast<int>(tiles(a.N)), u0, n, S};
-    awqProduce<MT, TW>(p, smem, full, empty, lane);
+  if (warp == kConsumerWarps) {  // the producer
+    const AwqStream p{a.w + kHeaderBytes, nullptr, &xMap, a.M, a.K, G, u0, n, S};
+    awqProduce<MT>(p, smem, full, empty, lane);
     return;
   }
-  if constexpr (wgmmaProducerWarpgroup<MT, TW>()) warpgroupRegistersUp<kConsumerRegisters>();
 
   // ---- consumers ----
   pdlWait();  // outputs and partials are written only after the kernel before has finished
   const int gl = lane >> 2, tl = lane & 3;
-  const int colA = warp * 16 + gl;  // this lane's columns of each unit: colA and colA + 8
+  const int colA = warp * 16 + gl, colB = colA + 8;  // this lane's two columns of the unit
   const int e = static_cast<int>(reinterpret_cast<const uint32_t*>(a.w)[1]);
   const float outScale = exp2f(static_cast<float>(e));
-  float acc[TW][MT * 4];  // D fragments: [packed tile][row tile (8 rows of x)][column A / B x 2 rows]
+  float acc[MT * 4];  // D fragment: [row tile (8 rows of x)][column A / B x 2 rows]
 
   auto zero = [&]() {
 #pragma unroll
-    for (int j = 0; j < TW; ++j)
-#pragma unroll
-      for (int r = 0; r < MT * 4; ++r) acc[j][r] = 0.f;
+    for (int r = 0; r < MT * 4; ++r) acc[r] = 0.f;
   };
-  // End of this block's part of (wide) tile t, groups [g0, g1): the output, or a partial and the
-  // fix-up; then the accumulators start again from zero.
+  // End of this block's part of tile t, groups [g0, g1): the output, or a partial and the fix-up;
+  // then the accumulators start again from zero.
   auto flush = [&](int t, int g0, int g1) {
     const bool whole = g0 == 0 && g1 == G;
-    float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * TN;
+    float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
+    const int nA = t * kTileN + colA, nB = nA + 8;
 #pragma unroll
-    for (int j = 0; j < TW; ++j) {
-      const int cA = j * kTileN + colA, cB = cA + 8, nA = t * TN + cA, nB = nA + 8;
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          // D fragment r of row tile mt: column cA (r < 2) or cB, row mt*8 + 2tl + (r & 1).
-          const float v = acc[j][mt * 4 + r] * outScale;
-          streamKStore(whole, part, TN, mt * 8 + 2 * tl + (r & 1), r < 2 ? cA : cB, r < 2 ? nA : nB, a.out, a.outF16,
-                       a.M, a.N, v);
-        }
-    }
+      for (int r = 0; r < 4; ++r) {
+        // D fragment r of row tile mt: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1).
+        const float v = acc[mt * 4 + r] * outScale;
+        streamKStore(whole, part, kTileN, mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB, r < 2 ? nA : nB, a.out,
+                     a.outF16, a.M, a.N, v);
+      }
     if (!whole)
-      streamKFixup(a.sk, t, a.partials, MT * 8, TN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid, kConsumers);
+      streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
+                   kConsumers);
     zero();
   };
 
@@ -155,67 +132,28 @@ __global__ void __launch_bounds__((wgmmaThreads<MT, TW>()), (wgmmaMaxBlocksPerSM
   zero();
   awqConsume(u0, n, G, S, full, empty, lane, [&](int s) {
     const unsigned char* st = smem + s * SB;
-    const uint32_t desc = desc0 + static_cast<uint32_t>(wgmmaDescAdvance(s * SB));
-    auto xDesc = [&](int k) {  // k step k (half k / 4) of the stage's x
-      return desc + static_cast<uint32_t>(wgmmaDescAdvance((k >> 2) * awqXPlaneBytes<MT>() + (k & 3) * 32));
-    };
-    // This warp's weights of unit j (n16 tile `warp`): the words of k steps k0 .. k0 + KS - 1 (word
-    // i of half h's 16 bytes is k step 4h + i), and its columns' pairs.
-    auto weights = [&](int j, int k0, auto ks, uint32_t (&wv)[decltype(ks)::value]) {
-      const unsigned char* src = st + j * kUnitBytes + wOff + (k0 >> 2) * 32 * 16 + (k0 & 3) * 4;
-      if constexpr (decltype(ks)::value == 4) {
-        const uint4 q = *reinterpret_cast<const uint4*>(src);
-        wv[0] = q.x, wv[1] = q.y, wv[2] = q.z, wv[3] = q.w;
-      } else {
-        const uint2 q = *reinterpret_cast<const uint2*>(src);
-        wv[0] = q.x, wv[1] = q.y;
-      }
-    };
-    auto pairs = [&](int j, uint32_t (&mul)[2], uint32_t (&add)[2]) {
-      const uint32_t pa = *reinterpret_cast<const uint32_t*>(st + j * kUnitBytes + pOff);
-      const uint32_t pb = *reinterpret_cast<const uint32_t*>(st + j * kUnitBytes + pOff + 8 * 4);  // colB = colA + 8
-      mul[0] = awqPairMul2(pa), add[0] = awqPairAdd2(pa), mul[1] = awqPairMul2(pb), add[1] = awqPairAdd2(pb);
-    };
-    // The A fragment of a k step from its word of weights.
-    auto dequant = [&](uint32_t w, const uint32_t (&mul)[2], const uint32_t (&add)[2], uint32_t (&af)[4]) {
+    // This warp's weights (n16 tile `warp`, both halves of the group) and its columns' pairs.
+    const uint4 wq0 = *reinterpret_cast<const uint4*>(st + wOff);
+    const uint4 wq1 = *reinterpret_cast<const uint4*>(st + wOff + 32 * 16);
+    const uint32_t pa = *reinterpret_cast<const uint32_t*>(st + pOff);
+    const uint32_t pb = *reinterpret_cast<const uint32_t*>(st + pOff + 8 * 4);  // column colB = colA + 8
+    const uint32_t mA = awqPairMul2(pa), dA = awqPairAdd2(pa), mB = awqPairMul2(pb), dB = awqPairAdd2(pb);
+    const uint32_t wv[8] = {wq0.x, wq0.y, wq0.z, wq0.w, wq1.x, wq1.y, wq1.z, wq1.w};
+    uint32_t af[8][4];  // k step 4h + j: half h, register j of the lane's 16 bytes
 #pragma unroll
-      for (int r = 0; r < 4; ++r) af[r] = awqDequantPair(fragNibbles(w, r), mul[r & 1], add[r & 1]);
-    };
-    if constexpr (TW == 1) {
-      // All 8 k steps' fragments, then the unit's 8 MMAs as one group.
-      uint32_t mul[2], add[2], wv[2][4], af[8][4];
-      pairs(0, mul, add);
-      weights(0, 0, std::integral_constant<int, 4>{}, wv[0]);
-      weights(0, 4, std::integral_constant<int, 4>{}, wv[1]);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) dequant(wv[k >> 2][k & 3], mul, add, af[k]);
-      wgmmaFence();  // the A fragments (and, after a flush, the zeroed accumulators) are ordinary writes
-#pragma unroll
-      for (int k = 0; k < 8; ++k) wgmmaRegA<MT * 8>(acc[0], af[k], xDesc(k));
-      wgmmaCommit();
-    } else {
-      // Groups of KS k steps, unit by unit within each run of k steps: each group's fragments are
-      // made while the group before runs, and the group before that is waited for first, so two
-      // sets of fragments are live, not all of the stage's (the accumulators of both units take
-      // the rest of the registers: with every fragment live, ptxas serializes the MMAs).
-      constexpr int KS = 4;
-      uint32_t mul[TW][2], add[TW][2], af[2][KS][4];
-#pragma unroll
-      for (int j = 0; j < TW; ++j) pairs(j, mul[j], add[j]);
-#pragma unroll
-      for (int q = 0; q < 8 / KS * TW; ++q) {
-        const int k0 = q / TW * KS, j = q % TW;
-        uint32_t wv[KS];
-        weights(j, k0, std::integral_constant<int, KS>{}, wv);
-#pragma unroll
-        for (int i = 0; i < KS; ++i) dequant(wv[i], mul[j], add[j], af[q & 1][i]);
-        wgmmaFence();
-#pragma unroll
-        for (int i = 0; i < KS; ++i) wgmmaRegA<MT * 8>(acc[j], af[q & 1][i], xDesc(k0 + i));
-        wgmmaCommit();
-        if (q + 1 < 8 / KS * TW) wgmmaWait<1>();  // the group before is done: its fragments are free
-      }
+    for (int k = 0; k < 8; ++k) {
+      af[k][0] = awqDequantPair(fragNibbles(wv[k], 0), mA, dA);
+      af[k][1] = awqDequantPair(fragNibbles(wv[k], 1), mB, dB);
+      af[k][2] = awqDequantPair(fragNibbles(wv[k], 2), mA, dA);
+      af[k][3] = awqDequantPair(fragNibbles(wv[k], 3), mB, dB);
     }
+    const uint32_t desc = desc0 + static_cast<uint32_t>(wgmmaDescAdvance(s * SB));
+    wgmmaFence();  // the A fragments (and, after a flush, the zeroed accumulators) are ordinary writes
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      wgmmaRegA<MT * 8>(acc, af[k],
+                        desc + static_cast<uint32_t>(wgmmaDescAdvance((k >> 2) * awqXPlaneBytes<MT>() + (k & 3) * 32)));
+    wgmmaCommit();
     wgmmaWait<0>();  // the stage's x and the A registers are free again
   }, flush);
 #else
@@ -223,16 +161,15 @@ __global__ void __launch_bounds__((wgmmaThreads<MT, TW>()), (wgmmaMaxBlocksPerSM
 #endif
 }
 
-template <int MT, int TW>
+template <int MT>
 void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
-  const auto kernel = awqWgmmaKernel<MT, TW>;
-  constexpr int SB = awqStageBytes<MT, TW>();
-  int bps = std::max(1, std::min(wgmmaMaxBlocksPerSM<MT, TW>(), tuning().awqWgmmaBlocksPerSM));
-  // The ring: as deep as the shared memory of bps blocks per multiprocessor allows (228 KB an SM,
-  // 1 KB of it reserved per block, 227 KB at most for one block; the barriers' static bytes beside).
-  constexpr int kSmemPerSM = 228 * 1024, kPerBlockMax = 227 * 1024, kStatic = 256;
-  const int budget = std::min(kPerBlockMax, kSmemPerSM / bps - 1024) - kStatic - 1024;  // - the alignment slack
-  const int stages = std::max(2, std::min(kAwqMaxStages, budget / SB));
+  const auto kernel = awqWgmmaKernel<MT>;
+  const Tuning& tu = tuning();
+  constexpr int SB = awqStageBytes<MT>();
+  int bps = MT == 16 ? 1 : std::max(1, std::min(2, tu.awqWgmmaBlocksPerSM));
+  // The ring: as deep as the shared memory of bps blocks per multiprocessor allows.
+  constexpr int kSmemPerSM = 220 * 1024;
+  const int stages = std::max(2, std::min(kAwqMaxStages, (kSmemPerSM / bps - 1024) / SB));
   const size_t smem = static_cast<size_t>(stages) * SB + 1024;  // + the alignment slack
   static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
   if (smem > attr) {
@@ -240,28 +177,13 @@ void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
     attr = smem;
   }
   int resident = 0;
-  MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, wgmmaThreads<MT, TW>(), smem));
+  MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem));
   bps = std::max(1, std::min(bps, resident));
   a.stages = stages;
-  a.sk.units = static_cast<int>(ceilDiv(tiles(a.N), TW)) * a.sk.G;
-  awqStreamKGrid(c, a, bps, MT * 8, TW);
+  awqStreamKGrid(c, a, bps, MT * 8);
 
   const CUtensorMap xMap = awqXTensorMap(xo, a.M, a.K, MT * 8, "awqLinear (CUDA wgmma)");
-  launchKernel(c, kernel, static_cast<unsigned>(a.sk.P), wgmmaThreads<MT, TW>(), smem, a, xMap);
-}
-
-// The one choice of kernel for an M-row launch: f(integral_constant<MT>, integral_constant<TW>).
-template <class F>
-void withWgmmaKernel(int M, F f) {
-  const int wideMin = tuning().awqWgmmaWideMinM;
-  const bool wide = wideMin > 0 && M >= wideMin;
-  using One = std::integral_constant<int, 1>;
-  using Two = std::integral_constant<int, 2>;
-  if (M <= 8) f(std::integral_constant<int, 1>{}, One{});  // one row tile: x is a sliver of the stage
-  else if (M <= 16) wide ? f(std::integral_constant<int, 2>{}, Two{}) : f(std::integral_constant<int, 2>{}, One{});
-  else if (M <= 32) wide ? f(std::integral_constant<int, 4>{}, Two{}) : f(std::integral_constant<int, 4>{}, One{});
-  else if (M <= 64) wide ? f(std::integral_constant<int, 8>{}, Two{}) : f(std::integral_constant<int, 8>{}, One{});
-  else wide ? f(std::integral_constant<int, 16>{}, Two{}) : f(std::integral_constant<int, 16>{}, One{});
+  launchKernel(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
 }
 
 }  // namespace
@@ -290,7 +212,12 @@ void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out
   a.K = w.K;
   a.N = w.N;
   a.sk.G = w.K / kGroup;
-  withWgmmaKernel(M, [&](auto mt, auto tw) { wgmmaT<decltype(mt)::value, decltype(tw)::value>(c, a, xo); });
+  a.sk.units = static_cast<int>(units(w.K, w.N));
+  if (M <= 8) wgmmaT<1>(c, a, xo);
+  else if (M <= 16) wgmmaT<2>(c, a, xo);
+  else if (M <= 32) wgmmaT<4>(c, a, xo);
+  else if (M <= 64) wgmmaT<8>(c, a, xo);
+  else wgmmaT<16>(c, a, xo);
 }
 
 }  // namespace cuda

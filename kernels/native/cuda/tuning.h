@@ -36,11 +36,8 @@ struct Tuning {
   // 0.222 / 0.244, 32 0.228 / 0.249, 48 0.283 / 0.352, 64 0.292 / 0.368, 128 0.433 / 0.754.
   int awqWgmmaMinM = 17;
   // Blocks of the wgmma kernel per multiprocessor (each 8 consumer warps + 1 producer warp), 1..2
-  // (always 1 above 64 rows and with wide tiles from 32: their accumulators).
+  // (always 1 above 64 rows).
   int awqWgmmaBlocksPerSM = 2;
-  // From this M (9 and up), the wgmma kernel's tiles are 256 columns wide: x crosses from L2 once
-  // for two packed tiles (awq_wgmma.cu); 0: never.
-  int awqWgmmaWideMinM = 0;
   // Programmatic dependent launch (sm_90) for every kernel launchKernel starts (common.cuh): its
   // blocks start while the kernel before finishes (the AWQ matmuls prefetch their first weight
   // stages meanwhile).
@@ -63,7 +60,7 @@ Tuning& tuning();
 
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
 // MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d,
-// MEDCLUSTER_AWQ_WGMMA_MIN_M=N, MEDCLUSTER_AWQ_WGMMA_BLOCKS=N, MEDCLUSTER_AWQ_WGMMA_WIDE_MIN_M=N,
+// MEDCLUSTER_AWQ_WGMMA_MIN_M=N, MEDCLUSTER_AWQ_WGMMA_BLOCKS=N,
 // MEDCLUSTER_ATTN_DECODE_BLOCKS=N, MEDCLUSTER_DETERMINISTIC=1);
 // called when a backend is created.
 void applyTuningEnv();

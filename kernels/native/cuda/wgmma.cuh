@@ -32,20 +32,6 @@ template <int N> __device__ __forceinline__ void wgmmaWait() {
 #endif
 }
 
-// A warpgroup's registers per thread moved to `R` (a multiple of 8, 24..256): every warp of the
-// warpgroup executes it. A producer warpgroup gives registers back, its consumers take them, so
-// a block's consumers can hold more than the launch's per-thread share.
-template <int R> __device__ __forceinline__ void warpgroupRegistersDown() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
-#endif
-}
-template <int R> __device__ __forceinline__ void warpgroupRegistersUp() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R));
-#endif
-}
-
 // The descriptor of a K-major B operand in the 128-byte swizzle (what a 2-D tensor copy with
 // CU_TENSOR_MAP_SWIZZLE_128B writes): rows of 128 bytes (64 f16 of k), the swizzle's 8-row atoms
 // 1024 bytes apart (the stride byte offset), the leading byte offset unused (one k step of 16
