@@ -5,7 +5,8 @@
 //   ./medcluster-gpu-check --json PATH     also write the benchmark as JSON (bench kernels --device cuda)
 //   ./medcluster-gpu-check --e2e           the 80-layer C++ decode/prefill loop (e2e.cu)
 // Benchmark environment: MC_BENCH_QUICK=1 (tp=1 shapes, M <= 64, no cuBLAS), MC_BENCH_MS=1,4,16
-// (the M values), MC_BENCH_TP1=1 (tp=1 shapes only), MC_BENCH_ATTENTION_ONLY=1 (the decode attention rows only).
+// (the M values), MC_BENCH_TP1=1 (tp=1 shapes only), MC_BENCH_ATTENTION_ONLY=1 (the decode attention rows only),
+// MC_BENCH_GATED=1 (gate_up packed gated: its silu(gate) * up epilogue, as the worker runs it).
 //
 // Every check bounds each element, |got - ref| <= atol + rtol |ref| with atol a multiple of the
 // reference's RMS (a check of an fp16 kernel cannot bound elements near zero relatively), and the
@@ -143,9 +144,11 @@ static uint32_t hostPair(uint16_t s, int z, int e) {
 
 // The packed bytes against the AutoAWQ tensors they came from: every nibble, every column's
 // pair (its scale and zero folded), the zero padding past N, and the header (largest |scale|,
-// shift). Returns the mismatches.
+// shift); gated: each packed column against the AutoAWQ column it pairs (ap::sourceColumn).
+// Returns the mismatches.
 static int64_t verifyPacked(const std::vector<uint32_t>& qw, const std::vector<uint32_t>& qz,
-                            const std::vector<uint16_t>& sc, const std::vector<uint8_t>& pk, int K, int N) {
+                            const std::vector<uint16_t>& sc, const std::vector<uint8_t>& pk, int K, int N,
+                            bool gated = false) {
   const int W = N / 8, G = K / ap::kGroup;
   const int64_t U = ap::units(K, N);
   uint32_t maxBits = 0, hdr[2];
@@ -164,16 +167,16 @@ static int64_t verifyPacked(const std::vector<uint32_t>& qw, const std::vector<u
         for (int bit = 0; bit < 32; bit += 4) {
           int kr, c;
           ap::weightAt(word, bit, kr, c);
-          const int n = t * ap::kTileN + c;
-          const int want = n < N ? nib(qw[(size_t)(g * ap::kGroup + kr) * W + n / 8], n) : 0;
+          const int n = t * ap::kTileN + c, sn = n < N ? ap::sourceColumn(n, N, gated) : 0;
+          const int want = n < N ? nib(qw[(size_t)(g * ap::kGroup + kr) * W + sn / 8], sn) : 0;
           mine += ((v >> bit) & 15) != (uint32_t)want;
         }
       }
       for (int c = 0; c < ap::kTileN; ++c) {
-        const int n = t * ap::kTileN + c;
+        const int n = t * ap::kTileN + c, sn = n < N ? ap::sourceColumn(n, N, gated) : 0;
         uint32_t pair;
         memcpy(&pair, unit + ap::kPairOffset + 4 * c, 4);
-        mine += pair != (n < N ? hostPair(sc[(size_t)g * N + n], nib(qz[(size_t)g * W + n / 8], n), e) : 0u);
+        mine += pair != (n < N ? hostPair(sc[(size_t)g * N + sn], nib(qz[(size_t)g * W + sn / 8], sn), e) : 0u);
       }
     }
     bad += mine;
@@ -185,7 +188,7 @@ struct Packed {
   PackedAwqWeights w;
   std::vector<uint8_t> host;  // the packed bytes, when read back
 };
-static Packed packOnDevice(Backend& b, const AwqWeights& src, int K, int N, bool readBack) {
+static Packed packOnDevice(Backend& b, const AwqWeights& src, int K, int N, bool readBack, bool gated = false) {
   auto buf = b.alloc(ap::packedBytes(K, N));
   keep.push_back(buf);
   Packed p;
@@ -193,7 +196,8 @@ static Packed packOnDevice(Backend& b, const AwqWeights& src, int K, int N, bool
   p.w.K = K;
   p.w.N = N;
   p.w.groupSize = 128;
-  b.awqPack(src, p.w.packed);
+  p.w.gated = gated;
+  b.awqPack(src, p.w.packed, gated);
   if (readBack) {
     p.host.resize(ap::packedBytes(K, N));
     b.download(*buf, p.host.data(), p.host.size());
@@ -202,9 +206,10 @@ static Packed packOnDevice(Backend& b, const AwqWeights& src, int K, int N, bool
 }
 
 // One AWQ matmul against float64: fresh random int4 weights and zeros, scales in [lo, hi),
-// x in [-1, 1); the packed copy is checked against the AutoAWQ tensors first.
+// x in [-1, 1); the packed copy is checked against the AutoAWQ tensors first. Gated: the matrix
+// is [gate | up], packed gated, and the output f16 [M, N/2] = silu(gate) * up.
 static void checkAwq(Backend& b, int M, int K, int N, DType odt, const char* note = "", int reps = 2,
-                     float sLo = 0.001f, float sHi = 0.02f) {
+                     float sLo = 0.001f, float sHi = 0.02f, bool gated = false) {
   std::vector<uint32_t> qw((size_t)K * N / 8), qz((size_t)K / 128 * N / 8);
   for (auto& w : qw) w = (uint32_t)rng();
   for (auto& w : qz) w = (uint32_t)rng();
@@ -215,8 +220,8 @@ static void checkAwq(Backend& b, int M, int K, int N, DType odt, const char* not
   w.qweight = up(b, qw, DType::I32, {K, N / 8});
   w.qzeros = up(b, qz, DType::I32, {K / 128, N / 8});
   w.scales = up(b, sc, DType::F16, {K / 128, N});
-  Packed p = packOnDevice(b, w, K, N, true);
-  const int64_t bad = verifyPacked(qw, qz, sc, p.host, K, N);
+  Packed p = packOnDevice(b, w, K, N, true, gated);
+  const int64_t bad = verifyPacked(qw, qz, sc, p.host, K, N, gated);
   View xv = up(b, x, DType::F16, {M, K});
   // float64 reference, columns split across the host's cores
   std::vector<double> ref((size_t)M * N, 0.0);
@@ -234,12 +239,22 @@ static void checkAwq(Backend& b, int M, int K, int N, DType odt, const char* not
       }
     }
   });
+  const int No = gated ? N / 2 : N;  // output columns
+  if (gated) {
+    std::vector<double> g((size_t)M * No);
+    for (int m = 0; m < M; ++m)
+      for (int o = 0; o < No; ++o) {
+        const double gate = ref[(size_t)m * N + o], up = ref[(size_t)m * N + No + o];
+        g[(size_t)m * No + o] = gate / (1.0 + std::exp(-gate)) * up;
+      }
+    ref.swap(g);
+  }
   for (int rep = 0; rep < reps; ++rep) {  // twice: the stream-K tickets must reset themselves
-    View out = poisoned(b, (size_t)M * N * dtypeSize(odt), odt, {M, N});
+    View out = poisoned(b, (size_t)M * No * dtypeSize(odt), odt, {M, No});
     b.awqLinearPacked(xv, p.w, out);
     char name[160];
-    snprintf(name, sizeof name, "awqLinear M=%d K=%d N=%d out=%s%s%s", M, K, N, dtypeName(odt), note,
-             rep ? " (again)" : "");
+    snprintf(name, sizeof name, "awq%s M=%d K=%d N=%d out=%s%s%s", gated ? "SiluGate" : "Linear", M, K, N,
+             dtypeName(odt), note, rep ? " (again)" : "");
     if (rep == 0 && bad) {
       verdict(false);
       printf("FAIL packAwq K=%d N=%d: %lld mismatches against the AutoAWQ tensors\n", K, N, (long long)bad);
@@ -324,12 +339,13 @@ static void checkAwqAll(Backend& b) {
   if (getenv("MC_CHECK_SKIP_PACK_SHAPES")) printf("   (skipped: MC_CHECK_SKIP_PACK_SHAPES)\n");
   else checkPackShapes(b);
   printf("-- the GEMV's tuned blocks per SM reside (registers and shared memory; a launch caps the grid at what does)\n");
-  for (int M : {1, 8, 16, 32, 64}) {
-    const cuda::GemvOccupancy o = cuda::awqGemvOccupancy(M);
-    verdict(o.resident >= o.tuned);
-    printf("%-4s GEMV M=%d: %d blocks/SM resident, %d tuned\n", o.resident >= o.tuned ? "ok" : "FAIL", M, o.resident,
-           o.tuned);
-  }
+  for (bool gated : {false, true})
+    for (int M : {1, 8, 16, 32, 64}) {
+      const cuda::GemvOccupancy o = cuda::awqGemvOccupancy(M, gated);
+      verdict(o.resident >= o.tuned);
+      printf("%-4s GEMV M=%d%s: %d blocks/SM resident, %d tuned\n", o.resident >= o.tuned ? "ok" : "FAIL", M,
+             gated ? " (gated)" : "", o.resident, o.tuned);
+    }
   printf("-- awqLinear, GEMV (M <= 64 per launch): every row-tile count and switch point (8/9, 16/17, 32/33, 64/65),\n"
          "   K of 1..224 groups, N not a multiple of the 128-column tile, fewer units than blocks and many more,\n"
          "   passes of 64 rows (cuBLAS off), f16 and f32 out, each call twice (self-resetting tickets)\n");
@@ -376,6 +392,36 @@ static void checkAwqAll(Backend& b) {
     tu.awqWgmmaMinM = defaults.awqWgmmaMinM;
   } else {
     printf("   (the wgmma kernel: not on compute capability %d.%d)\n", major, minor);
+  }
+  {
+    printf("-- the gated matmul: [gate | up] packed gated, out = silu(gate) * up from the epilogue (GEMV, wgmma,\n"
+           "   deterministic; whole tiles and the fix-up's pairs), or from cuBLAS's sums and a paired siluMul\n");
+    auto gated = [&](int M, int K, int N, const char* note) {
+      checkAwq(b, M, K, N, DType::F16, note, 2, 0.001f, 0.02f, true);
+    };
+    const int gshapes[][3] = {{1, 8192, 2048}, {1, 1024, 1040}, {3, 640, 4096}, {8, 2048, 1168}, {16, 1152, 784},
+                              {24, 2048, 1040}, {33, 384, 1056}, {64, 4096, 288}, {5, 640, 16}, {4, 8192, 28672}};
+    tu.awqDequantMinM = 0;
+    tu.awqWgmmaMinM = 0;
+    for (auto& s : gshapes) gated(s[0], s[1], s[2], " GEMV");
+    if (major * 10 + minor == 90) {
+      tu.awqWgmmaMinM = 1;
+      for (auto& s : gshapes) gated(s[0], s[1], s[2], " wgmma");
+      gated(128, 2048, 1040, " wgmma");
+      gated(200, 1024, 784, " wgmma");
+      tu.awqWgmmaMinM = defaults.awqWgmmaMinM;
+    }
+    tu.deterministic = true;
+    gated(1, 8192, 1024, " deterministic");
+    gated(24, 2048, 1168, " deterministic");
+    gated(64, 1024, 528, " deterministic");
+    tu.deterministic = false;
+    tu.awqDequantMinM = 256;
+    gated(256, 1024, 2048, " dequant+cuBLAS");
+    gated(300, 768, 1552, " dequant+cuBLAS");
+    tu = defaults;
+    tu.awqDequantMinM = 0;
+    tu.awqWgmmaMinM = 0;
   }
   printf("-- scales >= 0.25 (s * 2^18 past f16: the power-of-two shift)\n");
   checkAwq(b, 1, 1024, 1024, DType::F32, " scales to 4", 1, 0.01f, 4.f);
@@ -913,6 +959,8 @@ static void bench(Backend& b, const char* jsonPath) {
     for (const char* p = e; *p;) { Ms.push_back(atoi(p)); while (*p && *p != ',') ++p; if (*p) ++p; }
   }
   const int nSets = quick || getenv("MC_BENCH_TP1") ? 1 : 2;
+  // MC_BENCH_GATED=1: gate_up packed gated, as the worker runs it (out [M, N/2] = silu(gate) * up).
+  const bool gatedGateUp = getenv("MC_BENCH_GATED") != nullptr;
   cuda::Tuning& tu = cuda::tuning();
   printf("AWQ tuning: dequant+cuBLAS from M=%d, GEMV blocks/SM %d/%d/%d/%d, stages %d/%d/%d/%d, "
          "wgmma from M=%d (%d blocks/SM), PDL %s%s\n",
@@ -960,7 +1008,8 @@ static void bench(Backend& b, const char* jsonPath) {
           ws[r].packed = View{p->data, DType::I32, {(int64_t)pb / 4}};
           ws[r].K = sh.K;
           ws[r].N = sh.N;
-          b.awqPack(src, ws[r].packed);
+          ws[r].gated = gatedGateUp && std::string(sh.name).rfind("gate_up", 0) == 0;
+          b.awqPack(src, ws[r].packed, ws[r].gated);
           bufs.push_back(p);
         }
         b.synchronize();
@@ -979,7 +1028,7 @@ static void bench(Backend& b, const char* jsonPath) {
       MC_CUDA(cudaGetLastError());
       for (size_t mi = 0; mi < Ms.size(); ++mi) {
         const int M = Ms[mi];
-        View xv{x->data, DType::F16, {M, sh.K}}, ov{outb->data, DType::F16, {M, sh.N}};
+        View xv{x->data, DType::F16, {M, sh.K}}, ov{outb->data, DType::F16, {M, ws[0].gated ? sh.N / 2 : sh.N}};
         auto call = [&](int i) { b.awqLinearPacked(xv, ws[i % R], ov); };
         const float ms = timeIt(s, 20, call);
         const float chain = timeChain(s, 20, call);

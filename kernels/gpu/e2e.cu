@@ -76,8 +76,9 @@ struct Layer {
   View ln1, ln2, kc, vc;
 };
 
-// Random AutoAWQ tensors, packed; the AutoAWQ copies are freed.
-PackedAwqWeights makeAwq(Ctx& c, int K, int N, const std::vector<uint16_t>& scalePat) {
+// Random AutoAWQ tensors, packed (gated: as the MLP's [gate | up], for the gated matmul); the
+// AutoAWQ copies are freed.
+PackedAwqWeights makeAwq(Ctx& c, int K, int N, const std::vector<uint16_t>& scalePat, bool gated = false) {
   AwqWeights w;
   const size_t mark = c.keep.size();
   w.qweight = c.random(DType::I32, {K, N / 8});
@@ -87,8 +88,9 @@ PackedAwqWeights makeAwq(Ctx& c, int K, int N, const std::vector<uint16_t>& scal
   PackedAwqWeights p;
   p.K = K;
   p.N = N;
+  p.gated = gated;
   p.packed = c.alloc(DType::I32, {awqpack::packedBytes(K, N) / 4});
-  c.b.awqPack(w, p.packed);
+  c.b.awqPack(w, p.packed, gated);
   c.b.synchronize();
   c.keep.erase(c.keep.begin() + mark, c.keep.end() - 1);  // keep the packed buffer only
   return p;
@@ -194,9 +196,14 @@ static void step(Model& M, Backend& b, int T, int S, int maxBlocks, int nRows, b
     mark(M, C_O);
     b.addRmsNorm(x, o, Ly.ln2, EPS, hN);
     mark(M, C_NORM);
-    mm(hN, Ly.gateUp, gateUp, H, 2 * I);
-    mark(M, C_GATEUP);
-    b.siluMul(gateUp, m);
+    if (useFp16) {
+      mm(hN, Ly.gateUp, gateUp, H, 2 * I);
+      mark(M, C_GATEUP);
+      b.siluMul(gateUp, m);
+    } else {  // the gated matmul: silu(gate) * up in its epilogue, as the worker runs it
+      b.awqLinearPacked(hN, Ly.gateUp, m);
+      mark(M, C_GATEUP);
+    }
     mark(M, C_SILU);
     mm(m, Ly.down, d, I, H);
     mark(M, C_DOWN);
@@ -307,7 +314,7 @@ int runE2E(Backend& b) {
     Layer& Ly = M.layers[l];
     Ly.qkv = makeAwq(c, H, (NH + 2 * NKV) * HD, scalePat);
     Ly.o = makeAwq(c, NH * HD, H, scalePat);
-    Ly.gateUp = makeAwq(c, H, 2 * I, scalePat);
+    Ly.gateUp = makeAwq(c, H, 2 * I, scalePat, true);
     Ly.down = makeAwq(c, I, H, scalePat);
     Ly.ln1 = c.alloc(DType::F16, {H}); c.fill(Ly.ln1, normPat);
     Ly.ln2 = c.alloc(DType::F16, {H}); c.fill(Ly.ln2, normPat);

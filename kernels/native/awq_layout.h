@@ -41,6 +41,13 @@
 // any |s| < 0.25): the kernels multiply their fp32 results by 2^e. Columns past N (the last tile
 // of an N that is not a multiple of 128) are zero, their pairs too.
 //
+// A gated pack (the fused gate / up matrix [gate | up] of N = 2I columns, for the matmul whose
+// epilogue applies silu(gate) * up) puts the columns in pairs of runs of 8: packed columns
+// 16j .. 16j + 7 are gate columns 8j .. 8j + 7, packed 16j + 8 .. 16j + 15 the same up columns
+// (source columns I + 8j ..). Every kernel lane holds packed columns nA and nA + 8 of the same
+// rows (see "Fragment order"): a gate value and its up value meet in one thread's registers.
+// Output column o of the gated matmul is gate column o: packed column 16 (o / 8) + o % 8.
+//
 // Everything here is plain integer arithmetic, shared by the pack, matmul and dequantization
 // kernels, the check program's host reference, and the host-only layout test.
 //
@@ -117,6 +124,15 @@ MC_HD uint32_t fragRawNibbles(uint32_t word, int i) {
 // step's 16, which register j of lane tl's weights holds at e = 2 e1 + 0, 1: physical rows
 // 16 tl + 4 j + 2 e1 + 0, 1 (see "Fragment order" above).
 MC_HD int xOrderedSource(int q) { return 8 * (q & 3) + 2 * (q >> 3) + ((q >> 2) & 1); }
+
+// The AutoAWQ column that packed column n holds: n itself, or in a gated pack of N columns
+// (N a multiple of 16) the pairing of runs above.
+MC_HD int sourceColumn(int n, int N, bool gated) {
+  if (!gated) return n;
+  return (n >> 4) * 8 + (n & 7) + ((n & 8) ? N / 2 : 0);
+}
+// The gated matmul's output column (0 .. N/2 - 1) of packed gate column n (n % 16 < 8).
+MC_HD int gatedOutColumn(int n) { return (n >> 4) * 8 + (n & 7); }
 
 // The AutoAWQ layout (MODEL.md): nibble i of qweight word [k][n/8] holds column 8(n/8) + order[i].
 MC_HD int autoAwqShift(int n) {

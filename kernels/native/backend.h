@@ -64,6 +64,9 @@ struct PackedAwqWeights {
   View packed;  // awqpack::packedBytes(K, N) bytes
   int64_t K = 0, N = 0;
   int64_t groupSize = 128;
+  // The fused gate / up matrix packed with its columns paired (awq_layout.h): awqLinearPacked
+  // writes silu(gate) * up, f16 [T, N/2], not the N columns.
+  bool gated = false;
 };
 
 // Attention geometry for one op call.
@@ -120,15 +123,17 @@ class Backend {
   // out [T, N] (f16 or f32) = x f16 [T, K] @ dequant(w) [K, N], fp32 accumulation, on weights
   // in the AutoAWQ layout (the CPU backend's) ...
   virtual void awqLinear(const View& x, const AwqWeights& w, const View& out) = 0;
-  // ... or packed at load (the CUDA backend's). A backend implements the layout it reads.
+  // ... or packed at load (the CUDA backend's), gated (w.gated: out f16 [T, N/2] = silu(x @ gate) *
+  // (x @ up), the epilogue of one matmul). A backend implements the layout it reads.
   virtual void awqLinearPacked(const View& x, const PackedAwqWeights& w, const View& out) {
     (void)x; (void)w; (void)out;
     throw BackendError("awqLinear: the " + name() + " backend reads the AutoAWQ layout, not packed weights");
   }
-  // Writes src, repacked, into dst (awqpack::packedBytes(K, N) bytes). Only backends whose
-  // kernels read the packed layout implement it.
-  virtual void awqPack(const AwqWeights& src, const View& dst) {
-    (void)src; (void)dst;
+  // Writes src, repacked, into dst (awqpack::packedBytes(K, N) bytes); gated: src is the fused
+  // [gate | up] matrix, its columns paired for the gated matmul. Only backends whose kernels read
+  // the packed layout implement it.
+  virtual void awqPack(const AwqWeights& src, const View& dst, bool gated) {
+    (void)src; (void)dst; (void)gated;
     throw BackendError("packAwq: the " + name() + " backend reads the AutoAWQ layout; nothing to pack");
   }
   // out [T, N] (f16 or f32) = x f16 [T, K] @ w f16 [N, K]^T (nn.Linear layout), fp32 accumulation.

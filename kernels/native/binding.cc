@@ -450,30 +450,32 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     });
   }
 
-  // packAwq(qweight, qzeros, scales, groupSize): the weights in the packed layout
-  // (awq_layout.h), as an i32 [words] tensor.
+  // packAwq(qweight, qzeros, scales, groupSize, gated): the weights in the packed layout
+  // (awq_layout.h), as an i32 [words] tensor; gated: the fused [gate | up] matrix, its columns paired.
   Napi::Value PackAwq(const Napi::CallbackInfo& info) {
     SlotPtr qw = slotArg(info[0]), qz = slotArg(info[1]), sc = slotArg(info[2]);
     const int64_t group = info[3].As<Napi::Number>().Int64Value();
+    const bool gated = info[4].As<Napi::Boolean>().Value();
     const int64_t K = qw->shape[0], N = sc->shape[1];
     const int64_t words = awqpack::packedBytes(K, N) / 4;
     auto out = std::make_shared<Slot>(DType::I32, std::vector<int64_t>{words});
     return NewTensor(info, out, "packAwq", [=](const std::shared_ptr<Backend>& b) {
       AwqWeights w{qw->view(b), qz->view(b), sc->view(b), group};
-      b->awqPack(w, out->view(b));
+      b->awqPack(w, out->view(b), gated);
     });
   }
 
-  // awqLinearPacked(x, packed, K, N, groupSize, outDtype)
+  // awqLinearPacked(x, packed, K, N, groupSize, outDtype, gated): gated, the [T, N/2] of silu(gate) * up
   Napi::Value AwqLinearPacked(const Napi::CallbackInfo& info) {
     SlotPtr x = slotArg(info[0]), packed = slotArg(info[1]);
     const int64_t K = info[2].As<Napi::Number>().Int64Value(), N = info[3].As<Napi::Number>().Int64Value();
     const int64_t group = info[4].As<Napi::Number>().Int64Value();
+    const bool gated = info[6].As<Napi::Boolean>().Value();
     if (static_cast<int64_t>(packed->bytes) < awqpack::packedBytes(K, N))
       throw Napi::Error::New(info.Env(), "awqLinear: the packed tensor is smaller than a K x N matrix");
-    auto out = std::make_shared<Slot>(dtypeArg(info[5]), std::vector<int64_t>{x->shape[0], N});
-    return NewTensor(info, out, "awqLinear", [=](const std::shared_ptr<Backend>& b) {
-      PackedAwqWeights w{packed->view(b), K, N, group};
+    auto out = std::make_shared<Slot>(dtypeArg(info[5]), std::vector<int64_t>{x->shape[0], gated ? N / 2 : N});
+    return NewTensor(info, out, gated ? "awqSiluGate" : "awqLinear", [=](const std::shared_ptr<Backend>& b) {
+      PackedAwqWeights w{packed->view(b), K, N, group, gated};
       b->awqLinearPacked(x->view(b), w, out->view(b));
     });
   }
@@ -987,8 +989,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                 const int64_t K = info[0].As<Napi::Number>().Int64Value(), N = info[1].As<Napi::Number>().Int64Value();
                 return Napi::Number::New(info.Env(), static_cast<double>(awqpack::packedBytes(K, N) / 4));
               }));
-  // 3: packAwq, awqLinearPacked, awqPackedWords.
-  exports.Set("abiVersion", Napi::Number::New(env, 3));
+  // 3: packAwq, awqLinearPacked, awqPackedWords. 4: gated packs (packAwq's and awqLinearPacked's `gated`).
+  exports.Set("abiVersion", Napi::Number::New(env, 4));
   return exports;
 }
 

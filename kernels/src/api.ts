@@ -44,6 +44,15 @@ export interface PackedAwqLinear {
   /** N */
   readonly outFeatures: number;
   readonly groupSize: number;
+  /** The fused [gate | up] layer packed for awqSiluGate (its columns paired in the packed
+   * order: awqLinear rejects it). */
+  readonly gated: boolean;
+}
+
+/** How packAwq lays out a layer. */
+export interface PackAwqOptions {
+  /** The fused [gate | up] layer, for awqSiluGate (CUDA pairs its gate and up columns). */
+  gated?: boolean;
 }
 
 /** What awqLinear multiplies by: the AutoAWQ tensors (CPU) or their packed copy (CUDA). */
@@ -246,10 +255,15 @@ export interface Device {
    * (freed once the copy has been made). qweight i32 [K, N/8], qzeros i32 [K/G, N/8],
    * scales f16 [K/G, N] -> packed (K, N, G).
    */
-  packAwq(weights: AwqLinear): AwqWeights;
+  packAwq(weights: AwqLinear, options?: PackAwqOptions): AwqWeights;
   /** x f16 [T, K] @ dequant(weights) [K, N] -> [T, N] in outDtype (f16 or f32), fp32 accumulation.
    * `weights` in the layout packAwq returned for this device (CUDA rejects the AutoAWQ tensors). */
   awqLinear(x: Tensor, weights: AwqWeights, outDtype: DType): Tensor;
+  /** The MLP's gated matmul: x f16 [T, K] @ gateUp, the fused [gate | up] layer (N = 2I columns),
+   * -> f16 [T, I] = silu(x @ gate) * (x @ up). On CUDA gateUp is packAwq'd with { gated: true }
+   * and the gate is the matmul's epilogue (no [T, 2I] round trip, no second kernel); on CPU it is
+   * awqLinear then siluMul. */
+  awqSiluGate(x: Tensor, gateUp: AwqWeights): Tensor;
   /** x f16 [T, K] @ w f16 [N, K]^T -> [T, N] in outDtype. */
   linear(x: Tensor, weight: Tensor, outDtype: DType): Tensor;
   /** The fused q/k/v matmul's output qkv f16 [T, (nh + 2 nkv) hd] (q, k, v columns; nkv and hd

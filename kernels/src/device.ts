@@ -18,6 +18,8 @@ import type {
   HostArray,
   IpcCollectiveSetup,
   MemoryInfo,
+  PackAwqOptions,
+  PackedAwqLinear,
   SampledRows,
   SampleRow,
   SharedTensor,
@@ -313,9 +315,12 @@ class KernelDevice implements Device {
     this.#open(op).addInPlace(this.#arg(op, 'residual', residual), this.#arg(op, 'delta', delta));
   }
 
-  packAwq(weights: AwqLinear): AwqWeights {
+  packAwq(weights: AwqLinear, options: PackAwqOptions = {}): AwqWeights {
     const op = 'packAwq';
     const [K, N] = this.#checkAwq(op, weights);
+    const gated = options.gated === true;
+    if (gated && N % 16 !== 0)
+      fail(op, `a gated layer pairs runs of 8 gate and 8 up columns: N=${N} is not a multiple of 16`);
     if (this.kind === 'cpu') return weights; // the CPU kernels read the AutoAWQ layout
     const { qweight, qzeros, scales, groupSize } = weights;
     if (groupSize !== 128)
@@ -327,6 +332,7 @@ class KernelDevice implements Device {
         this.#arg(op, 'qzeros', qzeros),
         this.#arg(op, 'scales', scales),
         groupSize,
+        gated,
       ),
     );
     // The copy is queued; the sources are freed once it has run.
@@ -334,7 +340,7 @@ class KernelDevice implements Device {
     qzeros.dispose();
     scales.dispose();
     const packed = this.#wrap(h, [loadAddon().awqPackedWords(K, N)], 'i32');
-    return { packed, inFeatures: K, outFeatures: N, groupSize };
+    return { packed, inFeatures: K, outFeatures: N, groupSize, gated };
   }
 
   /** Checks an AutoAWQ layer's tensors; returns [K, N]. */
@@ -360,21 +366,8 @@ class KernelDevice implements Device {
     const [T, K] = expect(op, 'x', x, 2, ['f16']);
     checkDtype(op, outDtype, ['f16', 'f32']);
     if (isPackedAwq(weights)) {
-      const { packed, inFeatures, outFeatures: N, groupSize: G } = weights;
-      if (this.kind === 'cpu') fail(op, 'the cpu device reads the AutoAWQ tensors, not packed weights');
-      expect(op, 'packed', packed, 1, ['i32']);
-      if (inFeatures !== K) fail(op, `x ${describe(x)} does not match the packed weights (K=${inFeatures})`);
-      if (packed.shape[0] !== loadAddon().awqPackedWords(K, N))
-        fail(op, `packed ${describe(packed)} does not hold a ${K} x ${N} matrix`);
-      const h = this.#open(op).awqLinearPacked(
-        this.#arg(op, 'x', x),
-        this.#arg(op, 'packed', packed),
-        K,
-        N,
-        G,
-        DTYPE_CODE[outDtype],
-      );
-      return this.#wrap(h, [T, N], outDtype);
+      if (weights.gated) fail(op, 'the weights are packed gated (their columns paired): use awqSiluGate');
+      return this.#awqPacked(op, x, weights, outDtype);
     }
     if (this.kind !== 'cpu') {
       fail(op, `the ${this.kind} device reads AWQ weights packed at load: pass device.packAwq(weights)`);
@@ -391,6 +384,42 @@ class KernelDevice implements Device {
       DTYPE_CODE[outDtype],
     );
     return this.#wrap(h, [T, N], outDtype);
+  }
+
+  awqSiluGate(x: Tensor, gateUp: AwqWeights): Tensor {
+    const op = 'awqSiluGate';
+    expect(op, 'x', x, 2, ['f16']);
+    if (!isPackedAwq(gateUp)) {
+      if (this.kind !== 'cpu')
+        fail(op, `the ${this.kind} device reads gateUp packed: device.packAwq(gateUp, { gated: true })`);
+      const sums = this.awqLinear(x, gateUp, 'f16');
+      const out = this.siluMul(sums);
+      sums.dispose();
+      return out;
+    }
+    if (!gateUp.gated) fail(op, 'gateUp must be packed gated: device.packAwq(gateUp, { gated: true })');
+    return this.#awqPacked(op, x, gateUp, 'f16');
+  }
+
+  /** awqLinear on packed weights (gated: the [T, N/2] of silu(gate) * up). */
+  #awqPacked(op: string, x: Tensor, weights: PackedAwqLinear, outDtype: DType): Tensor {
+    const [T, K] = x.shape;
+    const { packed, inFeatures, outFeatures: N, groupSize: G, gated } = weights;
+    if (this.kind === 'cpu') fail(op, 'the cpu device reads the AutoAWQ tensors, not packed weights');
+    expect(op, 'packed', packed, 1, ['i32']);
+    if (inFeatures !== K) fail(op, `x ${describe(x)} does not match the packed weights (K=${inFeatures})`);
+    if (packed.shape[0] !== loadAddon().awqPackedWords(K, N))
+      fail(op, `packed ${describe(packed)} does not hold a ${K} x ${N} matrix`);
+    const h = this.#open(op).awqLinearPacked(
+      this.#arg(op, 'x', x),
+      this.#arg(op, 'packed', packed),
+      K,
+      N,
+      G,
+      DTYPE_CODE[outDtype],
+      gated,
+    );
+    return this.#wrap(h, [T, gated ? N / 2 : N], outDtype);
   }
 
   linear(x: Tensor, weight: Tensor, outDtype: DType): Tensor {

@@ -34,7 +34,13 @@ describe('argument errors', () => {
     expect(
       thrown(() => dev.packAwq({ ...awq(256, 128, 128), qzeros: dev.zeros([3, 16], 'i32') })).message,
     ).toBe('packAwq: qzeros [3, 16] i32 must be [2, 16] for K=256, N=128, groupSize 128');
-    const packed = { packed: dev.zeros([16], 'i32'), inFeatures: 256, outFeatures: 128, groupSize: 128 };
+    const packed = {
+      packed: dev.zeros([16], 'i32'),
+      inFeatures: 256,
+      outFeatures: 128,
+      groupSize: 128,
+      gated: false,
+    };
     expect(thrown(() => dev.awqLinear(dev.zeros([1, 256], 'f16'), packed, 'f32')).message).toBe(
       'awqLinear: the cpu device reads the AutoAWQ tensors, not packed weights',
     );

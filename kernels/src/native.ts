@@ -48,7 +48,13 @@ export interface NativeDevice {
     groupSize: number,
     outDtype: number,
   ): NativeHandle;
-  packAwq(qweight: NativeHandle, qzeros: NativeHandle, scales: NativeHandle, groupSize: number): NativeHandle;
+  packAwq(
+    qweight: NativeHandle,
+    qzeros: NativeHandle,
+    scales: NativeHandle,
+    groupSize: number,
+    gated: boolean,
+  ): NativeHandle;
   awqLinearPacked(
     x: NativeHandle,
     packed: NativeHandle,
@@ -56,6 +62,7 @@ export interface NativeDevice {
     n: number,
     groupSize: number,
     outDtype: number,
+    gated: boolean,
   ): NativeHandle;
   linear(x: NativeHandle, w: NativeHandle, outDtype: number): NativeHandle;
   ropeWriteKv(
@@ -146,7 +153,7 @@ export interface NativeAddon {
   abiVersion: number;
 }
 
-const ABI_VERSION = 3;
+const ABI_VERSION = 4;
 const BUILD_HINT = 'build it with `npm run build -w @medcluster/kernels` (needs cmake and a C++17 compiler)';
 
 let cached: NativeAddon | undefined;

@@ -113,6 +113,41 @@ describe('awqLinear', () => {
       expect(relativeError(out16, ref)).toBeLessThan(F16_TOL);
     });
   }
+
+  it('awqSiluGate is silu(x @ gate) * (x @ up) of the fused [gate | up] layer, packed gated', async () => {
+    const [m, k, n, g] = [5, 256, 96, 128];
+    const rand = rng(9);
+    const qweight = packAwqInt4(randomNibbles(rand, k * n), k, n);
+    const qzeros = packAwqInt4(randomNibbles(rand, (k / g) * n), k / g, n);
+    const scales = roundToF16(uniform(rand, (k / g) * n, 0.001, 0.02));
+    const x = roundToF16(uniform(rand, m * k));
+    const full = matmulRef(x, dequantizeAwq(qweight, qzeros, scales, k, n, g), m, k, n);
+    const gate: number[] = [];
+    const up: number[] = [];
+    for (let r = 0; r < m; r++)
+      for (let c = 0; c < n / 2; c++) {
+        gate.push(full[r * n + c]);
+        up.push(full[r * n + n / 2 + c]);
+      }
+    const layer = () => ({
+      qweight: dev.fromArray(qweight, [k, n / 8], 'i32'),
+      qzeros: dev.fromArray(qzeros, [k / g, n / 8], 'i32'),
+      scales: dev.fromArray(scales, [k / g, n], 'f16'),
+      groupSize: g,
+    });
+    const xt = dev.fromArray(x, [m, k], 'f16');
+    const gated = dev.packAwq(layer(), { gated: true });
+    const out = dev.awqSiluGate(xt, gated);
+    expect(out.shape).toEqual([m, n / 2]);
+    const got = await out.read();
+    expect(relativeError(got, siluMulRef(gate, up))).toBeLessThan(F16_TOL);
+    // On the CPU it is exactly awqLinear then siluMul.
+    expect(Array.from(got)).toEqual(Array.from(await dev.siluMul(dev.awqLinear(xt, layer(), 'f16')).read()));
+    const odd = { ...layer(), qweight: dev.zeros([k, 3], 'i32'), qzeros: dev.zeros([k / g, 3], 'i32') };
+    expect(() => dev.packAwq({ ...odd, scales: dev.zeros([k / g, 24], 'f16') }, { gated: true })).toThrow(
+      /^packAwq: a gated layer pairs runs of 8 gate and 8 up columns: N=24 is not a multiple of 16/,
+    );
+  });
 });
 
 describe('linear', () => {

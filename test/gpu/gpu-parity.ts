@@ -98,6 +98,29 @@ async function compareOps(cpu: Device, gpu: Device): Promise<void> {
     }
     disposeAwq(onCpu);
     disposeAwq(onGpu);
+    if (n % 16 === 0) {
+      // The MLP's gated matmul on the same matrix as [gate | up]: the matmul's epilogue on CUDA,
+      // awqLinear then siluMul on the CPU.
+      const pack = (d: Device, gated: boolean) =>
+        d.packAwq(
+          {
+            qweight: d.fromArray(qweight, [k, n / 8], 'i32'),
+            qzeros: d.fromArray(qzeros, [k / g, n / 8], 'i32'),
+            scales: d.fromArray(scales, [k / g, n], 'f16'),
+            groupSize: g,
+          },
+          { gated },
+        );
+      const gc = pack(cpu, true);
+      const gg = pack(gpu, true);
+      check(
+        `awqSiluGate M=${m} K=${k} N=${n} (packed gated on cuda)`,
+        relativeError(await read(gpu.awqSiluGate(xg, gg)), await read(cpu.awqSiluGate(xc, gc))),
+        3e-3,
+      );
+      disposeAwq(gc);
+      disposeAwq(gg);
+    }
   }
 
   {

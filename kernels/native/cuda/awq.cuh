@@ -20,6 +20,7 @@ namespace cuda {
 struct PackedAwq {
   const unsigned char* data;  // header + units
   int K, N;
+  bool gated;  // columns paired gate / up: the GEMV and wgmma kernels write silu(gate) * up, f16 [M, N/2]
 };
 
 // out [M, N] (f16 or f32) = x f16 [M, K] @ W, M <= 64 rows in one launch (awq_gemv.cu).
@@ -29,11 +30,12 @@ void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out,
 struct GemvOccupancy {
   int tuned, resident;
 };
-GemvOccupancy awqGemvOccupancy(int M);
+GemvOccupancy awqGemvOccupancy(int M, bool gated);
 // The same on Hopper's warpgroup MMA (awq_wgmma.cu): compute capability 9.0 only, M <= 128.
 constexpr int kAwqWgmmaMaxRows = 128;
 void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);
-// out = x @ W through an f16 copy of W and cuBLAS (awq_dequant.cu); needs c.blas.
+// out = x @ W through an f16 copy of W and cuBLAS (awq_dequant.cu); needs c.blas. (W in the
+// packed column order: a gated pack's sums come out paired, and launchAwqLinear applies the gate.)
 void launchAwqDequantGemm(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);
 
 // ---- dequantization, shared by the pack, the GEMV and the dequantization kernel ----

@@ -73,8 +73,9 @@ struct GemvArgs {
 };
 
 // Raw: the weights as raw nibbles, the pairs applied to the sums (M <= 8 outside deterministic mode);
-// otherwise dequantized with one FMA per two weights (awq.cuh).
-template <int MT, bool Raw>
+// otherwise dequantized with one FMA per two weights (awq.cuh). Gated: a gated pack, out f16
+// [M, N/2] = silu(gate) * up (awq_layout.h).
+template <int MT, bool Raw, bool Gated>
 // Compiled for two resident blocks per multiprocessor (registers capped at ~100) where the
 // accumulators allow it; MT = 8 needs more (one block per SM).
 // xMap: x [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows (sm_90; unused on sm_80).
@@ -146,20 +147,29 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
       for (int q = 0; q < NT; ++q) {
         const int colA = cp * 16 * NT + q * 16 + gl, colB = colA + 8;
         const int nA = t * kTileN + colA, nB = nA + 8;
+        // C fragment r: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1); halves added in order.
+        auto sum = [&](int mt, int r) {
+          return (acc[q][mt][r] + mine[((q * MT + mt) * 4 + r) * kStride]) * (r < 2 ? scaleA : scaleB);
+        };
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < MT; ++mt) {
+          if constexpr (Gated) {  // colA a gate column, colB its up column
 #pragma unroll
-          for (int r = 0; r < 4; ++r) {
-            // C fragment r: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1); halves added in order.
-            const float v = (acc[q][mt][r] + mine[((q * MT + mt) * 4 + r) * kStride]) * (r < 2 ? scaleA : scaleB);
-            streamKStore(whole, part, kTileN, mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB, r < 2 ? nA : nB,
-                         a.out, a.outF16, a.M, a.N, v);
+            for (int r = 0; r < 2; ++r)
+              streamKStoreGated(whole, part, kTileN, mt * 8 + 2 * tl + r, colA, nA, static_cast<__half*>(a.out), a.M,
+                                a.N, sum(mt, r), sum(mt, r + 2));
+          } else {
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+              streamKStore(whole, part, kTileN, mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB, r < 2 ? nA : nB,
+                           a.out, a.outF16, a.M, a.N, sum(mt, r));
           }
+        }
       }
     }
     if (!whole)
       streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
-                   kConsumers);
+                   kConsumers, Gated);
     namedBarrier(1, kConsumers);  // the handoff buffer is free again
     zero();
   };
@@ -290,9 +300,9 @@ struct GemvSmem {
   size_t bytes;
   int resident;
 };
-template <int MT, bool Raw>
+template <int MT, bool Raw, bool Gated>
 GemvSmem gemvSmem(int bps) {
-  const auto kernel = awqGemvKernel<MT, Raw>;
+  const auto kernel = awqGemvKernel<MT, Raw, Gated>;
   constexpr int MTI = tuningIndex(MT);
   constexpr int SB = awqStageBytes<MT>(), HB = handoffBytes<MT>();
   // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
@@ -319,12 +329,12 @@ inline int gemvBlocksPerSM(int MTI) {
   return tu.deterministic ? 2 : std::max(1, std::min(3, tu.awqGemvBlocksPerSM[MTI]));
 }
 
-template <int MT, bool Raw>
+template <int MT, bool Raw, bool Gated>
 void gemvT(const Ctx& c, GemvArgs a) {
-  const auto kernel = awqGemvKernel<MT, Raw>;
+  const auto kernel = awqGemvKernel<MT, Raw, Gated>;
   constexpr int MTI = tuningIndex(MT);
   int bps = gemvBlocksPerSM(MTI);
-  const GemvSmem sm = gemvSmem<MT, Raw>(bps);
+  const GemvSmem sm = gemvSmem<MT, Raw, Gated>(bps);
   const size_t smem = sm.bytes;
   // A grid larger than what resides would run as two waves: never more blocks per SM than fit
   // (except in deterministic mode, whose grid must not depend on M).
@@ -337,25 +347,30 @@ void gemvT(const Ctx& c, GemvArgs a) {
   launchKernel(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
 }
 
-// The one choice of kernel for an M-row launch: f(integral_constant<MT>, bool_constant<Raw>).
-// Raw nibbles only where they pay, and never in deterministic mode (one arithmetic for every M).
+// The one choice of kernel for an M-row launch: f(integral_constant<MT>, bool_constant<Raw>,
+// bool_constant<Gated>). Raw nibbles only where they pay, and never in deterministic mode (one
+// arithmetic for every M).
 template <class F>
-void withGemvKernel(int M, F f) {
-  if (M <= 8 && !tuning().deterministic) f(std::integral_constant<int, 1>{}, std::true_type{});
-  else if (M <= 8) f(std::integral_constant<int, 1>{}, std::false_type{});
-  else if (M <= 16) f(std::integral_constant<int, 2>{}, std::false_type{});
-  else if (M <= 32) f(std::integral_constant<int, 4>{}, std::false_type{});
-  else f(std::integral_constant<int, 8>{}, std::false_type{});
+void withGemvKernel(int M, bool gated, F f) {
+  auto rows = [&](auto g) {
+    if (M <= 8 && !tuning().deterministic) f(std::integral_constant<int, 1>{}, std::true_type{}, g);
+    else if (M <= 8) f(std::integral_constant<int, 1>{}, std::false_type{}, g);
+    else if (M <= 16) f(std::integral_constant<int, 2>{}, std::false_type{}, g);
+    else if (M <= 32) f(std::integral_constant<int, 4>{}, std::false_type{}, g);
+    else f(std::integral_constant<int, 8>{}, std::false_type{}, g);
+  };
+  if (gated) rows(std::true_type{});
+  else rows(std::false_type{});
 }
 
 }  // namespace
 
-GemvOccupancy awqGemvOccupancy(int M) {
+GemvOccupancy awqGemvOccupancy(int M, bool gated) {
   GemvOccupancy o = {};
-  withGemvKernel(M, [&](auto mt, auto raw) {
+  withGemvKernel(M, gated, [&](auto mt, auto raw, auto g) {
     constexpr int MT = decltype(mt)::value;
     o.tuned = gemvBlocksPerSM(tuningIndex(MT));
-    o.resident = gemvSmem<MT, decltype(raw)::value>(o.tuned).resident;
+    o.resident = gemvSmem<MT, decltype(raw)::value, decltype(g)::value>(o.tuned).resident;
   });
   return o;
 }
@@ -376,7 +391,9 @@ void launchAwqGemv(const Ctx& c, const __half* x, const PackedAwq& w, void* out,
   a.N = w.N;
   a.sk.G = w.K / kGroup;
   a.sk.units = static_cast<int>(units(w.K, w.N));
-  withGemvKernel(M, [&](auto mt, auto raw) { gemvT<decltype(mt)::value, decltype(raw)::value>(c, a); });
+  withGemvKernel(M, w.gated, [&](auto mt, auto raw, auto g) {
+    gemvT<decltype(mt)::value, decltype(raw)::value, decltype(g)::value>(c, a);
+  });
 }
 
 }  // namespace cuda

@@ -8,6 +8,9 @@
 //       (awq_dequant.cu), compute-bound.
 // In deterministic mode (tuning().deterministic) every M runs the GEMV on one grid, whose per-row
 // sums run in the same order for every M: a row's output does not depend on the other rows.
+// A gated pack (w.gated, awq_layout.h): out f16 [M, N/2] = silu(gate) * up, applied by the GEMV's
+// and the wgmma kernel's epilogues; the cuBLAS path writes the sums to scratch and a siluMul
+// pass gates them.
 #include <algorithm>
 
 #include "awq.cuh"
@@ -24,16 +27,21 @@ void launchAwqLinear(const Ctx& c, const View& x, const PackedAwqWeights& w, con
     throw BackendError("awqLinear (CUDA): group size " + std::to_string(w.groupSize) +
                        " is not supported (the packed layout is for 128); M=" + std::to_string(M) +
                        " N=" + std::to_string(N) + " K=" + std::to_string(K));
-  const PackedAwq pw{static_cast<const unsigned char*>(w.packed.data), K, N};
+  if (w.gated && (out.dtype != DType::F16 || N % 16))
+    throw BackendError("awqLinear (CUDA): a gated pack writes f16 (N a multiple of 16); M=" + std::to_string(M) +
+                       " N=" + std::to_string(N) + " out " + dtypeName(out.dtype));
+  const PackedAwq pw{static_cast<const unsigned char*>(w.packed.data), K, N, w.gated};
   const bool f16 = out.dtype == DType::F16;
   const __half* xp = x.as<__half>();
   const int dq = tuning().deterministic ? 0 : tuning().awqDequantMinM;
   if (c.blas && dq > 0 && M >= dq) {
-    launchAwqDequantGemm(c, xp, pw, out.data, f16, M);
-    return;
+    if (!w.gated) return launchAwqDequantGemm(c, xp, pw, out.data, f16, M);
+    __half* sums = static_cast<__half*>(c.gatedGemm->get(static_cast<size_t>(M) * N * 2, c.stream));
+    launchAwqDequantGemm(c, xp, pw, sums, true, M);
+    return launchSiluMul(c, sums, out.as<__half>(), M, N / 2, true);
   }
   char* op = static_cast<char*>(out.data);
-  const size_t rowBytes = static_cast<size_t>(N) * dtypeSize(out.dtype);
+  const size_t rowBytes = static_cast<size_t>(w.gated ? N / 2 : N) * dtypeSize(out.dtype);
   // Passes of 128 rows on the wgmma kernel (from tuning().awqWgmmaMinM rows), of 64 on the GEMV.
   const int wgmmaMin = tuning().awqWgmmaMinM;
   const bool wgmma = !tuning().deterministic && c.computeCapability == 90 && wgmmaMin > 0 && M >= wgmmaMin;

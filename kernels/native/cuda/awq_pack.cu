@@ -1,4 +1,5 @@
-// AutoAWQ tensors -> the packed layout (../awq_layout.h), once per matrix at load.
+// AutoAWQ tensors -> the packed layout (../awq_layout.h), once per matrix at load (a gated pack:
+// the gate / up columns paired, sourceColumn).
 //
 // One thread per 16 bytes of output: a weight chunk gathers its 32 nibbles from 16 rows x
 // 2 AutoAWQ words (re-reading each word from cache for each of its nibbles: load-time code,
@@ -28,7 +29,7 @@ __global__ void awqScaleMaxKernel(const __half* __restrict__ sc, int64_t n, unsi
 __global__ void awqPackKernel(const uint32_t* __restrict__ qw,  // [K, N/8]
                               const uint32_t* __restrict__ qz,  // [K/128, N/8]
                               const __half* __restrict__ sc,    // [K/128, N]
-                              unsigned char* __restrict__ dst, int K, int N) {
+                              unsigned char* __restrict__ dst, int K, int N, bool gated) {
   const int W = N / 8, G = K / kGroup;
   constexpr int kChunks = kUnitBytes / 16;  // 544: 512 of weights, 32 of column pairs
   const int e = scaleShiftFor(__half2float(__ushort_as_half(static_cast<unsigned short>(
@@ -51,7 +52,9 @@ __global__ void awqPackKernel(const uint32_t* __restrict__ qw,  // [K, N/8]
           int kr, c;
           weightAt(word, bit, kr, c);
           const int n = t * kTileN + c, k = g * kGroup + kr;
-          if (n < N) v |= ((qw[static_cast<int64_t>(k) * W + n / 8] >> autoAwqShift(n)) & 15u) << bit;
+          if (n >= N) continue;
+          const int sn = sourceColumn(n, N, gated);
+          v |= ((qw[static_cast<int64_t>(k) * W + sn / 8] >> autoAwqShift(sn)) & 15u) << bit;
         }
         out[j] = v;
       }
@@ -59,8 +62,9 @@ __global__ void awqPackKernel(const uint32_t* __restrict__ qw,  // [K, N/8]
       for (int q = 0; q < 4; ++q) {
         const int n = t * kTileN + (ch - 512) * 4 + q;
         if (n >= N) continue;
-        const int z = static_cast<int>((qz[static_cast<int64_t>(g) * W + n / 8] >> autoAwqShift(n)) & 15u);
-        out[q] = awqColumnPair(sc[static_cast<int64_t>(g) * N + n], z, e);
+        const int sn = sourceColumn(n, N, gated);
+        const int z = static_cast<int>((qz[static_cast<int64_t>(g) * W + sn / 8] >> autoAwqShift(sn)) & 15u);
+        out[q] = awqColumnPair(sc[static_cast<int64_t>(g) * N + sn], z, e);
       }
     }
     *reinterpret_cast<uint4*>(dst + kHeaderBytes + u * kUnitBytes + ch * 16) = make_uint4(out[0], out[1], out[2], out[3]);
@@ -74,8 +78,11 @@ __global__ void awqPackFence() {}
 
 }  // namespace
 
-void launchAwqPack(const Ctx& c, const AwqWeights& src, const View& dst) {
+void launchAwqPack(const Ctx& c, const AwqWeights& src, const View& dst, bool gated) {
   const int K = static_cast<int>(src.qweight.dim(0)), N = static_cast<int>(src.qweight.dim(1) * 8);
+  if (gated && N % 16)
+    throw BackendError("packAwq (CUDA): a gated pack pairs runs of 8 gate and 8 up columns; N=" + std::to_string(N) +
+                       " is not a multiple of 16");
   if (src.groupSize != kGroup || K % kGroup)
     throw BackendError("packAwq (CUDA): group size " + std::to_string(src.groupSize) + " with K=" + std::to_string(K) +
                        " is not supported (the packed layout is for groups of 128 rows)");
@@ -89,7 +96,7 @@ void launchAwqPack(const Ctx& c, const AwqWeights& src, const View& dst) {
   MC_LAUNCHED("awqScaleMax");
   const int64_t chunks = units(K, N) * (kUnitBytes / 16);
   awqPackKernel<<<static_cast<unsigned>(std::min<int64_t>(ceilDiv(chunks, 256), 32 * c.numSMs)), 256, 0, c.stream>>>(
-      src.qweight.as<uint32_t>(), src.qzeros.as<uint32_t>(), src.scales.as<__half>(), out, K, N);
+      src.qweight.as<uint32_t>(), src.qzeros.as<uint32_t>(), src.scales.as<__half>(), out, K, N, gated);
   MC_LAUNCHED("awqPack");
   awqPackFence<<<1, 32, 0, c.stream>>>();
   MC_LAUNCHED("awqPackFence");

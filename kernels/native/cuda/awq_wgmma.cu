@@ -66,9 +66,10 @@ struct WgmmaArgs {
   bool outF16;
 };
 
-// xMap: xo [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows.
+// xMap: xo [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows. Gated: a gated pack, out
+// f16 [M, N/2] = silu(gate) * up (awq_layout.h).
 // Two blocks a multiprocessor, but one at MT = 16 (64 accumulators a thread).
-template <int MT>
+template <int MT, bool Gated>
 __global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(const WgmmaArgs a, const __grid_constant__ CUtensorMap xMap) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(128) unsigned char smemRaw[];
@@ -110,17 +111,23 @@ __global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(con
     float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
     const int nA = t * kTileN + colA, nB = nA + 8;
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt) {
+      // D fragment r of row tile mt: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1).
+      if constexpr (Gated) {  // colA a gate column, colB its up column
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        // D fragment r of row tile mt: column colA (r < 2) or colB, row mt*8 + 2tl + (r & 1).
-        const float v = acc[mt * 4 + r] * outScale;
-        streamKStore(whole, part, kTileN, mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB, r < 2 ? nA : nB, a.out,
-                     a.outF16, a.M, a.N, v);
+        for (int r = 0; r < 2; ++r)
+          streamKStoreGated(whole, part, kTileN, mt * 8 + 2 * tl + r, colA, nA, static_cast<__half*>(a.out), a.M, a.N,
+                            acc[mt * 4 + r] * outScale, acc[mt * 4 + r + 2] * outScale);
+      } else {
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          streamKStore(whole, part, kTileN, mt * 8 + 2 * tl + (r & 1), r < 2 ? colA : colB, r < 2 ? nA : nB, a.out,
+                       a.outF16, a.M, a.N, acc[mt * 4 + r] * outScale);
       }
+    }
     if (!whole)
       streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
-                   kConsumers);
+                   kConsumers, Gated);
     zero();
   };
 
@@ -161,9 +168,9 @@ __global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(con
 #endif
 }
 
-template <int MT>
+template <int MT, bool Gated>
 void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
-  const auto kernel = awqWgmmaKernel<MT>;
+  const auto kernel = awqWgmmaKernel<MT, Gated>;
   const Tuning& tu = tuning();
   constexpr int SB = awqStageBytes<MT>();
   int bps = MT == 16 ? 1 : std::max(1, std::min(2, tu.awqWgmmaBlocksPerSM));
@@ -213,11 +220,16 @@ void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out
   a.N = w.N;
   a.sk.G = w.K / kGroup;
   a.sk.units = static_cast<int>(units(w.K, w.N));
-  if (M <= 8) wgmmaT<1>(c, a, xo);
-  else if (M <= 16) wgmmaT<2>(c, a, xo);
-  else if (M <= 32) wgmmaT<4>(c, a, xo);
-  else if (M <= 64) wgmmaT<8>(c, a, xo);
-  else wgmmaT<16>(c, a, xo);
+  auto rows = [&](auto g) {
+    constexpr bool G = decltype(g)::value;
+    if (M <= 8) wgmmaT<1, G>(c, a, xo);
+    else if (M <= 16) wgmmaT<2, G>(c, a, xo);
+    else if (M <= 32) wgmmaT<4, G>(c, a, xo);
+    else if (M <= 64) wgmmaT<8, G>(c, a, xo);
+    else wgmmaT<16, G>(c, a, xo);
+  };
+  if (w.gated) rows(std::true_type{});
+  else rows(std::false_type{});
 }
 
 }  // namespace cuda

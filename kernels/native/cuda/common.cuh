@@ -64,6 +64,7 @@ struct Ctx {
   Scratch* attnScratch;   // attention partials
   Scratch* dequant;       // f16 weights dequantized for a cuBLAS GEMM
   Scratch* xOrdered;      // x in the packed layout's k order, for the wgmma AWQ matmul
+  Scratch* gatedGemm;     // a gated AWQ matmul's cuBLAS output f16 [M, N], before its gate
   const Blas* blas;       // null: cuBLAS unavailable (or not loadable now: during graph capture)
 };
 
@@ -96,7 +97,10 @@ void launchKernel(const Ctx& c, void (*kernel)(Params...), dim3 grid, dim3 block
 
 // Launchers implemented in awq_linear.cu (and awq_*.cu), linear.cu, attention.cu and sample.cu.
 void launchAwqLinear(const Ctx& c, const View& x, const PackedAwqWeights& w, const View& out);
-void launchAwqPack(const Ctx& c, const AwqWeights& src, const View& dst);
+void launchAwqPack(const Ctx& c, const AwqWeights& src, const View& dst, bool gated);
+// out f16 [T, I] = silu(gate) * up from gateUp f16 [T, 2I]: gate columns then up columns, or
+// (pairedBy8) runs of 8 of each in turn, a gated pack's column order (awq_layout.h). In cuda_backend.cu.
+void launchSiluMul(const Ctx& c, const __half* gateUp, __half* out, int64_t T, int64_t I, bool pairedBy8);
 void launchLinear(const Ctx& c, const View& x, const View& w, const View& out);
 void launchAttention(const Ctx& c, const View& q, const View& kCache, const View& vCache,
                      const View& blockTables, const View& tokenSeq, const View& positions,

@@ -178,21 +178,24 @@ __global__ void addKernel(float* r, const float* d, int64_t n) {
     r[i] += d[i];
 }
 
-// gateUp [T, 2 I] = [gate | up] -> out [T, I]. grid (column blocks, rows): row t = blockIdx.y (and
-// every gridDim.y-th after it), V pairs of halves a thread (V = 4: 16-byte loads and stores, I2 a
-// multiple of 4), so no thread divides a flat index by the row width.
-template <int V>
+// gateUp [T, 2 I] -> out [T, I]. grid (column blocks, rows): row t = blockIdx.y (and every
+// gridDim.y-th after it), V pairs of halves a thread (V = 4: 16-byte loads and stores, I2 a
+// multiple of 4), so no thread divides a flat index by the row width. Paired: the columns in
+// runs of 8 gate then 8 up (a gated pack's order), else [gate | up].
+template <int V, bool Paired>
 __global__ void siluMulKernel(const __half2* gateUp, __half2* out, int I2, int T) {
   pdlLaunchDependents();  // the down matmul may start prefetching its weights
   pdlWait();
   using Vec = typename std::conditional<V == 4, uint4, __half2>::type;
   const int cols = I2 / V;
   for (int t = blockIdx.y; t < T; t += gridDim.y) {
-    const Vec* gate = reinterpret_cast<const Vec*>(gateUp + static_cast<int64_t>(t) * 2 * I2);
-    const Vec* up = reinterpret_cast<const Vec*>(gateUp + static_cast<int64_t>(t) * 2 * I2 + I2);
+    const Vec* row = reinterpret_cast<const Vec*>(gateUp + static_cast<int64_t>(t) * 2 * I2);
     Vec* o = reinterpret_cast<Vec*>(out + static_cast<int64_t>(t) * I2);
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
-      Vec gv = gate[c], uv = up[c], ov;
+      // Vector c's gate and up: in runs of 8 halves (one uint4, or 4 half2), gate run r at 2r.
+      const int gc = !Paired ? c : V == 4 ? 2 * c : (c >> 2) * 8 + (c & 3);
+      const int uc = !Paired ? c + cols : V == 4 ? gc + 1 : gc + 4;
+      Vec gv = row[gc], uv = row[uc], ov;
       const __half2* g2 = reinterpret_cast<const __half2*>(&gv);
       const __half2* u2 = reinterpret_cast<const __half2*>(&uv);
       __half2* o2 = reinterpret_cast<__half2*>(&ov);
@@ -205,6 +208,26 @@ __global__ void siluMulKernel(const __half2* gateUp, __half2* out, int I2, int T
     }
   }
 }
+
+}  // namespace
+
+void launchSiluMul(const Ctx& c, const __half* gateUp, __half* out, int64_t T, int64_t I, bool pairedBy8) {
+  if (!T || !I) return;
+  if (I % 2) throw BackendError("siluMul: an odd column count " + std::to_string(I) + " is not supported on CUDA");
+  if (pairedBy8 && I % 8)
+    throw BackendError("siluMul (CUDA): columns paired by runs of 8 need a multiple of 8; got " + std::to_string(I));
+  const int64_t I2 = I / 2;
+  const bool wide = I2 % 4 == 0 && (reinterpret_cast<uintptr_t>(gateUp) | reinterpret_cast<uintptr_t>(out)) % 16 == 0;
+  const dim3 grid(static_cast<unsigned>(ceilDiv(wide ? I2 / 4 : I2, 256)), static_cast<unsigned>(std::min<int64_t>(T, 65535)));
+  const auto* g = reinterpret_cast<const __half2*>(gateUp);
+  auto* o = reinterpret_cast<__half2*>(out);
+  const auto kernel = wide ? (pairedBy8 ? siluMulKernel<4, true> : siluMulKernel<4, false>)
+                           : (pairedBy8 ? siluMulKernel<1, true> : siluMulKernel<1, false>);
+  launchKernel(c, kernel, grid, dim3(256), 0, g, o, (int)I2, (int)T);
+  MC_LAUNCHED("siluMul");
+}
+
+namespace {
 
 // Heads of one token's fused q/k/v row a block of ropeWriteKvKernel.
 constexpr int kRopeHeads = 8;
@@ -443,7 +466,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(sh_->stream);
     for (auto g : graphs_) if (g) cudaGraphExecDestroy(g);
-    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_, &sampleScratch_})
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_, &gatedGemm_, &sampleScratch_})
       sc->release(sh_->stream);
     sampleStaging_.release();
     if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
@@ -591,7 +614,7 @@ class CudaBackend final : public Backend {
   void awqLinearPacked(const View& x, const PackedAwqWeights& w, const View& out) override {
     launchAwqLinear(ctx(), x, w, out);
   }
-  void awqPack(const AwqWeights& src, const View& dst) override { launchAwqPack(ctx(), src, dst); }
+  void awqPack(const AwqWeights& src, const View& dst, bool gated) override { launchAwqPack(ctx(), src, dst, gated); }
   void linear(const View& x, const View& w, const View& out) override { launchLinear(ctx(), x, w, out); }
   void ropeWriteKv(const View& qkv, const View& kCache, const View& vCache, const View& positions,
                    const View& slots, float theta, const View& qOut) override {
@@ -622,17 +645,7 @@ class CudaBackend final : public Backend {
     launchAttention(ctx(), q, kCache, vCache, blockTables, tokenSeq, positions, shape, out);
   }
   void siluMul(const View& gateUp, const View& out) override {
-    const int64_t n = out.numel(), I = out.dim(1);
-    if (!n) return;
-    if (I % 2) throw BackendError("siluMul: an odd column count " + std::to_string(I) + " is not supported on CUDA");
-    const int64_t T = out.dim(0), I2 = I / 2;
-    const bool wide = I2 % 4 == 0 && (reinterpret_cast<uintptr_t>(gateUp.data) | reinterpret_cast<uintptr_t>(out.data)) % 16 == 0;
-    const dim3 grid(static_cast<unsigned>(ceilDiv(wide ? I2 / 4 : I2, 256)), static_cast<unsigned>(std::min<int64_t>(T, 65535)));
-    if (wide)
-      launchKernel(ctx(), siluMulKernel<4>, grid, dim3(256), 0, gateUp.as<__half2>(), out.as<__half2>(), (int)I2, (int)T);
-    else
-      launchKernel(ctx(), siluMulKernel<1>, grid, dim3(256), 0, gateUp.as<__half2>(), out.as<__half2>(), (int)I2, (int)T);
-    MC_LAUNCHED("siluMul");
+    launchSiluMul(ctx(), gateUp.as<__half>(), out.as<__half>(), out.dim(0), out.dim(1), false);
   }
   void gatherRows(const View& x, const View& rows, const View& out) override {
     int64_t R = rows.numel();
@@ -722,7 +735,7 @@ class CudaBackend final : public Backend {
   }
 
   bool beginCapture() override {
-    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_}) sc->pin();
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_, &gatedGemm_}) sc->pin();
     MC_CUDA(cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal));
     std::lock_guard<std::mutex> lock(sh_->mu);
     sh_->capturing = true;
@@ -766,7 +779,7 @@ class CudaBackend final : public Backend {
 
  private:
   Ctx ctx() {
-    return Ctx{s(), numSMs_, cc_, &splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_,
+    return Ctx{s(), numSMs_, cc_, &splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_, &gatedGemm_,
                blas_.handle ? &blas_ : nullptr};
   }
 
@@ -795,7 +808,7 @@ class CudaBackend final : public Backend {
   int numSMs_ = 0;
   std::shared_ptr<StreamHandle> sh_;
   int cc_ = 0;
-  Scratch splitK_, tickets_, attnScratch_, dequant_, xOrdered_;
+  Scratch splitK_, tickets_, attnScratch_, dequant_, xOrdered_, gatedGemm_;
   Scratch sampleScratch_;        // Device.sample's scores, sort buffers and row specs
   SampleStaging sampleStaging_;  // and the pinned memory the specs are copied from
   Blas blas_;

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "../awq_layout.h"
 #include "ptx.cuh"
 
 namespace medcluster {
@@ -52,6 +53,27 @@ __device__ __forceinline__ void streamKStore(bool whole, float* part, int tileN,
   else if (n < N) storeOut(out, outF16, static_cast<int64_t>(m) * N + n, v);
 }
 
+// silu(gate) * up, as the gated matmul's epilogue applies it (fp32, one rounding to f16 at the store;
+// the fast exponential and division: ~2^-21 relative, far below the f16 output's 2^-11; the
+// precise ones cost the 70B gate_up 2-3% at 16-128 rows, measured on an H200).
+__device__ __forceinline__ float siluGate(float gate, float up) {
+  return __fdividef(gate, 1.f + __expf(-gate)) * up;  // gate -> -inf: gate / inf = -0
+}
+
+// The gated form (awq_layout.h): a gate sum (column colA of the tile, packed column nA, whose
+// nA % 16 < 8) and its up sum (colA + 8), row m. Whole tile: silu(gate) * up to output column
+// gatedOutColumn(nA) of out f16 [M, N/2]; else both to the block's partial.
+__device__ __forceinline__ void streamKStoreGated(bool whole, float* part, int tileN, int m, int colA, int nA,
+                                                  __half* out, int M, int N, float gate, float up) {
+  if (m >= M) return;
+  if (!whole) {
+    part[m * tileN + colA] = gate;
+    part[m * tileN + colA + 8] = up;
+  } else if (nA < N) {
+    out[static_cast<int64_t>(m) * (N / 2) + awqpack::gatedOutColumn(nA)] = __float2half_rn(siluGate(gate, up));
+  }
+}
+
 // Called by all `threads` threads of the block's computing warps (named barrier 1) once this
 // block has stored its partial of tile t (rows x tileN fp32 at partials + slot * rowsCap * tileN;
 // tileN a multiple of 4). `flag` is a shared int the barrier-protected handoff uses.
@@ -60,10 +82,12 @@ __device__ __forceinline__ void streamKStore(bool whole, float* part, int tileN,
 // contributor's loads issued together: the partials sit in L2, so the fix-up costs about one L2
 // round trip per contributor and 32 rows, not one per element a thread (measured on an H200 at
 // 1f8d01a: the element-by-element loop held every M = 64 matmul ~0.07 ms past its stream).
+// Gated (awq_layout.h; tileN a multiple of 16, out f16 [M, N/2]): the vectors go in pairs, 4 gate
+// columns and the 4 up columns 8 further, and the sums leave as silu(gate) * up.
 constexpr int kFixupVectors = 4;
 __device__ __forceinline__ void streamKFixup(const StreamK& sk, int t, const float* partials, int rowsCap,
                                              int tileN, unsigned* tickets, void* out, bool outF16, int M, int N,
-                                             int* flag, int tid, int threads) {
+                                             int* flag, int tid, int threads, bool gated = false) {
   __threadfence();  // this block's partial is visible before its ticket
   namedBarrier(1, threads);
   const int tileEnd = (t + 1) * sk.G < sk.units ? (t + 1) * sk.G : sk.units;
@@ -76,7 +100,16 @@ __device__ __forceinline__ void streamKFixup(const StreamK& sk, int t, const flo
   // Every contributor after the first starts its range in tile t (its slot 0); the first's slot
   // is 0 only if its range starts at the tile.
   const int firstSlot = sk.slot(first, t);
-  for (int i0 = tid; i0 < vecs; i0 += kFixupVectors * threads) {
+  // Vector j of an iteration: i0 + j threads, or gated, of pair i0 + (j / 2) threads (pair p: row
+  // p / (tileN / 8), gate vector 4 (p % (tileN / 8)) - 2 (p % 2) of the row's, its up vector 2 after).
+  const int step = (gated ? kFixupVectors / 2 : kFixupVectors) * threads;
+  const int items = gated ? vecs / 2 : vecs;
+  auto vecOf = [&](int i0, int j) {
+    if (!gated) return i0 + j * threads;
+    const int p = i0 + (j >> 1) * threads;
+    return 2 * p - (p & 1) + 2 * (j & 1);  // pairs 2r, 2r + 1 -> gate vectors 4r, 4r + 1; up 4r + 2, 4r + 3
+  };
+  for (int i0 = tid; i0 < items; i0 += step) {
     float4 v[kFixupVectors];
 #pragma unroll
     for (int j = 0; j < kFixupVectors; ++j) v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -86,7 +119,7 @@ __device__ __forceinline__ void streamKFixup(const StreamK& sk, int t, const flo
       float4 p[kFixupVectors];
 #pragma unroll
       for (int j = 0; j < kFixupVectors; ++j) {
-        const int i = i0 + j * threads;
+        const int i = vecOf(i0, j);
         p[j] = i < vecs ? __ldcg(src + i) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
@@ -99,11 +132,20 @@ __device__ __forceinline__ void streamKFixup(const StreamK& sk, int t, const flo
     }
 #pragma unroll
     for (int j = 0; j < kFixupVectors; ++j) {
-      const int i = i0 + j * threads;
-      if (i >= vecs) continue;
+      const int i = vecOf(i0, j);
+      if (i >= vecs || (gated && (j & 1))) continue;  // gated: vector j + 1 is vector j's up
       const int m = i * 4 / tileN, c = i * 4 - m * tileN;
-      const int64_t o = static_cast<int64_t>(m) * N + t * tileN + c;
       const float e[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+      if (gated) {
+        const float u[4] = {v[j + 1].x, v[j + 1].y, v[j + 1].z, v[j + 1].w};
+        const int n = t * tileN + c;  // packed gate column of e[0]
+        if (n >= N) continue;  // N a multiple of 16: the run of 4 is all in or all out
+        __half* o = static_cast<__half*>(out) + static_cast<int64_t>(m) * (N / 2) + awqpack::gatedOutColumn(n);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) o[q] = __float2half_rn(siluGate(e[q], u[q]));
+        continue;
+      }
+      const int64_t o = static_cast<int64_t>(m) * N + t * tileN + c;
 #pragma unroll
       for (int q = 0; q < 4; ++q)
         if (t * tileN + c + q < N) storeOut(out, outF16, o + q, e[q]);

@@ -333,8 +333,7 @@ export class ShardRunner {
         );
         const o = local(yield local(device.awqLinear(a, w.o, 'f32')));
         const h2 = local(device.addRmsNorm(x, o, w.postAttentionNorm, config.rmsNormEps));
-        const gateUp = local(device.awqLinear(h2, w.gateUp, 'f16'));
-        const m = local(device.siluMul(gateUp));
+        const m = local(device.awqSiluGate(h2, w.gateUp));
         const d = yield local(device.awqLinear(m, w.down, 'f32'));
         // Free the layer's intermediates now (memory is reused layer to layer), all but d.
         for (const v of new Set(owned)) if (v !== d) v.dispose();

@@ -172,7 +172,9 @@ export function loadShardWeights(
       ),
       o: device.packAwq(awq('o_proj', 'self_attn')),
       postAttentionNorm: reader.read(`${p}.post_attention_layernorm.weight`),
-      gateUp: device.packAwq(fuseAwqColumns(device, [awq('gate_proj', 'mlp'), awq('up_proj', 'mlp')])),
+      gateUp: device.packAwq(fuseAwqColumns(device, [awq('gate_proj', 'mlp'), awq('up_proj', 'mlp')]), {
+        gated: true,
+      }),
       down: device.packAwq(awq('down_proj', 'mlp')),
     });
   }

@@ -77,7 +77,7 @@ export function syntheticShardWeights(
       postAttentionNorm: half([config.hiddenSize], 0.9, 1.1),
       qkv: device.packAwq(fuseAwqColumns(device, [q, k, v])),
       o: device.packAwq(o),
-      gateUp: device.packAwq(fuseAwqColumns(device, [gate, up])),
+      gateUp: device.packAwq(fuseAwqColumns(device, [gate, up]), { gated: true }),
       down: device.packAwq(down),
     });
   }
