@@ -11,10 +11,11 @@ struct Tuning {
   // ---- AWQ matmul (awq_linear.cu) ----
   // From this M up, where cuBLAS loads, the packed weights are dequantized to an f16 scratch
   // and multiplied by cuBLAS; below it (and always without cuBLAS) the packed kernels run in
-  // passes (awq_linear.cu). 0: never use cuBLAS. Measured on an H200 at c99f91b, per 70B block
-  // chained, wgmma passes against dequantization + cuBLAS: M = 256 0.94 / 1.47 ms, M = 512
-  // 1.91 / 1.97, M = 1024 3.78 / 3.32.
-  int awqDequantMinM = 512;
+  // passes (awq_linear.cu). 0: never use cuBLAS. Measured on an H200, per 70B block chained,
+  // wgmma passes against dequantization + cuBLAS: at c99f91b M = 256 0.94 / 1.47 ms, M = 1024
+  // 3.78 / 3.32; at f2d8578 (gate_up gated) M = 512 1.75-1.77 / 2.01-2.07, M = 768 2.70-2.76 /
+  // 2.74-2.80 (a 512-token prefill chunk, 80 layers: 2,769 -> 3,076 tok/s).
+  int awqDequantMinM = 768;
   // Blocks of the persistent GEMV per multiprocessor (each 8 consumer warps + 1 producer warp),
   // 1..3, by row-tile count MT = 1, 2, 4, 8: as many as its registers let reside (the check fails
   // where fewer do). M <= 8 at 2: three were fastest at bd002a3, but the raw reading's kernel took
