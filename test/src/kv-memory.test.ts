@@ -33,8 +33,12 @@ const STEPS = 8;
 afterEach(stopAll);
 
 /**
- * The memory share that leaves a worker holding `layers` layers about `blocks` blocks once the
- * activation reserve is taken: small, so that several worker processes stay small.
+ * The memory share that leaves a worker holding `layers` layers at least `blocks` blocks once the
+ * activation reserve is taken: small, so that several worker processes stay small. Sized against
+ * half of what is free now: free memory moves while the other tests' processes load (on a CI
+ * machine a worker measured 21.8 GiB free where the test had seen ~23.6, and a share sized to the
+ * test's figure left it no block), so a worker that sees up to half as much still holds `blocks`,
+ * and one that sees as much holds the reserve's worth more.
  */
 function shareFor(config: LlamaConfig, layers: number, blocks: number): number {
   const spec: ShardSpec = {
@@ -46,7 +50,7 @@ function shareFor(config: LlamaConfig, layers: number, blocks: number): number {
     computesLogits: true,
   };
   const bytes = activationReserveBytes(config, spec) + blocks * kvBytesPerBlock(config, spec, BLOCK_SIZE);
-  return bytes / freemem();
+  return bytes / (0.5 * freemem());
 }
 
 async function oneWorkerGreedy(modelDir: string, ids: number[]) {
@@ -113,7 +117,7 @@ describe('KV cache sized from memory (CPU, tiny model)', () => {
       // The 2-layer stage needs twice the bytes per block: it is the one that sets the count.
       expect(counts[layers.indexOf(2)]).toBe(least);
       expect(Math.max(...counts)).toBeGreaterThan(1.5 * least);
-      expect(least).toBeGreaterThan(64); // sanity: the share was meant to give about 256
+      expect(least).toBeGreaterThan(64); // sanity: the share was meant to give at least 256
 
       const executor = cluster.executor as PipelineExecutor;
       // The last block id the coordinator may hand out exists on every stage...
