@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -96,15 +97,36 @@ struct SampleBatch {
   int32_t topLogprobs = 0;
 };
 
+// A download queued without waiting for it (Backend::downloadAsync).
+struct PendingDownload {
+  virtual ~PendingDownload() = default;
+  // Blocks until the bytes are in host memory and returns them; may be called from a thread
+  // other than the device thread. Throws BackendError on a device fault.
+  virtual const void* wait() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
 
-  // Memory. alloc returns zero-filled memory.
+  // Memory. alloc returns zero-filled memory. upload may return before the copy has run (the
+  // host data is staged first).
   virtual std::shared_ptr<Buffer> alloc(size_t bytes) = 0;
   virtual void upload(Buffer& dst, const void* host, size_t bytes) = 0;
   virtual void download(const Buffer& src, void* host, size_t bytes) = 0;
+  // Queues the copy of src's first `bytes` to host memory that the handle owns, after the work
+  // queued so far, without waiting for it. This default downloads at once.
+  virtual std::unique_ptr<PendingDownload> downloadAsync(const Buffer& src, size_t bytes) {
+    struct Done final : PendingDownload {
+      std::vector<uint8_t> bytes;
+      const void* wait() override { return bytes.data(); }
+    };
+    auto done = std::make_unique<Done>();
+    done->bytes.resize(bytes);
+    if (bytes) download(src, done->bytes.data(), bytes);
+    return done;
+  }
   // Reads rows [r0, r1) x cols [c0, c1) of a row-major [rows, cols] matrix of
   // elemSize-byte elements stored at fileOffset of path, into dst (contiguous).
   virtual void readFileRegion(Buffer& dst, const std::string& path, uint64_t fileOffset,
@@ -171,6 +193,9 @@ class Backend {
   // dst's first `rows` rows = src's (2-D views of one dtype and column count; either may be an
   // opened shared buffer of another GPU of the host).
   virtual void copyRows(const View& src, const View& dst, int64_t rows) = 0;
+  // ids i32 [T]: ids[t] = sampled[from[t], 0] where from[t] >= 0 (sampled i32 [S, W]; the
+  // binding's caller checked from's indices against S).
+  virtual void takeSampled(const View& ids, const View& sampled, const View& from) = 0;
   // Memory that another process of this host can map, zero-filled (CUDA IPC): *handle gets the
   // bytes that process passes to openShared. Backends without it (CPU) throw.
   virtual std::shared_ptr<Buffer> allocShared(size_t bytes, std::vector<uint8_t>* handle) {
@@ -209,12 +234,22 @@ class Backend {
   // memoryInfo (device.cc), and may throw BackendError: failures that device code can only
   // record in memory, such as a device collective whose peer never arrived (collective.h),
   // surface there like an asynchronous CUDA fault.
-  void addSyncCheck(std::function<void()> check) { syncChecks_.push_back(std::move(check)); }
+  // Thread-safe: the checks of an asynchronous download run on the thread that waited for it.
+  void addSyncCheck(std::function<void()> check) {
+    std::lock_guard<std::mutex> lock(syncChecksMu_);
+    syncChecks_.push_back(std::move(check));
+  }
   void runSyncChecks() {
-    for (auto& check : syncChecks_) check();
+    std::vector<std::function<void()>> checks;
+    {
+      std::lock_guard<std::mutex> lock(syncChecksMu_);
+      checks = syncChecks_;
+    }
+    for (auto& check : checks) check();
   }
 
  private:
+  std::mutex syncChecksMu_;
   std::vector<std::function<void()>> syncChecks_;
 };
 

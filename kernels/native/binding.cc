@@ -247,6 +247,7 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
             InstanceMethod<&DeviceWrap::ConcatCols>("concatCols"),
             InstanceMethod<&DeviceWrap::Sample>("sample"),
             InstanceMethod<&DeviceWrap::CopyRows>("copyRows"),
+            InstanceMethod<&DeviceWrap::TakeSampled>("takeSampled"),
             InstanceMethod<&DeviceWrap::AllocShared>("allocShared"),
             InstanceMethod<&DeviceWrap::OpenShared>("openShared"),
             InstanceMethod<&DeviceWrap::Release>("release"),
@@ -683,20 +684,25 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     c->dtype = s->dtype == DType::I32 ? DType::I32 : DType::F32;
     Napi::Promise promise = c->deferred.Promise();
     state_->began(info.Env());
-    device_->complete("read", [s, c](const std::shared_ptr<Backend>& b) {
-      std::vector<uint8_t> raw(s->bytes);
-      if (!raw.empty()) b->download(s->buffer(b), raw.data(), s->bytes);
-      if (s->dtype != DType::F16) {
-        c->bytes = std::move(raw);
-        return;
-      }
-      // Widen f16 here, off the JS thread.
-      const size_t n = raw.size() / 2;
-      c->bytes.resize(n * 4);
-      const auto* h = reinterpret_cast<const uint16_t*>(raw.data());
-      auto* f = reinterpret_cast<float*>(c->bytes.data());
-      for (size_t i = 0; i < n; i++) f[i] = halfToFloat(h[i]);
-    }, c);
+    // The device thread queues the copy and goes on; the settler waits for it.
+    const size_t bytes = s->bytes;
+    const bool f16 = s->dtype == DType::F16;
+    device_->completeDownload(
+        "read", [s](const std::shared_ptr<Backend>& b) { return b->downloadAsync(s->buffer(b), s->bytes); },
+        [c, bytes, f16](const void* raw) {
+          const auto* r = static_cast<const uint8_t*>(raw);
+          if (!f16) {
+            c->bytes.assign(r, r + bytes);
+            return;
+          }
+          // Widen f16 here, off the JS thread.
+          const size_t n = bytes / 2;
+          c->bytes.resize(n * 4);
+          const auto* h = reinterpret_cast<const uint16_t*>(r);
+          auto* f = reinterpret_cast<float*>(c->bytes.data());
+          for (size_t i = 0; i < n; i++) f[i] = halfToFloat(h[i]);
+        },
+        c);
     return promise;
   }
 
@@ -881,6 +887,23 @@ class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
     return info.Env().Undefined();
   }
 
+  // takeSampled(ids, sampled, from): checked by device.ts (from's indices included, host data
+  // there); this re-checks the shapes the kernel relies on.
+  Napi::Value TakeSampled(const Napi::CallbackInfo& info) {
+    SlotPtr ids = slotArg(info[0]);
+    SlotPtr sampled = slotArg(info[1]);
+    SlotPtr from = slotArg(info[2]);
+    if (ids->shape.size() != 1 || sampled->shape.size() != 2 || from->shape.size() != 1 ||
+        ids->dtype != DType::I32 || sampled->dtype != DType::I32 || from->dtype != DType::I32 ||
+        from->shape[0] != ids->shape[0])
+      throw Napi::Error::New(info.Env(), "takeSampled: mismatched tensors");
+    CheckOpen(info.Env());
+    device_->enqueue("takeSampled", [=](const std::shared_ptr<Backend>& b) {
+      b->takeSampled(ids->view(b), sampled->view(b), from->view(b));
+    });
+    return info.Env().Undefined();
+  }
+
   // prepareIpcCollective(rank, size, bufferBytes, timeoutMs) -> Promise<[group, handle bytes]>
   Napi::Value PrepareIpcCollective(const Napi::CallbackInfo& info) {
     const CollectiveOptions o = CollectiveArgs(info);
@@ -990,7 +1013,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                 return Napi::Number::New(info.Env(), static_cast<double>(awqpack::packedBytes(K, N) / 4));
               }));
   // 3: packAwq, awqLinearPacked, awqPackedWords. 4: gated packs (packAwq's and awqLinearPacked's `gated`).
-  exports.Set("abiVersion", Napi::Number::New(env, 4));
+  exports.Set("abiVersion", Napi::Number::New(env, 5));
   return exports;
 }
 

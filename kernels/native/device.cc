@@ -84,6 +84,7 @@ Device::Device(const Factory& factory, Post post) : post_(std::move(post)) {
     thread_.join();
     throw BackendError(error);
   }
+  settler_ = std::thread([this] { settleLoop(); });
 }
 
 Device::~Device() { abandon(); }
@@ -109,10 +110,13 @@ void Device::loop(const Factory& factory, std::promise<std::string>* ready) {
     }
     std::string failure;
     const bool skip = item.completion && !firstError_.empty();
+    std::unique_ptr<PendingDownload> pending;
     if (!skip) {
       try {
         if (item.work) item.work(backend_);
-        if (item.completion) {
+        if (item.start) {
+          pending = item.start(backend_);
+        } else if (item.completion) {
           backend_->synchronize();
           backend_->runSyncChecks();
         }
@@ -137,16 +141,52 @@ void Device::loop(const Factory& factory, std::promise<std::string>* ready) {
         }
         firstError_.clear();
         laterFailures_ = 0;
+        pending.reset();  // a failed completion carries no bytes
       }
-      post_(item.completion);
+      settle(Settle{item.op, item.completion, std::move(pending), std::move(item.finish), item.stop});
     }
     // Destroy the work (and the slots it captured) here, on the device thread.
     item.work = nullptr;
+    item.start = nullptr;
     if (item.stop) {
       std::lock_guard<std::mutex> lock(mu_);
       stopped_ = true;
       return;
     }
+  }
+}
+
+void Device::settle(Settle s) {
+  {
+    std::lock_guard<std::mutex> lock(settleMu_);
+    settling_.push_back(std::move(s));
+  }
+  settleCv_.notify_one();
+}
+
+// Posts completions in the order the device thread finished them, each after its download.
+void Device::settleLoop() {
+  for (;;) {
+    Settle s;
+    {
+      std::unique_lock<std::mutex> lock(settleMu_);
+      settleCv_.wait(lock, [&] { return settleAbandoned_ || !settling_.empty(); });
+      if (settleAbandoned_) return;
+      s = std::move(settling_.front());
+      settling_.pop_front();
+    }
+    if (s.pending) {
+      try {
+        const void* bytes = s.pending->wait();
+        backend_->runSyncChecks();
+        s.finish(bytes);
+      } catch (const std::exception& e) {
+        s.completion->error = std::string(s.op) + ": " + e.what();
+      }
+      s.pending.reset();
+    }
+    post_(s.completion);
+    if (s.stop) return;
   }
 }
 
@@ -169,12 +209,17 @@ void Device::complete(const char* op, Work work, Completion* c, bool stop) {
   push(Item{op, std::move(work), c, stop});
 }
 
+void Device::completeDownload(const char* op, StartDownload start, FinishDownload finish, Completion* c) {
+  push(Item{op, nullptr, c, false, std::move(start), std::move(finish)});
+}
+
 void Device::release(SlotPtr slot) {
   push(Item{"release", [s = std::move(slot)](const std::shared_ptr<Backend>&) {}, nullptr, false});
 }
 
 void Device::join() {
   if (thread_.joinable()) thread_.join();
+  if (settler_.joinable()) settler_.join();
 }
 
 void Device::abandon() {
@@ -184,9 +229,17 @@ void Device::abandon() {
     stopped_ = true;
   }
   cv_.notify_one();
-  join();
+  if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(settleMu_);
+    settleAbandoned_ = true;
+  }
+  settleCv_.notify_one();
+  if (settler_.joinable()) settler_.join();
   for (Item& item : queue_) delete item.completion;
   queue_.clear();
+  for (Settle& s : settling_) delete s.completion;
+  settling_.clear();
 }
 
 }  // namespace medcluster

@@ -1,8 +1,11 @@
 // One Device = one native thread that owns a Backend and runs queued work in FIFO
 // order. The JS thread only enqueues; everything that touches backend memory
 // (allocation included) runs on the device thread, because a CUDA backend's context
-// is selected per thread. This file knows nothing about N-API: completions are
-// handed to a `post` callback that the binding routes to the JS thread.
+// is selected per thread. A second thread, the settler, posts the completions, in the
+// order they were queued; it also waits for asynchronous downloads, so that the device
+// thread queues the next work (a next decode step) while a read's copy is still ahead
+// on the stream. This file knows nothing about N-API: completions are handed to a
+// `post` callback that the binding routes to the JS thread.
 #pragma once
 
 #include <condition_variable>
@@ -100,6 +103,12 @@ class Device {
   // carrying the first failure recorded since the last completion, if any (which
   // also skips `work`). With `stop`, the thread exits after posting.
   void complete(const char* op, Work work, Completion* c, bool stop = false);
+  // Like complete(), without the synchronize: `start` queues a download and returns it; the
+  // settler waits for it, runs the backend's sync checks, hands the bytes to `finish` and
+  // posts `c`. The device thread goes on with the work queued after it meanwhile.
+  using StartDownload = std::function<std::unique_ptr<PendingDownload>(const std::shared_ptr<Backend>&)>;
+  using FinishDownload = std::function<void(const void*)>;
+  void completeDownload(const char* op, StartDownload start, FinishDownload finish, Completion* c);
   // Drops a slot reference on the device thread, where its memory was allocated.
   void release(SlotPtr slot);
   // Joins the thread once a stopping completion was posted.
@@ -113,9 +122,21 @@ class Device {
     Work work;
     Completion* completion;
     bool stop;
+    StartDownload start = nullptr;
+    FinishDownload finish = nullptr;
+  };
+  // A completion on its way to the settler: posted once `pending` (if any) is done.
+  struct Settle {
+    const char* op;
+    Completion* completion;
+    std::unique_ptr<PendingDownload> pending;
+    FinishDownload finish;
+    bool stop;
   };
   void loop(const Factory& factory, std::promise<std::string>* ready);
+  void settleLoop();
   void push(Item item);
+  void settle(Settle s);
 
   Post post_;
   std::shared_ptr<Backend> backend_;
@@ -126,6 +147,11 @@ class Device {
   bool abandoned_ = false;
   bool stopped_ = false;  // no more work will run: later pushes are dropped
   std::thread thread_;
+  std::mutex settleMu_;
+  std::condition_variable settleCv_;
+  std::deque<Settle> settling_;
+  bool settleAbandoned_ = false;
+  std::thread settler_;
 
   // Device thread only.
   std::string firstError_;

@@ -299,6 +299,10 @@ export interface Device {
   concatCols(parts: readonly Tensor[]): Tensor;
   /** Samples each row of logits f32 [R, V] that `rows` names (see SampleRow). */
   sample(logits: Tensor, rows: readonly SampleRow[]): SampledRows;
+  /** ids i32 [T]: ids[t] = sampled[from[t], 0] wherever from[t] >= 0, the others unchanged;
+   * sampled i32 [S, W] (SampledRows.ids), from: T host indices in -1..S-1. Feeds a sequence the
+   * token its previous step sampled without a trip to the host (SeqStep.sampledInput). */
+  takeSampled(ids: Tensor, sampled: Tensor, from: Int32Array): void;
   /** dst [R, C] rows 0..rows-1 = src [S, C] rows 0..rows-1 (one dtype; rows <= R, S). Either may
    * be an opened shared tensor, also of another GPU of the host. Graph-capturable. */
   copyRows(dst: Tensor, src: Tensor, rows: number): void;

@@ -619,6 +619,31 @@ class KernelDevice implements Device {
     nativeCall(op, () => native.copyRows(this.#arg(op, 'dst', dst), this.#arg(op, 'src', src), rows));
   }
 
+  takeSampled(ids: Tensor, sampled: Tensor, from: Int32Array): void {
+    const op = 'takeSampled';
+    const [T] = expect(op, 'ids', ids, 1, ['i32']);
+    const [S] = expect(op, 'sampled', sampled, 2, ['i32']);
+    if (!(from instanceof Int32Array) || from.length !== T)
+      fail(
+        op,
+        `from must be an Int32Array of ${T} indices (one per id), got ${from?.constructor?.name} of ${from?.length}`,
+      );
+    for (const f of from) if (f < -1 || f >= S) fail(op, `from index ${f} is outside -1..${S - 1}`);
+    const native = this.#open(op);
+    const index = this.fromArray(from, [T], 'i32');
+    try {
+      nativeCall(op, () =>
+        native.takeSampled(
+          this.#arg(op, 'ids', ids),
+          this.#arg(op, 'sampled', sampled),
+          this.#arg(op, 'from', index),
+        ),
+      );
+    } finally {
+      index.dispose();
+    }
+  }
+
   async allocShared(shape: readonly number[], dtype: DType): Promise<SharedTensor> {
     const op = 'allocShared';
     this.#sharedMemory(op, shape, dtype);

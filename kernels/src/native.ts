@@ -120,6 +120,7 @@ export interface NativeDevice {
   read(handle: NativeHandle): Promise<Float32Array | Int32Array>;
   close(): Promise<void>;
   copyRows(dst: NativeHandle, src: NativeHandle, rows: number): void;
+  takeSampled(ids: NativeHandle, sampled: NativeHandle, from: NativeHandle): void;
   allocShared(shape: number[], dtype: number): Promise<[NativeHandle, Uint8Array]>;
   openShared(handle: Uint8Array, shape: number[], dtype: number): Promise<NativeHandle>;
   // Device collectives (collective.h): set-up settles promises, the ops queue.
@@ -153,7 +154,7 @@ export interface NativeAddon {
   abiVersion: number;
 }
 
-const ABI_VERSION = 4;
+const ABI_VERSION = 5;
 const BUILD_HINT = 'build it with `npm run build -w @medcluster/kernels` (needs cmake and a C++17 compiler)';
 
 let cached: NativeAddon | undefined;

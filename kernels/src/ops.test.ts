@@ -1,6 +1,6 @@
 // Every op against a float64 reference on fresh seeded inputs.
 import { afterAll, describe, expect, it } from 'vitest';
-import type { DType, SampleRow, Tensor } from './api.js';
+import { type DType, KernelError, type SampleRow, type Tensor } from './api.js';
 import { dequantizeAwq, packAwqInt4 } from './awq.js';
 import { buildCache } from './cache-fixture.js';
 import { createDevice } from './device.js';
@@ -24,6 +24,25 @@ afterAll(() => dev.close());
 const F16_TOL = 2e-3;
 
 describe('memory', () => {
+  it('a read returns what the tensor held where it was queued; completions settle in queued order', async () => {
+    const t = dev.fromArray(Int32Array.from([1, 2, 3]), [3], 'i32');
+    const order: string[] = [];
+    const before = t.read().then((v) => {
+      order.push('before');
+      return v;
+    });
+    dev.write(t, Int32Array.from([4, 5, 6]));
+    const after = t.read().then((v) => {
+      order.push('after');
+      return v;
+    });
+    const synced = dev.sync().then(() => order.push('sync'));
+    expect(Array.from(await before)).toEqual([1, 2, 3]);
+    expect(Array.from(await after)).toEqual([4, 5, 6]);
+    await synced;
+    expect(order).toEqual(['before', 'after', 'sync']);
+  });
+
   it('round-trips f16 (from f32 and raw bits), f32 and i32, and zero-fills', async () => {
     const rand = rng(1);
     const v = uniform(rand, 37, -100, 100);
@@ -238,6 +257,18 @@ describe('norms and element-wise ops', () => {
       .gatherRows(dev.fromArray(f, [5, 3], 'f16'), dev.fromArray(Int32Array.from([2]), [1], 'i32'))
       .read();
     expect(outF).toEqual(f.subarray(6, 9));
+  });
+
+  it('takeSampled feeds ids from column 0 of sampled rows, leaving the -1 entries', async () => {
+    const ids = dev.fromArray(Int32Array.from([7, 8, 9, 10]), [4], 'i32');
+    const sampled = dev.fromArray(Int32Array.from([100, 101, 200, 201, 300, 301]), [3, 2], 'i32');
+    dev.takeSampled(ids, sampled, Int32Array.from([2, -1, 0, 2]));
+    expect(Array.from(await ids.read())).toEqual([300, 8, 100, 300]);
+    expect(() => dev.takeSampled(ids, sampled, Int32Array.from([3, -1, 0, 0]))).toThrow(
+      /from index 3 is outside -1\.\.2/,
+    );
+    expect(() => dev.takeSampled(ids, sampled, Int32Array.from([0]))).toThrow(/4 indices/);
+    expect(() => dev.takeSampled(dev.zeros([4], 'f32'), sampled, new Int32Array(4))).toThrow(KernelError);
   });
 
   it('greedy sampling picks the first index of the largest on ties', async () => {

@@ -63,6 +63,39 @@ function both(
   return [cpu.fromArray(data, shape, dtype), gpu.fromArray(data, shape, dtype)];
 }
 
+/**
+ * Reads are settled off the device thread (small ones from pinned blocks, large ones at once)
+ * and uploads are staged: each read returns what the tensor held where it was queued, and
+ * completions resolve in the order they were queued.
+ */
+async function compareTransfers(gpu: Device): Promise<void> {
+  for (const n of [3, 65536, 600000]) {
+    const a = Int32Array.from({ length: n }, (_, i) => i * 7 - 5);
+    const b = Int32Array.from({ length: n }, (_, i) => -i);
+    const t = gpu.fromArray(a, [n], 'i32');
+    const order: string[] = [];
+    const noted =
+      <T>(what: string) =>
+      (v: T) => {
+        order.push(what);
+        return v;
+      };
+    const before = t.read().then(noted('read before'));
+    gpu.write(t, b);
+    const after = t.read().then(noted('read after'));
+    const synced = gpu.sync().then(() => order.push('sync'));
+    const [x, y] = await Promise.all([before, after, synced]);
+    checkEqual(`read of ${n} ints queued before a write`, x, a);
+    checkEqual(`read of ${n} ints queued after it`, y, b);
+    checkEqual(
+      `completions of ${n}-int reads in queued order`,
+      order.map((o) => ['read before', 'read after', 'sync'].indexOf(o)),
+      [0, 1, 2],
+    );
+    t.dispose();
+  }
+}
+
 async function compareOps(cpu: Device, gpu: Device): Promise<void> {
   const rand = rng(Date.now() & 0x7fffffff); // fresh inputs every run
   const read = async (t: Tensor) => (await t.read()) as Float32Array;
@@ -184,6 +217,11 @@ async function compareOps(cpu: Device, gpu: Device): Promise<void> {
     const rows = Int32Array.from([4, 0, 2]);
     const [rc, rg] = both(cpu, gpu, rows, [3], 'i32');
     checkEqual('gatherRows', await read(gpu.gatherRows(eg, rg)), await read(cpu.gatherRows(ec, rc)));
+    const [sc, sg] = both(cpu, gpu, Int32Array.from([5, -1, 6, -1, 7, 3]), [3, 2], 'i32');
+    const from = Int32Array.from([2, -1, 0, 1, 2]);
+    cpu.takeSampled(ic, sc, from);
+    gpu.takeSampled(ig, sg, from);
+    checkEqual('takeSampled', await read(ig), await read(ic));
   }
 
   // Column concat (fused q/k/v weights at load): pure copies, so identical. Odd widths and rows
@@ -637,6 +675,7 @@ async function main(): Promise<void> {
   }
   console.log(`GPU tests on ${gpu.name}`);
   const cpu = createDevice({ kind: 'cpu' });
+  await compareTransfers(gpu);
   await compareOps(cpu, gpu);
   await compareSampler(gpu);
   await cpu.close();

@@ -84,6 +84,13 @@ class CpuBackend final : public Backend {
   void copyRows(const View& src, const View& dst, int64_t rows) override {
     std::memcpy(dst.data, src.data, static_cast<size_t>(rows) * src.dim(1) * dtypeSize(src.dtype));
   }
+  void takeSampled(const View& ids, const View& sampled, const View& from) override {
+    int32_t* out = ids.as<int32_t>();
+    const int32_t* f = from.as<int32_t>();
+    const int64_t W = sampled.dim(1);
+    for (int64_t t = 0; t < ids.dim(0); t++)
+      if (f[t] >= 0) out[t] = sampled.as<int32_t>()[f[t] * W];
+  }
   void sample(const View& logits, const SampleBatch& batch, const View& ids, const View& logprobs) override {
     cpu::sample(pool_, logits, batch, ids, logprobs);
   }

@@ -327,6 +327,12 @@ __global__ void gatherRowsKernel(const char* x, const int32_t* rows, char* out, 
   }
 }
 
+__global__ void takeSampledKernel(int32_t* ids, const int32_t* sampled, const int32_t* from, int64_t T, int64_t W) {
+  pdlWait();
+  for (int64_t t = threadIdx.x; t < T; t += blockDim.x)
+    if (from[t] >= 0) ids[t] = sampled[(int64_t)from[t] * W];
+}
+
 __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -428,7 +434,75 @@ struct SharedHandle {
 constexpr char kSharedMagic[8] = {'m', 'c', 's', 'h', 'a', 'r', 'e', '1'};
 
 constexpr size_t kStagingBytes = 8u << 20;  // per pinned staging buffer of readFileRegion
-constexpr size_t kTransferBytes = 8u << 20;  // the pinned buffer of upload and download
+constexpr size_t kTransferBytes = 8u << 20;  // the pinned buffer of large uploads and downloads
+// Small uploads (a step's inputs) are staged in a ring of pinned slots and not waited for; a
+// slot is reused once its copy has run.
+constexpr int kUploadSlots = 16;
+constexpr size_t kUploadSlotBytes = 256u << 10;
+// Downloads up to this size (a step's sampled ids) go to pinned blocks and are waited for by the
+// thread that settles them, so the device thread moves on to the next step's work.
+constexpr size_t kReadBlockBytes = 1u << 20;
+
+// Pinned blocks of kReadBlockBytes with an event each: taken on the device thread, given back by
+// whichever thread finished with the download.
+class ReadBlocks {
+ public:
+  struct Block {
+    void* host = nullptr;
+    cudaEvent_t done = nullptr;
+  };
+  Block take() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        Block b = free_.back();
+        free_.pop_back();
+        return b;
+      }
+    }
+    Block b;
+    MC_CUDA(cudaHostAlloc(&b.host, kReadBlockBytes, cudaHostAllocDefault));
+    MC_CUDA(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
+    return b;
+  }
+  void give(Block b) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(b);
+  }
+  ~ReadBlocks() {
+    for (Block& b : free_) {
+      cudaFreeHost(b.host);
+      cudaEventDestroy(b.done);
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<Block> free_;
+};
+
+class PendingRead final : public PendingDownload {
+ public:
+  PendingRead(std::shared_ptr<ReadBlocks> blocks, ReadBlocks::Block block, int ordinal)
+      : blocks_(std::move(blocks)), block_(block), ordinal_(ordinal) {}
+  ~PendingRead() override { blocks_->give(block_); }
+  const void* wait() override {
+    // The waiting thread may be new to CUDA: select the device, or the runtime would make a
+    // context on device 0 for it.
+    thread_local int current = -1;
+    if (current != ordinal_) {
+      MC_CUDA(cudaSetDevice(ordinal_));
+      current = ordinal_;
+    }
+    MC_CUDA(cudaEventSynchronize(block_.done));
+    return block_.host;
+  }
+
+ private:
+  std::shared_ptr<ReadBlocks> blocks_;
+  ReadBlocks::Block block_;
+  int ordinal_;
+};
 
 class CudaBackend final : public Backend {
  public:
@@ -461,6 +535,13 @@ class CudaBackend final : public Backend {
     MC_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
     sampleStaging_.reserve(1u << 20);  // Device.sample's row specs: 64 rows of ~2,000 generated ids
     MC_CUDA(cudaHostAlloc(&transfer_, kTransferBytes, cudaHostAllocDefault));
+    for (UploadSlot& u : uploadSlots_) {
+      MC_CUDA(cudaHostAlloc(&u.host, kUploadSlotBytes, cudaHostAllocDefault));
+      MC_CUDA(cudaEventCreateWithFlags(&u.done, cudaEventDisableTiming));
+    }
+    // Pinned memory is allocated here, not on a step's path (cudaHostAlloc waits for the device).
+    readBlocks_ = std::make_shared<ReadBlocks>();
+    for (int i = 0; i < 4; i++) readBlocks_->give(readBlocks_->take());
     loadBlas();
   }
   ~CudaBackend() override {
@@ -472,6 +553,10 @@ class CudaBackend final : public Backend {
     if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
     cudaStreamSynchronize(sh_->stream);
     if (transfer_) cudaFreeHost(transfer_);
+    for (UploadSlot& u : uploadSlots_) {
+      if (u.host) cudaFreeHost(u.host);
+      if (u.done) cudaEventDestroy(u.done);
+    }
     for (int i = 0; i < 2; ++i) {
       if (staging_[i]) cudaFreeHost(staging_[i]);
       if (stagingDone_[i]) cudaEventDestroy(stagingDone_[i]);
@@ -497,6 +582,14 @@ class CudaBackend final : public Backend {
   // up the other devices of the process, such as a tensor-parallel peer this stream's
   // all-reduce is waiting for.
   void upload(Buffer& dst, const void* host, size_t bytes) override {
+    if (bytes <= kUploadSlotBytes) {
+      UploadSlot& u = uploadSlots_[nextUploadSlot_++ % kUploadSlots];
+      MC_CUDA(cudaEventSynchronize(u.done));  // that slot's copy, kUploadSlots uploads ago
+      std::memcpy(u.host, host, bytes);
+      MC_CUDA(cudaMemcpyAsync(dst.data, u.host, bytes, cudaMemcpyHostToDevice, s()));
+      MC_CUDA(cudaEventRecord(u.done, s()));
+      return;
+    }
     for (size_t at = 0; at < bytes; at += kTransferBytes) {
       const size_t n = std::min(kTransferBytes, bytes - at);
       std::memcpy(transfer_, static_cast<const char*>(host) + at, n);
@@ -511,6 +604,15 @@ class CudaBackend final : public Backend {
       MC_CUDA(cudaStreamSynchronize(s()));
       std::memcpy(static_cast<char*>(host) + at, transfer_, n);
     }
+  }
+
+  std::unique_ptr<PendingDownload> downloadAsync(const Buffer& src, size_t bytes) override {
+    if (bytes > kReadBlockBytes) return Backend::downloadAsync(src, bytes);
+    ReadBlocks::Block block = readBlocks_->take();
+    auto pending = std::make_unique<PendingRead>(readBlocks_, block, sh_->ordinal);
+    if (bytes) MC_CUDA(cudaMemcpyAsync(block.host, src.data, bytes, cudaMemcpyDeviceToHost, s()));
+    MC_CUDA(cudaEventRecord(block.done, s()));
+    return pending;
   }
 
   // pread into two pinned staging buffers in turn; each chunk goes to the device with
@@ -709,6 +811,12 @@ class CudaBackend final : public Backend {
     const size_t bytes = (size_t)rows * src.dim(1) * dtypeSize(src.dtype);
     if (bytes) MC_CUDA(cudaMemcpyAsync(dst.data, src.data, bytes, cudaMemcpyDefault, s()));
   }
+  void takeSampled(const View& ids, const View& sampled, const View& from) override {
+    if (!ids.dim(0)) return;
+    launchKernel(ctx(), takeSampledKernel, dim3(1), dim3(256), 0, ids.as<int32_t>(), sampled.as<int32_t>(),
+                 from.as<int32_t>(), ids.dim(0), sampled.dim(1));
+    MC_LAUNCHED("takeSampled");
+  }
   void sample(const View& logits, const SampleBatch& batch, const View& ids, const View& logprobs) override {
     launchSample(s(), sampleScratch_, sampleStaging_, logits, batch, ids, logprobs);
   }
@@ -814,7 +922,14 @@ class CudaBackend final : public Backend {
   Blas blas_;
   void* blasWorkspace_ = nullptr;
   std::vector<cudaGraphExec_t> graphs_;  // handle h is graphs_[h - 1]
-  void* transfer_ = nullptr;  // pinned, kTransferBytes: upload and download
+  void* transfer_ = nullptr;  // pinned, kTransferBytes: large uploads and downloads
+  struct UploadSlot {
+    void* host = nullptr;
+    cudaEvent_t done = nullptr;
+  };
+  UploadSlot uploadSlots_[kUploadSlots];
+  unsigned nextUploadSlot_ = 0;
+  std::shared_ptr<ReadBlocks> readBlocks_;
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t stagingDone_[2] = {nullptr, nullptr};
 };
