@@ -82,29 +82,32 @@ export class DecodeGraphs {
     return this.options.padBrokenBuckets === true || !this.buckets.get(`${batch}x${width}`)?.broken;
   }
 
+  /** Whether the step (fits() must hold) would capture its bucket's graph: its first step. */
+  captures(inputs: StepInputs): boolean {
+    const batch = bucketFor(BATCH_BUCKETS, inputs.numTokens) as number;
+    const bucket = this.buckets.get(`${batch}x${this.widthFor(inputs.maxBlocks)}`);
+    return !bucket?.graph && !bucket?.broken;
+  }
+
   /**
    * Runs a decode step (fits() must hold) and hands its output tensor to `use`: [B, cols] with
    * the step's rows first and the bucket's padding rows after them (logits on the last stage,
-   * hidden states elsewhere). The tensor is the bucket's: valid until `use` settles.
+   * hidden states elsewhere). The tensor is the bucket's: valid until `use` settles. `feedIds`
+   * may overwrite ids that the step's inputs left at 0 (SeqStep.sampledInput), before the step
+   * runs.
    */
   async run<X>(
     inputs: StepInputs,
     hidden: StageInput | undefined,
     use: (t: Tensor) => Promise<X>,
-  ): Promise<X> {
-    return this.step(inputs, hidden, use);
-  }
-
-  private async step<X>(
-    inputs: StepInputs,
-    hidden: StageInput | undefined,
-    use: (t: Tensor) => Promise<X>,
+    feedIds?: (ids: Tensor) => void,
   ): Promise<X> {
     const n = inputs.numTokens;
     const batch = bucketFor(BATCH_BUCKETS, n) as number;
     const width = this.widthFor(inputs.maxBlocks) as number;
     const bucket = this.bucket(batch, width);
     this.writeInputs(bucket, inputs, hidden);
+    if (feedIds && bucket.tensors.ids) feedIds(bucket.tensors.ids);
     if (bucket.graph) {
       bucket.graph.replay();
       this.replays++;

@@ -9,7 +9,7 @@
 import type { Device, Tensor } from '@medcluster/kernels';
 import type { KvCacheSpec } from '@medcluster/proto';
 import type { Checkpoint, LlamaConfig } from '../checkpoint/types.js';
-import { finishOnDevice } from '../sampling/device-sample.js';
+import { type DeviceSampled, finishOnDevice } from '../sampling/device-sample.js';
 import { DecodeGraphs, type StepTensors } from './decode-graphs.js';
 import { KvCache } from './kv-cache.js';
 import { kvBlocksFromMemory } from './kv-sizing.js';
@@ -40,6 +40,11 @@ export type ShardRunnerOptions = WeightSource & {
   onProgress?: LoadProgress;
 };
 
+interface LatestStep {
+  sampled?: DeviceSampled;
+  failed: boolean;
+}
+
 export interface StepResult {
   /** Hidden states [T, hidden] f32, for the next stage (non-last stages, unless written `into`). */
   hidden?: Float32Array;
@@ -69,6 +74,11 @@ export class ShardRunner {
   private readonly graphsAllowed: boolean;
   /** Logit columns of each tensor-parallel rank (the vocabulary split, uneven where needed). */
   private readonly vocabWidths: number[];
+  /** Settles once the latest step's device work is queued: the next step queues after it. */
+  private queueing: Promise<void> = Promise.resolve();
+  /** The latest step: the ids it sampled, still on the device, for the next step's sampled
+   * inputs; failed until its sampling was queued. */
+  private latest: LatestStep = { failed: false };
 
   private constructor(options: ShardRunnerOptions, weights: ShardWeights, numBlocks: number) {
     this.device = options.device;
@@ -171,11 +181,83 @@ export class ShardRunner {
   /**
    * Runs the held layers for one step. `hidden` ([T, hidden] f32) is required unless this
    * shard embeds. Every rank of a tensor-parallel stage must run the same steps in the same
-   * order, one step at a time.
+   * order. A step may be called before the one before it has resolved: its device work queues
+   * after that step's sampling, so it can take the tokens sampled there (SeqStep.sampledInput)
+   * while the host still waits for them.
    */
   async step(seqs: readonly SeqStep[], hidden?: StageInput, into?: Tensor): Promise<StepResult> {
+    const before = this.queueing;
+    let queued = () => {};
+    this.queueing = new Promise<void>((resolve) => {
+      queued = resolve;
+    });
+    await before;
+    const previous = this.latest;
+    const current: LatestStep = { failed: true };
+    this.latest = current;
+    let released = false;
+    // The previous step's ids are no longer needed once this step's device work is queued.
+    const release = () => {
+      if (released) return;
+      released = true;
+      previous.sampled?.ids.dispose();
+      queued();
+    };
+    // Once the sampling is queued, the next step may queue its work, except while this one has
+    // a graph to capture (after its reads): the capture must come before any later work.
+    const keep = (sampled: DeviceSampled | undefined, capturing: boolean) => {
+      current.sampled = sampled;
+      current.failed = false;
+      if (!capturing) release();
+    };
+    try {
+      const result = await this.queueStep(seqs, hidden, into, previous, keep);
+      current.failed = false;
+      return result;
+    } finally {
+      release();
+    }
+  }
+
+  /** Where each token of a step with sampled inputs takes its id from: a row of the previous
+   * step's sampled ids, or -1 (its own id, or token 0 where that step failed). */
+  private sampledFrom(seqs: readonly SeqStep[], T: number, previous: LatestStep): Int32Array | undefined {
+    if (!seqs.some((s) => s.sampledInput)) return undefined;
+    if (!this.spec.embeds || !this.spec.computesLogits) {
+      throw new RangeError('sampled inputs need a stage that embeds and samples (one stage)');
+    }
+    const from = new Int32Array(T).fill(-1);
+    let t = 0;
+    for (const s of seqs) {
+      if (s.sampledInput && !previous.failed) {
+        const row = previous.sampled?.seqIds.indexOf(s.seqId) ?? -1;
+        if (row < 0) throw new RangeError(`sequence ${s.seqId}: the previous step sampled no token for it`);
+        from[t] = row;
+      }
+      t += s.numTokens;
+    }
+    return from;
+  }
+
+  private async queueStep(
+    seqs: readonly SeqStep[],
+    hidden: StageInput | undefined,
+    into: Tensor | undefined,
+    previous: LatestStep,
+    keep: (sampled: DeviceSampled | undefined, capturing: boolean) => void,
+  ): Promise<StepResult> {
     const { config, spec } = this;
     const inputs = buildStepInputs(seqs, this.blockSize, this.numBlocks);
+    const from = this.sampledFrom(seqs, inputs.numTokens, previous);
+    const source = previous.sampled?.ids;
+    const feedIds =
+      from && source
+        ? (ids: Tensor) => {
+            const rows = new Int32Array(ids.shape[0]).fill(-1);
+            rows.set(from);
+            this.device.takeSampled(ids, source, rows);
+          }
+        : undefined;
     const T = inputs.numTokens;
     const H = config.hiddenSize;
     if (spec.embeds) {
@@ -212,11 +294,14 @@ export class ShardRunner {
     };
     const decodeStep = seqs.every((s) => s.numTokens === 1 && (s.logitRows === 1 || !spec.computesLogits));
     if (this.graphs?.fits(inputs, decodeStep)) {
-      if (spec.computesLogits)
-        return { output: await this.graphs.run(inputs, hidden, (t) => finishOnDevice(this.device, t, seqs)) };
+      if (spec.computesLogits) {
+        const capturing = this.graphs.captures(inputs);
+        const use = (t: Tensor) => finishOnDevice(this.device, t, seqs, (ids) => keep(ids, capturing));
+        return { output: await this.graphs.run(inputs, hidden, use, feedIds) };
+      }
       return this.graphs.run(inputs, hidden, handOn);
     }
-    return this.eagerStep(seqs, inputs, hidden, handOn);
+    return this.eagerStep(seqs, inputs, hidden, handOn, (ids) => keep(ids, false), feedIds);
   }
 
   /** The previous stage's hidden states as a new [T, hidden] tensor (the layers update it in place). */
@@ -234,6 +319,8 @@ export class ShardRunner {
     inputs: StepInputs,
     hidden: StageInput | undefined,
     handOn: (x: Tensor) => Promise<StepResult>,
+    kept: (sampled: DeviceSampled | undefined) => void,
+    feedIds?: (ids: Tensor) => void,
   ): Promise<StepResult> {
     const { device, spec } = this;
     const T = inputs.numTokens;
@@ -257,12 +344,14 @@ export class ShardRunner {
         ids: spec.embeds ? keep(device.fromArray(inputs.tokens, [T], 'i32')) : undefined,
         hidden: spec.embeds ? undefined : keep(this.inputTensor(hidden as StageInput, T)),
       };
+      if (tensors.ids) feedIds?.(tensors.ids);
       const layers = this.layers(tensors, keep);
       let next = layers.next();
       while (!next.done) next = layers.next(await this.allReduce(next.value));
       const x = next.value;
       if (!spec.computesLogits) return await handOn(x);
-      if (inputs.logitRows.length === 0) return { output: await finishOnDevice(device, undefined, seqs) };
+      if (inputs.logitRows.length === 0)
+        return { output: await finishOnDevice(device, undefined, seqs, kept) };
       const rows =
         inputs.logitRows.length === T
           ? undefined
@@ -270,7 +359,7 @@ export class ShardRunner {
       const local = keep(this.head(x, keep, rows));
       const logits =
         this.spec.tpSize > 1 ? keep(await this.collectiveOf().allGatherCols(local, this.vocabWidths)) : local;
-      return { output: await finishOnDevice(device, logits, seqs) };
+      return { output: await finishOnDevice(device, logits, seqs, kept) };
     } finally {
       for (const t of owned) t.dispose();
     }

@@ -48,6 +48,11 @@ export function buildStepInputs(seqs: readonly SeqStep[], blockSize: number, num
         `sequence ${seq.seqId}: ${seq.logitRows} logit rows for ${seq.numTokens} positions`,
       );
     }
+    if (seq.sampledInput && (seq.numTokens !== 1 || seq.tokens)) {
+      throw new RangeError(
+        `sequence ${seq.seqId}: a sampled input is one position with no token ids, got ${seq.numTokens} positions${seq.tokens ? ' and ids' : ''}`,
+      );
+    }
     if (seq.tokens && seq.tokens.length !== seq.numTokens) {
       throw new RangeError(
         `sequence ${seq.seqId}: ${seq.tokens.length} token ids for ${seq.numTokens} positions`,

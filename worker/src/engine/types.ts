@@ -17,6 +17,14 @@ export interface SeqStep {
   numTokens: number;
   /** Token ids of the new positions (needed by the first stage only). */
   tokens?: number[];
+  /**
+   * The one new position's token (numTokens 1, no `tokens`) is the one this sequence's previous
+   * step sampled, which the runner still holds on the device: the scheduler sends the step
+   * before that token reaches the host. Only on a runner that embeds and samples (one stage),
+   * in the step right after the one that sampled the token. Where that step failed, the
+   * position runs on token 0: the failure failed the sequence's request, so no one reads it.
+   */
+  sampledInput?: boolean;
   /** KV cache block ids holding positions 0 .. startPos+numTokens-1, in order. */
   blockTable: number[];
   /**

@@ -58,15 +58,24 @@ export async function readSampled(out: SampledRows, rows: readonly SampleRow[]):
   });
 }
 
+/** The token ids a step sampled, left on the device: row i of `ids` belongs to seqIds[i]. */
+export interface DeviceSampled {
+  ids: Tensor;
+  seqIds: string[];
+}
+
 /**
  * The step's output from its logits f32 [R, vocab] on the device: each sequence's logitRows
  * rows, sequence after sequence (the runner's output), then any padding rows (a graph bucket's);
- * `undefined` where the step computed no logits. Disposes nothing it was given.
+ * `undefined` where the step computed no logits. Disposes nothing it was given. `keep`, if given,
+ * is called once the sampling and the reads are queued, with the sampled ids (undefined where
+ * the step sampled nothing), which it then owns.
  */
 export async function finishOnDevice(
   device: Device,
   logits: Tensor | undefined,
   seqs: readonly SeqStep[],
+  keep?: (sampled: DeviceSampled | undefined) => void,
 ): Promise<StepOutput> {
   const rows: SampleRow[] = [];
   const kept: number[] = [];
@@ -84,11 +93,15 @@ export async function finishOnDevice(
   if (row > computed) {
     throw new RangeError(`the step computed ${computed} logit rows, its sequences asked for ${row}`);
   }
-  if (!logits) return { logits: new Float32Array(0), sampled: [] };
+  if (!logits) {
+    keep?.(undefined);
+    return { logits: new Float32Array(0), sampled: [] };
+  }
   const owned: Tensor[] = [];
   try {
     const sampled = rows.length > 0 ? device.sample(logits, rows) : undefined;
-    if (sampled) owned.push(sampled.ids, sampled.logprobs);
+    if (sampled) owned.push(sampled.logprobs);
+    if (sampled && !keep) owned.push(sampled.ids);
     let keptRows: Tensor | undefined;
     if (kept.length === computed) keptRows = logits;
     else if (kept.length > 0) {
@@ -97,10 +110,12 @@ export async function finishOnDevice(
       keptRows = device.gatherRows(logits, index);
       owned.push(keptRows);
     }
-    const [tokens, out] = await Promise.all([
+    const reads = Promise.all([
       sampled ? readSampled(sampled, rows) : [],
       keptRows ? (keptRows.read() as Promise<Float32Array>) : new Float32Array(0),
     ]);
+    keep?.(sampled && { ids: sampled.ids, seqIds: seqs.filter((s) => s.sample).map((s) => s.seqId) });
+    const [tokens, out] = await reads;
     return { logits: out, sampled: tokens };
   } finally {
     for (const t of owned) t.dispose();
