@@ -3,8 +3,8 @@
 // whether its position was computed in a prefill or a decode step. Serving relies on this:
 // a request gets the same tokens however the scheduler batches it.
 
-import { BlockAllocator, LocalExecutor } from '@medcluster/coordinator';
-import { openCheckpoint, type SeqStep } from '@medcluster/worker';
+import { BlockAllocator, LocalExecutor, Scheduler, type StepExecutor } from '@medcluster/coordinator';
+import { GREEDY, openCheckpoint, type SeqStep } from '@medcluster/worker';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { testModel } from './models.js';
 
@@ -75,6 +75,60 @@ describe('batch invariance of the full model (CPU)', () => {
     } finally {
       blocks.release(table);
     }
+  });
+
+  test('follow-on steps, fed the sampled tokens on the device, give the tokens of steps fed from the host', async () => {
+    const serve = async (ex: StepExecutor, stop: number[]) => {
+      const s = new Scheduler(ex, new BlockAllocator(64, 16), {
+        maxBatchTokens: 32,
+        maxRunning: 8,
+        maxWaiting: 16,
+        maxContext: 256,
+        eosTokenId: 2,
+      });
+      const seeded = (seed: number) => ({
+        ...GREEDY,
+        temperature: 0.9,
+        topP: 0.95,
+        seed,
+        stopTokenIds: stop,
+      });
+      const results = await Promise.all([
+        s.submit({
+          requestId: 'a',
+          promptIds: PROMPT,
+          maxTokens: 12,
+          n: 1,
+          sampling: { ...GREEDY, stopTokenIds: stop },
+        }),
+        s.submit({ requestId: 'b', promptIds: OTHER, maxTokens: 9, n: 2, sampling: seeded(7) }),
+        s.submit({ requestId: 'c', promptIds: PROMPT.slice(5), maxTokens: 10, n: 1, sampling: seeded(8) }),
+      ]);
+      return results.map((r) => r.choices.map((c) => [c.finishReason, ...c.tokens.map((t) => t.id)].join()));
+    };
+    // The same runner, steps fed only from the host: every token makes the round trip.
+    const hostFed: StepExecutor = {
+      vocabRows: executor.vocabRows,
+      maxInFlight: 1,
+      execute: (seqs) => executor.execute(seqs),
+      close: async () => {},
+    };
+    const first = await serve(hostFed, [2]);
+    // A stop token that request a hits at its fourth token, while its follow-on step is out.
+    const stop = [2, Number(first[0][0].split(',')[4])];
+    const expected = await serve(hostFed, stop);
+    expect(expected[0][0].split(',')[0]).toBe('stop');
+    let fed = 0;
+    const deviceFed: StepExecutor = {
+      ...hostFed,
+      sampledInputs: true,
+      execute: (seqs) => {
+        fed += seqs.filter((st) => st.sampledInput).length;
+        return executor.execute(seqs);
+      },
+    };
+    expect(await serve(deviceFed, stop)).toEqual(expected);
+    expect(fed).toBeGreaterThan(25);
   });
 
   test("every position's logits (prompt logprobs) equal each prefix's last-position logits", async () => {

@@ -57,6 +57,36 @@ describe('measureDecode', () => {
     }
   });
 
+  it('sends each decode step before the previous one answered where the executor takes sampled inputs', async () => {
+    const shape = { batch: 2, promptTokens: 3, decodeTokens: 5 };
+    const blocks = new BlockAllocator(blocksNeeded(shape, 4), 4);
+    const { executor, steps } = recordingExecutor(1);
+    let outstanding = 0;
+    let most = 0;
+    const feeding: StepExecutor = {
+      ...executor,
+      sampledInputs: true,
+      async execute(seqs) {
+        most = Math.max(most, ++outstanding);
+        await new Promise((r) => setTimeout(r, 2));
+        outstanding--;
+        return executor.execute(seqs);
+      },
+    };
+    await measureDecode(feeding, blocks, shape);
+    expect(most).toBe(2);
+    const decode = steps.slice(-5);
+    expect(decode[0].every((s) => s.tokens?.length === 1 && !s.sampledInput)).toBe(true);
+    for (const [i, seqs] of decode.slice(1).entries()) {
+      for (const s of seqs) {
+        expect(s).toMatchObject({ sampledInput: true, numTokens: 1, startPos: 4 + i });
+        expect(s.tokens).toBeUndefined();
+        expect(s.sample?.key.position).toBe(5 + i);
+      }
+    }
+    expect(blocks.freeBlocks).toBe(blocks.numBlocks);
+  });
+
   it('splits the sequences into as many concurrent groups as the executor overlaps steps', async () => {
     const shape = { batch: 4, promptTokens: 2, decodeTokens: 3 };
     const blocks = new BlockAllocator(blocksNeeded(shape, 4), 4);

@@ -3,7 +3,9 @@
 // concurrently, as the scheduler would run them. Every step samples each sequence's next token
 // greedily where the logits are and feeds it back, as serving does: only the token ids come
 // back to the host, not the logit rows (at 64 sequences and a 32,000-token vocabulary those are
-// 8 MB a step).
+// 8 MB a step). Where the executor takes sampled inputs, each decode step goes out before the
+// one before it has answered, fed that step's tokens on the device, as the scheduler's
+// follow-on steps are.
 
 import { GREEDY, type SeqStep } from '@medcluster/worker';
 import type { BlockAllocator } from '../scheduler/block-allocator.js';
@@ -60,18 +62,18 @@ async function runDecode(
   );
   // Sequence s's next input: the token its last step sampled.
   const next: number[] = new Array(batch).fill(0);
-  // Sequence s's step of `tokens` at `startPos` that samples the token after them (generated:
-  // how many it sampled before; greedy needs no history).
-  const stepOf = (s: number, startPos: number, tokens: number[], generated: number): SeqStep => ({
+  // Sequence s's step of `tokens` at `startPos` (or of the one token its previous step sampled)
+  // that samples the token after them (generated: how many it sampled before; greedy needs no
+  // history).
+  const stepOf = (s: number, startPos: number, tokens: number[] | 'sampled', generated: number): SeqStep => ({
     seqId: `b${s}`,
     startPos,
-    numTokens: tokens.length,
-    tokens,
+    ...(tokens === 'sampled' ? { numTokens: 1, sampledInput: true } : { numTokens: tokens.length, tokens }),
     blockTable: tables[s],
     logitRows: 1,
     sample: {
       params: GREEDY,
-      key: { seed: s, choice: 0, position: startPos + tokens.length },
+      key: { seed: s, choice: 0, position: startPos + (tokens === 'sampled' ? 1 : tokens.length) },
       generated: { count: generated, ids: [] },
     },
   });
@@ -89,15 +91,25 @@ async function runDecode(
       }),
     );
     const prefillMs = performance.now() - t0;
+    const followOn = executor.sampledInputs === true;
     t0 = performance.now();
     await Promise.all(
       groups.map(async (group) => {
+        let answering: Promise<void> | undefined;
         for (let step = 0; step < decodeTokens; step++) {
-          await run(
+          const input = (s: number) => (followOn && step > 0 ? 'sampled' : [next[s]]);
+          const current = run(
             group,
-            group.map((s) => stepOf(s, promptTokens + step, [next[s]], step + 1)),
+            group.map((s) => stepOf(s, promptTokens + step, input(s), step + 1)),
           );
+          if (!followOn) await current;
+          else {
+            current.catch(() => undefined); // awaited in the next round
+            await answering;
+            answering = current;
+          }
         }
+        await answering;
       }),
     );
     const decodeMs = performance.now() - t0;

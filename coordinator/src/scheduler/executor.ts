@@ -10,6 +10,13 @@ export interface StepExecutor {
   /** Steps the executor can overlap (pipeline depth); 1 for a single stage. */
   readonly maxInFlight: number;
   /**
+   * Whether a step may feed a sequence the token its previous step sampled before that token
+   * reaches the host (SeqStep.sampledInput). The scheduler then sends a decoding sequence's next
+   * step while the one before it still runs, so the device never waits for the host between
+   * them.
+   */
+  readonly sampledInputs?: boolean;
+  /**
    * Runs one step. Resolves with the tokens sampled for the sequences that asked (`sample`)
    * and the logit rows of those that return them (see SeqStep, StepOutput).
    */

@@ -16,6 +16,7 @@ export type LocalExecutorOptions = WeightSource & {
 
 export class LocalExecutor implements StepExecutor {
   readonly maxInFlight = 1;
+  readonly sampledInputs = true;
   readonly vocabRows: number;
   /** KV cache blocks the shard allocated (sized from memory when asked to). */
   readonly numBlocks: number;

@@ -101,6 +101,59 @@ class RandomRowsExecutor extends ScriptedExecutor {
   }
 }
 
+/**
+ * Takes sampled inputs (SeqStep.sampledInput) as a single-stage runner does: steps run one after
+ * another in the order they were sent, and a sampled input takes the token that the step before
+ * sampled for its sequence (token 0 where that step failed). `inner` records the steps with
+ * their tokens filled in.
+ */
+class FeedingExecutor implements StepExecutor {
+  readonly sampledInputs = true;
+  readonly maxInFlight = 1;
+  readonly vocabRows: number;
+  /** Steps sent and not yet answered, and the most of them at once. */
+  sent = 0;
+  maxSent = 0;
+  /** Rows that came as sampled inputs. */
+  fedRows = 0;
+  private previous: Promise<Map<string, number> | 'failed'> = Promise.resolve(new Map());
+
+  constructor(readonly inner: ScriptedExecutor) {
+    this.vocabRows = inner.vocabRows;
+  }
+
+  async execute(seqs: SeqStep[]): Promise<StepOutput> {
+    this.maxSent = Math.max(this.maxSent, ++this.sent);
+    const before = this.previous;
+    let done: (sampled: Map<string, number> | 'failed') => void = () => {};
+    this.previous = new Promise((resolve) => {
+      done = resolve;
+    });
+    try {
+      const last = await before;
+      const fed = seqs.map((st) => {
+        if (!st.sampledInput) return st;
+        const id = last === 'failed' ? 0 : last.get(st.seqId);
+        if (id === undefined) throw new Error(`${st.seqId}: the previous step sampled no token for it`);
+        this.fedRows++;
+        const { sampledInput: _, ...rest } = st;
+        return { ...rest, tokens: [id] };
+      });
+      const out = await this.inner.execute(fed);
+      const sampledIds = fed.filter((st) => st.sample).map((st) => st.seqId);
+      done(new Map(sampledIds.map((id, i) => [id, out.sampled[i].id])));
+      return out;
+    } catch (err) {
+      done('failed');
+      throw err;
+    } finally {
+      this.sent--;
+    }
+  }
+
+  async close() {}
+}
+
 const LIMITS: SchedulerLimits = {
   maxBatchTokens: 8,
   maxRunning: 4,
@@ -228,6 +281,89 @@ describe('Scheduler: steps', () => {
     const s = new Scheduler(ex, cache(16), LIMITS);
     await Promise.all([s.submit(req([5], 6)), s.submit(req([40], 6))]);
     expect(ex.maxSeenInFlight).toBe(2);
+  });
+});
+
+describe('Scheduler: follow-on steps on an executor that takes sampled inputs', () => {
+  const seeded = (seed: number): SamplingParams => ({ ...GREEDY, temperature: 1, seed, stopTokenIds: [EOS] });
+  const run = async (ex: StepExecutor, blocks: number) => {
+    const s = new Scheduler(ex, cache(blocks), LIMITS);
+    const results = await Promise.all([
+      s.submit(req([10, 11, 12, 13, 14, 15, 16, 17, 18, 19], 9)),
+      s.submit(req([0], 10)), // 0 -> 1 -> 2 (eos): ends while its follow-on is out
+      s.submit(req([5], 10, { sampling: { ...GREEDY, stopTokenIds: [EOS, 8] } })),
+      s.submit(req([7], 12, { n: 2, sampling: seeded(3) })),
+      s.submit(req([9, 3, 4, 60, 61], 14, { sampling: seeded(11) })),
+      s.submit(req([30, 31], 6, { onToken: (_, t) => t.id === 34 })), // a stop string at 34
+    ]);
+    expect(s.stats).toMatchObject({ running: 0, waiting: 0, stepsInFlight: 0 });
+    return results.map((r) => r.choices.map((c) => [c.finishReason, ...c.tokens.map((t) => t.id)].join()));
+  };
+
+  test('give every request the tokens and finish reasons it gets without them, under preemption too', async () => {
+    for (const blocks of [64, 12]) {
+      const expected = await run(new RandomRowsExecutor(), blocks);
+      const ex = new FeedingExecutor(new RandomRowsExecutor());
+      expect(await run(ex, blocks)).toEqual(expected);
+      expect(ex.maxSent).toBe(2);
+      expect(ex.fedRows).toBeGreaterThan(20);
+    }
+    const plain = await run(new ScriptedExecutor(), 64);
+    expect(await run(new FeedingExecutor(new ScriptedExecutor()), 64)).toEqual(plain);
+  });
+
+  test('a decoding sequence always has its next step out; no step past max_tokens', async () => {
+    const ex = new FeedingExecutor(new ScriptedExecutor());
+    const s = new Scheduler(ex, cache(16), LIMITS);
+    const result = await s.submit(req([10, 11, 12, 13, 14, 15, 16, 17, 18, 19], 4));
+    expect(ids(result)).toEqual([20, 21, 22, 23]);
+    // Each decode step went out with the one before it still running, on its sampled token.
+    expect(ex.inner.steps.map((st) => st.map((x) => [x.startPos, x.numTokens, x.tokens[0]]))).toEqual([
+      [[0, 8, 10]],
+      [[8, 2, 18]],
+      [[10, 1, 20]],
+      [[11, 1, 21]],
+      [[12, 1, 22]],
+    ]);
+    expect(ex.maxSent).toBe(2);
+    expect(ex.fedRows).toBe(3);
+  });
+
+  test('sequences whose sampling reads the generated ids wait for them', async () => {
+    const ex = new FeedingExecutor(new RandomRowsExecutor());
+    const s = new Scheduler(ex, cache(16), LIMITS);
+    const penalized = { ...GREEDY, temperature: 1, seed: 4, repetitionPenalty: 1.3, stopTokenIds: [EOS] };
+    const r = await s.submit(req([7], 8, { sampling: penalized }));
+    expect(r.choices[0].tokens).toHaveLength(8);
+    expect(ex.maxSent).toBe(1);
+    expect(ex.fedRows).toBe(0);
+  });
+
+  test('a cancel or a failed step with a follow-on out frees the blocks; the others go on', async () => {
+    const inner = new ScriptedExecutor();
+    const ex = new FeedingExecutor(inner);
+    const blocks = cache(16);
+    const s = new Scheduler(ex, blocks, LIMITS);
+    const abort = new AbortController();
+    const other = s.submit(req([40], 12));
+    const cancelled = s.submit(
+      req([5], 40, {
+        signal: abort.signal,
+        onToken: (_, t) => {
+          if (t.id === 9) abort.abort();
+          return false;
+        },
+      }),
+    );
+    const [o, c] = await Promise.all([other, cancelled]);
+    expect(ids(o)).toEqual([41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52]);
+    expect(c.choices[0].finishReason).toBe('cancelled');
+    expect(ids(c)).toEqual([6, 7, 8, 9]);
+    expect(blocks.freeBlocks).toBe(16);
+    inner.failNext = true;
+    await expect(s.submit(req([5], 6))).rejects.toBeInstanceOf(RequestFailedError);
+    expect(blocks.freeBlocks).toBe(16);
+    expect(ids(await s.submit(req([5], 3)))).toEqual([6, 7, 8]);
   });
 });
 

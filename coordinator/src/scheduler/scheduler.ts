@@ -10,6 +10,14 @@
 // backend's batch invariance makes give the same tokens). New sequences never preempt running
 // ones. With a pipelined executor up to `maxInFlight` steps on disjoint sequences run at once.
 //
+// Follow-on steps: where the executor takes sampled inputs (a single stage), a decoding
+// sequence's next step is sent while its current one still runs, fed on the device with the
+// token that step samples, so the device never waits for the host between steps. One step more
+// than maxInFlight may then be out, and only if it has such a row; it is applied after the step
+// it follows. A sequence that the earlier step ends (a stop token or string) has computed one
+// position too many, which nothing reads. Sequences whose sampling needs the generated ids
+// (penalties) wait for their tokens instead.
+//
 // Failure scope: an error in a step fails the requests in that step (RequestFailedError), frees
 // their KV blocks, and leaves every other request running. Losing a worker is different
 // (ExecutorUnavailableError, or suspend() from the cluster): the KV cache of every running
@@ -125,7 +133,10 @@ interface Sequence {
   computed: number;
   blocks: number[];
   state: SeqState;
-  inFlight: boolean;
+  /** Steps in flight with a row of this sequence. */
+  inFlight: number;
+  /** The step in flight that samples this sequence's next token. */
+  sampling?: StepPlan;
   finishReason?: FinishReason;
   stopTokenId?: number;
   /** Choice 0 of a request that asked: each prompt position's logprob once computed (index = position). */
@@ -152,6 +163,8 @@ interface PlannedRow {
   start: number;
   count: number;
   logitRows: number;
+  /** A follow-on row: position `start` takes the token that the step in flight samples. */
+  followOn?: boolean;
 }
 
 interface StepPlan {
@@ -161,28 +174,42 @@ interface StepPlan {
   rows: PlannedRow[];
   promptTokens: number;
   decodeTokens: number;
+  /** The step whose sampled tokens this one's follow-on rows take: applied first. */
+  follows?: StepPlan;
+  /** When the executor answered (monotonic seconds). */
+  answered?: number;
+  /** Settles once the step's results are applied (or it failed). */
+  applied: Promise<void>;
+  markApplied: () => void;
+}
+
+/** Whether a planned row samples its sequence's next token. */
+function samples({ seq, start, count, followOn }: PlannedRow): boolean {
+  return followOn === true || start + count === seq.tokens.length;
 }
 
 /** A planned row as the executor takes it: the next token is sampled where the row ends the sequence. */
-function seqStepOf({ seq, start, count, logitRows }: PlannedRow): SeqStep {
+function seqStepOf(row: PlannedRow): SeqStep {
+  const { seq, start, count, logitRows, followOn } = row;
   const { sampling, requestId } = seq.request.request;
-  const end = start + count;
+  // A follow-on row's token is the one the step in flight samples: one more than the host has.
+  const known = followOn ? 1 : 0;
   return {
     seqId: seq.id,
     requestId,
     startPos: start,
     numTokens: count,
-    tokens: seq.tokens.slice(start, end),
+    ...(followOn ? { sampledInput: true } : { tokens: seq.tokens.slice(start, start + count) }),
     // A copy: a cancellation frees the sequence's table while the step is in flight.
     blockTable: [...seq.blocks],
     logitRows,
-    ...(end === seq.tokens.length
+    ...(samples(row)
       ? {
           sample: {
             params: sampling,
-            key: { seed: sampling.seed, choice: seq.choice, position: seq.tokens.length },
+            key: { seed: sampling.seed, choice: seq.choice, position: seq.tokens.length + known },
             generated: {
-              count: seq.generated.length,
+              count: seq.generated.length + known,
               ids: penalizes(sampling) ? seq.generated.map((t) => t.id) : [],
             },
           },
@@ -222,6 +249,8 @@ export class Scheduler {
   private readonly running: Sequence[] = [];
   private readonly observers = new Set<SchedulerObserver>();
   private inFlight = 0;
+  /** The step sent last: only its sampled tokens can feed follow-on rows. */
+  private latest?: StepPlan;
   private nextOrder = 0;
   private nextStepId = 1;
   private closing = false;
@@ -351,7 +380,7 @@ export class Scheduler {
           computed: 0,
           blocks: [],
           state: 'waiting',
-          inFlight: false,
+          inFlight: 0,
           ...(request.promptLogprobs && choice === 0 ? { promptLogprobs: [] } : {}),
         });
       }
@@ -430,16 +459,40 @@ export class Scheduler {
   }
 
   private pump(): void {
-    while (!this.suspended && this.inFlight < this.executor.maxInFlight) {
-      const plan = this.schedule();
+    const { maxInFlight, sampledInputs } = this.executor;
+    while (!this.suspended) {
+      // At maxInFlight only a step with follow-on rows may go, one more than that at most.
+      const followOnly = this.inFlight >= maxInFlight;
+      if (followOnly && (sampledInputs !== true || this.inFlight > maxInFlight)) break;
+      const plan = this.schedule(followOnly);
       if (!plan) break;
       void this.run(plan);
     }
     if (this.closing && this.waiting.length === 0 && this.running.length === 0) this.drained?.();
   }
 
-  /** Chooses the next step's rows, allocating their KV blocks (and preempting for them). */
-  private schedule(): StepPlan | undefined {
+  /** Whether `seq`'s next position can go in a follow-on row: its step in flight, the latest one
+   * sent, samples its next token, which will not end it by length and needs no history. */
+  private canFollow(seq: Sequence): boolean {
+    const { request } = seq.request;
+    return (
+      this.executor.sampledInputs === true &&
+      seq.state === 'running' &&
+      seq.inFlight === 1 &&
+      seq.sampling !== undefined &&
+      seq.sampling === this.latest &&
+      !penalizes(request.sampling) &&
+      seq.generated.length + 1 < request.maxTokens &&
+      seq.tokens.length + 1 < this.limits.maxContext
+    );
+  }
+
+  /**
+   * Chooses the next step's rows, allocating their KV blocks (and preempting for them).
+   * `followOnly`: no step may go unless it has a follow-on row.
+   */
+  private schedule(followOnly: boolean): StepPlan | undefined {
+    if (followOnly && !this.running.some((s) => this.canFollow(s))) return undefined;
     let budget = this.limits.maxBatchTokens;
     const rows: PlannedRow[] = [];
     const planned = new Set<Sequence>();
@@ -454,15 +507,25 @@ export class Scheduler {
       planned.add(seq);
       budget -= count;
     };
-    // Running sequences, oldest first: decodes, then prompt chunks (and recomputes).
+    const follows = this.latest;
+    // Running sequences, oldest first: decodes (follow-on rows among them), then prompt chunks
+    // (and recomputes).
     for (const decoding of [true, false]) {
       for (const seq of [...this.running]) {
         if (budget === 0) break;
+        if (decoding && this.canFollow(seq)) {
+          if (this.reserve(seq, seq.tokens.length + 1, planned)) {
+            rows.push({ seq, start: seq.tokens.length, count: 1, logitRows: 1, followOn: true });
+            planned.add(seq);
+            budget -= 1;
+          }
+          continue;
+        }
         if (seq.inFlight || seq.state !== 'running') continue;
         const remaining = seq.tokens.length - seq.computed;
         if ((remaining === 1) !== decoding) continue;
         const count = Math.min(remaining, budget);
-        if (this.reserve(seq, count, planned)) add(seq, count);
+        if (this.reserve(seq, seq.computed + count, planned)) add(seq, count);
       }
     }
     // Then the queue, first come first served, while blocks are free: no preemption for these.
@@ -482,25 +545,38 @@ export class Scheduler {
     let promptTokens = 0;
     let decodeTokens = 0;
     for (const r of rows) {
-      if (r.seq.tokens.length - r.start === 1) decodeTokens += r.count;
+      if (r.followOn || r.seq.tokens.length - r.start === 1) decodeTokens += r.count;
       else promptTokens += r.count;
     }
-    return { id: this.nextStepId++, epoch: this.epoch, rows, promptTokens, decodeTokens };
+    let markApplied = () => {};
+    const applied = new Promise<void>((resolve) => {
+      markApplied = resolve;
+    });
+    return {
+      id: this.nextStepId++,
+      epoch: this.epoch,
+      rows,
+      promptTokens,
+      decodeTokens,
+      ...(rows.some((r) => r.followOn) ? { follows } : {}),
+      applied,
+      markApplied,
+    };
   }
 
   /**
-   * Grows `seq`'s blocks to hold `count` more positions, preempting the newest idle running
+   * Grows `seq`'s blocks to hold positions 0..end-1, preempting the newest idle running
    * sequences that are not in this step until they fit. False if `seq` itself had to go.
    */
-  private reserve(seq: Sequence, count: number, planned: ReadonlySet<Sequence>): boolean {
-    const needed = () => this.blocks.blocksFor(seq.computed + count) - seq.blocks.length;
+  private reserve(seq: Sequence, end: number, planned: ReadonlySet<Sequence>): boolean {
+    const needed = () => this.blocks.blocksFor(end) - seq.blocks.length;
     while (needed() > this.blocks.freeBlocks) {
       const victim = this.running.findLast((s) => !s.inFlight && !planned.has(s));
       if (!victim) return false; // everything else is in flight: wait for it to come back
       this.preempt(victim);
       if (victim === seq) return false;
     }
-    this.blocks.ensure(seq.blocks, seq.computed + count);
+    this.blocks.ensure(seq.blocks, end);
     return true;
   }
 
@@ -528,9 +604,13 @@ export class Scheduler {
 
   private async run(plan: StepPlan): Promise<void> {
     this.inFlight++;
-    for (const row of plan.rows) row.seq.inFlight = true;
-    const started = monotonicSeconds();
+    this.latest = plan;
     const steps = plan.rows.map(seqStepOf);
+    for (const row of plan.rows) {
+      row.seq.inFlight++;
+      if (samples(row)) row.seq.sampling = plan;
+    }
+    const started = monotonicSeconds();
     let output: StepOutput | undefined;
     let error: Error | undefined;
     try {
@@ -538,8 +618,31 @@ export class Scheduler {
     } catch (err) {
       error = err instanceof Error ? err : new Error(String(err));
     }
+    plan.answered = monotonicSeconds();
+    try {
+      // Follow-on rows start where the step they follow leaves their sequences.
+      await plan.follows?.applied;
+      // A follow-on step runs once the step before it is done: its time starts there.
+      this.finishStep(plan, steps, Math.max(started, plan.follows?.answered ?? started), output, error);
+    } finally {
+      plan.markApplied();
+    }
+    this.pump();
+  }
+
+  private finishStep(
+    plan: StepPlan,
+    steps: readonly SeqStep[],
+    started: number,
+    output: StepOutput | undefined,
+    error: Error | undefined,
+  ): void {
     this.inFlight--;
-    for (const row of plan.rows) row.seq.inFlight = false;
+    if (this.latest === plan) this.latest = undefined;
+    for (const row of plan.rows) {
+      row.seq.inFlight--;
+      if (row.seq.sampling === plan) row.seq.sampling = undefined;
+    }
     const time = monotonicSeconds();
     this.emit({
       type: 'step',
@@ -560,7 +663,6 @@ export class Scheduler {
       for (const r of failed)
         this.fail(r, new RequestFailedError(`step failed: ${(error as Error).message}`, { cause: error }));
     }
-    this.pump();
   }
 
   /** Advances each row's sequence, samples where the step produced logits, retires the finished. */
