@@ -3,7 +3,8 @@
 // path. Rank 0's result carries the sampled tokens and logits; every rank's result is checked
 // for errors. A broken stream, an unreachable stage, or a step past its deadline (a stage that
 // hangs) is an ExecutorUnavailableError. Up to `pp` steps are in flight at once, so every stage
-// has work. Each step names the collective group the cluster placed each stage in, so that a rank
+// has work; with one stage, a follow-on step (SeqStep.sampledInput) may be sent beside the one
+// it follows. Each step names the collective group the cluster placed each stage in, so that a rank
 // of a stage that re-formed refuses a step sent before it did.
 
 import type * as grpc from '@grpc/grpc-js';
@@ -43,6 +44,8 @@ export class PipelineExecutor implements StepExecutor {
   private nextStepId = 1;
   private stageGroups: string[];
   readonly stepTimeoutMs: number;
+  /** One stage embeds and samples: its ranks feed a step the tokens the step before sampled. */
+  readonly sampledInputs: boolean;
 
   private constructor(
     private readonly links: StageLink[],
@@ -51,6 +54,7 @@ export class PipelineExecutor implements StepExecutor {
     options: PipelineExecutorOptions,
   ) {
     this.stepTimeoutMs = options.stepTimeoutMs ?? DEFAULT_STEP_TIMEOUT_MS;
+    this.sampledInputs = maxInFlight === 1;
     this.stageGroups = [...(options.stageGroups ?? [])];
   }
 

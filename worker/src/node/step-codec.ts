@@ -16,6 +16,7 @@ export function encodeSeqStep(s: SeqStep): workerV1.SeqStep {
     logitRows: s.logitRows,
     requestId: s.requestId ?? '',
     sample: s.sample ? encodeSampleSpec(s.sample) : null,
+    sampledInput: s.sampledInput === true,
   };
 }
 
@@ -25,7 +26,7 @@ export function decodeSeqStep(s: workerV1.SeqStep__Output, withTokens: boolean):
     seqId: s.seqId,
     startPos: s.startPos,
     numTokens: s.numTokens,
-    tokens: withTokens ? s.tokenIds : undefined,
+    ...(s.sampledInput ? { sampledInput: true } : { tokens: withTokens ? s.tokenIds : undefined }),
     blockTable: s.blockTable,
     logitRows: s.logitRows,
     ...(s.requestId ? { requestId: s.requestId } : {}),

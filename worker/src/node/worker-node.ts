@@ -85,8 +85,11 @@ export class WorkerNode {
   private device?: Device;
   private runner?: ShardRunner;
   private collective?: Collective;
-  /** Tail of the step queue: steps run strictly one after another. */
+  /** Settles once everything queued so far (steps and serial work) has finished. */
   private tail: Promise<unknown> = Promise.resolve();
+  /** Settles once the latest queued step was handed to the runner (or serial work finished):
+   * the next step is handed over then, and the runner queues its device work after that one's. */
+  private handedOver: Promise<unknown> = Promise.resolve();
   /** Steps queued or running. */
   private queued = 0;
   /** Regroups asked for since the shard loaded: a later one supersedes an earlier one. */
@@ -224,6 +227,7 @@ export class WorkerNode {
   private serial<T>(fn: () => Promise<T>): Promise<T> {
     const result = this.tail.then(fn, fn);
     this.tail = result.catch(() => undefined);
+    this.handedOver = this.tail;
     return result;
   }
 
@@ -278,15 +282,21 @@ export class WorkerNode {
 
   /** Queues one step; steps run in the order they were queued. `hidden` and `into` (the step's
    * input, and where a middle stage writes its output on the device) may still be coming: the
-   * queued step awaits them. */
+   * queued step awaits them. A step is handed to the runner once the one before it was, so its
+   * device work can be queued while that one runs (SeqStep.sampledInput). */
   runStep(
     seqs: SeqStep[],
     hidden?: StageInput | Promise<StageInput | undefined>,
     into?: Tensor | Promise<Tensor>,
   ): Promise<StepResult> {
+    let handed = () => {};
+    const handedOver = new Promise<void>((resolve) => {
+      handed = resolve;
+    });
     const run = async () => {
       const runner = this.runner;
       if (this.state !== 'ready' || !runner) {
+        handed();
         throw new WorkerStateError(`worker ${this.options.workerId} is ${this.state}, not ready for steps`);
       }
       const started = performance.now();
@@ -295,7 +305,9 @@ export class WorkerNode {
       try {
         const lostAfter = this.options.failpoints?.deviceLostAfterSteps;
         if (lostAfter !== undefined && this.stepsCompleted >= lostAfter) throw injectedDeviceLoss('step');
-        const result = await runner.step(seqs, await hidden, await into);
+        const running = runner.step(seqs, await hidden, await into);
+        handed();
+        const result = await running;
         this.stepsCompleted++;
         ok = true;
         return result;
@@ -303,14 +315,17 @@ export class WorkerNode {
         if (isDeviceFault(err)) await this.checkDevice(err as Error);
         throw err;
       } finally {
+        handed();
         const ended = performance.now();
         this.metrics?.step((ended - started) / 1000, ok);
         if (--this.queued === 0) this.metrics?.idle(ended / 1000);
       }
     };
     this.queued++;
-    const result = this.tail.then(run, run);
-    this.tail = result.catch(() => undefined);
+    const result = this.handedOver.then(run, run);
+    this.handedOver = handedOver;
+    const done = result.catch(() => undefined);
+    this.tail = Promise.all([this.tail, done]);
     return result;
   }
 
