@@ -8,7 +8,13 @@ import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BlockAllocator, LocalExecutor, loadTokenizer } from '@medcluster/coordinator';
+import {
+  BlockAllocator,
+  LocalExecutor,
+  loadTokenizer,
+  Scheduler,
+  type StepExecutor,
+} from '@medcluster/coordinator';
 import {
   createDevice,
   type Device,
@@ -322,6 +328,12 @@ async function compareTinyModel(): Promise<void> {
         tokenizer.encode(p),
       ),
     );
+    await compareFollowOn(
+      checkpoint,
+      ['The patient presented with', 'Question: What causes anemia?\nAnswer:', 'Hello'].map((p) =>
+        tokenizer.encode(p),
+      ),
+    );
     const runs: { logits: Float32Array; tokens: number[]; margins: number[] }[][] = [];
     for (const device of ['cpu', 'cuda'] as const) {
       const executor = await LocalExecutor.create({
@@ -382,6 +394,68 @@ async function compareTinyModel(): Promise<void> {
     }
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The scheduler's follow-on steps on CUDA (graph replays whose ids take the previous step's
+ * sampled tokens on the device) against the same requests with every token fed from the host, in
+ * the deterministic mode, where a row's logits do not depend on the rest of its batch: the same
+ * tokens, greedy and sampled.
+ */
+async function compareFollowOn(checkpoint: Checkpoint, prompts: number[][]): Promise<void> {
+  const previous = process.env.MEDCLUSTER_DETERMINISTIC;
+  process.env.MEDCLUSTER_DETERMINISTIC = '1';
+  const executor = await LocalExecutor.create({
+    checkpoint,
+    device: 'cuda',
+    kvCache: { numBlocks: 128, blockSize: 16 },
+  });
+  try {
+    let fed = 0;
+    const through = (sampledInputs: boolean): StepExecutor => ({
+      vocabRows: executor.vocabRows,
+      maxInFlight: 1,
+      sampledInputs,
+      execute: (seqs) => {
+        fed += seqs.filter((st) => st.sampledInput).length;
+        return executor.execute(seqs);
+      },
+      close: async () => {},
+    });
+    const serve = async (ex: StepExecutor) => {
+      const scheduler = new Scheduler(ex, new BlockAllocator(128, 16), {
+        maxBatchTokens: 256,
+        maxRunning: 8,
+        maxWaiting: 16,
+        maxContext: 256,
+        eosTokenId: 2,
+      });
+      const results = await Promise.all(
+        prompts.map((promptIds, i) =>
+          scheduler.submit({
+            requestId: `f${i}`,
+            promptIds,
+            maxTokens: 24 + 4 * i,
+            n: i === 2 ? 2 : 1,
+            sampling: i === 0 ? GREEDY : { ...GREEDY, temperature: 0.8, topP: 0.9, seed: 11 + i },
+          }),
+        ),
+      );
+      return results.flatMap((r) => r.choices.map((c) => c.tokens.map((t) => t.id)));
+    };
+    const expected = await serve(through(false));
+    const got = await serve(through(true));
+    checkEqual(
+      `follow-on steps on cuda (${fed} sampled inputs) vs host-fed: tokens`,
+      got.flat(),
+      expected.flat(),
+    );
+    checkEqual('follow-on steps sent more than 50 sampled inputs', [fed > 50 ? 1 : 0], [1]);
+  } finally {
+    await executor.close();
+    // '0', not unset: the backend's tuning is process-wide and keeps a flag no variable names.
+    process.env.MEDCLUSTER_DETERMINISTIC = previous ?? '0';
   }
 }
 
