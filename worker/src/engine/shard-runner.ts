@@ -227,11 +227,13 @@ export class ShardRunner {
       throw new RangeError('sampled inputs need a stage that embeds and samples (one stage)');
     }
     const from = new Int32Array(T).fill(-1);
+    const rowOf = new Map(previous.sampled?.seqIds.map((id, row) => [id, row]));
     let t = 0;
     for (const s of seqs) {
       if (s.sampledInput && !previous.failed) {
-        const row = previous.sampled?.seqIds.indexOf(s.seqId) ?? -1;
-        if (row < 0) throw new RangeError(`sequence ${s.seqId}: the previous step sampled no token for it`);
+        const row = rowOf.get(s.seqId);
+        if (row === undefined)
+          throw new RangeError(`sequence ${s.seqId}: the previous step sampled no token for it`);
         from[t] = row;
       }
       t += s.numTokens;
