@@ -3,9 +3,10 @@
 // whether its position was computed in a prefill or a decode step. Serving relies on this:
 // a request gets the same tokens however the scheduler batches it.
 
-import { BlockAllocator, LocalExecutor, Scheduler, type StepExecutor } from '@medcluster/coordinator';
+import { BlockAllocator, LocalExecutor } from '@medcluster/coordinator';
 import { GREEDY, openCheckpoint, type SeqStep } from '@medcluster/worker';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { serveThrough } from './follow-on.js';
 import { testModel } from './models.js';
 
 const PROMPT = Array.from({ length: 40 }, (_, i) => 1 + ((i * 7919) % 32000));
@@ -78,14 +79,8 @@ describe('batch invariance of the full model (CPU)', () => {
   });
 
   test('follow-on steps, fed the sampled tokens on the device, give the tokens of steps fed from the host', async () => {
-    const serve = async (ex: StepExecutor, stop: number[]) => {
-      const s = new Scheduler(ex, new BlockAllocator(64, 16), {
-        maxBatchTokens: 32,
-        maxRunning: 8,
-        maxWaiting: 16,
-        maxContext: 256,
-        eosTokenId: 2,
-      });
+    const limits = { maxBatchTokens: 32, maxRunning: 8, maxWaiting: 16, maxContext: 256, eosTokenId: 2 };
+    const requests = (stop: number[]) => {
       const seeded = (seed: number) => ({
         ...GREEDY,
         temperature: 0.9,
@@ -93,42 +88,28 @@ describe('batch invariance of the full model (CPU)', () => {
         seed,
         stopTokenIds: stop,
       });
-      const results = await Promise.all([
-        s.submit({
+      return [
+        {
           requestId: 'a',
           promptIds: PROMPT,
           maxTokens: 12,
           n: 1,
           sampling: { ...GREEDY, stopTokenIds: stop },
-        }),
-        s.submit({ requestId: 'b', promptIds: OTHER, maxTokens: 9, n: 2, sampling: seeded(7) }),
-        s.submit({ requestId: 'c', promptIds: PROMPT.slice(5), maxTokens: 10, n: 1, sampling: seeded(8) }),
-      ]);
-      return results.map((r) => r.choices.map((c) => [c.finishReason, ...c.tokens.map((t) => t.id)].join()));
+        },
+        { requestId: 'b', promptIds: OTHER, maxTokens: 9, n: 2, sampling: seeded(7) },
+        { requestId: 'c', promptIds: PROMPT.slice(5), maxTokens: 10, n: 1, sampling: seeded(8) },
+      ];
     };
-    // The same runner, steps fed only from the host: every token makes the round trip.
-    const hostFed: StepExecutor = {
-      vocabRows: executor.vocabRows,
-      maxInFlight: 1,
-      execute: (seqs) => executor.execute(seqs),
-      close: async () => {},
-    };
-    const first = await serve(hostFed, [2]);
+    const cache = { numBlocks: 64, blockSize: 16 };
+    const first = await serveThrough(executor, false, requests([2]), limits, cache);
     // A stop token that request a hits at its fourth token, while its follow-on step is out.
-    const stop = [2, Number(first[0][0].split(',')[4])];
-    const expected = await serve(hostFed, stop);
-    expect(expected[0][0].split(',')[0]).toBe('stop');
-    let fed = 0;
-    const deviceFed: StepExecutor = {
-      ...hostFed,
-      sampledInputs: true,
-      execute: (seqs) => {
-        fed += seqs.filter((st) => st.sampledInput).length;
-        return executor.execute(seqs);
-      },
-    };
-    expect(await serve(deviceFed, stop)).toEqual(expected);
-    expect(fed).toBeGreaterThan(25);
+    const stop = [2, Number(first.choices[0][0].split(',')[4])];
+    const hostFed = await serveThrough(executor, false, requests(stop), limits, cache);
+    expect(hostFed.choices[0][0].split(',')[0]).toBe('stop');
+    expect(hostFed.sampledInputs).toBe(0);
+    const deviceFed = await serveThrough(executor, true, requests(stop), limits, cache);
+    expect(deviceFed.choices).toEqual(hostFed.choices);
+    expect(deviceFed.sampledInputs).toBeGreaterThan(25);
   });
 
   test("every position's logits (prompt logprobs) equal each prefix's last-position logits", async () => {

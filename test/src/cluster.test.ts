@@ -8,13 +8,13 @@ import {
   LocalExecutor,
   loadTokenizer,
   type PipelineExecutor,
-  Scheduler,
   type StepExecutor,
   startNatsCluster,
 } from '@medcluster/coordinator';
 import { GREEDY, openCheckpoint } from '@medcluster/worker';
 import { connect, type NatsConnection } from 'nats';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { serveThrough } from './follow-on.js';
 import { agreedPrefix, type GreedyRun, greedy, relativeError } from './greedy.js';
 import { type NatsServerHandle, runCli, startCli, startNatsServer, stopAll } from './harness/index.js';
 import { testModel } from './models.js';
@@ -179,44 +179,20 @@ describe('tiny model over NATS and gRPC', () => {
   test('tp=2: follow-on steps, fed on the workers, give the tokens of steps fed from the coordinator', async () => {
     const cluster = await natsCluster(modelDir, 2, 1, 'follow');
     try {
-      const executor = cluster.executor;
-      expect(executor.sampledInputs).toBe(true);
-      let fed = 0;
-      const through = (sampledInputs: boolean): StepExecutor => ({
-        vocabRows: executor.vocabRows,
-        maxInFlight: 1,
-        sampledInputs,
-        execute: (seqs) => {
-          fed += seqs.filter((st) => st.sampledInput).length;
-          return executor.execute(seqs);
-        },
-        close: async () => {},
-      });
-      const serve = async (ex: StepExecutor) => {
-        const scheduler = new Scheduler(ex, new BlockAllocator(KV.numBlocks, KV.blockSize), {
-          maxBatchTokens: 64,
-          maxRunning: 8,
-          maxWaiting: 16,
-          maxContext: 256,
-          eosTokenId: 2,
-        });
-        const results = await Promise.all(
-          promptIds.map((ids, i) =>
-            scheduler.submit({
-              requestId: `f${i}`,
-              promptIds: ids,
-              maxTokens: 10,
-              n: 1,
-              sampling: i === 0 ? GREEDY : { ...GREEDY, temperature: 0.8, seed: 5 + i },
-            }),
-          ),
-        );
-        return results.map((r) => r.choices[0].tokens.map((t) => t.id));
-      };
-      const expected = await serve(through(false));
-      expect(fed).toBe(0);
-      expect(await serve(through(true))).toEqual(expected);
-      expect(fed).toBeGreaterThan(10);
+      expect(cluster.executor.sampledInputs).toBe(true);
+      const requests = promptIds.map((ids, i) => ({
+        requestId: `f${i}`,
+        promptIds: ids,
+        maxTokens: 10,
+        n: 1,
+        sampling: i === 0 ? GREEDY : { ...GREEDY, temperature: 0.8, seed: 5 + i },
+      }));
+      const limits = { maxBatchTokens: 64, maxRunning: 8, maxWaiting: 16, maxContext: 256, eosTokenId: 2 };
+      const hostFed = await serveThrough(cluster.executor, false, requests, limits, KV);
+      const deviceFed = await serveThrough(cluster.executor, true, requests, limits, KV);
+      expect(hostFed.sampledInputs).toBe(0);
+      expect(deviceFed.choices).toEqual(hostFed.choices);
+      expect(deviceFed.sampledInputs).toBeGreaterThan(10);
     } finally {
       await cluster.stop();
     }
