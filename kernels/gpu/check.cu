@@ -1132,15 +1132,32 @@ int main(int argc, char** argv) {
         checkAttention(*b, 8, 1, 128, {2048}, 2048, "prefill 2048 GQA 8");
         cuda::tuning().attnPrefillMinTokensPerSeq = keepMin;
       }
-      checkAttention(*b, 8, 2, 128, {1, 37, 300}, 1, "decode");
-      checkAttention(*b, 64, 8, 128, {5, 200}, 1, "decode GQA 8");
-      // Contexts around the 16-key tiles, the 64-key rounds and the splits, in one step.
-      checkAttention(*b, 64, 8, 128, {1, 15, 16, 17, 63, 64, 65, 100, 128, 129, 255, 256, 257, 511, 640, 700, 1023, 1025, 3, 31},
-                     1, "decode GQA 8, 20 contexts");
-      checkAttention(*b, 4, 4, 64, {1, 17, 64, 65, 333}, 1, "decode MHA hd 64, 5 contexts");
+      // Decode attention on each way its splits merge: the default (clusters of up to 16 splits on
+      // sm_90 where a step has few tokens, one split where it has many), clusters at every step (16
+      // blocks per SM as the split target), the combine kernel (no clusters), and the deterministic
+      // mode (fixed 256-key splits and the combine kernel).
+      for (int v = 0; v < 4; ++v) {
+        cuda::Tuning& tu = cuda::tuning();
+        const cuda::Tuning keep = tu;
+        if (v == 1) tu.attnDecodeBlocksPerSM = 16;
+        if (v == 2) tu.attnDecodeBlocksPerSM = 16, tu.attnDecodeMaxCluster = 1;
+        if (v == 3) tu.deterministic = true;
+        printf("-- decode attention, %s\n", v == 0   ? "default splits"
+                                          : v == 1 ? "16 blocks per SM (clusters on sm_90)"
+                                          : v == 2 ? "16 blocks per SM, no clusters (the combine kernel)"
+                                                   : "deterministic (256-key splits, the combine kernel)");
+        checkAttention(*b, 8, 2, 128, {1, 37, 300}, 1, "decode");
+        checkAttention(*b, 64, 8, 128, {5, 200}, 1, "decode GQA 8");
+        // Contexts around the 16-key tiles, the 64-key rounds and the splits, in one step.
+        checkAttention(*b, 64, 8, 128,
+                       {1, 15, 16, 17, 63, 64, 65, 100, 128, 129, 255, 256, 257, 511, 640, 700, 1023, 1025, 3, 31}, 1,
+                       "decode GQA 8, 20 contexts");
+        checkAttention(*b, 4, 4, 64, {1, 17, 64, 65, 333}, 1, "decode MHA hd 64, 5 contexts");
+        checkAttention(*b, 8, 8, 128, {3000}, 2, "long context (split)");
+        checkAttention(*b, 64, 8, 128, {2500, 17}, 1, "long context GQA 8");
+        tu = keep;
+      }
       checkAttention(*b, 6, 2, 64, {19, 70}, 19, "prefill+partial blocks");
-      checkAttention(*b, 8, 8, 128, {3000}, 2, "long context (split)");
-      checkAttention(*b, 64, 8, 128, {2500, 17}, 1, "long context GQA 8");
       checkAttention(*b, 16, 2, 128, {130}, 130, "prefill 130");
       b->synchronize();
       printf("\n%s: %d ok, %d failure(s)\n", g_fail ? "FAILED" : "PASSED", g_ok, g_fail);

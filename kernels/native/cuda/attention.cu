@@ -2,9 +2,10 @@
 //
 // Steps of one query token per sequence (decode, and mixed steps) run attnDecode: one block per
 // (token, KV head, split of the context) on tensor cores, the G query heads that share a KV head
-// taken together so each K/V row is read once for all of them (GQA). With several splits the
-// partial (m, l, unnormalized O) goes to a workspace and attnCombine merges the splits. The
-// score matrix is never materialized.
+// taken together so each K/V row is read once for all of them (GQA). With several splits, on sm_90
+// a token's splits run as one thread-block cluster and merge their partial (m, l, unnormalized O)
+// through each other's shared memory; elsewhere (and in the deterministic mode) the partials go
+// to a workspace and attnCombine merges them. The score matrix is never materialized.
 //
 // Steps with several tokens per sequence (prefill) use a tensor-core flash kernel instead
 // (attnPrefill below): tiles of query rows against chunks of keys.
@@ -12,6 +13,9 @@
 #include "mma.cuh"
 #include "ptx.cuh"
 #include "tuning.h"
+
+#include <map>
+#include <mutex>
 
 namespace medcluster {
 namespace cuda {
@@ -25,7 +29,7 @@ struct AttnArgs {
   __half* out; float* wsAcc; float* wsML;
   int nh, nkv, G, blockSize, maxBlocks;
   int chunk;   // keys per split; 0: each token's context in `splits` equal parts of whole tiles
-  int splits;
+  int splits;  // Clustered: the cluster's size
   float scale;
 };
 
@@ -45,7 +49,36 @@ constexpr int kDecWarps = 4;
 constexpr int kDecKeys = 16;                      // keys per warp tile
 constexpr int kDecKeysPerRound = kDecWarps * kDecKeys;
 
+// Clustered (sm_90): the launch's splits of a (token, KV head) are one cluster. Each block leaves
+// its merged (m, l, O) in shared memory; after a cluster barrier, block r normalizes the r-th
+// slice of the G x HD outputs from every block's partials (no workspace, no second launch).
 template <int HD>
+__device__ __forceinline__ void mergeCluster(const AttnArgs& a, int t, int kvh, const float (*bo)[HD], const float* bm,
+                                             const float* bl) {
+#if __CUDA_ARCH__ >= 900
+  clusterSync();
+  const int C = a.splits, n = a.G * HD, per = (n + C - 1) / C, r = (int)clusterRank();
+  for (int i = r * per + threadIdx.x; i < min(n, (r + 1) * per); i += blockDim.x) {
+    const int h = i / HD, e = i % HD;
+    float M = -INFINITY;
+    for (int s = 0; s < C; ++s) M = fmaxf(M, ldClusterF32(clusterSmemAddr(&bm[h], s)));
+    float L = 0.f, O = 0.f;
+    for (int s = 0; s < C; ++s) {
+      const float ms = ldClusterF32(clusterSmemAddr(&bm[h], s));
+      if (ms == -INFINITY) continue;  // a split with none of the token's keys
+      const float f = exp2f(ms - M);
+      L += ldClusterF32(clusterSmemAddr(&bl[h], s)) * f;
+      O += ldClusterF32(clusterSmemAddr(&bo[h][e], s)) * f;
+    }
+    a.out[((int64_t)t * a.nh + kvh * a.G + h) * HD + e] = __float2half(O / L);
+  }
+  clusterSync();  // no block leaves while another still reads its shared memory
+#else
+  __trap();  // launched in clusters on sm_90 only
+#endif
+}
+
+template <int HD, bool Clustered>
 __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
   constexpr int KSTEPS = HD / 16;  // k-steps of S (over dims) = m16 tiles of O^T (dims)
   constexpr int KCH = HD / 32;     // 16-byte K chunks per lane and row: chunks 4p + tq
@@ -55,18 +88,24 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
   __shared__ __align__(16) __half pT[kDecWarps][8][kDecKeys];  // P as [head][key]
   __shared__ float wm[kDecWarps][8], wl[kDecWarps][8];
   __shared__ __align__(16) float wacc[kDecWarps][8][HD];
+  __shared__ float bm[8], bl[8];  // Clustered: the block's merged (m, l) per head; its O is wacc[0]
 
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
   const int ctx = a.positions[t] + 1;
   const int perSplit = (ctx + a.splits - 1) / a.splits;
-  const int chunk = a.chunk > 0 ? a.chunk : (perSplit + kDecKeysPerRound - 1) / kDecKeysPerRound * kDecKeysPerRound;
+  const int chunk = a.chunk > 0 ? a.chunk : (perSplit + kDecKeys - 1) / kDecKeys * kDecKeys;
   const int start = split * chunk, end = min(ctx, start + chunk);
   if (start >= end) {  // this split holds none of the token's keys
-    for (int h = threadIdx.x; h < a.G; h += blockDim.x) {
-      const int64_t o = ((int64_t)t * a.nh + kvh * a.G + h) * a.splits + split;
-      a.wsML[2 * o] = -INFINITY;
-      a.wsML[2 * o + 1] = 0.f;
+    if constexpr (Clustered) {
+      if (threadIdx.x < 8) bm[threadIdx.x] = -INFINITY, bl[threadIdx.x] = 0.f;
+      mergeCluster<HD>(a, t, kvh, wacc[0], bm, bl);
+    } else {
+      for (int h = threadIdx.x; h < a.G; h += blockDim.x) {
+        const int64_t o = ((int64_t)t * a.nh + kvh * a.G + h) * a.splits + split;
+        a.wsML[2 * o] = -INFINITY;
+        a.wsML[2 * o + 1] = 0.f;
+      }
     }
     return;
   }
@@ -203,7 +242,10 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
       O += wacc[w][h][e] * f;
     }
     const int head = kvh * a.G + h;
-    if (a.splits == 1) {
+    if constexpr (Clustered) {
+      wacc[0][h][e] = O;  // this thread alone read (h, e) above
+      if (e == 0) bm[h] = M, bl[h] = L;
+    } else if (a.splits == 1) {
       a.out[((int64_t)t * a.nh + head) * HD + e] = __float2half(O / L);
     } else {
       const int64_t so = ((int64_t)t * a.nh + head) * a.splits + split;
@@ -211,6 +253,7 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
       if (e == 0) { a.wsML[2 * so] = M; a.wsML[2 * so + 1] = L; }
     }
   }
+  if constexpr (Clustered) mergeCluster<HD>(a, t, kvh, wacc[0], bm, bl);
 }
 
 // grid (T, nh), block HD threads: merges the splits of one (token, head).
@@ -418,6 +461,40 @@ __global__ void __launch_bounds__(128) attnPrefill(AttnArgs a, int T, int gShift
   }
 }
 
+// The largest cluster of decode attention blocks (at most `want`) that this device runs: above 8
+// blocks, clusters are non-portable and a device may not take them. Asked once per head dim.
+int decodeClusterLimit(int hd, int want) {
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, int> known;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = known.find({hd, want});
+  if (it != known.end()) return it->second;
+  auto kernel = hd == 128 ? attnDecode<128, true> : attnDecode<64, true>;
+  int limit = 1;
+  for (int C = std::min(want, 16); C > 1 && limit == 1; --C) {
+    if (C > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+      (void)cudaGetLastError();
+      continue;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(1, 1, C);
+    cfg.blockDim = dim3(kDecWarps * 32);
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim = {1, 1, (unsigned)C};
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+      (void)cudaGetLastError();  // a size this device does not take
+      n = 0;
+    }
+    if (n > 0) limit = C;
+  }
+  known.emplace(std::make_pair(hd, want), limit);
+  return limit;
+}
+
 }  // namespace
 
 void launchAttention(const Ctx& c, const View& q, const View& kCache, const View& vCache,
@@ -449,22 +526,32 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
     MC_LAUNCHED("attnPrefill");
     return;
   }
-  // Decode: enough splits for ~attnDecodeBlocksPerSM blocks per multiprocessor, each token's
-  // context cut on the GPU into that many parts of whole 64-key rounds (the real lengths live
-  // there; a row of blockTables only bounds them).
+  // Decode: enough splits for ~attnDecodeBlocksPerSM blocks per multiprocessor (at most one per
+  // 16-key tile of the table's width), each token's context cut on the GPU into that many parts of
+  // whole tiles (the real lengths live there; a row of blockTables only bounds them).
   const int64_t cap = (int64_t)a.maxBlocks * a.blockSize;
   const int64_t base = (int64_t)T * nkv;
-  int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceilDiv(cap, kDecKeysPerRound),
+  int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceilDiv(cap, kDecKeys),
                                                           ceilDiv((int64_t)tuning().attnDecodeBlocksPerSM * c.numSMs, base)));
   a.chunk = 0;
   // Deterministic mode: splits of a fixed 256 keys, so a row's sums do not depend on the batch
   // (T) or on the block table's width; splits past a row's context are skipped by the combine,
   // and one non-empty split combines to exactly the unsplit result.
+  const bool clustered = !tuning().deterministic && c.computeCapability >= 90 && tuning().attnDecodeMaxCluster > 1;
   if (tuning().deterministic) {
     a.chunk = 256;
     splits = ceilDiv(cap, a.chunk);
+  } else if (clustered) {
+    splits = std::min<int64_t>(splits, decodeClusterLimit(hd, tuning().attnDecodeMaxCluster));
   }
   a.splits = (int)splits;
+  dim3 grid(T, nkv, (unsigned)splits);
+  if (clustered && splits > 1) {
+    launchKernelInClusters(c, dim3(1, 1, (unsigned)splits), hd == 128 ? attnDecode<128, true> : attnDecode<64, true>,
+                           grid, dim3(kDecWarps * 32), 0, a);
+    MC_LAUNCHED("attention");
+    return;
+  }
   if (splits > 1) {
     size_t accBytes = (size_t)T * nh * splits * hd * 4;
     size_t mlBytes = (size_t)T * nh * splits * 2 * 4;
@@ -472,8 +559,7 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
     a.wsAcc = reinterpret_cast<float*>(ws);
     a.wsML = reinterpret_cast<float*>(ws + accBytes);
   }
-  dim3 grid(T, nkv, (unsigned)splits);
-  launchKernel(c, hd == 128 ? attnDecode<128> : attnDecode<64>, grid, dim3(kDecWarps * 32), 0, a);
+  launchKernel(c, hd == 128 ? attnDecode<128, false> : attnDecode<64, false>, grid, dim3(kDecWarps * 32), 0, a);
   MC_LAUNCHED("attention");
   if (splits > 1) {
     launchKernel(c, attnCombine, dim3((unsigned)T, (unsigned)nh), dim3((unsigned)hd), 0, a.wsAcc, a.wsML, a.out, nh,
