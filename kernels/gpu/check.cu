@@ -1132,20 +1132,19 @@ int main(int argc, char** argv) {
         checkAttention(*b, 8, 1, 128, {2048}, 2048, "prefill 2048 GQA 8");
         cuda::tuning().attnPrefillMinTokensPerSeq = keepMin;
       }
-      // Decode attention on each way its splits merge: the default (clusters of up to 16 splits on
-      // sm_90 where a step has few tokens, one split where it has many), clusters at every step (16
-      // blocks per SM as the split target), the combine kernel (no clusters), and the deterministic
-      // mode (fixed 256-key splits and the combine kernel).
+      // Decode attention on each of its paths: the default (a warp keeps two tiles in flight where
+      // the grid is small), 16 blocks per SM as the split target (many splits, one tile in flight),
+      // one tile in flight at every grid, and the deterministic mode (fixed 256-key splits).
       for (int v = 0; v < 4; ++v) {
         cuda::Tuning& tu = cuda::tuning();
         const cuda::Tuning keep = tu;
         if (v == 1) tu.attnDecodeBlocksPerSM = 16;
-        if (v == 2) tu.attnDecodeBlocksPerSM = 16, tu.attnDecodeMaxCluster = 1;
+        if (v == 2) tu.attnDecodePrefetch = false;
         if (v == 3) tu.deterministic = true;
-        printf("-- decode attention, %s\n", v == 0   ? "default splits"
-                                          : v == 1 ? "16 blocks per SM (clusters on sm_90)"
-                                          : v == 2 ? "16 blocks per SM, no clusters (the combine kernel)"
-                                                   : "deterministic (256-key splits, the combine kernel)");
+        printf("-- decode attention, %s\n", v == 0   ? "default"
+                                          : v == 1 ? "16 blocks per SM as the split target"
+                                          : v == 2 ? "one tile in flight a warp"
+                                                   : "deterministic (256-key splits)");
         checkAttention(*b, 8, 2, 128, {1, 37, 300}, 1, "decode");
         checkAttention(*b, 64, 8, 128, {5, 200}, 1, "decode GQA 8");
         // Contexts around the 16-key tiles, the 64-key rounds and the splits, in one step.

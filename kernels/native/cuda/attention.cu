@@ -2,10 +2,9 @@
 //
 // Steps of one query token per sequence (decode, and mixed steps) run attnDecode: one block per
 // (token, KV head, split of the context) on tensor cores, the G query heads that share a KV head
-// taken together so each K/V row is read once for all of them (GQA). With several splits, on sm_90
-// a token's splits run as one thread-block cluster and merge their partial (m, l, unnormalized O)
-// through each other's shared memory; elsewhere (and in the deterministic mode) the partials go
-// to a workspace and attnCombine merges them. The score matrix is never materialized.
+// taken together so each K/V row is read once for all of them (GQA). With several splits the
+// partial (m, l, unnormalized O) goes to a workspace and attnCombine merges the splits. The
+// score matrix is never materialized.
 //
 // Steps with several tokens per sequence (prefill) use a tensor-core flash kernel instead
 // (attnPrefill below): tiles of query rows against chunks of keys.
@@ -13,9 +12,6 @@
 #include "mma.cuh"
 #include "ptx.cuh"
 #include "tuning.h"
-
-#include <map>
-#include <mutex>
 
 namespace medcluster {
 namespace cuda {
@@ -29,7 +25,7 @@ struct AttnArgs {
   __half* out; float* wsAcc; float* wsML;
   int nh, nkv, G, blockSize, maxBlocks;
   int chunk;   // keys per split; 0: each token's context in `splits` equal parts of whole tiles
-  int splits;  // Clustered: the cluster's size
+  int splits;
   float scale;
 };
 
@@ -39,7 +35,8 @@ struct AttnArgs {
 // an m16n8k16 problem with the heads as the n = 8 side: S^T = K Q^T (keys x heads) and
 // O^T = V^T P^T (dims x heads); no mma work is padding for G = 8. One block per (token, KV
 // head, split of the context); its 4 warps take tiles of 16 keys in turn, each with its own
-// online softmax, merged at the end. K and V go from global memory straight into fragments:
+// online softmax, merged at the end (where the grid is small, each warp loads its next tile while
+// it computes one: Prefetch). K and V go from global memory straight into fragments:
 // a sum over head dims may take the dims in any order (A and B agreeing), so a lane loads whole
 // 16-byte chunks of two K rows (chunk 4p + tq feeds k-steps 2p and 2p + 1) and of four V rows
 // (chunks g and g + 8), and a byte permute pairs two keys' halves of one dim into V^T's
@@ -49,37 +46,10 @@ constexpr int kDecWarps = 4;
 constexpr int kDecKeys = 16;                      // keys per warp tile
 constexpr int kDecKeysPerRound = kDecWarps * kDecKeys;
 
-// Clustered (sm_90): the launch's splits of a (token, KV head) are one cluster. Each block leaves
-// its merged (m, l, O) in shared memory; after a cluster barrier, block r normalizes the r-th
-// slice of the G x HD outputs from every block's partials (no workspace, no second launch).
-template <int HD>
-__device__ __forceinline__ void mergeCluster(const AttnArgs& a, int t, int kvh, const float (*bo)[HD], const float* bm,
-                                             const float* bl) {
-#if __CUDA_ARCH__ >= 900
-  clusterSync();
-  const int C = a.splits, n = a.G * HD, per = (n + C - 1) / C, r = (int)clusterRank();
-  for (int i = r * per + threadIdx.x; i < min(n, (r + 1) * per); i += blockDim.x) {
-    const int h = i / HD, e = i % HD;
-    float M = -INFINITY;
-    for (int s = 0; s < C; ++s) M = fmaxf(M, ldClusterF32(clusterSmemAddr(&bm[h], s)));
-    float L = 0.f, O = 0.f;
-    for (int s = 0; s < C; ++s) {
-      const float ms = ldClusterF32(clusterSmemAddr(&bm[h], s));
-      if (ms == -INFINITY) continue;  // a split with none of the token's keys
-      const float f = exp2f(ms - M);
-      L += ldClusterF32(clusterSmemAddr(&bl[h], s)) * f;
-      O += ldClusterF32(clusterSmemAddr(&bo[h][e], s)) * f;
-    }
-    a.out[((int64_t)t * a.nh + kvh * a.G + h) * HD + e] = __float2half(O / L);
-  }
-  clusterSync();  // no block leaves while another still reads its shared memory
-#else
-  __trap();  // launched in clusters on sm_90 only
-#endif
-}
-
-template <int HD, bool Clustered>
-__global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
+// Prefetch: two tiles in flight a warp (~190 registers, two blocks per multiprocessor), for grids
+// of at most that many blocks; otherwise one (128 registers, four blocks).
+template <int HD, bool Prefetch>
+__global__ void __launch_bounds__(kDecWarps * 32, Prefetch ? 2 : 4) attnDecode(AttnArgs a) {
   constexpr int KSTEPS = HD / 16;  // k-steps of S (over dims) = m16 tiles of O^T (dims)
   constexpr int KCH = HD / 32;     // 16-byte K chunks per lane and row: chunks 4p + tq
   constexpr int VCH = HD / 64;     // 16-byte V chunks per lane and row: chunks g + 8r
@@ -88,24 +58,18 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
   __shared__ __align__(16) __half pT[kDecWarps][8][kDecKeys];  // P as [head][key]
   __shared__ float wm[kDecWarps][8], wl[kDecWarps][8];
   __shared__ __align__(16) float wacc[kDecWarps][8][HD];
-  __shared__ float bm[8], bl[8];  // Clustered: the block's merged (m, l) per head; its O is wacc[0]
 
   const int t = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
   const int ctx = a.positions[t] + 1;
   const int perSplit = (ctx + a.splits - 1) / a.splits;
-  const int chunk = a.chunk > 0 ? a.chunk : (perSplit + kDecKeys - 1) / kDecKeys * kDecKeys;
+  const int chunk = a.chunk > 0 ? a.chunk : (perSplit + kDecKeysPerRound - 1) / kDecKeysPerRound * kDecKeysPerRound;
   const int start = split * chunk, end = min(ctx, start + chunk);
   if (start >= end) {  // this split holds none of the token's keys
-    if constexpr (Clustered) {
-      if (threadIdx.x < 8) bm[threadIdx.x] = -INFINITY, bl[threadIdx.x] = 0.f;
-      mergeCluster<HD>(a, t, kvh, wacc[0], bm, bl);
-    } else {
-      for (int h = threadIdx.x; h < a.G; h += blockDim.x) {
-        const int64_t o = ((int64_t)t * a.nh + kvh * a.G + h) * a.splits + split;
-        a.wsML[2 * o] = -INFINITY;
-        a.wsML[2 * o + 1] = 0.f;
-      }
+    for (int h = threadIdx.x; h < a.G; h += blockDim.x) {
+      const int64_t o = ((int64_t)t * a.nh + kvh * a.G + h) * a.splits + split;
+      a.wsML[2 * o] = -INFINITY;
+      a.wsML[2 * o + 1] = 0.f;
     }
     return;
   }
@@ -129,14 +93,16 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
 #pragma unroll
   for (int i = 0; i < KSTEPS; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
 
-  for (int base = start + warp * kDecKeys; base < end; base += kDecKeysPerRound) {
-    // Lane i < 16 looks up key base + i's slot; -1 past the split's end (loads zeros).
+  // A tile's parts: the slot of the lane's key (lane i < 16: key base + i; -1 past the split's end,
+  // which loads zeros), its K and V rows into fragments, and the tile's scores, softmax and P x V.
+  auto slotOf = [&](int base) {
     const int myKey = base + (lane & 15);
-    const int mySlot = myKey < end ? table[myKey / a.blockSize] * a.blockSize + myKey % a.blockSize : -1;
+    return myKey < end ? table[myKey / a.blockSize] * a.blockSize + myKey % a.blockSize : -1;
+  };
+  auto load = [&](int mySlot, uint4 (&kr)[2][KCH], uint4 (&vr)[4][VCH]) {
     const int kSlot[2] = {__shfl_sync(0xffffffffu, mySlot, g), __shfl_sync(0xffffffffu, mySlot, g + 8)};
     const int vSlot[4] = {__shfl_sync(0xffffffffu, mySlot, 2 * tq), __shfl_sync(0xffffffffu, mySlot, 2 * tq + 1),
                           __shfl_sync(0xffffffffu, mySlot, 2 * tq + 8), __shfl_sync(0xffffffffu, mySlot, 2 * tq + 9)};
-    uint4 kr[2][KCH], vr[4][VCH];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const uint4* src = reinterpret_cast<const uint4*>(kBase + (int64_t)kSlot[r] * rowStride);
@@ -149,7 +115,8 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
 #pragma unroll
       for (int c = 0; c < VCH; ++c) vr[r][c] = vSlot[r] >= 0 ? __ldg(src + g + 8 * c) : make_uint4(0, 0, 0, 0);
     }
-
+  };
+  auto tile = [&](const uint4 (&kr)[2][KCH], const uint4 (&vr)[4][VCH], int base) {
     // S^T = K Q^T: k-step 2p + j takes words 2j, 2j + 1 of chunk p (K rows g, g + 8; Q head g).
     float sc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -213,6 +180,30 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
       }
       mma16816(o[tau], af, pb0, pb1);
     }
+  };
+
+  const int first = start + warp * kDecKeys;
+  if constexpr (!Prefetch) {
+    for (int base = first; base < end; base += kDecKeysPerRound) {
+      uint4 kr[2][KCH], vr[4][VCH];
+      load(slotOf(base), kr, vr);
+      tile(kr, vr, base);
+    }
+  } else {
+    // Two tiles in flight a warp: the next tile's K and V load while this one computes, and the
+    // slot lookup runs a tile ahead of those loads. The same sums in the same order as above.
+    constexpr int R = kDecKeysPerRound;
+    uint4 kA[2][KCH], vA[4][VCH], kB[2][KCH], vB[4][VCH];
+    load(slotOf(first), kA, vA);
+    int next = slotOf(first + R);
+    for (int base = first; base < end; base += 2 * R) {
+      const bool more = base + R < end;
+      if (more) load(next, kB, vB), next = slotOf(base + 2 * R);
+      tile(kA, vA, base);
+      if (!more) break;
+      if (base + 2 * R < end) load(next, kA, vA), next = slotOf(base + 3 * R);
+      tile(kB, vB, base + R);
+    }
   }
 
   // Merge the warps: each lane's part of l, then every warp's (m, l, O) through shared memory.
@@ -242,10 +233,7 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
       O += wacc[w][h][e] * f;
     }
     const int head = kvh * a.G + h;
-    if constexpr (Clustered) {
-      wacc[0][h][e] = O;  // this thread alone read (h, e) above
-      if (e == 0) bm[h] = M, bl[h] = L;
-    } else if (a.splits == 1) {
+    if (a.splits == 1) {
       a.out[((int64_t)t * a.nh + head) * HD + e] = __float2half(O / L);
     } else {
       const int64_t so = ((int64_t)t * a.nh + head) * a.splits + split;
@@ -253,7 +241,6 @@ __global__ void __launch_bounds__(kDecWarps * 32) attnDecode(AttnArgs a) {
       if (e == 0) { a.wsML[2 * so] = M; a.wsML[2 * so + 1] = L; }
     }
   }
-  if constexpr (Clustered) mergeCluster<HD>(a, t, kvh, wacc[0], bm, bl);
 }
 
 // grid (T, nh), block HD threads: merges the splits of one (token, head).
@@ -461,40 +448,6 @@ __global__ void __launch_bounds__(128) attnPrefill(AttnArgs a, int T, int gShift
   }
 }
 
-// The largest cluster of decode attention blocks (at most `want`) that this device runs: above 8
-// blocks, clusters are non-portable and a device may not take them. Asked once per head dim.
-int decodeClusterLimit(int hd, int want) {
-  static std::mutex mu;
-  static std::map<std::pair<int, int>, int> known;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = known.find({hd, want});
-  if (it != known.end()) return it->second;
-  auto kernel = hd == 128 ? attnDecode<128, true> : attnDecode<64, true>;
-  int limit = 1;
-  for (int C = std::min(want, 16); C > 1 && limit == 1; --C) {
-    if (C > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
-      (void)cudaGetLastError();
-      continue;
-    }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(1, 1, C);
-    cfg.blockDim = dim3(kDecWarps * 32);
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim = {1, 1, (unsigned)C};
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
-      (void)cudaGetLastError();  // a size this device does not take
-      n = 0;
-    }
-    if (n > 0) limit = C;
-  }
-  known.emplace(std::make_pair(hd, want), limit);
-  return limit;
-}
-
 }  // namespace
 
 void launchAttention(const Ctx& c, const View& q, const View& kCache, const View& vCache,
@@ -526,32 +479,22 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
     MC_LAUNCHED("attnPrefill");
     return;
   }
-  // Decode: enough splits for ~attnDecodeBlocksPerSM blocks per multiprocessor (at most one per
-  // 16-key tile of the table's width), each token's context cut on the GPU into that many parts of
-  // whole tiles (the real lengths live there; a row of blockTables only bounds them).
+  // Decode: enough splits for ~attnDecodeBlocksPerSM blocks per multiprocessor, each token's
+  // context cut on the GPU into that many parts of whole 64-key rounds (the real lengths live
+  // there; a row of blockTables only bounds them).
   const int64_t cap = (int64_t)a.maxBlocks * a.blockSize;
   const int64_t base = (int64_t)T * nkv;
-  int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceilDiv(cap, kDecKeys),
+  int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ceilDiv(cap, kDecKeysPerRound),
                                                           ceilDiv((int64_t)tuning().attnDecodeBlocksPerSM * c.numSMs, base)));
   a.chunk = 0;
   // Deterministic mode: splits of a fixed 256 keys, so a row's sums do not depend on the batch
   // (T) or on the block table's width; splits past a row's context are skipped by the combine,
   // and one non-empty split combines to exactly the unsplit result.
-  const bool clustered = !tuning().deterministic && c.computeCapability >= 90 && tuning().attnDecodeMaxCluster > 1;
   if (tuning().deterministic) {
     a.chunk = 256;
     splits = ceilDiv(cap, a.chunk);
-  } else if (clustered) {
-    splits = std::min<int64_t>(splits, decodeClusterLimit(hd, tuning().attnDecodeMaxCluster));
   }
   a.splits = (int)splits;
-  dim3 grid(T, nkv, (unsigned)splits);
-  if (clustered && splits > 1) {
-    launchKernelInClusters(c, dim3(1, 1, (unsigned)splits), hd == 128 ? attnDecode<128, true> : attnDecode<64, true>,
-                           grid, dim3(kDecWarps * 32), 0, a);
-    MC_LAUNCHED("attention");
-    return;
-  }
   if (splits > 1) {
     size_t accBytes = (size_t)T * nh * splits * hd * 4;
     size_t mlBytes = (size_t)T * nh * splits * 2 * 4;
@@ -559,7 +502,11 @@ void launchAttention(const Ctx& c, const View& q, const View& kCache, const View
     a.wsAcc = reinterpret_cast<float*>(ws);
     a.wsML = reinterpret_cast<float*>(ws + accBytes);
   }
-  launchKernel(c, hd == 128 ? attnDecode<128, false> : attnDecode<64, false>, grid, dim3(kDecWarps * 32), 0, a);
+  dim3 grid(T, nkv, (unsigned)splits);
+  const bool prefetch = tuning().attnDecodePrefetch && T * nkv * splits <= 2 * c.numSMs;
+  auto kernel = hd == 128 ? (prefetch ? attnDecode<128, true> : attnDecode<128, false>)
+                          : (prefetch ? attnDecode<64, true> : attnDecode<64, false>);
+  launchKernel(c, kernel, grid, dim3(kDecWarps * 32), 0, a);
   MC_LAUNCHED("attention");
   if (splits > 1) {
     launchKernel(c, attnCombine, dim3((unsigned)T, (unsigned)nh), dim3((unsigned)hd), 0, a.wsAcc, a.wsML, a.out, nh,

@@ -79,36 +79,20 @@ inline int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // kernel before it finishes (they take the place of its blocks as these exit, ~2 us sooner than a
 // plain launch's: measured on an H200 at 48fb04a). So every kernel launched here calls pdlWait()
 // (ptx.cuh) before it reads or writes memory that the kernels before it use, and may call
-// pdlLaunchDependents() to let the next one start early in turn. `cluster` (sm_90; 1 x 1 x 1: none):
-// the grid, a multiple of it in each dimension, runs in thread-block clusters of that shape, whose
-// blocks run at the same time and may read each other's shared memory.
+// pdlLaunchDependents() to let the next one start early in turn.
 template <class... Params, class... Args>
-void launchKernelInClusters(const Ctx& c, dim3 cluster, void (*kernel)(Params...), dim3 grid, dim3 block,
-                            size_t smem, Args&&... args) {
+void launchKernel(const Ctx& c, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = c.stream;
-  cudaLaunchAttribute attrs[2];
-  unsigned n = 0;
-  if (tuning().pdl && c.computeCapability >= 90) {
-    attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[n++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (cluster.x * cluster.y * cluster.z > 1) {
-    attrs[n].id = cudaLaunchAttributeClusterDimension;
-    attrs[n++].val.clusterDim = {cluster.x, cluster.y, cluster.z};
-  }
+  cudaLaunchAttribute attrs[1];
+  attrs[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attrs;
-  cfg.numAttrs = n;
+  cfg.numAttrs = tuning().pdl && c.computeCapability >= 90 ? 1 : 0;
   MC_CUDA(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
-}
-
-// The same without clusters.
-template <class... Params, class... Args>
-void launchKernel(const Ctx& c, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
-  launchKernelInClusters(c, dim3(1, 1, 1), kernel, grid, block, smem, std::forward<Args>(args)...);
 }
 
 // Launchers implemented in awq_linear.cu (and awq_*.cu), linear.cu, attention.cu and sample.cu.

@@ -96,32 +96,6 @@ __device__ __forceinline__ void pdlWait() {
 #endif
 }
 
-// ---- thread-block clusters (sm_90): the blocks of a cluster read each other's shared memory ----
-#if __CUDA_ARCH__ >= 900
-// Every thread of every block of the cluster arrives, then waits for all: the release / acquire
-// pair makes each block's shared-memory writes before it visible to the others after it.
-__device__ __forceinline__ void clusterSync() {
-  asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
-}
-// This block's rank in its cluster.
-__device__ __forceinline__ uint32_t clusterRank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-}
-// The address in the shared memory of the cluster's block `rank` that `p` has in this block's.
-__device__ __forceinline__ uint32_t clusterSmemAddr(const void* p, uint32_t rank) {
-  uint32_t a;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(smemAddr(p)), "r"(rank));
-  return a;
-}
-__device__ __forceinline__ float ldClusterF32(uint32_t addr) {
-  float v;
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
-  return v;
-}
-#endif
-
 // Barrier among the first `threads` threads of the block (a subset: the consumer warps).
 __device__ __forceinline__ void namedBarrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");

@@ -50,14 +50,13 @@ struct Tuning {
   // ---- attention (attention.cu) ----
   int attnPrefillMinTokensPerSeq = 4;  // tensor-core prefill kernel from this many query tokens per sequence
   // Decode attention splits each token's context so the grid has about this many blocks per
-  // multiprocessor (at most one split per 16-key tile); 4 reside, so 1 keeps the grid to one wave.
+  // multiprocessor (at most one split per 64 keys); 4 reside, so 1 keeps the grid to one wave.
   // Measured on an H200 at fd6f20d (70B heads, 640-token contexts, 64 / 16 sequences, chained):
   // 1 47.8 / 21.6 us, 2 48.0 / 21.6, 3 47.9 / 21.8, 4 60.4 / 27.6 (1.94 waves at 64).
   int attnDecodeBlocksPerSM = 1;
-  // On sm_90, up to this many splits of a token's context run as one thread-block cluster and merge
-  // in shared memory (above 8 where the device takes such clusters); 1: the splits' partials go
-  // through global memory to a second kernel, as they do in the deterministic mode.
-  int attnDecodeMaxCluster = 16;
+  // Where the grid fits two blocks per multiprocessor, each decode attention warp keeps two 16-key
+  // tiles of K and V in flight instead of one.
+  bool attnDecodePrefetch = true;
 };
 
 // The process-wide settings (one per process: every CudaBackend reads the same).
@@ -66,7 +65,7 @@ Tuning& tuning();
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
 // MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d,
 // MEDCLUSTER_AWQ_WGMMA_MIN_M=N, MEDCLUSTER_AWQ_WGMMA_BLOCKS=N,
-// MEDCLUSTER_ATTN_DECODE_BLOCKS=N, MEDCLUSTER_ATTN_DECODE_CLUSTER=N, MEDCLUSTER_DETERMINISTIC=1);
+// MEDCLUSTER_ATTN_DECODE_BLOCKS=N, MEDCLUSTER_ATTN_DECODE_PREFETCH=0, MEDCLUSTER_DETERMINISTIC=1);
 // called when a backend is created.
 void applyTuningEnv();
 
