@@ -394,8 +394,14 @@ static void checkAwqAll(Backend& b) {
     checkAwq(b, 16, 512, 640, DType::F32, " wgmma, scales to 300", 1, 1.f, 300.f);
     checkAwq(b, 128, 2048, 1032, DType::F16, " wgmma");  // one launch of 128 rows
     checkAwq(b, 96, 1024, 2056, DType::F32, " wgmma");
-    tu.awqWgmmaMinM = 100;  // 200 rows: 128 on the wgmma kernel, then 72 in two GEMV passes
-    checkAwq(b, 200, 1024, 776, DType::F16, " wgmma from 100 rows");
+    checkAwq(b, 256, 2048, 1032, DType::F16, " wgmma");  // one launch of 256 rows (m64n256, a producer warpgroup)
+    checkAwq(b, 160, 1024, 2056, DType::F32, " wgmma");
+    tu.awqWgmmaMinM = 100;  // 300 rows: 256 on the wgmma kernel, then 44 on the GEMV
+    checkAwq(b, 300, 1024, 776, DType::F16, " wgmma from 100 rows");
+    tu.awqWgmmaPassRows = 128;  // 200 rows: 128 on the wgmma kernel, then 72 in two GEMV passes
+    checkAwq(b, 200, 1024, 776, DType::F16, " wgmma from 100 rows, passes of 128");
+    checkAwq(b, 256, 1024, 1032, DType::F16, " wgmma, passes of 128");
+    tu.awqWgmmaPassRows = defaults.awqWgmmaPassRows;
     tu.awqWgmmaMinM = 1;
     for (int v = 0; v < 2; ++v) {
       const char* note = v == 0 ? " wgmma no-pdl" : " wgmma 1 block/SM";
@@ -406,6 +412,7 @@ static void checkAwqAll(Backend& b) {
       checkAwq(b, 64, 1024, 520, DType::F16, note);
       checkAwq(b, 70, 2048, 1024, DType::F32, note);
       checkAwq(b, 128, 1024, 1024, DType::F16, note);
+      checkAwq(b, 256, 1024, 1024, DType::F16, note);
       tu.pdl = defaults.pdl;
       tu.awqWgmmaBlocksPerSM = defaults.awqWgmmaBlocksPerSM;
     }
@@ -429,6 +436,7 @@ static void checkAwqAll(Backend& b) {
       for (auto& s : gshapes) gated(s[0], s[1], s[2], " wgmma");
       gated(128, 2048, 1040, " wgmma");
       gated(200, 1024, 784, " wgmma");
+      gated(256, 2048, 1040, " wgmma");
       tu.awqWgmmaMinM = defaults.awqWgmmaMinM;
     }
     tu.deterministic = true;

@@ -31,8 +31,8 @@ struct GemvOccupancy {
   int tuned, resident;
 };
 GemvOccupancy awqGemvOccupancy(int M, bool gated);
-// The same on Hopper's warpgroup MMA (awq_wgmma.cu): compute capability 9.0 only, M <= 128.
-constexpr int kAwqWgmmaMaxRows = 128;
+// The same on Hopper's warpgroup MMA (awq_wgmma.cu): compute capability 9.0 only, M <= 256.
+constexpr int kAwqWgmmaMaxRows = 256;
 void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out, bool outF16, int M);
 // out = x @ W through an f16 copy of W and cuBLAS (awq_dequant.cu); needs c.blas. (W in the
 // packed column order: a gated pack's sums come out paired, and launchAwqLinear applies the gate.)

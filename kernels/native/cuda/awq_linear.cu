@@ -3,7 +3,8 @@
 //   M < tuning().awqDequantMinM, or no cuBLAS:  the stream-K GEMV (awq_gemv.cu), one launch
 //       per 64 rows. Memory-bound up to M ~ 50 (it reads the weights once per launch).
 //       From tuning().awqWgmmaMinM rows on a compute capability 9.0 device, the wgmma kernel
-//       (awq_wgmma.cu) instead, on the same schedule, one launch per 128 rows.
+//       (awq_wgmma.cu) instead, on the same schedule, one launch per tuning().awqWgmmaPassRows
+//       (128 or 256) rows.
 //   M >= awqDequantMinM with cuBLAS loaded:      dequantize to f16 and one cuBLAS GEMM
 //       (awq_dequant.cu), compute-bound.
 // In deterministic mode (tuning().deterministic) every M runs the GEMV on one grid, whose per-row
@@ -42,7 +43,7 @@ void launchAwqLinear(const Ctx& c, const View& x, const PackedAwqWeights& w, con
   }
   char* op = static_cast<char*>(out.data);
   const size_t rowBytes = static_cast<size_t>(w.gated ? N / 2 : N) * dtypeSize(out.dtype);
-  // Passes of 128 rows on the wgmma kernel (from tuning().awqWgmmaMinM rows), of 64 on the GEMV.
+  // Passes of awqWgmmaPassRows on the wgmma kernel (from tuning().awqWgmmaMinM rows), of 64 on the GEMV.
   const int wgmmaMin = tuning().awqWgmmaMinM;
   const bool wgmma = !tuning().deterministic && c.computeCapability == 90 && wgmmaMin > 0 && M >= wgmmaMin;
   auto gemv = [&](int m0, int rows) {
@@ -50,8 +51,9 @@ void launchAwqLinear(const Ctx& c, const View& x, const PackedAwqWeights& w, con
       launchAwqGemv(c, xp + static_cast<int64_t>(r0) * K, pw, op + r0 * rowBytes, f16, std::min(64, m0 + rows - r0));
   };
   if (!wgmma) return gemv(0, M);
-  for (int m0 = 0; m0 < M; m0 += kAwqWgmmaMaxRows) {
-    const int rows = std::min(kAwqWgmmaMaxRows, M - m0);
+  const int pass = tuning().awqWgmmaPassRows > 128 ? kAwqWgmmaMaxRows : 128;
+  for (int m0 = 0; m0 < M; m0 += pass) {
+    const int rows = std::min(pass, M - m0);
     if (rows >= wgmmaMin) launchAwqWgmma(c, xp + static_cast<int64_t>(m0) * K, pw, op + m0 * rowBytes, f16, rows);
     else gemv(m0, rows);
   }

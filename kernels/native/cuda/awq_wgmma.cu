@@ -1,4 +1,4 @@
-// The AWQ matmul on Hopper's warpgroup MMA: out [M, N] = x [M, K] @ W for M <= 128 rows a launch,
+// The AWQ matmul on Hopper's warpgroup MMA: out [M, N] = x [M, K] @ W for M <= 256 rows a launch,
 // on the packed layout (../awq_layout.h), sm_90a only (launchAwqLinear picks it from
 // tuning().awqWgmmaMinM rows on a compute capability 9.0 device).
 //
@@ -43,7 +43,12 @@ using namespace awqpack;
 
 constexpr int kConsumerWarps = 8;  // two warpgroups of 64 columns
 constexpr int kConsumers = kConsumerWarps * 32;
-constexpr int kThreads = kConsumers + 32;  // + the producer warp
+// + the producer: one warp, or at 32 row tiles a whole warpgroup (one warp of it streams) that
+// hands its registers to the consumers: 128 accumulators a thread do not fit the 168 registers
+// that each of 9 warps gets (ptxas spilled), and (40 + 2 x 232) x 128 <= 65536.
+template <int MT> __host__ __device__ constexpr bool wgmmaProducerWarpgroup() { return MT == 32; }
+template <int MT> __host__ __device__ constexpr int wgmmaThreads() { return kConsumers + (wgmmaProducerWarpgroup<MT>() ? 128 : 32); }
+constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
 
 // xo = x with each half group's rows in the packed layout's k order (see above), by 32-bit words
 // (e0 pairs stay together: awqpack::xOrderedSource).
@@ -68,9 +73,9 @@ struct WgmmaArgs {
 
 // xMap: xo [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows. Gated: a gated pack, out
 // f16 [M, N/2] = silu(gate) * up (awq_layout.h).
-// Two blocks a multiprocessor, but one at MT = 16 (64 accumulators a thread).
+// Two blocks a multiprocessor, but one from MT = 16 (64 or 128 accumulators a thread).
 template <int MT, bool Gated>
-__global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(const WgmmaArgs a, const __grid_constant__ CUtensorMap xMap) {
+__global__ void __launch_bounds__(wgmmaThreads<MT>(), MT >= 16 ? 1 : 2) awqWgmmaKernel(const WgmmaArgs a, const __grid_constant__ CUtensorMap xMap) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(128) unsigned char smemRaw[];
   // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
@@ -86,11 +91,16 @@ __global__ void __launch_bounds__(kThreads, MT == 16 ? 1 : 2) awqWgmmaKernel(con
   if (tid == 0) awqRingInit(full, empty, S, kConsumerWarps);
   __syncthreads();
 
-  if (warp == kConsumerWarps) {  // the producer
+  if (warp >= kConsumerWarps) {  // the producer
+    if constexpr (wgmmaProducerWarpgroup<MT>()) {
+      warpgroupRegistersDown<kProducerRegisters>();
+      if (warp != kConsumerWarps) return;
+    }
     const AwqStream p{a.w + kHeaderBytes, nullptr, &xMap, a.M, a.K, G, u0, n, S};
     awqProduce<MT>(p, smem, full, empty, lane);
     return;
   }
+  if constexpr (wgmmaProducerWarpgroup<MT>()) warpgroupRegistersUp<kConsumerRegisters>();
 
   // ---- consumers ----
   pdlWait();  // outputs and partials are written only after the kernel before has finished
@@ -173,7 +183,7 @@ void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
   const auto kernel = awqWgmmaKernel<MT, Gated>;
   const Tuning& tu = tuning();
   constexpr int SB = awqStageBytes<MT>();
-  int bps = MT == 16 ? 1 : std::max(1, std::min(2, tu.awqWgmmaBlocksPerSM));
+  int bps = MT >= 16 ? 1 : std::max(1, std::min(2, tu.awqWgmmaBlocksPerSM));
   // The ring: as deep as the shared memory of bps blocks per multiprocessor allows.
   constexpr int kSmemPerSM = 220 * 1024;
   const int stages = std::max(2, std::min(kAwqMaxStages, (kSmemPerSM / bps - 1024) / SB));
@@ -184,13 +194,13 @@ void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
     attr = smem;
   }
   int resident = 0;
-  MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, smem));
+  MC_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, wgmmaThreads<MT>(), smem));
   bps = std::max(1, std::min(bps, resident));
   a.stages = stages;
   awqStreamKGrid(c, a, bps, MT * 8);
 
   const CUtensorMap xMap = awqXTensorMap(xo, a.M, a.K, MT * 8, "awqLinear (CUDA wgmma)");
-  launchKernel(c, kernel, static_cast<unsigned>(a.sk.P), kThreads, smem, a, xMap);
+  launchKernel(c, kernel, static_cast<unsigned>(a.sk.P), wgmmaThreads<MT>(), smem, a, xMap);
 }
 
 }  // namespace
@@ -226,7 +236,8 @@ void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out
     else if (M <= 16) wgmmaT<2, G>(c, a, xo);
     else if (M <= 32) wgmmaT<4, G>(c, a, xo);
     else if (M <= 64) wgmmaT<8, G>(c, a, xo);
-    else wgmmaT<16, G>(c, a, xo);
+    else if (M <= 128) wgmmaT<16, G>(c, a, xo);
+    else wgmmaT<32, G>(c, a, xo);
   };
   if (w.gated) rows(std::true_type{});
   else rows(std::false_type{});

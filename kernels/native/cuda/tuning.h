@@ -12,10 +12,11 @@ struct Tuning {
   // From this M up, where cuBLAS loads, the packed weights are dequantized to an f16 scratch
   // and multiplied by cuBLAS; below it (and always without cuBLAS) the packed kernels run in
   // passes (awq_linear.cu). 0: never use cuBLAS. Measured on an H200, per 70B block chained,
-  // wgmma passes against dequantization + cuBLAS: at c99f91b M = 256 0.94 / 1.47 ms, M = 1024
-  // 3.78 / 3.32; at f2d8578 (gate_up gated) M = 512 1.75-1.77 / 2.01-2.07, M = 768 2.70-2.76 /
-  // 2.74-2.80 (a 512-token prefill chunk, 80 layers: 2,769 -> 3,076 tok/s).
-  int awqDequantMinM = 768;
+  // wgmma passes against dequantization + cuBLAS: at f2d8578 (passes of 128 rows) M = 512
+  // 1.75-1.77 / 2.01-2.07, M = 768 2.70-2.76 / 2.74-2.80; on 2026-12-04 (passes of 256 rows) M = 768
+  // 2.29 / 2.71, M = 1024 3.08 / 3.37, M = 1536 4.58 / 4.48 (isolated 4.15 either way), M = 2048
+  // 6.01-6.29 / 5.89-6.14.
+  int awqDequantMinM = 1536;
   // Blocks of the persistent GEMV per multiprocessor (each 8 consumer warps + 1 producer warp),
   // 1..3, by row-tile count MT = 1, 2, 4, 8: as many as its registers let reside (the check fails
   // where fewer do). M <= 8 at 2: three were fastest at bd002a3, but the raw reading's kernel took
@@ -39,6 +40,11 @@ struct Tuning {
   // Blocks of the wgmma kernel per multiprocessor (each 8 consumer warps + 1 producer warp), 1..2
   // (always 1 above 64 rows).
   int awqWgmmaBlocksPerSM = 2;
+  // Rows of one wgmma launch, 128 or 256 (m64n256 MMAs, one block per SM): a pass reads and
+  // dequantizes the weights once for its rows. Measured on an H200 on 2026-12-04, per 70B block
+  // chained, 256 against 128: M = 256 0.684 / 0.813 ms, 512 1.52 / 1.79, 1024 3.08 / 3.64; M = 128
+  // takes the 128-row kernel either way.
+  int awqWgmmaPassRows = 256;
   // Programmatic dependent launch (sm_90) for every kernel launchKernel starts (common.cuh): its
   // blocks start while the kernel before finishes (the AWQ matmuls prefetch their first weight
   // stages meanwhile).
@@ -64,7 +70,7 @@ Tuning& tuning();
 
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
 // MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d,
-// MEDCLUSTER_AWQ_WGMMA_MIN_M=N, MEDCLUSTER_AWQ_WGMMA_BLOCKS=N,
+// MEDCLUSTER_AWQ_WGMMA_MIN_M=N, MEDCLUSTER_AWQ_WGMMA_BLOCKS=N, MEDCLUSTER_AWQ_WGMMA_PASS_ROWS=N,
 // MEDCLUSTER_ATTN_DECODE_BLOCKS=N, MEDCLUSTER_ATTN_DECODE_PREFETCH=0, MEDCLUSTER_DETERMINISTIC=1);
 // called when a backend is created.
 void applyTuningEnv();
