@@ -10,7 +10,8 @@
 // wgmma (m64 nN k16, N = 8 MT rows), whatever M is.
 //
 // Same stream as the GEMV: a persistent grid on the stream-K schedule (splitk.cuh) and the one
-// producer warp (awq_stream.cuh) per block. The consumers are two warpgroups; warp w (0..7) owns
+// producer warp (awq_stream.cuh) per block (at 256 rows, one warp of a producer warpgroup that
+// gives its registers to the consumers: wgmmaProducerWarpgroup). The consumers are two warpgroups; warp w (0..7) owns
 // n16 tile w of the unit (its A rows: 16 columns), over the whole group of 128 k. Per stage it
 // reads its 32 bytes of weights (two 128-bit shared loads) and its columns' pairs, dequantizes with
 // one FMA per pair of weights into eight A fragments (as the GEMV does), then its warpgroup issues
