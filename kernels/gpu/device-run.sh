@@ -68,8 +68,8 @@ MEDCLUSTER_PDL=0}"
       echo "## MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 (GEMV passes of 64 rows, no cuBLAS)" >>"$OUT/ab.txt"
       MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 MC_BENCH_TP1=1 MC_BENCH_MS=128,256,512 timeout 60 ./medcluster-gpu-check \
         --bench-only 2>&1 | grep -E '^\|' >>"$OUT/ab.txt"
-      # Large M on the wgmma kernel (passes of 128 rows) against dequantization + cuBLAS (the default).
-      echo "## MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 MEDCLUSTER_AWQ_WGMMA_MIN_M=1 (wgmma passes of 128 rows)" >>"$OUT/ab.txt"
+      # Large M on the wgmma kernel (passes of 256 rows) against dequantization + cuBLAS (the default from 1536).
+      echo "## MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 MEDCLUSTER_AWQ_WGMMA_MIN_M=1 (wgmma passes of 256 rows)" >>"$OUT/ab.txt"
       MEDCLUSTER_AWQ_DEQUANT_MIN_M=0 MEDCLUSTER_AWQ_WGMMA_MIN_M=1 MC_BENCH_TP1=1 MC_BENCH_MS=256,1024 timeout 90 \
         ./medcluster-gpu-check --bench-only 2>&1 | grep -E '^\|' >>"$OUT/ab.txt"
       note "ab done"

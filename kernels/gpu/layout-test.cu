@@ -93,7 +93,7 @@ static std::vector<uint8_t> pack(const std::vector<uint32_t>& qw, const std::vec
 }
 
 // The row tiles (of 8 rows of x) a launch of M rows runs with, as both launchers choose them.
-static int rowTiles(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : M <= 64 ? 8 : 16; }
+static int rowTiles(int M) { return M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : M <= 64 ? 8 : M <= 128 ? 16 : 32; }
 
 // The stream-K schedule (splitk.cuh's StreamK) as both kernels run it: block b of P takes its
 // range of units; `unit(acc, tile, group)` adds one unit into the block's accumulators, and
@@ -399,7 +399,7 @@ int main() {
   struct Case { int M, K, N, P; } cases[] = {
       {1, 128, 128, 1}, {3, 256, 296, 5}, {8, 384, 1032, 7}, {9, 1280, 384, 4}, {16, 512, 256, 3},
       {17, 1024, 520, 9}, {40, 640, 768, 6}, {64, 256, 136, 2}, {5, 2048, 256, 132}, {2, 896, 1024, 13},
-      {100, 384, 264, 5}, {128, 256, 128, 3}};
+      {100, 384, 264, 5}, {128, 256, 128, 3}, {200, 256, 264, 5}, {256, 384, 136, 4}};
   for (const Case& cs : cases) {
     const int M = cs.M, K = cs.K, N = cs.N, W = N / 8, G = K / kGroup;
     std::vector<uint32_t> qw((size_t)K * W), qz((size_t)G * W);
@@ -428,7 +428,7 @@ int main() {
         const double w = q * (double)halfToFloat(sc[(size_t)g * N + n]) + halfToFloat((uint16_t)(pr >> 16));
         for (int m = 0; m < M; ++m) ref[(size_t)m * N + n] += x[(size_t)m * K + k] * w;
       }
-    for (int gemv = 0; gemv < 2; ++gemv) {  // 0: the wgmma kernel (up to 128 rows a launch; the GEMV 64)
+    for (int gemv = 0; gemv < 2; ++gemv) {  // 0: the wgmma kernel (up to 256 rows a launch; the GEMV 64)
       if (gemv && M > 64) continue;
       const std::vector<double> got = gemv ? emulateGemv(packed, x, M, K, N, cs.P) : emulateWgmma(packed, x, M, K, N, cs.P);
       double worst = 0;

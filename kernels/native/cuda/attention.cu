@@ -46,8 +46,8 @@ constexpr int kDecWarps = 4;
 constexpr int kDecKeys = 16;                      // keys per warp tile
 constexpr int kDecKeysPerRound = kDecWarps * kDecKeys;
 
-// Prefetch: two tiles in flight a warp (~190 registers, two blocks per multiprocessor), for grids
-// of at most that many blocks; otherwise one (128 registers, four blocks).
+// Prefetch: two tiles in flight a warp (219 registers, two blocks per multiprocessor), for grids
+// of at most that many blocks; otherwise one (126 registers, four blocks).
 template <int HD, bool Prefetch>
 __global__ void __launch_bounds__(kDecWarps * 32, Prefetch ? 2 : 4) attnDecode(AttnArgs a) {
   constexpr int KSTEPS = HD / 16;  // k-steps of S (over dims) = m16 tiles of O^T (dims)

@@ -11,11 +11,12 @@
 //
 // Same stream as the GEMV: a persistent grid on the stream-K schedule (splitk.cuh) and the one
 // producer warp (awq_stream.cuh) per block (at 256 rows, one warp of a producer warpgroup that
-// gives its registers to the consumers: wgmmaProducerWarpgroup). The consumers are two warpgroups; warp w (0..7) owns
-// n16 tile w of the unit (its A rows: 16 columns), over the whole group of 128 k. Per stage it
-// reads its 32 bytes of weights (two 128-bit shared loads) and its columns' pairs, dequantizes with
-// one FMA per pair of weights into eight A fragments (as the GEMV does), then its warpgroup issues
-// the unit's 8 wgmma against the two x planes and waits for them before releasing the stage.
+// gives its registers to the consumers: wgmmaProducerWarpgroup). The consumers are two
+// warpgroups; warp w (0..7) owns n16 tile w of the unit (its A rows: 16 columns), over the whole
+// group of 128 k. Per stage it reads its 32 bytes of weights (two 128-bit shared loads) and its
+// columns' pairs, dequantizes with one FMA per pair of weights into eight A fragments (as the GEMV
+// does), then its warpgroup issues the unit's 8 wgmma against the two x planes and waits for them
+// before releasing the stage.
 //
 // The k order. The packed layout puts in register j of a lane the weights of physical rows
 // 64h + 16tl + 4j + e (tl = lane % 4, e = 0..3) (awq_layout.h), while the MMA's B operand takes the
@@ -48,7 +49,9 @@ constexpr int kConsumers = kConsumerWarps * 32;
 // hands its registers to the consumers: 128 accumulators a thread do not fit the 168 registers
 // that each of 9 warps gets (ptxas spilled), and (40 + 2 x 232) x 128 <= 65536.
 template <int MT> __host__ __device__ constexpr bool wgmmaProducerWarpgroup() { return MT == 32; }
-template <int MT> __host__ __device__ constexpr int wgmmaThreads() { return kConsumers + (wgmmaProducerWarpgroup<MT>() ? 128 : 32); }
+template <int MT> __host__ __device__ constexpr int wgmmaThreads() {
+  return kConsumers + (wgmmaProducerWarpgroup<MT>() ? 128 : 32);
+}
 constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
 
 // xo = x with each half group's rows in the packed layout's k order (see above), by 32-bit words

@@ -32,8 +32,8 @@ struct Tuning {
   // M = 1 with 3 / 4 / 5 (6 before) / 8 / 10 stages 0.139 / 0.137 / 0.137 / 0.139 / 0.141 / 0.144 ms,
   // M = 16 with 4 and 5 (before) 0.175 either way.
   int awqGemvStages[4] = {4, 4, 4, 4};
-  // From this M (below awqDequantMinM; up to 128 rows a launch), the wgmma kernel (awq_wgmma.cu) on
-  // a compute capability 9.0 device instead of the GEMV; 0: never. Measured on an H200 at c99f91b,
+  // From this M (below awqDequantMinM; up to awqWgmmaPassRows a launch), the wgmma kernel
+  // (awq_wgmma.cu) on a compute capability 9.0 device instead of the GEMV; 0: never. Measured on an H200 at c99f91b,
   // per 70B block chained, wgmma against the GEMV's 8-warp block: M = 16 0.203 / 0.183 ms, M = 24
   // 0.222 / 0.244, 32 0.228 / 0.249, 48 0.283 / 0.352, 64 0.292 / 0.368, 128 0.433 / 0.754.
   int awqWgmmaMinM = 17;
