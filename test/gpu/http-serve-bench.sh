@@ -4,7 +4,8 @@
 # 128 generated, ignore_eos; as many requests as streams, after a warm-up wave that captures the
 # decode graphs), then `bench decode` at the same batch sizes in the same run, once `up` has given
 # the GPU back. Reports (text and JSON) go to $OUT. TEMPERATURES="0 0.7" serves each level greedy and
-# then sampled; SKIP_DECODE=1 leaves out `bench decode`; MAX_BATCH_TOKENS sets `up`'s prefill chunk (2048).
+# then sampled; SKIP_DECODE=1 leaves out `bench decode`; MAX_BATCH_TOKENS sets `up`'s prefill chunk (2048);
+# TP and PP its layout (1 x 1; `up` spreads the workers over the machine's GPUs).
 #   MEDCLUSTER="node coordinator/bin/medcluster.js" OUT=/tmp/serve-bench bash test/gpu/http-serve-bench.sh
 # A dry run on CPU: PRESET=tiny DEVICE=cpu CONCURRENCY="1 2" PROMPT_TOKENS=32 OUTPUT_TOKENS=8
 set -euo pipefail
@@ -17,9 +18,12 @@ prompt_tokens=${PROMPT_TOKENS:-512}
 output_tokens=${OUTPUT_TOKENS:-128}
 port=${BENCH_PORT:-8080}
 max_batch_tokens=${MAX_BATCH_TOKENS:-2048}
+tp=${TP:-1}
+pp=${PP:-1}
 mkdir -p "$out"
 
-$cli up --synthetic "$preset" --device "$device" --max-batch-tokens "$max_batch_tokens" --http-port "$port" --grpc-port 0 \
+$cli up --synthetic "$preset" --device "$device" --tp "$tp" --pp "$pp" --max-batch-tokens "$max_batch_tokens" \
+  --http-port "$port" --grpc-port 0 \
   2>"$out/up.log" &
 up_pid=$!
 trap 'kill $up_pid 2>/dev/null || true' EXIT
