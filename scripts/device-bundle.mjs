@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Packs what a GPU test machine needs into .device/ (gitignored, well under the 64 MiB a
 // device run may carry): Node itself (xz), the CLI and the GPU tests bundled into one file each,
-// the kernels addon, the .proto files the bundles load at run time, and the GPU check programs
-// if built. `node scripts/device-bundle.mjs [DIR]` packs into DIR instead of .device/.
+// the kernels addon, the .proto files the bundles load at run time, the runners that take a bundle
+// (test/gpu/http-serve-bench.sh, multi-gpu-run.sh), and the GPU check programs if built.
+// `node scripts/device-bundle.mjs [DIR]` packs into DIR instead of .device/.
 // node_modules never travels. On the device: `source DIR/setup.sh` then `/tmp/node ...`.
 
 import { execFileSync } from 'node:child_process';
@@ -58,6 +59,10 @@ cpSync(
 const addon = join(root, 'kernels/build/Release/medcluster_kernels.node');
 if (existsSync(addon)) copyFileSync(addon, join(out, 'medcluster_kernels.node'));
 else console.warn('device-bundle: no kernels addon built; run `npm run build` first');
+
+// 2b. The GPU machine's runners that take a bundle folder: the served benchmark and the multi-GPU runs.
+for (const script of ['http-serve-bench.sh', 'multi-gpu-run.sh'])
+  copyFileSync(join(root, 'test/gpu', script), join(out, script));
 
 // 3. Node itself.
 const nodeXz = join(out, 'node.xz');

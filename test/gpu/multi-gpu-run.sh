@@ -4,9 +4,8 @@
 # serve` at 1, 16 and 64 streams (512-token prompts, 128 out) through http-serve-bench.sh, one GPU
 # (1x1) first, with `bench decode` beside it; then the GPU parity and the data plane's checks.
 # Each part runs under its own limit; logs go to $OUT, a table of the served figures last.
-# Runs from a bundle folder DIR made by
-#   node scripts/device-bundle.mjs DIR && cp test/gpu/multi-gpu-run.sh test/gpu/http-serve-bench.sh DIR/
-# then, on the GPU machine: bash DIR/multi-gpu-run.sh. LAYOUTS="1x1 2x1" picks the layouts (by
+# Runs from a bundle folder DIR made by `node scripts/device-bundle.mjs DIR` (which copies this
+# script and http-serve-bench.sh into it); on the GPU machine: bash DIR/multi-gpu-run.sh. LAYOUTS="1x1 2x1" picks the layouts (by
 # default every one the GPUs fit: 1x1 2x1 1x2 on two, and 4x1 2x2 on four, and 8x1 on eight);
 # ONLY="serve parity data" the parts (those three by default; ONLY=load, in a call of its own,
 # times `up --tp 2` from a real-layout 70B checkpoint on disk against reading its files, each
