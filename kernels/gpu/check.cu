@@ -358,12 +358,13 @@ static void checkAwqAll(Backend& b) {
   printf("-- packAwq: the packed layout against the AutoAWQ tensors, every 70B rank's shapes\n");
   if (getenv("MC_CHECK_SKIP_PACK_SHAPES")) printf("   (skipped: MC_CHECK_SKIP_PACK_SHAPES)\n");
   else checkPackShapes(b);
-  printf("-- the GEMV's tuned blocks per SM reside (registers and shared memory; a launch caps the grid at what does)\n");
+  printf("-- exactly the GEMV's tuned blocks per SM reside (registers and shared memory; a launch caps the grid at\n"
+         "   what does, and its shared memory leaves no place for one more)\n");
   for (bool gated : {false, true})
     for (int M : {1, 8, 16, 32, 64}) {
       const cuda::GemvOccupancy o = cuda::awqGemvOccupancy(M, gated);
-      verdict(o.resident >= o.tuned);
-      printf("%-4s GEMV M=%d%s: %d blocks/SM resident, %d tuned\n", o.resident >= o.tuned ? "ok" : "FAIL", M,
+      verdict(o.resident == o.tuned);
+      printf("%-4s GEMV M=%d%s: %d blocks/SM resident, %d tuned\n", o.resident == o.tuned ? "ok" : "FAIL", M,
              gated ? " (gated)" : "", o.resident, o.tuned);
     }
   printf("-- awqLinear, GEMV (M <= 64 per launch): every row-tile count and switch point (8/9, 16/17, 32/33, 64/65),\n"
