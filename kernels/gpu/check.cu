@@ -381,7 +381,8 @@ static void checkAwqAll(Backend& b) {
   for (auto& s : {std::array<int, 3>{1, 1024, 2048}, {8, 2048, 1032}, {40, 1024, 2056}, {64, 1024, 2048}})
     checkAwq(b, s[0], s[1], s[2], DType::F32);
   // The wgmma kernel (compute capability 9.0 only): every M from 1 on the same shapes, then its
-  // variants. Its x goes through the k-order copy, so a wrong order fails every shape.
+  // variants. It reads x as the tensor copy lays it out, in the packed layout's k order, so a wrong
+  // order fails every shape.
   int dev = 0, major = 0, minor = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);

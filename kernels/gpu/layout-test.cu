@@ -6,14 +6,15 @@
 // 2. A host copy of the pack kernel's loop (awq_pack.cu) packs random AutoAWQ tensors.
 // 3. An emulation of the GEMV (awq_gemv.cu) reads the packed bytes exactly as its warps do:
 //    per lane the 16-byte weight chunk, fragNibbles() per mma register (M > 8) or fragRawNibbles()
-//    with the columns' pairs applied to the half group's sums of x q and of x (M <= 8), the 32 bytes of x per
-//    half, the mma.m16n8k16 fragment layouts of the PTX ISA (A row-major 16x16, B column-major
-//    16x8, C 16x8), the C fragment -> output mapping of the flush, and the stream-K schedule
-//    with its partial slots and block-ordered fix-up (splitk.cuh's StreamK). The dequantized
-//    values are exact ((q - z) * s in double): this tests where every byte goes, not rounding.
-// 4. An emulation of the wgmma kernel (awq_wgmma.cu): x through its k-order copy, the stage's
-//    swizzled planes as the tensor copy writes them, B read back through the kernel's matrix
-//    descriptors, the A and D fragments of its warps, the same stream-K schedule.
+//    with the columns' pairs applied to the half group's sums of x q and of x (M <= 8), x's B
+//    fragments by ldmatrix from the stage's swizzled planes, the mma.m16n8k16 fragment layouts of
+//    the PTX ISA (A row-major 16x16, B column-major 16x8, C 16x8), the C fragment -> output
+//    mapping of the flush, and the stream-K schedule with its partial slots and block-ordered
+//    fix-up (splitk.cuh's StreamK). The dequantized values are exact ((q - z) * s in double): this
+//    tests where every byte goes, not rounding.
+// 4. An emulation of the wgmma kernel (awq_wgmma.cu): the stage's swizzled planes of x as the
+//    tensor copy writes them, B read back through the kernel's matrix descriptors, the A and D
+//    fragments of its warps, the same stream-K schedule.
 // The result must equal a plain float64 GEMM on the AutoAWQ tensors for every shape.
 #include <cuda_fp16.h>
 
@@ -157,6 +158,19 @@ static std::vector<double> emulateStreamK(int M, int K, int N, int P, size_t acc
   return out;
 }
 
+// A stage's two planes of x for group g, by byte address / 2 (the stage at address 0: 1024-byte
+// aligned), as a 2-D tensor copy in the 128-byte swizzle writes them: 16-byte chunk c of row n of
+// half h at h NR 128 + n 128 + 16 (c ^ (n % 8)) (awq_stream.cuh's awqXChunk); rows past M zero.
+static int xChunk(int NR, int h, int n, int c) { return h * NR * 128 + n * 128 + ((c ^ (n & 7)) << 4); }
+static std::vector<double> stagePlanes(const std::vector<float>& x, int M, int K, int NR, int g) {
+  std::vector<double> planes((size_t)2 * NR * 64, NAN);
+  for (int h = 0; h < 2; ++h)
+    for (int n = 0; n < NR; ++n)
+      for (int c = 0; c < 64; ++c)
+        planes[(xChunk(NR, h, n, c >> 3) + (c & 7) * 2) / 2] = n < M ? x[(size_t)n * K + g * kGroup + h * 64 + c] : 0.0;
+  return planes;
+}
+
 // Lane `lane`'s A fragments of n16 tile w, half h of a unit (the four k steps of its 16-byte chunk)
 // as mma.m16n8k16 and wgmma's A (per warp) lay them out: A[j][row][k] in logical coordinates,
 // row = column of the tile - 16 w. a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..).
@@ -234,19 +248,23 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
             if (raw) laneRawFragments(st, w, h, lane, A, mul, add);
             else laneAFragments(st, w, h, lane, A);
           }
+          const std::vector<double> planes = stagePlanes(x, M, K, MT * 8, g);
           for (int mt = 0; mt < MT; ++mt) {
-            // PTX B fragment: b0 (rows 2t, 2t+1; col g), b1 (rows 2t+8, 2t+9; col g). The lane's x
-            // halves for the half: [64h + 16tl, +16), step j using 4j .. 4j+3 (its two 16-byte loads).
+            // PTX B fragment: b0 (rows 2t, 2t+1; col g), b1 (rows 2t+8, 2t+9; col g), as the kernel's
+            // two ldmatrix.x4 give them: matrix i (0..7 over both) has its row r at the address lane
+            // 8 (i % 4) + r gives, row tile mt's row (that lane) % 8, chunk (that lane) / 8 + 4 (i / 4);
+            // lane (g, t) receives halves 2t, 2t + 1 of row g of each, register i; step j takes
+            // registers 2j (b0) and 2j + 1 (b1).
             for (int lane = 0; lane < 32; ++lane) {
-              const int gl = lane >> 2, tl = lane & 3, row = mt * 8 + gl;
-              for (int j = 0; j < 4; ++j)
-                for (int e = 0; e < 4; ++e) {
-                  const int byteOff = tl * 32 + j * 8 + e * 2;
-                  const int k = g * kGroup + h * 64 + byteOff / 2;
-                  const double xv = row < M ? x[(size_t)row * K + k] : 0.0;
-                  const int kk = 2 * tl + (e & 1) + (e >= 2 ? 8 : 0);  // b0 = e 0,1; b1 = e 2,3
-                  B[j][kk][gl] = xv;
+              const int gl = lane >> 2, tl = lane & 3;
+              for (int i = 0; i < 8; ++i) {
+                const int giver = 8 * (i % 4) + gl;  // the lane whose address is row gl of matrix i
+                const int addr = xChunk(MT * 8, h, mt * 8 + (giver & 7), (giver >> 3) + 4 * (i / 4));
+                for (int e0 = 0; e0 < 2; ++e0) {
+                  const double xv = planes[(addr + (2 * tl + e0) * 2) / 2];
+                  B[i / 2][(i % 2) * 8 + 2 * tl + e0][gl] = xv;
                 }
+              }
             }
             for (int lane = 0; lane < 32; ++lane) {
               const int gl = lane >> 2, tl = lane & 3;
@@ -284,32 +302,18 @@ static std::vector<double> emulateGemv(const std::vector<uint8_t>& packed, const
   return emulateStreamK(M, K, N, P, accN, unit, flushed);
 }
 
-// The wgmma kernel (awq_wgmma.cu), emulated: x through its k-order copy (xOrderedSource), into a
-// stage's two planes as a 2-D tensor copy in the 128-byte swizzle writes them (16-byte chunk c of
-// row n at chunk c ^ (n % 8)); B read back through wgmmaDescK128's descriptor as the tensor cores
+// The wgmma kernel (awq_wgmma.cu), emulated: x in a stage's two planes as a 2-D tensor copy in the
+// 128-byte swizzle writes them (stagePlanes); B read back through wgmmaDescK128's descriptor as the tensor cores
 // read a K-major 128-byte-swizzled operand (element (k, n) at start + (n / 8) SBO + (n % 8) 128 +
 // 2k, then bits 4-6 of the address XORed with bits 7-9); warp w's A fragments and its D fragments
 // (wgmma's D: per 8 columns the C fragment of mma.m16n8k16), and the flush's mapping.
 static std::vector<double> emulateWgmma(const std::vector<uint8_t>& packed, const std::vector<float>& x, int M, int K,
                                         int N, int P) {
   const int G = K / kGroup, MT = rowTiles(M), NR = MT * 8;  // NR: the MMA's N (rows of x, padded)
-  std::vector<double> xo((size_t)M * K);
-  for (int m = 0; m < M; ++m)
-    for (int k0 = 0; k0 < K; k0 += 64)
-      for (int q = 0; q < 32; ++q)
-        for (int e0 = 0; e0 < 2; ++e0)
-          xo[(size_t)m * K + k0 + 2 * q + e0] = x[(size_t)m * K + k0 + 2 * xOrderedSource(q) + e0];
   const size_t accN = (size_t)8 * 32 * MT * 4;  // [warp][lane][mt * 4 + r], the kernel's registers
   auto unit = [&](std::vector<double>& acc, int p, int g) {
     const uint8_t* st = packed.data() + kHeaderBytes + ((size_t)p * G + g) * kUnitBytes;
-    // The stage's x planes, by byte address / 2 (the stage at address 0: 1024-byte aligned).
-    std::vector<double> planes((size_t)2 * NR * 64, NAN);
-    for (int h = 0; h < 2; ++h)
-      for (int n = 0; n < NR; ++n)
-        for (int c = 0; c < 64; ++c) {
-          const int addr = h * NR * 128 + n * 128 + ((((c >> 3) ^ (n & 7))) << 4) + (c & 7) * 2;
-          planes[addr / 2] = n < M ? xo[(size_t)n * K + g * kGroup + h * 64 + c] : 0.0;  // zeros past M
-        }
+    const std::vector<double> planes = stagePlanes(x, M, K, NR, g);
     for (int w = 0; w < 8; ++w)
       for (int h = 0; h < 2; ++h) {
         double A[4][16][16];
@@ -377,7 +381,7 @@ int main() {
       for (int r = 0; r < 4; ++r)
         for (int hi = 0; hi < 2; ++hi) {
           const int n16 = ch >> 6, h = (ch >> 5) & 1, lane = ch & 31, gl = lane >> 2, tl = lane & 3;
-          const int col = n16 * 16 + gl + (r & 1) * 8, row = h * 64 + tl * 16 + j * 4 + (r >= 2 ? 2 : 0) + hi;
+          const int col = n16 * 16 + gl + (r & 1) * 8, row = h * 64 + j * 16 + 2 * tl + (r >= 2 ? 8 : 0) + hi;
           // register r of word j holds bits shifted to 6-9 (low half) and 22-25 (high half)
           const int bit = (r == 0 ? 0 : r == 1 ? 4 : r == 2 ? 8 : 12) + hi * 16;
           int kr, c;

@@ -15,11 +15,12 @@
 // Fragment order. The GEMV computes out^T = W^T x^T with mma.m16n8k16: the weights are the
 // A operand (16 output columns x 16 k) and x^T the B operand (n = the batch rows). Warp w of
 // a block reads tile columns 16w .. 16w+15; lane (gl = lane/4, tl = lane%4) holds rows
-// (columns of W) nA = 16w + gl and nB = nA + 8. The mma sums over k, so any permutation of k
-// applied to both operands gives the same result: in half h of the group, step j (0..3) of
-// lane tl uses physical rows 64h + 16tl + 4j + e (e = 0..3), so a lane's x operand for a whole
-// half is the 16 contiguous halves x[64h + 16tl ..], two 16-byte loads. Word j of the lane's
-// 16 bytes holds the 8 nibbles of one mma's A fragment:
+// (columns of W) nA = 16w + gl and nB = nA + 8. In half h of the group, register set j (0..3)
+// of a lane is the A fragment of k step j, physical rows 64h + 16j + 2tl + {0, 1, 8, 9}: the
+// mma's own fragment order, so x goes into the tensor cores as it lies (the GEMV's B fragments by
+// ldmatrix, the wgmma kernel's B operand straight from the tensor copy of x). Word j of the
+// lane's 16 bytes holds the 8 nibbles of that A fragment (e = 0, 1, 2, 3: rows 2tl, 2tl + 1,
+// 2tl + 8, 2tl + 9 of the step):
 //   bits  0-3 / 16-19: W[nA][e=0] / W[nA][e=1]   (register a0, a half2)
 //   bits  4-7 / 20-23: W[nB][e=0] / W[nB][e=1]   (a1)
 //   bits 8-11 / 24-27: W[nA][e=2] / W[nA][e=3]   (a2)
@@ -90,18 +91,18 @@ MC_HD int scaleShiftFor(float maxScale) {
 // 0..127): the index of its 32-bit word among the unit's 2048 and the bit of its nibble.
 MC_HD void locate(int kr, int c, int& word, int& bit) {
   const int w = c >> 4, r = c & 15, gl = r & 7, isB = r >> 3;
-  const int h = kr >> 6, p = kr & 63, tl = p >> 4, j = (p >> 2) & 3, e = p & 3;
+  const int h = kr >> 6, j = (kr >> 4) & 3, e1 = (kr >> 3) & 1, tl = (kr >> 1) & 3, e0 = kr & 1;
   const int lane = gl * 4 + tl;
   word = ((w * 2 + h) * 32 + lane) * 4 + j;
-  bit = isB * 4 + (e & 2) * 4 + (e & 1) * 16;  // e: 0 -> 0, 1 -> 16, 2 -> 8, 3 -> 24 (+4 for nB)
+  bit = isB * 4 + e1 * 8 + e0 * 16;  // e = 2 e1 + e0: 0 -> 0, 1 -> 16, 2 -> 8, 3 -> 24 (+4 for nB)
 }
 
 // The inverse: which (kr, c) the nibble at `bit` of word `word` holds.
 MC_HD void weightAt(int word, int bit, int& kr, int& c) {
   const int j = word & 3, lane = (word >> 2) & 31, wh = word >> 7;
   const int w = wh >> 1, h = wh & 1, gl = lane >> 2, tl = lane & 3;
-  const int isB = (bit >> 2) & 1, e = ((bit >> 3) & 1) * 2 + ((bit >> 4) & 1);
-  kr = h * 64 + tl * 16 + j * 4 + e;
+  const int isB = (bit >> 2) & 1, e1 = (bit >> 3) & 1, e0 = (bit >> 4) & 1;
+  kr = h * 64 + j * 16 + e1 * 8 + tl * 2 + e0;
   c = w * 16 + isB * 8 + gl;
 }
 
@@ -117,13 +118,6 @@ MC_HD uint32_t fragNibbles(uint32_t word, int i) {
 MC_HD uint32_t fragRawNibbles(uint32_t word, int i) {
   return (i < 2 ? word : word >> 8) & (i & 1 ? 0x00F000F0u : 0x000F000Fu);
 }
-
-// The wgmma kernel's copy of x in the fragments' k order (awq_wgmma.cu): 32-bit word q (0..31) of
-// each 64-row half of a group holds word xOrderedSource(q) of the same half of x. Word q covers k
-// step j = q / 8 of the half, positions 2 tl + 8 e1 .. + 1 (tl = q % 4, e1 = q / 4 % 2) of the
-// step's 16, which register j of lane tl's weights holds at e = 2 e1 + 0, 1: physical rows
-// 16 tl + 4 j + 2 e1 + 0, 1 (see "Fragment order" above).
-MC_HD int xOrderedSource(int q) { return 8 * (q & 3) + 2 * (q >> 3) + ((q >> 2) & 1); }
 
 // The AutoAWQ column that packed column n holds: n itself, or in a gated pack of N columns
 // (N a multiple of 16) the pairing of runs above.

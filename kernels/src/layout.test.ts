@@ -1,6 +1,6 @@
 // The packed AWQ layout and the CUDA matmuls' index arithmetic, tested on the host: the C++
 // program kernels/gpu/layout-test.cu packs random AutoAWQ tensors as the pack kernel does and
-// emulates the GEMV and the wgmma kernel lane by lane (fragments, x and its k-order copy, the
+// emulates the GEMV and the wgmma kernel lane by lane (fragments, x's B fragments by ldmatrix, the
 // swizzled shared memory and the wgmma descriptors, output mapping, stream-K fix-up) against a
 // float64 GEMM. It needs nvcc to compile (not a GPU); without nvcc the test is skipped.
 

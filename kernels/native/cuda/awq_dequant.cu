@@ -40,19 +40,19 @@ __global__ void __launch_bounds__(256) awqDequantKernel(const unsigned char* __r
       const uint32_t wv[4] = {wq.x, wq.y, wq.z, wq.w};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const int kb = h * 64 + tl * 16 + j * 4;  // rows e = 0..3 of this step
+        const int kb = h * 64 + j * 16 + 2 * tl;  // rows e = 0, 1 of this step; e = 2, 3 are 8 further
         const __half2 a0 = u2h2(awqDequantPair(fragNibbles(wv[j], 0), mA, dA));  // column A, e = 0, 1
         const __half2 a1 = u2h2(awqDequantPair(fragNibbles(wv[j], 1), mB, dB));  // column B, e = 0, 1
         const __half2 a2 = u2h2(awqDequantPair(fragNibbles(wv[j], 2), mA, dA));  // column A, e = 2, 3
         const __half2 a3 = u2h2(awqDequantPair(fragNibbles(wv[j], 3), mB, dB));  // column B, e = 2, 3
         tile[kb + 0][colA] = __low2half(a0);
         tile[kb + 1][colA] = __high2half(a0);
-        tile[kb + 2][colA] = __low2half(a2);
-        tile[kb + 3][colA] = __high2half(a2);
+        tile[kb + 8][colA] = __low2half(a2);
+        tile[kb + 9][colA] = __high2half(a2);
         tile[kb + 0][colB] = __low2half(a1);
         tile[kb + 1][colB] = __high2half(a1);
-        tile[kb + 2][colB] = __low2half(a3);
-        tile[kb + 3][colB] = __high2half(a3);
+        tile[kb + 8][colB] = __low2half(a3);
+        tile[kb + 9][colB] = __high2half(a3);
       }
     }
     __syncthreads();

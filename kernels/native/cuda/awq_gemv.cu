@@ -179,6 +179,18 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
     zero();
   };
 
+  // x's B fragments of row tile mt, all 4 k steps of this warp's half: (b0, b1) of step j in
+  // registers 2j, 2j + 1. Two ldmatrix.x4: matrix i of the first is 16-byte chunk i of the half's
+  // rows (k 8i .. 8i + 7), of the second chunk 4 + i; lane l gives the address of row l % 8 of
+  // matrix l / 8 and receives elements 2 tl, 2 tl + 1 of row gl of each.
+  auto xFragments = [&](const unsigned char* st, int mt, uint32_t (&xv)[8]) {
+    uint32_t lo[4], hi[4];
+    ldmatrixX4(lo, st + awqXChunk(MT * 8, h, mt * 8 + (lane & 7), lane >> 3));
+    ldmatrixX4(hi, st + awqXChunk(MT * 8, h, mt * 8 + (lane & 7), 4 + (lane >> 3)));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) xv[i] = lo[i], xv[4 + i] = hi[i];
+  };
+
   zero();
   awqConsume(u0, n, G, S, full, empty, lane, [&](int s) {
     const unsigned char* st = smem + s * SB;
@@ -216,13 +228,7 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
       for (int m0 = 0; m0 < MT; m0 += MG) {
         uint32_t xv[MG][8];
   #pragma unroll
-        for (int mi = 0; mi < MG; ++mi) {
-          const int row = (m0 + mi) * 8 + gl;
-          const uint4 x0 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl));
-          const uint4 x1 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl + 1));
-          xv[mi][0] = x0.x, xv[mi][1] = x0.y, xv[mi][2] = x0.z, xv[mi][3] = x0.w;
-          xv[mi][4] = x1.x, xv[mi][5] = x1.y, xv[mi][6] = x1.z, xv[mi][7] = x1.w;
-        }
+        for (int mi = 0; mi < MG; ++mi) xFragments(st, m0 + mi, xv[mi]);
         // sq: the half group's sums of x q (scaled as the rows' nibbles); sx: of x, 2^-6 (C fragment
         // 0, 1: rows nA) and 2^-2 (2, 3: rows nB) times, from A = kXSumA.
         float sq[NT][MG][4], sx[MG][4];
@@ -277,13 +283,7 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
       for (int m0 = 0; m0 < MT; m0 += MG) {
         uint32_t xv[MG][8];
   #pragma unroll
-        for (int mi = 0; mi < MG; ++mi) {
-          const int row = (m0 + mi) * 8 + gl;
-          const uint4 x0 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl));
-          const uint4 x1 = *reinterpret_cast<const uint4*>(st + awqXChunk(MT * 8, h, row, 2 * tl + 1));
-          xv[mi][0] = x0.x, xv[mi][1] = x0.y, xv[mi][2] = x0.z, xv[mi][3] = x0.w;
-          xv[mi][4] = x1.x, xv[mi][5] = x1.y, xv[mi][6] = x1.z, xv[mi][7] = x1.w;
-        }
+        for (int mi = 0; mi < MG; ++mi) xFragments(st, m0 + mi, xv[mi]);
   #pragma unroll
         for (int j = 0; j < 4; ++j)
   #pragma unroll

@@ -18,12 +18,12 @@
 // does), then its warpgroup issues the unit's 8 wgmma against the two x planes and waits for them
 // before releasing the stage.
 //
-// The k order. The packed layout puts in register j of a lane the weights of physical rows
-// 64h + 16tl + 4j + e (tl = lane % 4, e = 0..3) (awq_layout.h), while the MMA's B operand takes the
-// rows of k step j in the order they sit in shared memory. So x goes in through a copy in that
-// order, `xo`: within each 64-row half of a group, position 16j + 8e1 + 2tl + e0 holds physical row
-// 16tl + 4j + 2e1 + e0 (e = 2e1 + e0). A small kernel writes it before the matmul (M x K f16 read
-// and written once: ~2 MB at M = 64, K = 8192), with programmatic dependent launch on both sides.
+// The k order. The packed layout holds each k step's A fragments in the MMA's own order (lane tl's
+// register set j: rows 16j + 2tl + {0, 1, 8, 9} of its half group, awq_layout.h), so the B operand
+// is x as it lies: the producer's tensor copy of x is the operand. (Until 2026-12-04 the layout
+// kept a lane's 16 physical rows contiguous, for the GEMV's 16-byte x loads, and a small kernel
+// wrote x in that k order before every launch: one more launch and ~3 us a matmul at 64 rows,
+// measured on an H200. The GEMV now reads its B fragments by ldmatrix.)
 //
 // Accumulation is fp32; each output element's sum over k runs in a fixed order, the stream-K
 // fix-up too.
@@ -54,17 +54,6 @@ template <int MT> __host__ __device__ constexpr int wgmmaThreads() {
 }
 constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
 
-// xo = x with each half group's rows in the packed layout's k order (see above), by 32-bit words
-// (e0 pairs stay together: awqpack::xOrderedSource).
-__global__ void awqOrderXKernel(const uint32_t* __restrict__ x, uint32_t* __restrict__ xo, int64_t words) {
-  pdlLaunchDependents();
-  pdlWait();  // x is written by the kernel before this one
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < words;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    xo[i] = x[(i & ~int64_t{31}) + xOrderedSource(static_cast<int>(i & 31))];
-  }
-}
-
 struct WgmmaArgs {
   const unsigned char* w;  // packed: header + units
   void* out;               // [M, N] f16 or f32
@@ -75,7 +64,7 @@ struct WgmmaArgs {
   bool outF16;
 };
 
-// xMap: xo [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows. Gated: a gated pack, out
+// xMap: x [M, K] as a 2-D tensor map, boxes of 64 columns x 8 MT rows. Gated: a gated pack, out
 // f16 [M, N/2] = silu(gate) * up (awq_layout.h).
 // Two blocks a multiprocessor, but one from MT = 16 (64 or 128 accumulators a thread).
 template <int MT, bool Gated>
@@ -188,7 +177,7 @@ __global__ void __launch_bounds__(wgmmaThreads<MT>(), MT >= 16 ? 1 : 2) awqWgmma
 }
 
 template <int MT, bool Gated>
-void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
+void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* x) {
   const auto kernel = awqWgmmaKernel<MT, Gated>;
   const Tuning& tu = tuning();
   constexpr int SB = awqStageBytes<MT>();
@@ -208,7 +197,7 @@ void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* xo) {
   a.stages = stages;
   awqStreamKGrid(c, a, bps, MT * 8);
 
-  const CUtensorMap xMap = awqXTensorMap(xo, a.M, a.K, MT * 8, "awqLinear (CUDA wgmma)");
+  const CUtensorMap xMap = awqXTensorMap(x, a.M, a.K, MT * 8, "awqLinear (CUDA wgmma)");
   launchKernel(c, kernel, static_cast<unsigned>(a.sk.P), wgmmaThreads<MT>(), smem, a, xMap);
 }
 
@@ -225,11 +214,6 @@ void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out
   if (reinterpret_cast<uintptr_t>(x) & 15 || w.K % kGroup)
     throw BackendError("awqLinear (CUDA wgmma): x must be 16-byte aligned and K a multiple of 128 (M=" +
                        std::to_string(M) + " K=" + std::to_string(w.K) + " N=" + std::to_string(w.N) + ")");
-  // x in the packed layout's k order, in scratch the backend owns.
-  const int64_t words = static_cast<int64_t>(M) * w.K / 2;
-  __half* xo = static_cast<__half*>(c.xOrdered->get(static_cast<size_t>(words) * 4, c.stream));
-  launchKernel(c, awqOrderXKernel, static_cast<unsigned>(std::min<int64_t>(ceilDiv(words, 256), 4 * c.numSMs)), 256, 0,
-            reinterpret_cast<const uint32_t*>(x), reinterpret_cast<uint32_t*>(xo), words);
   WgmmaArgs a = {};
   a.w = w.data;
   a.out = out;
@@ -241,12 +225,12 @@ void launchAwqWgmma(const Ctx& c, const __half* x, const PackedAwq& w, void* out
   a.sk.units = static_cast<int>(units(w.K, w.N));
   auto rows = [&](auto g) {
     constexpr bool G = decltype(g)::value;
-    if (M <= 8) wgmmaT<1, G>(c, a, xo);
-    else if (M <= 16) wgmmaT<2, G>(c, a, xo);
-    else if (M <= 32) wgmmaT<4, G>(c, a, xo);
-    else if (M <= 64) wgmmaT<8, G>(c, a, xo);
-    else if (M <= 128) wgmmaT<16, G>(c, a, xo);
-    else wgmmaT<32, G>(c, a, xo);
+    if (M <= 8) wgmmaT<1, G>(c, a, x);
+    else if (M <= 16) wgmmaT<2, G>(c, a, x);
+    else if (M <= 32) wgmmaT<4, G>(c, a, x);
+    else if (M <= 64) wgmmaT<8, G>(c, a, x);
+    else if (M <= 128) wgmmaT<16, G>(c, a, x);
+    else wgmmaT<32, G>(c, a, x);
   };
   if (w.gated) rows(std::true_type{});
   else rows(std::false_type{});

@@ -63,7 +63,6 @@ struct Ctx {
   Scratch* tickets;       // zeroed counters for split-K fix-ups (self-resetting)
   Scratch* attnScratch;   // attention partials
   Scratch* dequant;       // f16 weights dequantized for a cuBLAS GEMM
-  Scratch* xOrdered;      // x in the packed layout's k order, for the wgmma AWQ matmul
   Scratch* gatedGemm;     // a gated AWQ matmul's cuBLAS output f16 [M, N], before its gate
   const Blas* blas;       // null: cuBLAS unavailable (or not loadable now: during graph capture)
 };

@@ -549,7 +549,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(sh_->stream);
     for (auto g : graphs_) if (g) cudaGraphExecDestroy(g);
-    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_, &gatedGemm_, &sampleScratch_})
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &gatedGemm_, &sampleScratch_})
       sc->release(sh_->stream);
     sampleStaging_.release();
     if (blasWorkspace_) cudaFreeAsync(blasWorkspace_, sh_->stream);
@@ -845,7 +845,7 @@ class CudaBackend final : public Backend {
   }
 
   bool beginCapture() override {
-    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_, &gatedGemm_}) sc->pin();
+    for (Scratch* sc : {&splitK_, &tickets_, &attnScratch_, &dequant_, &gatedGemm_}) sc->pin();
     MC_CUDA(cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal));
     std::lock_guard<std::mutex> lock(sh_->mu);
     sh_->capturing = true;
@@ -889,7 +889,7 @@ class CudaBackend final : public Backend {
 
  private:
   Ctx ctx() {
-    return Ctx{s(), numSMs_, cc_, &splitK_, &tickets_, &attnScratch_, &dequant_, &xOrdered_, &gatedGemm_,
+    return Ctx{s(), numSMs_, cc_, &splitK_, &tickets_, &attnScratch_, &dequant_, &gatedGemm_,
                blas_.handle ? &blas_ : nullptr};
   }
 
@@ -918,7 +918,7 @@ class CudaBackend final : public Backend {
   int numSMs_ = 0;
   std::shared_ptr<StreamHandle> sh_;
   int cc_ = 0;
-  Scratch splitK_, tickets_, attnScratch_, dequant_, xOrdered_, gatedGemm_;
+  Scratch splitK_, tickets_, attnScratch_, dequant_, gatedGemm_;
   Scratch sampleScratch_;        // Device.sample's scores, sort buffers and row specs
   SampleStaging sampleStaging_;  // and the pinned memory the specs are copied from
   Blas blas_;
