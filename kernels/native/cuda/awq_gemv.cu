@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
   // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
   unsigned char* smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
   __shared__ __align__(8) uint64_t full[kAwqMaxStages], empty[kAwqMaxStages];
-  __shared__ StreamKShared fixup;
+  __shared__ int fixupFlag;
   constexpr int CG = kColGroups, kConsumers = kConsumerWarps * 32;
   constexpr int SB = awqStageBytes<MT>(), WOFF = 2 * awqXPlaneBytes<MT>();
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -93,10 +93,7 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
   const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
 
   pdlLaunchDependents();
-  if (tid == 0) {
-    awqRingInit(full, empty, S, kConsumerWarps);
-    fixup.firstTicket = kNoTicket;
-  }
+  if (tid == 0) awqRingInit(full, empty, S, kConsumerWarps);
   __syncthreads();
 
   if (warp == kConsumerWarps) {  // the producer
@@ -128,10 +125,9 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
         for (int r = 0; r < 4; ++r) acc[q][mt][r] = 0.f;
   };
   // End of this block's part of tile t, groups [g0, g1): the second half's warps hand their sums
-  // to the first half's, which write the output, or a partial and its ticket; at the range's end,
-  // the fix-up of the tiles this block was the last to reach; then the accumulators start again
-  // from zero.
-  auto flush = [&](int t, int g0, int g1, bool final) {
+  // to the first half's, which write the output, or a partial followed by the fix-up; then the
+  // accumulators start again from zero.
+  auto flush = [&](int t, int g0, int g1) {
     // [element][cp][lane]: a warp's 32 lanes store to consecutive words (no bank conflicts).
     float* mine = handoff + cp * 32 + lane;
     constexpr int kStride = CG * 32;
@@ -171,10 +167,9 @@ __global__ void __launch_bounds__(kThreads, MT == 8 ? 1 : 2)
         }
       }
     }
-    const unsigned ticket = whole ? kNoTicket : streamKArrive(fixup, a.tickets, t, final, tid, kConsumers);
-    if (final)
-      streamKFinish(a.sk, b, fixup, t, ticket, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, tid,
-                    kConsumers, Gated);
+    if (!whole)
+      streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
+                   kConsumers, Gated);
     namedBarrier(1, kConsumers);  // the handoff buffer is free again
     zero();
   };

@@ -127,8 +127,8 @@ __device__ __forceinline__ void awqProduce(const AwqStream& p, unsigned char* sm
 
 // The consumers' side of the ring, for every consumer warp: units [u0, u0 + n) in order, each
 // `unit(s)` once stage s has landed, then the stage released (one arrival per warp on `empty`);
-// `tileEnd(t, g0, g1, final)` after the block's last unit of tile t (groups [g0, g1) of it), which
-// writes the tile's sums and clears the accumulators; `final` for the range's last tile.
+// `tileEnd(t, g0, g1)` after the block's last unit of tile t (groups [g0, g1) of it), which writes
+// the tile's sums and clears the accumulators.
 template <class Unit, class TileEnd>
 __device__ __forceinline__ void awqConsume(int u0, int n, int G, int S, uint64_t* full, uint64_t* empty, int lane,
                                            Unit unit, TileEnd tileEnd) {
@@ -137,7 +137,7 @@ __device__ __forceinline__ void awqConsume(int u0, int n, int G, int S, uint64_t
   uint32_t phase = 0;
   for (int i = 0; i < n; ++i) {
     if (g == G) {  // the previous unit ended tile `tile`
-      tileEnd(tile, g0, G, false);
+      tileEnd(tile, g0, G);
       ++tile;
       g0 = g = 0;
     }
@@ -151,7 +151,7 @@ __device__ __forceinline__ void awqConsume(int u0, int n, int G, int S, uint64_t
       phase ^= 1;
     }
   }
-  if (n > 0) tileEnd(tile, g0, g, true);
+  if (n > 0) tileEnd(tile, g0, g);
 }
 
 // The stream-K grid of a launch with `bps` blocks per multiprocessor (a.sk.P) and its scratch:

@@ -74,17 +74,14 @@ __global__ void __launch_bounds__(wgmmaThreads<MT>(), MT >= 16 ? 1 : 2) awqWgmma
   // The swizzle needs 1024-byte aligned stages: the launch adds 1024 bytes for this.
   unsigned char* smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
   __shared__ __align__(8) uint64_t full[kAwqMaxStages], empty[kAwqMaxStages];
-  __shared__ StreamKShared fixup;
+  __shared__ int fixupFlag;
   constexpr int SB = awqStageBytes<MT>(), WOFF = 2 * awqXPlaneBytes<MT>();
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int b = blockIdx.x, S = a.stages, G = a.sk.G;
   const int u0 = a.sk.start(b), n = a.sk.start(b + 1) - u0;
 
   pdlLaunchDependents();
-  if (tid == 0) {
-    awqRingInit(full, empty, S, kConsumerWarps);
-    fixup.firstTicket = kNoTicket;
-  }
+  if (tid == 0) awqRingInit(full, empty, S, kConsumerWarps);
   __syncthreads();
 
   if (warp >= kConsumerWarps) {  // the producer
@@ -110,10 +107,9 @@ __global__ void __launch_bounds__(wgmmaThreads<MT>(), MT >= 16 ? 1 : 2) awqWgmma
 #pragma unroll
     for (int r = 0; r < MT * 4; ++r) acc[r] = 0.f;
   };
-  // End of this block's part of tile t, groups [g0, g1): the output, or a partial and its ticket;
-  // at the range's end, the fix-up of the tiles this block was the last to reach; then the
-  // accumulators start again from zero.
-  auto flush = [&](int t, int g0, int g1, bool final) {
+  // End of this block's part of tile t, groups [g0, g1): the output, or a partial and the fix-up;
+  // then the accumulators start again from zero.
+  auto flush = [&](int t, int g0, int g1) {
     const bool whole = g0 == 0 && g1 == G;
     float* part = a.partials + static_cast<int64_t>(a.sk.slot(b, t)) * (MT * 8) * kTileN;
     const int nA = t * kTileN + colA, nB = nA + 8;
@@ -132,10 +128,9 @@ __global__ void __launch_bounds__(wgmmaThreads<MT>(), MT >= 16 ? 1 : 2) awqWgmma
                        a.outF16, a.M, a.N, acc[mt * 4 + r] * outScale);
       }
     }
-    const unsigned ticket = whole ? kNoTicket : streamKArrive(fixup, a.tickets, t, final, tid, kConsumers);
-    if (final)
-      streamKFinish(a.sk, b, fixup, t, ticket, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, tid,
-                    kConsumers, Gated);
+    if (!whole)
+      streamKFixup(a.sk, t, a.partials, MT * 8, kTileN, a.tickets, a.out, a.outF16, a.M, a.N, &fixupFlag, tid,
+                   kConsumers, Gated);
     zero();
   };
 

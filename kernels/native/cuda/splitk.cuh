@@ -9,8 +9,7 @@
 // the fix-up: each contributor stores its fp32 partial in its own slot (block, 0 for the first
 // tile of its range / 1 for the last), takes a ticket from the tile's counter, and the last to
 // arrive sums the slots in block order (a fixed order: the result does not depend on which
-// block arrived last) at the end of its range and writes the output, then resets the counter
-// for the next launch.
+// block arrived last) and writes the output, then resets the counter for the next launch.
 // Partials and counters live in scratch the caller owns (Ctx::splitK, Ctx::tickets).
 #pragma once
 
@@ -75,68 +74,28 @@ __device__ __forceinline__ void streamKStoreGated(bool whole, float* part, int t
   }
 }
 
-// ---- the fix-up, in two steps for all `threads` threads of the block's computing warps (named barrier 1) ----
+// Called by all `threads` threads of the block's computing warps (named barrier 1) once this
+// block has stored its partial of tile t (rows x tileN fp32 at partials + slot * rowsCap * tileN;
+// tileN a multiple of 4). `flag` is a shared int the barrier-protected handoff uses.
 //
-// streamKArrive, once the block has stored its partial of a shared tile: thread 0 takes the tile's
-// ticket. The block does not wait for the answer; it goes on with its range, and streamKFinish,
-// at the range's end, sums every tile whose last contributor the block turned out to be. A
-// block's first tile is shared with the blocks before it, which reach that tile at the ends of
-// their ranges, so it is almost never the first tile's last contributor: waiting for that
-// ticket mid-stream only stalled the stream. Measured against the fix-up it replaced (a fence in
-// every thread, the ticket's round trip mid-stream, one contributor's loads at a time):
-// kernels/gpu/RESULTS.md, 2026-12-04.
-//
-// Ordering. A contributor's stores of its partial, then named barrier 1, then thread 0's ticket
-// with release semantics at gpu scope: the barrier makes every thread's stores part of what the
-// release publishes, so no thread needs a fence of its own. The last contributor's thread 0 reads
-// the tickets' count, then an acquire fence, then named barrier 1 before any thread reads the
-// partials (from L2: ld.cg).
-
-__device__ __forceinline__ unsigned atomicAddReleaseGpu(unsigned* p, unsigned v) {
-  unsigned old;
-  asm volatile("atom.release.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
-  return old;
-}
-__device__ __forceinline__ void fenceAcquireGpu() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
-
-// A ticket's answer: the count it read (the contributors before this block), or kNoTicket where
-// the block took none.
-constexpr unsigned kNoTicket = ~0u;
-
-// A block's fix-up state, in shared memory: thread 0 sets firstTicket to kNoTicket before the
-// block's first __syncthreads().
-struct StreamKShared {
-  unsigned firstTicket;  // the range's first tile's ticket, where the block left that tile shared mid-range
-  int sum[2];            // the tiles the block sums at the end of its range, or -1
-};
-
-// Once every thread has stored its share of the block's partial of tile t: the tile's ticket.
-// Mid-range (`final` false: only a range's first tile is left shared mid-range) thread 0 keeps the
-// answer in `sh` for streamKFinish, and only its warp waits for it; at the range's end it returns
-// the answer to thread 0 (kNoTicket to the others).
-__device__ __forceinline__ unsigned streamKArrive(StreamKShared& sh, unsigned* tickets, int t, bool final, int tid,
-                                                  int threads) {
-  namedBarrier(1, threads);  // every thread's share of the partial is stored
-  if (tid != 0) return kNoTicket;
-  const unsigned got = atomicAddReleaseGpu(&tickets[t], 1u);
-  if (!final) sh.firstTicket = got;
-  return got;
-}
-
-// Tile t's output from its contributors' partials (rows x tileN fp32 at partials + slot * rowsCap
-// * tileN; tileN a multiple of 4), summed in block order: the result does not depend on which
-// block arrived last. By 16-byte vectors, kFixupVectors a thread, the loads of kFixupBatch
-// contributors in flight at once: the partials sit in L2, so the sum costs about one L2 round trip
-// per kFixupBatch contributors and 32 rows (measured on an H200 at 1f8d01a: element by element the
-// sum held every M = 64 matmul ~0.07 ms past its stream). Gated (awq_layout.h; tileN a multiple
-// of 16, out f16 [M, N/2]): the vectors go in pairs, 4 gate columns and the 4 up columns 8
-// further, and the sums leave as silu(gate) * up.
-constexpr int kFixupVectors = 2, kFixupBatch = 4;
-__device__ __forceinline__ void streamKSumTile(const StreamK& sk, int t, const float* partials, int rowsCap, int tileN,
-                                               void* out, bool outF16, int M, int N, int tid, int threads,
-                                               bool gated) {
+// The last contributor reads the partials by 16 bytes, kFixupVectors a thread at once, each
+// contributor's loads issued together: the partials sit in L2, so the fix-up costs about one L2
+// round trip per contributor and 32 rows, not one per element a thread (measured on an H200 at
+// 1f8d01a: the element-by-element loop held every M = 64 matmul ~0.07 ms past its stream).
+// Gated (awq_layout.h; tileN a multiple of 16, out f16 [M, N/2]): the vectors go in pairs, 4 gate
+// columns and the 4 up columns 8 further, and the sums leave as silu(gate) * up.
+constexpr int kFixupVectors = 4;
+__device__ __forceinline__ void streamKFixup(const StreamK& sk, int t, const float* partials, int rowsCap,
+                                             int tileN, unsigned* tickets, void* out, bool outF16, int M, int N,
+                                             int* flag, int tid, int threads, bool gated = false) {
+  __threadfence();  // this block's partial is visible before its ticket
+  namedBarrier(1, threads);
   const int tileEnd = (t + 1) * sk.G < sk.units ? (t + 1) * sk.G : sk.units;
   const int first = sk.blockOf(t * sk.G), last = sk.blockOf(tileEnd - 1);
+  if (tid == 0) *flag = atomicAdd(&tickets[t], 1u) == static_cast<unsigned>(last - first);
+  namedBarrier(1, threads);
+  if (!*flag) return;
+  __threadfence();  // the other contributors' partials, published before their tickets
   const int vecs = M * tileN / 4;  // 16-byte vectors of the tile's rows below M
   // Every contributor after the first starts its range in tile t (its slot 0); the first's slot
   // is 0 only if its range starts at the tile.
@@ -154,29 +113,21 @@ __device__ __forceinline__ void streamKSumTile(const StreamK& sk, int t, const f
     float4 v[kFixupVectors];
 #pragma unroll
     for (int j = 0; j < kFixupVectors; ++j) v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int b0 = first; b0 <= last; b0 += kFixupBatch) {
-      float4 p[kFixupBatch][kFixupVectors];
+    for (int b = first; b <= last; ++b) {  // in block order: the sum does not depend on arrival
+      const int slot = b == first ? firstSlot : 2 * b;
+      const float4* src = reinterpret_cast<const float4*>(partials + static_cast<int64_t>(slot) * rowsCap * tileN);
+      float4 p[kFixupVectors];
 #pragma unroll
-      for (int c = 0; c < kFixupBatch; ++c) {
-        const int b = b0 + c;
-        const float4* src = reinterpret_cast<const float4*>(
-            partials + static_cast<int64_t>(b == first ? firstSlot : 2 * b) * rowsCap * tileN);
-#pragma unroll
-        for (int j = 0; j < kFixupVectors; ++j) {
-          const int i = vecOf(i0, j);
-          p[c][j] = b <= last && i < vecs ? __ldcg(src + i) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
+      for (int j = 0; j < kFixupVectors; ++j) {
+        const int i = vecOf(i0, j);
+        p[j] = i < vecs ? __ldcg(src + i) : make_float4(0.f, 0.f, 0.f, 0.f);
       }
 #pragma unroll
-      for (int c = 0; c < kFixupBatch; ++c) {
-        if (b0 + c > last) break;  // in block order
-#pragma unroll
-        for (int j = 0; j < kFixupVectors; ++j) {
-          v[j].x += p[c][j].x;
-          v[j].y += p[c][j].y;
-          v[j].z += p[c][j].z;
-          v[j].w += p[c][j].w;
-        }
+      for (int j = 0; j < kFixupVectors; ++j) {
+        v[j].x += p[j].x;
+        v[j].y += p[j].y;
+        v[j].z += p[j].z;
+        v[j].w += p[j].w;
       }
     }
 #pragma unroll
@@ -200,33 +151,7 @@ __device__ __forceinline__ void streamKSumTile(const StreamK& sk, int t, const f
         if (t * tileN + c + q < N) storeOut(out, outF16, o + q, e[q]);
     }
   }
-}
-
-// At the end of block b's range: the tiles whose last contributor it was, summed, and their
-// counters reset for the next launch. t is the range's last tile and lastTicket thread 0's answer
-// for it (kNoTicket where the block wrote it whole); the first tile's answer is in `sh`.
-__device__ __forceinline__ void streamKFinish(const StreamK& sk, int b, StreamKShared& sh, int t, unsigned lastTicket,
-                                              const float* partials, int rowsCap, int tileN, unsigned* tickets,
-                                              void* out, bool outF16, int M, int N, int tid, int threads,
-                                              bool gated = false) {
-  auto lastToArrive = [&](int tile, unsigned ticket) {
-    const int tileEnd = (tile + 1) * sk.G < sk.units ? (tile + 1) * sk.G : sk.units;
-    return ticket == static_cast<unsigned>(sk.blockOf(tileEnd - 1) - sk.blockOf(tile * sk.G));
-  };
-  if (tid == 0) {
-    const int t0 = sk.start(b) / sk.G;
-    sh.sum[0] = sh.firstTicket != kNoTicket && lastToArrive(t0, sh.firstTicket) ? t0 : -1;
-    sh.sum[1] = lastTicket != kNoTicket && lastToArrive(t, lastTicket) ? t : -1;
-    if (sh.sum[0] >= 0 || sh.sum[1] >= 0) fenceAcquireGpu();  // the other contributors' partials
-  }
-  namedBarrier(1, threads);
-#pragma unroll 1
-  for (int i = 0; i < 2; ++i) {
-    const int tile = sh.sum[i];
-    if (tile < 0) continue;
-    streamKSumTile(sk, tile, partials, rowsCap, tileN, out, outF16, M, N, tid, threads, gated);
-    if (tid == 0) tickets[tile] = 0;
-  }
+  if (tid == 0) tickets[t] = 0;
 }
 
 }  // namespace cuda
