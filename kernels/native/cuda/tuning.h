@@ -33,10 +33,11 @@ struct Tuning {
   // M = 16 with 4 and 5 (before) 0.175 either way.
   int awqGemvStages[4] = {4, 4, 4, 4};
   // From this M (below awqDequantMinM; up to awqWgmmaPassRows a launch), the wgmma kernel
-  // (awq_wgmma.cu) on a compute capability 9.0 device instead of the GEMV; 0: never. Measured on an H200 at c99f91b,
-  // per 70B block chained, wgmma against the GEMV's 8-warp block: M = 16 0.203 / 0.183 ms, M = 24
-  // 0.222 / 0.244, 32 0.228 / 0.249, 48 0.283 / 0.352, 64 0.292 / 0.368, 128 0.433 / 0.754.
-  int awqWgmmaMinM = 17;
+  // (awq_wgmma.cu) on a compute capability 9.0 device instead of the GEMV; 0: never. Measured on an
+  // H200 on 2026-12-04 (the packed layout in the MMA's k order, no x copy before the wgmma kernel),
+  // per 70B block chained, wgmma against the GEMV: M = 1 0.146 / 0.136 ms, M = 8 0.148 / 0.141,
+  // M = 16 0.162 / 0.179-0.183. (At c99f91b, with the x copy, M = 16 took 0.203 against 0.183.)
+  int awqWgmmaMinM = 9;
   // Blocks of the wgmma kernel per multiprocessor (each 8 consumer warps + 1 producer warp), 1..2
   // (always 1 above 64 rows).
   int awqWgmmaBlocksPerSM = 2;
