@@ -993,10 +993,10 @@ static void bench(Backend& b, const char* jsonPath) {
   const bool gatedGateUp = getenv("MC_BENCH_GATED") != nullptr;
   cuda::Tuning& tu = cuda::tuning();
   printf("AWQ tuning: dequant+cuBLAS from M=%d, GEMV blocks/SM %d/%d/%d/%d, stages %d/%d/%d/%d, "
-         "wgmma from M=%d (%d blocks/SM), PDL %s%s\n",
+         "wgmma from M=%d (%d blocks/SM, %d stages at two), PDL %s%s\n",
          tu.awqDequantMinM, tu.awqGemvBlocksPerSM[0], tu.awqGemvBlocksPerSM[1], tu.awqGemvBlocksPerSM[2],
          tu.awqGemvBlocksPerSM[3], tu.awqGemvStages[0], tu.awqGemvStages[1], tu.awqGemvStages[2], tu.awqGemvStages[3],
-         tu.awqWgmmaMinM, tu.awqWgmmaBlocksPerSM, tu.pdl ? "on" : "off",
+         tu.awqWgmmaMinM, tu.awqWgmmaBlocksPerSM, tu.awqWgmmaStages, tu.pdl ? "on" : "off",
          tu.deterministic ? ", deterministic" : "");
   // Issue's targets per tp=1 block (kernels/gpu/RESULTS.md): M = 1, 16, 64, 1024.
   auto target = [](int M) { return M == 1 ? 0.13 : M == 16 ? 0.15 : M == 64 ? 0.22 : M == 1024 ? 2.5 : -1.0; };

@@ -310,16 +310,8 @@ GemvSmem gemvSmem(int bps) {
   int stages =
       std::min({kAwqMaxStages, std::max(2, tuning().awqGemvStages[MTI]), (kSmemPerSM / bps - HB - 1024) / SB});
   stages = std::max(2, stages);
-  size_t smem = static_cast<size_t>(stages) * SB + HB + 1024;  // + the alignment slack
-  // No more than bps blocks a multiprocessor, whatever the registers allow: with a place to spare,
-  // the next launch's blocks (programmatic dependent launch) take it early and stream beside this
-  // launch's. Measured on an H200 on 2026-12-04: once the raw M <= 8 kernel's registers fell from 80
-  // to 72, three fitted and M = 1 took 0.173 ms a 70B block chained (0.167 isolated), against 0.138.
-  int dev = 0, perSM = 0, reserved = 0;
-  MC_CUDA(cudaGetDevice(&dev));
-  MC_CUDA(cudaDeviceGetAttribute(&perSM, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
-  MC_CUDA(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev));
-  smem = std::max(smem, static_cast<size_t>(perSM / (bps + 1) - reserved + 1));  // bps + 1 of these do not fit
+  // + the alignment slack; no place for one block more (awqExclusiveSmem)
+  const size_t smem = awqExclusiveSmem(static_cast<size_t>(stages) * SB + HB + 1024, bps);
   static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
   if (smem > attr) {
     MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));

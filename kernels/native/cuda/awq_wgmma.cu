@@ -177,10 +177,13 @@ void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* x) {
   const Tuning& tu = tuning();
   constexpr int SB = awqStageBytes<MT>();
   int bps = MT >= 16 ? 1 : std::max(1, std::min(2, tu.awqWgmmaBlocksPerSM));
-  // The ring: as deep as the shared memory of bps blocks per multiprocessor allows.
+  // The ring: as deep as the shared memory of bps blocks per multiprocessor allows; at two, at most
+  // the tuning's depth.
   constexpr int kSmemPerSM = 220 * 1024;
-  const int stages = std::max(2, std::min(kAwqMaxStages, (kSmemPerSM / bps - 1024) / SB));
-  const size_t smem = static_cast<size_t>(stages) * SB + 1024;  // + the alignment slack
+  int stages = std::max(2, std::min(kAwqMaxStages, (kSmemPerSM / bps - 1024) / SB));
+  if (bps == 2 && tu.awqWgmmaStages > 0) stages = std::max(2, std::min(stages, tu.awqWgmmaStages));
+  // + the alignment slack; no place for one block more (awqExclusiveSmem)
+  const size_t smem = awqExclusiveSmem(static_cast<size_t>(stages) * SB + 1024, bps);
   static size_t attr = 0;  // per instantiation, per process (the attribute is per function)
   if (smem > attr) {
     MC_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));

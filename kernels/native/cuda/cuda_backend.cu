@@ -88,6 +88,7 @@ void applyTuningEnv() {
   if (const char* v = env("MEDCLUSTER_AWQ_WGMMA_MIN_M")) t.awqWgmmaMinM = std::atoi(v);
   if (const char* v = env("MEDCLUSTER_AWQ_WGMMA_BLOCKS")) t.awqWgmmaBlocksPerSM = std::max(1, std::atoi(v));
   if (const char* v = env("MEDCLUSTER_AWQ_WGMMA_PASS_ROWS")) t.awqWgmmaPassRows = std::atoi(v);
+  if (const char* v = env("MEDCLUSTER_AWQ_WGMMA_STAGES")) t.awqWgmmaStages = std::atoi(v);
   if (const char* v = env("MEDCLUSTER_ATTN_DECODE_BLOCKS")) t.attnDecodeBlocksPerSM = std::max(1, std::atoi(v));
   if (const char* v = env("MEDCLUSTER_ATTN_DECODE_PREFETCH")) t.attnDecodePrefetch = std::strcmp(v, "0") != 0;
 }

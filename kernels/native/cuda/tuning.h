@@ -46,6 +46,12 @@ struct Tuning {
   // chained, 256 against 128: M = 256 0.684 / 0.813 ms, 512 1.52 / 1.79, 1024 3.08 / 3.64; M = 128
   // takes the 128-row kernel either way.
   int awqWgmmaPassRows = 256;
+  // The wgmma kernel's ring depth where two of its blocks share a multiprocessor (up to 64 rows);
+  // 0: as deep as their shared memory allows. At one block a multiprocessor it takes as many as fit
+  // (3 to 5). Measured on an H200 on 2026-12-04, per 70B block chained, 4 stages against as many as
+  // fit (8 or 9): M = 9 0.1576 / 0.1573 against 0.1613 / 0.1617 ms, M = 16 0.1607 / 0.1603 against
+  // 0.1647 / 0.1645, M = 32 0.1857 / 0.1852 against 0.1867 / 0.1872, M = 64 0.249 either way.
+  int awqWgmmaStages = 4;
   // Programmatic dependent launch (sm_90) for every kernel launchKernel starts (common.cuh): its
   // blocks start while the kernel before finishes (the AWQ matmuls prefetch their first weight
   // stages meanwhile).
@@ -72,6 +78,7 @@ Tuning& tuning();
 // Applies the MEDCLUSTER_* environment overrides (MEDCLUSTER_PDL=0, MEDCLUSTER_AWQ_DEQUANT_MIN_M=N,
 // MEDCLUSTER_AWQ_GEMV_BLOCKS=a,b,c,d, MEDCLUSTER_AWQ_GEMV_STAGES=a,b,c,d,
 // MEDCLUSTER_AWQ_WGMMA_MIN_M=N, MEDCLUSTER_AWQ_WGMMA_BLOCKS=N, MEDCLUSTER_AWQ_WGMMA_PASS_ROWS=N,
+// MEDCLUSTER_AWQ_WGMMA_STAGES=N,
 // MEDCLUSTER_ATTN_DECODE_BLOCKS=N, MEDCLUSTER_ATTN_DECODE_PREFETCH=0, MEDCLUSTER_DETERMINISTIC=1);
 // called when a backend is created.
 void applyTuningEnv();
