@@ -5,9 +5,9 @@
 #   base-gpu-check              (optional) the same program built at the baseline commit
 #   node.xz, medcluster.mjs, gpu-parity.mjs, medcluster_kernels.node   scripts/device-bundle.mjs
 #   proto/                      the .proto files (the CLI loads them)
-# Usage: bash device-run.sh [steps...]   steps: info check bench base ab attn ncu parity decode decode64 sass
-# (ab: AB_CONFIGS, AB_MS; attn: ATTN_BLOCKS; ncu: NCU_RUNS; decode, decode64: DECODE_ENV;
-# parity: PARITY_ENV)
+# Usage: bash device-run.sh [steps...]   steps: info check bench base ab attn e2e ncu parity decode decode64 sass
+# (ab: AB_CONFIGS, AB_MS; attn: ATTN_BLOCKS; e2e: E2E_CONFIGS, E2E_BATCHES, E2E_PREFILL; ncu: NCU_RUNS,
+# NCU_SOURCE; decode, decode64: DECODE_ENV; parity: PARITY_ENV)
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
@@ -106,6 +106,19 @@ MEDCLUSTER_PDL=0}"
       note "$s ${DECODE_ENV:-} rc=$?"
       grep -E 'cuda' "$OUT/$s.txt" | tail -4 | tee -a "$summary"
       ;;
+    e2e)  # the C++ loop over 80 layers (e2e.cu): graph replay against eager at each decode batch, per variant
+      : >"$OUT/e2e.txt"
+      # E2E_CONFIGS: one variant per line (environment assignments; an empty line: the defaults).
+      while IFS= read -r cfg; do
+        echo "## ${cfg:-defaults}" >>"$OUT/e2e.txt"
+        env $cfg MC_E2E_LAYERS=80 MC_E2E_FP16=0 MC_E2E_BATCHES="${E2E_BATCHES:-1,16,64}" MC_E2E_PREFILL="${E2E_PREFILL:-0}" \
+          timeout 240 ./medcluster-gpu-check --e2e >>"$OUT/e2e.txt" 2>&1
+        echo "rc=$?" >>"$OUT/e2e.txt"
+      done <<<"${E2E_CONFIGS:-
+MEDCLUSTER_PDL=0}"
+      note "e2e done"
+      grep -E '^## |^decode batch|^  samples|^prefill 2048|^rc=' "$OUT/e2e.txt" | tee -a "$summary"
+      ;;
     ncu)  # one gate_up matmul launch (GEMV, or wgmma where NCU_RUNS turns it on) at M = 1 and 64 under Nsight Compute
       NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
       : >"$OUT/ncu.txt"
@@ -120,7 +133,13 @@ MEDCLUSTER_PDL=0}"
           --metrics "$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard \
             short_scoreboard mio_throttle math_pipe_throttle wait barrier membar lg_throttle dispatch_stall \
             not_selected selected no_instruction sleeping branch_resolving misc tex_throttle imc_miss drain)sm__inst_executed_pipe_tensor_op_hmma.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,smsp__inst_executed.sum" \
-          ./medcluster-gpu-check --bench-only >>"$OUT/ncu.txt" 2>&1
+          ${NCU_SOURCE:+-o "$OUT/ncu-m$m" -f} ./medcluster-gpu-check --bench-only >>"$OUT/ncu.txt" 2>&1
+        # NCU_SOURCE=1: the warp stall samples per SASS instruction as CSV (the source page), to sum by opcode.
+        if [ -n "${NCU_SOURCE:-}" ] && [ -f "$OUT/ncu-m$m.ncu-rep" ]; then
+          "$NCU" -i "$OUT/ncu-m$m.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu-source-m$m.csv" 2>&1
+          "$NCU" -i "$OUT/ncu-m$m.ncu-rep" >>"$OUT/ncu.txt" 2>&1
+          rm -f "$OUT/ncu-m$m.ncu-rep"
+        fi
       done <<<"${NCU_RUNS:-1
 64}"
       note "ncu rc=$?"

@@ -2,7 +2,9 @@
 // CudaBackend's public Backend methods only, with synthetic weights packed as at load. It
 // issues the fused q/k/v and gate/up matmuls as the worker does (4 per block); `medcluster bench
 // decode --synthetic llama-2-70b` measures the worker's own path.
-//   ./medcluster-gpu-check --e2e        (MC_E2E_LAYERS=n to shorten, MC_E2E_FP16=0 to skip cuBLAS)
+//   ./medcluster-gpu-check --e2e        (MC_E2E_LAYERS=n to shorten, MC_E2E_FP16=0 to skip cuBLAS,
+//                                        MC_E2E_BATCHES=1,16 for other decode batches, MC_E2E_PREFILL=0
+//                                        for decode alone)
 // Also: --readpat, a read-pattern microbenchmark (contiguous bytes per row vs bandwidth).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -360,7 +362,16 @@ int runE2E(Backend& b) {
   std::vector<Row> table;
 
   // ---- decode ----
+  // MC_E2E_BATCHES=a,b,..: the decode batches (each clamped to 1..64; default 1,16,64).
   std::vector<int> batches = {1, 16, 64};
+  if (const char* e = getenv("MC_E2E_BATCHES")) {
+    batches.clear();
+    for (const char* p = e; *p;) {
+      batches.push_back(std::min(M.Bmax, std::max(1, atoi(p))));
+      while (*p && *p != ',') ++p;
+      if (*p) ++p;
+    }
+  }
   for (int B : batches) {
     std::vector<int32_t> ids(B);
     for (int i = 0; i < B; ++i) ids[i] = (i * 131 + 7) % V;
@@ -429,6 +440,12 @@ int runE2E(Backend& b) {
     double stepMs = wall / gen;
     printf("\ndecode batch %d: loop %.3f ms/step (%.1f tok/s) | graph replay %.3f ms | eager %.3f ms | fp16 cuBLAS eager %.3f ms\n",
            B, stepMs, B * 1000.0 / stepMs, median(pure), median(eager), fp16ms);
+    // Every sample, in order: a replay's spread shows whether its time is bimodal.
+    printf("  samples, ms: graph replay");
+    for (float v : pure) printf(" %.3f", v);
+    printf(" | eager");
+    for (float v : eager) printf(" %.3f", v);
+    printf("\n");
     fflush(stdout);
     const char* tgt = B == 1 ? ">= 65 (floor ~83)" : B == 64 ? ">= 2500" : "-";
     table.push_back({"decode tok/s, batch " + std::to_string(B) + " (512 ctx, 128 gen, graph)", B * 1000.0 / stepMs, "tok/s", tgt});
@@ -440,40 +457,42 @@ int runE2E(Backend& b) {
   }
 
   // ---- prefill: 2048-token prompt in 512-token chunks; TTFT for a 512-token prompt ----
-  auto prefill = [&](int len, int chunk) {
-    int maxBlocks = (len + BS - 1) / BS;
-    std::vector<int32_t> tokHost(1);
-    double w0 = nowMs();
-    for (int p0 = 0; p0 < len; p0 += chunk) {
-      int Tc = std::min(chunk, len - p0);
-      uploadInts(M, b, prefillInputs(M, p0, Tc, maxBlocks));
-      step(M, b, Tc, 1, maxBlocks, p0 + Tc == len ? 1 : 0, false);
+  if (!(getenv("MC_E2E_PREFILL") && atoi(getenv("MC_E2E_PREFILL")) == 0)) {
+    auto prefill = [&](int len, int chunk) {
+      int maxBlocks = (len + BS - 1) / BS;
+      std::vector<int32_t> tokHost(1);
+      double w0 = nowMs();
+      for (int p0 = 0; p0 < len; p0 += chunk) {
+        int Tc = std::min(chunk, len - p0);
+        uploadInts(M, b, prefillInputs(M, p0, Tc, maxBlocks));
+        step(M, b, Tc, 1, maxBlocks, p0 + Tc == len ? 1 : 0, false);
+      }
+      greedy(M.logits, M.tok, M.lp, b, 1);
+      Buffer tmp; tmp.data = M.tok.data; tmp.bytes = 4;
+      b.download(tmp, tokHost.data(), 4);
+      tmp.data = nullptr;
+      return nowMs() - w0;
+    };
+    prefill(2048, 512);  // warm-up (workspaces)
+    std::vector<float> pf, tt;
+    for (int r = 0; r < 2; ++r) pf.push_back((float)prefill(2048, 512));
+    for (int r = 0; r < 3; ++r) tt.push_back((float)prefill(512, 512));
+    profileStep(M, b, "prefill chunk of 512 tokens at positions 1536..2047", 512, 1, 128, 1, false);
+    double pfMs = median(pf), ttft = median(tt);
+    printf("\nprefill 2048 (4 chunks of 512): %.1f ms (%.0f tok/s); TTFT 512-token prompt: %.1f ms\n", pfMs,
+           2048 * 1000.0 / pfMs, ttft);
+    table.push_back({"prefill tok/s, 2048-token prompt (4 x 512)", 2048 * 1000.0 / pfMs, "tok/s", ">= 4000"});
+    table.push_back({"TTFT, 512-token prompt", ttft, "ms", "-"});
+    if (M.fp16) {
+      // fp16 cuBLAS prefill chunk (the same chunk 1536..2047), for comparison
+      uploadInts(M, b, prefillInputs(M, 1536, 512, 128));
+      step(M, b, 512, 1, 128, 1, true);
+      float fms = evMs(s, [&] { step(M, b, 512, 1, 128, 1, true); });
+      float ams = evMs(s, [&] { step(M, b, 512, 1, 128, 1, false); });
+      printf("prefill chunk 512 @1536: AWQ %.1f ms, fp16 cuBLAS %.1f ms\n", ams, fms);
+      table.push_back({"  prefill chunk 512 @1536: AWQ", ams, "ms", "-"});
+      table.push_back({"  prefill chunk 512 @1536: fp16 cuBLAS", fms, "ms", "-"});
     }
-    greedy(M.logits, M.tok, M.lp, b, 1);
-    Buffer tmp; tmp.data = M.tok.data; tmp.bytes = 4;
-    b.download(tmp, tokHost.data(), 4);
-    tmp.data = nullptr;
-    return nowMs() - w0;
-  };
-  prefill(2048, 512);  // warm-up (workspaces)
-  std::vector<float> pf, tt;
-  for (int r = 0; r < 2; ++r) pf.push_back((float)prefill(2048, 512));
-  for (int r = 0; r < 3; ++r) tt.push_back((float)prefill(512, 512));
-  profileStep(M, b, "prefill chunk of 512 tokens at positions 1536..2047", 512, 1, 128, 1, false);
-  double pfMs = median(pf), ttft = median(tt);
-  printf("\nprefill 2048 (4 chunks of 512): %.1f ms (%.0f tok/s); TTFT 512-token prompt: %.1f ms\n", pfMs,
-         2048 * 1000.0 / pfMs, ttft);
-  table.push_back({"prefill tok/s, 2048-token prompt (4 x 512)", 2048 * 1000.0 / pfMs, "tok/s", ">= 4000"});
-  table.push_back({"TTFT, 512-token prompt", ttft, "ms", "-"});
-  if (M.fp16) {
-    // fp16 cuBLAS prefill chunk (the same chunk 1536..2047), for comparison
-    uploadInts(M, b, prefillInputs(M, 1536, 512, 128));
-    step(M, b, 512, 1, 128, 1, true);
-    float fms = evMs(s, [&] { step(M, b, 512, 1, 128, 1, true); });
-    float ams = evMs(s, [&] { step(M, b, 512, 1, 128, 1, false); });
-    printf("prefill chunk 512 @1536: AWQ %.1f ms, fp16 cuBLAS %.1f ms\n", ams, fms);
-    table.push_back({"  prefill chunk 512 @1536: AWQ", ams, "ms", "-"});
-    table.push_back({"  prefill chunk 512 @1536: fp16 cuBLAS", fms, "ms", "-"});
   }
 
   printf("\n| end-to-end (%d layers, synthetic 70B weights) | value | unit | target |\n|---|---|---|---|\n", M.L);
