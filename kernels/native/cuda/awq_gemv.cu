@@ -306,9 +306,8 @@ GemvSmem gemvSmem(int bps) {
   constexpr int MTI = tuningIndex(MT);
   constexpr int SB = awqStageBytes<MT>(), HB = handoffBytes<MT>();
   // The ring: the tuned depth, within the shared memory of bps blocks per multiprocessor.
-  constexpr int kSmemPerSM = 220 * 1024;
   int stages =
-      std::min({kAwqMaxStages, std::max(2, tuning().awqGemvStages[MTI]), (kSmemPerSM / bps - HB - 1024) / SB});
+      std::min({kAwqMaxStages, std::max(2, tuning().awqGemvStages[MTI]), (kAwqSmemPerSM / bps - HB - 1024) / SB});
   stages = std::max(2, stages);
   // + the alignment slack; no place for one block more (awqExclusiveSmem)
   const size_t smem = awqExclusiveSmem(static_cast<size_t>(stages) * SB + HB + 1024, bps);

@@ -30,6 +30,10 @@ namespace medcluster {
 namespace cuda {
 
 constexpr int kAwqMaxStages = 12;
+// The shared memory a multiprocessor's rings are planned in (both launchers): below the 228 KB of
+// an H100 or H200 multiprocessor, leaving room for each block's static shared memory and the 1 KB
+// the runtime reserves per block.
+constexpr int kAwqSmemPerSM = 220 * 1024;
 
 template <int MT> __host__ __device__ constexpr int awqXPlaneBytes() { return MT * 8 * 128; }
 template <int MT> __host__ __device__ constexpr int awqStageBytes() {

@@ -179,8 +179,7 @@ void wgmmaT(const Ctx& c, WgmmaArgs a, const __half* x) {
   int bps = MT >= 16 ? 1 : std::max(1, std::min(2, tu.awqWgmmaBlocksPerSM));
   // The ring: as deep as the shared memory of bps blocks per multiprocessor allows; at two, at most
   // the tuning's depth.
-  constexpr int kSmemPerSM = 220 * 1024;
-  int stages = std::max(2, std::min(kAwqMaxStages, (kSmemPerSM / bps - 1024) / SB));
+  int stages = std::max(2, std::min(kAwqMaxStages, (kAwqSmemPerSM / bps - 1024) / SB));
   if (bps == 2 && tu.awqWgmmaStages > 0) stages = std::max(2, std::min(stages, tu.awqWgmmaStages));
   // + the alignment slack; no place for one block more (awqExclusiveSmem)
   const size_t smem = awqExclusiveSmem(static_cast<size_t>(stages) * SB + 1024, bps);
