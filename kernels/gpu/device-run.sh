@@ -134,7 +134,8 @@ MEDCLUSTER_PDL=0}"
             short_scoreboard mio_throttle math_pipe_throttle wait barrier membar lg_throttle dispatch_stall \
             not_selected selected no_instruction sleeping branch_resolving misc tex_throttle imc_miss drain)sm__inst_executed_pipe_tensor_op_hmma.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,smsp__inst_executed.sum" \
           ${NCU_SOURCE:+-o "$OUT/ncu-m$m" -f} ./medcluster-gpu-check --bench-only >>"$OUT/ncu.txt" 2>&1
-        # NCU_SOURCE=1: the warp stall samples per SASS instruction as CSV (the source page), to sum by opcode.
+        # NCU_SOURCE=1: the warp stall samples per SASS instruction as CSV (the source page), summed by opcode
+        # where it comes back: node kernels/gpu/ncu-stalls.mjs ncu-source-m<M>.csv
         if [ -n "${NCU_SOURCE:-}" ] && [ -f "$OUT/ncu-m$m.ncu-rep" ]; then
           "$NCU" -i "$OUT/ncu-m$m.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu-source-m$m.csv" 2>&1
           "$NCU" -i "$OUT/ncu-m$m.ncu-rep" >>"$OUT/ncu.txt" 2>&1
